@@ -1,0 +1,3 @@
+//! mcp-guard: guards Model Context Protocol traffic on Linux hosts.
+
+pub mod observer;

@@ -1,0 +1,1 @@
+//! eBPF loading and attaching; aya types stay in this module.
