@@ -1,3 +1,11 @@
 //! mcp-guard: guards Model Context Protocol traffic on Linux hosts.
 
+pub mod audit;
+pub mod cli;
+pub mod frame;
+pub mod guard;
+pub mod identity;
+pub mod jsonrpc;
 pub mod observer;
+pub mod policy;
+pub mod shim;

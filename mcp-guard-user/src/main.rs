@@ -1,1 +1,104 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use mcp_guard::audit::{self, Durability};
+use mcp_guard::cli::{AuditCommand, Cli, Command, PolicyCommand, Wrap};
+use mcp_guard::policy::Policy;
+use mcp_guard::shim;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MCP_GUARD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Wrap(w) => wrap(w),
+        Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
+        Command::Audit(AuditCommand::Verify { files }) => audit_verify(&files),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("mcp-guard: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn wrap(w: Wrap) -> anyhow::Result<i32> {
+    let policy = load_policy(w.policy)?;
+    let audit = match w.audit {
+        Some(p) => p,
+        None => audit::default_path().context("no --audit given and neither XDG_STATE_HOME nor HOME is set")?,
+    };
+    let durability = match w.durability {
+        Some(d) => d,
+        None => Durability::from_env().map_err(anyhow::Error::msg)?,
+    };
+    let name = w.name.unwrap_or_else(|| {
+        let prog = PathBuf::from(&w.command[0]);
+        prog.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+    });
+    shim::run(shim::Options {
+        name,
+        policy,
+        audit,
+        durability,
+        max_message: w.max_message,
+        command: w.command,
+        grace: Duration::from_millis(w.shutdown_grace_ms),
+    })
+}
+
+/// `--policy`, `$MCP_GUARD_POLICY`, `~/.config/mcp-guard/policy.toml`, the built-in default.
+/// A configured file that cannot be loaded is an error: the guard does not run unguarded.
+fn load_policy(flag: Option<PathBuf>) -> anyhow::Result<Policy> {
+    let from_env = std::env::var_os("MCP_GUARD_POLICY").filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(path) = flag.or(from_env) {
+        return Ok(Policy::load(&path)?);
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    if let Some(path) = config.map(|c| c.join("mcp-guard/policy.toml")).filter(|p| p.exists()) {
+        return Ok(Policy::load(&path)?);
+    }
+    Ok(Policy::builtin())
+}
+
+fn policy_check(files: &[PathBuf]) -> anyhow::Result<i32> {
+    let mut failed = false;
+    for f in files {
+        match Policy::load(f) {
+            Ok(p) => println!("{}: ok (sha256 {})", f.display(), p.sha256()),
+            Err(e) => {
+                failed = true;
+                eprintln!("{e}");
+            }
+        }
+    }
+    Ok(i32::from(failed))
+}
+
+fn audit_verify(files: &[PathBuf]) -> anyhow::Result<i32> {
+    let mut failed = false;
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        match audit::verify_chain(&text) {
+            Ok(n) => println!("{}: OK, {n} records", f.display()),
+            Err(e) => {
+                failed = true;
+                println!("{}: {e}", f.display());
+            }
+        }
+    }
+    Ok(i32::from(failed))
+}

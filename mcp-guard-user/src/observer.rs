@@ -1,1 +1,384 @@
 //! eBPF loading and attaching; aya types stay in this module.
+//!
+//! The kernel object is read at run time, so the `mcp-guard` binary builds without
+//! the eBPF toolchain. Its programs are classic `sched/*` tracepoints: their fields
+//! have stable, documented offsets (tracefs `format` files) where `tp_btf` would need
+//! `task_struct` layouts. Attaching one needs tracefs, so [`Observer::load`] mounts
+//! it at [`TRACEFS`] when it is missing.
+//!
+//! The kernel keeps only processes in its watch map: the roots put there with
+//! [`Observer::watch_tgid`] and, added by the kernel at fork, all their descendants.
+
+use std::{
+    ffi::OsString,
+    fmt, io,
+    os::unix::ffi::OsStringExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::{HashMap, MapData, MapError, RingBuf},
+    programs::{ProgramError, TracePoint},
+};
+use mcp_guard_common::{EVENTS_MAP, ExecEvent, WATCHED_MAP, kind};
+use tokio::io::{Interest, unix::AsyncFd};
+
+/// Environment variable naming the eBPF object; when set, no other path is tried.
+pub const OBJECT_ENV: &str = "MCP_GUARD_BPF_OBJECT";
+/// Where packages install the eBPF object.
+pub const INSTALLED_OBJECT: &str = "/usr/lib/mcp-guard/mcp-guard-ebpf.o";
+/// File name looked for beside the running executable.
+pub const OBJECT_FILE_NAME: &str = "mcp-guard-ebpf.o";
+/// Where tracefs is expected, and mounted when absent.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// The programs in the object, each attached to the `sched` tracepoint of its name.
+const SCHED_PROGRAMS: [&str; 3] = [
+    "sched_process_fork",
+    "sched_process_exec",
+    "sched_process_exit",
+];
+
+/// Why the observer could not load, attach, watch or read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no eBPF object found (tried {})", Paths(tried))]
+    NotFound { tried: Vec<PathBuf> },
+    #[error("failed to read eBPF object {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to mount tracefs at {TRACEFS}")]
+    MountTracefs(#[source] nix::Error),
+    #[error("failed to load eBPF object {}", path.display())]
+    Load {
+        path: PathBuf,
+        // Boxed: EbpfError alone would make every Result of this module large.
+        #[source]
+        source: Box<EbpfError>,
+    },
+    #[error("eBPF object has no map `{name}`")]
+    MissingMap { name: &'static str },
+    #[error("eBPF map `{name}` is not what user space expects")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("eBPF object has no program `{name}`")]
+    MissingProgram { name: &'static str },
+    #[error("failed to load or attach eBPF program `{name}`")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("failed to update the watch of tgid {tgid}")]
+    Watch {
+        tgid: u32,
+        #[source]
+        source: MapError,
+    },
+    #[error("the event stream was already taken")]
+    EventsTaken,
+    #[error("failed to wait on the event ring buffer")]
+    Poll(#[source] io::Error),
+}
+
+/// Formats the paths tried, for [`Error::NotFound`].
+struct Paths<'a>(&'a [PathBuf]);
+
+impl fmt::Display for Paths<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, path) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}", path.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Finds the eBPF object: `$MCP_GUARD_BPF_OBJECT` alone when set, else
+/// [`INSTALLED_OBJECT`], else [`OBJECT_FILE_NAME`] beside the current executable.
+pub fn find_object() -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe().ok();
+    let tried = candidates(std::env::var_os(OBJECT_ENV), exe.as_deref());
+    match tried.iter().find(|path| path.is_file()) {
+        Some(path) => Ok(path.clone()),
+        None => Err(Error::NotFound { tried }),
+    }
+}
+
+fn candidates(env: Option<OsString>, exe: Option<&Path>) -> Vec<PathBuf> {
+    match env {
+        Some(path) => vec![PathBuf::from(path)],
+        None => std::iter::once(PathBuf::from(INSTALLED_OBJECT))
+            .chain(
+                exe.and_then(Path::parent)
+                    .map(|dir| dir.join(OBJECT_FILE_NAME)),
+            )
+            .collect(),
+    }
+}
+
+/// The loaded and attached programs. Dropping it detaches them.
+pub struct Observer {
+    // Owns the programs and their links.
+    _ebpf: Ebpf,
+    watched: HashMap<MapData, u32, u32>,
+    events: Option<RingBuf<MapData>>,
+}
+
+impl Observer {
+    /// Loads the object at `path` and attaches its programs. Needs root.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        ensure_tracefs()?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut ebpf = Ebpf::load(&bytes).map_err(|source| Error::Load {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        for name in SCHED_PROGRAMS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| Error::Program { name, source })?;
+            program
+                .load()
+                .and_then(|()| program.attach("sched", name).map(drop))
+                .map_err(|source| Error::Program { name, source })?;
+        }
+        let watched = take_map(&mut ebpf, WATCHED_MAP)?;
+        let events = take_map(&mut ebpf, EVENTS_MAP)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            watched,
+            events: Some(events),
+        })
+    }
+
+    /// Watches `tgid` and, from now on, every process it forks.
+    pub fn watch_tgid(&mut self, tgid: u32) -> Result<(), Error> {
+        // Parent 0: a root of a watched tree, not a child the kernel saw forked.
+        self.watched
+            .insert(tgid, 0, 0)
+            .map_err(|source| Error::Watch { tgid, source })
+    }
+
+    /// Stops watching `tgid`; children already watched stay watched.
+    pub fn unwatch_tgid(&mut self, tgid: u32) -> Result<(), Error> {
+        match self.watched.remove(&tgid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(Error::Watch { tgid, source }),
+        }
+    }
+
+    /// The event stream, once. Must be called inside a tokio runtime.
+    pub fn events(&mut self) -> Result<Events, Error> {
+        let ring = self.events.take().ok_or(Error::EventsTaken)?;
+        // SAFETY: the RingBuf owns its map fd, and the AsyncFd owns the RingBuf
+        // until both are dropped, so the fd stays open and the same.
+        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map(|fd| Events { fd })
+            .map_err(|err| Error::Poll(err.into()))
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(Error::MissingMap { name })?;
+    T::try_from(map).map_err(|source| Error::Map { name, source })
+}
+
+/// Mounts tracefs at [`TRACEFS`] unless it is already there. Must run before the
+/// first attach: aya looks for tracefs once per process.
+fn ensure_tracefs() -> Result<(), Error> {
+    let mounted = || Path::new(TRACEFS).join("events").is_dir();
+    if mounted() {
+        return Ok(());
+    }
+    tracing::info!(path = TRACEFS, "mounting tracefs");
+    match nix::mount::mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    ) {
+        Ok(()) => Ok(()),
+        // Another loader (a thread here or another process) mounted it first: EBUSY.
+        Err(_) if mounted() => Ok(()),
+        Err(err) => Err(Error::MountTracefs(err)),
+    }
+}
+
+/// Events from the kernel, in the order the ring buffer holds them.
+pub struct Events {
+    fd: AsyncFd<RingBuf<MapData>>,
+}
+
+impl Events {
+    /// Waits for the next event. Bound it with `tokio::time::timeout`.
+    pub async fn next(&mut self) -> Result<Event, Error> {
+        loop {
+            let mut guard = self.fd.readable_mut().await.map_err(Error::Poll)?;
+            while let Some(item) = guard.get_inner_mut().next() {
+                if let Some(event) = Event::decode(&item) {
+                    return Ok(event);
+                }
+            }
+            // Only clears if nothing arrived since the guard was taken.
+            guard.clear_ready();
+        }
+    }
+}
+
+/// A decoded kernel event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Exec(Exec),
+}
+
+/// A watched process exec'd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exec {
+    pub pid: u32,
+    pub tgid: u32,
+    /// tgid of the process that forked it; 0 for a root watched from user space.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// CLOCK_MONOTONIC, nanoseconds.
+    pub ktime_ns: u64,
+    pub comm: String,
+    /// As passed to `execve`; at most `FILENAME_LEN - 1` bytes.
+    pub filename: PathBuf,
+}
+
+impl Event {
+    /// Decodes one ring buffer record; `None` for a kind or size this build does
+    /// not know, which is skipped rather than failing the stream.
+    fn decode(record: &[u8]) -> Option<Self> {
+        let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
+        match kind {
+            kind::EXEC if record.len() >= size_of::<ExecEvent>() => {
+                // SAFETY: length checked; ExecEvent is plain integers and byte arrays,
+                // valid for any bits; read_unaligned needs no alignment.
+                let raw = unsafe { record.as_ptr().cast::<ExecEvent>().read_unaligned() };
+                Some(Self::Exec(Exec::from(&raw)))
+            }
+            _ => {
+                tracing::debug!(kind, len = record.len(), "skipping unknown kernel event");
+                None
+            }
+        }
+    }
+}
+
+impl From<&ExecEvent> for Exec {
+    fn from(raw: &ExecEvent) -> Self {
+        Self {
+            pid: raw.pid,
+            tgid: raw.tgid,
+            ppid: raw.ppid,
+            uid: raw.uid,
+            gid: raw.gid,
+            ktime_ns: raw.ktime_ns,
+            comm: String::from_utf8_lossy(until_nul(&raw.comm)).into_owned(),
+            filename: PathBuf::from(OsString::from_vec(until_nul(&raw.filename).to_vec())),
+        }
+    }
+}
+
+fn until_nul(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcp_guard_common::{COMM_LEN, FILENAME_LEN};
+
+    fn record(event: &ExecEvent) -> Vec<u8> {
+        // SAFETY: ExecEvent has no padding, so all of its bytes are initialised.
+        unsafe {
+            std::slice::from_raw_parts(
+                (event as *const ExecEvent).cast::<u8>(),
+                size_of::<ExecEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn exec_record_decodes_to_strings_cut_at_nul() {
+        let mut comm = [0; COMM_LEN];
+        comm[..4].copy_from_slice(b"true");
+        let mut filename = [0xff; FILENAME_LEN];
+        filename[..10].copy_from_slice(b"/bin/true\0");
+        let raw = ExecEvent {
+            kind: kind::EXEC,
+            pid: 7,
+            tgid: 7,
+            ppid: 3,
+            uid: 1000,
+            gid: 100,
+            ktime_ns: 42,
+            comm,
+            filename,
+        };
+        let Some(Event::Exec(exec)) = Event::decode(&record(&raw)) else {
+            panic!("not decoded");
+        };
+        assert_eq!(exec.comm, "true");
+        assert_eq!(exec.filename, Path::new("/bin/true"));
+        assert_eq!(
+            (exec.pid, exec.ppid, exec.uid, exec.gid, exec.ktime_ns),
+            (7, 3, 1000, 100, 42)
+        );
+    }
+
+    #[test]
+    fn unknown_kind_and_short_record_are_skipped() {
+        assert_eq!(Event::decode(&99u32.to_ne_bytes()), None);
+        assert_eq!(Event::decode(&kind::EXEC.to_ne_bytes()), None);
+        assert_eq!(Event::decode(&[1, 0]), None);
+    }
+
+    #[test]
+    fn object_env_is_the_only_candidate_when_set() {
+        let env = Some(OsString::from("/opt/a.o"));
+        let tried = candidates(env, Some(Path::new("/usr/bin/mcp-guard")));
+        assert_eq!(tried, [PathBuf::from("/opt/a.o")]);
+    }
+
+    #[test]
+    fn without_env_installed_path_then_exe_dir_are_candidates() {
+        let tried = candidates(None, Some(Path::new("/opt/bin/mcp-guard")));
+        let expected = [INSTALLED_OBJECT, "/opt/bin/mcp-guard-ebpf.o"].map(PathBuf::from);
+        assert_eq!(tried, expected);
+    }
+
+    #[test]
+    fn not_found_names_every_path_tried() {
+        let err = Error::NotFound {
+            tried: [INSTALLED_OBJECT, "/opt/x.o"].map(PathBuf::from).to_vec(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "no eBPF object found (tried /usr/lib/mcp-guard/mcp-guard-ebpf.o, /opt/x.o)"
+        );
+    }
+}

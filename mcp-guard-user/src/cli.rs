@@ -1,0 +1,71 @@
+//! The command line (a contract: tests and docs rely on it).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::audit::Durability;
+
+#[derive(Debug, Parser)]
+#[command(name = "mcp-guard", version, about = "Guards Model Context Protocol traffic on this host")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an MCP stdio server behind the guard: `mcp-guard wrap -- COMMAND [ARGS...]`.
+    Wrap(Wrap),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Work with audit logs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Wrap {
+    /// The server's name in the host config; policy rules match on it.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Policy file [default: $MCP_GUARD_POLICY, ~/.config/mcp-guard/policy.toml, built-in].
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Audit log [default: $XDG_STATE_HOME/mcp-guard/audit.jsonl].
+    #[arg(long)]
+    pub audit: Option<PathBuf>,
+    /// When an audit record counts as written [env: MCP_GUARD_AUDIT_DURABILITY; default: durable].
+    #[arg(long, value_enum)]
+    pub durability: Option<Durability>,
+    /// Longest message accepted, in bytes, in either direction.
+    #[arg(long, default_value_t = crate::frame::DEFAULT_MAX_MESSAGE)]
+    pub max_message: usize,
+    /// After the client closes stdin: how long the server has to exit before SIGTERM, and
+    /// again before SIGKILL.
+    #[arg(long, default_value_t = 2000)]
+    pub shutdown_grace_ms: u64,
+    /// The server command and its arguments.
+    #[arg(required = true, last = true)]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files; errors name file, line and column. Exit 1 on any error.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of audit logs. Exit 1 at the first bad record.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}

@@ -1,0 +1,543 @@
+//! The one pipeline every message goes through: classify -> policy -> decision -> record.
+//!
+//! [`Session`] is sync and does no I/O. For each read's worth of frames it returns a
+//! [`Plan`]: the records to commit and, in order, what to do with each frame. The caller
+//! commits the records first and only then carries the plan out, so no decision takes
+//! effect before its record is written.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::audit::{Context, Outcome, Record, canonical_sha256};
+use crate::frame::Frame;
+use crate::jsonrpc::{self, ErrorObject, IdKey, Kind, Malformed, Message, Parsed, code};
+use crate::policy::{Action, Policy, Request};
+
+/// Which way a message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the agent host to the server.
+    ToServer,
+    /// From the server to the agent host.
+    ToClient,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Direction::ToServer => "client_to_server",
+            Direction::ToClient => "server_to_client",
+        }
+    }
+}
+
+/// What to do with a frame once its records are committed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Act {
+    /// Pass these bytes of the input buffer on, unchanged.
+    Forward(Range<usize>),
+    /// Send this message (one line, ending included) to the client.
+    ToClient(Vec<u8>),
+    /// Send this message (one line, ending included) to the server.
+    ToServer(Vec<u8>),
+}
+
+/// The result of judging one read's worth of frames.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub acts: Vec<Act>,
+    /// Records that must be on disk before any act is carried out.
+    pub commit: Vec<Record>,
+    /// Records that may be written after the acts (responses: observations, not decisions).
+    pub append: Vec<Record>,
+}
+
+/// Counters for the session-end record.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Counters {
+    pub requests: u64,
+    pub denied: u64,
+    pub notifications: u64,
+    pub responses: u64,
+    pub malformed: u64,
+}
+
+struct Pending {
+    record: String,
+    method: String,
+    tool: Option<String>,
+    since: Instant,
+    id: Box<RawValue>,
+}
+
+/// One shim session: the server's name, the policy in force, what is in flight.
+pub struct Session {
+    name: String,
+    policy: Arc<Policy>,
+    ctx: Arc<Context>,
+    max_message: usize,
+    /// Client requests forwarded to the server and not yet answered.
+    pending: HashMap<IdKey, Pending>,
+    /// Server requests forwarded to the client and not yet answered.
+    server_pending: HashMap<IdKey, Pending>,
+    pub counters: Counters,
+}
+
+/// The verdict on one message, before batch rules are applied.
+struct Judged {
+    pass: bool,
+    record: Option<Record>,
+    durable: bool,
+    track: Option<(IdKey, Pending)>,
+    /// An error response for the sender, when the message is refused.
+    error: Option<Vec<u8>>,
+    /// Refusing a request of the sender's: the side that gets `error`.
+    reply_to: Direction,
+}
+
+#[derive(Deserialize, Default)]
+struct Params<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    uri: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+    #[serde(default, rename = "clientInfo")]
+    client_info: Option<serde_json::Value>,
+    #[serde(default, rename = "protocolVersion")]
+    protocol_version: Option<serde_json::Value>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Deserialize, Default)]
+struct InitializeResult {
+    #[serde(default, rename = "serverInfo")]
+    server_info: Option<serde_json::Value>,
+    #[serde(default, rename = "protocolVersion")]
+    protocol_version: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ErrorCode {
+    code: i64,
+}
+
+/// Keys of the per-request `_meta` that carry claims in the handshake-less revision.
+const META_CLAIMS: &[&str] = &["io.modelcontextprotocol/protocolVersion", "io.modelcontextprotocol/clientInfo"];
+
+impl Session {
+    pub fn new(name: String, policy: Arc<Policy>, ctx: Arc<Context>, max_message: usize) -> Session {
+        Session {
+            name,
+            policy,
+            ctx,
+            max_message,
+            pending: HashMap::new(),
+            server_pending: HashMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn ctx(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Judges a read's worth of frames travelling `dir`, taken from `data`.
+    pub fn judge(&mut self, dir: Direction, data: &[u8], frames: impl IntoIterator<Item = Frame>) -> Plan {
+        let mut plan = Plan::default();
+        for frame in frames {
+            match frame {
+                Frame::TooLong { prefix, seen } => {
+                    let text = String::from_utf8_lossy(&prefix);
+                    let id = jsonrpc::sniff_id(&text);
+                    self.malformed(dir, id, Malformed::TooLong { max: self.max_message }, seen, &mut plan);
+                }
+                Frame::Line { msg, raw } => self.line(dir, &data[msg], raw, &mut plan),
+            }
+        }
+        plan
+    }
+
+    fn line(&mut self, dir: Direction, msg: &[u8], raw: Range<usize>, plan: &mut Plan) {
+        if msg.iter().all(u8::is_ascii_whitespace) {
+            // Blank lines carry nothing; some peers choke on them, so they are dropped.
+            return;
+        }
+        match jsonrpc::parse(msg) {
+            Err(m) => {
+                let text = String::from_utf8_lossy(&msg[..msg.len().min(crate::frame::PREFIX_LEN)]);
+                let id = jsonrpc::sniff_id(&text);
+                self.malformed(dir, id, m, msg.len(), plan);
+            }
+            Ok(Parsed::Single(m)) => {
+                let j = self.message(dir, &m, msg.len());
+                if j.pass {
+                    self.settle(j, plan);
+                    plan.acts.push(Act::Forward(raw));
+                } else {
+                    let (to, error) = (j.reply_to, j.error.clone());
+                    self.settle(j, plan);
+                    if let Some(mut e) = error {
+                        e.push(b'\n');
+                        plan.acts.push(reply(to, e));
+                    }
+                }
+            }
+            Ok(Parsed::Batch(items)) => self.batch(dir, items, msg.len(), raw, plan),
+        }
+    }
+
+    /// A batch is forwarded whole or not at all: one refused element refuses all of it.
+    fn batch(
+        &mut self,
+        dir: Direction,
+        items: Vec<Result<Message<'_>, (Option<&RawValue>, Malformed)>>,
+        bytes: usize,
+        raw: Range<usize>,
+        plan: &mut Plan,
+    ) {
+        let judged: Vec<Judged> = items
+            .iter()
+            .map(|item| match item {
+                Ok(m) => self.message(dir, m, bytes),
+                Err((id, m)) => self.refusal(dir, *id, m, bytes),
+            })
+            .collect();
+        if judged.iter().all(|j| j.pass) {
+            for j in judged {
+                self.settle(j, plan);
+            }
+            plan.acts.push(Act::Forward(raw));
+            return;
+        }
+        let mut errors = Vec::new();
+        let mut to = dir.reverse();
+        for (item, mut j) in items.iter().zip(judged) {
+            if j.pass {
+                // Allowed on its own, refused with the batch.
+                if let Ok(m) = item {
+                    if let (Kind::Request, Some(id)) = (m.kind, m.id) {
+                        j.error = Some(error_line(id, code::BATCH_REFUSED, "refused: another message in its batch was refused", None));
+                    }
+                }
+                if let Some(r) = j.record.as_mut() {
+                    r.decision = Some("deny");
+                    r.reason = Some("batch refused".into());
+                }
+                j.track = None;
+                j.pass = false;
+            }
+            to = j.reply_to;
+            if let Some(e) = j.error.take() {
+                errors.push(e);
+            }
+            self.settle(j, plan);
+        }
+        if !errors.is_empty() {
+            let mut out = Vec::with_capacity(errors.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+            out.push(b'[');
+            out.extend(errors.join(&b","[..]));
+            out.extend_from_slice(b"]\n");
+            plan.acts.push(reply(to, out));
+        }
+    }
+
+    /// Records a judged message and remembers what it leaves in flight.
+    fn settle(&mut self, j: Judged, plan: &mut Plan) {
+        if let Some((key, p)) = j.track {
+            // A request is answered where it came from: refusals of client requests go to
+            // the client, so `reply_to` tells which table tracks it.
+            let table = match j.reply_to {
+                Direction::ToClient => &mut self.pending,
+                Direction::ToServer => &mut self.server_pending,
+            };
+            table.insert(key, p);
+        }
+        if let Some(r) = j.record {
+            if j.durable { plan.commit.push(r) } else { plan.append.push(r) }
+        }
+    }
+
+    fn message(&mut self, dir: Direction, m: &Message<'_>, bytes: usize) -> Judged {
+        match m.kind {
+            Kind::Notification => {
+                self.counters.notifications += 1;
+                Judged::pass(dir)
+            }
+            Kind::Request => self.request(dir, m, bytes),
+            Kind::Response => self.response(dir, m, bytes),
+        }
+    }
+
+    fn request(&mut self, dir: Direction, m: &Message<'_>, bytes: usize) -> Judged {
+        self.counters.requests += 1;
+        let method = m.method.as_deref().unwrap_or_default();
+        let params: Params<'_> = m.params.and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or_default();
+        let tool = match method {
+            "resources/read" | "resources/subscribe" => params.uri.as_deref(),
+            _ => params.name.as_deref(),
+        };
+        let decision = self.policy.decide(Request { server: &self.name, method, tool });
+        let id = m.id.unwrap_or(jsonrpc::null_id());
+        let mut rec = Record::new(if dir == Direction::ToServer { "request" } else { "server_request" }, &self.ctx);
+        rec.direction = Some(dir.name());
+        rec.decision = Some(match decision.action {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        });
+        rec.rule = Some(decision.rule.clone());
+        rec.method = Some(method.to_string());
+        rec.tool = tool.map(str::to_string);
+        rec.request_id = Some(jsonrpc::id_text(id));
+        rec.args_sha256 = params.arguments.map(canonical_sha256);
+        rec.bytes = Some(bytes);
+        rec.claims = claims(&params);
+        let reply_to = dir.reverse();
+        match decision.action {
+            Action::Allow => {
+                let pending = Pending {
+                    record: rec.id.clone(),
+                    method: method.to_string(),
+                    tool: tool.map(str::to_string),
+                    since: Instant::now(),
+                    id: id.to_owned(),
+                };
+                Judged {
+                    pass: true,
+                    record: Some(rec),
+                    durable: true,
+                    track: Some((IdKey::of(id), pending)),
+                    error: None,
+                    reply_to,
+                }
+            }
+            Action::Deny => {
+                self.counters.denied += 1;
+                let message = match &decision.message {
+                    Some(msg) => format!("denied by mcp-guard rule `{}`: {msg}", decision.rule),
+                    None => format!("denied by mcp-guard rule `{}`", decision.rule),
+                };
+                let data = serde_json::json!({ "mcp_guard": { "rule": decision.rule, "record": rec.id } });
+                rec.reason = decision.message;
+                Judged {
+                    pass: false,
+                    record: Some(rec),
+                    durable: true,
+                    track: None,
+                    error: Some(error_line(id, code::DENIED, &message, Some(data))),
+                    reply_to,
+                }
+            }
+        }
+    }
+
+    fn response(&mut self, dir: Direction, m: &Message<'_>, bytes: usize) -> Judged {
+        self.counters.responses += 1;
+        let id = m.id.unwrap_or(jsonrpc::null_id());
+        let table = match dir {
+            Direction::ToClient => &mut self.pending,
+            Direction::ToServer => &mut self.server_pending,
+        };
+        let mut rec = Record::new("response", &self.ctx);
+        rec.direction = Some(dir.name());
+        rec.request_id = Some(jsonrpc::id_text(id));
+        rec.bytes = Some(bytes);
+        let Some(p) = table.remove(&IdKey::of(id)) else {
+            // Nobody asked: forwarding it would let one side inject answers into the other.
+            rec.decision = Some("deny");
+            rec.reason = Some("response to no request in flight".into());
+            tracing::warn!(direction = dir.name(), "dropped a response to no request in flight");
+            return Judged { pass: false, record: Some(rec), durable: false, track: None, error: None, reply_to: dir };
+        };
+        let error_code = m.error_code();
+        rec.decision = Some("allow");
+        rec.method = Some(p.method.clone());
+        rec.tool = p.tool;
+        rec.links = Some(p.record);
+        rec.outcome = Some(Outcome {
+            error: m.is_error(),
+            error_code,
+            bytes,
+            latency_us: p.since.elapsed().as_micros() as u64,
+        });
+        if p.method == "initialize" {
+            let init: InitializeResult = m.result_as().unwrap_or_default();
+            let mut c = serde_json::Map::new();
+            if let Some(v) = init.server_info {
+                c.insert("serverInfo".into(), v);
+            }
+            if let Some(v) = init.protocol_version {
+                c.insert("protocolVersion".into(), v);
+            }
+            rec.claims = (!c.is_empty()).then_some(serde_json::Value::Object(c));
+        }
+        Judged { pass: true, record: Some(rec), durable: false, track: None, error: None, reply_to: dir.reverse() }
+    }
+
+    fn refusal(&mut self, dir: Direction, id: Option<&RawValue>, m: &Malformed, bytes: usize) -> Judged {
+        self.counters.malformed += 1;
+        let mut rec = Record::new("malformed", &self.ctx);
+        rec.direction = Some(dir.name());
+        rec.decision = Some("deny");
+        rec.rule = Some(m.kind().to_string());
+        rec.reason = Some(m.to_string());
+        rec.request_id = id.map(jsonrpc::id_text);
+        rec.bytes = Some(bytes);
+        let (reply_to, error) = match dir {
+            // The client sent it: it gets the error (with `null` when the id is unknown).
+            Direction::ToServer => {
+                (Direction::ToClient, Some(error_line(id.unwrap_or(jsonrpc::null_id()), m.code(), &m.to_string(), None)))
+            }
+            // The server sent it: if it answers a request in flight, the client gets an
+            // error for that request instead; nothing is sent to the server.
+            Direction::ToClient => {
+                let answered = id.and_then(|id| self.pending.remove(&IdKey::of(id)));
+                let error = answered.map(|p| {
+                    rec.links = Some(p.record);
+                    let message = format!("the server sent an unusable response: {m}");
+                    error_line(&p.id, code::SERVER_FAILED, &message, None)
+                });
+                (Direction::ToClient, error)
+            }
+        };
+        Judged { pass: false, record: Some(rec), durable: true, track: None, error, reply_to }
+    }
+
+    fn malformed(&mut self, dir: Direction, id: Option<&RawValue>, m: Malformed, bytes: usize, plan: &mut Plan) {
+        tracing::warn!(direction = dir.name(), fault = m.kind(), bytes, "refused a malformed message");
+        let j = self.refusal(dir, id, &m, bytes);
+        let (to, error) = (j.reply_to, j.error.clone());
+        self.settle(j, plan);
+        if let Some(mut e) = error {
+            e.push(b'\n');
+            plan.acts.push(reply(to, e));
+        }
+    }
+
+    /// When the records of a plan could not be committed: refuse, with `code`, every
+    /// request among `frames`, forget it was in flight, and forward the rest (notifications
+    /// and responses decide nothing).
+    pub fn refuse_unrecorded(&mut self, dir: Direction, data: &[u8], frames: &[Frame], code: i64, why: &str) -> Vec<Act> {
+        let message = format!("not forwarded: the audit record could not be written ({why})");
+        let mut acts = Vec::new();
+        for frame in frames {
+            let Frame::Line { msg, raw } = frame else { continue };
+            let requests: Vec<&RawValue> = match jsonrpc::parse(&data[msg.clone()]) {
+                Ok(Parsed::Single(m)) => m.id.filter(|_| m.kind == Kind::Request).into_iter().collect(),
+                Ok(Parsed::Batch(items)) => items
+                    .iter()
+                    .filter_map(|i| i.as_ref().ok().filter(|m| m.kind == Kind::Request).and_then(|m| m.id))
+                    .collect(),
+                // Malformed input was refused already; its error is lost with the record.
+                Err(_) => continue,
+            };
+            if requests.is_empty() {
+                acts.push(Act::Forward(raw.clone()));
+                continue;
+            }
+            let table = match dir {
+                Direction::ToServer => &mut self.pending,
+                Direction::ToClient => &mut self.server_pending,
+            };
+            let mut lines = Vec::new();
+            for id in requests {
+                table.remove(&IdKey::of(id));
+                lines.push(error_line(id, code, &message, None));
+            }
+            let mut out = if lines.len() == 1 { lines.remove(0) } else { [b"[".to_vec(), lines.join(&b","[..]), b"]".to_vec()].concat() };
+            out.push(b'\n');
+            acts.push(reply(dir.reverse(), out));
+        }
+        acts
+    }
+
+    /// Error responses for every client request still in flight, and their records.
+    pub fn abandon(&mut self, why: &str) -> (Vec<u8>, Vec<Record>) {
+        let mut out = Vec::new();
+        let mut records = Vec::new();
+        for (_, p) in self.pending.drain() {
+            out.extend(error_line(&p.id, code::SERVER_FAILED, why, None));
+            out.push(b'\n');
+            let mut rec = Record::new("response", &self.ctx);
+            rec.direction = Some(Direction::ToClient.name());
+            rec.decision = Some("deny");
+            rec.reason = Some(why.to_string());
+            rec.method = Some(p.method);
+            rec.tool = p.tool;
+            rec.request_id = Some(jsonrpc::id_text(&p.id));
+            rec.links = Some(p.record);
+            records.push(rec);
+        }
+        (out, records)
+    }
+}
+
+impl Judged {
+    fn pass(dir: Direction) -> Judged {
+        Judged { pass: true, record: None, durable: false, track: None, error: None, reply_to: dir.reverse() }
+    }
+}
+
+impl Direction {
+    fn reverse(self) -> Direction {
+        match self {
+            Direction::ToServer => Direction::ToClient,
+            Direction::ToClient => Direction::ToServer,
+        }
+    }
+}
+
+trait ResponseExt {
+    fn error_code(&self) -> Option<i64>;
+    fn result_as<T: serde::de::DeserializeOwned>(&self) -> Option<T>;
+}
+
+impl ResponseExt for Message<'_> {
+    fn error_code(&self) -> Option<i64> {
+        self.error.and_then(|e| serde_json::from_str::<ErrorCode>(e.get()).ok()).map(|e| e.code)
+    }
+
+    fn result_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        self.result.and_then(|r| serde_json::from_str(r.get()).ok())
+    }
+}
+
+fn reply(to: Direction, line: Vec<u8>) -> Act {
+    match to {
+        Direction::ToClient => Act::ToClient(line),
+        Direction::ToServer => Act::ToServer(line),
+    }
+}
+
+fn error_line(id: &RawValue, code: i64, message: &str, data: Option<serde_json::Value>) -> Vec<u8> {
+    jsonrpc::error_response(id, ErrorObject { code, message, data })
+}
+
+fn claims(p: &Params<'_>) -> Option<serde_json::Value> {
+    let mut c = serde_json::Map::new();
+    if let Some(v) = &p.client_info {
+        c.insert("clientInfo".into(), v.clone());
+    }
+    if let Some(v) = &p.protocol_version {
+        c.insert("protocolVersion".into(), v.clone());
+    }
+    if let Some(meta) = &p.meta {
+        for key in META_CLAIMS {
+            if let Some(v) = meta.get(*key) {
+                c.insert((*key).into(), v.clone());
+            }
+        }
+    }
+    (!c.is_empty()).then_some(serde_json::Value::Object(c))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,391 @@
+//! `mcp-guard wrap`: spawn the server, pump both directions through the guard, and mirror
+//! the server's life (signals in, exit status out).
+//!
+//! One current-thread runtime on the main thread. The server is spawned from the main
+//! thread (its parent-death signal is tied to the spawning thread) in its own process
+//! group, so signals reach it once and escalation reaches its children too.
+
+use std::cell::RefCell;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::pin::{Pin, pin};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Mutex, Notify};
+use tokio::time::{Instant, sleep_until};
+
+use crate::audit::{Audit, Context, Durability, Record};
+use crate::frame::Framer;
+use crate::guard::{Act, Direction, Session};
+use crate::identity::{self, Process};
+use crate::jsonrpc::code;
+use crate::policy::Policy;
+
+/// Bytes asked for per read.
+const READ_SIZE: usize = 256 * 1024;
+
+/// How long output is still read after the server exited (its children may hold the pipe).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// Exit status when the server cannot be started, as a shell does.
+pub const EXIT_CANNOT_START: i32 = 127;
+
+/// Everything `wrap` needs.
+pub struct Options {
+    pub name: String,
+    pub policy: Policy,
+    pub audit: PathBuf,
+    pub durability: Durability,
+    pub max_message: usize,
+    pub command: Vec<OsString>,
+    /// After the client closes its end: wait this long, then SIGTERM; again, then SIGKILL.
+    pub grace: Duration,
+}
+
+type Sink = Mutex<Option<Pin<Box<dyn AsyncWrite>>>>;
+
+/// Runs a wrapped server to completion and returns the exit status for the shim.
+pub fn run(opts: Options) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
+    let code = rt.block_on(session(opts));
+    // Reads of a terminal stdin run on a blocking thread that may never return; do not wait for it.
+    rt.shutdown_background();
+    code
+}
+
+async fn session(opts: Options) -> anyhow::Result<i32> {
+    let (audit, audit_thread) = Audit::open(&opts.audit, opts.durability)?;
+    let me = std::process::id() as i32;
+    let principal = identity::current_principal();
+    let host = Process::read(nix::unistd::getppid().as_raw()).ok();
+    let chain = identity::ancestry(me);
+
+    let mut child = match spawn(&opts.command) {
+        Ok(child) => child,
+        Err(e) => {
+            let cmd = opts.command.first().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+            eprintln!("mcp-guard: cannot start `{cmd}`: {e}");
+            audit.close(audit_thread);
+            return Ok(EXIT_CANNOT_START);
+        }
+    };
+    let pid = child.id().map(|p| p as i32).unwrap_or_default();
+    // Exec has succeeded when spawn returns, so /proc shows the server binary.
+    let server = Process::read(pid).ok();
+    let ctx = Arc::new(Context {
+        session: crate::audit::random_id(),
+        transport: "stdio-shim",
+        policy_sha256: opts.policy.sha256().to_string(),
+        mode: "enforce",
+        principal: raw(&principal),
+        agent_host: raw(&host),
+        chain: raw(&chain),
+        server: raw(&serde_json::json!({
+            "name": opts.name,
+            "pid": pid,
+            "exe": server.as_ref().and_then(|s| s.exe.clone()),
+            "argv": opts.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
+            "exec_id": server.as_ref().map(|s| s.exec_id.clone()),
+        })),
+    });
+    let mut start = Record::new("session_start", &ctx);
+    start.detail = Some(serde_json::json!({ "policy": opts.policy.origin(), "shim_pid": me }));
+    if let Err(e) = audit.commit(vec![start]).await {
+        // Fail closed: no session runs without its record.
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = child.wait().await;
+        audit.close(audit_thread);
+        return Err(e).context("cannot record the session start");
+    }
+
+    let session = RefCell::new(Session::new(opts.name.clone(), Arc::new(opts.policy), ctx.clone(), opts.max_message));
+    let server_in: Sink = Mutex::new(child.stdin.take().map(|w| Box::pin(w) as Pin<Box<dyn AsyncWrite>>));
+    let server_out = child.stdout.take().context("server stdout")?;
+    let client_out: Sink = Mutex::new(Some(stdout()));
+    let client_gone = Notify::new();
+    // The pumps borrow the session and the audit handle; they end with this block.
+    let status = {
+        let shared = Shared { session: &session, audit: &audit, server_in: &server_in, client_out: &client_out, client_gone: &client_gone };
+
+        let mut inbound = pin!(shared.pump(Direction::ToServer, stdin(), opts.max_message));
+        let mut outbound = pin!(shared.pump(Direction::ToClient, Box::pin(server_out), opts.max_message));
+        let (mut term, mut int, mut hup) =
+            (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
+
+        let (mut in_done, mut out_done) = (false, false);
+        let mut status: Option<ExitStatus> = None;
+        // Escalation after the client leaves: close stdin -> grace -> SIGTERM -> grace -> SIGKILL.
+        let mut escalate: Option<(Instant, Signal)> = None;
+        let mut drain_until: Option<Instant> = None;
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+
+        loop {
+            if status.is_some() && (out_done || drain_until.is_some_and(|d| Instant::now() >= d)) {
+                break;
+            }
+            let wake = escalate.map(|(at, _)| at).into_iter().chain(drain_until).min().unwrap_or(far);
+            tokio::select! {
+                _ = &mut inbound, if !in_done => {
+                    in_done = true;
+                    // The client closed its end: so does the server's stdin, and the clock starts.
+                    server_in.lock().await.take();
+                    if status.is_none() {
+                        escalate = Some((Instant::now() + opts.grace, Signal::SIGTERM));
+                    }
+                }
+                _ = &mut outbound, if !out_done => out_done = true,
+                s = child.wait(), if status.is_none() => {
+                    status = Some(s.context("waiting for the server")?);
+                    escalate = None;
+                    drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+                }
+                _ = term.recv() => forward(pid, Signal::SIGTERM),
+                _ = int.recv() => forward(pid, Signal::SIGINT),
+                _ = hup.recv() => forward(pid, Signal::SIGHUP),
+                _ = sleep_until(wake) => {
+                    if let Some((_, sig)) = escalate.take() {
+                        tracing::warn!(signal = %sig, "server still running after the client left; signalling it");
+                        forward(pid, sig);
+                        if sig == Signal::SIGTERM {
+                            escalate = Some((Instant::now() + opts.grace, Signal::SIGKILL));
+                        }
+                    }
+                }
+            }
+        }
+        status
+    };
+    // Children of the server that kept its pipes open go with it.
+    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+
+    let status = status.unwrap_or_else(|| ExitStatus::from_raw(0));
+    let exit = exit_code(status);
+    let (errors, mut records) = session.borrow_mut().abandon("the server exited before answering");
+    if !errors.is_empty() {
+        write(&client_out, &errors).await;
+    }
+    if let Some(out) = client_out.lock().await.as_mut() {
+        let _ = out.flush().await;
+    }
+    let mut end = Record::new("session_end", &ctx);
+    end.detail = Some(serde_json::json!({
+        "exit_code": status.code(),
+        "signal": status.signal(),
+        "counters": session.borrow().counters,
+    }));
+    records.push(end);
+    if let Err(e) = audit.commit(records).await {
+        tracing::error!(error = %e, "cannot record the session end");
+    }
+    audit.close(audit_thread);
+    Ok(exit)
+}
+
+struct Shared<'a> {
+    session: &'a RefCell<Session>,
+    audit: &'a Audit,
+    server_in: &'a Sink,
+    client_out: &'a Sink,
+    client_gone: &'a Notify,
+}
+
+impl Shared<'_> {
+    /// Reads `dir`'s input until end of input, judging each read's worth of messages.
+    async fn pump(&self, dir: Direction, mut input: Pin<Box<dyn AsyncRead>>, max: usize) {
+        let mut framer = Framer::new(max);
+        loop {
+            let read = tokio::select! {
+                r = input.read(framer.spare(READ_SIZE)) => r,
+                _ = self.client_gone.notified(), if dir == Direction::ToServer => return,
+            };
+            let n = match read {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, direction = ?dir, "read failed; treating it as end of input");
+                    0
+                }
+            };
+            let mut frames = Vec::new();
+            if n == 0 {
+                frames.extend(framer.finish());
+            } else {
+                framer.filled(n);
+                while let Some(f) = framer.next_frame() {
+                    frames.push(f);
+                }
+            }
+            if !frames.is_empty() {
+                self.carry_out(dir, framer.data(), frames).await;
+            }
+            if n == 0 {
+                return;
+            }
+        }
+    }
+
+    async fn carry_out(&self, dir: Direction, data: &[u8], frames: Vec<crate::frame::Frame>) {
+        let plan = self.session.borrow_mut().judge(dir, data, frames.iter().cloned());
+        let mut acts = plan.acts;
+        if let Err(e) = self.audit.commit(plan.commit).await {
+            // Fail closed: what needed a record does not take effect without one.
+            tracing::error!(error = %e, "audit commit failed; refusing the requests it covered");
+            acts = self.session.borrow_mut().refuse_unrecorded(dir, data, &frames, code::AUDIT_UNAVAILABLE, &e.to_string());
+        }
+        let own = match dir {
+            Direction::ToServer => self.server_in,
+            Direction::ToClient => self.client_out,
+        };
+        // Consecutive forwards are written as one slice when they are adjacent in the buffer.
+        let mut run: Option<std::ops::Range<usize>> = None;
+        for act in acts {
+            match act {
+                Act::Forward(r) => match &mut run {
+                    Some(cur) if cur.end == r.start => cur.end = r.end,
+                    _ => {
+                        if let Some(cur) = run.replace(r) {
+                            self.send(own, &data[cur]).await;
+                        }
+                    }
+                },
+                Act::ToClient(line) => {
+                    if let Some(cur) = run.take() {
+                        self.send(own, &data[cur]).await;
+                    }
+                    self.send(self.client_out, &line).await;
+                }
+                Act::ToServer(line) => {
+                    if let Some(cur) = run.take() {
+                        self.send(own, &data[cur]).await;
+                    }
+                    self.send(self.server_in, &line).await;
+                }
+            }
+        }
+        if let Some(cur) = run {
+            self.send(own, &data[cur]).await;
+        }
+        self.audit.append(plan.append).await;
+    }
+
+    async fn send(&self, sink: &Sink, bytes: &[u8]) {
+        if !write(sink, bytes).await && std::ptr::eq(sink, self.client_out) {
+            // The client is gone: behave as if it had closed its end.
+            self.client_gone.notify_one();
+        }
+    }
+}
+
+/// Writes to a sink; a failed write closes it. Returns false when nothing could be written.
+async fn write(sink: &Sink, bytes: &[u8]) -> bool {
+    let mut guard = sink.lock().await;
+    let Some(w) = guard.as_mut() else { return false };
+    match w.write_all(bytes).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "write failed; closing that side");
+            guard.take();
+            false
+        }
+    }
+}
+
+fn spawn(command: &[OsString]) -> io::Result<tokio::process::Child> {
+    let (prog, args) = command.split_first().ok_or_else(|| io::Error::other("no command given"))?;
+    let parent = std::process::id() as i32;
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    // SAFETY: the closure only makes async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+            // The server must not outlive the shim, even a shim killed with SIGKILL.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid().as_raw() != parent {
+                return Err(io::Error::other("the shim exited during start-up"));
+            }
+            Ok(())
+        });
+    }
+    tokio::process::Command::from(cmd).kill_on_drop(true).spawn()
+}
+
+fn forward(pid: i32, sig: Signal) {
+    if pid > 0 {
+        let _ = killpg(Pid::from_raw(pid), sig);
+    }
+}
+
+/// The shim's exit status for the server's: its code, or 128+N for signal N.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        (None, None) => 1,
+    }
+}
+
+fn raw<T: serde::Serialize>(v: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(v).unwrap_or_else(|_| crate::jsonrpc::null_id().to_owned())
+}
+
+/// The client side of stdio: non-blocking pipe or socket ends when possible, so reads and
+/// writes need no helper thread; anything else (a terminal, a file) through tokio's stdio.
+fn stdin() -> Pin<Box<dyn AsyncRead>> {
+    match dup_fd(0).map(nonblocking_reader) {
+        Some(Ok(r)) => r,
+        _ => Box::pin(tokio::io::stdin()),
+    }
+}
+
+fn stdout() -> Pin<Box<dyn AsyncWrite>> {
+    match dup_fd(1).map(nonblocking_writer) {
+        Some(Ok(w)) => w,
+        _ => Box::pin(tokio::io::stdout()),
+    }
+}
+
+fn dup_fd(fd: i32) -> Option<OwnedFd> {
+    // SAFETY: fds 0 and 1 are open for the life of the process (std guarantees it at start).
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    borrowed.try_clone_to_owned().ok()
+}
+
+fn nonblocking_reader(fd: OwnedFd) -> io::Result<Pin<Box<dyn AsyncRead>>> {
+    use nix::sys::stat::{SFlag, fstat};
+    let kind = SFlag::from_bits_truncate(fstat(fd.as_fd())?.st_mode) & SFlag::S_IFMT;
+    if kind == SFlag::S_IFIFO {
+        return Ok(Box::pin(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?));
+    }
+    if kind == SFlag::S_IFSOCK {
+        let s = std::os::unix::net::UnixStream::from(fd);
+        s.set_nonblocking(true)?;
+        return Ok(Box::pin(tokio::net::UnixStream::from_std(s)?));
+    }
+    Err(io::Error::other("not a pipe or socket"))
+}
+
+fn nonblocking_writer(fd: OwnedFd) -> io::Result<Pin<Box<dyn AsyncWrite>>> {
+    use nix::sys::stat::{SFlag, fstat};
+    let kind = SFlag::from_bits_truncate(fstat(fd.as_fd())?.st_mode) & SFlag::S_IFMT;
+    if kind == SFlag::S_IFIFO {
+        return Ok(Box::pin(tokio::net::unix::pipe::Sender::from_owned_fd(fd)?));
+    }
+    if kind == SFlag::S_IFSOCK {
+        let s = std::os::unix::net::UnixStream::from(fd);
+        s.set_nonblocking(true)?;
+        return Ok(Box::pin(tokio::net::UnixStream::from_std(s)?));
+    }
+    Err(io::Error::other("not a pipe or socket"))
+}
