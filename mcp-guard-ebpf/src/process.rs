@@ -1,0 +1,133 @@
+//! Process lifecycle, from the `sched` tracepoints: fork spreads the watch to
+//! children, exec reports, exit forgets.
+//!
+//! Field offsets come from `/sys/kernel/tracing/events/sched/<event>/format` on
+//! Linux 6.18; each read below names its line.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        generated::bpf_probe_read_kernel_str,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use core::ptr::addr_of_mut;
+use mcp_guard_common::{ExecEvent, FILENAME_LEN, kind};
+
+use crate::{EVENTS, WATCHED};
+
+/// `field:pid_t child_pid; offset:20; size:4; signed:1;` (sched_process_fork/format)
+const FORK_CHILD_PID: usize = 20;
+/// `field:__data_loc char[] filename; offset:8; size:4; signed:0;` (sched_process_exec/format)
+const EXEC_FILENAME: usize = 8;
+/// `field:pid_t old_pid; offset:16; size:4; signed:1;` (sched_process_exec/format)
+const EXEC_OLD_PID: usize = 16;
+/// `field:bool group_dead; offset:32; size:1; signed:0;` (sched_process_exit/format)
+const EXIT_GROUP_DEAD: usize = 32;
+
+/// The current task's (tid, tgid).
+fn current() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    (id as u32, (id >> 32) as u32)
+}
+
+/// Fires in the parent. A child of a watched process is watched, so the whole
+/// tree under a watched root is seen without user space racing the fork.
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    match try_sched_process_fork(&ctx) {
+        Ok(r) => r,
+        Err(r) => r,
+    }
+}
+
+fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
+    let (_, tgid) = current();
+    if WATCHED.get_ptr(tgid).is_none() {
+        return Ok(0);
+    }
+    // SAFETY: offset and type from the format file cited at the constant.
+    let child: i32 = unsafe { ctx.read_at(FORK_CHILD_PID) }.map_err(|_| 1u32)?;
+    // For a new thread `child` is a tid; exit removes it again.
+    WATCHED.insert(child as u32, tgid, 0).map_err(|_| 1u32)?;
+    Ok(0)
+}
+
+/// Fires in the task that exec'd, after the new image is in place.
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    match try_sched_process_exec(&ctx) {
+        Ok(r) => r,
+        Err(r) => r,
+    }
+}
+
+fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, u32> {
+    let (pid, tgid) = current();
+    // SAFETY: the value is copied out at once; a concurrent remove can at worst
+    // give a stale parent, never an invalid read.
+    let Some(ppid) = (unsafe { WATCHED.get(tgid) }).copied() else {
+        return Ok(0);
+    };
+    // A non-leader thread that execs takes the leader's pid; its old tid entry
+    // would otherwise outlive it.
+    // SAFETY: offset and type from the format file cited at the constant.
+    let old_pid: i32 = unsafe { ctx.read_at(EXEC_OLD_PID) }.map_err(|_| 1u32)?;
+    if old_pid as u32 != tgid {
+        let _ = WATCHED.remove(old_pid as u32);
+    }
+    // __data_loc: low 16 bits are the string's offset from the record start.
+    // SAFETY: offset and type from the format file cited at the constant.
+    let loc: u32 = unsafe { ctx.read_at(EXEC_FILENAME) }.map_err(|_| 1u32)?;
+    let filename = unsafe { ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize) };
+
+    let uid_gid = bpf_get_current_uid_gid();
+    let comm = bpf_get_current_comm().map_err(|_| 1u32)?;
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        // Ring buffer full: user space is behind; drop rather than block the exec.
+        return Err(1);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, writable ExecEvent; fields are written
+    // through raw pointers so no reference to uninitialised memory is made.
+    unsafe {
+        addr_of_mut!((*ev).kind).write(kind::EXEC);
+        addr_of_mut!((*ev).pid).write(pid);
+        addr_of_mut!((*ev).tgid).write(tgid);
+        addr_of_mut!((*ev).ppid).write(ppid);
+        addr_of_mut!((*ev).uid).write(uid_gid as u32);
+        addr_of_mut!((*ev).gid).write((uid_gid >> 32) as u32);
+        addr_of_mut!((*ev).ktime_ns).write(bpf_ktime_get_ns());
+        addr_of_mut!((*ev).comm).write(comm);
+        let dst = addr_of_mut!((*ev).filename).cast::<u8>();
+        // Always NUL-terminates, truncating at FILENAME_LEN - 1; on failure the
+        // helper leaves an empty string.
+        bpf_probe_read_kernel_str(dst.cast(), FILENAME_LEN as u32, filename.cast());
+    }
+    entry.submit(0);
+    Ok(0)
+}
+
+/// Fires for every exiting thread; the last one of a group has `group_dead` set.
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    match try_sched_process_exit(&ctx) {
+        Ok(r) => r,
+        Err(r) => r,
+    }
+}
+
+fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
+    let (pid, tgid) = current();
+    if pid != tgid {
+        let _ = WATCHED.remove(pid);
+    }
+    // SAFETY: offset and type from the format file cited at the constant.
+    let group_dead: u8 = unsafe { ctx.read_at(EXIT_GROUP_DEAD) }.map_err(|_| 1u32)?;
+    if group_dead != 0 {
+        let _ = WATCHED.remove(tgid);
+    }
+    Ok(0)
+}

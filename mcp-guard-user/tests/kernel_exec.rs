@@ -1,0 +1,157 @@
+//! Real kernel, as root: load the real eBPF object, watch this test's own tgid,
+//! exec a child, and read its exec event from the ring buffer within a deadline.
+//!
+//! The sched tracepoints are system-wide; the kernel keeps only watched processes
+//! and the tests below pick out their own children by pid.
+//!
+//! Skips (printing `skipping: why`) when not root or when no object is found,
+//! unless `MCP_GUARD_REQUIRE_KERNEL=1`, where a skip is a failure.
+//! Object: `$MCP_GUARD_BPF_OBJECT`, the observer's usual places, then the eBPF
+//! crate's own release build. Run with `--test-threads=1`.
+
+use std::{
+    fs,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use mcp_guard::observer::{self, Event, Events, Exec, Observer};
+
+const DEADLINE: Duration = Duration::from_secs(5);
+/// `nobody`: the child runs as someone else, so uid/gid are really read.
+const CHILD_ID: u32 = 65534;
+
+/// The observer, or `None` after printing why the test cannot run here.
+fn observer_or_skip() -> Option<Observer> {
+    let why = if !nix::unistd::geteuid().is_root() {
+        "not root".to_owned()
+    } else {
+        match object_path() {
+            Ok(path) => {
+                let observer = Observer::load(&path)
+                    .unwrap_or_else(|err| panic!("{:#}", anyhow::Error::from(err)));
+                return Some(observer);
+            }
+            Err(why) => why,
+        }
+    };
+    if std::env::var_os("MCP_GUARD_REQUIRE_KERNEL").is_some_and(|v| v == "1") {
+        panic!("MCP_GUARD_REQUIRE_KERNEL=1 but the kernel test cannot run: {why}");
+    }
+    println!("skipping: {why}");
+    None
+}
+
+fn object_path() -> Result<PathBuf, String> {
+    let err = match observer::find_object() {
+        Ok(path) => return Ok(path),
+        Err(err) => err,
+    };
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mcp-guard-ebpf/target/bpfel-unknown-none/release/mcp-guard-ebpf");
+    if std::env::var_os(observer::OBJECT_ENV).is_none() && built.is_file() {
+        return Ok(built);
+    }
+    Err(format!("{err}; build it with `cargo xtask build-ebpf`"))
+}
+
+/// A copy of /bin/true under a name no other process on the machine execs,
+/// in a directory `nobody` can enter.
+fn probe_binary(dir: &Path) -> PathBuf {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod tempdir");
+    let probe = dir.join("mcpg-exec-probe");
+    fs::copy("/bin/true", &probe).expect("copy /bin/true");
+    probe
+}
+
+/// The first exec event matching `wanted`, or a panic after [`DEADLINE`].
+async fn exec_where(events: &mut Events, what: &str, wanted: impl Fn(&Exec) -> bool) -> Exec {
+    let found = async {
+        loop {
+            match events.next().await.expect("read ring buffer") {
+                Event::Exec(exec) if wanted(&exec) => return exec,
+                Event::Exec(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, found)
+        .await
+        .map(|exec| {
+            println!("{what}: {exec:?}");
+            exec
+        })
+        .unwrap_or_else(|_| panic!("no exec event for {what} within {DEADLINE:?}"))
+}
+
+#[tokio::test]
+async fn exec_of_watched_process_child_is_reported() {
+    let Some(mut observer) = observer_or_skip() else {
+        return;
+    };
+    let me = std::process::id();
+    observer.watch_tgid(me).expect("watch own tgid");
+    let mut events = observer.events().expect("event stream");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let probe = probe_binary(dir.path());
+    let mut child = Command::new(&probe)
+        .uid(CHILD_ID)
+        .gid(CHILD_ID)
+        .spawn()
+        .expect("spawn probe");
+    let pid = child.id();
+
+    let exec = exec_where(&mut events, "the child", |exec| exec.pid == pid).await;
+    assert!(child.wait().expect("wait probe").success());
+    assert_eq!(exec.tgid, pid);
+    assert_eq!(exec.ppid, me);
+    assert_eq!((exec.uid, exec.gid), (CHILD_ID, CHILD_ID));
+    assert_eq!(exec.filename, probe);
+    assert_eq!(exec.comm, "mcpg-exec-probe");
+    assert_ne!(exec.ktime_ns, 0);
+}
+
+#[tokio::test]
+async fn grandchild_inherits_the_watch_in_the_kernel() {
+    let Some(mut observer) = observer_or_skip() else {
+        return;
+    };
+    let me = std::process::id();
+    observer.watch_tgid(me).expect("watch own tgid");
+    let mut events = observer.events().expect("event stream");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let probe = probe_binary(dir.path());
+    // `; exit 0` keeps the shell from exec'ing the probe in its own process.
+    let mut shell = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("'{}'; exit 0", probe.display()))
+        .spawn()
+        .expect("spawn sh");
+    let sh = shell.id();
+
+    let exec = exec_where(&mut events, "the probe under sh", |exec| exec.ppid == sh).await;
+    assert!(shell.wait().expect("wait sh").success());
+    assert_eq!(exec.filename, probe);
+    assert_ne!(exec.pid, sh);
+}
+
+#[tokio::test]
+async fn exec_outside_the_watch_is_not_reported() {
+    let Some(mut observer) = observer_or_skip() else {
+        return;
+    };
+    let mut events = observer.events().expect("event stream");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let probe = probe_binary(dir.path());
+    let status = Command::new(&probe).status().expect("run probe");
+    assert!(status.success());
+
+    // The exec tracepoint fired before the child could exit, so anything the
+    // kernel kept is in the ring buffer by now.
+    let next = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
+    assert!(next.is_err(), "unwatched exec reported: {next:?}");
+}
