@@ -53,11 +53,76 @@ impl Process {
             // exe is unreadable for other users' processes without privilege; that is recorded as absent.
             exe: p.exe().ok().map(|e| e.display().to_string()),
             comm: stat.comm,
-            cmdline: p.cmdline().unwrap_or_default(),
+            cmdline: redact_args(&p.cmdline().unwrap_or_default()),
             uid: status.ruid,
             start_time: stat.starttime,
         })
     }
+}
+
+/// Longest argument kept in records, and most arguments kept.
+const MAX_ARG: usize = 512;
+const MAX_ARGS: usize = 64;
+
+/// What replaces a secret.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Command lines as records keep them: credentials replaced, long arguments cut.
+///
+/// Catches `--token X`, `--api-key=X`, `GITHUB_TOKEN=X`, URLs with a password, and values
+/// that look like well-known credentials (GitHub, Slack, AWS, OpenAI-style keys, JWTs).
+pub fn redact_args(args: &[String]) -> Vec<String> {
+    use std::sync::LazyLock;
+    static FLAG: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"(?i)^(--?[a-z0-9_.-]*(?:token|secret|passw(?:or)?d|api[_-]?key|auth|credential|bearer|private[_-]?key)[a-z0-9_.-]*)(=.*)?$")
+            .expect("static regex")
+    });
+    static ENV: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"(?i)^([a-z_][a-z0-9_]*(?:token|secret|passw(?:or)?d|api_?key|auth|credential)[a-z0-9_]*)=.+$")
+            .expect("static regex")
+    });
+    static VALUE: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(concat!(
+            r"(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|xox[abposr]-[A-Za-z0-9-]{10,}",
+            r"|AKIA[0-9A-Z]{16}|sk-[A-Za-z0-9_-]{20,}|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+)"
+        ))
+        .expect("static regex")
+    });
+    static URL_PASS: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r"(://[^/:@\s]+:)[^/@\s]+@").expect("static regex"));
+    let mut out = Vec::with_capacity(args.len().min(MAX_ARGS));
+    let mut hide_next = false;
+    for arg in args.iter().take(MAX_ARGS) {
+        let mut a = if std::mem::take(&mut hide_next) {
+            REDACTED.to_string()
+        } else if let Some(c) = FLAG.captures(arg) {
+            match c.get(2) {
+                Some(_) => format!("{}={REDACTED}", &c[1]),
+                None => {
+                    hide_next = true;
+                    arg.clone()
+                }
+            }
+        } else if let Some(c) = ENV.captures(arg) {
+            format!("{}={REDACTED}", &c[1])
+        } else {
+            let a = VALUE.replace_all(arg, REDACTED);
+            URL_PASS.replace_all(&a, format!("${{1}}{REDACTED}@")).into_owned()
+        };
+        if a.len() > MAX_ARG {
+            let mut cut = MAX_ARG;
+            while !a.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            a.truncate(cut);
+            a.push('…');
+        }
+        out.push(a);
+    }
+    if args.len() > MAX_ARGS {
+        out.push(format!("… {} more", args.len() - MAX_ARGS));
+    }
+    out
 }
 
 /// `exec_id` for a pid and its start time.
@@ -122,6 +187,25 @@ mod tests {
         assert_eq!(chain.first().map(|p| p.pid), Some(me.ppid));
         assert_eq!(chain.last().map(|p| p.pid), Some(1), "the chain ends at init");
         assert!(me.exec_id.ends_with(&format!(":{}", me.pid)));
+    }
+
+    #[test]
+    fn credentials_in_command_lines_are_redacted() {
+        let args: Vec<String> = [
+            "server", "--token", "s3cr3t", "--api-key=abc123", "GITHUB_TOKEN=ghp_x", "--verbose",
+            "https://bob:hunter2@example.com/x", "ghp_0123456789abcdefghijABCDEFGHIJ", "--port", "80",
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = redact_args(&args);
+        let joined = out.join(" ");
+        for secret in ["s3cr3t", "abc123", "ghp_x", "hunter2", "ghp_0123456789"] {
+            assert!(!joined.contains(secret), "{secret} leaked: {joined}");
+        }
+        assert_eq!(out[0], "server");
+        assert_eq!(out[1], "--token");
+        assert_eq!(out[5], "--verbose");
+        assert_eq!(&out[8..], ["--port", "80"]);
     }
 
     #[test]

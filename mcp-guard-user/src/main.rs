@@ -16,6 +16,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("MCP_GUARD_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -95,7 +95,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
             "name": opts.name,
             "pid": pid,
             "exe": server.as_ref().and_then(|s| s.exe.clone()),
-            "argv": opts.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
+            "argv": identity::redact_args(&opts.command.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>()),
             "exec_id": server.as_ref().map(|s| s.exec_id.clone()),
         })),
     });
