@@ -150,6 +150,11 @@ impl Session {
         &self.ctx
     }
 
+    /// Replaces the session context (the server's identity changed).
+    pub fn set_ctx(&mut self, ctx: Arc<Context>) {
+        self.ctx = ctx;
+    }
+
     /// Judges a read's worth of frames travelling `dir`, taken from `data`.
     pub fn judge(&mut self, dir: Direction, data: &[u8], frames: impl IntoIterator<Item = Frame>) -> Plan {
         let mut plan = Plan::default();

@@ -81,8 +81,13 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         }
     };
     let pid = child.id().map(|p| p as i32).unwrap_or_default();
-    // Exec has succeeded when spawn returns, so /proc shows the server binary.
-    let server = Process::read(pid).ok();
+    let server = ServerIdentity {
+        pid,
+        name: opts.name.clone(),
+        argv: identity::redact_args(&opts.command.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>()),
+        exe: RefCell::new(None),
+        settled: std::cell::Cell::new(false),
+    };
     let ctx = Arc::new(Context {
         session: crate::audit::random_id(),
         transport: "stdio-shim",
@@ -91,13 +96,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         principal: raw(&principal),
         agent_host: raw(&host),
         chain: raw(&chain),
-        server: raw(&serde_json::json!({
-            "name": opts.name,
-            "pid": pid,
-            "exe": server.as_ref().and_then(|s| s.exe.clone()),
-            "argv": identity::redact_args(&opts.command.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>()),
-            "exec_id": server.as_ref().map(|s| s.exec_id.clone()),
-        })),
+        server: server.describe(),
     });
     let mut start = Record::new("session_start", &ctx);
     start.detail = Some(serde_json::json!({ "policy": opts.policy.origin(), "shim_pid": me }));
@@ -116,7 +115,14 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
     let client_gone = Notify::new();
     // The pumps borrow the session and the audit handle; they end with this block.
     let status = {
-        let shared = Shared { session: &session, audit: &audit, server_in: &server_in, client_out: &client_out, client_gone: &client_gone };
+        let shared = Shared {
+        session: &session,
+        audit: &audit,
+        server_in: &server_in,
+        client_out: &client_out,
+        client_gone: &client_gone,
+        server: &server,
+    };
 
         let mut inbound = pin!(shared.pump(Direction::ToServer, stdin(), opts.max_message));
         let mut outbound = pin!(shared.pump(Direction::ToClient, Box::pin(server_out), opts.max_message));
@@ -178,6 +184,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
     if let Some(out) = client_out.lock().await.as_mut() {
         let _ = out.flush().await;
     }
+    let ctx = session.borrow().ctx().clone();
     let mut end = Record::new("session_end", &ctx);
     end.detail = Some(serde_json::json!({
         "exit_code": status.code(),
@@ -192,7 +199,58 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
     Ok(exit)
 }
 
+/// What records say about the server process.
+struct ServerIdentity {
+    pid: i32,
+    name: String,
+    argv: Vec<String>,
+    exe: RefCell<Option<String>>,
+    /// Set once the server has spoken: by then it runs its final program.
+    settled: std::cell::Cell<bool>,
+}
+
+impl ServerIdentity {
+    fn describe(&self) -> Box<RawValue> {
+        let p = Process::read(self.pid).ok();
+        *self.exe.borrow_mut() = p.as_ref().and_then(|p| p.exe.clone());
+        raw(&serde_json::json!({
+            "name": self.name,
+            "pid": self.pid,
+            "exe": p.as_ref().and_then(|p| p.exe.clone()),
+            "argv": self.argv,
+            "exec_id": p.as_ref().map(|p| p.exec_id.clone()),
+        }))
+    }
+
+    /// A script started through `#!/usr/bin/env node` is `env` when spawn returns and
+    /// `node` a moment later: until the server has spoken, look again before each decision.
+    fn refresh(&self, dir: Direction, session: &RefCell<Session>) {
+        if self.settled.get() {
+            return;
+        }
+        if dir == Direction::ToClient {
+            self.settled.set(true);
+        }
+        let now = std::fs::read_link(format!("/proc/{}/exe", self.pid)).ok().map(|p| p.display().to_string());
+        if now.is_some() && now != *self.exe.borrow() {
+            let mut s = session.borrow_mut();
+            let old = s.ctx().clone();
+            s.set_ctx(Arc::new(Context {
+                session: old.session.clone(),
+                transport: old.transport,
+                policy_sha256: old.policy_sha256.clone(),
+                mode: old.mode,
+                principal: old.principal.clone(),
+                agent_host: old.agent_host.clone(),
+                chain: old.chain.clone(),
+                server: self.describe(),
+            }));
+        }
+    }
+}
+
 struct Shared<'a> {
+    server: &'a ServerIdentity,
     session: &'a RefCell<Session>,
     audit: &'a Audit,
     server_in: &'a Sink,
@@ -236,6 +294,7 @@ impl Shared<'_> {
     }
 
     async fn carry_out(&self, dir: Direction, data: &[u8], frames: Vec<crate::frame::Frame>) {
+        self.server.refresh(dir, self.session);
         let plan = self.session.borrow_mut().judge(dir, data, frames.iter().cloned());
         let mut acts = plan.acts;
         if let Err(e) = self.audit.commit(plan.commit).await {

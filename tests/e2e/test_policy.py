@@ -1,0 +1,133 @@
+"""Policy enforcement by `mcp-guard wrap` against the real server-filesystem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mcp import MCPError
+
+import harness
+from harness import ALLOW, DENY, DENY_CODE, AuditField, AuditKind, field_of, open_session, read_audit, run, select
+from scenarios import text_of
+
+NO_WRITES = """\
+default = "allow"
+
+[[rule]]
+id = "no-fs-writes"
+server = "filesystem"
+tool = "write_file"
+method = "tools/call"
+action = "deny"
+message = "writes are not allowed"
+"""
+
+
+def _fs_root(tmp_path: Path) -> Path:
+    root = harness.fresh_dir(tmp_path / "fsroot")
+    (root / "existing.txt").write_text("readable content\n")
+    return root
+
+
+def _same_id(recorded, sent) -> bool:
+    """request_id in the audit may be the JSON value, or its text."""
+    return recorded == sent or str(recorded) == str(sent) or recorded == f'"{sent}"'
+
+
+def test_denied_write_file_gets_jsonrpc_error_and_never_reaches_server(tmp_path, make_guard):
+    root = _fs_root(tmp_path)
+    target = root / "forbidden.txt"
+    guard = make_guard(NO_WRITES)
+    server = harness.filesystem_server(root)
+
+    async def go():
+        async with open_session(server, guard) as peer:
+            s = peer.session
+            with pytest.raises(MCPError) as excinfo:
+                await s.call_tool("write_file", {"path": str(target), "content": "must not be written"})
+            err = excinfo.value
+            assert err.code == DENY_CODE, err.error
+            assert "no-fs-writes" in err.message, err.error
+            # The session goes on: an allowed call right after works.
+            r = await s.call_tool("read_text_file", {"path": str(root / "existing.txt")})
+            assert not r.is_error and text_of(r) == "readable content\n"
+            # ... and so does a listing, and a second denied attempt is denied again.
+            r = await s.call_tool("list_directory", {"path": str(root)})
+            assert "forbidden.txt" not in text_of(r)
+            with pytest.raises(MCPError) as again:
+                await s.call_tool("write_file", {"path": str(target), "content": "second try"})
+            assert again.value.code == DENY_CODE
+
+    run(go)
+    assert not target.exists(), "the denied write reached the server"
+
+
+def test_denied_write_file_is_audited_as_deny_and_read_as_allow(tmp_path, make_guard):
+    root = _fs_root(tmp_path)
+    guard = make_guard(NO_WRITES)
+    server = harness.filesystem_server(root)
+
+    async def go():
+        async with open_session(server, guard) as peer:
+            with pytest.raises(MCPError):
+                await peer.session.call_tool("write_file", {"path": str(root / "x.txt"), "content": "x"})
+            await peer.session.call_tool("read_text_file", {"path": str(root / "existing.txt")})
+
+    run(go)
+    records = read_audit(guard.audit, until_kind=AuditKind.SESSION_END)
+    denies = select(records, kind=AuditKind.REQUEST, decision=DENY)
+    assert len(denies) == 1, harness.describe(records)
+    deny = denies[0]
+    assert field_of(deny, AuditField.TOOL) == "write_file", deny
+    assert field_of(deny, AuditField.METHOD) == "tools/call", deny
+    assert field_of(deny, AuditField.RULE) == "no-fs-writes", deny
+    assert field_of(deny, AuditField.SERVER_NAME) == "filesystem", deny
+    allows = select(records, kind=AuditKind.REQUEST, decision=ALLOW, tool="read_text_file")
+    assert len(allows) == 1, harness.describe(records)
+    assert field_of(allows[0], AuditField.RULE) != "no-fs-writes", allows[0]
+    # a denied request has no server response; the allowed one does
+    for r in select(records, kind=AuditKind.RESPONSE):
+        assert not _same_id(field_of(r, AuditField.REQUEST_ID), field_of(deny, AuditField.REQUEST_ID)) or (
+            field_of(r, AuditField.DECISION) == DENY
+        ), f"a response record claims the server answered the denied request: {r}"
+
+
+GLOB_POLICY = """\
+default = "allow"
+
+[[rule]]
+id = "no-mkdir-on-files"
+server = "file*"
+tool = "{create_*,move_file}"
+action = "deny"
+message = "no structural changes"
+"""
+
+
+@pytest.mark.parametrize(
+    "name, denied",
+    [("filesystem", True), ("files-2", True), ("other", False)],
+    ids=["server-glob-matches", "server-glob-matches-prefix", "server-glob-does-not-match"],
+)
+def test_policy_globs_select_server_name_and_tool_name(tmp_path, make_guard, name, denied):
+    root = _fs_root(tmp_path)
+    guard = make_guard(GLOB_POLICY, name=name)
+    server = harness.filesystem_server(root)
+
+    async def go():
+        async with open_session(server, guard) as peer:
+            s = peer.session
+            if denied:
+                with pytest.raises(MCPError) as excinfo:
+                    await s.call_tool("create_directory", {"path": str(root / "newdir")})
+                assert excinfo.value.code == DENY_CODE and "no-mkdir-on-files" in excinfo.value.message
+            else:
+                r = await s.call_tool("create_directory", {"path": str(root / "newdir")})
+                assert not r.is_error
+            # a tool outside the glob is never denied
+            r = await s.call_tool("list_directory", {"path": str(root)})
+            assert not r.is_error
+
+    run(go)
+    assert (root / "newdir").exists() is (not denied)
