@@ -349,12 +349,9 @@ pub fn default_path() -> Option<PathBuf> {
 }
 
 /// SHA-256 of a JSON value's canonical form (object keys sorted, no whitespace).
-pub fn canonical_sha256(raw: &RawValue) -> String {
-    match serde_json::from_str::<serde_json::Value>(raw.get()) {
-        // serde_json's default map is ordered by key, so this serialization is canonical.
-        Ok(v) => sha256_hex(serde_json::to_string(&v).unwrap_or_default().as_bytes()),
-        Err(_) => sha256_hex(raw.get().as_bytes()),
-    }
+pub fn canonical_sha256(v: &serde_json::Value) -> String {
+    // serde_json's default map is ordered by key, so this serialization is canonical.
+    sha256_hex(&serde_json::to_vec(v).unwrap_or_default())
 }
 
 /// Checks the hash chain of a log's text: every line's `hash` must follow from the

@@ -85,7 +85,14 @@ impl Framer {
                         self.discarding = false;
                         continue;
                     }
-                    return Some(self.line(line_start..nl + 1));
+                    let frame = self.line(line_start..nl + 1);
+                    if let Frame::Line { msg, .. } = &frame {
+                        if msg.len() > self.max {
+                            let prefix = self.buf[msg.start..msg.start + PREFIX_LEN.min(msg.len())].to_vec();
+                            return Some(Frame::TooLong { prefix, seen: msg.len() });
+                        }
+                    }
+                    return Some(frame);
                 }
                 None => {
                     self.scanned = self.end - self.start;
@@ -191,6 +198,12 @@ mod tests {
         assert_eq!(feed(&mut f, b"ab"), ["too-long 12 12"]);
         assert_eq!(feed(&mut f, &[b'x'; 1000]), Vec::<String>::new());
         assert_eq!(feed(&mut f, b"yy\nok\n"), ["ok|3"]);
+    }
+
+    #[test]
+    fn over_long_line_arriving_whole_in_one_read_is_refused() {
+        let mut f = Framer::new(4);
+        assert_eq!(feed(&mut f, b"abcdef\nok\n"), ["too-long 6 6", "ok|3"]);
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! commits the records first and only then carries the plan out, so no decision takes
 //! effect before its record is written.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -99,22 +98,6 @@ struct Judged {
     error: Option<Vec<u8>>,
     /// Refusing a request of the sender's: the side that gets `error`.
     reply_to: Direction,
-}
-
-#[derive(Deserialize, Default)]
-struct Params<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    uri: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    arguments: Option<&'a RawValue>,
-    #[serde(default, rename = "clientInfo")]
-    client_info: Option<serde_json::Value>,
-    #[serde(default, rename = "protocolVersion")]
-    protocol_version: Option<serde_json::Value>,
-    #[serde(default, rename = "_meta")]
-    meta: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -223,35 +206,48 @@ impl Session {
             plan.acts.push(Act::Forward(raw));
             return;
         }
-        let mut errors = Vec::new();
-        let mut to = dir.reverse();
+        // Errors for the sender's requests go back as one batch; stand-ins for answers the
+        // receiver was waiting on (a response in the refused batch, or an unusable one)
+        // go forward one by one, so no request is left hanging.
+        let mut to_sender = Vec::new();
+        let mut to_receiver = Vec::new();
         for (item, mut j) in items.iter().zip(judged) {
             if j.pass {
-                // Allowed on its own, refused with the batch.
-                if let Ok(m) = item {
-                    if let (Kind::Request, Some(id)) = (m.kind, m.id) {
+                match item {
+                    Ok(m) if m.kind == Kind::Request => {
+                        let id = m.id.unwrap_or(jsonrpc::null_id());
                         j.error = Some(error_line(id, code::BATCH_REFUSED, "refused: another message in its batch was refused", None));
                     }
+                    Ok(m) if m.kind == Kind::Response => {
+                        let id = m.id.unwrap_or(jsonrpc::null_id());
+                        let message = "the answer came in a batch that was refused";
+                        to_receiver.push(error_line(id, code::BATCH_REFUSED, message, None));
+                    }
+                    _ => {}
                 }
                 if let Some(r) = j.record.as_mut() {
                     r.decision = Some("deny");
                     r.reason = Some("batch refused".into());
+                    r.outcome = None;
                 }
                 j.track = None;
                 j.pass = false;
             }
-            to = j.reply_to;
             if let Some(e) = j.error.take() {
-                errors.push(e);
+                if j.reply_to == dir { to_receiver.push(e) } else { to_sender.push(e) }
             }
             self.settle(j, plan);
         }
-        if !errors.is_empty() {
-            let mut out = Vec::with_capacity(errors.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+        if !to_sender.is_empty() {
+            let mut out = Vec::with_capacity(to_sender.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
             out.push(b'[');
-            out.extend(errors.join(&b","[..]));
+            out.extend(to_sender.join(&b","[..]));
             out.extend_from_slice(b"]\n");
-            plan.acts.push(reply(to, out));
+            plan.acts.push(reply(dir.reverse(), out));
+        }
+        for mut e in to_receiver {
+            e.push(b'\n');
+            plan.acts.push(reply(dir, e));
         }
     }
 
@@ -285,11 +281,13 @@ impl Session {
     fn request(&mut self, dir: Direction, m: &Message<'_>, bytes: usize) -> Judged {
         self.counters.requests += 1;
         let method = m.method.as_deref().unwrap_or_default();
-        let params: Params<'_> = m.params.and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or_default();
+        let params = m.params_value.as_ref();
+        let field = |k: &str| params.and_then(|p| p.get(k));
         let tool = match method {
-            "resources/read" | "resources/subscribe" => params.uri.as_deref(),
-            _ => params.name.as_deref(),
-        };
+            "resources/read" | "resources/subscribe" => field("uri"),
+            _ => field("name"),
+        }
+        .and_then(serde_json::Value::as_str);
         let decision = self.policy.decide(Request { server: &self.name, method, tool });
         let id = m.id.unwrap_or(jsonrpc::null_id());
         let mut rec = Record::new(if dir == Direction::ToServer { "request" } else { "server_request" }, &self.ctx);
@@ -302,9 +300,9 @@ impl Session {
         rec.method = Some(method.to_string());
         rec.tool = tool.map(str::to_string);
         rec.request_id = Some(jsonrpc::id_text(id));
-        rec.args_sha256 = params.arguments.map(canonical_sha256);
+        rec.args_sha256 = field("arguments").map(canonical_sha256);
         rec.bytes = Some(bytes);
-        rec.claims = claims(&params);
+        rec.claims = params.and_then(claims);
         let reply_to = dir.reverse();
         match decision.action {
             Action::Allow => {
@@ -526,15 +524,16 @@ fn error_line(id: &RawValue, code: i64, message: &str, data: Option<serde_json::
     jsonrpc::error_response(id, ErrorObject { code, message, data })
 }
 
-fn claims(p: &Params<'_>) -> Option<serde_json::Value> {
+/// What a request says about its sender: `clientInfo` and `protocolVersion` from the
+/// handshake, or the same from the per-request `_meta` of the handshake-less revision.
+fn claims(params: &serde_json::Value) -> Option<serde_json::Value> {
     let mut c = serde_json::Map::new();
-    if let Some(v) = &p.client_info {
-        c.insert("clientInfo".into(), v.clone());
+    for key in ["clientInfo", "protocolVersion"] {
+        if let Some(v) = params.get(key) {
+            c.insert(key.into(), v.clone());
+        }
     }
-    if let Some(v) = &p.protocol_version {
-        c.insert("protocolVersion".into(), v.clone());
-    }
-    if let Some(meta) = &p.meta {
+    if let Some(meta) = params.get("_meta") {
         for key in META_CLAIMS {
             if let Some(v) = meta.get(*key) {
                 c.insert((*key).into(), v.clone());

@@ -1,11 +1,12 @@
 //! JSON-RPC 2.0 messages as they cross the shim: parsed strictly, never re-serialized.
 //!
-//! Parsing is two passes over the line: one that validates the whole document and rejects
-//! duplicate object keys at any depth (so the guard and the server cannot read different
-//! values for the same key), and one that borrows the envelope fields without copying.
+//! The envelope is read in one pass that borrows its fields without copying (and rejects a
+//! duplicated envelope field). The `params` of requests and notifications, what policy
+//! decides on, are then built into a value with duplicate keys rejected at every depth, so
+//! the guard and the server cannot read different values for the same key. Results are
+//! validated as JSON but not taken apart.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -39,6 +40,8 @@ pub enum Malformed {
     Utf8 { offset: usize },
     #[error("invalid JSON: {reason}")]
     Json { reason: String },
+    #[error("not a JSON-RPC message: {reason}")]
+    Shape { reason: String },
     #[error("duplicate key `{key}`")]
     DuplicateKey { key: String },
     #[error("not a JSON-RPC message: {reason}")]
@@ -55,7 +58,7 @@ impl Malformed {
         match self {
             Malformed::Utf8 { .. } | Malformed::Json { .. } => code::PARSE_ERROR,
             Malformed::DuplicateKey { .. } => code::DUPLICATE_KEY,
-            Malformed::Invalid { .. } | Malformed::EmptyBatch => code::INVALID_REQUEST,
+            Malformed::Invalid { .. } | Malformed::Shape { .. } | Malformed::EmptyBatch => code::INVALID_REQUEST,
             Malformed::TooLong { .. } => code::TOO_LARGE,
         }
     }
@@ -66,7 +69,7 @@ impl Malformed {
             Malformed::Utf8 { .. } => "invalid_utf8",
             Malformed::Json { .. } => "invalid_json",
             Malformed::DuplicateKey { .. } => "duplicate_key",
-            Malformed::Invalid { .. } => "invalid_message",
+            Malformed::Invalid { .. } | Malformed::Shape { .. } => "invalid_message",
             Malformed::EmptyBatch => "empty_batch",
             Malformed::TooLong { .. } => "too_long",
         }
@@ -89,6 +92,8 @@ pub struct Message<'a> {
     pub id: Option<&'a RawValue>,
     pub method: Option<Cow<'a, str>>,
     pub params: Option<&'a RawValue>,
+    /// `params` as a value, for requests and notifications.
+    pub params_value: Option<serde_json::Value>,
     pub result: Option<&'a RawValue>,
     pub error: Option<&'a RawValue>,
 }
@@ -131,12 +136,9 @@ fn present<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>,
 /// Parses one line (without its ending).
 pub fn parse(line: &[u8]) -> Result<Parsed<'_>, Malformed> {
     let text = std::str::from_utf8(line).map_err(|e| Malformed::Utf8 { offset: e.valid_up_to() })?;
-    check_no_duplicate_keys(text)?;
-    let first = text.trim_start().as_bytes().first().copied();
-    match first {
+    match text.trim_start().as_bytes().first() {
         Some(b'[') => {
-            let items: Vec<&RawValue> =
-                serde_json::from_str(text).map_err(|e| Malformed::Json { reason: e.to_string() })?;
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| json_error(&e, text))?;
             if items.is_empty() {
                 return Err(Malformed::EmptyBatch);
             }
@@ -148,7 +150,28 @@ pub fn parse(line: &[u8]) -> Result<Parsed<'_>, Malformed> {
             ))
         }
         Some(b'{') => message(text).map(Parsed::Single),
-        _ => Err(Malformed::Invalid { reason: "not an object or a batch" }),
+        _ => match serde_json::from_str::<de::IgnoredAny>(text) {
+            Ok(_) => Err(Malformed::Invalid { reason: "not an object or a batch" }),
+            Err(e) => Err(json_error(&e, text)),
+        },
+    }
+}
+
+/// Invalid JSON is a parse error; valid JSON of the wrong shape is an invalid request.
+fn json_error(e: &serde_json::Error, text: &str) -> Malformed {
+    use serde_json::error::Category;
+    let reason = e.to_string();
+    match e.classify() {
+        // A type error can come before a syntax error further on: only valid JSON is "data".
+        Category::Data if serde_json::from_str::<de::IgnoredAny>(text).is_err() => {
+            let reason = serde_json::from_str::<de::IgnoredAny>(text).err().map(|e| e.to_string()).unwrap_or(reason);
+            Malformed::Json { reason }
+        }
+        Category::Data => match reason.strip_prefix("duplicate field `") {
+            Some(rest) => Malformed::DuplicateKey { key: rest.split('`').next().unwrap_or_default().to_string() },
+            None => Malformed::Shape { reason },
+        },
+        _ => Malformed::Json { reason },
     }
 }
 
@@ -156,7 +179,7 @@ fn message(text: &str) -> Result<Message<'_>, Malformed> {
     if !text.trim_start().starts_with('{') {
         return Err(Malformed::Invalid { reason: "not an object" });
     }
-    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| Malformed::Json { reason: e.to_string() })?;
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| json_error(&e, text))?;
     if env.jsonrpc.as_deref() != Some("2.0") {
         return Err(Malformed::Invalid { reason: "`jsonrpc` is not \"2.0\"" });
     }
@@ -173,12 +196,25 @@ fn message(text: &str) -> Result<Message<'_>, Malformed> {
         (None, Some(_), Some(_), None) | (None, Some(_), None, Some(_)) => Kind::Response,
         _ => return Err(Malformed::Invalid { reason: "neither a request, a notification nor a response" }),
     };
-    if let Some(p) = env.params {
-        if !matches!(p.get().as_bytes().first(), Some(b'{' | b'[')) {
+    let params_value = match env.params {
+        Some(p) if !matches!(p.get().as_bytes().first(), Some(b'{' | b'[')) => {
             return Err(Malformed::Invalid { reason: "`params` is not an object or an array" });
         }
+        Some(p) if kind != Kind::Response => Some(checked_value(p.get())?),
+        _ => None,
+    };
+    if let Some(body) = env.result.or(env.error) {
+        check_no_duplicate_keys(body.get())?;
     }
-    Ok(Message { kind, id: env.id, method: env.method, params: env.params, result: env.result, error: env.error })
+    Ok(Message {
+        kind,
+        id: env.id,
+        method: env.method,
+        params: env.params,
+        params_value,
+        result: env.result,
+        error: env.error,
+    })
 }
 
 /// Recovers the id of a message that failed to parse, when it can be read unambiguously
@@ -195,14 +231,27 @@ pub fn sniff_id(text: &str) -> Option<&RawValue> {
     serde_json::from_str::<&RawValue>(raw).ok()
 }
 
-/// Rejects documents that are not JSON or that have a duplicate key in any object.
+/// Parses a JSON document into a value, rejecting a duplicate key in any object.
+pub fn checked_value(text: &str) -> Result<serde_json::Value, Malformed> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut dup = None;
+    let res = Checked { dup: &mut dup }.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    match (res, dup) {
+        (_, Some(key)) => Err(Malformed::DuplicateKey { key }),
+        (Err(e), None) => Err(json_error(&e, text)),
+        (Ok(v), None) => Ok(v),
+    }
+}
+
+/// Rejects a duplicate key at any depth without building anything (for results, which
+/// are passed on, not interpreted).
 pub fn check_no_duplicate_keys(text: &str) -> Result<(), Malformed> {
     let mut de = serde_json::Deserializer::from_str(text);
     let mut dup = None;
     let res = NoDupes { dup: &mut dup }.deserialize(&mut de).and_then(|()| de.end());
     match (res, dup) {
         (_, Some(key)) => Err(Malformed::DuplicateKey { key }),
-        (Err(e), None) => Err(Malformed::Json { reason: e.to_string() }),
+        (Err(e), None) => Err(json_error(&e, text)),
         (Ok(()), None) => Ok(()),
     }
 }
@@ -218,16 +267,26 @@ impl<'de> DeserializeSeed<'de> for NoDupes<'_> {
     }
 }
 
-macro_rules! accept {
-    ($($f:ident: $t:ty),*) => { $(fn $f<E: de::Error>(self, _: $t) -> Result<(), E> { Ok(()) })* };
-}
-
 impl<'de> Visitor<'de> for NoDupes<'_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    accept!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         Ok(())
     }
@@ -236,20 +295,109 @@ impl<'de> Visitor<'de> for NoDupes<'_> {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut keys: HashSet<Cow<'de, str>> = HashSet::new();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if keys.contains(&key) {
+        // Keys borrow from the input unless they contain escapes; small objects stay on a Vec.
+        let mut keys: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+        let mut set: std::collections::HashSet<std::borrow::Cow<'de, str>> = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<BorrowedKey<'de>>()? {
+            let key = key.0;
+            let seen = if set.is_empty() && keys.len() < 16 {
+                let dup = keys.contains(&key);
+                keys.push(key.clone());
+                dup
+            } else {
+                if set.is_empty() {
+                    set.extend(keys.drain(..));
+                }
+                !set.insert(key.clone())
+            };
+            if seen {
                 *self.dup = Some(key.into_owned());
-                // Stop here; the caller reports the duplicate, not this error.
                 return Err(de::Error::custom("duplicate key"));
             }
             map.next_value_seed(NoDupes { dup: &mut *self.dup })?;
-            if self.dup.is_some() {
-                return Err(de::Error::custom("duplicate key"));
-            }
-            keys.insert(key);
         }
         Ok(())
+    }
+}
+
+/// A map key, borrowed when the input allows.
+struct BorrowedKey<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for BorrowedKey<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BorrowedKey<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(BorrowedKey(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedKey(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Builds a `Value`, stopping at the first duplicate key (recorded in `dup`).
+struct Checked<'d> {
+    dup: &'d mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for Checked<'_> {
+    type Value = serde_json::Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<serde_json::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Checked<'_> {
+    type Value = serde_json::Value;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(Checked { dup: &mut *self.dup })? {
+            out.push(v);
+        }
+        Ok(out.into())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                *self.dup = Some(key);
+                return Err(de::Error::custom("duplicate key"));
+            }
+            let v = map.next_value_seed(Checked { dup: &mut *self.dup })?;
+            out.insert(key, v);
+        }
+        Ok(out.into())
     }
 }
 
@@ -360,11 +508,13 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"p":1,"p":2}}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read","na\u006de":"write"}}"#,
-            r#"[{"jsonrpc":"2.0","id":1,"method":"x","params":[{"a":1,"a":1}]}]"#,
         ];
         for c in cases {
             assert!(matches!(parse(c.as_bytes()), Err(Malformed::DuplicateKey { .. })), "{c}");
         }
+        let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"x","params":[{"a":1,"a":1}]}]"#;
+        let Ok(Parsed::Batch(items)) = parse(batch) else { panic!() };
+        assert!(matches!(&items[0], Err((_, Malformed::DuplicateKey { .. }))));
     }
 
     #[test]
@@ -372,6 +522,8 @@ mod tests {
         assert_eq!(parse(b"{\"a\":\"\xff\"}").unwrap_err(), Malformed::Utf8 { offset: 6 });
         assert!(matches!(parse(b"{\"a\":"), Err(Malformed::Json { .. })));
         assert!(matches!(parse(b"{} {}"), Err(Malformed::Json { .. })));
+        assert!(matches!(parse(b"garbage"), Err(Malformed::Json { .. })));
+        assert!(matches!(parse(br#"{"jsonrpc":2.0,"id":1,"method":"ping"}"#), Err(Malformed::Shape { .. })));
         assert_eq!(parse(b"42").unwrap_err().code(), code::INVALID_REQUEST);
         assert_eq!(parse(b"[]").unwrap_err(), Malformed::EmptyBatch);
     }

@@ -150,7 +150,15 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
                         escalate = Some((Instant::now() + opts.grace, Signal::SIGTERM));
                     }
                 }
-                _ = &mut outbound, if !out_done => out_done = true,
+                _ = &mut outbound, if !out_done => {
+                out_done = true;
+                // A server that closed its stdout can answer nothing more: end it as if the
+                // client had left, so requests in flight get their errors.
+                if status.is_none() && escalate.is_none() {
+                    server_in.lock().await.take();
+                    escalate = Some((Instant::now() + opts.grace, Signal::SIGTERM));
+                }
+            }
                 s = child.wait(), if status.is_none() => {
                     status = Some(s.context("waiting for the server")?);
                     escalate = None;

@@ -290,8 +290,13 @@ fn a_batch_with_a_malformed_element_is_refused_whole() {
 fn a_batch_with_a_duplicate_key_inside_is_refused_whole() {
     let mut shim = Shim::spawn_default();
     let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"a","name":"b"}}]"#;
-    let (v, _) = refused(&mut shim, batch.as_bytes(), 10);
-    assert_eq!(error_code(&v), -32083, "{v}");
+    shim.send(format!("{batch}\n").as_bytes());
+    let got = shim.read_line();
+    let v: Value = serde_json::from_slice(&got).unwrap();
+    // One error per request of the batch, as a batch: the duplicate, and its neighbour refused with it.
+    let codes: Vec<(Value, i64)> = v.as_array().unwrap_or_else(|| panic!("not a batch: {v}")).iter().map(|e| (e["id"].clone(), error_code(e))).collect();
+    assert_eq!(codes, [(1.into(), -32081), (2.into(), -32083)], "{v}");
+    shim.ping(10);
     server_saw_only_pings(&shim);
 }
 

@@ -116,7 +116,7 @@ fn a_full_disk_fails_the_commit() {
 
 #[test]
 fn canonical_hash_ignores_key_order_and_whitespace() {
-    let a: &RawValue = serde_json::from_str(r#"{"b":1,"a":[1,2]}"#).unwrap();
-    let b: &RawValue = serde_json::from_str(r#"{ "a" : [1, 2], "b" : 1 }"#).unwrap();
-    assert_eq!(canonical_sha256(a), canonical_sha256(b));
+    let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":[1,2]}"#).unwrap();
+    let b: serde_json::Value = serde_json::from_str(r#"{ "a" : [1, 2], "b" : 1 }"#).unwrap();
+    assert_eq!(canonical_sha256(&a), canonical_sha256(&b));
 }
