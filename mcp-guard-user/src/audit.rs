@@ -4,6 +4,10 @@
 //! is waiting, appends it under an exclusive `flock` (several shims may share one file),
 //! chains each record to the one before it in the file, calls `fdatasync` once for the
 //! whole group (in durable mode), then acknowledges every batch in the group.
+//!
+//! Only commits (decisions, which wait for their record) pay for `fdatasync`. Appended
+//! observations (responses) are written at once and made durable by the next commit, or
+//! within [`FLUSH_INTERVAL`] when no commit comes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -14,12 +18,17 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use tokio::sync::oneshot;
 
 use crate::policy::{hex, sha256_hex};
 
 /// Version of the record format.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// Longest time an appended record stays only in the page cache (durable mode).
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How far back from the end of the file the previous record is looked for.
 const TAIL_WINDOW: u64 = 1 << 20;
@@ -128,11 +137,13 @@ pub struct Record {
 impl Record {
     /// A new record of `kind` in the session `ctx`, stamped now.
     pub fn new(kind: &'static str, ctx: &Arc<Context>) -> Record {
+        // Unique without a system call per record: the session id is random, the counter is not.
+        static NEXT: AtomicU64 = AtomicU64::new(1);
         Record {
             v: SCHEMA_VERSION,
             seq: 0,
             time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            id: random_id(),
+            id: format!("{}-{:x}", ctx.session, NEXT.fetch_add(1, Ordering::Relaxed)),
             kind,
             ctx: ctx.clone(),
             direction: None,
@@ -170,7 +181,7 @@ struct Job {
 /// A handle to the audit writer thread.
 #[derive(Clone)]
 pub struct Audit {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::SyncSender<Job>,
     path: Arc<PathBuf>,
 }
 
@@ -186,8 +197,9 @@ impl Audit {
         }
         let file =
             OpenOptions::new().read(true).append(true).create(true).mode(0o600).open(path).map_err(err)?;
-        let (tx, rx) = mpsc::channel(1024);
-        let mut writer = Writer { file, path: path.to_path_buf(), durability, known_end: None, last: Tail::default() };
+        let (tx, rx) = mpsc::sync_channel(1024);
+        let mut writer =
+            Writer { file, path: path.to_path_buf(), durability, known_end: None, last: Tail::default(), dirty: false };
         let thread = std::thread::Builder::new()
             .name("audit".into())
             .spawn(move || writer.run(rx))
@@ -201,7 +213,8 @@ impl Audit {
             return Ok(());
         }
         let (ack, done) = oneshot::channel();
-        self.tx.send(Job { records, ack: Some(ack) }).await.map_err(|_| Error::Stopped)?;
+        // Blocks only while 1024 batches are queued; the writer drains on its own thread.
+        self.tx.send(Job { records, ack: Some(ack) }).map_err(|_| Error::Stopped)?;
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(Error::Write { path: self.path.to_path_buf(), reason }),
@@ -210,8 +223,8 @@ impl Audit {
     }
 
     /// Appends `records` without waiting; they are committed in order with the next group.
-    pub async fn append(&self, records: Vec<Record>) {
-        if !records.is_empty() && self.tx.send(Job { records, ack: None }).await.is_err() {
+    pub fn append(&self, records: Vec<Record>) {
+        if !records.is_empty() && self.tx.send(Job { records, ack: None }).is_err() {
             tracing::error!("audit writer stopped; records lost");
         }
     }
@@ -236,12 +249,22 @@ struct Writer {
     /// File length after our last commit; if it still matches, `last` is current.
     known_end: Option<u64>,
     last: Tail,
+    /// Records written since the last `fdatasync`.
+    dirty: bool,
 }
 
 impl Writer {
-    fn run(&mut self, mut rx: mpsc::Receiver<Job>) {
+    fn run(&mut self, rx: mpsc::Receiver<Job>) {
         let mut jobs = Vec::new();
-        while let Some(job) = rx.blocking_recv() {
+        loop {
+            let job = match rx.recv_timeout(FLUSH_INTERVAL) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.sync_if_dirty();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             jobs.push(job);
             while let Ok(job) = rx.try_recv() {
                 jobs.push(job);
@@ -254,6 +277,16 @@ impl Writer {
                 if let Some(ack) = job.ack {
                     let _ = ack.send(res.clone());
                 }
+            }
+        }
+        self.sync_if_dirty();
+    }
+
+    fn sync_if_dirty(&mut self) {
+        if self.dirty && self.durability == Durability::Durable {
+            match self.file.sync_data() {
+                Ok(()) => self.dirty = false,
+                Err(e) => tracing::error!(error = %e, path = %self.path.display(), "audit fdatasync failed"),
             }
         }
     }
@@ -286,10 +319,8 @@ impl Writer {
                 out.extend_from_slice(b"\"}\n");
             }
         }
-        let res = self.file.write_all(&out).and_then(|()| match self.durability {
-            Durability::Durable => self.file.sync_data(),
-            Durability::PageCache => Ok(()),
-        });
+        let must_sync = self.durability == Durability::Durable && jobs.iter().any(|j| j.ack.is_some());
+        let res = self.file.write_all(&out).and_then(|()| if must_sync { self.file.sync_data() } else { Ok(()) });
         if let Err(e) = res {
             // Leave no partial line behind; the records were not committed.
             let _ = self.file.set_len(start);
@@ -299,6 +330,7 @@ impl Writer {
         }
         self.known_end = Some(start + out.len() as u64);
         self.last = last;
+        self.dirty = !must_sync;
         drop(lock);
         Ok(())
     }

@@ -39,6 +39,23 @@ pub struct Process {
     pub start_time: u64,
 }
 
+/// A process as every record names it in the ancestry chain (no command line: that is
+/// on the session-start record).
+#[derive(Debug, Clone, Serialize)]
+pub struct Link {
+    pub pid: i32,
+    pub exe: Option<String>,
+    pub comm: String,
+    pub exec_id: String,
+    pub uid: u32,
+}
+
+impl From<&Process> for Link {
+    fn from(p: &Process) -> Link {
+        Link { pid: p.pid, exe: p.exe.clone(), comm: p.comm.clone(), exec_id: p.exec_id.clone(), uid: p.uid }
+    }
+}
+
 impl Process {
     /// Reads a process from /proc.
     pub fn read(pid: i32) -> Result<Process, Error> {

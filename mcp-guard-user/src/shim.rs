@@ -95,11 +95,11 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         mode: "enforce",
         principal: raw(&principal),
         agent_host: raw(&host),
-        chain: raw(&chain),
+        chain: raw(&chain.iter().map(identity::Link::from).collect::<Vec<_>>()),
         server: server.describe(),
     });
     let mut start = Record::new("session_start", &ctx);
-    start.detail = Some(serde_json::json!({ "policy": opts.policy.origin(), "shim_pid": me }));
+    start.detail = Some(serde_json::json!({ "policy": opts.policy.origin(), "shim_pid": me, "chain": chain }));
     if let Err(e) = audit.commit(vec![start]).await {
         // Fail closed: no session runs without its record.
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
@@ -343,7 +343,7 @@ impl Shared<'_> {
         if let Some(cur) = run {
             self.send(own, &data[cur]).await;
         }
-        self.audit.append(plan.append).await;
+        self.audit.append(plan.append);
     }
 
     async fn send(&self, sink: &Sink, bytes: &[u8]) {
