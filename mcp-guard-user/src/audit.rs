@@ -67,10 +67,11 @@ impl Durability {
     }
 }
 
-/// Who and what a session is about; the same on every record of the session.
+/// Who and what a session is about; the same on every decision record of the session.
 #[derive(Debug, Serialize)]
 pub struct Context {
-    pub session: String,
+    #[serde(skip)]
+    pub session: Arc<str>,
     pub transport: &'static str,
     pub policy_sha256: String,
     pub mode: &'static str,
@@ -99,8 +100,10 @@ pub struct Record {
     pub time: String,
     pub id: String,
     pub kind: &'static str,
-    #[serde(flatten)]
-    pub ctx: Arc<Context>,
+    pub session: Arc<str>,
+    /// Identity, on every record but responses (whose `links` names the request record that has it).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub ctx: Option<Arc<Context>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direction: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,6 +138,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// A response record: linked to its request's record, which carries the identity.
+    pub fn response(ctx: &Arc<Context>) -> Record {
+        Record { ctx: None, ..Record::new("response", ctx) }
+    }
+
     /// A new record of `kind` in the session `ctx`, stamped now.
     pub fn new(kind: &'static str, ctx: &Arc<Context>) -> Record {
         // Unique without a system call per record: the session id is random, the counter is not.
@@ -145,7 +153,8 @@ impl Record {
             time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
             id: format!("{}-{:x}", ctx.session, NEXT.fetch_add(1, Ordering::Relaxed)),
             kind,
-            ctx: ctx.clone(),
+            session: ctx.session.clone(),
+            ctx: Some(ctx.clone()),
             direction: None,
             decision: None,
             rule: None,
@@ -185,6 +194,24 @@ pub struct Audit {
     path: Arc<PathBuf>,
 }
 
+/// A commit on its way to disk.
+pub struct Ticket {
+    done: Option<oneshot::Receiver<Result<(), String>>>,
+    path: Arc<PathBuf>,
+}
+
+impl Ticket {
+    /// Waits until the records are committed (or failed to be).
+    pub async fn wait(self) -> Result<(), Error> {
+        let Some(done) = self.done else { return Ok(()) };
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(Error::Write { path: self.path.to_path_buf(), reason }),
+            Err(_) => Err(Error::Stopped),
+        }
+    }
+}
+
 /// The writer thread; joined by [`Audit::close`].
 pub struct WriterThread(std::thread::JoinHandle<()>);
 
@@ -209,17 +236,25 @@ impl Audit {
 
     /// Appends `records` and waits until they are committed.
     pub async fn commit(&self, records: Vec<Record>) -> Result<(), Error> {
+        self.submit(records).wait().await
+    }
+
+    /// Hands `records` to the writer now; the ticket tells when they are committed.
+    pub fn submit(&self, records: Vec<Record>) -> Ticket {
         if records.is_empty() {
-            return Ok(());
+            return Ticket { done: None, path: self.path.clone() };
         }
         let (ack, done) = oneshot::channel();
         // Blocks only while 1024 batches are queued; the writer drains on its own thread.
-        self.tx.send(Job { records, ack: Some(ack) }).map_err(|_| Error::Stopped)?;
-        match done.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(Error::Write { path: self.path.to_path_buf(), reason }),
-            Err(_) => Err(Error::Stopped),
-        }
+        let done = match self.tx.send(Job { records, ack: Some(ack) }) {
+            Ok(()) => Some(done),
+            Err(_) => {
+                let (ack, done) = oneshot::channel();
+                let _ = ack.send(Err("the audit writer has stopped".to_string()));
+                Some(done)
+            }
+        };
+        Ticket { done, path: self.path.clone() }
     }
 
     /// Appends `records` without waiting; they are committed in order with the next group.

@@ -131,6 +131,24 @@ impl Framer {
     }
 }
 
+impl Frame {
+    /// The bytes received for this frame, if it has them.
+    pub fn raw(&self) -> Option<&Range<usize>> {
+        match self {
+            Frame::Line { raw, .. } => Some(raw),
+            Frame::TooLong { .. } => None,
+        }
+    }
+
+    /// The same frame with its ranges moved down by `by`.
+    pub fn shifted(&self, by: usize) -> Frame {
+        match self {
+            Frame::Line { msg, raw } => Frame::Line { msg: msg.start - by..msg.end - by, raw: raw.start - by..raw.end - by },
+            other => other.clone(),
+        }
+    }
+}
+
 impl Framer {
     /// The buffer that frame ranges index.
     pub fn data(&self) -> &[u8] {

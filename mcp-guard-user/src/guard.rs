@@ -349,7 +349,7 @@ impl Session {
             Direction::ToClient => &mut self.pending,
             Direction::ToServer => &mut self.server_pending,
         };
-        let mut rec = Record::new("response", &self.ctx);
+        let mut rec = Record::response(&self.ctx);
         rec.direction = Some(dir.name());
         rec.request_id = Some(jsonrpc::id_text(id));
         rec.bytes = Some(bytes);
@@ -469,7 +469,7 @@ impl Session {
         for (_, p) in self.pending.drain() {
             out.extend(error_line(&p.id, code::SERVER_FAILED, why, None));
             out.push(b'\n');
-            let mut rec = Record::new("response", &self.ctx);
+            let mut rec = Record::response(&self.ctx);
             rec.direction = Some(Direction::ToClient.name());
             rec.decision = Some("deny");
             rec.reason = Some(why.to_string());

@@ -39,20 +39,27 @@ pub struct Process {
     pub start_time: u64,
 }
 
-/// A process as every record names it in the ancestry chain (no command line: that is
-/// on the session-start record).
+/// A process as every record names it: enough to identify it and join it with the
+/// session-start record, which has the command lines.
 #[derive(Debug, Clone, Serialize)]
 pub struct Link {
     pub pid: i32,
-    pub exe: Option<String>,
     pub comm: String,
-    pub exec_id: String,
-    pub uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
 }
 
-impl From<&Process> for Link {
-    fn from(p: &Process) -> Link {
-        Link { pid: p.pid, exe: p.exe.clone(), comm: p.comm.clone(), exec_id: p.exec_id.clone(), uid: p.uid }
+impl Link {
+    /// Pid, comm and exe: for the ancestry chain.
+    pub fn short(p: &Process) -> Link {
+        Link { pid: p.pid, comm: p.comm.clone(), exe: p.exe.clone(), exec_id: None }
+    }
+
+    /// Also the exec id: for the agent host.
+    pub fn long(p: &Process) -> Link {
+        Link { exec_id: Some(p.exec_id.clone()), ..Link::short(p) }
     }
 }
 

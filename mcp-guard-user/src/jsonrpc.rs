@@ -411,8 +411,14 @@ pub enum IdKey {
 
 impl IdKey {
     pub fn of(id: &RawValue) -> IdKey {
-        if let Ok(s) = serde_json::from_str::<String>(id.get()) {
-            return IdKey::Str(s);
+        if id.get().starts_with('"') {
+            return match serde_json::from_str::<String>(id.get()) {
+                Ok(s) => IdKey::Str(s),
+                Err(_) => IdKey::Other(id.get().to_string()),
+            };
+        }
+        if let Ok(i) = id.get().parse::<i64>() {
+            return IdKey::Int(i.into());
         }
         if let Ok(n) = serde_json::from_str::<serde_json::Number>(id.get()) {
             if let Some(i) = n.as_i64() {
@@ -433,7 +439,12 @@ impl IdKey {
 
 /// The id of a message as a plain string for records (strings unquoted).
 pub fn id_text(id: &RawValue) -> String {
-    serde_json::from_str::<String>(id.get()).unwrap_or_else(|_| id.get().to_string())
+    if id.get().starts_with('"') {
+        if let Ok(s) = serde_json::from_str::<String>(id.get()) {
+            return s;
+        }
+    }
+    id.get().to_string()
 }
 
 #[derive(Serialize)]

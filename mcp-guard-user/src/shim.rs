@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::pin::{Pin, pin};
 use std::process::{ExitStatus, Stdio};
@@ -26,7 +27,7 @@ use tokio::sync::{Mutex, Notify};
 use tokio::time::{Instant, sleep_until};
 
 use crate::audit::{Audit, Context, Durability, Record};
-use crate::frame::Framer;
+use crate::frame::{Frame, Framer};
 use crate::guard::{Act, Direction, Session};
 use crate::identity::{self, Process};
 use crate::jsonrpc::code;
@@ -89,17 +90,24 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         settled: std::cell::Cell::new(false),
     };
     let ctx = Arc::new(Context {
-        session: crate::audit::random_id(),
+        session: crate::audit::random_id().into(),
         transport: "stdio-shim",
         policy_sha256: opts.policy.sha256().to_string(),
         mode: "enforce",
         principal: raw(&principal),
-        agent_host: raw(&host),
-        chain: raw(&chain.iter().map(identity::Link::from).collect::<Vec<_>>()),
+        agent_host: raw(&host.as_ref().map(identity::Link::long)),
+        chain: raw(&chain.iter().map(identity::Link::short).collect::<Vec<_>>()),
         server: server.describe(),
     });
     let mut start = Record::new("session_start", &ctx);
-    start.detail = Some(serde_json::json!({ "policy": opts.policy.origin(), "shim_pid": me, "chain": chain }));
+    // The full picture once per session; other records carry the short form.
+    start.detail = Some(serde_json::json!({
+        "policy": opts.policy.origin(),
+        "shim_pid": me,
+        "agent_host": host,
+        "chain": chain,
+        "server_argv": server.argv,
+    }));
     if let Err(e) = audit.commit(vec![start]).await {
         // Fail closed: no session runs without its record.
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
@@ -225,7 +233,6 @@ impl ServerIdentity {
             "name": self.name,
             "pid": self.pid,
             "exe": p.as_ref().and_then(|p| p.exe.clone()),
-            "argv": self.argv,
             "exec_id": p.as_ref().map(|p| p.exec_id.clone()),
         }))
     }
@@ -257,6 +264,19 @@ impl ServerIdentity {
     }
 }
 
+/// Batches judged and not yet carried out, per direction.
+const IN_FLIGHT: usize = 4;
+
+/// One read's worth of frames, judged, its records on their way to disk.
+struct Batch {
+    /// The bytes the frames and acts index.
+    data: Vec<u8>,
+    frames: Vec<Frame>,
+    acts: Vec<Act>,
+    append: Vec<Record>,
+    ticket: crate::audit::Ticket,
+}
+
 struct Shared<'a> {
     server: &'a ServerIdentity,
     session: &'a RefCell<Session>,
@@ -268,44 +288,79 @@ struct Shared<'a> {
 
 impl Shared<'_> {
     /// Reads `dir`'s input until end of input, judging each read's worth of messages.
+    /// Reads `dir`'s input until end of input. Each read's worth of messages is judged and
+    /// its records sent to the writer at once; while they are committed, the next read is
+    /// already being judged. Batches are carried out strictly in order.
     async fn pump(&self, dir: Direction, mut input: Pin<Box<dyn AsyncRead>>, max: usize) {
-        let mut framer = Framer::new(max);
-        loop {
-            let read = tokio::select! {
-                r = input.read(framer.spare(READ_SIZE)) => r,
-                _ = self.client_gone.notified(), if dir == Direction::ToServer => return,
-            };
-            let n = match read {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, direction = ?dir, "read failed; treating it as end of input");
-                    0
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(IN_FLIGHT);
+        let read = async move {
+            let mut framer = Framer::new(max);
+            loop {
+                let read = tokio::select! {
+                    r = input.read(framer.spare(READ_SIZE)) => r,
+                    _ = self.client_gone.notified(), if dir == Direction::ToServer => return,
+                };
+                let n = match read {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, direction = ?dir, "read failed; treating it as end of input");
+                        0
+                    }
+                };
+                let mut frames = Vec::new();
+                if n == 0 {
+                    frames.extend(framer.finish());
+                } else {
+                    framer.filled(n);
+                    while let Some(f) = framer.next_frame() {
+                        frames.push(f);
+                    }
                 }
-            };
-            let mut frames = Vec::new();
-            if n == 0 {
-                frames.extend(framer.finish());
-            } else {
-                framer.filled(n);
-                while let Some(f) = framer.next_frame() {
-                    frames.push(f);
+                if !frames.is_empty() && tx.send(self.prepare(dir, framer.data(), frames)).await.is_err() {
+                    return;
+                }
+                if n == 0 {
+                    return;
                 }
             }
-            if !frames.is_empty() {
-                self.carry_out(dir, framer.data(), frames).await;
+        };
+        let write = async {
+            while let Some(batch) = rx.recv().await {
+                self.carry_out(dir, batch).await;
             }
-            if n == 0 {
-                return;
-            }
+        };
+        tokio::join!(read, write);
+    }
+
+    /// Judges frames and submits their records; copies out the bytes the plan refers to.
+    fn prepare(&self, dir: Direction, data: &[u8], frames: Vec<Frame>) -> Batch {
+        self.server.refresh(dir, self.session);
+        let plan = self.session.borrow_mut().judge(dir, data, frames.iter().cloned());
+        let ticket = self.audit.submit(plan.commit);
+        let lo = frames.iter().filter_map(|f| f.raw().map(|r| r.start)).min().unwrap_or(0);
+        let hi = frames.iter().filter_map(|f| f.raw().map(|r| r.end)).max().unwrap_or(0);
+        let shift = |r: &Range<usize>| r.start - lo..r.end - lo;
+        Batch {
+            data: data[lo..hi.max(lo)].to_vec(),
+            frames: frames.iter().map(|f| f.shifted(lo)).collect(),
+            acts: plan
+                .acts
+                .into_iter()
+                .map(|a| match a {
+                    Act::Forward(r) => Act::Forward(shift(&r)),
+                    other => other,
+                })
+                .collect(),
+            append: plan.append,
+            ticket,
         }
     }
 
-    async fn carry_out(&self, dir: Direction, data: &[u8], frames: Vec<crate::frame::Frame>) {
-        self.server.refresh(dir, self.session);
-        let plan = self.session.borrow_mut().judge(dir, data, frames.iter().cloned());
-        let mut acts = plan.acts;
-        if let Err(e) = self.audit.commit(plan.commit).await {
+    async fn carry_out(&self, dir: Direction, batch: Batch) {
+        let Batch { data, frames, mut acts, append, ticket } = batch;
+        let data = &data[..];
+        if let Err(e) = ticket.wait().await {
             // Fail closed: what needed a record does not take effect without one.
             tracing::error!(error = %e, "audit commit failed; refusing the requests it covered");
             acts = self.session.borrow_mut().refuse_unrecorded(dir, data, &frames, code::AUDIT_UNAVAILABLE, &e.to_string());
@@ -343,7 +398,7 @@ impl Shared<'_> {
         if let Some(cur) = run {
             self.send(own, &data[cur]).await;
         }
-        self.audit.append(plan.append);
+        self.audit.append(append);
     }
 
     async fn send(&self, sink: &Sink, bytes: &[u8]) {
