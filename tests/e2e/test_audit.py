@@ -65,9 +65,16 @@ def test_audit_identifies_principal_server_and_agent_host(tmp_path, make_guard):
     assert field_of(start, AuditField.AGENT_PID) == os.getpid(), start
     assert field_of(start, AuditField.AGENT_EXE) == os.path.realpath(sys.executable), start
 
-    # every record of the session carries the same identity
+    # every record belongs to the session; every decision record carries the identity, and
+    # every response record links to the request record that has it
+    by_id = {r["id"]: r for r in records}
     for r in records:
-        assert field_of(r, AuditField.SERVER_NAME) == "filesystem", r
+        assert r["session"] == start["session"], r
+        if r["kind"] == AuditKind.RESPONSE:
+            linked = by_id[r["links"]]
+            assert field_of(linked, AuditField.SERVER_NAME) == "filesystem", (r, linked)
+        else:
+            assert field_of(r, AuditField.SERVER_NAME) == "filesystem", r
 
     # one request and one response record per request id, methods and tool named
     expected = {1: ("initialize", None), "list-2": ("tools/list", None), 3: ("tools/call", "read_text_file")}
