@@ -1,11 +1,11 @@
 //! The audit log: one JSON object per line, hash-chained, committed before decisions act.
 //!
-//! One thread owns the file. Callers hand it batches of records; it takes everything that
-//! is waiting, appends it under an exclusive `flock` (several shims may share one file),
-//! chains each record to the one before it in the file, calls `fdatasync` once for the
-//! whole group (in durable mode), then acknowledges every batch in the group.
+//! Records are appended under an exclusive `flock` (several shims may share one file), each
+//! chained to the one before it in the file. The write happens on the caller's thread; in
+//! durable mode a commit then waits for the sync thread, which runs one `fdatasync` for all
+//! the commits waiting at that moment (group commit) and acknowledges them together.
 //!
-//! Only commits (decisions, which wait for their record) pay for `fdatasync`. Appended
+//! Only commits (decisions, which wait for their record) wait for `fdatasync`. Appended
 //! observations (responses) are written at once and made durable by the next commit, or
 //! within [`FLUSH_INTERVAL`] when no commit comes.
 
@@ -182,15 +182,16 @@ pub fn random_id() -> String {
     hex(&b)
 }
 
-struct Job {
-    records: Vec<Record>,
-    ack: Option<oneshot::Sender<Result<(), String>>>,
-}
-
-/// A handle to the audit writer thread.
+/// A handle to the audit log. Records are written, and in durable mode synced, on the
+/// caller's thread: a commit is one read's worth of decisions, so one `fdatasync` covers
+/// them all (group commit), and no other thread has to be woken and waited for. A flusher
+/// thread makes appended records durable within [`FLUSH_INTERVAL`].
 #[derive(Clone)]
 pub struct Audit {
-    tx: mpsc::SyncSender<Job>,
+    writer: Arc<std::sync::Mutex<Writer>>,
+    /// Durable mode: the file to `fdatasync` and the flusher's stop signal.
+    sync: Option<(Arc<Syncer>, mpsc::SyncSender<()>)>,
+    dirty: Arc<std::sync::atomic::AtomicBool>,
     path: Arc<PathBuf>,
 }
 
@@ -201,6 +202,12 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    fn ready(res: Result<(), String>, path: &Arc<PathBuf>) -> Ticket {
+        let (ack, done) = oneshot::channel();
+        let _ = ack.send(res);
+        Ticket { done: Some(done), path: path.clone() }
+    }
+
     /// Waits until the records are committed (or failed to be).
     pub async fn wait(self) -> Result<(), Error> {
         let Some(done) = self.done else { return Ok(()) };
@@ -212,8 +219,8 @@ impl Ticket {
     }
 }
 
-/// The writer thread; joined by [`Audit::close`].
-pub struct WriterThread(std::thread::JoinHandle<()>);
+/// The sync thread (durable mode); joined by [`Audit::close`].
+pub struct WriterThread(Option<std::thread::JoinHandle<()>>);
 
 impl Audit {
     /// Opens (creating with mode 0600, and its directory with 0700) the log at `path`.
@@ -224,14 +231,31 @@ impl Audit {
         }
         let file =
             OpenOptions::new().read(true).append(true).create(true).mode(0o600).open(path).map_err(err)?;
-        let (tx, rx) = mpsc::sync_channel(1024);
-        let mut writer =
-            Writer { file, path: path.to_path_buf(), durability, known_end: None, last: Tail::default(), dirty: false };
-        let thread = std::thread::Builder::new()
-            .name("audit".into())
-            .spawn(move || writer.run(rx))
-            .map_err(err)?;
-        Ok((Audit { tx, path: Arc::new(path.to_path_buf()) }, WriterThread(thread)))
+        let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sync, thread) = match durability {
+            Durability::PageCache => (None, None),
+            Durability::Durable => {
+                let (stop, stopped) = mpsc::sync_channel(0);
+                let syncer =
+                    Arc::new(Syncer {
+                    file: file.try_clone().map_err(err)?,
+                    path: path.to_path_buf(),
+                    dirty: dirty.clone(),
+                    syncing: std::sync::Mutex::new(()),
+                });
+                let flusher = syncer.clone();
+                let thread = std::thread::Builder::new()
+                    .name("audit-flush".into())
+                    .spawn(move || flusher.run(stopped))
+                    .map_err(err)?;
+                (Some((syncer, stop)), Some(thread))
+            }
+        };
+        let writer = Writer { file, known_end: None, last: Tail::default() };
+        Ok((
+            Audit { writer: Arc::new(std::sync::Mutex::new(writer)), sync, dirty, path: Arc::new(path.to_path_buf()) },
+            WriterThread(thread),
+        ))
     }
 
     /// Appends `records` and waits until they are committed.
@@ -239,35 +263,47 @@ impl Audit {
         self.submit(records).wait().await
     }
 
-    /// Hands `records` to the writer now; the ticket tells when they are committed.
+    /// Writes `records` now; the ticket tells when they are committed.
     pub fn submit(&self, records: Vec<Record>) -> Ticket {
         if records.is_empty() {
             return Ticket { done: None, path: self.path.clone() };
         }
-        let (ack, done) = oneshot::channel();
-        // Blocks only while 1024 batches are queued; the writer drains on its own thread.
-        let done = match self.tx.send(Job { records, ack: Some(ack) }) {
-            Ok(()) => Some(done),
-            Err(_) => {
-                let (ack, done) = oneshot::channel();
-                let _ = ack.send(Err("the audit writer has stopped".to_string()));
-                Some(done)
-            }
-        };
-        Ticket { done, path: self.path.clone() }
+        let res = self.write(records).and_then(|()| match &self.sync {
+            Some((syncer, _)) => syncer.sync(),
+            None => Ok(()),
+        });
+        Ticket::ready(res, &self.path)
     }
 
-    /// Appends `records` without waiting; they are committed in order with the next group.
+    /// Writes `records` without waiting for `fdatasync`: the next commit, or the sync
+    /// thread within [`FLUSH_INTERVAL`], makes them durable.
     pub fn append(&self, records: Vec<Record>) {
-        if !records.is_empty() && self.tx.send(Job { records, ack: None }).is_err() {
-            tracing::error!("audit writer stopped; records lost");
+        if records.is_empty() {
+            return;
+        }
+        if let Err(e) = self.write(records) {
+            tracing::error!(error = %e, path = %self.path.display(), "audit records lost");
         }
     }
 
-    /// Stops accepting records and waits for the writer to commit what it has.
+    fn write(&self, mut records: Vec<Record>) -> Result<(), String> {
+        // A poisoned lock means a writer panicked mid-write; the file state is re-read.
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let res = w.write(&mut records).map_err(|e| e.to_string());
+        drop(w);
+        match &res {
+            Ok(()) => self.dirty.store(true, std::sync::atomic::Ordering::Release),
+            Err(e) => tracing::error!(error = %e, path = %self.path.display(), "audit write failed"),
+        }
+        res
+    }
+
+    /// Waits for what was written to be synced, and stops the sync thread.
     pub fn close(self, thread: WriterThread) {
-        drop(self.tx);
-        let _ = thread.0.join();
+        drop(self.sync);
+        if let Some(t) = thread.0 {
+            let _ = t.join();
+        }
     }
 }
 
@@ -279,58 +315,50 @@ struct Tail {
 
 struct Writer {
     file: File,
-    path: PathBuf,
-    durability: Durability,
-    /// File length after our last commit; if it still matches, `last` is current.
+    /// File length after our last write; if it still matches, `last` is current.
     known_end: Option<u64>,
     last: Tail,
-    /// Records written since the last `fdatasync`.
-    dirty: bool,
+}
+
+/// Runs `fdatasync` when something was written since the last one.
+struct Syncer {
+    file: File,
+    path: PathBuf,
+    dirty: Arc<std::sync::atomic::AtomicBool>,
+    /// Held across check-and-sync, so a commit that finds nothing dirty because the flusher
+    /// took it waits for the flusher's `fdatasync` to finish.
+    syncing: std::sync::Mutex<()>,
+}
+
+impl Syncer {
+    /// The flusher: syncs appended records every [`FLUSH_INTERVAL`] until told to stop.
+    fn run(&self, stop: mpsc::Receiver<()>) {
+        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(FLUSH_INTERVAL) {
+            let _ = self.sync();
+        }
+        let _ = self.sync();
+    }
+
+    /// Syncs everything written so far (one `fdatasync` covers the whole file).
+    fn sync(&self) -> Result<(), String> {
+        let _held = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|e| {
+            self.dirty.store(true, std::sync::atomic::Ordering::Release);
+            tracing::error!(error = %e, path = %self.path.display(), "audit fdatasync failed");
+            e.to_string()
+        })
+    }
 }
 
 impl Writer {
-    fn run(&mut self, rx: mpsc::Receiver<Job>) {
-        let mut jobs = Vec::new();
-        loop {
-            let job = match rx.recv_timeout(FLUSH_INTERVAL) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.sync_if_dirty();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            jobs.push(job);
-            while let Ok(job) = rx.try_recv() {
-                jobs.push(job);
-            }
-            let res = self.write_group(&mut jobs).map_err(|e| e.to_string());
-            if let Err(e) = &res {
-                tracing::error!(error = %e, path = %self.path.display(), "audit commit failed");
-            }
-            for job in jobs.drain(..) {
-                if let Some(ack) = job.ack {
-                    let _ = ack.send(res.clone());
-                }
-            }
-        }
-        self.sync_if_dirty();
-    }
-
-    fn sync_if_dirty(&mut self) {
-        if self.dirty && self.durability == Durability::Durable {
-            match self.file.sync_data() {
-                Ok(()) => self.dirty = false,
-                Err(e) => tracing::error!(error = %e, path = %self.path.display(), "audit fdatasync failed"),
-            }
-        }
-    }
-
-    fn write_group(&mut self, jobs: &mut [Job]) -> io::Result<()> {
+    fn write(&mut self, records: &mut [Record]) -> io::Result<()> {
         let lock = nix::fcntl::Flock::lock(self.file.try_clone()?, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| io::Error::from(e))?;
         let start = self.file.metadata()?.len();
-        let mut out = Vec::with_capacity(4096);
+        let mut out = Vec::with_capacity(1024 * records.len());
         if self.known_end != Some(start) {
             let (tail, torn) = read_tail(&mut self.file, start)?;
             self.last = tail;
@@ -341,23 +369,19 @@ impl Writer {
             }
         }
         let mut last = self.last.clone();
-        for job in jobs.iter_mut() {
-            for rec in job.records.iter_mut() {
-                last.seq += 1;
-                rec.seq = last.seq;
-                rec.prev = std::mem::take(&mut last.hash);
-                let body = serde_json::to_vec(rec).map_err(io::Error::other)?;
-                last.hash = chain_hash(&rec.prev, &body);
-                out.extend_from_slice(&body[..body.len() - 1]);
-                out.extend_from_slice(b",\"hash\":\"");
-                out.extend_from_slice(last.hash.as_bytes());
-                out.extend_from_slice(b"\"}\n");
-            }
+        for rec in records.iter_mut() {
+            last.seq += 1;
+            rec.seq = last.seq;
+            rec.prev = std::mem::take(&mut last.hash);
+            let body = serde_json::to_vec(rec).map_err(io::Error::other)?;
+            last.hash = chain_hash(&rec.prev, &body);
+            out.extend_from_slice(&body[..body.len() - 1]);
+            out.extend_from_slice(b",\"hash\":\"");
+            out.extend_from_slice(last.hash.as_bytes());
+            out.extend_from_slice(b"\"}\n");
         }
-        let must_sync = self.durability == Durability::Durable && jobs.iter().any(|j| j.ack.is_some());
-        let res = self.file.write_all(&out).and_then(|()| if must_sync { self.file.sync_data() } else { Ok(()) });
-        if let Err(e) = res {
-            // Leave no partial line behind; the records were not committed.
+        if let Err(e) = self.file.write_all(&out) {
+            // Leave no partial line behind; the records were not written.
             let _ = self.file.set_len(start);
             self.known_end = None;
             drop(lock);
@@ -365,7 +389,6 @@ impl Writer {
         }
         self.known_end = Some(start + out.len() as u64);
         self.last = last;
-        self.dirty = !must_sync;
         drop(lock);
         Ok(())
     }
