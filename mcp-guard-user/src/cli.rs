@@ -63,9 +63,15 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of audit logs. Exit 1 at the first bad record.
+    /// Check audit logs: hash chain, sequence, signatures. FILEs are one chain, oldest
+    /// first (rotated files before the live one). Exit 1 at the first bad record.
     Verify {
+        /// The public key to check signatures with [default: the key next to the log].
+        #[arg(long)]
+        key: Option<PathBuf>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Send audit records to a SIEM (syslog RFC 5424, JSON or OCSF), resuming from a cursor.
+    Forward(crate::audit::forward::Args),
 }

@@ -22,7 +22,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Wrap(w) => wrap(w),
         Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
-        Command::Audit(AuditCommand::Verify { files }) => audit_verify(&files),
+        Command::Audit(AuditCommand::Verify { key, files }) => audit::verify::run(key.as_deref(), &files),
+        Command::Audit(AuditCommand::Forward(args)) => audit::forward::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -83,21 +84,6 @@ fn policy_check(files: &[PathBuf]) -> anyhow::Result<i32> {
             Err(e) => {
                 failed = true;
                 eprintln!("{e}");
-            }
-        }
-    }
-    Ok(i32::from(failed))
-}
-
-fn audit_verify(files: &[PathBuf]) -> anyhow::Result<i32> {
-    let mut failed = false;
-    for f in files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-        match audit::verify_chain(&text) {
-            Ok(n) => println!("{}: OK, {n} records", f.display()),
-            Err(e) => {
-                failed = true;
-                println!("{}: {e}", f.display());
             }
         }
     }

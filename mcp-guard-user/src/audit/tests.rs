@@ -1,4 +1,7 @@
 use super::*;
+use super::verify::verify_chain;
+use serde_json::value::RawValue;
+use std::io::Write;
 
 fn ctx() -> Arc<Context> {
     let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();

@@ -1,9 +1,10 @@
 //! The audit log: one JSON object per line, hash-chained, committed before decisions act.
 //!
 //! Records are appended under an exclusive `flock` (several shims may share one file), each
-//! chained to the one before it in the file. The write happens on the caller's thread; in
-//! durable mode a commit then waits for the sync thread, which runs one `fdatasync` for all
-//! the commits waiting at that moment (group commit) and acknowledges them together.
+//! chained to the one before it in the file. The write, and in durable mode the
+//! `fdatasync`, happen on the caller's thread. Concurrent committers share syncs: one that
+//! finds its records already covered by another's `fdatasync` (in progress or done) does
+//! not sync again (group commit).
 //!
 //! Only commits (decisions, which wait for their record) wait for `fdatasync`. Appended
 //! observations (responses) are written at once and made durable by the next commit, or
@@ -14,18 +15,18 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use std::sync::atomic::{AtomicU64, Ordering};
+use serde::Deserialize;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use tokio::sync::oneshot;
 
-use crate::policy::{hex, sha256_hex};
+use crate::policy::hex;
 
-/// Version of the record format.
-pub const SCHEMA_VERSION: u32 = 1;
+pub mod forward;
+mod record;
+pub mod verify;
+pub use record::{Context, Outcome, Record, SCHEMA_VERSION, canonical_sha256, random_id};
+
 
 /// Longest time an appended record stays only in the page cache (durable mode).
 pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -65,121 +66,6 @@ impl Durability {
             Ok(other) => Err(format!("MCP_GUARD_AUDIT_DURABILITY: unknown value `{other}` (durable or page-cache)")),
         }
     }
-}
-
-/// Who and what a session is about; the same on every decision record of the session.
-#[derive(Debug, Serialize)]
-pub struct Context {
-    #[serde(skip)]
-    pub session: Arc<str>,
-    pub transport: &'static str,
-    pub policy_sha256: String,
-    pub mode: &'static str,
-    pub principal: Box<RawValue>,
-    pub agent_host: Box<RawValue>,
-    /// Process ancestry above the shim, nearest first.
-    pub chain: Box<RawValue>,
-    pub server: Box<RawValue>,
-}
-
-/// The outcome of a request, on `response` records.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Outcome {
-    pub error: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_code: Option<i64>,
-    pub bytes: usize,
-    pub latency_us: u64,
-}
-
-/// One audit record. The writer fills in `seq`, `prev` and `hash`.
-#[derive(Debug, Serialize)]
-pub struct Record {
-    pub v: u32,
-    pub seq: u64,
-    pub time: String,
-    pub id: String,
-    pub kind: &'static str,
-    pub session: Arc<str>,
-    /// Identity, on every record but responses (whose `links` names the request record that has it).
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub ctx: Option<Arc<Context>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub direction: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub decision: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub args_sha256: Option<String>,
-    /// The record id of the request a response answers.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub links: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<Outcome>,
-    /// Size of the message in bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<usize>,
-    /// What the peer says about itself (`clientInfo`, `protocolVersion`): a claim, not identity.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub claims: Option<serde_json::Value>,
-    /// Free-form facts for session and notice records (exit status, counters).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<serde_json::Value>,
-    pub prev: String,
-}
-
-impl Record {
-    /// A response record: linked to its request's record, which carries the identity.
-    pub fn response(ctx: &Arc<Context>) -> Record {
-        Record { ctx: None, ..Record::new("response", ctx) }
-    }
-
-    /// A new record of `kind` in the session `ctx`, stamped now.
-    pub fn new(kind: &'static str, ctx: &Arc<Context>) -> Record {
-        // Unique without a system call per record: the session id is random, the counter is not.
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Record {
-            v: SCHEMA_VERSION,
-            seq: 0,
-            time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            id: format!("{}-{:x}", ctx.session, NEXT.fetch_add(1, Ordering::Relaxed)),
-            kind,
-            session: ctx.session.clone(),
-            ctx: Some(ctx.clone()),
-            direction: None,
-            decision: None,
-            rule: None,
-            reason: None,
-            method: None,
-            tool: None,
-            request_id: None,
-            args_sha256: None,
-            links: None,
-            outcome: None,
-            bytes: None,
-            claims: None,
-            detail: None,
-            prev: String::new(),
-        }
-    }
-}
-
-/// 128 random bits as hex.
-pub fn random_id() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 16];
-    // The system RNG does not fail on Linux once booted; an all-zero id would still be unique per seq.
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    hex(&b)
 }
 
 /// A handle to the audit log. Records are written, and in durable mode synced, on the
@@ -308,7 +194,7 @@ impl Audit {
 }
 
 #[derive(Default, Clone)]
-struct Tail {
+pub(crate) struct Tail {
     seq: u64,
     hash: String,
 }
@@ -403,7 +289,7 @@ pub fn chain_hash(prev: &str, body: &[u8]) -> String {
 }
 
 #[derive(Deserialize)]
-struct TailRecord {
+pub(crate) struct TailRecord {
     seq: u64,
     hash: String,
 }
@@ -436,39 +322,6 @@ pub fn default_path() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
     Some(state.join("mcp-guard/audit.jsonl"))
-}
-
-/// SHA-256 of a JSON value's canonical form (object keys sorted, no whitespace).
-pub fn canonical_sha256(v: &serde_json::Value) -> String {
-    // serde_json's default map is ordered by key, so this serialization is canonical.
-    sha256_hex(&serde_json::to_vec(v).unwrap_or_default())
-}
-
-/// Checks the hash chain of a log's text: every line's `hash` must follow from the
-/// previous line's and its own bytes, and `seq` must count up by one. Returns the count.
-pub fn verify_chain(text: &str) -> Result<u64, String> {
-    let mut prev = Tail::default();
-    let mut n = 0;
-    for (i, line) in text.lines().enumerate() {
-        let at = |what: String| format!("line {}: {what}", i + 1);
-        let rec: TailRecord = serde_json::from_str(line).map_err(|e| at(format!("unreadable record: {e}")))?;
-        let suffix = format!(",\"hash\":\"{}\"}}", rec.hash);
-        let body = line.strip_suffix(&suffix).ok_or_else(|| at("`hash` is not the last field".into()))?;
-        let body = format!("{body}}}");
-        let prev_field = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("prev").and_then(|p| p.as_str()).map(str::to_string))
-            .ok_or_else(|| at("no `prev`".into()))?;
-        if prev_field != prev.hash || (n > 0 && rec.seq != prev.seq + 1) {
-            return Err(at(format!("seq {} does not follow seq {}", rec.seq, prev.seq)));
-        }
-        if chain_hash(&prev.hash, body.as_bytes()) != rec.hash {
-            return Err(at(format!("seq {}: content does not match its hash", rec.seq)));
-        }
-        prev = Tail { seq: rec.seq, hash: rec.hash };
-        n += 1;
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
