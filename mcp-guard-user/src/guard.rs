@@ -85,6 +85,8 @@ pub struct Session {
     pending: HashMap<IdKey, Pending>,
     /// Server requests forwarded to the client and not yet answered.
     server_pending: HashMap<IdKey, Pending>,
+    /// The protocol revision in use, once known.
+    protocol: Option<Arc<str>>,
     pub counters: Counters,
 }
 
@@ -125,12 +127,31 @@ impl Session {
             max_message,
             pending: HashMap::new(),
             server_pending: HashMap::new(),
+            protocol: None,
             counters: Counters::default(),
         }
     }
 
     pub fn ctx(&self) -> &Arc<Context> {
         &self.ctx
+    }
+
+    fn record(&self, kind: &'static str) -> Record {
+        Record { protocol: self.protocol.clone(), ..Record::new(kind, &self.ctx) }
+    }
+
+    fn response_record(&self) -> Record {
+        Record { protocol: self.protocol.clone(), ..Record::response(&self.ctx) }
+    }
+
+    /// Notes the protocol revision a message states: the one proposed in `initialize`, the
+    /// one the server answers with, or the per-request `_meta` one.
+    fn learn_protocol(&mut self, stated: Option<&serde_json::Value>) {
+        if let Some(v) = stated.and_then(serde_json::Value::as_str) {
+            if self.protocol.as_deref() != Some(v) {
+                self.protocol = Some(v.into());
+            }
+        }
     }
 
     /// Replaces the session context (the server's identity changed).
@@ -288,9 +309,13 @@ impl Session {
             _ => field("name"),
         }
         .and_then(serde_json::Value::as_str);
+        if method == "initialize" {
+            self.learn_protocol(field("protocolVersion"));
+        }
+        self.learn_protocol(field("_meta").and_then(|m| m.get(META_CLAIMS[0])));
         let decision = self.policy.decide(Request { server: &self.name, method, tool });
         let id = m.id.unwrap_or(jsonrpc::null_id());
-        let mut rec = Record::new(if dir == Direction::ToServer { "request" } else { "server_request" }, &self.ctx);
+        let mut rec = self.record(if dir == Direction::ToServer { "request" } else { "server_request" });
         rec.direction = Some(dir.name());
         rec.decision = Some(match decision.action {
             Action::Allow => "allow",
@@ -345,14 +370,14 @@ impl Session {
     fn response(&mut self, dir: Direction, m: &Message<'_>, bytes: usize) -> Judged {
         self.counters.responses += 1;
         let id = m.id.unwrap_or(jsonrpc::null_id());
+        let mut rec = self.response_record();
+        rec.direction = Some(dir.name());
+        rec.request_id = Some(jsonrpc::id_text(id));
+        rec.bytes = Some(bytes);
         let table = match dir {
             Direction::ToClient => &mut self.pending,
             Direction::ToServer => &mut self.server_pending,
         };
-        let mut rec = Record::response(&self.ctx);
-        rec.direction = Some(dir.name());
-        rec.request_id = Some(jsonrpc::id_text(id));
-        rec.bytes = Some(bytes);
         let Some(p) = table.remove(&IdKey::of(id)) else {
             // Nobody asked: forwarding it would let one side inject answers into the other.
             rec.decision = Some("deny");
@@ -369,10 +394,13 @@ impl Session {
             error: m.is_error(),
             error_code,
             bytes,
+            redactions: 0,
             latency_us: p.since.elapsed().as_micros() as u64,
         });
         if p.method == "initialize" {
             let init: InitializeResult = m.result_as().unwrap_or_default();
+            self.learn_protocol(init.protocol_version.as_ref());
+            rec.protocol = self.protocol.clone();
             let mut c = serde_json::Map::new();
             if let Some(v) = init.server_info {
                 c.insert("serverInfo".into(), v);
@@ -387,7 +415,7 @@ impl Session {
 
     fn refusal(&mut self, dir: Direction, id: Option<&RawValue>, m: &Malformed, bytes: usize) -> Judged {
         self.counters.malformed += 1;
-        let mut rec = Record::new("malformed", &self.ctx);
+        let mut rec = self.record("malformed");
         rec.direction = Some(dir.name());
         rec.decision = Some("deny");
         rec.rule = Some(m.kind().to_string());
@@ -466,10 +494,10 @@ impl Session {
     pub fn abandon(&mut self, why: &str) -> (Vec<u8>, Vec<Record>) {
         let mut out = Vec::new();
         let mut records = Vec::new();
-        for (_, p) in self.pending.drain() {
+        for (_, p) in std::mem::take(&mut self.pending) {
             out.extend(error_line(&p.id, code::SERVER_FAILED, why, None));
             out.push(b'\n');
-            let mut rec = Record::response(&self.ctx);
+            let mut rec = self.response_record();
             rec.direction = Some(Direction::ToClient.name());
             rec.decision = Some("deny");
             rec.reason = Some(why.to_string());

@@ -49,17 +49,19 @@ pub struct Link {
     pub exe: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exec_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<Vec<String>>,
 }
 
 impl Link {
     /// Pid, comm and exe: for the ancestry chain.
     pub fn short(p: &Process) -> Link {
-        Link { pid: p.pid, comm: p.comm.clone(), exe: p.exe.clone(), exec_id: None }
+        Link { pid: p.pid, comm: p.comm.clone(), exe: p.exe.clone(), exec_id: None, cmdline: None }
     }
 
-    /// Also the exec id: for the agent host.
+    /// Also the exec id and the (redacted) command line: for the agent host.
     pub fn long(p: &Process) -> Link {
-        Link { exec_id: Some(p.exec_id.clone()), ..Link::short(p) }
+        Link { exec_id: Some(p.exec_id.clone()), cmdline: Some(p.cmdline.clone()), ..Link::short(p) }
     }
 }
 

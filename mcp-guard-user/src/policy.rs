@@ -178,6 +178,16 @@ impl Policy {
         &self.sha256
     }
 
+    /// How many rules it has.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether it has no rules (only a default).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     /// Where the policy came from.
     pub fn origin(&self) -> &str {
         &self.origin

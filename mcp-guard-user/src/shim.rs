@@ -82,6 +82,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         }
     };
     let pid = child.id().map(|p| p as i32).unwrap_or_default();
+    settle_launcher(pid, &opts.command).await;
     let server = ServerIdentity {
         pid,
         name: opts.name.clone(),
@@ -99,6 +100,8 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         chain: raw(&chain.iter().map(identity::Link::short).collect::<Vec<_>>()),
         server: server.describe(),
     });
+    let mut loaded = Record::new("policy_loaded", &ctx);
+    loaded.detail = Some(serde_json::json!({ "origin": opts.policy.origin(), "rules": opts.policy.len() }));
     let mut start = Record::new("session_start", &ctx);
     // The full picture once per session; other records carry the short form.
     start.detail = Some(serde_json::json!({
@@ -106,9 +109,8 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         "shim_pid": me,
         "agent_host": host,
         "chain": chain,
-        "server_argv": server.argv,
     }));
-    if let Err(e) = audit.commit(vec![start]).await {
+    if let Err(e) = audit.commit(vec![loaded, start]).await {
         // Fail closed: no session runs without its record.
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         let _ = child.wait().await;
@@ -233,6 +235,7 @@ impl ServerIdentity {
             "name": self.name,
             "pid": self.pid,
             "exe": p.as_ref().and_then(|p| p.exe.clone()),
+            "argv": self.argv,
             "exec_id": p.as_ref().map(|p| p.exec_id.clone()),
         }))
     }
@@ -441,6 +444,44 @@ fn spawn(command: &[OsString]) -> io::Result<tokio::process::Child> {
         });
     }
     tokio::process::Command::from(cmd).kill_on_drop(true).spawn()
+}
+
+/// A server started through a `#!/usr/bin/env node`-style script is `env` when spawn
+/// returns and the real program a moment later. Wait (briefly, bounded) for that second
+/// exec, so the session's records name the program that actually runs.
+async fn settle_launcher(pid: i32, command: &[OsString]) {
+    const PATIENCE: Duration = Duration::from_millis(200);
+    let Some(prog) = command.first() else { return };
+    let path = which(prog);
+    let Some(interpreter) = path.as_deref().and_then(shebang) else { return };
+    if interpreter.file_name().is_none_or(|f| f != "env") {
+        return;
+    }
+    let exe = || std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let deadline = Instant::now() + PATIENCE;
+    while exe().is_some_and(|e| e.file_name().is_some_and(|f| f == "env")) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Where `prog` is found, as `execvp` would look.
+fn which(prog: &OsString) -> Option<PathBuf> {
+    let p = PathBuf::from(prog);
+    if p.components().count() > 1 {
+        return Some(p);
+    }
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(&p)).find(|c| c.is_file()))
+}
+
+/// The interpreter of a `#!` script.
+fn shebang(path: &std::path::Path) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let interp = std::str::from_utf8(line).ok()?.split_whitespace().next()?;
+    Some(PathBuf::from(interp))
 }
 
 fn forward(pid: i32, sig: Signal) {

@@ -388,7 +388,7 @@ class AuditField:
     SERVER_NAME = "server.name"
     SERVER_PID = "server.pid"
     SERVER_EXE = "server.exe"
-    SERVER_ARGV = "detail.server_argv"  # on session_start only
+    SERVER_ARGV = "server.argv"
     AGENT_PID = "agent_host.pid"
     AGENT_EXE = "agent_host.exe"
 

@@ -42,10 +42,12 @@ def test_audit_identifies_principal_server_and_agent_host(tmp_path, make_guard):
     records = read_audit(guard.audit, until_kind=AuditKind.SESSION_END)
     assert records, f"empty audit file; stderr: {err[-2000:]!r}"
     kinds = [field_of(r, AuditField.KIND) for r in records]
-    assert kinds[0] == AuditKind.SESSION_START, kinds
+    # the policy in force, then the session
+    assert kinds[:2] == ["policy_loaded", AuditKind.SESSION_START], kinds
     assert kinds[-1] == AuditKind.SESSION_END, kinds
+    assert records[0]["policy_sha256"] == records[1]["policy_sha256"], records[:2]
 
-    start = records[0]
+    start = records[1]
     # principal: the user running the session
     assert field_of(start, AuditField.PRINCIPAL_UID) == os.getuid(), start
     assert field_of(start, AuditField.PRINCIPAL_USER) == pwd.getpwuid(os.getuid()).pw_name, start

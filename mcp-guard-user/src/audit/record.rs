@@ -35,6 +35,8 @@ pub struct Outcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<i64>,
     pub bytes: usize,
+    /// Secrets replaced in the response before it was forwarded.
+    pub redactions: u32,
     pub latency_us: u64,
 }
 
@@ -47,6 +49,10 @@ pub struct Record {
     pub id: String,
     pub kind: &'static str,
     pub session: Arc<str>,
+    /// The MCP protocol revision in use, once known (negotiated by `initialize`, or carried
+    /// in each request's `_meta`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Arc<str>>,
     /// Identity, on every record but responses (whose `links` names the request record that has it).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub ctx: Option<Arc<Context>>,
@@ -100,6 +106,7 @@ impl Record {
             id: format!("{}-{:x}", ctx.session, NEXT.fetch_add(1, Ordering::Relaxed)),
             kind,
             session: ctx.session.clone(),
+            protocol: None,
             ctx: Some(ctx.clone()),
             direction: None,
             decision: None,
