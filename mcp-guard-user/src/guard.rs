@@ -323,8 +323,8 @@ impl Session {
         });
         rec.rule = Some(decision.rule.clone());
         rec.method = Some(method.to_string());
-        rec.tool = tool.map(str::to_string);
-        rec.request_id = Some(jsonrpc::id_text(id));
+        rec.tool = tool.map(crate::identity::redact_text);
+        rec.request_id = Some(recorded_id(id));
         rec.args_sha256 = field("arguments").map(canonical_sha256);
         rec.bytes = Some(bytes);
         rec.claims = params.and_then(claims);
@@ -334,7 +334,7 @@ impl Session {
                 let pending = Pending {
                     record: rec.id.clone(),
                     method: method.to_string(),
-                    tool: tool.map(str::to_string),
+                    tool: tool.map(crate::identity::redact_text),
                     since: Instant::now(),
                     id: id.to_owned(),
                 };
@@ -372,7 +372,7 @@ impl Session {
         let id = m.id.unwrap_or(jsonrpc::null_id());
         let mut rec = self.response_record();
         rec.direction = Some(dir.name());
-        rec.request_id = Some(jsonrpc::id_text(id));
+        rec.request_id = Some(recorded_id(id));
         rec.bytes = Some(bytes);
         let table = match dir {
             Direction::ToClient => &mut self.pending,
@@ -419,8 +419,9 @@ impl Session {
         rec.direction = Some(dir.name());
         rec.decision = Some("deny");
         rec.rule = Some(m.kind().to_string());
-        rec.reason = Some(m.to_string());
-        rec.request_id = id.map(jsonrpc::id_text);
+        // Parser messages can quote the input; nothing credential-like reaches a record.
+        rec.reason = Some(crate::identity::redact_text(&m.to_string()));
+        rec.request_id = id.map(recorded_id);
         rec.bytes = Some(bytes);
         let (reply_to, error) = match dir {
             // The client sent it: it gets the error (with `null` when the id is unknown).
@@ -503,7 +504,7 @@ impl Session {
             rec.reason = Some(why.to_string());
             rec.method = Some(p.method);
             rec.tool = p.tool;
-            rec.request_id = Some(jsonrpc::id_text(&p.id));
+            rec.request_id = Some(recorded_id(&p.id));
             rec.links = Some(p.record);
             records.push(rec);
         }
@@ -539,6 +540,13 @@ impl ResponseExt for Message<'_> {
     fn result_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
         self.result.and_then(|r| serde_json::from_str(r.get()).ok())
     }
+}
+
+/// An id as records keep it: strings unquoted, and nothing credential-like (ids and names
+/// are free text a peer chooses).
+fn recorded_id(id: &RawValue) -> String {
+    let text = jsonrpc::id_text(id);
+    if id.get().starts_with('"') { crate::identity::redact_text(&text) } else { text }
 }
 
 fn reply(to: Direction, line: Vec<u8>) -> Act {

@@ -93,29 +93,37 @@ const MAX_ARGS: usize = 64;
 /// What replaces a secret.
 pub const REDACTED: &str = "[REDACTED]";
 
+use std::sync::LazyLock;
+
+static FLAG: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(r"(?i)^(--?[a-z0-9_.-]*(?:token|secret|passw(?:or)?d|api[_-]?key|auth|credential|bearer|private[_-]?key)[a-z0-9_.-]*)(=.*)?$")
+        .expect("static regex")
+});
+static ENV: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(r"(?i)^([a-z_][a-z0-9_]*(?:token|secret|passw(?:or)?d|api_?key|auth|credential)[a-z0-9_]*)=.+$")
+        .expect("static regex")
+});
+static VALUE: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(concat!(
+        r"(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|xox[abposr]-[A-Za-z0-9-]{10,}",
+        r"|AKIA[0-9A-Z]{16}|sk-[A-Za-z0-9_-]{20,}|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+)"
+    ))
+    .expect("static regex")
+});
+static URL_PASS: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"(://[^/:@\s]+:)[^/@\s]+@").expect("static regex"));
+
+/// Free text (an error message, a reason) with credential-looking values replaced.
+pub fn redact_text(text: &str) -> String {
+    let t = VALUE.replace_all(text, REDACTED);
+    URL_PASS.replace_all(&t, format!("${{1}}{REDACTED}@")).into_owned()
+}
+
 /// Command lines as records keep them: credentials replaced, long arguments cut.
 ///
 /// Catches `--token X`, `--api-key=X`, `GITHUB_TOKEN=X`, URLs with a password, and values
 /// that look like well-known credentials (GitHub, Slack, AWS, OpenAI-style keys, JWTs).
 pub fn redact_args(args: &[String]) -> Vec<String> {
-    use std::sync::LazyLock;
-    static FLAG: LazyLock<regex::Regex> = LazyLock::new(|| {
-        regex::Regex::new(r"(?i)^(--?[a-z0-9_.-]*(?:token|secret|passw(?:or)?d|api[_-]?key|auth|credential|bearer|private[_-]?key)[a-z0-9_.-]*)(=.*)?$")
-            .expect("static regex")
-    });
-    static ENV: LazyLock<regex::Regex> = LazyLock::new(|| {
-        regex::Regex::new(r"(?i)^([a-z_][a-z0-9_]*(?:token|secret|passw(?:or)?d|api_?key|auth|credential)[a-z0-9_]*)=.+$")
-            .expect("static regex")
-    });
-    static VALUE: LazyLock<regex::Regex> = LazyLock::new(|| {
-        regex::Regex::new(concat!(
-            r"(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|xox[abposr]-[A-Za-z0-9-]{10,}",
-            r"|AKIA[0-9A-Z]{16}|sk-[A-Za-z0-9_-]{20,}|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+)"
-        ))
-        .expect("static regex")
-    });
-    static URL_PASS: LazyLock<regex::Regex> =
-        LazyLock::new(|| regex::Regex::new(r"(://[^/:@\s]+:)[^/@\s]+@").expect("static regex"));
     let mut out = Vec::with_capacity(args.len().min(MAX_ARGS));
     let mut hide_next = false;
     for arg in args.iter().take(MAX_ARGS) {
@@ -132,8 +140,7 @@ pub fn redact_args(args: &[String]) -> Vec<String> {
         } else if let Some(c) = ENV.captures(arg) {
             format!("{}={REDACTED}", &c[1])
         } else {
-            let a = VALUE.replace_all(arg, REDACTED);
-            URL_PASS.replace_all(&a, format!("${{1}}{REDACTED}@")).into_owned()
+            redact_text(arg)
         };
         if a.len() > MAX_ARG {
             let mut cut = MAX_ARG;

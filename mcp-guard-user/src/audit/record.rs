@@ -141,3 +141,79 @@ pub fn canonical_sha256(v: &serde_json::Value) -> String {
     sha256_hex(&serde_json::to_vec(v).unwrap_or_default())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Arc<Context> {
+        let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
+        Arc::new(Context {
+            session: "0123456789abcdef0123456789abcdef".into(),
+            transport: "stdio-shim",
+            policy_sha256: "ab".repeat(32),
+            mode: "enforce",
+            principal: raw(r#"{"uid":1000,"euid":1000,"user":"alice","gid":1000,"groups":[1000,27]}"#),
+            agent_host: raw(
+                r#"{"pid":4242,"comm":"claude","exe":"/usr/bin/node","exec_id":"b00t:100:4242","cmdline":["claude"]}"#,
+            ),
+            chain: raw(r#"[{"pid":4242,"comm":"claude","exe":"/usr/bin/node"},{"pid":4000,"comm":"bash","exe":"/usr/bin/bash"}]"#),
+            server: raw(
+                r#"{"name":"filesystem","pid":4300,"exe":"/usr/bin/node","argv":["mcp-server-filesystem","/home/alice"],"exec_id":"b00t:120:4300"}"#,
+            ),
+        })
+    }
+
+    /// The record shape is a contract with SIEMs: a change here is a schema change.
+    #[test]
+    fn record_shapes_are_stable() {
+        let ctx = ctx();
+        let stamp = |mut r: Record, seq: u64| {
+            r.time = "2026-01-02T03:04:05.123456Z".into();
+            r.id = format!("{}-{seq}", ctx.session);
+            r.seq = seq;
+            r.prev = "00".repeat(32);
+            serde_json::to_value(&r).unwrap()
+        };
+        let mut req = Record::new("request", &ctx);
+        req.protocol = Some("2025-06-18".into());
+        req.direction = Some("client_to_server");
+        req.decision = Some("deny");
+        req.rule = Some("fs-no-writes".into());
+        req.reason = Some("the filesystem server is read-only here".into());
+        req.method = Some("tools/call".into());
+        req.tool = Some("write_file".into());
+        req.request_id = Some("7".into());
+        req.args_sha256 = Some("cd".repeat(32));
+        req.bytes = Some(180);
+        let mut resp = Record::response(&ctx);
+        resp.direction = Some("server_to_client");
+        resp.decision = Some("allow");
+        resp.method = Some("tools/call".into());
+        resp.tool = Some("read_text_file".into());
+        resp.request_id = Some("8".into());
+        resp.links = Some(format!("{}-3", ctx.session));
+        resp.outcome = Some(Outcome { error: false, error_code: None, bytes: 95, redactions: 0, latency_us: 412 });
+        resp.bytes = Some(95);
+        insta::assert_json_snapshot!("request", stamp(req, 3));
+        insta::assert_json_snapshot!("response", stamp(resp, 4));
+    }
+
+    #[test]
+    fn records_validate_against_the_published_schema() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/audit-record.schema.json")).unwrap();
+        let required: Vec<&str> =
+            schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let props = schema["properties"].as_object().unwrap();
+        let ctx = ctx();
+        let mut rec = serde_json::to_value(Record::new("request", &ctx)).unwrap();
+        rec["hash"] = "00".into();
+        for key in &required {
+            assert!(rec.get(key).is_some(), "required `{key}` missing from a record");
+        }
+        for key in rec.as_object().unwrap().keys() {
+            assert!(props.contains_key(key), "record field `{key}` is not in the schema");
+        }
+    }
+}
