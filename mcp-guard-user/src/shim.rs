@@ -525,30 +525,41 @@ fn dup_fd(fd: i32) -> Option<OwnedFd> {
     borrowed.try_clone_to_owned().ok()
 }
 
-fn nonblocking_reader(fd: OwnedFd) -> io::Result<Pin<Box<dyn AsyncRead>>> {
+/// What kind of file a descriptor is, for choosing how to drive it.
+enum FdKind {
+    Fifo,
+    Socket,
+    Other,
+}
+
+fn fd_kind(fd: &OwnedFd) -> io::Result<FdKind> {
     use nix::sys::stat::{SFlag, fstat};
     let kind = SFlag::from_bits_truncate(fstat(fd.as_fd())?.st_mode) & SFlag::S_IFMT;
-    if kind == SFlag::S_IFIFO {
-        return Ok(Box::pin(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?));
+    Ok(match kind {
+        SFlag::S_IFIFO => FdKind::Fifo,
+        SFlag::S_IFSOCK => FdKind::Socket,
+        _ => FdKind::Other,
+    })
+}
+
+fn nonblocking_socket(fd: OwnedFd) -> io::Result<tokio::net::UnixStream> {
+    let s = std::os::unix::net::UnixStream::from(fd);
+    s.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(s)
+}
+
+fn nonblocking_reader(fd: OwnedFd) -> io::Result<Pin<Box<dyn AsyncRead>>> {
+    match fd_kind(&fd)? {
+        FdKind::Fifo => Ok(Box::pin(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?)),
+        FdKind::Socket => Ok(Box::pin(nonblocking_socket(fd)?)),
+        FdKind::Other => Err(io::Error::other("not a pipe or socket")),
     }
-    if kind == SFlag::S_IFSOCK {
-        let s = std::os::unix::net::UnixStream::from(fd);
-        s.set_nonblocking(true)?;
-        return Ok(Box::pin(tokio::net::UnixStream::from_std(s)?));
-    }
-    Err(io::Error::other("not a pipe or socket"))
 }
 
 fn nonblocking_writer(fd: OwnedFd) -> io::Result<Pin<Box<dyn AsyncWrite>>> {
-    use nix::sys::stat::{SFlag, fstat};
-    let kind = SFlag::from_bits_truncate(fstat(fd.as_fd())?.st_mode) & SFlag::S_IFMT;
-    if kind == SFlag::S_IFIFO {
-        return Ok(Box::pin(tokio::net::unix::pipe::Sender::from_owned_fd(fd)?));
+    match fd_kind(&fd)? {
+        FdKind::Fifo => Ok(Box::pin(tokio::net::unix::pipe::Sender::from_owned_fd(fd)?)),
+        FdKind::Socket => Ok(Box::pin(nonblocking_socket(fd)?)),
+        FdKind::Other => Err(io::Error::other("not a pipe or socket")),
     }
-    if kind == SFlag::S_IFSOCK {
-        let s = std::os::unix::net::UnixStream::from(fd);
-        s.set_nonblocking(true)?;
-        return Ok(Box::pin(tokio::net::UnixStream::from_std(s)?));
-    }
-    Err(io::Error::other("not a pipe or socket"))
 }

@@ -38,6 +38,12 @@ enum Cmd {
 enum BenchCmd {
     /// The stdio shim: round trips and throughput, direct vs wrapped vs a third-party proxy.
     Shim(bench::ShimArgs),
+    /// The audit log: durable records/s with group commit, commit latency, verification speed.
+    Audit {
+        /// Further arguments for `mcp-bench-audit` (see its --help), after `--`.
+        #[arg(last = true)]
+        extra: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -61,6 +67,21 @@ fn main() -> Result<()> {
         Cmd::Bench(BenchCmd::Shim(args)) => {
             peers::ensure_peers(&root)?;
             bench::bench_shim(&root, &args)
+        }
+        Cmd::Bench(BenchCmd::Audit { extra }) => {
+            step(
+                "cargo build --release",
+                Command::new(cargo()).current_dir(&root).args(["build", "--release", "-p", "mcp-guard", "-p", "mcp-guard-bench"]),
+            )?;
+            let release = root.join("target/release");
+            step(
+                "audit benchmark",
+                Command::new(release.join("mcp-bench-audit"))
+                    .current_dir(&root)
+                    .arg("--mcp-guard")
+                    .arg(release.join("mcp-guard"))
+                    .args(extra),
+            )
         }
     }
 }
