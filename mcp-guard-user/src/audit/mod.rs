@@ -1,38 +1,45 @@
-//! The audit log: one JSON object per line, hash-chained, committed before decisions act.
+//! The audit log: one JSON object per line, hash-chained, signed, committed before
+//! decisions act.
 //!
 //! Records are appended under an exclusive `flock` (several shims may share one file), each
-//! chained to the one before it in the file. The write, and in durable mode the
-//! `fdatasync`, happen on the caller's thread. Concurrent committers share syncs: one that
-//! finds its records already covered by another's `fdatasync` (in progress or done) does
-//! not sync again (group commit).
+//! chained to the one before it in the file ([`chain`]); the last record of every write
+//! carries an Ed25519 signature over the chain head. The write, and in durable mode the
+//! `fdatasync`, happen on the caller's thread. Concurrent committers in one process share
+//! writes (one signature for all the records waiting) and all committers share syncs: one
+//! that finds its records already covered by another's `fdatasync` (in progress or done)
+//! does not sync again (group commit).
 //!
 //! Only commits (decisions, which wait for their record) wait for `fdatasync`. Appended
 //! observations (responses) are written at once and made durable by the next commit, or
 //! within [`FLUSH_INTERVAL`] when no commit comes.
+//!
+//! The writer also keeps `<log>.head` (the last signed chain head, so `verify` sees a cut
+//! off end), seals a line torn by a crash with a `recovery` record, accounts for records
+//! it could not write with a `gap` record, and rotates the file by size (see [`writer`]).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use serde::Deserialize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+
 use tokio::sync::oneshot;
 
-use crate::policy::hex;
-
+pub mod chain;
 pub mod forward;
 mod record;
 pub mod verify;
+mod writer;
+pub use chain::chain_hash;
 pub use record::{Context, Outcome, Record, SCHEMA_VERSION, canonical_sha256, random_id};
-
 
 /// Longest time an appended record stays only in the page cache (durable mode).
 pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// How far back from the end of the file the previous record is looked for.
-const TAIL_WINDOW: u64 = 1 << 20;
+/// Size past which the log is rotated, by default.
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,8 +51,26 @@ pub enum Error {
     },
     #[error("cannot write audit log {}: {reason}", path.display())]
     Write { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Key(#[from] chain::Error),
     #[error("the audit writer has stopped")]
     Stopped,
+}
+
+/// How the log is kept, beyond durability.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Rotate the file once a write takes it past this size; 0: never.
+    pub max_bytes: u64,
+    /// The signing key (PKCS#8, created if missing); its public half goes next to it with
+    /// the extension `.pub`. Default: `audit.key` in the log's directory.
+    pub key: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { max_bytes: DEFAULT_MAX_BYTES, key: None }
+    }
 }
 
 /// When a record counts as written.
@@ -74,11 +99,20 @@ impl Durability {
 /// thread makes appended records durable within [`FLUSH_INTERVAL`].
 #[derive(Clone)]
 pub struct Audit {
-    writer: Arc<std::sync::Mutex<Writer>>,
+    writer: Arc<Mutex<writer::Writer>>,
+    /// Records waiting for the writer: whoever holds it next writes them all in one go.
+    queue: Arc<Mutex<Vec<Queued>>>,
     /// Durable mode: the file to `fdatasync` and the flusher's stop signal.
     sync: Option<(Arc<Syncer>, mpsc::SyncSender<()>)>,
-    dirty: Arc<std::sync::atomic::AtomicBool>,
+    dirty: Arc<AtomicBool>,
     path: Arc<PathBuf>,
+}
+
+type Done = Arc<OnceLock<Result<(), String>>>;
+
+struct Queued {
+    records: Vec<Record>,
+    done: Done,
 }
 
 /// A commit on its way to disk.
@@ -109,39 +143,63 @@ impl Ticket {
 pub struct WriterThread(Option<std::thread::JoinHandle<()>>);
 
 impl Audit {
-    /// Opens (creating with mode 0600, and its directory with 0700) the log at `path`.
+    /// Opens (creating with mode 0600, and its directory with 0700) the log at `path`, with
+    /// the default [`Options`].
     pub fn open(path: &Path, durability: Durability) -> Result<(Audit, WriterThread), Error> {
+        Audit::open_with(path, durability, &Options::default())
+    }
+
+    /// Opens the log at `path`: loads (or creates) the signing key, and seals a torn or
+    /// unsigned end left by a crash before anything else is written.
+    pub fn open_with(path: &Path, durability: Durability, opts: &Options) -> Result<(Audit, WriterThread), Error> {
         let err = |source| Error::Open { path: path.to_path_buf(), source };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
-        }
-        let file =
-            OpenOptions::new().read(true).append(true).create(true).mode(0o600).open(path).map_err(err)?;
-        let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (sync, thread) = match durability {
-            Durability::PageCache => (None, None),
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+        let file = writer::open_log(path).map_err(err)?;
+        let key = opts.key.clone().unwrap_or_else(|| dir.join("audit.key"));
+        let signer = Arc::new(chain::Signer::load_or_create(&key)?);
+        let head_file = Arc::new(chain::HeadFile::open(path).map_err(err)?);
+        let dirty = Arc::new(AtomicBool::new(false));
+        let (sync, thread, head) = match durability {
+            Durability::PageCache => (None, None, writer::HeadSink::Now(head_file)),
             Durability::Durable => {
                 let (stop, stopped) = mpsc::sync_channel(0);
-                let syncer =
-                    Arc::new(Syncer {
-                    file: file.try_clone().map_err(err)?,
+                let pending = Arc::new(Mutex::new(None));
+                let syncer = Arc::new(Syncer {
+                    file: Mutex::new(file.try_clone().map_err(err)?),
                     path: path.to_path_buf(),
                     dirty: dirty.clone(),
-                    syncing: std::sync::Mutex::new(()),
+                    syncing: Mutex::new(()),
+                    head: pending.clone(),
+                    head_file,
                 });
                 let flusher = syncer.clone();
                 let thread = std::thread::Builder::new()
                     .name("audit-flush".into())
                     .spawn(move || flusher.run(stopped))
                     .map_err(err)?;
-                (Some((syncer, stop)), Some(thread))
+                (Some((syncer, stop)), Some(thread), writer::HeadSink::AfterSync(pending))
             }
         };
-        let writer = Writer { file, known_end: None, last: Tail::default() };
-        Ok((
-            Audit { writer: Arc::new(std::sync::Mutex::new(writer)), sync, dirty, path: Arc::new(path.to_path_buf()) },
-            WriterThread(thread),
-        ))
+        let on_reopen = sync.as_ref().map(|(s, _)| s.clone());
+        let mut writer = writer::Writer::new(path.to_path_buf(), file, signer, opts.max_bytes, head, on_reopen);
+        if let Err(e) = writer.tidy() {
+            tracing::warn!(error = %e, path = %path.display(), "cannot tidy up after an interrupted rotation");
+        }
+        let audit = Audit {
+            writer: Arc::new(Mutex::new(writer)),
+            queue: Arc::new(Mutex::new(Vec::new())),
+            sync,
+            dirty,
+            path: Arc::new(path.to_path_buf()),
+        };
+        let thread = WriterThread(thread);
+        // A log a crash left torn is sealed now, not at the first decision.
+        if let Err(reason) = audit.write(Vec::new()).and_then(|()| audit.sync()) {
+            audit.close(thread);
+            return Err(Error::Write { path: path.to_path_buf(), reason });
+        }
+        Ok((audit, thread))
     }
 
     /// Appends `records` and waits until they are committed.
@@ -154,10 +212,7 @@ impl Audit {
         if records.is_empty() {
             return Ticket { done: None, path: self.path.clone() };
         }
-        let res = self.write(records).and_then(|()| match &self.sync {
-            Some((syncer, _)) => syncer.sync(),
-            None => Ok(()),
-        });
+        let res = self.write(records).and_then(|()| self.sync());
         Ticket::ready(res, &self.path)
     }
 
@@ -172,14 +227,42 @@ impl Audit {
         }
     }
 
-    fn write(&self, mut records: Vec<Record>) -> Result<(), String> {
-        // A poisoned lock means a writer panicked mid-write; the file state is re-read.
+    fn sync(&self) -> Result<(), String> {
+        match &self.sync {
+            Some((syncer, _)) => syncer.sync(),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `records` together with whatever other threads queued meanwhile: one write,
+    /// one signature for all of them.
+    fn write(&self, records: Vec<Record>) -> Result<(), String> {
+        let done: Done = Arc::default();
+        // A poisoned lock means a thread panicked holding it; the queue and the file state
+        // (which is re-read) stay usable.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(Queued { records, done: done.clone() });
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let res = w.write(&mut records).map_err(|e| e.to_string());
+        if let Some(res) = done.get() {
+            // The previous holder wrote ours along with its own.
+            return res.clone();
+        }
+        let queued = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut batch = Vec::with_capacity(queued.iter().map(|q| q.records.len()).sum());
+        let mut waiting = Vec::with_capacity(queued.len());
+        for q in queued {
+            batch.extend(q.records);
+            waiting.push(q.done);
+        }
+        let res = w.write(&mut batch).map_err(|e| e.to_string());
+        if res.is_ok() {
+            self.dirty.store(true, Ordering::Release);
+        }
+        for d in waiting {
+            let _ = d.set(res.clone());
+        }
         drop(w);
-        match &res {
-            Ok(()) => self.dirty.store(true, std::sync::atomic::Ordering::Release),
-            Err(e) => tracing::error!(error = %e, path = %self.path.display(), "audit write failed"),
+        if let Err(e) = &res {
+            tracing::error!(error = %e, path = %self.path.display(), "audit write failed");
         }
         res
     }
@@ -193,27 +276,18 @@ impl Audit {
     }
 }
 
-#[derive(Default, Clone)]
-pub(crate) struct Tail {
-    seq: u64,
-    hash: String,
-}
-
-struct Writer {
-    file: File,
-    /// File length after our last write; if it still matches, `last` is current.
-    known_end: Option<u64>,
-    last: Tail,
-}
-
-/// Runs `fdatasync` when something was written since the last one.
-struct Syncer {
-    file: File,
+/// Runs `fdatasync` when something was written since the last one, then records the head.
+pub(crate) struct Syncer {
+    /// The log file; replaced when the log is rotated.
+    file: Mutex<File>,
     path: PathBuf,
-    dirty: Arc<std::sync::atomic::AtomicBool>,
+    dirty: Arc<AtomicBool>,
     /// Held across check-and-sync, so a commit that finds nothing dirty because the flusher
     /// took it waits for the flusher's `fdatasync` to finish.
-    syncing: std::sync::Mutex<()>,
+    syncing: Mutex<()>,
+    /// The chain head of this process's last write, for the head file once it is on disk.
+    head: Arc<Mutex<Option<chain::Head>>>,
+    head_file: Arc<chain::HeadFile>,
 }
 
 impl Syncer {
@@ -225,94 +299,39 @@ impl Syncer {
         let _ = self.sync();
     }
 
+    /// Follows the log to its new file (after a rotation, which synced the old one).
+    fn replace(&self, file: File) {
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = file;
+    }
+
     /// Syncs everything written so far (one `fdatasync` covers the whole file).
     fn sync(&self) -> Result<(), String> {
         let _held = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        self.file.sync_data().map_err(|e| {
-            self.dirty.store(true, std::sync::atomic::Ordering::Release);
-            tracing::error!(error = %e, path = %self.path.display(), "audit fdatasync failed");
-            e.to_string()
-        })
-    }
-}
-
-impl Writer {
-    fn write(&mut self, records: &mut [Record]) -> io::Result<()> {
-        let lock = nix::fcntl::Flock::lock(self.file.try_clone()?, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| io::Error::from(e))?;
-        let start = self.file.metadata()?.len();
-        let mut out = Vec::with_capacity(1024 * records.len());
-        if self.known_end != Some(start) {
-            let (tail, torn) = read_tail(&mut self.file, start)?;
-            self.last = tail;
-            if torn {
-                // A writer died mid-line. Close that line so it stays visible on its own, and
-                // leave it out of the chain; verification reports it.
-                out.push(b'\n');
+        // Taken before the sync, so the head never names a record the sync did not cover.
+        let head = self.head.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let res = self.file.lock().unwrap_or_else(|p| p.into_inner()).sync_data();
+        match res {
+            Ok(()) => {
+                if let Some(h) = head
+                    && let Err(e) = self.head_file.advance(&h)
+                {
+                    tracing::warn!(error = %e, path = %self.path.display(), "cannot update the audit head file");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.dirty.store(true, Ordering::Release);
+                if let Some(h) = head {
+                    self.head.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(h);
+                }
+                tracing::error!(error = %e, path = %self.path.display(), "audit fdatasync failed");
+                Err(e.to_string())
             }
         }
-        let mut last = self.last.clone();
-        for rec in records.iter_mut() {
-            last.seq += 1;
-            rec.seq = last.seq;
-            rec.prev = std::mem::take(&mut last.hash);
-            let body = serde_json::to_vec(rec).map_err(io::Error::other)?;
-            last.hash = chain_hash(&rec.prev, &body);
-            out.extend_from_slice(&body[..body.len() - 1]);
-            out.extend_from_slice(b",\"hash\":\"");
-            out.extend_from_slice(last.hash.as_bytes());
-            out.extend_from_slice(b"\"}\n");
-        }
-        if let Err(e) = self.file.write_all(&out) {
-            // Leave no partial line behind; the records were not written.
-            let _ = self.file.set_len(start);
-            self.known_end = None;
-            drop(lock);
-            return Err(e);
-        }
-        self.known_end = Some(start + out.len() as u64);
-        self.last = last;
-        drop(lock);
-        Ok(())
     }
-}
-
-/// SHA-256 over the previous record's hash and this record's bytes (without `hash`).
-pub fn chain_hash(prev: &str, body: &[u8]) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(prev.as_bytes());
-    ctx.update(body);
-    hex(ctx.finish().as_ref())
-}
-
-#[derive(Deserialize)]
-pub(crate) struct TailRecord {
-    seq: u64,
-    hash: String,
-}
-
-/// The last complete record of the file, and whether the file ends mid-line.
-fn read_tail(file: &mut File, len: u64) -> io::Result<(Tail, bool)> {
-    if len == 0 {
-        return Ok((Tail::default(), false));
-    }
-    let from = len.saturating_sub(TAIL_WINDOW);
-    let mut buf = Vec::with_capacity((len - from) as usize);
-    file.seek(SeekFrom::Start(from))?;
-    Read::by_ref(file).take(len - from).read_to_end(&mut buf)?;
-    let torn = buf.last() != Some(&b'\n');
-    let complete = match buf.iter().rposition(|&b| b == b'\n') {
-        Some(i) => &buf[..i],
-        None => return Ok((Tail::default(), torn)),
-    };
-    let line = complete.rsplit(|&b| b == b'\n').next().unwrap_or_default();
-    let tail = serde_json::from_slice::<TailRecord>(line)
-        .map(|r| Tail { seq: r.seq, hash: r.hash })
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("last audit record unreadable: {e}")))?;
-    Ok((tail, torn))
 }
 
 /// Where a standalone shim writes its audit log: `$XDG_STATE_HOME/mcp-guard/audit.jsonl`.

@@ -1,7 +1,9 @@
+use super::verify::{Problem, Verdict};
 use super::*;
-use super::verify::verify_chain;
 use serde_json::value::RawValue;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 
 fn ctx() -> Arc<Context> {
     let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
@@ -28,11 +30,146 @@ fn records(n: usize, ctx: &Arc<Context>) -> Vec<Record> {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+/// Verifies `files` with the public key next to the first one.
+fn verify(files: &[PathBuf]) -> Verdict {
+    let key = files[0].parent().unwrap().join("audit.pub");
+    verify::check(&chain::PublicKey::read(&key).unwrap(), &key, files).unwrap()
+}
+
+fn ok(files: &[PathBuf]) -> verify::Summary {
+    match verify(files) {
+        Verdict::Ok(s) => s,
+        Verdict::Bad(f) => panic!(
+            "verify failed: {f}\n{}",
+            files
+                .iter()
+                .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+                .collect::<String>()
+        ),
+    }
+}
+
+fn bad(files: &[PathBuf]) -> verify::Finding {
+    match verify(files) {
+        Verdict::Ok(s) => panic!("verify passed: {s}"),
+        Verdict::Bad(f) => f,
+    }
+}
+
+fn write_log(path: &Path, commits: usize, per: usize) {
+    let (audit, thread) = Audit::open(path, Durability::PageCache).unwrap();
+    let c = ctx();
+    rt().block_on(async {
+        for _ in 0..commits {
+            audit.commit(records(per, &c)).await.unwrap();
+        }
+    });
+    audit.close(thread);
+}
+
+/// Runs this test binary again as a child doing `role` (see [`child`]).
+fn child_cmd(role: &str, path: &Path) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "audit::tests::child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("MCP_GUARD_TEST_CHILD", role)
+    .env("MCP_GUARD_TEST_LOG", path);
+    cmd
+}
+
+/// Not a test on its own: the body of the child processes of the tests below.
+#[test]
+fn child() {
+    let (Ok(role), Some(path)) = (
+        std::env::var("MCP_GUARD_TEST_CHILD"),
+        std::env::var_os("MCP_GUARD_TEST_LOG"),
+    ) else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    let c = ctx();
+    match role.as_str() {
+        // Commits forever (until killed), in durable mode, with small rotations.
+        "forever" => {
+            let opts = Options {
+                max_bytes: 100_000,
+                key: None,
+            };
+            let (audit, _thread) = Audit::open_with(&path, Durability::Durable, &opts).unwrap();
+            let rt = rt();
+            for i in 0.. {
+                // Now and then a write of many pages, which a kill can cut short mid-line.
+                let n = if i % 5 == 4 { 200 } else { 1 + i % 7 };
+                let _ = rt.block_on(audit.commit(records(n, &c)));
+                audit.append(records(i % 3, &c));
+            }
+        }
+        "commit100" => {
+            let (audit, thread) = Audit::open(&path, Durability::Durable).unwrap();
+            let rt = rt();
+            for _ in 0..100 {
+                rt.block_on(audit.commit(records(2, &c))).unwrap();
+            }
+            audit.close(thread);
+        }
+        // Writes until the file size limit makes a write fail, lifts the limit, writes again.
+        "gap" => {
+            use nix::libc;
+            let set = |cur: libc::rlim_t, max: libc::rlim_t| {
+                // SAFETY: a plain system call on a local struct.
+                assert_eq!(
+                    unsafe {
+                        libc::setrlimit(
+                            libc::RLIMIT_FSIZE,
+                            &libc::rlimit {
+                                rlim_cur: cur,
+                                rlim_max: max,
+                            },
+                        )
+                    },
+                    0
+                );
+            };
+            let (audit, thread) = Audit::open(&path, Durability::Durable).unwrap();
+            let rt = rt();
+            rt.block_on(audit.commit(records(1, &c))).unwrap();
+            // SAFETY: no other thread of this process handles signals.
+            unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: a plain system call on a local struct.
+            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) }, 0);
+            let len = std::fs::metadata(&path).unwrap().len();
+            set(len + 100, lim.rlim_max);
+            let err = rt.block_on(audit.commit(records(2, &c))).unwrap_err();
+            assert!(err.to_string().contains("too large"), "{err}");
+            audit.append(records(3, &c));
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                len,
+                "a failed write leaves nothing behind"
+            );
+            set(lim.rlim_cur, lim.rlim_max);
+            rt.block_on(audit.commit(records(1, &c))).unwrap();
+            audit.close(thread);
+        }
+        other => panic!("unknown child role {other}"),
+    }
 }
 
 #[test]
-fn committed_records_form_one_verifiable_chain() {
+fn committed_records_form_one_verifiable_signed_chain() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub/audit.jsonl");
     let (audit, thread) = Audit::open(&path, Durability::Durable).unwrap();
@@ -43,11 +180,50 @@ fn committed_records_form_one_verifiable_chain() {
         audit.commit(records(1, &c)).await.unwrap();
     });
     audit.close(thread);
+    let s = ok(std::slice::from_ref(&path));
+    assert_eq!((s.records, s.signatures, s.head), (6, 3, Some(6)), "{s}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    assert_eq!(mode(&path.parent().unwrap().join("audit.key")), 0o600);
+    let public = std::fs::read_to_string(path.parent().unwrap().join("audit.pub")).unwrap();
+    assert_eq!(public.trim().len(), 64, "{public}");
+    // Each write's last line carries the signature, after the hash.
     let text = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(verify_chain(&text), Ok(6));
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[2].contains("\",\"sig\":\"") && lines[2].ends_with("\"}"),
+        "{}",
+        lines[2]
+    );
+    assert!(!lines[1].contains("\"sig\""));
+}
+
+#[test]
+fn a_group_or_world_readable_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write_log(&path, 1, 1);
+    let key = dir.path().join("audit.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let err = Audit::open(&path, Durability::PageCache).err().unwrap();
+    assert!(
+        matches!(err, Error::Key(chain::Error::KeyMode { .. })),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_public_key_that_does_not_match_the_signing_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write_log(&path, 1, 1);
+    std::fs::write(dir.path().join("audit.pub"), "ab".repeat(32)).unwrap();
+    let err = Audit::open(&path, Durability::PageCache).err().unwrap();
+    assert!(
+        matches!(err, Error::Key(chain::Error::PublicMismatch { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -55,7 +231,7 @@ fn two_writers_on_one_file_keep_one_chain() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let (a, ta) = Audit::open(&path, Durability::PageCache).unwrap();
-    let (b, tb) = Audit::open(&path, Durability::PageCache).unwrap();
+    let (b, tb) = Audit::open(&path, Durability::Durable).unwrap();
     let c = ctx();
     rt().block_on(async {
         for _ in 0..20 {
@@ -66,55 +242,248 @@ fn two_writers_on_one_file_keep_one_chain() {
     });
     a.close(ta);
     b.close(tb);
-    assert_eq!(verify_chain(&std::fs::read_to_string(&path).unwrap()), Ok(100));
+    assert_eq!(ok(&[path]).records, 100);
 }
 
 #[test]
-fn edited_record_breaks_the_chain() {
+fn concurrent_threads_share_writes_and_keep_one_chain() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let (audit, thread) = Audit::open(&path, Durability::PageCache).unwrap();
-    rt().block_on(audit.commit(records(3, &ctx()))).unwrap();
+    let (audit, thread) = Audit::open(&path, Durability::Durable).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            let audit = audit.clone();
+            s.spawn(move || {
+                let c = ctx();
+                let rt = rt();
+                for _ in 0..50 {
+                    rt.block_on(audit.commit(records(1, &c))).unwrap();
+                }
+            });
+        }
+    });
     audit.close(thread);
-    let text = std::fs::read_to_string(&path).unwrap();
-    let edited = text.replacen("\"request_id\":\"1\"", "\"request_id\":\"9\"", 1);
-    let err = verify_chain(&edited).unwrap_err();
-    assert!(err.starts_with("line 2:") && err.contains("does not match"), "{err}");
+    let s = ok(&[path]);
+    assert_eq!(s.records, 400);
+    assert!(s.signatures <= 400 && s.signatures > 0, "{s}");
 }
 
 #[test]
-fn a_torn_last_line_is_sealed_off_not_merged() {
+fn concurrent_processes_keep_one_chain() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let c = ctx();
+    write_log(&path, 1, 1);
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            child_cmd("commit100", &path)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    assert_eq!(ok(&[path]).records, 1 + 3 * 200);
+}
+
+#[test]
+fn a_torn_last_line_is_sealed_with_a_recovery_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write_log(&path, 1, 2);
+    let torn = b"{\"v\":1,\"seq\":3,\"ti";
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(torn)
+        .unwrap();
+    assert_eq!(bad(std::slice::from_ref(&path)).problem, Problem::Torn);
+    let offset = std::fs::metadata(&path).unwrap().len() - torn.len() as u64;
+    // Opening seals it, before any record is written.
     let (audit, thread) = Audit::open(&path, Durability::Durable).unwrap();
-    rt().block_on(audit.commit(records(2, &c))).unwrap();
-    audit.close(thread);
-    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"v\":1,\"seq\":3,\"ti").unwrap();
-    let (audit, thread) = Audit::open(&path, Durability::Durable).unwrap();
-    rt().block_on(audit.commit(records(1, &c))).unwrap();
+    rt().block_on(audit.commit(records(1, &ctx()))).unwrap();
     audit.close(thread);
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 4);
-    assert_eq!(lines[2], "{\"v\":1,\"seq\":3,\"ti");
-    let last: serde_json::Value = serde_json::from_str(lines[3]).unwrap();
-    assert_eq!(last["seq"], 3, "the torn record's seq is not consumed");
-    let without_torn = [lines[0], lines[1], lines[3]].join("\n");
-    assert_eq!(verify_chain(&without_torn), Ok(3));
+    assert_eq!(lines.len(), 5);
+    assert_eq!(
+        lines[2].as_bytes(),
+        torn,
+        "the torn bytes stay, on their own line"
+    );
+    let rec: serde_json::Value = serde_json::from_str(lines[3]).unwrap();
+    assert_eq!(rec["kind"], "recovery");
+    assert_eq!(rec["seq"], 3, "the torn record's seq is not consumed");
+    assert_eq!(rec["detail"]["torn"]["offset"], offset);
+    assert_eq!(rec["detail"]["torn"]["bytes"], torn.len());
+    assert_eq!(
+        rec["detail"]["torn"]["sha256"],
+        crate::policy::sha256_hex(torn)
+    );
+    let s = ok(std::slice::from_ref(&path));
+    assert_eq!((s.records, s.torn.len(), s.torn[0].1), (4, 1, 3), "{s}");
+    assert!(s.to_string().contains("1 torn line sealed at"), "{s}");
+    // The same torn bytes anywhere else are not accepted.
+    let moved = [lines[0], lines[2], lines[1], lines[3], lines[4]].join("\n") + "\n";
+    std::fs::write(&path, moved).unwrap();
+    assert!(matches!(verify(&[path]), Verdict::Bad(_)));
 }
 
 #[test]
-fn a_full_disk_fails_the_commit() {
-    // /dev/full answers every write with ENOSPC.
-    if !Path::new("/dev/full").exists() {
-        eprintln!("skipping: no /dev/full");
-        return;
-    }
-    let (audit, thread) = Audit::open(Path::new("/dev/full"), Durability::Durable).unwrap();
-    let err = rt().block_on(audit.commit(records(1, &ctx()))).unwrap_err();
-    assert!(err.to_string().contains("No space left"), "{err}");
+fn a_write_cut_short_after_complete_records_is_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write_log(&path, 2, 3);
+    // Drop the signed last record of the last write: its first two stay, unsigned.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let keep: Vec<&str> = text.lines().take(5).collect();
+    std::fs::write(&path, keep.join("\n") + "\n").unwrap();
+    std::fs::remove_file(chain::Head::path(&path)).unwrap();
+    assert_eq!(bad(std::slice::from_ref(&path)).problem, Problem::Truncated);
+    let (audit, thread) = Audit::open(&path, Durability::PageCache).unwrap();
     audit.close(thread);
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (last["kind"].as_str(), last["detail"]["reason"].as_str()),
+        (Some("recovery"), Some("unsigned"))
+    );
+    assert_eq!(ok(&[path]).records, 6);
+}
+
+#[test]
+fn records_lost_to_a_failed_write_are_accounted_for_by_a_gap_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let out = child_cmd("gap", &path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let recs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 3, "{text}");
+    assert_eq!(recs[1]["kind"], "gap");
+    assert_eq!(recs[1]["detail"]["records_lost"], 5);
+    assert!(
+        recs[1]["detail"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("too large"),
+        "{}",
+        recs[1]
+    );
+    assert!(recs[1]["detail"]["since"].as_str() <= recs[1]["detail"]["until"].as_str());
+    let s = ok(&[path]);
+    assert_eq!((s.gaps, s.records_lost), (1, 5), "{s}");
+}
+
+fn rotated_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            let name = p.file_name()?.to_str()?.to_string();
+            let range = name.strip_prefix("audit.jsonl.")?;
+            Some((range.split_once('-')?.0.parse().ok()?, p))
+        })
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, p)| p).collect()
+}
+
+#[test]
+fn rotation_keeps_one_chain_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let opts = Options {
+        max_bytes: 4000,
+        key: None,
+    };
+    let (a, ta) = Audit::open_with(&path, Durability::Durable, &opts).unwrap();
+    let (b, tb) = Audit::open_with(&path, Durability::PageCache, &opts).unwrap();
+    let c = ctx();
+    rt().block_on(async {
+        for _ in 0..30 {
+            a.commit(records(2, &c)).await.unwrap();
+            b.commit(records(1, &c)).await.unwrap();
+        }
+    });
+    a.close(ta);
+    b.close(tb);
+    let mut files = rotated_files(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    for f in &files {
+        assert!(
+            std::fs::metadata(f).unwrap().len() < 4000 + 2000,
+            "{}",
+            f.display()
+        );
+    }
+    files.push(path.clone());
+    let s = ok(&files);
+    assert_eq!(s.records, 90 + s.rotations, "{s}");
+    assert_eq!(s.rotations as usize, files.len() - 1);
+    // The live file alone verifies (it continues from the rotated one), as does a rotated file.
+    ok(std::slice::from_ref(&path));
+    ok(&files[1..2]);
+    // A file left out in the middle is a deletion.
+    let mut missing = files.clone();
+    missing.remove(1);
+    let f = bad(&missing);
+    assert_eq!(f.problem, Problem::Deleted, "{f}");
+    assert_eq!((f.file.clone(), f.line), (files[2].clone(), 1), "{f}");
+    assert!(f.detail.contains("rotated file left out"), "{f}");
+}
+
+#[test]
+fn a_writer_killed_at_any_moment_leaves_a_log_that_verifies_after_reopen() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    for round in 0..6u64 {
+        let mut children: Vec<_> = (0..2)
+            .map(|_| {
+                child_cmd("forever", &path)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        // Pseudo-random moments, different each round.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+        std::thread::sleep(std::time::Duration::from_millis(
+            60 + (nanos ^ (round * 7919)) % 150,
+        ));
+        for c in &mut children {
+            kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL).unwrap();
+            c.wait().unwrap();
+        }
+        let (audit, thread) = Audit::open(&path, Durability::Durable).unwrap();
+        audit.close(thread);
+        let mut files = rotated_files(dir.path());
+        files.push(path.clone());
+        let s = ok(&files);
+        eprintln!("round {round}: {s}");
+        assert!(s.records > 0);
+    }
 }
 
 #[test]
@@ -122,4 +491,37 @@ fn canonical_hash_ignores_key_order_and_whitespace() {
     let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":[1,2]}"#).unwrap();
     let b: serde_json::Value = serde_json::from_str(r#"{ "a" : [1, 2], "b" : 1 }"#).unwrap();
     assert_eq!(canonical_sha256(&a), canonical_sha256(&b));
+}
+
+mod flipped {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Any byte of any record, flipped, makes verification fail.
+        #[test]
+        fn any_flipped_byte_fails_verification(at in any::<prop::sample::Index>(), bits in 1u8..=255) {
+            thread_local! {
+                static LOG: (tempfile::TempDir, Vec<u8>) = {
+                    let dir = tempfile::tempdir().unwrap();
+                    let path = dir.path().join("audit.jsonl");
+                    write_log(&path, 3, 2);
+                    let text = std::fs::read(&path).unwrap();
+                    (dir, text)
+                };
+            }
+            LOG.with(|(dir, text)| {
+                let mut edited = text.clone();
+                let i = at.index(edited.len());
+                edited[i] ^= bits;
+                let path = dir.path().join("edited.jsonl");
+                std::fs::write(&path, &edited).unwrap();
+                std::fs::copy(chain::Head::path(&dir.path().join("audit.jsonl")), chain::Head::path(&path)).unwrap();
+                prop_assert!(matches!(verify(&[path]), Verdict::Bad(_)), "byte {} ^ {:#x} passed", i, bits);
+                Ok(())
+            })?;
+        }
+    }
 }

@@ -1,0 +1,519 @@
+//! Appending to the log under its `flock`: continuing the chain from the file's last record,
+//! sealing a torn tail, recording gaps left by failed writes, signing, rotating.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::chain::{Head, HeadFile, Signer, chain_hash, sibling, sync_dir};
+use super::{Record, SCHEMA_VERSION};
+use crate::policy::sha256_hex;
+
+/// How far back from the end of the file the previous record is first looked for.
+const TAIL_WINDOW: u64 = 1 << 20;
+
+/// The chain's end as far as a writer knows it.
+#[derive(Default, Clone)]
+pub(crate) struct Tail {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// What a file's end looks like.
+struct Scan {
+    last: Tail,
+    /// The last complete record carries no `sig`: a write was cut short after it.
+    unsigned: bool,
+    /// Bytes after the last newline: a line a crash cut short.
+    torn: Option<(u64, Vec<u8>)>,
+}
+
+/// Records that could not be written, to be accounted for by the next successful write.
+struct Gap {
+    lost: u64,
+    since: String,
+    error: String,
+}
+
+/// Where the head goes after a write.
+pub(crate) enum HeadSink {
+    /// Page-cache mode: at once.
+    Now(Arc<HeadFile>),
+    /// Durable mode: handed to the syncer, which writes it after the `fdatasync`.
+    AfterSync(Arc<Mutex<Option<Head>>>),
+}
+
+pub(crate) struct Writer {
+    pub path: PathBuf,
+    pub file: File,
+    /// File length after our last write; if it still matches, `last` is current.
+    known_end: Option<u64>,
+    last: Tail,
+    /// `seq` of the current file's first record, once known (names the file when rotated).
+    first_seq: Option<u64>,
+    signer: Arc<Signer>,
+    max_bytes: u64,
+    head: HeadSink,
+    gap: Option<Gap>,
+    /// Session of the records the writer writes itself: the last one it was given.
+    session: Arc<str>,
+    /// Told the new file when the log was replaced (rotation) so it syncs the right one.
+    on_reopen: Option<Arc<super::Syncer>>,
+}
+
+impl Writer {
+    pub fn new(
+        path: PathBuf,
+        file: File,
+        signer: Arc<Signer>,
+        max_bytes: u64,
+        head: HeadSink,
+        on_reopen: Option<Arc<super::Syncer>>,
+    ) -> Writer {
+        Writer {
+            path,
+            file,
+            known_end: None,
+            last: Tail::default(),
+            first_seq: None,
+            signer,
+            max_bytes,
+            head,
+            gap: None,
+            session: super::random_id().into(),
+            on_reopen,
+        }
+    }
+
+    /// Appends `records` (possibly none: then only a torn tail or a gap is dealt with).
+    pub fn write(&mut self, records: &mut [Record]) -> io::Result<()> {
+        let res = self.try_write(records);
+        if let Err(e) = &res {
+            self.known_end = None;
+            if !records.is_empty() {
+                let gap = self.gap.get_or_insert_with(|| Gap {
+                    lost: 0,
+                    since: now(),
+                    error: e.to_string(),
+                });
+                gap.lost += records.len() as u64;
+            }
+        }
+        res
+    }
+
+    fn try_write(&mut self, records: &mut [Record]) -> io::Result<()> {
+        let lock = self.lock()?;
+        let start = self.file.metadata()?.len();
+        if let Some(first) = records.first() {
+            self.session = first.session.clone();
+        }
+        let mut notices = Vec::new();
+        let mut out = Vec::with_capacity(1024 * (records.len() + 1));
+        if self.known_end != Some(start) {
+            let scan = read_tail(&mut self.file, start)?;
+            self.last = scan.last;
+            if start == 0 {
+                self.first_seq = None;
+            }
+            if let Some((offset, bytes)) = &scan.torn {
+                // A writer died mid-line. The torn bytes stay, as a line of their own, and a
+                // signed recovery record describes them; the chain goes on from the last
+                // complete record. `verify` accepts exactly this pattern.
+                tracing::warn!(path = %self.path.display(), offset, bytes = bytes.len(), "sealing a torn audit line");
+                out.push(b'\n');
+                notices.push(self.notice(
+                    "recovery",
+                    json!({
+                        "reason": "torn",
+                        "after_seq": self.last.seq,
+                        "torn": { "offset": offset, "bytes": bytes.len(), "sha256": sha256_hex(bytes) },
+                    }),
+                ));
+            } else if scan.unsigned {
+                tracing::warn!(path = %self.path.display(), seq = self.last.seq, "sealing an unsigned audit tail");
+                notices.push(self.notice(
+                    "recovery",
+                    json!({ "reason": "unsigned", "after_seq": self.last.seq }),
+                ));
+            }
+        }
+        if let Some(gap) = &self.gap {
+            let detail = json!({ "records_lost": gap.lost, "since": gap.since, "until": now(), "error": gap.error });
+            notices.push(self.notice("gap", detail));
+        }
+        if notices.is_empty() && records.is_empty() {
+            return Ok(());
+        }
+        let mut last = self.last.clone();
+        let total = notices.len() + records.len();
+        for (i, n) in notices.iter_mut().enumerate() {
+            append_line(
+                &mut out,
+                &mut last,
+                (i + 1 == total).then_some(&*self.signer),
+                |seq, prev| {
+                    n.seq = seq;
+                    n.prev = prev.to_string();
+                    serde_json::to_vec(n)
+                },
+            )?;
+        }
+        for (i, rec) in records.iter_mut().enumerate() {
+            append_line(
+                &mut out,
+                &mut last,
+                (notices.len() + i + 1 == total).then_some(&*self.signer),
+                |seq, prev| {
+                    rec.seq = seq;
+                    rec.prev = prev.to_string();
+                    serde_json::to_vec(rec)
+                },
+            )?;
+        }
+        if let Err(e) = self.file.write_all(&out) {
+            // Leave no partial line behind; the records were not written.
+            let _ = self.file.set_len(start);
+            return Err(e);
+        }
+        let end = start + out.len() as u64;
+        self.known_end = Some(end);
+        if start == 0 {
+            self.first_seq = Some(self.last.seq + 1);
+        }
+        self.last = last;
+        self.gap = None;
+        self.publish_head(out.rsplit(|&b| b == b'\n').nth(1).unwrap_or_default());
+        if self.max_bytes > 0
+            && end > self.max_bytes
+            && let Err(e) = self.rotate()
+        {
+            // The records are written; only the file goes on growing.
+            tracing::warn!(error = %e, path = %self.path.display(), "cannot rotate the audit log");
+        }
+        drop(lock);
+        Ok(())
+    }
+
+    /// Removes what a rotation cut short by a crash left behind: a rotated name that is
+    /// still the live file (linked, not yet replaced), or a new file never moved into place.
+    /// Under the lock, so no rotation is under way.
+    pub fn tidy(&mut self) -> io::Result<()> {
+        let _lock = self.lock()?;
+        let Some(name) = self
+            .path
+            .file_name()
+            .map(|n| format!("{}.", n.to_string_lossy()))
+        else {
+            return Ok(());
+        };
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&name)) else {
+                continue;
+            };
+            let stale = rest.starts_with("new-")
+                || (rest
+                    .split_once('-')
+                    .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
+                    && same_file(&entry.path(), &self.file));
+            if stale {
+                tracing::warn!(file = %entry.path().display(), "removing what an interrupted audit log rotation left");
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the log's `flock`, first following the path to a new file if another writer
+    /// rotated (or someone removed) the one we hold.
+    fn lock(&mut self) -> io::Result<Flock<File>> {
+        loop {
+            let lock = Flock::lock(self.file.try_clone()?, FlockArg::LockExclusive)
+                .map_err(|(_, e)| io::Error::from(e))?;
+            let ours = self.file.metadata()?;
+            match std::fs::metadata(&self.path) {
+                Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => return Ok(lock),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %self.path.display(), "the audit log was removed; starting a new one");
+                }
+                Err(e) => return Err(e),
+            }
+            drop(lock);
+            self.file = open_log(&self.path)?;
+            self.known_end = None;
+            self.first_seq = None;
+            if let Some(s) = &self.on_reopen {
+                s.replace(self.file.try_clone()?);
+            }
+        }
+    }
+
+    /// A record the writer adds on its own.
+    fn notice(&self, kind: &'static str, detail: serde_json::Value) -> Notice {
+        Notice {
+            v: SCHEMA_VERSION,
+            seq: 0,
+            time: now(),
+            id: format!(
+                "{}-{kind}-{}",
+                self.session,
+                super::random_id().get(..8).unwrap_or_default()
+            ),
+            kind,
+            session: self.session.clone(),
+            detail,
+            prev: String::new(),
+        }
+    }
+
+    /// Hands the new chain head (from the last line written) to the head file.
+    fn publish_head(&self, line: &[u8]) {
+        let Some(parts) = super::chain::Line::split(line) else {
+            return;
+        };
+        let (Ok(hash), Some(Ok(sig))) = (
+            std::str::from_utf8(parts.hash),
+            parts.sig.map(std::str::from_utf8),
+        ) else {
+            return;
+        };
+        let head = Head {
+            seq: self.last.seq,
+            hash: hash.to_string(),
+            sig: sig.to_string(),
+        };
+        match &self.head {
+            HeadSink::Now(file) => {
+                if let Err(e) = file.advance(&head) {
+                    tracing::warn!(error = %e, path = %self.path.display(), "cannot update the audit head file");
+                }
+            }
+            HeadSink::AfterSync(pending) => {
+                *pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(head)
+            }
+        }
+    }
+
+    /// Under the lock: moves the full file to `<log>.<first seq>-<last seq>` and puts in its
+    /// place a new file whose first record, `rotated`, continues the chain.
+    fn rotate(&mut self) -> io::Result<()> {
+        let first = match self.first_seq {
+            Some(s) => s,
+            None => first_seq(&mut self.file)?,
+        };
+        // Whatever any writer put in the old file is on disk before it is renamed.
+        self.file.sync_data()?;
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let old_name = format!("{name}.{first}-{}", self.last.seq);
+        let old = self.path.with_file_name(&old_name);
+        match std::fs::hard_link(&self.path, &old) {
+            Ok(()) => {}
+            // A rotation that died before the rename already made this link.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && same_file(&old, &self.file) => {}
+            Err(e) => return Err(e),
+        }
+        let mut rec = self.notice(
+            "rotated",
+            json!({ "previous": old_name, "first_seq": first, "last_seq": self.last.seq }),
+        );
+        let mut last = self.last.clone();
+        let mut out = Vec::with_capacity(1024);
+        append_line(&mut out, &mut last, Some(&self.signer), |seq, prev| {
+            rec.seq = seq;
+            rec.prev = prev.to_string();
+            serde_json::to_vec(&rec)
+        })?;
+        let tmp = sibling(&self.path, &format!(".new-{}", super::random_id()));
+        let made = (|| {
+            let mut f = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&out)?;
+            f.sync_data()?;
+            std::fs::rename(&tmp, &self.path)?;
+            Ok::<File, io::Error>(f)
+        })();
+        let new = match made {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(&old);
+                return Err(e);
+            }
+        };
+        sync_dir(&self.path);
+        tracing::info!(path = %self.path.display(), rotated = %old.display(), "audit log rotated");
+        self.file = new;
+        self.known_end = Some(out.len() as u64);
+        self.first_seq = Some(last.seq);
+        self.last = last;
+        if let Some(s) = &self.on_reopen {
+            s.replace(self.file.try_clone()?);
+        }
+        self.publish_head(out.strip_suffix(b"\n").unwrap_or(&out));
+        Ok(())
+    }
+}
+
+/// Opens (creating, mode 0600) the log for appending.
+pub(crate) fn open_log(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Chains the record `body` serializes (given its `seq` and `prev`) to `last`, and puts
+/// it on `out` with its hash (and, when `signer` is given, its signature) and a newline.
+fn append_line(
+    out: &mut Vec<u8>,
+    last: &mut Tail,
+    signer: Option<&Signer>,
+    body: impl FnOnce(u64, &str) -> serde_json::Result<Vec<u8>>,
+) -> io::Result<()> {
+    last.seq += 1;
+    let prev = std::mem::take(&mut last.hash);
+    let body = body(last.seq, &prev).map_err(io::Error::other)?;
+    last.hash = chain_hash(&prev, &body);
+    out.extend_from_slice(&body[..body.len() - 1]);
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(last.hash.as_bytes());
+    if let Some(s) = signer {
+        out.extend_from_slice(b"\",\"sig\":\"");
+        out.extend_from_slice(s.sign(last.hash.as_bytes()).as_bytes());
+    }
+    out.extend_from_slice(b"\"}\n");
+    Ok(())
+}
+
+/// A record the writer writes on its own (`recovery`, `gap`, `rotated`): the fields every
+/// record has, in the same order, and `detail`.
+#[derive(Serialize)]
+struct Notice {
+    v: u32,
+    seq: u64,
+    time: String,
+    id: String,
+    kind: &'static str,
+    session: Arc<str>,
+    detail: serde_json::Value,
+    prev: String,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+fn same_file(path: &Path, file: &File) -> bool {
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[derive(Deserialize)]
+struct TailFields {
+    seq: u64,
+    hash: String,
+    #[serde(default)]
+    sig: Option<serde::de::IgnoredAny>,
+}
+
+/// The last complete record of the file, and what follows it.
+fn read_tail(file: &mut File, len: u64) -> io::Result<Scan> {
+    let mut window = TAIL_WINDOW;
+    loop {
+        let from = len.saturating_sub(window);
+        let mut buf = Vec::with_capacity((len - from) as usize);
+        file.seek(SeekFrom::Start(from))?;
+        Read::by_ref(file).take(len - from).read_to_end(&mut buf)?;
+        let end = match buf.iter().rposition(|&b| b == b'\n') {
+            Some(i) => i,
+            None if from == 0 => {
+                let torn = (!buf.is_empty()).then_some((0, buf));
+                return Ok(Scan {
+                    last: Tail::default(),
+                    unsigned: false,
+                    torn,
+                });
+            }
+            None => {
+                window = window.saturating_mul(4);
+                continue;
+            }
+        };
+        let start = match buf[..end].iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None if from == 0 => 0,
+            None => {
+                window = window.saturating_mul(4);
+                continue;
+            }
+        };
+        let torn = (end + 1 < buf.len()).then(|| (from + end as u64 + 1, buf[end + 1..].to_vec()));
+        let rec: TailFields = serde_json::from_slice(&buf[start..end]).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("last audit record unreadable (fix or move the log): {e}"),
+            )
+        })?;
+        return Ok(Scan {
+            last: Tail {
+                seq: rec.seq,
+                hash: rec.hash,
+            },
+            unsigned: rec.sig.is_none(),
+            torn,
+        });
+    }
+}
+
+/// `seq` of the file's first record (for the rotated file's name).
+fn first_seq(file: &mut File) -> io::Result<u64> {
+    #[derive(Deserialize)]
+    struct First {
+        seq: u64,
+    }
+    let mut buf = Vec::new();
+    file.seek(SeekFrom::Start(0))?;
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = file.read(&mut chunk)?;
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let first: First = serde_json::from_slice(&buf[..i])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            return Ok(first.seq);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no complete first record",
+            ));
+        }
+    }
+}
