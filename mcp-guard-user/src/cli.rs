@@ -40,6 +40,13 @@ pub struct Wrap {
     /// When an audit record counts as written [env: MCP_GUARD_AUDIT_DURABILITY; default: durable].
     #[arg(long, value_enum)]
     pub durability: Option<Durability>,
+    /// Rotate the audit log when a write takes it past this size, in bytes; 0: never.
+    #[arg(long, default_value_t = crate::audit::DEFAULT_MAX_BYTES)]
+    pub audit_max_bytes: u64,
+    /// The audit signing key (created, mode 0600, if missing; its public half is written
+    /// beside it with the extension `.pub`) [default: audit.key beside the audit log].
+    #[arg(long)]
+    pub audit_key: Option<PathBuf>,
     /// Longest message accepted, in bytes, in either direction.
     #[arg(long, default_value_t = crate::frame::DEFAULT_MAX_MESSAGE)]
     pub max_message: usize,

@@ -52,6 +52,7 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
         name,
         policy,
         audit,
+        audit_opts: audit::Options { max_bytes: w.audit_max_bytes, key: w.audit_key },
         durability,
         max_message: w.max_message,
         command: w.command,

@@ -47,6 +47,7 @@ pub struct Options {
     pub name: String,
     pub policy: Policy,
     pub audit: PathBuf,
+    pub audit_opts: crate::audit::Options,
     pub durability: Durability,
     pub max_message: usize,
     pub command: Vec<OsString>,
@@ -66,7 +67,7 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
 }
 
 async fn session(opts: Options) -> anyhow::Result<i32> {
-    let (audit, audit_thread) = Audit::open(&opts.audit, opts.durability)?;
+    let (audit, audit_thread) = Audit::open_with(&opts.audit, opts.durability, &opts.audit_opts)?;
     let me = std::process::id() as i32;
     let principal = identity::current_principal();
     let host = Process::read(nix::unistd::getppid().as_raw()).ok();

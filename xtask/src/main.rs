@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod ebpf;
 mod peers;
+mod siem;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,6 +52,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => {
             ebpf::ensure_toolchain()?;
+            siem::ensure_rsyslog()?;
             peers::ensure_peers(&root)
         }
         Cmd::BuildEbpf => {
@@ -102,6 +104,10 @@ fn test(root: &Path) -> Result<()> {
         Err(e) => return Err(e),
     }
     peers::ensure_peers(root)?;
+    if root_user {
+        // The SIEM forwarder is tested against a real syslog daemon.
+        siem::ensure_rsyslog()?;
+    }
 
     step("cargo build", Command::new(cargo()).current_dir(root).args(["build", "--workspace", "--all-targets"]))?;
     let mut failed = Vec::new();
