@@ -108,10 +108,12 @@ fn an_edit_with_recomputed_hashes_fails_the_signature() {
     let mut l = lines(&path);
     // Rewrite record 4 and re-chain the rest of its write, as someone without the key could.
     l[3] = l[3].replace("\"request_id\":\"1.0\"", "\"request_id\":\"1.7\"");
-    let mut prev = serde_json::from_str::<serde_json::Value>(&l[2]).unwrap()["hash"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // Record 3 ends a write: the next `prev` names its hash and signature together.
+    let third = serde_json::from_str::<serde_json::Value>(&l[2]).unwrap();
+    let mut prev = mcp_guard::audit::link(
+        third["hash"].as_str().unwrap(),
+        third["sig"].as_str().map(str::as_bytes),
+    );
     for line in l.iter_mut().take(6).skip(3) {
         let at = line.find(",\"prev\":\"").unwrap();
         let end = line.find(",\"hash\":\"").unwrap();

@@ -58,6 +58,16 @@ pub enum Error {
     PublicFormat { path: PathBuf },
 }
 
+/// What the next record's `prev` names: the record's `hash`, or, when the record is
+/// signed, SHA-256 over its hash and its signature. Chaining the signature means every byte
+/// of every record, signatures included, is covered by the last signature.
+pub fn link(hash: &str, sig: Option<&[u8]>) -> String {
+    match sig {
+        None => hash.to_string(),
+        Some(sig) => hex(&digest(b"mcp-guard audit link v1\n", &[hash.as_bytes(), b":", sig])),
+    }
+}
+
 /// SHA-256 over the previous record's hash and this record's bytes (without `hash`).
 pub fn chain_hash(prev: &str, body: &[u8]) -> String {
     hex(&digest(prev.as_bytes(), &[body]))

@@ -32,7 +32,7 @@ pub mod forward;
 mod record;
 pub mod verify;
 mod writer;
-pub use chain::chain_hash;
+pub use chain::{chain_hash, link};
 pub use record::{Context, Outcome, Record, SCHEMA_VERSION, canonical_sha256, random_id};
 
 /// Longest time an appended record stays only in the page cache (durable mode).

@@ -268,6 +268,19 @@ struct Previous {
 
 /// Checks `files` as one chain with `key` (named `key_path` in messages).
 pub fn check(key: &PublicKey, key_path: &Path, files: &[PathBuf]) -> Result<Verdict, Error> {
+    let verdict = check_with(key, key_path, files, false)?;
+    match &verdict {
+        // A signature failed: go again over all of them to name the first bad record.
+        Verdict::Bad(f) if f.problem == Problem::Edited && f.detail.starts_with(SIG_FAILED) => {
+            check_with(key, key_path, files, true)
+        }
+        _ => Ok(verdict),
+    }
+}
+
+const SIG_FAILED: &str = "the signature over the chain head does not verify";
+
+fn check_with(key: &PublicKey, key_path: &Path, files: &[PathBuf], all_sigs: bool) -> Result<Verdict, Error> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
@@ -295,7 +308,7 @@ pub fn check(key: &PublicKey, key_path: &Path, files: &[PathBuf]) -> Result<Verd
                 }
             });
         }
-        let mut checker = Checker::new(files, tx, &stop);
+        let mut checker = Checker::new(files, tx, &stop, all_sigs);
         let res = checker.run();
         drop(checker);
         res
@@ -316,7 +329,7 @@ pub fn check(key: &PublicKey, key_path: &Path, files: &[PathBuf]) -> Result<Verd
             } else {
                 (
                     Problem::Edited,
-                    "the signature over the chain head does not verify: the records it covers were rewritten (or the key changed)".to_string(),
+                    format!("{SIG_FAILED}: the records it covers were rewritten (or the key changed)"),
                 )
             };
             return Ok(Verdict::Bad(Finding {
@@ -382,6 +395,10 @@ struct Checker<'a> {
     files: &'a [PathBuf],
     sigs: Option<mpsc::SyncSender<Vec<SigJob>>>,
     batch: Vec<SigJob>,
+    /// Check every signature, not just the first and the last.
+    all_sigs: bool,
+    /// The last signature seen, checked at the end.
+    last_sig: Option<SigJob>,
     stop: &'a AtomicBool,
     last: Option<Link>,
     before: Option<Link>,
@@ -395,6 +412,7 @@ impl<'a> Checker<'a> {
         files: &'a [PathBuf],
         sigs: mpsc::SyncSender<Vec<SigJob>>,
         stop: &'a AtomicBool,
+        all_sigs: bool,
     ) -> Checker<'a> {
         let head = files
             .last()
@@ -403,6 +421,8 @@ impl<'a> Checker<'a> {
             files,
             sigs: Some(sigs),
             batch: Vec::new(),
+            all_sigs,
+            last_sig: None,
             stop,
             last: None,
             before: None,
@@ -642,9 +662,16 @@ impl<'a> Checker<'a> {
             };
             job.hash.copy_from_slice(parts.hash);
             job.sig.copy_from_slice(sig);
-            self.batch.push(job);
-            if self.batch.len() >= 256 {
-                self.flush_sigs_partial();
+            // Signatures are chained into the next record's `prev`, so the last one covers
+            // every byte before it: the first (is it the key?) and the last suffice, and all
+            // are checked only to locate a failure.
+            if self.all_sigs || job.index == 0 {
+                self.batch.push(job);
+                if self.batch.len() >= 256 {
+                    self.flush_sigs_partial();
+                }
+            } else {
+                self.last_sig = Some(job);
             }
         }
         match fields.kind {
@@ -665,7 +692,8 @@ impl<'a> Checker<'a> {
         self.summary.last_seq = fields.seq;
         let link = Link {
             seq: fields.seq,
-            hash,
+            // What the next record's `prev` must name.
+            hash: super::chain::link(&hash, parts.sig),
             signed: parts.sig.is_some(),
             file: self.file,
             line: line_no,
@@ -682,6 +710,7 @@ impl<'a> Checker<'a> {
     }
 
     fn flush_sigs(&mut self) {
+        self.batch.extend(self.last_sig.take());
         self.flush_sigs_partial();
         self.sigs = None;
     }
@@ -793,7 +822,7 @@ impl Brief {
         Some(Brief {
             seq: f.seq,
             prev: f.prev.to_string(),
-            hash: String::from_utf8_lossy(parts.hash).into_owned(),
+            hash: super::chain::link(&String::from_utf8_lossy(parts.hash), parts.sig),
         })
     }
 }

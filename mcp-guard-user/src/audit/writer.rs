@@ -398,15 +398,17 @@ fn append_line(
     last.seq += 1;
     let prev = std::mem::take(&mut last.hash);
     let body = body(last.seq, &prev).map_err(io::Error::other)?;
-    last.hash = chain_hash(&prev, &body);
+    let hash = chain_hash(&prev, &body);
     out.extend_from_slice(&body[..body.len() - 1]);
     out.extend_from_slice(b",\"hash\":\"");
-    out.extend_from_slice(last.hash.as_bytes());
-    if let Some(s) = signer {
+    out.extend_from_slice(hash.as_bytes());
+    let sig = signer.map(|s| s.sign(hash.as_bytes()));
+    if let Some(sig) = &sig {
         out.extend_from_slice(b"\",\"sig\":\"");
-        out.extend_from_slice(s.sign(last.hash.as_bytes()).as_bytes());
+        out.extend_from_slice(sig.as_bytes());
     }
     out.extend_from_slice(b"\"}\n");
+    last.hash = super::chain::link(&hash, sig.as_ref().map(|s| s.as_bytes()));
     Ok(())
 }
 
@@ -440,7 +442,7 @@ struct TailFields {
     seq: u64,
     hash: String,
     #[serde(default)]
-    sig: Option<serde::de::IgnoredAny>,
+    sig: Option<String>,
 }
 
 /// The last complete record of the file, and what follows it.
@@ -484,7 +486,7 @@ fn read_tail(file: &mut File, len: u64) -> io::Result<Scan> {
         return Ok(Scan {
             last: Tail {
                 seq: rec.seq,
-                hash: rec.hash,
+                hash: super::chain::link(&rec.hash, rec.sig.as_deref().map(str::as_bytes)),
             },
             unsigned: rec.sig.is_none(),
             torn,
