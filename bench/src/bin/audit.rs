@@ -90,9 +90,15 @@ fn fsync_baseline(dir: &Path, secs: f64) -> Result<f64> {
     Ok(rate)
 }
 
+/// A fresh log at `path`: the log and its head file from an earlier run removed.
+fn fresh(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path.with_extension("jsonl.head"));
+}
+
 fn throughput(dir: &Path, writers: usize, secs: f64, durability: Durability) -> Result<(f64, PathBuf)> {
     let path = dir.join(format!("throughput-{durability:?}.jsonl").to_lowercase());
-    let _ = std::fs::remove_file(&path);
+    fresh(&path);
     let (audit, thread) = Audit::open(&path, durability)?;
     let ctx = ctx()?;
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
@@ -122,7 +128,7 @@ fn throughput(dir: &Path, writers: usize, secs: f64, durability: Durability) -> 
 
 fn paced(dir: &Path, count: usize) -> Result<Vec<Duration>> {
     let path = dir.join("paced.jsonl");
-    let _ = std::fs::remove_file(&path);
+    fresh(&path);
     let (audit, thread) = Audit::open(&path, Durability::Durable)?;
     let ctx = ctx()?;
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
