@@ -23,7 +23,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
 
@@ -100,8 +100,8 @@ impl Durability {
 #[derive(Clone)]
 pub struct Audit {
     writer: Arc<Mutex<writer::Writer>>,
-    /// Records waiting for the writer: whoever holds it next writes them all in one go.
-    queue: Arc<Mutex<Vec<Queued>>>,
+    /// Records waiting for the writer: whoever writes next writes them all in one go.
+    queue: Arc<(Mutex<Queue>, Condvar)>,
     /// Durable mode: the file to `fdatasync` and the flusher's stop signal.
     sync: Option<(Arc<Syncer>, mpsc::SyncSender<()>)>,
     dirty: Arc<AtomicBool>,
@@ -113,6 +113,13 @@ type Done = Arc<OnceLock<Result<(), String>>>;
 struct Queued {
     records: Vec<Record>,
     done: Done,
+}
+
+/// What waits for the writer, and whether a thread is writing now.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Queued>,
+    writing: bool,
 }
 
 /// A commit on its way to disk.
@@ -188,7 +195,7 @@ impl Audit {
         }
         let audit = Audit {
             writer: Arc::new(Mutex::new(writer)),
-            queue: Arc::new(Mutex::new(Vec::new())),
+            queue: Arc::new((Mutex::new(Queue::default()), Condvar::new())),
             sync,
             dirty,
             path: Arc::new(path.to_path_buf()),
@@ -235,32 +242,43 @@ impl Audit {
     }
 
     /// Writes `records` together with whatever other threads queued meanwhile: one write,
-    /// one signature for all of them.
+    /// one signature for all of them. A thread that finds a write under way queues its
+    /// records and sleeps until they are written (by that thread's next round, or by itself
+    /// if it is first in line when the writer is free).
     fn write(&self, records: Vec<Record>) -> Result<(), String> {
         let done: Done = Arc::default();
+        let (queue, written) = &*self.queue;
         // A poisoned lock means a thread panicked holding it; the queue and the file state
         // (which is re-read) stay usable.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(Queued { records, done: done.clone() });
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(res) = done.get() {
-            // The previous holder wrote ours along with its own.
-            return res.clone();
+        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.waiting.push(Queued { records, done: done.clone() });
+        loop {
+            if let Some(res) = done.get() {
+                return res.clone();
+            }
+            if !q.writing {
+                break;
+            }
+            q = written.wait(q).unwrap_or_else(|p| p.into_inner());
         }
-        let queued = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        q.writing = true;
+        let queued = std::mem::take(&mut q.waiting);
+        drop(q);
         let mut batch = Vec::with_capacity(queued.iter().map(|q| q.records.len()).sum());
         let mut waiting = Vec::with_capacity(queued.len());
         for q in queued {
             batch.extend(q.records);
             waiting.push(q.done);
         }
-        let res = w.write(&mut batch).map_err(|e| e.to_string());
+        let res = self.writer.lock().unwrap_or_else(|p| p.into_inner()).write(&mut batch).map_err(|e| e.to_string());
         if res.is_ok() {
             self.dirty.store(true, Ordering::Release);
         }
         for d in waiting {
             let _ = d.set(res.clone());
         }
-        drop(w);
+        queue.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
+        written.notify_all();
         if let Err(e) = &res {
             tracing::error!(error = %e, path = %self.path.display(), "audit write failed");
         }
