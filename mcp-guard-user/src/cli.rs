@@ -66,6 +66,8 @@ pub enum PolicyCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Show how a policy decides one request, and why each rule did or did not match.
+    Explain(crate::policy::cmd::ExplainArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use crate::audit::{Context, Outcome, Record, canonical_sha256};
 use crate::frame::Frame;
 use crate::jsonrpc::{self, ErrorObject, IdKey, Kind, Malformed, Message, Parsed, code};
-use crate::policy::{Action, Policy, Request};
+use crate::policy::{Action, Ancestor, Limiter, Mode, Policy, Principal, Query};
 
 /// Which way a message travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,10 +75,25 @@ struct Pending {
     id: Box<RawValue>,
 }
 
+/// Who is asking and what answers, as the policy sees it: read once per session from the
+/// kernel and /proc, never from messages.
+#[derive(Debug, Default)]
+pub struct Subject {
+    pub principal: Option<Principal>,
+    /// Processes above the server, nearest first.
+    pub ancestry: Option<Vec<Ancestor>>,
+    pub host_exe: Option<String>,
+    pub server_exe: Option<String>,
+    /// The server's working directory, for relative paths in arguments.
+    pub cwd: Option<String>,
+}
+
 /// One shim session: the server's name, the policy in force, what is in flight.
 pub struct Session {
     name: String,
     policy: Arc<Policy>,
+    subject: Subject,
+    limiter: Limiter,
     ctx: Arc<Context>,
     max_message: usize,
     /// Client requests forwarded to the server and not yet answered.
@@ -119,10 +134,12 @@ struct ErrorCode {
 const META_CLAIMS: &[&str] = &["io.modelcontextprotocol/protocolVersion", "io.modelcontextprotocol/clientInfo"];
 
 impl Session {
-    pub fn new(name: String, policy: Arc<Policy>, ctx: Arc<Context>, max_message: usize) -> Session {
+    pub fn new(name: String, policy: Arc<Policy>, ctx: Arc<Context>, max_message: usize, subject: Subject) -> Session {
         Session {
             name,
             policy,
+            subject,
+            limiter: Limiter::new(),
             ctx,
             max_message,
             pending: HashMap::new(),
@@ -152,6 +169,11 @@ impl Session {
                 self.protocol = Some(v.into());
             }
         }
+    }
+
+    /// The server now runs another program (a launcher exec'd it).
+    pub fn set_server_exe(&mut self, exe: Option<String>) {
+        self.subject.server_exe = exe;
     }
 
     /// Replaces the session context (the server's identity changed).
@@ -313,7 +335,25 @@ impl Session {
             self.learn_protocol(field("protocolVersion"));
         }
         self.learn_protocol(field("_meta").and_then(|m| m.get(META_CLAIMS[0])));
-        let decision = self.policy.decide(Request { server: &self.name, method, tool });
+        // Arguments for the calls that have them; the whole params otherwise (so a rule can
+        // look at a resource's `/uri` or a sampling request's messages).
+        let arguments = match method {
+            "tools/call" | "prompts/get" => field("arguments"),
+            _ => params,
+        };
+        let s = &self.subject;
+        let query = Query {
+            server: &self.name,
+            server_exe: s.server_exe.as_deref(),
+            method,
+            tool,
+            principal: s.principal.as_ref(),
+            host_exe: s.host_exe.as_deref(),
+            ancestry: s.ancestry.as_deref(),
+            arguments,
+            cwd: s.cwd.as_deref(),
+        };
+        let decision = self.policy.decide_limited(&query, &self.limiter, Instant::now());
         let id = m.id.unwrap_or(jsonrpc::null_id());
         let mut rec = self.record(if dir == Direction::ToServer { "request" } else { "server_request" });
         rec.direction = Some(dir.name());
@@ -322,6 +362,12 @@ impl Session {
             Action::Deny => "deny",
         });
         rec.rule = Some(decision.rule.clone());
+        rec.would_deny = decision.would_deny.then_some(true);
+        rec.audit_rule = decision.audit.clone();
+        rec.rate_limited = decision.rate_limited.then_some(true);
+        if decision.would_deny {
+            rec.reason = decision.message.clone();
+        }
         rec.method = Some(method.to_string());
         rec.tool = tool.map(crate::identity::redact_text);
         rec.request_id = Some(recorded_id(id));
@@ -509,6 +555,14 @@ impl Session {
             records.push(rec);
         }
         (out, records)
+    }
+}
+
+/// The name records give a policy mode.
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::Monitor => "monitor",
     }
 }
 

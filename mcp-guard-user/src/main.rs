@@ -21,7 +21,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Wrap(w) => wrap(w),
-        Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
+        Command::Policy(PolicyCommand::Check { files }) => mcp_guard::policy::cmd::check(&files),
+        Command::Policy(PolicyCommand::Explain(a)) => mcp_guard::policy::cmd::explain(&a),
         Command::Audit(AuditCommand::Verify { key, files }) => audit::verify::run(key.as_deref(), &files),
         Command::Audit(AuditCommand::Forward(args)) => audit::forward::run(&args),
     };
@@ -60,33 +61,9 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
     })
 }
 
-/// `--policy`, `$MCP_GUARD_POLICY`, `~/.config/mcp-guard/policy.toml`, the built-in default.
-/// A configured file that cannot be loaded is an error: the guard does not run unguarded.
+/// `--policy`, `$MCP_GUARD_POLICY`, `~/.config/mcp-guard/policy.toml`,
+/// `/etc/mcp-guard/policy.toml` (with `policy.d/*.toml`), the built-in default. A configured file that cannot be
+/// loaded is an error: the guard does not run unguarded.
 fn load_policy(flag: Option<PathBuf>) -> anyhow::Result<Policy> {
-    let from_env = std::env::var_os("MCP_GUARD_POLICY").filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(path) = flag.or(from_env) {
-        return Ok(Policy::load(&path)?);
-    }
-    let config = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
-    if let Some(path) = config.map(|c| c.join("mcp-guard/policy.toml")).filter(|p| p.exists()) {
-        return Ok(Policy::load(&path)?);
-    }
-    Ok(Policy::builtin())
-}
-
-fn policy_check(files: &[PathBuf]) -> anyhow::Result<i32> {
-    let mut failed = false;
-    for f in files {
-        match Policy::load(f) {
-            Ok(p) => println!("{}: ok (sha256 {})", f.display(), p.sha256()),
-            Err(e) => {
-                failed = true;
-                eprintln!("{e}");
-            }
-        }
-    }
-    Ok(i32::from(failed))
+    Ok(mcp_guard::policy::standalone(flag.as_deref())?)
 }

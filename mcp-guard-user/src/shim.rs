@@ -28,7 +28,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::audit::{Audit, Context, Durability, Record};
 use crate::frame::{Frame, Framer};
-use crate::guard::{Act, Direction, Session};
+use crate::guard::{Act, Direction, Session, Subject};
 use crate::identity::{self, Process};
 use crate::jsonrpc::code;
 use crate::policy::Policy;
@@ -95,7 +95,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         session: crate::audit::random_id().into(),
         transport: "stdio-shim",
         policy_sha256: opts.policy.sha256().to_string(),
-        mode: "enforce",
+        mode: crate::guard::mode_name(opts.policy.mode()),
         principal: raw(&principal),
         agent_host: raw(&host.as_ref().map(identity::Link::long)),
         chain: raw(&chain.iter().map(identity::Link::short).collect::<Vec<_>>()),
@@ -119,7 +119,23 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         return Err(e).context("cannot record the session start");
     }
 
-    let session = RefCell::new(Session::new(opts.name.clone(), Arc::new(opts.policy), ctx.clone(), opts.max_message));
+    let subject = Subject {
+        principal: Some(crate::policy::Principal::from_uid(principal.uid)),
+        // Above the server: the shim itself, then its ancestors.
+        ancestry: Some(
+            Process::read(me)
+                .ok()
+                .into_iter()
+                .chain(chain.iter().cloned())
+                .map(|p| crate::policy::Ancestor { exe: p.exe, comm: p.comm })
+                .collect(),
+        ),
+        host_exe: host.as_ref().and_then(|h| h.exe.clone()),
+        server_exe: server.exe.borrow().clone(),
+        cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok().map(|p| p.display().to_string()),
+    };
+    let session =
+        RefCell::new(Session::new(opts.name.clone(), Arc::new(opts.policy), ctx.clone(), opts.max_message, subject));
     let server_in: Sink = Mutex::new(child.stdin.take().map(|w| Box::pin(w) as Pin<Box<dyn AsyncWrite>>));
     let server_out = child.stdout.take().context("server stdout")?;
     let client_out: Sink = Mutex::new(Some(stdout()));
@@ -254,6 +270,7 @@ impl ServerIdentity {
         if now.is_some() && now != *self.exe.borrow() {
             let mut s = session.borrow_mut();
             let old = s.ctx().clone();
+            s.set_server_exe(now.clone());
             s.set_ctx(Arc::new(Context {
                 session: old.session.clone(),
                 transport: old.transport,

@@ -64,6 +64,15 @@ pub struct Record {
     pub rule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Monitor mode: the policy would have denied this (`rule` names the rule).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_deny: Option<bool>,
+    /// An `audit` rule that matched: the request is marked for review.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_rule: Option<String>,
+    /// Refused (or would be) because a rule's rate was exceeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limited: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,6 +121,9 @@ impl Record {
             decision: None,
             rule: None,
             reason: None,
+            would_deny: None,
+            audit_rule: None,
+            rate_limited: None,
             method: None,
             tool: None,
             request_id: None,

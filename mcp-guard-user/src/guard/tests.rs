@@ -26,7 +26,7 @@ fn session() -> Session {
         chain: raw("[]"),
         server: raw("{}"),
     });
-    Session::new("fs".into(), Arc::new(Policy::parse(POLICY, "t").unwrap()), ctx, 1 << 20)
+    Session::new("fs".into(), Arc::new(Policy::parse(POLICY, "t").unwrap()), ctx, 1 << 20, Subject::default())
 }
 
 /// Feeds `input` as one read and returns the plan with the buffer it indexes.

@@ -1,0 +1,183 @@
+//! `mcp-guard policy check` and `mcp-guard policy explain`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use super::{Action, Ancestor, Error, Policy, Principal, Query};
+
+/// `mcp-guard policy explain`: how the policy decides one request.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExplainArgs {
+    /// Policy file (a directory: its policy.toml and policy.d/*.toml).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// The user asking, by name or uid [default: you].
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The server's name in the host config.
+    #[arg(long)]
+    pub server: String,
+    /// The method.
+    #[arg(long, default_value = "tools/call")]
+    pub method: String,
+    /// The tool name (prompt name for prompts/get, URI for resources/read).
+    #[arg(long)]
+    pub tool: Option<String>,
+    /// The call's arguments, as a JSON object.
+    #[arg(long)]
+    pub args: Option<String>,
+    /// The server's executable.
+    #[arg(long)]
+    pub server_exe: Option<String>,
+    /// The server's working directory (relative paths in arguments are taken against it).
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// The agent host's executable.
+    #[arg(long)]
+    pub host_exe: Option<String>,
+    /// An ancestor process (executable path or comm), nearest first; repeat for each.
+    /// Without any, the ancestry is unknown.
+    #[arg(long = "ancestor")]
+    pub ancestors: Vec<String>,
+}
+
+/// Validates files; each error on its own line as `file:line:column: message`. A
+/// directory is checked as a main file and its drop-ins together. 1 when any fails.
+pub fn check(files: &[PathBuf]) -> anyhow::Result<i32> {
+    let mut failed = false;
+    for f in files {
+        match Policy::load(f) {
+            Ok(p) => println!(
+                "{}: ok ({} rules, mode {}, default {}, sha256 {})",
+                f.display(),
+                p.len(),
+                p.mode(),
+                p.default_action(),
+                p.sha256()
+            ),
+            Err(Error::Invalid(d)) => {
+                failed = true;
+                eprintln!("{d}");
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("{:#}", anyhow::Error::from(e));
+            }
+        }
+    }
+    Ok(i32::from(failed))
+}
+
+/// Prints the decision, the rule that made it and why each other rule did not match.
+/// 0 when the request would be forwarded, 1 when denied.
+pub fn explain(args: &ExplainArgs) -> anyhow::Result<i32> {
+    let policy = Policy::load(&args.policy)?;
+    let principal = match &args.user {
+        None => Principal::from_uid(nix::unistd::getuid().as_raw()),
+        Some(u) => match u.parse::<u32>() {
+            Ok(uid) => Principal::from_uid(uid),
+            Err(_) => {
+                Principal::from_name(u).with_context(|| format!("no user `{u}` on this host"))?
+            }
+        },
+    };
+    let arguments: Option<serde_json::Value> = args
+        .args
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .context("--args is not valid JSON")?;
+    let ancestry: Vec<Ancestor> = args.ancestors.iter().map(|a| ancestor(a)).collect();
+    let q = Query {
+        server: &args.server,
+        server_exe: args.server_exe.as_deref(),
+        method: &args.method,
+        tool: args.tool.as_deref(),
+        principal: Some(&principal),
+        host_exe: args.host_exe.as_deref(),
+        ancestry: (!ancestry.is_empty()).then_some(ancestry.as_slice()),
+        arguments: arguments.as_ref(),
+        cwd: args.cwd.as_deref(),
+    };
+    let ex = policy.explain(&q);
+    let d = &ex.decision;
+    let verdict = if d.would_deny {
+        "allow (monitor mode: would deny)".to_string()
+    } else {
+        d.action.to_string()
+    };
+    println!("decision: {verdict}");
+    let origin = ex
+        .rules
+        .iter()
+        .find(|r| r.id == d.rule)
+        .map(|r| format!(" ({})", r.origin))
+        .unwrap_or_default();
+    let how = match d.rule.as_str() {
+        "default" => " (no allow or deny rule matched; the policy's default)".to_string(),
+        "plumbing" => " (protocol plumbing, allowed unless a rule names it)".to_string(),
+        _ => origin,
+    };
+    println!("rule: {}{how}", d.rule);
+    if let Some(m) = &d.message {
+        println!("message: {m}");
+    }
+    if d.rate_limited {
+        println!("rate limited: yes");
+    }
+    if let Some(a) = &d.audit {
+        println!("audit: marked by rule {a}");
+    }
+    println!(
+        "principal: {} (uid {})",
+        principal.user.as_deref().unwrap_or("?"),
+        principal.uid
+    );
+    println!(
+        "policy: {} (sha256 {}, mode {})",
+        policy.origin(),
+        d.policy_sha256,
+        d.mode
+    );
+    if !ex.rules.is_empty() {
+        println!("rules:");
+        let width = ex.rules.iter().map(|r| r.id.len()).max().unwrap_or(0);
+        for r in &ex.rules {
+            let mark = if r.id == d.rule { "*" } else { " " };
+            let what = match &r.miss {
+                None => "matched".to_string(),
+                Some(why) => format!("no match: {why}"),
+            };
+            println!(
+                "  {mark} {:<width$}  {:<5}  {what}",
+                r.id,
+                r.action.to_string()
+            );
+        }
+    }
+    Ok(match d.action {
+        Action::Allow => 0,
+        Action::Deny => 1,
+    })
+}
+
+fn ancestor(a: &str) -> Ancestor {
+    if a.contains('/') {
+        let base = a.rsplit('/').next().unwrap_or(a);
+        // The kernel keeps 15 bytes of comm.
+        let mut comm = base.to_string();
+        while comm.len() > 15 {
+            comm.pop();
+        }
+        Ancestor {
+            exe: Some(a.to_string()),
+            comm,
+        }
+    } else {
+        Ancestor {
+            exe: None,
+            comm: a.to_string(),
+        }
+    }
+}

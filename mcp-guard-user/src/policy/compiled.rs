@@ -1,0 +1,1237 @@
+//! Validated rules and the index that finds the few that can match a request.
+//!
+//! Rules are indexed by method, then by exact tool name, then by exact server name; rules
+//! whose tool and server are both globs (or absent) sit in a residual list. A request looks
+//! at its method's bucket and the bucket of rules with method globs, and only checks the
+//! rules listed under its tool, its server, and the residual lists.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
+use regex::Regex;
+use serde_json::Value;
+use toml::Spanned;
+
+use super::raw::{Ids, Patterns, RawAction, RawArg, RawDefault, RawMode, RawPolicy, RawRule};
+use super::{Action, Diagnostic, Diagnostics, Error, Mode, RuleAction, Source, path, sha256_hex};
+
+/// A loaded, validated policy.
+#[derive(Debug)]
+pub struct Policy {
+    pub(super) rules: Vec<Rule>,
+    pub(super) index: Index,
+    pub(super) default: Action,
+    pub(super) mode: Mode,
+    pub(super) sha256: Arc<str>,
+    pub(super) origin: String,
+    /// Globs and regexes with `${...}` in them, compiled per expansion.
+    pub(super) dynamic: Mutex<HashMap<String, Option<Arc<Dynamic>>>>,
+}
+
+#[derive(Debug)]
+pub(super) enum Dynamic {
+    Glob(GlobMatcher),
+    Regex(Regex),
+}
+
+/// One rule, ready to be checked.
+#[derive(Debug)]
+pub struct Rule {
+    pub id: String,
+    pub description: Option<String>,
+    /// `file:line:column` of the rule.
+    pub origin: String,
+    pub action: RuleAction,
+    pub message: Option<String>,
+    pub(super) methods: Names,
+    pub(super) server: Option<Names>,
+    pub(super) server_exe: Option<Exes>,
+    pub(super) tool: Option<Names>,
+    pub(super) user: Option<Names>,
+    pub(super) uid: Option<Vec<u32>>,
+    pub(super) group: Option<Names>,
+    pub(super) gid: Option<Vec<u32>>,
+    pub(super) host_exe: Option<Exes>,
+    pub(super) ancestor: Option<Exes>,
+    pub(super) not_ancestor: Option<Exes>,
+    pub(super) args: Vec<ArgRule>,
+    pub(super) rate: Option<Rate>,
+}
+
+/// Calls per interval, per principal and tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub calls: u32,
+    pub per: Duration,
+    /// As written, for messages.
+    unit: &'static str,
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.unit.is_empty() {
+            write!(f, "{}/{}", self.calls, humantime::format_duration(self.per))
+        } else {
+            write!(f, "{}/{}", self.calls, self.unit)
+        }
+    }
+}
+
+/// Name patterns: exact names looked up directly, globs in one set.
+#[derive(Debug)]
+pub(super) struct Names {
+    pub(super) source: Vec<String>,
+    literals: Vec<String>,
+    glob_source: Vec<String>,
+    globs: Option<GlobSet>,
+}
+
+/// Executable patterns: with a `/` they match the path, without it the comm or file name.
+#[derive(Debug)]
+pub(super) struct Exes {
+    pub(super) source: Vec<String>,
+    paths: Names,
+    names: Names,
+}
+
+/// One argument constraint.
+#[derive(Debug)]
+pub(super) struct ArgRule {
+    pub(super) pointer: String,
+    pub(super) present: Option<bool>,
+    pub(super) negate: bool,
+    pub(super) tests: Vec<Test>,
+}
+
+#[derive(Debug)]
+pub(super) enum Test {
+    Eq(Expect),
+    OneOf(Vec<Expect>),
+    Glob {
+        source: Vec<Template>,
+        fixed: Option<GlobSet>,
+    },
+    Regex {
+        source: Template,
+        fixed: Option<Regex>,
+    },
+    Prefix(Vec<Template>),
+    Len {
+        min: Option<u64>,
+        max: Option<u64>,
+    },
+    Range {
+        min: Option<f64>,
+        max: Option<f64>,
+    },
+    PathUnder(Vec<Root>),
+}
+
+#[derive(Debug)]
+pub(super) enum Expect {
+    Value(Value),
+    Str(Template),
+}
+
+#[derive(Debug)]
+pub(super) struct Root {
+    pub(super) source: Template,
+    /// The normalized root when it needs no expansion.
+    pub(super) fixed: Option<String>,
+    /// For `~/rest` and `${home}/rest`: `/rest`, normalized (`/` for the home itself).
+    pub(super) home_rel: Option<String>,
+}
+
+/// A string with `${user}`, `${home}` or `${uid}` in it.
+#[derive(Debug, Clone)]
+pub(super) struct Template {
+    pub(super) source: String,
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Lit(String),
+    Var(Var),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Var {
+    User,
+    Home,
+    Uid,
+}
+
+/// Rules by method, then by tool or server name.
+#[derive(Debug, Default)]
+pub(super) struct Index {
+    methods: HashMap<String, Bucket>,
+    /// Rules whose method is a glob.
+    wild: Bucket,
+}
+
+/// The rules of one method. A rule with a tool pattern is found by its tool (exact names
+/// in a map, globs in one set matched at once); a rule without one by its server, the same
+/// way; a rule with neither is always a candidate.
+#[derive(Debug, Default)]
+struct Bucket {
+    by_tool: HashMap<String, Vec<u32>>,
+    tool_globs: GlobIndex,
+    by_server: HashMap<String, Vec<u32>>,
+    server_globs: GlobIndex,
+    rest: Vec<u32>,
+}
+
+/// Glob patterns of many rules in one set: one match finds every rule whose pattern matches.
+#[derive(Debug, Default)]
+struct GlobIndex {
+    patterns: Vec<(String, u32)>,
+    set: Option<GlobSet>,
+}
+
+impl GlobIndex {
+    fn finish(&mut self) -> Result<(), String> {
+        if self.patterns.is_empty() {
+            return Ok(());
+        }
+        let mut b = GlobSetBuilder::new();
+        for (p, _) in &self.patterns {
+            b.add(Glob::new(p).map_err(|e| format!("invalid pattern `{p}`: {}", e.kind()))?);
+        }
+        self.set = Some(b.build().map_err(|e| e.to_string())?);
+        Ok(())
+    }
+
+    fn each(&self, s: &str, f: &mut impl FnMut(u32)) {
+        if let Some(set) = &self.set {
+            for i in set.matches(s) {
+                if let Some((_, rule)) = self.patterns.get(i) {
+                    f(*rule);
+                }
+            }
+        }
+    }
+}
+
+impl Bucket {
+    fn each(&self, server: &str, tool: Option<&str>, f: &mut impl FnMut(u32)) {
+        // Rules with a tool pattern cannot match a request without a tool.
+        if let Some(t) = tool {
+            for &i in self.by_tool.get(t).map_or(&[][..], Vec::as_slice) {
+                f(i);
+            }
+            self.tool_globs.each(t, f);
+        }
+        for &i in self.by_server.get(server).map_or(&[][..], Vec::as_slice) {
+            f(i);
+        }
+        self.server_globs.each(server, f);
+        for &i in &self.rest {
+            f(i);
+        }
+    }
+
+    fn insert(&mut self, i: u32, rule: &Rule) {
+        if let Some(tool) = &rule.tool {
+            for t in dedup(&tool.literals) {
+                self.by_tool.entry(t).or_default().push(i);
+            }
+            for g in &tool.glob_source {
+                self.tool_globs.patterns.push((g.clone(), i));
+            }
+        } else if let Some(server) = &rule.server {
+            for s in dedup(&server.literals) {
+                self.by_server.entry(s).or_default().push(i);
+            }
+            for g in &server.glob_source {
+                self.server_globs.patterns.push((g.clone(), i));
+            }
+        } else {
+            self.rest.push(i);
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        self.tool_globs.finish()?;
+        self.server_globs.finish()
+    }
+}
+
+fn dedup(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
+impl Index {
+    /// Calls `f` with every rule that may match (some more than once).
+    pub(super) fn each_candidate(
+        &self,
+        method: &str,
+        server: &str,
+        tool: Option<&str>,
+        mut f: impl FnMut(u32),
+    ) {
+        if let Some(b) = self.methods.get(method) {
+            b.each(server, tool, &mut f);
+        }
+        self.wild.each(server, tool, &mut f);
+    }
+
+    fn insert(&mut self, i: u32, rule: &Rule) {
+        match rule.methods.literals_only() {
+            Some(ms) => {
+                for m in dedup(ms) {
+                    self.methods.entry(m).or_default().insert(i, rule);
+                }
+            }
+            None => self.wild.insert(i, rule),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        for b in self.methods.values_mut() {
+            b.finish()?;
+        }
+        self.wild.finish()
+    }
+}
+
+impl Names {
+    fn compile(patterns: &[String], literal_separator: bool) -> Result<Names, String> {
+        let mut literals = Vec::new();
+        let mut glob_source = Vec::new();
+        let mut set = GlobSetBuilder::new();
+        let mut any_glob = false;
+        for p in patterns {
+            match literal_forms(p) {
+                Some(lits) => literals.extend(lits),
+                None => {
+                    let g = GlobBuilder::new(p)
+                        .literal_separator(literal_separator)
+                        .build()
+                        .map_err(|e| format!("invalid pattern `{p}`: {}", e.kind()))?;
+                    set.add(g);
+                    glob_source.push(p.clone());
+                    any_glob = true;
+                }
+            }
+        }
+        let globs = if any_glob {
+            Some(set.build().map_err(|e| format!("invalid patterns: {e}"))?)
+        } else {
+            None
+        };
+        Ok(Names {
+            source: patterns.to_vec(),
+            literals,
+            glob_source,
+            globs,
+        })
+    }
+
+    pub(super) fn is_match(&self, s: &str) -> bool {
+        self.literals.iter().any(|l| l == s) || self.globs.as_ref().is_some_and(|g| g.is_match(s))
+    }
+
+    fn literals_only(&self) -> Option<&[String]> {
+        self.globs.is_none().then_some(self.literals.as_slice())
+    }
+}
+
+impl fmt::Display for Names {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        show_list(f, &self.source)
+    }
+}
+
+impl fmt::Display for Exes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        show_list(f, &self.source)
+    }
+}
+
+fn show_list(f: &mut fmt::Formatter<'_>, items: &[String]) -> fmt::Result {
+    match items {
+        [one] => write!(f, "`{one}`"),
+        many => {
+            f.write_str("[")?;
+            for (i, s) in many.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "`{s}`")?;
+            }
+            f.write_str("]")
+        }
+    }
+}
+
+/// The exact names a pattern stands for, when it has no wildcard: `name`, or `{a,b,c}`.
+fn literal_forms(p: &str) -> Option<Vec<String>> {
+    const META: &[char] = &['*', '?', '[', ']', '{', '}', '\\', ','];
+    if !p.contains(META) {
+        return Some(vec![p.to_string()]);
+    }
+    let inner = p.strip_prefix('{')?.strip_suffix('}')?;
+    if inner.contains(['*', '?', '[', ']', '{', '}', '\\']) {
+        return None;
+    }
+    Some(inner.split(',').map(str::to_string).collect())
+}
+
+impl Exes {
+    fn compile(patterns: &[String]) -> Result<Exes, String> {
+        let (paths, names): (Vec<String>, Vec<String>) =
+            patterns.iter().cloned().partition(|p| p.contains('/'));
+        Ok(Exes {
+            source: patterns.to_vec(),
+            paths: Names::compile(&paths, true)?,
+            names: Names::compile(&names, false)?,
+        })
+    }
+
+    /// Whether an executable path or a comm matches.
+    pub(super) fn matches(&self, exe: Option<&str>, comm: Option<&str>) -> bool {
+        if let Some(e) = exe {
+            let base = e.rsplit('/').next().unwrap_or(e);
+            if self.paths.is_match(e) || self.names.is_match(base) {
+                return true;
+            }
+        }
+        comm.is_some_and(|c| self.names.is_match(c))
+    }
+}
+
+impl Template {
+    pub(super) fn parse(s: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = s;
+        while let Some(at) = rest.find('$') {
+            lit.push_str(&rest[..at]);
+            let tail = &rest[at..];
+            if let Some(t) = tail.strip_prefix("$${") {
+                lit.push_str("${");
+                rest = t;
+            } else if let Some(t) = tail.strip_prefix("${") {
+                let end = t
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed `${{` in `{s}`"))?;
+                let var = match &t[..end] {
+                    "user" => Var::User,
+                    "home" => Var::Home,
+                    "uid" => Var::Uid,
+                    other => {
+                        return Err(format!(
+                            "unknown variable `${{{other}}}` (known: ${{user}}, ${{home}}, ${{uid}})"
+                        ));
+                    }
+                };
+                if !lit.is_empty() {
+                    parts.push(Part::Lit(std::mem::take(&mut lit)));
+                }
+                parts.push(Part::Var(var));
+                rest = &t[end + 1..];
+            } else {
+                lit.push('$');
+                rest = &tail[1..];
+            }
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() || parts.is_empty() {
+            parts.push(Part::Lit(lit));
+        }
+        Ok(Template {
+            source: s.to_string(),
+            parts,
+        })
+    }
+
+    /// `rest` when the template is `~/rest`, `~`, `${home}/rest` or `${home}`.
+    pub(super) fn home_relative(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [Part::Lit(s)] => s
+                .strip_prefix('~')
+                .filter(|r| r.is_empty() || r.starts_with('/')),
+            [Part::Var(Var::Home)] => Some(""),
+            [Part::Var(Var::Home), Part::Lit(s)] => Some(s.as_str()).filter(|r| r.starts_with('/')),
+            _ => None,
+        }
+    }
+
+    /// The text when it has no variables.
+    pub(super) fn fixed(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [Part::Lit(s)] => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The text with variables replaced (each value passed through `escape`); `None` when
+    /// a variable's value is not known.
+    pub(super) fn expand<'t>(
+        &'t self,
+        p: Option<&super::Principal>,
+        escape: fn(&str) -> Cow<'_, str>,
+    ) -> Option<Cow<'t, str>> {
+        if let Some(s) = self.fixed() {
+            return Some(Cow::Borrowed(s));
+        }
+        let mut out = String::with_capacity(self.source.len() + 16);
+        for part in &self.parts {
+            match part {
+                Part::Lit(s) => out.push_str(s),
+                Part::Var(Var::User) => out.push_str(&escape(p?.user.as_deref()?)),
+                Part::Var(Var::Home) => out.push_str(&escape(p?.home.as_deref()?)),
+                Part::Var(Var::Uid) => out.push_str(&p?.uid.to_string()),
+            }
+        }
+        Some(Cow::Owned(out))
+    }
+
+    /// Expanded with stand-in values: to validate patterns at load time.
+    fn sample(&self) -> String {
+        let p = super::Principal {
+            uid: 1000,
+            user: Some("user".into()),
+            home: Some("/home/user".into()),
+            ..Default::default()
+        };
+        self.expand(Some(&p), NO_ESCAPE)
+            .map(Cow::into_owned)
+            .unwrap_or_default()
+    }
+}
+
+fn no_escape(s: &str) -> Cow<'_, str> {
+    Cow::Borrowed(s)
+}
+
+pub(super) fn glob_escape(s: &str) -> Cow<'_, str> {
+    Cow::Owned(globset::escape(s))
+}
+
+pub(super) fn regex_escape(s: &str) -> Cow<'_, str> {
+    Cow::Owned(regex::escape(s))
+}
+
+pub(super) const NO_ESCAPE: fn(&str) -> Cow<'_, str> = no_escape;
+
+impl Policy {
+    /// Compiles sources: the first is the main file, the rest are drop-ins, in order.
+    pub fn compile(sources: &[Source]) -> Result<Policy, Error> {
+        let mut diags = Vec::new();
+        let mut raws = Vec::new();
+        for (i, src) in sources.iter().enumerate() {
+            match toml::from_str::<RawPolicy>(&src.text) {
+                Ok(raw) => raws.push((i, raw)),
+                Err(e) => {
+                    let at = e.span().map_or(0, |s| s.start);
+                    diags.push(Diagnostic::at(
+                        &src.name,
+                        &src.text,
+                        at,
+                        e.message().trim_end().to_string(),
+                    ));
+                }
+            }
+        }
+        let mut default = Action::Allow;
+        let mut mode = Mode::Enforce;
+        let mut rules: Vec<Rule> = Vec::new();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (i, raw) in raws {
+            let src = &sources[i];
+            let mut ctx = Ctx {
+                src,
+                lines: Lines::of(&src.text),
+                diags: &mut diags,
+            };
+            if i == 0 {
+                if let Some(d) = raw.default {
+                    default = match d.into_inner() {
+                        RawDefault::Allow => Action::Allow,
+                        RawDefault::Deny => Action::Deny,
+                    };
+                }
+                if let Some(m) = raw.mode {
+                    mode = match m.into_inner() {
+                        RawMode::Enforce => Mode::Enforce,
+                        RawMode::Monitor => Mode::Monitor,
+                    };
+                }
+            } else {
+                if let Some(d) = &raw.default {
+                    ctx.err(
+                        d.span().start,
+                        "`default` may only be set in the main policy file, not in a drop-in",
+                    );
+                }
+                if let Some(m) = &raw.mode {
+                    ctx.err(
+                        m.span().start,
+                        "`mode` may only be set in the main policy file, not in a drop-in",
+                    );
+                }
+            }
+            for r in raw.rules {
+                let at = r.span().start;
+                let id_at = r.get_ref().id.span().start;
+                let id = r.get_ref().id.get_ref().clone();
+                let here = ctx.place(at);
+                if let Some(first) = seen.get(&id) {
+                    ctx.err(id_at, &format!("rule id `{id}` is already used at {first}"));
+                    continue;
+                }
+                seen.insert(id, here.clone());
+                if let Some(rule) = ctx.rule(r.into_inner(), here) {
+                    rules.push(rule);
+                }
+            }
+        }
+        if !diags.is_empty() {
+            return Err(Error::Invalid(Diagnostics(diags)));
+        }
+        let mut index = Index::default();
+        for (i, r) in rules.iter().enumerate() {
+            let i = u32::try_from(i).map_err(|_| {
+                Error::Invalid(Diagnostics(vec![Diagnostic {
+                    origin: sources.first().map(|s| s.name.clone()).unwrap_or_default(),
+                    line: 1,
+                    column: 1,
+                    message: "too many rules".into(),
+                }]))
+            })?;
+            index.insert(i, r);
+        }
+        // Every pattern here was compiled once already, as part of its rule.
+        index.finish().map_err(|message| {
+            Error::Invalid(Diagnostics(vec![Diagnostic {
+                origin: sources.first().map(|s| s.name.clone()).unwrap_or_default(),
+                line: 1,
+                column: 1,
+                message,
+            }]))
+        })?;
+        Ok(Policy {
+            rules,
+            index,
+            default,
+            mode,
+            sha256: digest(sources).into(),
+            origin: sources
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            dynamic: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The compiled form, as text: rules in order with their normalized fields, and the
+    /// index. For snapshot tests and `policy check --verbose`.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "mode = {}, default = {}, rules = {}",
+            self.mode,
+            self.default,
+            self.rules.len()
+        );
+        for r in &self.rules {
+            let _ = writeln!(s, "rule {} ({}) at {}", r.id, r.action, r.origin);
+            let _ = writeln!(s, "  method {}", r.methods);
+            let opt = |s: &mut String, name: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    let _ = writeln!(s, "  {name} {v}");
+                }
+            };
+            opt(&mut s, "server", r.server.as_ref().map(ToString::to_string));
+            opt(
+                &mut s,
+                "server_exe",
+                r.server_exe.as_ref().map(ToString::to_string),
+            );
+            opt(&mut s, "tool", r.tool.as_ref().map(ToString::to_string));
+            opt(&mut s, "user", r.user.as_ref().map(ToString::to_string));
+            opt(&mut s, "uid", r.uid.as_ref().map(|v| format!("{v:?}")));
+            opt(&mut s, "group", r.group.as_ref().map(ToString::to_string));
+            opt(&mut s, "gid", r.gid.as_ref().map(|v| format!("{v:?}")));
+            opt(
+                &mut s,
+                "host_exe",
+                r.host_exe.as_ref().map(ToString::to_string),
+            );
+            opt(
+                &mut s,
+                "ancestor",
+                r.ancestor.as_ref().map(ToString::to_string),
+            );
+            opt(
+                &mut s,
+                "not_ancestor",
+                r.not_ancestor.as_ref().map(ToString::to_string),
+            );
+            for a in &r.args {
+                let _ = writeln!(s, "  arg {}", a);
+            }
+            opt(&mut s, "rate", r.rate.map(|r| r.to_string()));
+            opt(
+                &mut s,
+                "message",
+                r.message.as_ref().map(|m| format!("{m:?}")),
+            );
+        }
+        let mut methods: Vec<_> = self.index.methods.iter().collect();
+        methods.sort_by(|a, b| a.0.cmp(b.0));
+        let name = |i: &u32| self.rules.get(*i as usize).map_or("?", |r| r.id.as_str());
+        let bucket = |s: &mut String, label: &str, b: &Bucket| {
+            let keyed = |s: &mut String, kind: &str, m: &HashMap<String, Vec<u32>>| {
+                let mut keys: Vec<_> = m.iter().collect();
+                keys.sort_by(|a, b| a.0.cmp(b.0));
+                for (k, ids) in keys {
+                    let _ = writeln!(
+                        s,
+                        "  {label} {kind} {k:?}: {}",
+                        ids.iter().map(name).collect::<Vec<_>>().join(", ")
+                    );
+                }
+            };
+            let globbed = |s: &mut String, kind: &str, g: &GlobIndex| {
+                for (p, i) in &g.patterns {
+                    let _ = writeln!(s, "  {label} {kind} glob {p:?}: {}", name(i));
+                }
+            };
+            keyed(s, "tool", &b.by_tool);
+            globbed(s, "tool", &b.tool_globs);
+            keyed(s, "server", &b.by_server);
+            globbed(s, "server", &b.server_globs);
+            if !b.rest.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "  {label} rest: {}",
+                    b.rest.iter().map(name).collect::<Vec<_>>().join(", ")
+                );
+            }
+        };
+        s.push_str("index\n");
+        for (m, b) in methods {
+            bucket(&mut s, m, b);
+        }
+        bucket(&mut s, "*", &self.index.wild);
+        s
+    }
+}
+
+impl fmt::Display for ArgRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.pointer)?;
+        if self.negate {
+            f.write_str(" not")?;
+        }
+        match self.present {
+            Some(true) => f.write_str(" present")?,
+            Some(false) => f.write_str(" absent")?,
+            None => {}
+        }
+        for t in &self.tests {
+            write!(f, " {t}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Test {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |f: &mut fmt::Formatter<'_>, ts: &[Template]| {
+            show_list(f, &ts.iter().map(|t| t.source.clone()).collect::<Vec<_>>())
+        };
+        match self {
+            Test::Eq(e) => write!(f, "eq {e}"),
+            Test::OneOf(es) => {
+                f.write_str("one_of [")?;
+                for (i, e) in es.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{e}")?;
+                }
+                f.write_str("]")
+            }
+            Test::Glob { source, .. } => {
+                f.write_str("glob ")?;
+                list(f, source)
+            }
+            Test::Regex { source, .. } => write!(f, "regex `{}`", source.source),
+            Test::Prefix(ts) => {
+                f.write_str("prefix ")?;
+                list(f, ts)
+            }
+            Test::Len { min, max } => write!(f, "length {}..={}", show_opt(min), show_opt(max)),
+            Test::Range { min, max } => write!(f, "range {}..={}", show_opt(min), show_opt(max)),
+            Test::PathUnder(roots) => {
+                f.write_str("path_under ")?;
+                show_list(
+                    f,
+                    &roots
+                        .iter()
+                        .map(|r| r.fixed.clone().unwrap_or_else(|| r.source.source.clone()))
+                        .collect::<Vec<_>>(),
+                )
+            }
+        }
+    }
+}
+
+fn show_opt<T: fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or(String::new(), ToString::to_string)
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Value(v) => write!(f, "{v}"),
+            Expect::Str(t) => write!(f, "{:?}", t.source),
+        }
+    }
+}
+
+/// SHA-256 of the policy in force: of the file itself when there is one (so it can be
+/// compared with `sha256sum`), else of each file's name, length and text in order.
+fn digest(sources: &[Source]) -> String {
+    match sources {
+        [one] => sha256_hex(one.text.as_bytes()),
+        many => {
+            let mut buf = Vec::new();
+            for s in many {
+                buf.extend_from_slice(s.name.as_bytes());
+                buf.push(0);
+                buf.extend_from_slice(s.text.len().to_string().as_bytes());
+                buf.push(0);
+                buf.extend_from_slice(s.text.as_bytes());
+            }
+            sha256_hex(&buf)
+        }
+    }
+}
+
+/// Compiling one file: where errors go.
+struct Ctx<'a> {
+    src: &'a Source,
+    lines: Lines,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+/// Byte offsets of line starts, to turn spans into line and column quickly.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn of(text: &str) -> Lines {
+        Lines(
+            std::iter::once(0)
+                .chain(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1))
+                .collect(),
+        )
+    }
+
+    /// 1-based line and column (in characters) of byte `at`.
+    fn locate(&self, text: &str, at: usize) -> (usize, usize) {
+        let mut at = at.min(text.len());
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let line = self.0.partition_point(|&start| start <= at).max(1);
+        let start = self.0.get(line - 1).copied().unwrap_or(0);
+        (
+            line,
+            text.get(start..at).map_or(0, |s| s.chars().count()) + 1,
+        )
+    }
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, at: usize, message: &str) {
+        let (line, column) = self.lines.locate(&self.src.text, at);
+        self.diags.push(Diagnostic {
+            origin: self.src.name.clone(),
+            line,
+            column,
+            message: message.to_string(),
+        });
+    }
+
+    fn place(&self, at: usize) -> String {
+        let (line, column) = self.lines.locate(&self.src.text, at);
+        format!("{}:{line}:{column}", self.src.name)
+    }
+
+    fn names(
+        &mut self,
+        field: &str,
+        p: &Option<Spanned<Patterns>>,
+        literal_separator: bool,
+    ) -> Option<Option<Names>> {
+        let Some(p) = p else { return Some(None) };
+        let at = p.span().start;
+        let list = &p.get_ref().0;
+        if !self.plain(field, at, list) {
+            return None;
+        }
+        match Names::compile(list, literal_separator) {
+            Ok(n) => Some(Some(n)),
+            Err(e) => {
+                self.err(at, &format!("`{field}`: {e}"));
+                None
+            }
+        }
+    }
+
+    fn exes(&mut self, field: &str, p: &Option<Spanned<Patterns>>) -> Option<Option<Exes>> {
+        let Some(p) = p else { return Some(None) };
+        let at = p.span().start;
+        let list = &p.get_ref().0;
+        if !self.plain(field, at, list) {
+            return None;
+        }
+        match Exes::compile(list) {
+            Ok(n) => Some(Some(n)),
+            Err(e) => {
+                self.err(at, &format!("`{field}`: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A non-empty list without variables (those are for argument constraints).
+    fn plain(&mut self, field: &str, at: usize, list: &[String]) -> bool {
+        if list.is_empty() {
+            self.err(at, &format!("`{field}`: an empty list matches nothing; leave the field out to match anything"));
+            return false;
+        }
+        if list.iter().any(|p| p.contains("${")) {
+            self.err(
+                at,
+                &format!("`{field}`: variables (${{...}}) are only expanded in `args` constraints"),
+            );
+            return false;
+        }
+        true
+    }
+
+    fn ids(&mut self, field: &str, p: &Option<Spanned<Ids>>) -> Option<Option<Vec<u32>>> {
+        let Some(p) = p else { return Some(None) };
+        if p.get_ref().0.is_empty() {
+            self.err(
+                p.span().start,
+                &format!("`{field}`: an empty list matches nothing"),
+            );
+            return None;
+        }
+        Some(Some(p.get_ref().0.clone()))
+    }
+
+    fn rule(&mut self, r: RawRule, origin: String) -> Option<Rule> {
+        let before = self.diags.len();
+        let id_at = r.id.span().start;
+        let id = r.id.into_inner();
+        if id.is_empty()
+            || id == "default"
+            || id == "plumbing"
+            || id.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            self.err(
+                id_at,
+                &format!(
+                    "rule id `{id}` is reserved or has blanks; use letters, digits, `-`, `_`, `.`"
+                ),
+            );
+        }
+        let action = match r.action.get_ref() {
+            RawAction::Allow => RuleAction::Allow,
+            RawAction::Deny => RuleAction::Deny,
+            RawAction::Audit => RuleAction::Audit,
+        };
+        let methods = match &r.method {
+            Some(_) => self.names("method", &r.method, false).flatten(),
+            None => Names::compile(&["tools/call".to_string()], false).ok(),
+        };
+        let server = self.names("server", &r.server, false);
+        let server_exe = self.exes("server_exe", &r.server_exe);
+        let tool = self.names("tool", &r.tool, false);
+        let user = self.names("user", &r.user, false);
+        let uid = self.ids("uid", &r.uid);
+        let group = self.names("group", &r.group, false);
+        let gid = self.ids("gid", &r.gid);
+        let host_exe = self.exes("host_exe", &r.host_exe);
+        let ancestor = self.exes("ancestor", &r.ancestor);
+        let not_ancestor = self.exes("not_ancestor", &r.not_ancestor);
+        let mut args = Vec::new();
+        for a in r.args {
+            let at = a.span().start;
+            if let Some(a) = self.arg(a.into_inner(), at) {
+                args.push(a);
+            }
+        }
+        let rate = match r.rate {
+            None => None,
+            Some(s) => {
+                let at = s.span().start;
+                if action == RuleAction::Deny {
+                    self.err(
+                        at,
+                        "`rate` on a deny rule means nothing: it already denies every call",
+                    );
+                }
+                match parse_rate(s.get_ref()) {
+                    Ok(rate) => Some(rate),
+                    Err(e) => {
+                        self.err(at, &e);
+                        None
+                    }
+                }
+            }
+        };
+        if self.diags.len() > before {
+            return None;
+        }
+        Some(Rule {
+            id,
+            description: r.description,
+            origin,
+            action,
+            message: r.message,
+            methods: methods?,
+            server: server?,
+            server_exe: server_exe?,
+            tool: tool?,
+            user: user?,
+            uid: uid?,
+            group: group?,
+            gid: gid?,
+            host_exe: host_exe?,
+            ancestor: ancestor?,
+            not_ancestor: not_ancestor?,
+            args,
+            rate,
+        })
+    }
+
+    fn arg(&mut self, a: RawArg, at: usize) -> Option<ArgRule> {
+        let before = self.diags.len();
+        let pointer = a.pointer.get_ref().clone();
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            self.err(a.pointer.span().start, "`pointer` is a JSON pointer into `arguments`: empty or starting with `/`, like `/path`");
+        }
+        let mut tests = Vec::new();
+        let template = |ctx: &mut Self, at: usize, s: &str| -> Option<Template> {
+            Template::parse(s).map_err(|e| ctx.err(at, &e)).ok()
+        };
+        let expect = |ctx: &mut Self, at: usize, v: Value| -> Option<Expect> {
+            match v {
+                Value::String(s) => template(ctx, at, &s).map(Expect::Str),
+                v => Some(Expect::Value(v)),
+            }
+        };
+        if let Some(v) = a.eq {
+            let at = v.span().start;
+            tests.extend(expect(self, at, v.into_inner()).map(Test::Eq));
+        }
+        if let Some(vs) = a.one_of {
+            let at = vs.span().start;
+            let vs = vs.into_inner();
+            if vs.is_empty() {
+                self.err(at, "`one_of`: an empty list matches nothing");
+            }
+            let es: Vec<Expect> = vs.into_iter().filter_map(|v| expect(self, at, v)).collect();
+            tests.push(Test::OneOf(es));
+        }
+        if let Some(g) = a.glob {
+            let at = g.span().start;
+            let ts: Vec<Template> = g
+                .get_ref()
+                .0
+                .iter()
+                .filter_map(|s| template(self, at, s))
+                .collect();
+            if ts.is_empty() {
+                self.err(at, "`glob`: an empty list matches nothing");
+            }
+            let mut fixed = GlobSetBuilder::new();
+            let mut all_fixed = true;
+            for t in &ts {
+                match Glob::new(&t.sample()) {
+                    Err(e) => self.err(
+                        at,
+                        &format!("`glob`: invalid pattern `{}`: {}", t.source, e.kind()),
+                    ),
+                    Ok(g) => match t.fixed() {
+                        Some(_) => {
+                            fixed.add(g);
+                        }
+                        None => all_fixed = false,
+                    },
+                }
+            }
+            let fixed = if all_fixed { fixed.build().ok() } else { None };
+            tests.push(Test::Glob { source: ts, fixed });
+        }
+        if let Some(r) = a.regex {
+            let at = r.span().start;
+            if let Some(t) = template(self, at, r.get_ref()) {
+                match Regex::new(&t.sample()) {
+                    Err(e) => self.err(at, &format!("`regex`: {e}")),
+                    Ok(re) => {
+                        let fixed = t.fixed().is_some().then_some(re);
+                        tests.push(Test::Regex { source: t, fixed });
+                    }
+                }
+            }
+        }
+        if let Some(p) = a.prefix {
+            let at = p.span().start;
+            let ts: Vec<Template> = p
+                .get_ref()
+                .0
+                .iter()
+                .filter_map(|s| template(self, at, s))
+                .collect();
+            if ts.is_empty() {
+                self.err(at, "`prefix`: an empty list matches nothing");
+            }
+            tests.push(Test::Prefix(ts));
+        }
+        if a.min_len.is_some() || a.max_len.is_some() {
+            let (min, max) = (
+                a.min_len.map(Spanned::into_inner),
+                a.max_len.map(Spanned::into_inner),
+            );
+            if let (Some(lo), Some(hi)) = (min, max)
+                && lo > hi
+            {
+                self.err(at, "`min_len` is greater than `max_len`");
+            }
+            tests.push(Test::Len { min, max });
+        }
+        if a.min.is_some() || a.max.is_some() {
+            let (min, max) = (
+                a.min.map(Spanned::into_inner),
+                a.max.map(Spanned::into_inner),
+            );
+            if min.is_some_and(f64::is_nan) || max.is_some_and(f64::is_nan) {
+                self.err(at, "`min`/`max` must be numbers, not nan");
+            }
+            if let (Some(lo), Some(hi)) = (min, max)
+                && lo > hi
+            {
+                self.err(at, "`min` is greater than `max`");
+            }
+            tests.push(Test::Range { min, max });
+        }
+        if let Some(p) = a.path_under {
+            let at = p.span().start;
+            let mut roots = Vec::new();
+            for s in &p.get_ref().0 {
+                let Some(t) = template(self, at, s) else {
+                    continue;
+                };
+                let sample = t.sample();
+                if !(sample.starts_with('/') || sample.starts_with('~')) {
+                    self.err(
+                        at,
+                        &format!(
+                            "`path_under`: `{s}` must be absolute or start with `~` or `${{home}}`"
+                        ),
+                    );
+                    continue;
+                }
+                let fixed = match t.fixed() {
+                    Some(f) if f.starts_with('/') => Some(path::normalize(f)),
+                    _ => None,
+                };
+                let home_rel = t
+                    .home_relative()
+                    .map(|rest| path::normalize(&format!("/{rest}")));
+                roots.push(Root {
+                    source: t,
+                    fixed,
+                    home_rel,
+                });
+            }
+            if p.get_ref().0.is_empty() {
+                self.err(at, "`path_under`: an empty list matches nothing");
+            }
+            tests.push(Test::PathUnder(roots));
+        }
+        let present = a.present.map(Spanned::into_inner);
+        if present == Some(false) && !tests.is_empty() {
+            self.err(
+                at,
+                "`present = false` cannot be combined with tests on the value",
+            );
+        }
+        if present.is_none() && tests.is_empty() {
+            self.err(at, "an `args` constraint needs a test: eq, one_of, glob, regex, prefix, min_len/max_len, min/max, path_under or present");
+        }
+        if a.negate && tests.len() != 1 {
+            self.err(
+                at,
+                "`negate` takes exactly one test (write one constraint per negated test)",
+            );
+        }
+        if self.diags.len() > before {
+            return None;
+        }
+        Some(ArgRule {
+            pointer,
+            present,
+            negate: a.negate,
+            tests,
+        })
+    }
+}
+
+/// `N/second`, `N/minute`, `N/hour`, `N/day`, or `N/<duration>` such as `5/30s`.
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    let bad = || format!("`rate`: `{s}` is not `CALLS/INTERVAL` such as `10/minute` or `5/30s`");
+    let (n, per) = s.split_once('/').ok_or_else(bad)?;
+    let calls: u32 = n.trim().parse().map_err(|_| bad())?;
+    if calls == 0 {
+        return Err("`rate`: zero calls per interval; use `action = \"deny\"` instead".into());
+    }
+    let per_t = per.trim();
+    let (dur, unit) = match per_t {
+        "s" | "sec" | "second" => (Duration::from_secs(1), "second"),
+        "m" | "min" | "minute" => (Duration::from_secs(60), "minute"),
+        "h" | "hour" => (Duration::from_secs(3600), "hour"),
+        "d" | "day" => (Duration::from_secs(86400), "day"),
+        other => (humantime::parse_duration(other).map_err(|_| bad())?, ""),
+    };
+    if dur.is_zero() {
+        return Err(bad());
+    }
+    Ok(Rate {
+        calls,
+        per: dur,
+        unit,
+    })
+}
+
+impl Diagnostic {
+    /// A message about byte `at` of `text`.
+    pub(super) fn at(origin: &str, text: &str, at: usize, message: String) -> Diagnostic {
+        let (line, column) = Lines::of(text).locate(text, at);
+        Diagnostic {
+            origin: origin.to_string(),
+            line,
+            column,
+            message,
+        }
+    }
+}

@@ -1,0 +1,910 @@
+//! Deciding one request: which rules match, which one decides, and why the others did not.
+//!
+//! Fail-closed semantics. A condition that cannot be evaluated (the principal, an
+//! executable or the ancestry is unknown; an argument has the wrong JSON type; a path
+//! cannot be resolved; a `${var}` has no value) counts as *matching* for deny and audit
+//! rules and as *not matching* for allow rules. So missing information can only make a
+//! request more likely to be denied. An argument that is absent is different: a constraint
+//! on it does not match (for any action) unless it says `present = false`, because a server
+//! cannot act on an argument it was not given.
+//!
+//! Arrays: value tests that look at one string or number (glob, regex, prefix, min/max,
+//! path_under) are applied to each element of an array; a deny or audit rule matches when
+//! *any* element passes, an allow rule only when *every* element does. `eq`, `one_of` and
+//! `min_len`/`max_len` look at the value as a whole.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::compiled::{
+    ArgRule, Dynamic, Expect, NO_ESCAPE, Rate, Rule, Test, glob_escape, regex_escape,
+};
+use super::{ACTING_METHODS, Action, Mode, Policy, RuleAction, path};
+
+/// The user a request runs as, with what `${user}`, `${home}` and `${uid}` expand to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    pub uid: u32,
+    pub user: Option<String>,
+    pub home: Option<String>,
+    /// Group ids (primary and supplementary).
+    pub gids: Vec<u32>,
+    /// Their names, where known.
+    pub groups: Vec<String>,
+}
+
+/// One process above the server, nearest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Ancestor {
+    pub exe: Option<String>,
+    pub comm: String,
+}
+
+/// What the engine looks at. Borrowed, so the shim fills it per request without copying:
+/// the principal, ancestry and executables are read once per session.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<'a> {
+    /// The server's name in the host config (`--name`).
+    pub server: &'a str,
+    /// The executable the server runs.
+    pub server_exe: Option<&'a str>,
+    pub method: &'a str,
+    /// The tool name; the prompt name for `prompts/get`, the URI for `resources/read`.
+    pub tool: Option<&'a str>,
+    pub principal: Option<&'a Principal>,
+    /// The agent host's executable.
+    pub host_exe: Option<&'a str>,
+    /// Processes above the server, nearest first; `None` when unknown.
+    pub ancestry: Option<&'a [Ancestor]>,
+    /// The request's `arguments` (for `tools/call`) or params.
+    pub arguments: Option<&'a Value>,
+    /// The server's working directory: relative paths in arguments are taken against it.
+    pub cwd: Option<&'a str>,
+}
+
+/// The minimal request: server name, method, tool. Converts into a [`Query`] that knows
+/// nothing else.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub server: &'a str,
+    pub method: &'a str,
+    pub tool: Option<&'a str>,
+}
+
+impl<'a> From<Request<'a>> for Query<'a> {
+    fn from(r: Request<'a>) -> Query<'a> {
+        Query {
+            server: r.server,
+            method: r.method,
+            tool: r.tool,
+            ..Query::default()
+        }
+    }
+}
+
+impl<'a> From<&Query<'a>> for Query<'a> {
+    fn from(q: &Query<'a>) -> Query<'a> {
+        *q
+    }
+}
+
+impl<'a> Query<'a> {
+    pub fn new(server: &'a str, method: &'a str) -> Query<'a> {
+        Query {
+            server,
+            method,
+            ..Query::default()
+        }
+    }
+    pub fn tool(self, tool: &'a str) -> Self {
+        Query {
+            tool: Some(tool),
+            ..self
+        }
+    }
+    pub fn server_exe(self, exe: &'a str) -> Self {
+        Query {
+            server_exe: Some(exe),
+            ..self
+        }
+    }
+    pub fn principal(self, p: &'a Principal) -> Self {
+        Query {
+            principal: Some(p),
+            ..self
+        }
+    }
+    pub fn host_exe(self, exe: &'a str) -> Self {
+        Query {
+            host_exe: Some(exe),
+            ..self
+        }
+    }
+    pub fn ancestry(self, a: &'a [Ancestor]) -> Self {
+        Query {
+            ancestry: Some(a),
+            ..self
+        }
+    }
+    pub fn arguments(self, v: &'a Value) -> Self {
+        Query {
+            arguments: Some(v),
+            ..self
+        }
+    }
+    pub fn cwd(self, cwd: &'a str) -> Self {
+        Query {
+            cwd: Some(cwd),
+            ..self
+        }
+    }
+}
+
+/// The outcome of asking the policy about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// What happens to the request: in monitor mode always `Allow`.
+    pub action: Action,
+    /// The id of the rule that decided, or `default` / `plumbing`.
+    pub rule: String,
+    pub message: Option<String>,
+    pub mode: Mode,
+    /// Monitor mode: the policy would have denied this (`rule` says which rule).
+    pub would_deny: bool,
+    /// The first audit rule that matched: record this request with emphasis.
+    pub audit: Option<String>,
+    /// Denied (or would be) because a rule's `rate` was exceeded.
+    pub rate_limited: bool,
+    /// SHA-256 of the policy that decided.
+    pub policy_sha256: Arc<str>,
+}
+
+/// Why each rule did or did not match: for `policy explain`.
+#[derive(Debug)]
+pub struct Explanation {
+    pub decision: Decision,
+    pub rules: Vec<RuleReport>,
+}
+
+#[derive(Debug)]
+pub struct RuleReport {
+    pub id: String,
+    pub origin: String,
+    pub action: RuleAction,
+    /// `None` when the rule matched, else the first condition that failed.
+    pub miss: Option<String>,
+}
+
+/// Which condition of a rule failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Miss {
+    /// A field did not match; `true` when it failed because the value is unknown.
+    Field(Field, bool),
+    /// Constraint `n` on the arguments.
+    Arg(usize, ArgMiss),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Field {
+    Method,
+    Tool,
+    Server,
+    ServerExe,
+    User,
+    Uid,
+    Group,
+    Gid,
+    HostExe,
+    Ancestor,
+    NotAncestor,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ArgMiss {
+    Absent,
+    Present,
+    /// Test `n` did not hold; `true` when it failed for an allow rule because it could not
+    /// be evaluated.
+    Test(usize, bool),
+}
+
+/// Three-valued truth: a condition that cannot be evaluated is `Unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tri {
+    Yes,
+    No,
+    Unknown,
+}
+
+impl Tri {
+    fn of(b: bool) -> Tri {
+        if b { Tri::Yes } else { Tri::No }
+    }
+    fn not(self, negate: bool) -> Tri {
+        match (self, negate) {
+            (Tri::Yes, true) => Tri::No,
+            (Tri::No, true) => Tri::Yes,
+            (t, _) => t,
+        }
+    }
+}
+
+/// Fail closed: for deny and audit rules an unknown counts as a match.
+fn settle(t: Tri, fail_closed: bool) -> bool {
+    match t {
+        Tri::Yes => true,
+        Tri::No => false,
+        Tri::Unknown => fail_closed,
+    }
+}
+
+fn field(t: Tri, fail_closed: bool, f: Field) -> Result<(), Miss> {
+    if settle(t, fail_closed) {
+        Ok(())
+    } else {
+        Err(Miss::Field(f, t == Tri::Unknown))
+    }
+}
+
+fn known(v: Option<bool>) -> Tri {
+    v.map_or(Tri::Unknown, Tri::of)
+}
+
+impl Rule {
+    /// Whether the rule matches: `Err` names the first condition that failed. The one
+    /// function both `decide` and `explain` use, so they cannot disagree.
+    pub(super) fn check(&self, q: &Query<'_>, policy: &Policy) -> Result<(), Miss> {
+        let fc = self.action != RuleAction::Allow;
+        if !self.methods.is_match(q.method) {
+            return Err(Miss::Field(Field::Method, false));
+        }
+        if let Some(t) = &self.tool {
+            // A request without a tool name cannot be what a tool pattern names.
+            if !q.tool.is_some_and(|x| t.is_match(x)) {
+                return Err(Miss::Field(Field::Tool, false));
+            }
+        }
+        if let Some(s) = &self.server
+            && !s.is_match(q.server)
+        {
+            return Err(Miss::Field(Field::Server, false));
+        }
+        if let Some(e) = &self.server_exe {
+            field(
+                known(q.server_exe.map(|x| e.matches(Some(x), None))),
+                fc,
+                Field::ServerExe,
+            )?;
+        }
+        let p = q.principal;
+        if let Some(u) = &self.user {
+            field(
+                known(p.and_then(|p| p.user.as_deref()).map(|x| u.is_match(x))),
+                fc,
+                Field::User,
+            )?;
+        }
+        if let Some(ids) = &self.uid {
+            field(known(p.map(|p| ids.contains(&p.uid))), fc, Field::Uid)?;
+        }
+        if let Some(g) = &self.group {
+            field(
+                known(p.map(|p| p.groups.iter().any(|x| g.is_match(x)))),
+                fc,
+                Field::Group,
+            )?;
+        }
+        if let Some(ids) = &self.gid {
+            field(
+                known(p.map(|p| p.gids.iter().any(|x| ids.contains(x)))),
+                fc,
+                Field::Gid,
+            )?;
+        }
+        if let Some(e) = &self.host_exe {
+            field(
+                known(q.host_exe.map(|x| e.matches(Some(x), None))),
+                fc,
+                Field::HostExe,
+            )?;
+        }
+        if let Some(e) = &self.ancestor {
+            let any = q
+                .ancestry
+                .map(|a| a.iter().any(|x| e.matches(x.exe.as_deref(), Some(&x.comm))));
+            field(known(any), fc, Field::Ancestor)?;
+        }
+        if let Some(e) = &self.not_ancestor {
+            let none = q
+                .ancestry
+                .map(|a| !a.iter().any(|x| e.matches(x.exe.as_deref(), Some(&x.comm))));
+            field(known(none), fc, Field::NotAncestor)?;
+        }
+        for (i, a) in self.args.iter().enumerate() {
+            a.check(q, policy, fc).map_err(|m| Miss::Arg(i, m))?;
+        }
+        Ok(())
+    }
+}
+
+impl ArgRule {
+    fn check(&self, q: &Query<'_>, policy: &Policy, fc: bool) -> Result<(), ArgMiss> {
+        let v = q.arguments.and_then(|a| a.pointer(&self.pointer));
+        let Some(v) = v else {
+            return if self.present == Some(false) {
+                Ok(())
+            } else {
+                Err(ArgMiss::Absent)
+            };
+        };
+        if self.present == Some(false) {
+            return Err(ArgMiss::Present);
+        }
+        for (i, t) in self.tests.iter().enumerate() {
+            let ok = match v {
+                Value::Array(items) if t.per_element() => {
+                    let mut each = items
+                        .iter()
+                        .map(|e| settle(t.eval(e, q, policy).not(self.negate), fc));
+                    // Deny and audit: any element will do; allow: every element must pass.
+                    if fc { each.any(|b| b) } else { each.all(|b| b) }
+                }
+                v => settle(t.eval(v, q, policy).not(self.negate), fc),
+            };
+            if !ok {
+                let unknown = !fc && self.unknown_in(t, v, q, policy);
+                return Err(ArgMiss::Test(i, unknown));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a failed test failed because something could not be evaluated (for `explain`).
+    fn unknown_in(&self, t: &Test, v: &Value, q: &Query<'_>, policy: &Policy) -> bool {
+        match v {
+            Value::Array(items) if t.per_element() => {
+                items.iter().any(|e| t.eval(e, q, policy) == Tri::Unknown)
+            }
+            v => t.eval(v, q, policy) == Tri::Unknown,
+        }
+    }
+}
+
+impl Test {
+    fn per_element(&self) -> bool {
+        matches!(
+            self,
+            Test::Glob { .. }
+                | Test::Regex { .. }
+                | Test::Prefix(_)
+                | Test::Range { .. }
+                | Test::PathUnder(_)
+        )
+    }
+
+    fn eval(&self, v: &Value, q: &Query<'_>, policy: &Policy) -> Tri {
+        let p = q.principal;
+        match self {
+            Test::Eq(e) => e.eval(v, p),
+            Test::OneOf(es) => {
+                let mut out = Tri::No;
+                for e in es {
+                    match e.eval(v, p) {
+                        Tri::Yes => return Tri::Yes,
+                        Tri::Unknown => out = Tri::Unknown,
+                        Tri::No => {}
+                    }
+                }
+                out
+            }
+            Test::Glob { source, fixed } => {
+                let Some(s) = v.as_str() else {
+                    return Tri::Unknown;
+                };
+                if let Some(set) = fixed {
+                    return Tri::of(set.is_match(s));
+                }
+                any_of(source.iter().map(|t| {
+                    let pat = t.expand(p, glob_escape)?;
+                    match policy.dynamic('g', &pat)?.as_ref() {
+                        Dynamic::Glob(g) => Some(g.is_match(s)),
+                        Dynamic::Regex(_) => None,
+                    }
+                }))
+            }
+            Test::Regex { source, fixed } => {
+                let Some(s) = v.as_str() else {
+                    return Tri::Unknown;
+                };
+                if let Some(re) = fixed {
+                    return Tri::of(re.is_match(s));
+                }
+                let Some(pat) = source.expand(p, regex_escape) else {
+                    return Tri::Unknown;
+                };
+                match policy.dynamic('r', &pat).as_deref() {
+                    Some(Dynamic::Regex(re)) => Tri::of(re.is_match(s)),
+                    _ => Tri::Unknown,
+                }
+            }
+            Test::Prefix(ts) => {
+                let Some(s) = v.as_str() else {
+                    return Tri::Unknown;
+                };
+                any_of(
+                    ts.iter()
+                        .map(|t| Some(s.starts_with(&*t.expand(p, NO_ESCAPE)?))),
+                )
+            }
+            Test::Len { min, max } => {
+                let n = match v {
+                    Value::String(s) => s.chars().count() as u64,
+                    Value::Array(a) => a.len() as u64,
+                    Value::Object(o) => o.len() as u64,
+                    _ => return Tri::Unknown,
+                };
+                Tri::of(min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m))
+            }
+            Test::Range { min, max } => {
+                let Some(n) = v.as_f64() else {
+                    return Tri::Unknown;
+                };
+                Tri::of(min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m))
+            }
+            Test::PathUnder(roots) => {
+                let Some(s) = v.as_str() else {
+                    return Tri::Unknown;
+                };
+                let home = p.and_then(|p| p.home.as_deref());
+                let Ok(target) = path::resolve(s, q.cwd, home) else {
+                    return Tri::Unknown;
+                };
+                any_of(roots.iter().map(|r| match (&r.fixed, &r.home_rel) {
+                    (Some(root), _) => Some(path::is_under(&target, root)),
+                    // Under `home + rel` without building it, when the home is already normal.
+                    (None, Some(rel)) if home.is_some_and(path::is_normal) => {
+                        let h = home.unwrap_or_default().trim_end_matches('/');
+                        Some(target.strip_prefix(h).is_some_and(|t| {
+                            if rel == "/" {
+                                t.is_empty() || t.starts_with('/')
+                            } else {
+                                path::is_under(t, rel)
+                            }
+                        }))
+                    }
+                    _ => {
+                        let root = r.source.expand(p, NO_ESCAPE)?;
+                        let root = path::resolve(&root, None, home).ok()?;
+                        Some(path::is_under(&target, &root))
+                    }
+                }))
+            }
+        }
+    }
+}
+
+/// `Yes` if any is yes, else `Unknown` if any is unknown, else `No`.
+fn any_of(it: impl Iterator<Item = Option<bool>>) -> Tri {
+    let mut out = Tri::No;
+    for v in it {
+        match v {
+            Some(true) => return Tri::Yes,
+            None => out = Tri::Unknown,
+            Some(false) => {}
+        }
+    }
+    out
+}
+
+impl Expect {
+    fn eval(&self, v: &Value, p: Option<&Principal>) -> Tri {
+        match self {
+            Expect::Value(x) => Tri::of(json_eq(x, v)),
+            Expect::Str(t) => match t.expand(p, NO_ESCAPE) {
+                Some(s) => Tri::of(v.as_str() == Some(&*s)),
+                None => Tri::Unknown,
+            },
+        }
+    }
+}
+
+/// JSON equality with numbers compared by value (`1` equals `1.0`).
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x == y || x.as_f64().is_some_and(|x| y.as_f64() == Some(x))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, a)| y.get(k).is_some_and(|b| json_eq(a, b)))
+        }
+        (a, b) => a == b,
+    }
+}
+
+/// The matching rules of each action, lowest index (first written) first.
+#[derive(Default)]
+struct Matched {
+    deny: Option<u32>,
+    allow: Option<u32>,
+    audit: Option<u32>,
+    rated: Vec<u32>,
+}
+
+impl Matched {
+    fn note(&mut self, i: u32, r: &Rule) {
+        let slot = match r.action {
+            RuleAction::Deny => &mut self.deny,
+            RuleAction::Allow => &mut self.allow,
+            RuleAction::Audit => &mut self.audit,
+        };
+        if slot.is_none_or(|j| i < j) {
+            *slot = Some(i);
+        }
+        if r.rate.is_some() {
+            self.rated.push(i);
+        }
+    }
+}
+
+/// Calls per rule, principal and tool, counted for rules with a `rate`. One per guard
+/// (a shim session, or the daemon); the policy asks it while deciding.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    buckets: Mutex<HashMap<BucketKey, Bucket>>,
+}
+
+/// Rule id, principal uid, tool.
+type BucketKey = (String, Option<u32>, String);
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// More buckets than this and the full (idle) ones are dropped.
+const MAX_BUCKETS: usize = 10_000;
+
+impl Limiter {
+    pub fn new() -> Limiter {
+        Limiter::default()
+    }
+
+    /// Takes one call from the token bucket of (rule, uid, tool): `rate.calls` calls at
+    /// once, refilled evenly over `rate.per`. `false` when it is empty.
+    pub fn admit(
+        &self,
+        rule: &str,
+        uid: Option<u32>,
+        tool: &str,
+        rate: Rate,
+        now: Instant,
+    ) -> bool {
+        // A poisoned lock means another thread panicked mid-update: deny (fail closed).
+        let Ok(mut map) = self.buckets.lock() else {
+            return false;
+        };
+        let cap = f64::from(rate.calls);
+        let per_token = rate.per.as_secs_f64() / cap;
+        if map.len() >= MAX_BUCKETS {
+            map.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() / per_token < cap
+            });
+        }
+        let b = map
+            .entry((rule.to_string(), uid, tool.to_string()))
+            .or_insert(Bucket {
+                tokens: cap,
+                at: now,
+            });
+        let refill = now.saturating_duration_since(b.at).as_secs_f64() / per_token;
+        b.tokens = (b.tokens + refill).min(cap);
+        b.at = now.max(b.at);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Policy {
+    /// Decides one request without rate limits (see [`Policy::decide_limited`]). Deny wins
+    /// over allow; the first-written matching rule of the winning action names the decision.
+    pub fn decide<'a>(&self, q: impl Into<Query<'a>>) -> Decision {
+        let q = q.into();
+        self.conclude(&q, self.matched(&q), None)
+    }
+
+    /// Decides one request, counting it against the `rate` of the rules that match.
+    pub fn decide_limited(&self, q: &Query<'_>, limiter: &Limiter, now: Instant) -> Decision {
+        self.conclude(q, self.matched(q), Some((limiter, now)))
+    }
+
+    /// The decision and, for every rule, whether it matched and if not why.
+    pub fn explain(&self, q: &Query<'_>) -> Explanation {
+        let mut m = Matched::default();
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for (i, r) in self.rules.iter().enumerate() {
+            let res = r.check(q, self);
+            if res.is_ok() {
+                m.note(u32::try_from(i).unwrap_or(u32::MAX), r);
+            }
+            rules.push(RuleReport {
+                id: r.id.clone(),
+                origin: r.origin.clone(),
+                action: r.action,
+                miss: res.err().map(|miss| describe(miss, r, q)),
+            });
+        }
+        Explanation {
+            decision: self.conclude(q, m, None),
+            rules,
+        }
+    }
+
+    fn matched(&self, q: &Query<'_>) -> Matched {
+        let mut m = Matched::default();
+        self.index.each_candidate(q.method, q.server, q.tool, |i| {
+            if let Some(r) = self.rules.get(i as usize)
+                && r.check(q, self).is_ok()
+            {
+                m.note(i, r);
+            }
+        });
+        // A rule found twice (two of its patterns matched) takes one rate token.
+        m.rated.sort_unstable();
+        m.rated.dedup();
+        m
+    }
+
+    fn conclude(
+        &self,
+        q: &Query<'_>,
+        m: Matched,
+        limiter: Option<(&Limiter, Instant)>,
+    ) -> Decision {
+        let rule = |i: u32| &self.rules[i as usize];
+        let mut rate_limited = false;
+        let (verdict, id, message) = if let Some(i) = m.deny {
+            (Action::Deny, rule(i).id.clone(), rule(i).message.clone())
+        } else if let Some((i, rate)) = limiter.and_then(|(lim, now)| {
+            let uid = q.principal.map(|p| p.uid);
+            let tool = q.tool.unwrap_or("");
+            // Every rated rule takes its token, so each limit counts every call it covers.
+            let mut over = None;
+            for &i in &m.rated {
+                if let Some(rate) = rule(i).rate
+                    && !lim.admit(&rule(i).id, uid, tool, rate, now)
+                    && over.is_none()
+                {
+                    over = Some((i, rate));
+                }
+            }
+            over
+        }) {
+            rate_limited = true;
+            let msg = rule(i)
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("rate limit of {rate} exceeded"));
+            (Action::Deny, rule(i).id.clone(), Some(msg))
+        } else if let Some(i) = m.allow {
+            (Action::Allow, rule(i).id.clone(), rule(i).message.clone())
+        } else if ACTING_METHODS.contains(&q.method) {
+            (self.default, "default".to_string(), None)
+        } else {
+            (Action::Allow, "plumbing".to_string(), None)
+        };
+        let monitor = self.mode == Mode::Monitor;
+        Decision {
+            action: if monitor { Action::Allow } else { verdict },
+            rule: id,
+            message,
+            mode: self.mode,
+            would_deny: monitor && verdict == Action::Deny,
+            audit: m.audit.map(|i| rule(i).id.clone()),
+            rate_limited,
+            policy_sha256: self.sha256.clone(),
+        }
+    }
+
+    /// A glob or regex with variables, compiled for one expansion and kept.
+    pub(super) fn dynamic(&self, kind: char, pattern: &str) -> Option<Arc<Dynamic>> {
+        // A poisoned cache: compile without it.
+        let compile = || -> Option<Arc<Dynamic>> {
+            match kind {
+                'g' => globset::Glob::new(pattern)
+                    .ok()
+                    .map(|g| Arc::new(Dynamic::Glob(g.compile_matcher()))),
+                _ => regex::Regex::new(pattern)
+                    .ok()
+                    .map(|r| Arc::new(Dynamic::Regex(r))),
+            }
+        };
+        let Ok(mut cache) = self.dynamic.lock() else {
+            return compile();
+        };
+        let key = format!("{kind}{pattern}");
+        if let Some(hit) = cache.get(&key) {
+            return hit.clone();
+        }
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        let d = compile();
+        cache.insert(key, d.clone());
+        d
+    }
+}
+
+/// Words for a failed condition, with the request's value.
+fn describe(miss: Miss, r: &Rule, q: &Query<'_>) -> String {
+    let unknown_note = "unknown (allow rules need it known)";
+    match miss {
+        Miss::Field(f, unknown) => {
+            let (name, pats, value): (&str, String, Option<String>) = match f {
+                Field::Method => ("method", show(&r.methods), Some(q.method.to_string())),
+                Field::Tool => ("tool", opt_show(&r.tool), q.tool.map(str::to_string)),
+                Field::Server => ("server", opt_show(&r.server), Some(q.server.to_string())),
+                Field::ServerExe => (
+                    "server_exe",
+                    opt_show(&r.server_exe),
+                    q.server_exe.map(str::to_string),
+                ),
+                Field::User => (
+                    "user",
+                    opt_show(&r.user),
+                    q.principal.and_then(|p| p.user.clone()),
+                ),
+                Field::Uid => (
+                    "uid",
+                    format!("{:?}", r.uid.as_deref().unwrap_or_default()),
+                    q.principal.map(|p| p.uid.to_string()),
+                ),
+                Field::Group => (
+                    "group",
+                    opt_show(&r.group),
+                    q.principal.map(|p| format!("{:?}", p.groups)),
+                ),
+                Field::Gid => (
+                    "gid",
+                    format!("{:?}", r.gid.as_deref().unwrap_or_default()),
+                    q.principal.map(|p| format!("{:?}", p.gids)),
+                ),
+                Field::HostExe => (
+                    "host_exe",
+                    opt_show(&r.host_exe),
+                    q.host_exe.map(str::to_string),
+                ),
+                Field::Ancestor => ("ancestor", opt_show(&r.ancestor), None),
+                Field::NotAncestor => ("not_ancestor", opt_show(&r.not_ancestor), None),
+            };
+            match (f, unknown, value) {
+                (_, true, _) => format!("{name} is {unknown_note}"),
+                (Field::Ancestor, ..) => format!("no ancestor matches {pats}"),
+                (Field::NotAncestor, ..) => {
+                    let hit = q.ancestry.unwrap_or_default().iter().find(|a| {
+                        r.not_ancestor
+                            .as_ref()
+                            .is_some_and(|e| e.matches(a.exe.as_deref(), Some(&a.comm)))
+                    });
+                    let who = hit.map_or(String::new(), |a| {
+                        format!(" (`{}`)", a.exe.as_deref().unwrap_or(&a.comm))
+                    });
+                    format!("an ancestor{who} matches {pats}")
+                }
+                (_, false, None) => format!("{name}: the request has none; the rule wants {pats}"),
+                (_, false, Some(v)) => format!("{name} `{v}` does not match {pats}"),
+            }
+        }
+        Miss::Arg(i, why) => {
+            let Some(a) = r.args.get(i) else {
+                return "argument constraint".into();
+            };
+            let ptr = if a.pointer.is_empty() {
+                "arguments"
+            } else {
+                a.pointer.as_str()
+            };
+            match why {
+                ArgMiss::Absent if q.arguments.is_none() => {
+                    format!("args `{ptr}`: the request has no arguments")
+                }
+                ArgMiss::Absent => format!("args `{ptr}`: absent"),
+                ArgMiss::Present => format!("args `{ptr}`: present, the rule wants it absent"),
+                ArgMiss::Test(t, unknown) => {
+                    let test = a.tests.get(t).map_or(String::new(), ToString::to_string);
+                    let not = if a.negate { "not " } else { "" };
+                    let value = q
+                        .arguments
+                        .and_then(|v| v.pointer(&a.pointer))
+                        .map(short)
+                        .unwrap_or_default();
+                    if unknown {
+                        format!(
+                            "args `{ptr}` = {value}: `{not}{test}` cannot be evaluated (wrong type, unresolvable path or unknown variable); allow rules fail closed"
+                        )
+                    } else {
+                        format!("args `{ptr}` = {value}: `{not}{test}` does not hold")
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn show<T: fmt::Display>(v: &T) -> String {
+    v.to_string()
+}
+
+fn opt_show<T: fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or(String::new(), ToString::to_string)
+}
+
+/// A JSON value cut to a readable length.
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 80 {
+        format!("{}…", s.chars().take(80).collect::<String>())
+    } else {
+        s
+    }
+}
+
+impl Principal {
+    /// The user with this uid, from the passwd and group databases; unknown fields stay empty.
+    pub fn from_uid(uid: u32) -> Principal {
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten();
+        Principal::from_user(uid, user)
+    }
+
+    /// The user with this name; `None` when there is none.
+    pub fn from_name(name: &str) -> Option<Principal> {
+        let user = nix::unistd::User::from_name(name).ok().flatten()?;
+        Some(Principal::from_user(user.uid.as_raw(), Some(user)))
+    }
+
+    fn from_user(uid: u32, user: Option<nix::unistd::User>) -> Principal {
+        let Some(u) = user else {
+            return Principal {
+                uid,
+                ..Principal::default()
+            };
+        };
+        let gids: Vec<u32> = std::ffi::CString::new(u.name.clone())
+            .ok()
+            .and_then(|c| nix::unistd::getgrouplist(&c, u.gid).ok())
+            .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_else(|| vec![u.gid.as_raw()]);
+        let groups = gids
+            .iter()
+            .filter_map(|g| {
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(*g))
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+            })
+            .collect();
+        Principal {
+            uid,
+            user: Some(u.name),
+            home: Some(u.dir.display().to_string()),
+            gids,
+            groups,
+        }
+    }
+}
