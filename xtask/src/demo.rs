@@ -84,8 +84,10 @@ pub fn run(root: &Path) -> Result<()> {
         write.pointer("/error/message").and_then(Value::as_str).unwrap_or("?")
     );
     println!("   evil.txt exists afterwards: {}\n", target.exists());
+    // Close the shim's stdin, as a host does at the end of a session.
     drop(call);
-    drop(child.stdin.take());
+    drop(send);
+    drop(to);
     let status = child.wait()?;
     println!("shim exited with {status} after stdin closed\n");
 
