@@ -21,7 +21,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
@@ -104,11 +104,14 @@ pub struct Audit {
     queue: Arc<(Mutex<Queue>, Condvar)>,
     /// Durable mode: the file to `fdatasync` and the flusher's stop signal.
     sync: Option<(Arc<Syncer>, mpsc::SyncSender<()>)>,
-    dirty: Arc<AtomicBool>,
+    /// Generation of the last successful write (0: none yet). A commit waits until a sync
+    /// has covered its own write's generation, not until nothing is unsynced: otherwise one
+    /// thread's new record would cost the next waiter an `fdatasync` of its own.
+    written: Arc<AtomicU64>,
     path: Arc<PathBuf>,
 }
 
-type Done = Arc<OnceLock<Result<(), String>>>;
+type Done = Arc<OnceLock<Result<u64, String>>>;
 
 struct Queued {
     records: Vec<Record>,
@@ -166,7 +169,7 @@ impl Audit {
         let key = opts.key.clone().unwrap_or_else(|| dir.join("audit.key"));
         let signer = Arc::new(chain::Signer::load_or_create(&key)?);
         let head_file = Arc::new(chain::HeadFile::open(path).map_err(err)?);
-        let dirty = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
         let (sync, thread, head) = match durability {
             Durability::PageCache => (None, None, writer::HeadSink::Now(head_file)),
             Durability::Durable => {
@@ -175,8 +178,8 @@ impl Audit {
                 let syncer = Arc::new(Syncer {
                     file: Mutex::new(file.try_clone().map_err(err)?),
                     path: path.to_path_buf(),
-                    dirty: dirty.clone(),
-                    syncing: Mutex::new(()),
+                    written: written.clone(),
+                    synced: Mutex::new(0),
                     head: pending.clone(),
                     head_file,
                 });
@@ -197,12 +200,12 @@ impl Audit {
             writer: Arc::new(Mutex::new(writer)),
             queue: Arc::new((Mutex::new(Queue::default()), Condvar::new())),
             sync,
-            dirty,
+            written,
             path: Arc::new(path.to_path_buf()),
         };
         let thread = WriterThread(thread);
         // A log a crash left torn is sealed now, not at the first decision.
-        if let Err(reason) = audit.write(Vec::new()).and_then(|()| audit.sync()) {
+        if let Err(reason) = audit.write(Vec::new()).and_then(|generation| audit.sync(generation)) {
             audit.close(thread);
             return Err(Error::Write { path: path.to_path_buf(), reason });
         }
@@ -219,7 +222,7 @@ impl Audit {
         if records.is_empty() {
             return Ticket { done: None, path: self.path.clone() };
         }
-        let res = self.write(records).and_then(|()| self.sync());
+        let res = self.write(records).and_then(|generation| self.sync(generation));
         Ticket::ready(res, &self.path)
     }
 
@@ -234,9 +237,10 @@ impl Audit {
         }
     }
 
-    fn sync(&self) -> Result<(), String> {
+    /// Makes the write of generation `generation` durable (durable mode).
+    fn sync(&self, generation: u64) -> Result<(), String> {
         match &self.sync {
-            Some((syncer, _)) => syncer.sync(),
+            Some((syncer, _)) => syncer.sync_to(generation),
             None => Ok(()),
         }
     }
@@ -245,7 +249,7 @@ impl Audit {
     /// one signature for all of them. A thread that finds a write under way queues its
     /// records and sleeps until they are written (by that thread's next round, or by itself
     /// if it is first in line when the writer is free).
-    fn write(&self, records: Vec<Record>) -> Result<(), String> {
+    fn write(&self, records: Vec<Record>) -> Result<u64, String> {
         let done: Done = Arc::default();
         let (queue, written) = &*self.queue;
         // A poisoned lock means a thread panicked holding it; the queue and the file state
@@ -270,10 +274,13 @@ impl Audit {
             batch.extend(q.records);
             waiting.push(q.done);
         }
-        let res = self.writer.lock().unwrap_or_else(|p| p.into_inner()).write(&mut batch).map_err(|e| e.to_string());
-        if res.is_ok() {
-            self.dirty.store(true, Ordering::Release);
-        }
+        let res = self
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(&mut batch)
+            .map(|()| self.written.fetch_add(1, Ordering::AcqRel) + 1)
+            .map_err(|e| e.to_string());
         for d in waiting {
             let _ = d.set(res.clone());
         }
@@ -299,10 +306,10 @@ pub(crate) struct Syncer {
     /// The log file; replaced when the log is rotated.
     file: Mutex<File>,
     path: PathBuf,
-    dirty: Arc<AtomicBool>,
-    /// Held across check-and-sync, so a commit that finds nothing dirty because the flusher
-    /// took it waits for the flusher's `fdatasync` to finish.
-    syncing: Mutex<()>,
+    written: Arc<AtomicU64>,
+    /// The generation the last `fdatasync` covered; held across the sync, so a commit whose
+    /// write another thread's sync is covering waits for it rather than syncing again.
+    synced: Mutex<u64>,
     /// The chain head of this process's last write, for the head file once it is on disk.
     head: Arc<Mutex<Option<chain::Head>>>,
     head_file: Arc<chain::HeadFile>,
@@ -312,9 +319,9 @@ impl Syncer {
     /// The flusher: syncs appended records every [`FLUSH_INTERVAL`] until told to stop.
     fn run(&self, stop: mpsc::Receiver<()>) {
         while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(FLUSH_INTERVAL) {
-            let _ = self.sync();
+            let _ = self.sync_to(self.written.load(Ordering::Acquire));
         }
-        let _ = self.sync();
+        let _ = self.sync_to(self.written.load(Ordering::Acquire));
     }
 
     /// Follows the log to its new file (after a rotation, which synced the old one).
@@ -322,17 +329,20 @@ impl Syncer {
         *self.file.lock().unwrap_or_else(|p| p.into_inner()) = file;
     }
 
-    /// Syncs everything written so far (one `fdatasync` covers the whole file).
-    fn sync(&self) -> Result<(), String> {
-        let _held = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.dirty.swap(false, Ordering::AcqRel) {
+    /// Syncs until the write of generation `generation` is on disk (one `fdatasync` covers
+    /// everything written before it starts).
+    fn sync_to(&self, generation: u64) -> Result<(), String> {
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if *synced >= generation {
             return Ok(());
         }
-        // Taken before the sync, so the head never names a record the sync did not cover.
+        // Both taken before the sync, so neither names a write the sync does not cover.
         let head = self.head.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let upto = self.written.load(Ordering::Acquire);
         let res = self.file.lock().unwrap_or_else(|p| p.into_inner()).sync_data();
         match res {
             Ok(()) => {
+                *synced = upto.max(*synced);
                 if let Some(h) = head
                     && let Err(e) = self.head_file.advance(&h)
                 {
@@ -341,7 +351,6 @@ impl Syncer {
                 Ok(())
             }
             Err(e) => {
-                self.dirty.store(true, Ordering::Release);
                 if let Some(h) = head {
                     self.head.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(h);
                 }
