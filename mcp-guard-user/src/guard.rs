@@ -372,6 +372,9 @@ impl Session {
         rec.tool = tool.map(crate::identity::redact_text);
         rec.request_id = Some(recorded_id(id));
         rec.args_sha256 = field("arguments").map(canonical_sha256);
+        if decision.record_arguments {
+            rec.args = arguments.map(crate::identity::redact_json);
+        }
         rec.bytes = Some(bytes);
         rec.claims = params.and_then(claims);
         let reply_to = dir.reverse();

@@ -119,6 +119,27 @@ pub fn redact_text(text: &str) -> String {
     URL_PASS.replace_all(&t, format!("${{1}}{REDACTED}@")).into_owned()
 }
 
+/// A JSON value as records keep it: strings that look like credentials, and the values of
+/// keys named like credentials (`token`, `password`, `api_key`, `secret`, ...), replaced.
+pub fn redact_json(v: &serde_json::Value) -> serde_json::Value {
+    static KEY: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"(?i)(token|secret|passw(or)?d|api[_-]?key|auth|credential|private[_-]?key|cookie|session)")
+            .expect("static regex")
+    });
+    match v {
+        serde_json::Value::String(s) => serde_json::Value::String(redact_text(s)),
+        serde_json::Value::Array(a) => a.iter().map(redact_json).collect(),
+        serde_json::Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| {
+                let v = if KEY.is_match(k) && !v.is_null() { serde_json::Value::from(REDACTED) } else { redact_json(v) };
+                (k.clone(), v)
+            })
+            .collect(),
+        other => other.clone(),
+    }
+}
+
 /// Command lines as records keep them: credentials replaced, long arguments cut.
 ///
 /// Catches `--token X`, `--api-key=X`, `GITHUB_TOKEN=X`, URLs with a password, and values

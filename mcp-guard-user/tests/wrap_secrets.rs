@@ -49,3 +49,28 @@ fn planted_credentials_never_reach_the_audit_log_or_stderr() {
     assert_eq!(denied["args_sha256"].as_str().map(str::len), Some(64), "{denied}");
     assert!(recs.iter().any(|r| r["server"]["argv"].to_string().contains("[REDACTED]")), "argv not redacted");
 }
+
+#[test]
+fn arguments_are_in_clear_only_where_a_rule_asks_and_then_redacted() {
+    let policy = "[[rule]]\nid = \"keep-echo\"\ntool = \"echo\"\naction = \"audit\"\nrecord_arguments = true\n";
+    let mut shim = Builder::new().policy(policy).spawn();
+    let echo = format!(r#"{{"name":"echo","arguments":{{"text":"hello","note":"key {TOKEN}","password":"{PASSWORD}"}}}}"#);
+    shim.call("1", "tools/call", Some(&echo));
+    let other = format!(r#"{{"name":"other","arguments":{{"text":"hidden {TOKEN}"}}}}"#);
+    shim.call("2", "tools/call", Some(&other));
+    shim.close_stdin();
+    shim.wait();
+    let audit = std::fs::read(&shim.audit).unwrap();
+    for secret in [TOKEN, PASSWORD] {
+        assert!(!contains(&audit, secret.as_bytes()), "{secret} reached the audit log");
+    }
+    let recs = shim.audit_records();
+    let kept = recs.iter().find(|r| r["kind"] == "request" && r["tool"] == "echo").expect("echo record");
+    assert_eq!(kept["audit_rule"], "keep-echo", "{kept}");
+    assert_eq!(kept["args"]["text"], "hello", "{kept}");
+    assert_eq!(kept["args"]["note"], "key [REDACTED]", "{kept}");
+    assert_eq!(kept["args"]["password"], "[REDACTED]", "{kept}");
+    let hashed = recs.iter().find(|r| r["kind"] == "request" && r["tool"] == "other").expect("other record");
+    assert!(hashed.get("args").is_none(), "arguments in clear without a rule asking: {hashed}");
+    assert_eq!(hashed["args_sha256"].as_str().map(str::len), Some(64));
+}

@@ -81,6 +81,9 @@ pub struct Record {
     pub request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub args_sha256: Option<String>,
+    /// The arguments in clear, credentials redacted: only where a policy rule asks for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<serde_json::Value>,
     /// The record id of the request a response answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub links: Option<String>,
@@ -128,6 +131,7 @@ impl Record {
             tool: None,
             request_id: None,
             args_sha256: None,
+            args: None,
             links: None,
             outcome: None,
             bytes: None,

@@ -60,6 +60,8 @@ pub struct Rule {
     pub(super) not_ancestor: Option<Exes>,
     pub(super) args: Vec<ArgRule>,
     pub(super) rate: Option<Rate>,
+    /// Records of the calls this rule decides (or audits) keep their arguments in clear.
+    pub record_arguments: bool,
 }
 
 /// Calls per interval, per principal and tool.
@@ -1020,6 +1022,7 @@ impl Ctx<'_> {
             not_ancestor: not_ancestor?,
             args,
             rate,
+            record_arguments: r.record_arguments,
         })
     }
 

@@ -160,6 +160,8 @@ pub struct Decision {
     pub audit: Option<String>,
     /// Denied (or would be) because a rule's `rate` was exceeded.
     pub rate_limited: bool,
+    /// The deciding rule, or a matching audit rule, asks for the arguments in the record.
+    pub record_arguments: bool,
     /// SHA-256 of the policy that decided.
     pub policy_sha256: Arc<str>,
 }
@@ -677,7 +679,9 @@ impl Policy {
     ) -> Decision {
         let rule = |i: u32| &self.rules[i as usize];
         let mut rate_limited = false;
+        let mut decider = None;
         let (verdict, id, message) = if let Some(i) = m.deny {
+            decider = Some(i);
             (Action::Deny, rule(i).id.clone(), rule(i).message.clone())
         } else if let Some((i, rate)) = limiter.and_then(|(lim, now)| {
             let uid = q.principal.map(|p| p.uid);
@@ -695,12 +699,14 @@ impl Policy {
             over
         }) {
             rate_limited = true;
+            decider = Some(i);
             let msg = rule(i)
                 .message
                 .clone()
                 .unwrap_or_else(|| format!("rate limit of {rate} exceeded"));
             (Action::Deny, rule(i).id.clone(), Some(msg))
         } else if let Some(i) = m.allow {
+            decider = Some(i);
             (Action::Allow, rule(i).id.clone(), rule(i).message.clone())
         } else if ACTING_METHODS.contains(&q.method) {
             (self.default, "default".to_string(), None)
@@ -716,6 +722,7 @@ impl Policy {
             would_deny: monitor && verdict == Action::Deny,
             audit: m.audit.map(|i| rule(i).id.clone()),
             rate_limited,
+            record_arguments: decider.into_iter().chain(m.audit).any(|i| rule(i).record_arguments),
             policy_sha256: self.sha256.clone(),
         }
     }

@@ -62,6 +62,9 @@ pub struct RawRule {
     pub action: Spanned<RawAction>,
     pub message: Option<String>,
     pub rate: Option<Spanned<String>>,
+    /// Keep the call's arguments in clear (credentials redacted) in its audit record.
+    #[serde(default)]
+    pub record_arguments: bool,
 }
 
 /// One `[[rule.args]]`: a JSON pointer and what the value there must satisfy.
