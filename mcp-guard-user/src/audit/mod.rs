@@ -115,6 +115,8 @@ type Done = Arc<OnceLock<Result<u64, String>>>;
 
 struct Queued {
     records: Vec<Record>,
+    /// A commit: the write that carries it is signed.
+    sign: bool,
     done: Done,
 }
 
@@ -205,7 +207,7 @@ impl Audit {
         };
         let thread = WriterThread(thread);
         // A log a crash left torn is sealed now, not at the first decision.
-        if let Err(reason) = audit.write(Vec::new()).and_then(|generation| audit.sync(generation)) {
+        if let Err(reason) = audit.write(Vec::new(), true).and_then(|generation| audit.sync(generation)) {
             audit.close(thread);
             return Err(Error::Write { path: path.to_path_buf(), reason });
         }
@@ -222,7 +224,7 @@ impl Audit {
         if records.is_empty() {
             return Ticket { done: None, path: self.path.clone() };
         }
-        let res = self.write(records).and_then(|generation| self.sync(generation));
+        let res = self.write(records, true).and_then(|generation| self.sync(generation));
         Ticket::ready(res, &self.path)
     }
 
@@ -232,7 +234,7 @@ impl Audit {
         if records.is_empty() {
             return;
         }
-        if let Err(e) = self.write(records) {
+        if let Err(e) = self.write(records, false) {
             tracing::error!(error = %e, path = %self.path.display(), "audit records lost");
         }
     }
@@ -249,13 +251,13 @@ impl Audit {
     /// one signature for all of them. A thread that finds a write under way queues its
     /// records and sleeps until they are written (by that thread's next round, or by itself
     /// if it is first in line when the writer is free).
-    fn write(&self, records: Vec<Record>) -> Result<u64, String> {
+    fn write(&self, records: Vec<Record>, sign: bool) -> Result<u64, String> {
         let done: Done = Arc::default();
         let (queue, written) = &*self.queue;
         // A poisoned lock means a thread panicked holding it; the queue and the file state
         // (which is re-read) stay usable.
         let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.waiting.push(Queued { records, done: done.clone() });
+        q.waiting.push(Queued { records, sign, done: done.clone() });
         loop {
             if let Some(res) = done.get() {
                 return res.clone();
@@ -269,6 +271,7 @@ impl Audit {
         let queued = std::mem::take(&mut q.waiting);
         drop(q);
         let mut batch = Vec::with_capacity(queued.iter().map(|q| q.records.len()).sum());
+        let sign = queued.iter().any(|q| q.sign);
         let mut waiting = Vec::with_capacity(queued.len());
         for q in queued {
             batch.extend(q.records);
@@ -278,7 +281,7 @@ impl Audit {
             .writer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .write(&mut batch)
+            .write(&mut batch, sign)
             .map(|()| self.written.fetch_add(1, Ordering::AcqRel) + 1)
             .map_err(|e| e.to_string());
         for d in waiting {

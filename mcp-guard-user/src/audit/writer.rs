@@ -29,7 +29,7 @@ pub(crate) struct Tail {
 /// What a file's end looks like.
 struct Scan {
     last: Tail,
-    /// The last complete record carries no `sig`: a write was cut short after it.
+    /// The last complete record carries no `sig`.
     unsigned: bool,
     /// Bytes after the last newline: a line a crash cut short.
     torn: Option<(u64, Vec<u8>)>,
@@ -62,6 +62,8 @@ pub(crate) struct Writer {
     max_bytes: u64,
     head: HeadSink,
     gap: Option<Gap>,
+    /// Has written (or sealed) at least once since it was opened.
+    started: bool,
     /// Session of the records the writer writes itself: the last one it was given.
     session: Arc<str>,
     /// Told the new file when the log was replaced (rotation) so it syncs the right one.
@@ -87,14 +89,18 @@ impl Writer {
             max_bytes,
             head,
             gap: None,
+            started: false,
             session: super::random_id().into(),
             on_reopen,
         }
     }
 
     /// Appends `records` (possibly none: then only a torn tail or a gap is dealt with).
-    pub fn write(&mut self, records: &mut [Record]) -> io::Result<()> {
-        let res = self.try_write(records);
+    /// Appends `records`; the last line of the write is signed when `sign` is set (commits)
+    /// or when the write carries a notice. Unsigned records are covered by the next signed
+    /// one through the chain.
+    pub fn write(&mut self, records: &mut [Record], sign: bool) -> io::Result<()> {
+        let res = self.try_write(records, sign);
         if let Err(e) = &res {
             self.known_end = None;
             if !records.is_empty() {
@@ -109,7 +115,7 @@ impl Writer {
         res
     }
 
-    fn try_write(&mut self, records: &mut [Record]) -> io::Result<()> {
+    fn try_write(&mut self, records: &mut [Record], sign: bool) -> io::Result<()> {
         let lock = self.lock()?;
         let start = self.file.metadata()?.len();
         if let Some(first) = records.first() {
@@ -137,28 +143,32 @@ impl Writer {
                         "torn": { "offset": offset, "bytes": bytes.len(), "sha256": sha256_hex(bytes) },
                     }),
                 ));
-            } else if scan.unsigned {
-                tracing::warn!(path = %self.path.display(), seq = self.last.seq, "sealing an unsigned audit tail");
-                notices.push(self.notice(
-                    "recovery",
-                    json!({ "reason": "unsigned", "after_seq": self.last.seq }),
-                ));
+            } else if scan.unsigned && !self.started {
+                // Found at start-up: a writer died after records it had not signed yet (or
+                // another process's appended records await its next commit). Seal them now
+                // so the log verifies without waiting for a commit.
+                tracing::info!(path = %self.path.display(), seq = self.last.seq, "sealing an unsigned audit tail");
+                notices.push(self.notice("recovery", json!({ "reason": "unsigned", "after_seq": self.last.seq })));
             }
+            // Later, an unsigned tail needs no seal: the next signed record covers it
+            // through the chain.
         }
         if let Some(gap) = &self.gap {
             let detail = json!({ "records_lost": gap.lost, "since": gap.since, "until": now(), "error": gap.error });
             notices.push(self.notice("gap", detail));
         }
         if notices.is_empty() && records.is_empty() {
+            self.started = true;
             return Ok(());
         }
         let mut last = self.last.clone();
         let total = notices.len() + records.len();
+        let signer = (sign || !notices.is_empty()).then_some(&*self.signer);
         for (i, n) in notices.iter_mut().enumerate() {
             append_line(
                 &mut out,
                 &mut last,
-                (i + 1 == total).then_some(&*self.signer),
+                signer.filter(|_| i + 1 == total),
                 |seq, prev| {
                     n.seq = seq;
                     n.prev = prev.to_string();
@@ -170,7 +180,7 @@ impl Writer {
             append_line(
                 &mut out,
                 &mut last,
-                (notices.len() + i + 1 == total).then_some(&*self.signer),
+                signer.filter(|_| notices.len() + i + 1 == total),
                 |seq, prev| {
                     rec.seq = seq;
                     rec.prev = prev.to_string();
@@ -190,6 +200,7 @@ impl Writer {
         }
         self.last = last;
         self.gap = None;
+        self.started = true;
         self.publish_head(out.rsplit(|&b| b == b'\n').nth(1).unwrap_or_default());
         if self.max_bytes > 0
             && end > self.max_bytes
@@ -457,11 +468,7 @@ fn read_tail(file: &mut File, len: u64) -> io::Result<Scan> {
             Some(i) => i,
             None if from == 0 => {
                 let torn = (!buf.is_empty()).then_some((0, buf));
-                return Ok(Scan {
-                    last: Tail::default(),
-                    unsigned: false,
-                    torn,
-                });
+                return Ok(Scan { last: Tail::default(), unsigned: false, torn });
             }
             None => {
                 window = window.saturating_mul(4);
