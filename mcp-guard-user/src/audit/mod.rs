@@ -181,7 +181,8 @@ impl Audit {
                     file: Mutex::new(file.try_clone().map_err(err)?),
                     path: path.to_path_buf(),
                     written: written.clone(),
-                    synced: Mutex::new(0),
+                    state: Mutex::new(SyncState::default()),
+                    synced: Condvar::new(),
                     head: pending.clone(),
                     head_file,
                 });
@@ -304,15 +305,23 @@ impl Audit {
     }
 }
 
+#[derive(Default)]
+struct SyncState {
+    synced: u64,
+    syncing: bool,
+}
+
 /// Runs `fdatasync` when something was written since the last one, then records the head.
 pub(crate) struct Syncer {
     /// The log file; replaced when the log is rotated.
     file: Mutex<File>,
     path: PathBuf,
     written: Arc<AtomicU64>,
-    /// The generation the last `fdatasync` covered; held across the sync, so a commit whose
-    /// write another thread's sync is covering waits for it rather than syncing again.
-    synced: Mutex<u64>,
+    /// The generation the last `fdatasync` covered, and whether one is under way. A commit
+    /// whose write another thread's sync covers sleeps until it is done; all waiters are
+    /// woken together (no convoy through a lock).
+    state: Mutex<SyncState>,
+    synced: Condvar,
     /// The chain head of this process's last write, for the head file once it is on disk.
     head: Arc<Mutex<Option<chain::Head>>>,
     head_file: Arc<chain::HeadFile>,
@@ -335,17 +344,31 @@ impl Syncer {
     /// Syncs until the write of generation `generation` is on disk (one `fdatasync` covers
     /// everything written before it starts).
     fn sync_to(&self, generation: u64) -> Result<(), String> {
-        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
-        if *synced >= generation {
-            return Ok(());
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if st.synced >= generation {
+                return Ok(());
+            }
+            if !st.syncing {
+                break;
+            }
+            st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+        st.syncing = true;
+        drop(st);
         // Both taken before the sync, so neither names a write the sync does not cover.
         let head = self.head.lock().unwrap_or_else(|p| p.into_inner()).take();
         let upto = self.written.load(Ordering::Acquire);
         let res = self.file.lock().unwrap_or_else(|p| p.into_inner()).sync_data();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.syncing = false;
+        if res.is_ok() {
+            st.synced = st.synced.max(upto);
+        }
+        drop(st);
+        self.synced.notify_all();
         match res {
             Ok(()) => {
-                *synced = upto.max(*synced);
                 if let Some(h) = head
                     && let Err(e) = self.head_file.advance(&h)
                 {
