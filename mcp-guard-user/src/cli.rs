@@ -47,6 +47,10 @@ pub struct Wrap {
     /// beside it with the extension `.pub`) [default: audit.key beside the audit log].
     #[arg(long)]
     pub audit_key: Option<PathBuf>,
+    /// How often the policy files are checked for changes, in milliseconds (a policy that
+    /// loads replaces the one in force; one that does not is reported and ignored); 0: never.
+    #[arg(long, default_value_t = 2000)]
+    pub policy_poll_ms: u64,
     /// Longest message accepted, in bytes, in either direction.
     #[arg(long, default_value_t = crate::frame::DEFAULT_MAX_MESSAGE)]
     pub max_message: usize,

@@ -176,6 +176,11 @@ impl Session {
         self.subject.server_exe = exe;
     }
 
+    /// Puts a newly loaded policy in force for the requests that follow.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        self.policy = policy;
+    }
+
     /// Replaces the session context (the server's identity changed).
     pub fn set_ctx(&mut self, ctx: Arc<Context>) {
         self.ctx = ctx;

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
 }
 
 fn wrap(w: Wrap) -> anyhow::Result<i32> {
-    let policy = load_policy(w.policy)?;
+    let policy = load_policy(w.policy.clone())?;
     let audit = match w.audit {
         Some(p) => p,
         None => audit::default_path().context("no --audit given and neither XDG_STATE_HOME nor HOME is set")?,
@@ -52,6 +52,8 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
     shim::run(shim::Options {
         name,
         policy,
+        policy_flag: w.policy,
+        policy_poll: Duration::from_millis(w.policy_poll_ms),
         audit,
         audit_opts: audit::Options { max_bytes: w.audit_max_bytes, key: w.audit_key },
         durability,

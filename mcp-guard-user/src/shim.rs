@@ -46,6 +46,10 @@ pub const EXIT_CANNOT_START: i32 = 127;
 pub struct Options {
     pub name: String,
     pub policy: Policy,
+    /// How the policy was chosen (`--policy`), to reload it the same way when it changes.
+    pub policy_flag: Option<PathBuf>,
+    /// How often the policy files are checked for changes; zero: never.
+    pub policy_poll: Duration,
     pub audit: PathBuf,
     pub audit_opts: crate::audit::Options,
     pub durability: Durability,
@@ -156,6 +160,9 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         let (mut term, mut int, mut hup) =
             (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
 
+        let mut watch = PolicyWatch::new(opts.policy_flag.clone());
+        let mut poll = tokio::time::interval(if opts.policy_poll.is_zero() { far_poll() } else { opts.policy_poll });
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut in_done, mut out_done) = (false, false);
         let mut status: Option<ExitStatus> = None;
         // Escalation after the client leaves: close stdin -> grace -> SIGTERM -> grace -> SIGKILL.
@@ -194,6 +201,11 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
                 _ = term.recv() => forward(pid, Signal::SIGTERM),
                 _ = int.recv() => forward(pid, Signal::SIGINT),
                 _ = hup.recv() => forward(pid, Signal::SIGHUP),
+                _ = poll.tick() => {
+                    if watch.changed() {
+                        reload(&watch, &session, &audit).await;
+                    }
+                }
                 _ = sleep_until(wake) => {
                     if let Some((_, sig)) = escalate.take() {
                         tracing::warn!(signal = %sig, "server still running after the client left; signalling it");
@@ -232,6 +244,98 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
     }
     audit.close(audit_thread);
     Ok(exit)
+}
+
+fn far_poll() -> Duration {
+    Duration::from_secs(86400 * 365)
+}
+
+/// The policy files' state, to notice an edit (the file itself, or one created or removed
+/// earlier in the search order).
+struct PolicyWatch {
+    flag: Option<PathBuf>,
+    seen: Vec<Option<(std::time::SystemTime, u64, u64)>>,
+}
+
+impl PolicyWatch {
+    fn new(flag: Option<PathBuf>) -> PolicyWatch {
+        let mut w = PolicyWatch { flag, seen: Vec::new() };
+        w.seen = w.state();
+        w
+    }
+
+    fn state(&self) -> Vec<Option<(std::time::SystemTime, u64, u64)>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut paths = crate::policy::standalone_candidates(self.flag.as_deref());
+        // Drop-ins: each file, not just the directory (an edit in place keeps its mtime).
+        let dirs: Vec<PathBuf> = paths.iter().filter(|p| p.ends_with("policy.d")).cloned().collect();
+        for d in dirs {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                files.sort();
+                paths.extend(files);
+            }
+        }
+        paths.iter().map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())))).collect()
+    }
+
+    /// Whether anything changed since the last call.
+    fn changed(&mut self) -> bool {
+        let now = self.state();
+        if now == self.seen {
+            return false;
+        }
+        self.seen = now;
+        true
+    }
+}
+
+/// Loads the policy again, the way it was first chosen. A policy that loads is put in force
+/// (atomically, between two reads) and recorded; one that does not leaves the old one in
+/// force, and the failure is logged and recorded as an alert.
+async fn reload(watch: &PolicyWatch, session: &RefCell<Session>, audit: &Audit) {
+    let loaded = crate::policy::standalone(watch.flag.as_deref());
+    let ctx = session.borrow().ctx().clone();
+    let record = match loaded {
+        Ok(policy) if policy.sha256() == ctx.policy_sha256 => return,
+        Ok(policy) => {
+            let ctx = Arc::new(Context {
+                session: ctx.session.clone(),
+                transport: ctx.transport,
+                policy_sha256: policy.sha256().to_string(),
+                mode: crate::guard::mode_name(policy.mode()),
+                principal: ctx.principal.clone(),
+                agent_host: ctx.agent_host.clone(),
+                chain: ctx.chain.clone(),
+                server: ctx.server.clone(),
+            });
+            let mut rec = Record::new("policy_loaded", &ctx);
+            rec.detail = Some(serde_json::json!({
+                "origin": policy.origin(),
+                "rules": policy.len(),
+                "replaces": ctx_sha(&session.borrow()),
+            }));
+            tracing::info!(origin = %policy.origin(), sha256 = %policy.sha256(), "policy reloaded");
+            let mut s = session.borrow_mut();
+            s.set_policy(Arc::new(policy));
+            s.set_ctx(ctx);
+            rec
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the changed policy does not load; the previous one stays in force");
+            let mut rec = Record::new("alert", &ctx);
+            rec.reason = Some(crate::identity::redact_text(&e.to_string()));
+            rec.detail = Some(serde_json::json!({ "alert": "policy_reload_failed", "in_force": ctx.policy_sha256 }));
+            rec
+        }
+    };
+    if let Err(e) = audit.commit(vec![record]).await {
+        tracing::error!(error = %e, "cannot record the policy reload");
+    }
+}
+
+fn ctx_sha(s: &Session) -> String {
+    s.ctx().policy_sha256.clone()
 }
 
 /// What records say about the server process.

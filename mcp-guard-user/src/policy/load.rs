@@ -150,6 +150,27 @@ impl Env {
     }
 }
 
+/// The files [`standalone`] may read, in its order: what to watch for changes. Paths that
+/// do not exist are included (creating one changes the policy).
+pub fn standalone_candidates(flag: Option<&Path>) -> Vec<PathBuf> {
+    let env = Env::current();
+    if let Some(p) = flag.map(Path::to_path_buf).or_else(|| env.policy.clone().map(PathBuf::from)) {
+        return vec![p.clone(), p.join("policy.toml"), p.join("policy.d")];
+    }
+    let mut out = Vec::new();
+    if let Some(c) = env
+        .xdg_config_home
+        .clone()
+        .map(PathBuf::from)
+        .or_else(|| env.home.clone().map(|h| PathBuf::from(h).join(".config")))
+    {
+        out.push(c.join("mcp-guard/policy.toml"));
+    }
+    out.push(env.system_dir.join("policy.toml"));
+    out.push(env.system_dir.join("policy.d"));
+    out
+}
+
 /// The standalone policy: `--policy`, `$MCP_GUARD_POLICY`, the user's config, the system
 /// policy, the built-in default.
 pub fn standalone(flag: Option<&Path>) -> Result<Policy, Error> {

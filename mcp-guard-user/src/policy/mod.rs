@@ -25,7 +25,7 @@ mod raw;
 
 pub use compiled::{Policy, Rate, Rule};
 pub use eval::{Ancestor, Decision, Explanation, Limiter, Principal, Query, Request, RuleReport};
-pub use load::{SYSTEM_DIR, Source, dropins, standalone};
+pub use load::{SYSTEM_DIR, Source, dropins, standalone, standalone_candidates};
 
 /// The policy used when none is configured.
 pub const BUILTIN: &str = include_str!("../../../policies/default.toml");
