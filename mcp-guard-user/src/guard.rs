@@ -115,6 +115,8 @@ struct Judged {
     error: Option<Vec<u8>>,
     /// Refusing a request of the sender's: the side that gets `error`.
     reply_to: Direction,
+    /// Passing, but as this message instead of the bytes received (a filtered tool list).
+    replace: Option<Vec<u8>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -214,10 +216,17 @@ impl Session {
                 self.malformed(dir, id, m, msg.len(), plan);
             }
             Ok(Parsed::Single(m)) => {
-                let j = self.message(dir, &m, msg.len());
+                let mut j = self.message(dir, &m, msg.len());
                 if j.pass {
+                    let replace = j.replace.take();
                     self.settle(j, plan);
-                    plan.acts.push(Act::Forward(raw));
+                    match replace {
+                        Some(mut line) => {
+                            line.push(b'\n');
+                            plan.acts.push(reply(dir, line));
+                        }
+                        None => plan.acts.push(Act::Forward(raw)),
+                    }
                 } else {
                     let (to, error) = (j.reply_to, j.error.clone());
                     self.settle(j, plan);
@@ -399,6 +408,7 @@ impl Session {
                     track: Some((IdKey::of(id), pending)),
                     error: None,
                     reply_to,
+            replace: None,
                 }
             }
             Action::Deny => {
@@ -416,6 +426,7 @@ impl Session {
                     track: None,
                     error: Some(error_line(id, code::DENIED, &message, Some(data))),
                     reply_to,
+            replace: None,
                 }
             }
         }
@@ -437,7 +448,7 @@ impl Session {
             rec.decision = Some("deny");
             rec.reason = Some("response to no request in flight".into());
             tracing::warn!(direction = dir.name(), "dropped a response to no request in flight");
-            return Judged { pass: false, record: Some(rec), durable: false, track: None, error: None, reply_to: dir };
+            return Judged { pass: false, record: Some(rec), durable: false, track: None, error: None, reply_to: dir, replace: None };
         };
         let error_code = m.error_code();
         rec.decision = Some("allow");
@@ -464,7 +475,54 @@ impl Session {
             }
             rec.claims = (!c.is_empty()).then_some(serde_json::Value::Object(c));
         }
-        Judged { pass: true, record: Some(rec), durable: false, track: None, error: None, reply_to: dir.reverse() }
+        let mut replace = None;
+        if dir == Direction::ToClient && p.method == "tools/list" && !m.is_error() {
+            if let Some((line, hidden)) = self.filter_tools(m, id) {
+                rec.detail = Some(serde_json::json!({ "hidden_tools": hidden }));
+                replace = Some(line);
+            }
+        }
+        Judged { pass: true, record: Some(rec), durable: false, track: None, error: None, reply_to: dir.reverse(), replace }
+    }
+
+    /// A `tools/list` result without the tools this principal can never call (so the model
+    /// is not offered them), and their names; `None` when nothing is hidden. Each page is
+    /// filtered on its own; `nextCursor` and every other field stay as the server sent them.
+    fn filter_tools(&self, m: &Message<'_>, id: &RawValue) -> Option<(Vec<u8>, Vec<String>)> {
+        let mut result: serde_json::Value = m.result.and_then(|r| serde_json::from_str(r.get()).ok())?;
+        let tools = result.get_mut("tools")?.as_array_mut()?;
+        let s = &self.subject;
+        let mut hidden = Vec::new();
+        tools.retain(|t| {
+            let Some(name) = t.get("name").and_then(serde_json::Value::as_str) else { return true };
+            let query = Query {
+                server: &self.name,
+                server_exe: s.server_exe.as_deref(),
+                method: "tools/call",
+                tool: Some(name),
+                principal: s.principal.as_ref(),
+                host_exe: s.host_exe.as_deref(),
+                ancestry: s.ancestry.as_deref(),
+                arguments: None,
+                cwd: s.cwd.as_deref(),
+            };
+            let never = self.policy.never_allows(&query);
+            if never {
+                hidden.push(crate::identity::redact_text(name));
+            }
+            !never
+        });
+        if hidden.is_empty() {
+            return None;
+        }
+        #[derive(serde::Serialize)]
+        struct Response<'a> {
+            jsonrpc: &'static str,
+            id: &'a RawValue,
+            result: &'a serde_json::Value,
+        }
+        let line = serde_json::to_vec(&Response { jsonrpc: "2.0", id, result: &result }).ok()?;
+        Some((line, hidden))
     }
 
     fn refusal(&mut self, dir: Direction, id: Option<&RawValue>, m: &Malformed, bytes: usize) -> Judged {
@@ -494,7 +552,7 @@ impl Session {
                 (Direction::ToClient, error)
             }
         };
-        Judged { pass: false, record: Some(rec), durable: true, track: None, error, reply_to }
+        Judged { pass: false, record: Some(rec), durable: true, track: None, error, reply_to, replace: None }
     }
 
     fn malformed(&mut self, dir: Direction, id: Option<&RawValue>, m: Malformed, bytes: usize, plan: &mut Plan) {
@@ -576,7 +634,7 @@ pub fn mode_name(mode: Mode) -> &'static str {
 
 impl Judged {
     fn pass(dir: Direction) -> Judged {
-        Judged { pass: true, record: None, durable: false, track: None, error: None, reply_to: dir.reverse() }
+        Judged { pass: true, record: None, durable: false, track: None, error: None, reply_to: dir.reverse(), replace: None }
     }
 }
 

@@ -131,3 +131,58 @@ def test_policy_globs_select_server_name_and_tool_name(tmp_path, make_guard, nam
 
     run(go)
     assert (root / "newdir").exists() is (not denied)
+
+
+READ_ONLY = """\
+default = "deny"
+
+[[rule]]
+id = "fs-read"
+server = "filesystem"
+tool = ["read_text_file", "list_directory", "list_allowed_directories"]
+action = "allow"
+
+[[rule]]
+id = "fs-write-scratch"
+server = "filesystem"
+tool = "write_file"
+action = "allow"
+[[rule.args]]
+pointer = "/path"
+prefix = "/nonexistent/scratch/"
+
+[[rule]]
+id = "no-moves"
+server = "filesystem"
+tool = "move_file"
+action = "deny"
+"""
+
+
+def test_tools_the_principal_can_never_call_are_hidden_from_tools_list(tmp_path, make_guard):
+    root = _fs_root(tmp_path)
+    server = harness.filesystem_server(root)
+    guard = make_guard(READ_ONLY)
+
+    async def names(g):
+        async with open_session(server, g) as peer:
+            listed = await peer.session.list_tools()
+            names = {t.name for t in listed.tools}
+            if g is not None:
+                # A hidden tool is still refused if the model names it anyway.
+                with pytest.raises(MCPError) as excinfo:
+                    await peer.session.call_tool("edit_file", {"path": str(root / "existing.txt"), "edits": []})
+                assert excinfo.value.code == DENY_CODE
+            return names
+
+    direct = harness.run(lambda: names(None))
+    wrapped = harness.run(lambda: names(guard))
+    # Allowed outright, or allowed for some arguments: listed.
+    assert {"read_text_file", "list_directory", "list_allowed_directories", "write_file"} <= wrapped
+    # Denied by the default with no allow rule, or denied unconditionally: hidden.
+    hidden = direct - wrapped
+    assert {"edit_file", "create_directory", "move_file", "search_files"} <= hidden, (direct, wrapped)
+    assert wrapped <= direct
+    records = read_audit(guard.audit, until_kind=AuditKind.SESSION_END)
+    listing = [r for r in records if r["kind"] == AuditKind.RESPONSE and r.get("method") == "tools/list"]
+    assert listing and set(listing[0]["detail"]["hidden_tools"]) == hidden, listing

@@ -261,6 +261,11 @@ impl Rule {
     /// Whether the rule matches: `Err` names the first condition that failed. The one
     /// function both `decide` and `explain` use, so they cannot disagree.
     pub(super) fn check(&self, q: &Query<'_>, policy: &Policy) -> Result<(), Miss> {
+        self.check_with(q, policy, true)
+    }
+
+    /// [`Rule::check`], leaving out the argument constraints when `with_args` is false.
+    fn check_with(&self, q: &Query<'_>, policy: &Policy, with_args: bool) -> Result<(), Miss> {
         let fc = self.action != RuleAction::Allow;
         if !self.methods.is_match(q.method) {
             return Err(Miss::Field(Field::Method, false));
@@ -327,8 +332,10 @@ impl Rule {
                 .map(|a| !a.iter().any(|x| e.matches(x.exe.as_deref(), Some(&x.comm))));
             field(known(none), fc, Field::NotAncestor)?;
         }
-        for (i, a) in self.args.iter().enumerate() {
-            a.check(q, policy, fc).map_err(|m| Miss::Arg(i, m))?;
+        if with_args {
+            for (i, a) in self.args.iter().enumerate() {
+                a.check(q, policy, fc).map_err(|m| Miss::Arg(i, m))?;
+            }
         }
         Ok(())
     }
@@ -654,6 +661,25 @@ impl Policy {
             decision: self.conclude(q, m, None),
             rules,
         }
+    }
+
+    /// Whether no call of `q.tool` by this principal can be allowed, whatever its arguments:
+    /// a deny rule without argument constraints matches, or the default denies and no allow
+    /// rule could match. Used to hide such tools from `tools/list`. Never in monitor mode.
+    pub fn never_allows(&self, q: &Query<'_>) -> bool {
+        if self.mode == Mode::Monitor {
+            return false;
+        }
+        let (mut denied, mut could_allow) = (false, false);
+        self.index.each_candidate(q.method, q.server, q.tool, |i| {
+            let Some(r) = self.rules.get(i as usize) else { return };
+            match r.action {
+                RuleAction::Deny if r.args.is_empty() && r.check_with(q, self, false).is_ok() => denied = true,
+                RuleAction::Allow if r.check_with(q, self, false).is_ok() => could_allow = true,
+                _ => {}
+            }
+        });
+        denied || (!could_allow && self.default == Action::Deny && ACTING_METHODS.contains(&q.method))
     }
 
     fn matched(&self, q: &Query<'_>) -> Matched {
