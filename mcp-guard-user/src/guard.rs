@@ -476,21 +476,46 @@ impl Session {
             rec.claims = (!c.is_empty()).then_some(serde_json::Value::Object(c));
         }
         let mut replace = None;
-        if dir == Direction::ToClient && p.method == "tools/list" && !m.is_error() {
-            if let Some((line, hidden)) = self.filter_tools(m, id) {
-                rec.detail = Some(serde_json::json!({ "hidden_tools": hidden }));
-                replace = Some(line);
+        if dir == Direction::ToClient {
+            let limits = self.policy.responses();
+            // The limit is for what tools and resources return, not for the protocol's own answers.
+            let content = matches!(p.method.as_str(), "tools/call" | "resources/read" | "prompts/get");
+            if content && limits.max_bytes > 0 && bytes as u64 > limits.max_bytes {
+                // Fail closed: the client gets an error in place of the oversized answer.
+                let why = format!("the response ({bytes} bytes) is larger than the policy allows ({} bytes)", limits.max_bytes);
+                rec.decision = Some("deny");
+                rec.reason = Some(why.clone());
+                let error = error_line(id, code::RESPONSE_TOO_LARGE, &why, None);
+                return Judged { pass: false, record: Some(rec), durable: false, track: None, error: Some(error), reply_to: dir, replace: None };
+            }
+            let redact = m.result.is_some_and(|r| limits.may_redact(r.get()));
+            let filter = p.method == "tools/list";
+            if redact || filter {
+                if let Some(mut result) = m.result.and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok()) {
+                    let redactions = if redact { limits.redact(&mut result) } else { 0 };
+                    let hidden = if filter && !m.is_error() { self.hide_tools(&mut result) } else { Vec::new() };
+                    if let Some(o) = rec.outcome.as_mut() {
+                        o.redactions = redactions;
+                    }
+                    if !hidden.is_empty() {
+                        rec.detail = Some(serde_json::json!({ "hidden_tools": hidden }));
+                    }
+                    if redactions > 0 || !hidden.is_empty() {
+                        replace = response_line(id, &result);
+                    }
+                }
             }
         }
         Judged { pass: true, record: Some(rec), durable: false, track: None, error: None, reply_to: dir.reverse(), replace }
     }
 
-    /// A `tools/list` result without the tools this principal can never call (so the model
-    /// is not offered them), and their names; `None` when nothing is hidden. Each page is
-    /// filtered on its own; `nextCursor` and every other field stay as the server sent them.
-    fn filter_tools(&self, m: &Message<'_>, id: &RawValue) -> Option<(Vec<u8>, Vec<String>)> {
-        let mut result: serde_json::Value = m.result.and_then(|r| serde_json::from_str(r.get()).ok())?;
-        let tools = result.get_mut("tools")?.as_array_mut()?;
+    /// Removes from a `tools/list` result the tools this principal can never call (so the
+    /// model is not offered them) and returns their names. Each page is filtered on its own;
+    /// `nextCursor` and every other field stay as the server sent them.
+    fn hide_tools(&self, result: &mut serde_json::Value) -> Vec<String> {
+        let Some(tools) = result.get_mut("tools").and_then(serde_json::Value::as_array_mut) else {
+            return Vec::new();
+        };
         let s = &self.subject;
         let mut hidden = Vec::new();
         tools.retain(|t| {
@@ -512,17 +537,7 @@ impl Session {
             }
             !never
         });
-        if hidden.is_empty() {
-            return None;
-        }
-        #[derive(serde::Serialize)]
-        struct Response<'a> {
-            jsonrpc: &'static str,
-            id: &'a RawValue,
-            result: &'a serde_json::Value,
-        }
-        let line = serde_json::to_vec(&Response { jsonrpc: "2.0", id, result: &result }).ok()?;
-        Some((line, hidden))
+        hidden
     }
 
     fn refusal(&mut self, dir: Direction, id: Option<&RawValue>, m: &Malformed, bytes: usize) -> Judged {
@@ -674,6 +689,17 @@ fn reply(to: Direction, line: Vec<u8>) -> Act {
         Direction::ToClient => Act::ToClient(line),
         Direction::ToServer => Act::ToServer(line),
     }
+}
+
+/// A result response rebuilt around a changed result (redacted, filtered).
+fn response_line(id: &RawValue, result: &serde_json::Value) -> Option<Vec<u8>> {
+    #[derive(serde::Serialize)]
+    struct Response<'a> {
+        jsonrpc: &'static str,
+        id: &'a RawValue,
+        result: &'a serde_json::Value,
+    }
+    serde_json::to_vec(&Response { jsonrpc: "2.0", id, result }).ok()
 }
 
 fn error_line(id: &RawValue, code: i64, message: &str, data: Option<serde_json::Value>) -> Vec<u8> {

@@ -31,6 +31,8 @@ pub mod code {
     pub const SERVER_FAILED: i64 = -32084;
     /// The audit record could not be written, so the request was not forwarded.
     pub const AUDIT_UNAVAILABLE: i64 = -32085;
+    /// The server's response is larger than the policy allows.
+    pub const RESPONSE_TOO_LARGE: i64 = -32086;
 }
 
 /// Why a line is not an acceptable message.

@@ -8,4 +8,5 @@ pub mod identity;
 pub mod jsonrpc;
 pub mod observer;
 pub mod policy;
+pub mod redact;
 pub mod shim;

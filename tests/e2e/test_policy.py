@@ -186,3 +186,53 @@ def test_tools_the_principal_can_never_call_are_hidden_from_tools_list(tmp_path,
     records = read_audit(guard.audit, until_kind=AuditKind.SESSION_END)
     listing = [r for r in records if r["kind"] == AuditKind.RESPONSE and r.get("method") == "tools/list"]
     assert listing and set(listing[0]["detail"]["hidden_tools"]) == hidden, listing
+
+
+AWS_KEY = "AKIAPLANTEDKEY123456"
+GITHUB_TOKEN = "ghp_plantedPlantedPlanted0123456789ab"
+
+
+def test_secrets_in_tool_results_are_redacted_before_the_host_sees_them(make_guard):
+    server = harness.everything_server()
+    guard = make_guard(None, name="everything")
+    message = f"creds {AWS_KEY} and {GITHUB_TOKEN} end"
+
+    async def echo(g):
+        async with open_session(server, g) as peer:
+            r = await peer.session.call_tool("echo", {"message": message})
+            return text_of(r)
+
+    direct = harness.run(lambda: echo(None))
+    wrapped = harness.run(lambda: echo(guard))
+    assert AWS_KEY in direct and GITHUB_TOKEN in direct, direct
+    assert AWS_KEY not in wrapped and GITHUB_TOKEN not in wrapped, wrapped
+    assert wrapped == direct.replace(AWS_KEY, "[REDACTED]").replace(GITHUB_TOKEN, "[REDACTED]")
+    records = read_audit(guard.audit, until_kind=AuditKind.SESSION_END)
+    answered = [r for r in records if r["kind"] == AuditKind.RESPONSE and r.get("tool") == "echo"]
+    assert answered and answered[0]["outcome"]["redactions"] == 2, answered
+    text = guard.audit.read_text()
+    assert AWS_KEY not in text and GITHUB_TOKEN not in text
+
+
+SMALL_RESPONSES = """\
+default = "allow"
+
+[responses]
+max_bytes = 200
+"""
+
+
+def test_a_response_over_the_policy_limit_becomes_an_error(make_guard):
+    server = harness.everything_server()
+    guard = make_guard(SMALL_RESPONSES, name="everything")
+
+    async def go():
+        async with open_session(server, guard) as peer:
+            with pytest.raises(MCPError) as excinfo:
+                await peer.session.call_tool("echo", {"message": "x" * 500})
+            assert excinfo.value.code == -32086, excinfo.value.error
+            # Small answers still pass.
+            r = await peer.session.call_tool("echo", {"message": "ok"})
+            assert "ok" in text_of(r)
+
+    harness.run(go)

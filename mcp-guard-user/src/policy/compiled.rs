@@ -30,6 +30,8 @@ pub struct Policy {
     pub(super) origin: String,
     /// Globs and regexes with `${...}` in them, compiled per expansion.
     pub(super) dynamic: Mutex<HashMap<String, Option<Arc<Dynamic>>>>,
+    /// What is done to responses: secrets redacted, a size limit.
+    pub(super) responses: crate::redact::Responses,
 }
 
 #[derive(Debug)]
@@ -546,6 +548,7 @@ impl Policy {
         }
         let mut default = Action::Allow;
         let mut mode = Mode::Enforce;
+        let mut responses = crate::redact::Responses::standard();
         let mut rules: Vec<Rule> = Vec::new();
         let mut seen: HashMap<String, String> = HashMap::new();
         for (i, raw) in raws {
@@ -568,7 +571,21 @@ impl Policy {
                         RawMode::Monitor => Mode::Monitor,
                     };
                 }
+                if let Some(r) = raw.responses {
+                    let r = r.into_inner();
+                    let mut extra = Vec::new();
+                    for p in &r.redact {
+                        match Regex::new(p.get_ref()) {
+                            Ok(re) => extra.push(re),
+                            Err(e) => ctx.err(p.span().start, &format!("invalid redact regex: {e}")),
+                        }
+                    }
+                    responses = crate::redact::Responses::new(r.redact_builtin.unwrap_or(true), extra, r.max_bytes.unwrap_or(0));
+                }
             } else {
+                if let Some(r) = &raw.responses {
+                    ctx.err(r.span().start, "`[responses]` may only be set in the main policy file, not in a drop-in");
+                }
                 if let Some(d) = &raw.default {
                     ctx.err(
                         d.span().start,
@@ -633,7 +650,13 @@ impl Policy {
                 .collect::<Vec<_>>()
                 .join(", "),
             dynamic: Mutex::new(HashMap::new()),
+            responses,
         })
+    }
+
+    /// What is done to responses.
+    pub fn responses(&self) -> &crate::redact::Responses {
+        &self.responses
     }
 
     /// The compiled form, as text: rules in order with their normalized fields, and the

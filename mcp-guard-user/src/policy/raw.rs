@@ -16,6 +16,20 @@ pub struct RawPolicy {
     pub mode: Option<Spanned<RawMode>>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<Spanned<RawRule>>,
+    pub responses: Option<Spanned<RawResponses>>,
+}
+
+/// `[responses]`: what happens to what servers send back.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResponses {
+    /// The built-in set of secret patterns (default true).
+    pub redact_builtin: Option<bool>,
+    /// More regexes whose matches are replaced.
+    #[serde(default)]
+    pub redact: Vec<Spanned<String>>,
+    /// Largest response forwarded, in bytes; 0: no limit.
+    pub max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
