@@ -24,6 +24,28 @@ pub enum Command {
     /// Work with audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Pinned tool definitions: list them, approve changed ones.
+    #[command(subcommand)]
+    Pins(PinsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PinsCommand {
+    /// List pinned tools and the changed definitions waiting for approval.
+    List {
+        /// The pin store [default: pins.json beside the default audit log].
+        #[arg(long)]
+        pins: Option<PathBuf>,
+    },
+    /// Pin the changed definitions of a server's tools (one, or all), unblocking them.
+    Approve {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        tool: Option<String>,
+        #[arg(long)]
+        pins: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]

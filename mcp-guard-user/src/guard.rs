@@ -102,6 +102,11 @@ pub struct Session {
     server_pending: HashMap<IdKey, Pending>,
     /// The protocol revision in use, once known.
     protocol: Option<Arc<str>>,
+    /// Pinned tool definitions, and the tools whose definition changed (hidden, refused).
+    pins: Option<crate::pins::Pins>,
+    blocked: std::collections::HashSet<String>,
+    /// Alerts raised while judging, committed with the plan.
+    alerts: Vec<Record>,
     pub counters: Counters,
 }
 
@@ -147,6 +152,9 @@ impl Session {
             pending: HashMap::new(),
             server_pending: HashMap::new(),
             protocol: None,
+            pins: None,
+            blocked: std::collections::HashSet::new(),
+            alerts: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -178,6 +186,11 @@ impl Session {
         self.subject.server_exe = exe;
     }
 
+    /// Pins tool definitions in this store.
+    pub fn set_pins(&mut self, pins: crate::pins::Pins) {
+        self.pins = Some(pins);
+    }
+
     /// Puts a newly loaded policy in force for the requests that follow.
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
         self.policy = policy;
@@ -201,6 +214,7 @@ impl Session {
                 Frame::Line { msg, raw } => self.line(dir, &data[msg], raw, &mut plan),
             }
         }
+        plan.commit.append(&mut self.alerts);
         plan
     }
 
@@ -367,7 +381,22 @@ impl Session {
             arguments,
             cwd: s.cwd.as_deref(),
         };
-        let decision = self.policy.decide_limited(&query, &self.limiter, Instant::now());
+        let mut decision = self.policy.decide_limited(&query, &self.limiter, Instant::now());
+        if let Some(t) = tool.filter(|t| method == "tools/call" && self.blocked.contains(*t)) {
+            // Looked up again: the change may have been approved since.
+            if self.pins.as_ref().is_none_or(|p| p.is_blocked(&self.name, t)) {
+                decision.rule = "pinned-tool-changed".into();
+                decision.message =
+                    Some("the tool's definition changed since it was pinned; review and approve it with `mcp-guard pins approve`".into());
+                if self.policy.mode() == Mode::Monitor {
+                    decision.would_deny = true;
+                } else {
+                    decision.action = Action::Deny;
+                }
+            } else {
+                self.blocked.remove(t);
+            }
+        }
         let id = m.id.unwrap_or(jsonrpc::null_id());
         let mut rec = self.record(if dir == Direction::ToServer { "request" } else { "server_request" });
         rec.direction = Some(dir.name());
@@ -493,7 +522,10 @@ impl Session {
             if redact || filter {
                 if let Some(mut result) = m.result.and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok()) {
                     let redactions = if redact { limits.redact(&mut result) } else { 0 };
-                    let hidden = if filter && !m.is_error() { self.hide_tools(&mut result) } else { Vec::new() };
+                    let mut hidden = if filter && !m.is_error() { self.pin_tools(&mut result) } else { Vec::new() };
+                    if filter && !m.is_error() {
+                        hidden.extend(self.hide_tools(&mut result));
+                    }
                     if let Some(o) = rec.outcome.as_mut() {
                         o.redactions = redactions;
                     }
@@ -507,6 +539,53 @@ impl Session {
             }
         }
         Judged { pass: true, record: Some(rec), durable: false, track: None, error: None, reply_to: dir.reverse(), replace }
+    }
+
+    /// Checks a `tools/list` page against the pins (pinning new tools) and removes the tools
+    /// whose definition changed, raising an alert for each. Returns their names. If the pin
+    /// store cannot be used, every tool is withheld (fail closed) and that is the alert.
+    fn pin_tools(&mut self, result: &mut serde_json::Value) -> Vec<String> {
+        let Some(pins) = self.pins.clone() else { return Vec::new() };
+        let Some(tools) = result.get_mut("tools").and_then(serde_json::Value::as_array_mut) else {
+            return Vec::new();
+        };
+        let seen: Vec<(String, String)> = tools
+            .iter()
+            .filter_map(|t| Some((t.get("name")?.as_str()?.to_string(), crate::pins::definition_sha256(t))))
+            .collect();
+        let changed = match pins.check(&self.name, self.subject.server_exe.as_deref(), &seen) {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::error!(error = %e, path = %pins.path().display(), "tool pins unavailable; withholding the tool list");
+                let mut alert = self.record("alert");
+                alert.reason = Some(crate::identity::redact_text(&e.to_string()));
+                alert.detail = Some(serde_json::json!({ "alert": "pins_unavailable" }));
+                self.alerts.push(alert);
+                let names = seen.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+                self.blocked.extend(names.iter().cloned());
+                tools.clear();
+                return names;
+            }
+        };
+        for (name, _) in &seen {
+            if !changed.iter().any(|c| &c.tool == name) {
+                self.blocked.remove(name);
+            }
+        }
+        let mut hidden = Vec::new();
+        for c in changed {
+            tracing::warn!(tool = %c.tool, server = %self.name, "tool definition changed since it was pinned; withheld");
+            let mut alert = self.record("alert");
+            alert.tool = Some(crate::identity::redact_text(&c.tool));
+            alert.reason = Some("the tool's definition changed since it was pinned".into());
+            alert.detail =
+                Some(serde_json::json!({ "alert": "tool_definition_changed", "pinned_sha256": c.pinned, "seen_sha256": c.seen }));
+            self.alerts.push(alert);
+            tools.retain(|t| t.get("name").and_then(serde_json::Value::as_str) != Some(c.tool.as_str()));
+            self.blocked.insert(c.tool.clone());
+            hidden.push(crate::identity::redact_text(&c.tool));
+        }
+        hidden
     }
 
     /// Removes from a `tools/list` result the tools this principal can never call (so the

@@ -7,6 +7,7 @@ pub mod guard;
 pub mod identity;
 pub mod jsonrpc;
 pub mod observer;
+pub mod pins;
 pub mod policy;
 pub mod redact;
 pub mod shim;

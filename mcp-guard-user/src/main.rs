@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use mcp_guard::audit::{self, Durability};
-use mcp_guard::cli::{AuditCommand, Cli, Command, PolicyCommand, Wrap};
+use mcp_guard::cli::{AuditCommand, Cli, Command, PinsCommand, PolicyCommand, Wrap};
 use mcp_guard::policy::Policy;
 use mcp_guard::shim;
 
@@ -25,6 +25,8 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Explain(a)) => mcp_guard::policy::cmd::explain(&a),
         Command::Audit(AuditCommand::Verify { key, files }) => audit::verify::run(key.as_deref(), &files),
         Command::Audit(AuditCommand::Forward(args)) => audit::forward::run(&args),
+        Command::Pins(PinsCommand::List { pins }) => pins_list(pins),
+        Command::Pins(PinsCommand::Approve { server, tool, pins }) => pins_approve(pins, &server, tool.as_deref()),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -68,4 +70,37 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
 /// loaded is an error: the guard does not run unguarded.
 fn load_policy(flag: Option<PathBuf>) -> anyhow::Result<Policy> {
     Ok(mcp_guard::policy::standalone(flag.as_deref())?)
+}
+
+fn pin_store(path: Option<PathBuf>) -> anyhow::Result<mcp_guard::pins::Pins> {
+    match path {
+        Some(p) => Ok(mcp_guard::pins::Pins::at(p)),
+        None => {
+            let audit = audit::default_path().context("no --pins given and neither XDG_STATE_HOME nor HOME is set")?;
+            Ok(mcp_guard::pins::Pins::beside(&audit))
+        }
+    }
+}
+
+fn pins_list(path: Option<PathBuf>) -> anyhow::Result<i32> {
+    let pins = pin_store(path)?;
+    let store = pins.load()?;
+    println!("{}", pins.path().display());
+    for (server, tools) in &store.servers {
+        for (tool, pin) in tools {
+            let state = match &pin.pending {
+                Some(p) => format!("CHANGED (seen {}, {}), blocked until approved", p.seen_at, &p.sha256[..12]),
+                None => "pinned".to_string(),
+            };
+            println!("{server:<20} {tool:<32} {} {} {state}", pin.pinned_at, &pin.sha256[..12]);
+        }
+    }
+    Ok(0)
+}
+
+fn pins_approve(path: Option<PathBuf>, server: &str, tool: Option<&str>) -> anyhow::Result<i32> {
+    let pins = pin_store(path)?;
+    let n = pins.approve(server, tool)?;
+    println!("approved {n} changed definition(s) of {server}");
+    Ok(i32::from(n == 0))
 }

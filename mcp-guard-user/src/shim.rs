@@ -138,8 +138,9 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         server_exe: server.exe.borrow().clone(),
         cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok().map(|p| p.display().to_string()),
     };
-    let session =
-        RefCell::new(Session::new(opts.name.clone(), Arc::new(opts.policy), ctx.clone(), opts.max_message, subject));
+    let mut guard = Session::new(opts.name.clone(), Arc::new(opts.policy), ctx.clone(), opts.max_message, subject);
+    guard.set_pins(crate::pins::Pins::beside(&opts.audit));
+    let session = RefCell::new(guard);
     let server_in: Sink = Mutex::new(child.stdin.take().map(|w| Box::pin(w) as Pin<Box<dyn AsyncWrite>>));
     let server_out = child.stdout.take().context("server stdout")?;
     let client_out: Sink = Mutex::new(Some(stdout()));
