@@ -236,3 +236,77 @@ def test_a_response_over_the_policy_limit_becomes_an_error(make_guard):
             assert "ok" in text_of(r)
 
     harness.run(go)
+
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+def test_shipped_readonly_filesystem_policy_reads_documents_and_refuses_the_rest(tmp_path, make_guard):
+    """policies/readonly-filesystem.toml against the real filesystem server: reads under
+    ~/Documents pass, writes and everything outside are refused, write tools are not offered."""
+    docs = Path.home() / "Documents" / f"mcp-guard-e2e-{tmp_path.name}"
+    docs.mkdir(parents=True, exist_ok=True)
+    try:
+        (docs / "notes.txt").write_text("meeting at noon\n")
+        guard = make_guard((POLICIES / "readonly-filesystem.toml").read_text())
+        server = harness.filesystem_server(docs)
+
+        async def go():
+            async with open_session(server, guard) as peer:
+                s = peer.session
+                names = {t.name for t in (await s.list_tools()).tools}
+                assert "read_text_file" in names and "write_file" not in names, names
+                r = await s.call_tool("read_text_file", {"path": str(docs / "notes.txt")})
+                assert text_of(r) == "meeting at noon\n"
+                for tool, args in [
+                    ("write_file", {"path": str(docs / "new.txt"), "content": "x"}),
+                    ("read_text_file", {"path": str(docs / ".." / ".." / ".ssh" / "id_rsa")}),
+                ]:
+                    with pytest.raises(MCPError) as excinfo:
+                        await s.call_tool(tool, args)
+                    assert excinfo.value.code == DENY_CODE, (tool, excinfo.value.error)
+
+        run(go)
+        assert not (docs / "new.txt").exists()
+    finally:
+        for f in docs.iterdir():
+            f.unlink()
+        docs.rmdir()
+
+
+@pytest.mark.parametrize(
+    "policy, rule",
+    [("production-locked.toml", "runner-only"), ("developer-workstation.toml", "no-root")],
+)
+def test_shipped_host_policies_refuse_sessions_from_the_wrong_principal(tmp_path, make_guard, policy, rule):
+    """The production policy serves only its agent runner; the workstation policy refuses
+    root. This test's process is neither the runner nor (in CI) a normal user."""
+    import os
+
+    if policy == "developer-workstation.toml" and os.geteuid() != 0:
+        pytest.skip("the workstation policy's refusal is for root; this runs as a normal user")
+    root = _fs_root(tmp_path)
+    guard = make_guard((POLICIES / policy).read_text())
+    server = harness.filesystem_server(root)
+
+    def mcp_errors(e: BaseException):
+        if isinstance(e, MCPError):
+            yield e
+        for inner in getattr(e, "exceptions", ()):
+            yield from mcp_errors(inner)
+
+    async def go():
+        try:
+            async with open_session(server, guard) as peer:
+                await peer.session.list_tools()
+        except BaseException as e:  # the SDK raises from inside a task group
+            errors = list(mcp_errors(e))
+            assert errors, repr(e)
+            assert errors[0].code == DENY_CODE and rule in errors[0].message, errors[0].error
+        else:
+            pytest.fail("the session started")
+
+    run(go)
+    records = read_audit(guard.audit, until_kind=AuditKind.SESSION_END)
+    denied = select(records, kind=AuditKind.REQUEST, decision=DENY)
+    assert denied and denied[0]["rule"] == rule and denied[0]["method"] == "initialize", denied
