@@ -33,6 +33,14 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Fuzz the policy loader and the framing/JSON-RPC parser with cargo-fuzz (libFuzzer).
+    Fuzz {
+        /// `policy_loader` or `jsonrpc_framing`; both when omitted.
+        target: Option<String>,
+        /// How long to fuzz each target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -70,6 +78,7 @@ fn main() -> Result<()> {
             peers::ensure_peers(&root)?;
             bench::bench_shim(&root, &args)
         }
+        Cmd::Fuzz { target, seconds } => fuzz(&root, target.as_deref(), seconds),
         Cmd::Bench(BenchCmd::Audit { extra }) => {
             step(
                 "cargo build --release",
@@ -126,6 +135,28 @@ fn test(root: &Path) -> Result<()> {
         bail!("failed: {}", failed.join(", "));
     }
     println!("xtask: all tests passed");
+    Ok(())
+}
+
+fn fuzz(root: &Path, target: Option<&str>, seconds: u32) -> Result<()> {
+    let have = Command::new(cargo()).args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !have {
+        step("cargo install cargo-fuzz", Command::new(cargo()).args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let targets = match target {
+        Some(t) => vec![t],
+        None => vec!["policy_loader", "jsonrpc_framing"],
+    };
+    for t in targets {
+        // cargo-fuzz passes -Z flags; the stable toolchain accepts them with RUSTC_BOOTSTRAP.
+        step(
+            &format!("fuzz {t} for {seconds} s"),
+            Command::new(cargo())
+                .current_dir(root.join("fuzz"))
+                .env("RUSTC_BOOTSTRAP", "1")
+                .args(["fuzz", "run", t, "--", &format!("-max_total_time={seconds}")]),
+        )?;
+    }
     Ok(())
 }
 
