@@ -271,10 +271,26 @@ impl Session {
             })
             .collect();
         if judged.iter().all(|j| j.pass) {
-            for j in judged {
+            // Forwarded as received, unless an element was changed (redacted, filtered):
+            // then the batch is rebuilt from the elements, changed ones in their new form.
+            let mut parts: Vec<Vec<u8>> = Vec::new();
+            let changed = judged.iter().any(|j| j.replace.is_some());
+            for (item, mut j) in items.iter().zip(judged) {
+                if changed {
+                    let part = j.replace.take().or_else(|| item.as_ref().ok().map(|m| m.raw.as_bytes().to_vec()));
+                    parts.extend(part);
+                }
                 self.settle(j, plan);
             }
-            plan.acts.push(Act::Forward(raw));
+            if changed {
+                let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2);
+                out.push(b'[');
+                out.extend(parts.join(&b","[..]));
+                out.extend_from_slice(b"]\n");
+                plan.acts.push(reply(dir, out));
+            } else {
+                plan.acts.push(Act::Forward(raw));
+            }
             return;
         }
         // Errors for the sender's requests go back as one batch; stand-ins for answers the

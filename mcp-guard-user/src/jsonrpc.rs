@@ -89,6 +89,8 @@ pub enum Kind {
 /// One JSON-RPC message, borrowed from the line it came in.
 #[derive(Debug)]
 pub struct Message<'a> {
+    /// The message's JSON text as received.
+    pub raw: &'a str,
     pub kind: Kind,
     /// The id exactly as sent (`Request` and `Response` only).
     pub id: Option<&'a RawValue>,
@@ -209,6 +211,7 @@ fn message(text: &str) -> Result<Message<'_>, Malformed> {
         check_no_duplicate_keys(body.get())?;
     }
     Ok(Message {
+        raw: text,
         kind,
         id: env.id,
         method: env.method,

@@ -194,3 +194,17 @@ fn unrecorded_requests_are_refused_and_the_rest_forwarded() {
     assert!(matches!(&acts[1], Act::Forward(_)));
     assert!(s.abandon("x").1.is_empty(), "the refused request is not left in flight");
 }
+
+#[test]
+fn secrets_are_redacted_inside_batched_responses_too() {
+    let mut s = session();
+    judge(&mut s, Direction::ToServer, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\"}}\n");
+    judge(&mut s, Direction::ToServer, "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"b\"}}\n");
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"key AKIAABCDEFGHIJKLMNOP"}]}}, {"jsonrpc":"2.0","id":2,"result":{"x" : 1}}]"#;
+    let (plan, _) = judge(&mut s, Direction::ToClient, &format!("{batch}\n"));
+    let [Act::ToClient(out)] = &plan.acts[..] else { panic!("{:?}", plan.acts) };
+    let text = String::from_utf8(out.clone()).unwrap();
+    assert!(!text.contains("AKIA") && text.contains("key [REDACTED]"), "{text}");
+    assert!(text.contains(r#"{"jsonrpc":"2.0","id":2,"result":{"x" : 1}}"#), "unchanged elements stay as received: {text}");
+    assert_eq!(record_json(&plan.append[0])["outcome"]["redactions"], 1);
+}
