@@ -86,6 +86,7 @@ pub struct Wrap {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
 pub enum PolicyCommand {
     /// Validate policy files; errors name file, line and column. Exit 1 on any error.
     Check {

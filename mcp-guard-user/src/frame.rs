@@ -86,12 +86,11 @@ impl Framer {
                         continue;
                     }
                     let frame = self.line(line_start..nl + 1);
-                    if let Frame::Line { msg, .. } = &frame {
-                        if msg.len() > self.max {
+                    if let Frame::Line { msg, .. } = &frame
+                        && msg.len() > self.max {
                             let prefix = self.buf[msg.start..msg.start + PREFIX_LEN.min(msg.len())].to_vec();
                             return Some(Frame::TooLong { prefix, seen: msg.len() });
                         }
-                    }
                     return Some(frame);
                 }
                 None => {

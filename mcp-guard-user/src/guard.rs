@@ -174,11 +174,10 @@ impl Session {
     /// Notes the protocol revision a message states: the one proposed in `initialize`, the
     /// one the server answers with, or the per-request `_meta` one.
     fn learn_protocol(&mut self, stated: Option<&serde_json::Value>) {
-        if let Some(v) = stated.and_then(serde_json::Value::as_str) {
-            if self.protocol.as_deref() != Some(v) {
+        if let Some(v) = stated.and_then(serde_json::Value::as_str)
+            && self.protocol.as_deref() != Some(v) {
                 self.protocol = Some(v.into());
             }
-        }
     }
 
     /// The server now runs another program (a launcher exec'd it).
@@ -535,8 +534,8 @@ impl Session {
             }
             let redact = m.result.is_some_and(|r| limits.may_redact(r.get()));
             let filter = p.method == "tools/list";
-            if redact || filter {
-                if let Some(mut result) = m.result.and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok()) {
+            if (redact || filter)
+                && let Some(mut result) = m.result.and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok()) {
                     let redactions = if redact { limits.redact(&mut result) } else { 0 };
                     let mut hidden = if filter && !m.is_error() { self.pin_tools(&mut result) } else { Vec::new() };
                     if filter && !m.is_error() {
@@ -552,7 +551,6 @@ impl Session {
                         replace = response_line(id, &result);
                     }
                 }
-            }
         }
         Judged { pass: true, record: Some(rec), durable: false, track: None, error: None, reply_to: dir.reverse(), replace }
     }

@@ -189,8 +189,9 @@ fn message(text: &str) -> Result<Message<'_>, Malformed> {
     }
     if let Some(id) = env.id {
         let ok = matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'));
-        if !ok && !(env.method.is_none() && id.get() == "null") {
-            // A response to a request whose id could not be read carries `null`.
+        // A response to a request whose id could not be read carries `null`.
+        let null_answer = env.method.is_none() && id.get() == "null";
+        if !ok && !null_answer {
             return Err(Malformed::Invalid { reason: "`id` is not a string or a number" });
         }
     }
@@ -432,11 +433,10 @@ impl IdKey {
             if let Some(u) = n.as_u64() {
                 return IdKey::Int(u.into());
             }
-            if let Some(f) = n.as_f64() {
-                if f.fract() == 0.0 && f.abs() < 9.0e15 {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0 && f.abs() < 9.0e15 {
                     return IdKey::Int(f as i128);
                 }
-            }
         }
         IdKey::Other(id.get().to_string())
     }
@@ -444,11 +444,10 @@ impl IdKey {
 
 /// The id of a message as a plain string for records (strings unquoted).
 pub fn id_text(id: &RawValue) -> String {
-    if id.get().starts_with('"') {
-        if let Ok(s) = serde_json::from_str::<String>(id.get()) {
+    if id.get().starts_with('"')
+        && let Ok(s) = serde_json::from_str::<String>(id.get()) {
             return s;
         }
-    }
     id.get().to_string()
 }
 

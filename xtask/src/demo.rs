@@ -85,8 +85,6 @@ pub fn run(root: &Path) -> Result<()> {
     );
     println!("   evil.txt exists afterwards: {}\n", target.exists());
     // Close the shim's stdin, as a host does at the end of a session.
-    drop(call);
-    drop(send);
     drop(to);
     let status = child.wait()?;
     println!("shim exited with {status} after stdin closed\n");

@@ -574,11 +574,10 @@ pub fn vm_rss_kib(pid: i32) -> Option<u64> {
 pub fn wait_for_file(path: &Path) -> String {
     let until = Instant::now() + DEADLINE;
     loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if !s.is_empty() {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && !s.is_empty() {
                 return s;
             }
-        }
         if Instant::now() >= until {
             panic!("{} not written within {DEADLINE:?}", path.display());
         }
