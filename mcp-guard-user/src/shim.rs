@@ -301,14 +301,9 @@ async fn reload(watch: &PolicyWatch, session: &RefCell<Session>, audit: &Audit) 
         Ok(policy) if policy.sha256() == ctx.policy_sha256 => return,
         Ok(policy) => {
             let ctx = Arc::new(Context {
-                session: ctx.session.clone(),
-                transport: ctx.transport,
                 policy_sha256: policy.sha256().to_string(),
                 mode: crate::guard::mode_name(policy.mode()),
-                principal: ctx.principal.clone(),
-                agent_host: ctx.agent_host.clone(),
-                chain: ctx.chain.clone(),
-                server: ctx.server.clone(),
+                ..(*ctx).clone()
             });
             let mut rec = Record::new("policy_loaded", &ctx);
             rec.detail = Some(serde_json::json!({
@@ -376,16 +371,7 @@ impl ServerIdentity {
             let mut s = session.borrow_mut();
             let old = s.ctx().clone();
             s.set_server_exe(now.clone());
-            s.set_ctx(Arc::new(Context {
-                session: old.session.clone(),
-                transport: old.transport,
-                policy_sha256: old.policy_sha256.clone(),
-                mode: old.mode,
-                principal: old.principal.clone(),
-                agent_host: old.agent_host.clone(),
-                chain: old.chain.clone(),
-                server: self.describe(),
-            }));
+            s.set_ctx(Arc::new(Context { server: self.describe(), ..(*old).clone() }));
         }
     }
 }

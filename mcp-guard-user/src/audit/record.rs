@@ -14,7 +14,7 @@ use crate::policy::{hex, sha256_hex};
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Who and what a session is about; the same on every decision record of the session.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Context {
     #[serde(skip)]
     pub session: Arc<str>,
