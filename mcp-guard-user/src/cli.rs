@@ -27,6 +27,38 @@ pub enum Command {
     /// Pinned tool definitions: list them, approve changed ones.
     #[command(subcommand)]
     Pins(PinsCommand),
+    /// Agent host configs: find them, put their stdio servers behind `mcp-guard wrap`.
+    #[command(subcommand)]
+    Hosts(HostsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// A table of host config files and their servers: transport, wrapped or not.
+    Scan {
+        /// Project directories to look in too (`.mcp.json`, `.cursor/`, `.vscode/`, `.gemini/`).
+        #[arg(long)]
+        project: Vec<PathBuf>,
+    },
+    /// Rewrite stdio server entries to launch through `mcp-guard wrap --name NAME --`.
+    Wrap(HostsEdit),
+    /// Restore the original commands of wrapped entries.
+    Unwrap(HostsEdit),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HostsEdit {
+    /// Only this host (claude-desktop, claude-code, cursor, vscode, zed, codex, ...).
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub project: Vec<PathBuf>,
+    /// Print what would change, as a diff, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The mcp-guard the hosts should launch [default: this program, absolute].
+    #[arg(long)]
+    pub bin: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod cli;
 pub mod frame;
 pub mod guard;
+pub mod hosts;
 pub mod identity;
 pub mod jsonrpc;
 pub mod observer;

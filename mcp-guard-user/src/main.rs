@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use mcp_guard::audit::{self, Durability};
-use mcp_guard::cli::{AuditCommand, Cli, Command, PinsCommand, PolicyCommand, Wrap};
+use mcp_guard::cli::{AuditCommand, Cli, Command, HostsCommand, HostsEdit, PinsCommand, PolicyCommand, Wrap};
 use mcp_guard::policy::Policy;
 use mcp_guard::shim;
 
@@ -25,6 +25,9 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Explain(a)) => mcp_guard::policy::cmd::explain(&a),
         Command::Audit(AuditCommand::Verify { key, files }) => audit::verify::run(key.as_deref(), &files),
         Command::Audit(AuditCommand::Forward(args)) => audit::forward::run(&args),
+        Command::Hosts(HostsCommand::Scan { project }) => hosts_scan(&project),
+        Command::Hosts(HostsCommand::Wrap(e)) => hosts_edit(&e, true),
+        Command::Hosts(HostsCommand::Unwrap(e)) => hosts_edit(&e, false),
         Command::Pins(PinsCommand::List { pins }) => pins_list(pins),
         Command::Pins(PinsCommand::Approve { server, tool, pins }) => pins_approve(pins, &server, tool.as_deref()),
     };
@@ -103,4 +106,97 @@ fn pins_approve(path: Option<PathBuf>, server: &str, tool: Option<&str>) -> anyh
     let n = pins.approve(server, tool)?;
     println!("approved {n} changed definition(s) of {server}");
     Ok(i32::from(n == 0))
+}
+
+fn home() -> anyhow::Result<PathBuf> {
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).context("HOME is not set")
+}
+
+fn projects(given: &[PathBuf]) -> Vec<PathBuf> {
+    if given.is_empty() { std::env::current_dir().into_iter().collect() } else { given.to_vec() }
+}
+
+fn hosts_scan(project: &[PathBuf]) -> anyhow::Result<i32> {
+    use mcp_guard::hosts::Transport;
+    let found = mcp_guard::hosts::scan(&home()?, &projects(project));
+    if found.is_empty() {
+        println!("no agent host config found");
+    }
+    for f in &found {
+        println!("{} ({})", f.path.display(), f.host.slug());
+        if let Some(e) = &f.error {
+            println!("  cannot read: {e}");
+        }
+        for s in &f.servers {
+            let transport = match s.transport {
+                Transport::Stdio => "stdio",
+                Transport::Remote => "remote",
+                Transport::Unknown => "unknown",
+            };
+            let state = match s.transport {
+                Transport::Stdio if s.wrapped => "wrapped",
+                Transport::Stdio => "NOT WRAPPED",
+                _ => "-",
+            };
+            let what = s.command.clone().or_else(|| s.url.clone()).unwrap_or_default();
+            let scope = s.scope.as_deref().map(|p| format!(" [{p}]")).unwrap_or_default();
+            println!("  {:<24} {:<8} {:<12} {what}{scope}", s.name, transport, state);
+        }
+    }
+    Ok(0)
+}
+
+fn hosts_edit(e: &HostsEdit, wrap: bool) -> anyhow::Result<i32> {
+    use mcp_guard::hosts::{self, Host};
+    let only = match &e.host {
+        Some(slug) => Some(Host::from_slug(slug).with_context(|| {
+            let all: Vec<&str> = Host::ALL.iter().map(|h| h.slug()).collect();
+            format!("unknown host `{slug}` (one of: {})", all.join(", "))
+        })?),
+        None => None,
+    };
+    // Hosts often start servers with a minimal PATH: name this program absolutely.
+    let bin = match &e.bin {
+        Some(b) => std::path::absolute(b)?,
+        None => std::env::current_exe().context("cannot find this program's path")?,
+    };
+    let bin = bin.display().to_string();
+    let mut failed = false;
+    let mut changed = 0;
+    for f in hosts::scan(&home()?, &projects(&e.project)) {
+        if only.is_some_and(|h| h != f.host) {
+            continue;
+        }
+        let edit = if wrap { hosts::wrap_file(&f.path, f.host, &bin) } else { hosts::unwrap_file(&f.path, f.host) };
+        let edit = match edit {
+            Ok(edit) => edit,
+            Err(err) => {
+                failed = true;
+                eprintln!("mcp-guard: {err}");
+                continue;
+            }
+        };
+        if edit.is_noop() {
+            continue;
+        }
+        changed += 1;
+        if e.dry_run {
+            print!("{}", edit.diff());
+            continue;
+        }
+        if let Err(err) = hosts::apply(&edit) {
+            failed = true;
+            eprintln!("mcp-guard: {err}");
+            continue;
+        }
+        println!("{} ({}):", f.path.display(), f.host.slug());
+        for c in &edit.changes {
+            println!("  {c}");
+        }
+        println!("  backup: {}", hosts::backup_path(&f.path).display());
+    }
+    if changed > 0 && !e.dry_run {
+        println!("restart the agent hosts whose configs changed");
+    }
+    Ok(i32::from(failed))
 }

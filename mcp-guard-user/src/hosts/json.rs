@@ -1,0 +1,109 @@
+//! JSON / JSONC hosts: jsonc-parser's AST gives byte ranges for every node.
+
+use jsonc_parser::ast::{Array, Object, ObjectProp, Value};
+use jsonc_parser::common::Ranged;
+use jsonc_parser::{CollectOptions, CommentCollectionStrategy, ParseOptions};
+
+use super::{ArgsArr, Host, RawEntry, Shape, Spanned, Transport};
+
+pub(crate) fn entries(host: Host, text: &str) -> Result<Vec<RawEntry>, String> {
+    let parsed = jsonc_parser::parse_to_ast(
+        text,
+        &CollectOptions { comments: CommentCollectionStrategy::Off, tokens: false },
+        &ParseOptions::default(),
+    )
+    .map_err(|e| format!("cannot parse as JSON: {e}"))?;
+    let root = match parsed.value {
+        None => return Ok(Vec::new()), // empty file
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err("cannot parse: top level is not a JSON object".into()),
+    };
+    let mut containers: Vec<(Option<String>, &Object)> = Vec::new();
+    if let Some(o) = root.get_object(host.servers_key()) {
+        containers.push((None, o));
+    }
+    if host == Host::ClaudeCode
+        && let Some(projects) = root.get_object("projects")
+    {
+        for p in &projects.properties {
+            if let Value::Object(po) = &p.value
+                && let Some(m) = po.get_object("mcpServers")
+            {
+                containers.push((Some(p.name.as_str().to_string()), m));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (scope, obj) in containers {
+        for prop in &obj.properties {
+            if let Value::Object(entry) = &prop.value {
+                out.push(entry_of(host, text, prop, entry, scope.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn str_of(v: &Value) -> Option<String> {
+    match v {
+        Value::StringLit(s) => Some(s.value.to_string()),
+        _ => None,
+    }
+}
+
+fn spanned(v: &Value) -> Spanned {
+    let r = v.range();
+    Spanned { range: r.start..r.end, value: str_of(v) }
+}
+
+fn arr(a: &Array) -> ArgsArr {
+    ArgsArr { open: a.range.start + 1, elems: a.elements.iter().map(spanned).collect() }
+}
+
+fn entry_of(host: Host, text: &str, prop: &ObjectProp, o: &Object, scope: Option<String>) -> RawEntry {
+    let name = prop.name.as_str().to_string();
+    let ty = o.get("type").and_then(|p| str_of(&p.value)).unwrap_or_default().to_ascii_lowercase();
+    let url = ["url", "serverUrl", "httpUrl"].iter().find_map(|k| o.get(k).and_then(|p| str_of(&p.value)));
+    let remote_type = matches!(ty.as_str(), "http" | "sse" | "streamable-http" | "streamablehttp" | "remote" | "ws");
+    let mut e = RawEntry { name, scope, transport: Transport::Unknown, url: url.clone(), shape: None };
+    if url.is_some() || remote_type {
+        e.transport = Transport::Remote;
+        return e;
+    }
+    let Some(cmd_prop) = o.get("command") else { return e };
+    // The object holding command/args (Zed's legacy shape nests them under `command`).
+    let (cmd_val, holder): (&Value, &Object) = match &cmd_prop.value {
+        Value::Array(a) if host == Host::OpenCode || !a.elements.is_empty() => {
+            e.transport = Transport::Stdio;
+            e.shape = Some(Shape::Combined { arr: arr(a) });
+            return e;
+        }
+        Value::Object(inner) => match inner.get("path") {
+            Some(p) => (&p.value, inner),
+            None => return e,
+        },
+        v @ Value::StringLit(_) => (v, o),
+        _ => return e,
+    };
+    let cmd = spanned(cmd_val);
+    let args_prop = holder.get("args");
+    let args = args_prop.and_then(|p| match &p.value {
+        Value::Array(a) => Some(arr(a)),
+        _ => None,
+    });
+    if args_prop.is_some() && args.is_none() {
+        return e; // `args` that is not an array: leave the entry alone
+    }
+    let absent_removal = args_prop.and_then(|p| {
+        let pr = p.range();
+        (pr.start >= cmd.range.end && &text[cmd.range.end..pr.start] == ", ").then(|| cmd.range.end..pr.end)
+    });
+    e.transport = Transport::Stdio;
+    e.shape = Some(Shape::Separate {
+        absent_insert: (cmd.range.end, ", \"args\": ".to_string()),
+        cmd,
+        args,
+        absent_removal,
+    });
+    e
+}

@@ -1,0 +1,512 @@
+//! Agent host MCP configs: find them, and wrap / unwrap their stdio servers
+//! behind `mcp-guard wrap`.
+//!
+//! Editing is format preserving by construction: a format's parser (jsonc-parser
+//! for JSON/JSONC, toml_edit for TOML) reports byte spans, and only the spans of
+//! the `command` value and the start of the `args` array are spliced. Everything
+//! else (comments, key order, indentation, trailing commas, env, cwd) is copied
+//! byte for byte. Unwrap moves the original command's source text back, so a
+//! wrap followed by an unwrap gives the original file byte for byte.
+
+mod json;
+mod paths;
+mod toml;
+mod write;
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+
+pub use paths::candidates;
+pub use write::{apply, backup_path};
+
+/// An agent host that keeps a list of MCP servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Host {
+    ClaudeDesktop,
+    ClaudeCode,
+    Cursor,
+    VsCode,
+    Cline,
+    Windsurf,
+    GeminiCli,
+    Zed,
+    Codex,
+    Continue,
+    Goose,
+    LmStudio,
+    OpenCode,
+    Kiro,
+}
+
+impl Host {
+    pub const ALL: [Host; 14] = [
+        Host::ClaudeDesktop,
+        Host::ClaudeCode,
+        Host::Cursor,
+        Host::VsCode,
+        Host::Cline,
+        Host::Windsurf,
+        Host::GeminiCli,
+        Host::Zed,
+        Host::Codex,
+        Host::Continue,
+        Host::Goose,
+        Host::LmStudio,
+        Host::OpenCode,
+        Host::Kiro,
+    ];
+
+    /// The slug used on the command line (`--host`).
+    pub fn slug(self) -> &'static str {
+        match self {
+            Host::ClaudeDesktop => "claude-desktop",
+            Host::ClaudeCode => "claude-code",
+            Host::Cursor => "cursor",
+            Host::VsCode => "vscode",
+            Host::Cline => "cline",
+            Host::Windsurf => "windsurf",
+            Host::GeminiCli => "gemini",
+            Host::Zed => "zed",
+            Host::Codex => "codex",
+            Host::Continue => "continue",
+            Host::Goose => "goose",
+            Host::LmStudio => "lmstudio",
+            Host::OpenCode => "opencode",
+            Host::Kiro => "kiro",
+        }
+    }
+
+    pub fn from_slug(s: &str) -> Option<Host> {
+        Host::ALL.into_iter().find(|h| h.slug() == s)
+    }
+
+    /// The file format this host's config uses.
+    pub fn format(self) -> Format {
+        match self {
+            Host::VsCode | Host::Zed => Format::Jsonc,
+            Host::Codex => Format::Toml,
+            Host::Continue | Host::Goose => Format::Yaml,
+            _ => Format::Json,
+        }
+    }
+
+    /// The key under which the servers live (JSON/TOML hosts).
+    fn servers_key(self) -> &'static str {
+        match self {
+            Host::VsCode => "servers",
+            Host::Zed => "context_servers",
+            Host::OpenCode => "mcp",
+            Host::Codex => "mcp_servers",
+            Host::Goose => "extensions",
+            _ => "mcpServers",
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.slug())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    /// JSON with comments and trailing commas.
+    Jsonc,
+    Toml,
+    /// Reported by `scan`, refused by `wrap_file` / `unwrap_file`.
+    Yaml,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Stdio,
+    /// `url` / `serverUrl` / `httpUrl`, or `type` http / sse / remote: left alone.
+    Remote,
+    /// Neither a command nor a url; left alone.
+    Unknown,
+}
+
+/// One server entry in a host config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub name: String,
+    /// Claude Code per-project entries: the project path (`.projects[path]`).
+    pub scope: Option<String>,
+    pub transport: Transport,
+    pub command: Option<String>,
+    pub args: Vec<String>,
+    pub url: Option<String>,
+    /// The command is `mcp-guard` (or a path ending in `/mcp-guard`) with first arg `wrap`.
+    pub wrapped: bool,
+}
+
+/// One host config file that exists.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub host: Host,
+    pub path: PathBuf,
+    pub format: Format,
+    pub servers: Vec<Server>,
+    /// Set when the file could not be read or parsed (or is YAML); `servers` is then empty.
+    pub error: Option<String>,
+}
+
+/// A computed change to one config file; nothing is written until [`apply`].
+#[derive(Debug, Clone)]
+pub struct Edit {
+    pub path: PathBuf,
+    pub host: Host,
+    pub old: String,
+    pub new: String,
+    /// Human-readable list of what changed ("wrapped NAME", ...).
+    pub changes: Vec<String>,
+}
+
+impl Edit {
+    pub fn is_noop(&self) -> bool {
+        self.old == self.new
+    }
+
+    /// A unified-style line diff of old and new (for `--dry-run`).
+    pub fn diff(&self) -> String {
+        line_diff(&self.old, &self.new, &self.path.display().to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Format-neutral view of the entries, with byte spans into the text.
+
+/// A scalar with its source span; `value` is the decoded string, if it is one.
+#[derive(Debug, Clone)]
+pub(crate) struct Spanned {
+    pub range: Range<usize>,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ArgsArr {
+    /// Byte index just after the `[`.
+    pub open: usize,
+    pub elems: Vec<Spanned>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Shape {
+    /// `command` string + optional `args` array.
+    Separate {
+        cmd: Spanned,
+        args: Option<ArgsArr>,
+        /// Where and with what prefix to add an `args` member when there is none.
+        absent_insert: (usize, String),
+        /// The span that removes the `args` member when wrap added it (it sits
+        /// right after `command`, in the layout `absent_insert` produces).
+        absent_removal: Option<Range<usize>>,
+    },
+    /// OpenCode: `command: [cmd, args...]`.
+    Combined { arr: ArgsArr },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RawEntry {
+    pub name: String,
+    pub scope: Option<String>,
+    pub transport: Transport,
+    pub url: Option<String>,
+    pub shape: Option<Shape>,
+}
+
+fn is_guard_bin(cmd: &str) -> bool {
+    cmd == "mcp-guard" || cmd.ends_with("/mcp-guard")
+}
+
+impl RawEntry {
+    fn cmd_and_args(&self) -> (Option<String>, Vec<String>) {
+        let strs = |v: &[Spanned]| -> Vec<String> {
+            v.iter().map(|s| s.value.clone().unwrap_or_default()).collect()
+        };
+        match &self.shape {
+            None => (None, Vec::new()),
+            Some(Shape::Separate { cmd, args, .. }) => (
+                cmd.value.clone(),
+                args.as_ref().map(|a| strs(&a.elems)).unwrap_or_default(),
+            ),
+            Some(Shape::Combined { arr }) => match arr.elems.split_first() {
+                None => (None, Vec::new()),
+                Some((c, rest)) => (c.value.clone(), strs(rest)),
+            },
+        }
+    }
+
+    fn wrapped(&self) -> bool {
+        let (cmd, args) = self.cmd_and_args();
+        cmd.as_deref().is_some_and(is_guard_bin) && args.first().map(String::as_str) == Some("wrap")
+    }
+
+    fn to_server(&self) -> Server {
+        let (command, args) = self.cmd_and_args();
+        Server {
+            name: self.name.clone(),
+            scope: self.scope.clone(),
+            transport: self.transport,
+            wrapped: self.wrapped(),
+            command,
+            args,
+            url: self.url.clone(),
+        }
+    }
+
+    fn label(&self) -> String {
+        match &self.scope {
+            Some(s) => format!("{} (project {s})", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// Encodes a string as a JSON string literal; also a valid TOML basic string.
+pub(crate) fn enc(s: &str) -> String {
+    serde_json::to_string(s).expect("string serializes")
+}
+
+fn parse_entries(host: Host, text: &str) -> std::result::Result<Vec<RawEntry>, String> {
+    match host.format() {
+        Format::Json | Format::Jsonc => json::entries(host, text),
+        Format::Toml => toml::entries(host, text),
+        Format::Yaml => Err(format!(
+            "{} keeps its servers in YAML, which mcp-guard does not edit; wrap them by hand \
+             (command: mcp-guard, args: [wrap, --name, NAME, --, CMD, ARGS...])",
+            host
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// scan
+
+/// Every host config file present under `home` (and the project-level files in
+/// `project_dirs`), with its servers.
+pub fn scan(home: &Path, project_dirs: &[PathBuf]) -> Vec<Found> {
+    let mut out = Vec::new();
+    for (host, path) in candidates(home, project_dirs) {
+        if !path.is_file() {
+            continue;
+        }
+        out.push(scan_file(&path, host));
+    }
+    out
+}
+
+/// Reads and lists one config file.
+pub fn scan_file(path: &Path, host: Host) -> Found {
+    let mut found =
+        Found { host, path: path.to_path_buf(), format: host.format(), servers: Vec::new(), error: None };
+    match std::fs::read_to_string(path) {
+        Err(e) => found.error = Some(format!("{}: cannot read: {e}", path.display())),
+        Ok(text) => match parse_entries(host, &text) {
+            Ok(entries) => found.servers = entries.iter().map(RawEntry::to_server).collect(),
+            Err(e) => found.error = Some(format!("{}: {e}", path.display())),
+        },
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------
+// wrap / unwrap
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Wrap,
+    Unwrap,
+}
+
+/// Computes the edit that puts every unwrapped stdio server in `path` behind
+/// `mcp_guard_bin wrap --name NAME -- CMD ARGS...`. Nothing is written.
+pub fn wrap_file(path: &Path, host: Host, mcp_guard_bin: &str) -> Result<Edit> {
+    edit_file(path, host, Op::Wrap, mcp_guard_bin)
+}
+
+/// Computes the edit that restores every wrapped stdio server in `path`.
+pub fn unwrap_file(path: &Path, host: Host) -> Result<Edit> {
+    edit_file(path, host, Op::Unwrap, "")
+}
+
+fn edit_file(path: &Path, host: Host, op: Op, bin: &str) -> Result<Edit> {
+    let old = std::fs::read_to_string(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+    let (new, changes) = match op {
+        Op::Wrap => wrap_text(host, &old, bin),
+        Op::Unwrap => unwrap_text(host, &old),
+    }
+    .map_err(|e| anyhow!("{}: {e}; file left untouched", path.display()))?;
+    Ok(Edit { path: path.to_path_buf(), host, old, new, changes })
+}
+
+/// Wraps the stdio servers in a config text.
+pub fn wrap_text(host: Host, text: &str, bin: &str) -> Result<(String, Vec<String>)> {
+    if bin.is_empty() {
+        bail!("empty mcp-guard path");
+    }
+    let entries = parse_entries(host, text).map_err(|e| anyhow!("{e}"))?;
+    let mut splices: Vec<(Range<usize>, String)> = Vec::new();
+    let mut changes = Vec::new();
+    for e in &entries {
+        if e.transport != Transport::Stdio || e.wrapped() {
+            continue;
+        }
+        let Some(shape) = &e.shape else { continue };
+        let prefix = |raw_cmd: &str| {
+            format!("{}, {}, {}, {}, {raw_cmd}", enc("wrap"), enc("--name"), enc(&e.name), enc("--"))
+        };
+        match shape {
+            Shape::Separate { cmd, args, absent_insert, .. } => {
+                if cmd.value.is_none() {
+                    continue;
+                }
+                let p = prefix(&text[cmd.range.clone()]);
+                splices.push((cmd.range.clone(), enc(bin)));
+                match args {
+                    Some(a) if !a.elems.is_empty() => {
+                        let at = a.elems[0].range.start;
+                        splices.push((at..at, format!("{p}, ")));
+                    }
+                    Some(a) => splices.push((a.open..a.open, p)),
+                    None => {
+                        let (at, lead) = absent_insert;
+                        splices.push((*at..*at, format!("{lead}[{p}]")));
+                    }
+                }
+            }
+            Shape::Combined { arr } => {
+                let Some(first) = arr.elems.first() else { continue };
+                let at = first.range.start;
+                let p = format!(
+                    "{}, {}, {}, {}, {}, ",
+                    enc(bin),
+                    enc("wrap"),
+                    enc("--name"),
+                    enc(&e.name),
+                    enc("--")
+                );
+                splices.push((at..at, p));
+            }
+        }
+        changes.push(format!("wrapped {}", e.label()));
+    }
+    let new = splice(text, splices)?;
+    verify(host, &new, Op::Wrap)?;
+    Ok((new, changes))
+}
+
+/// Unwraps the wrapped stdio servers in a config text.
+pub fn unwrap_text(host: Host, text: &str) -> Result<(String, Vec<String>)> {
+    let entries = parse_entries(host, text).map_err(|e| anyhow!("{e}"))?;
+    let mut splices: Vec<(Range<usize>, String)> = Vec::new();
+    let mut changes = Vec::new();
+    for e in &entries {
+        if e.transport != Transport::Stdio || !e.wrapped() {
+            continue;
+        }
+        let Some(shape) = &e.shape else { continue };
+        match shape {
+            Shape::Separate { cmd, args, absent_removal, .. } => {
+                let a = args.as_ref().expect("wrapped implies args");
+                // args = ["wrap", opts..., "--", CMD, ARGS...]
+                let Some(dd) = a.elems.iter().position(|s| s.value.as_deref() == Some("--")) else {
+                    bail!("server {}: wrapped but no `--` in args", e.label());
+                };
+                let Some(orig) = a.elems.get(dd + 1) else {
+                    bail!("server {}: wrapped but no command after `--`", e.label());
+                };
+                splices.push((cmd.range.clone(), text[orig.range.clone()].to_string()));
+                if let Some(rest) = a.elems.get(dd + 2) {
+                    splices.push((a.elems[0].range.start..rest.range.start, String::new()));
+                } else if let Some(r) = absent_removal {
+                    splices.push((r.clone(), String::new()));
+                } else {
+                    splices.push((a.elems[0].range.start..orig.range.end, String::new()));
+                }
+            }
+            Shape::Combined { arr } => {
+                let Some(dd) = arr.elems.iter().position(|s| s.value.as_deref() == Some("--")) else {
+                    bail!("server {}: wrapped but no `--` in command", e.label());
+                };
+                let Some(orig) = arr.elems.get(dd + 1) else {
+                    bail!("server {}: wrapped but no command after `--`", e.label());
+                };
+                splices.push((arr.elems[0].range.start..orig.range.start, String::new()));
+            }
+        }
+        changes.push(format!("unwrapped {}", e.label()));
+    }
+    let new = splice(text, splices)?;
+    verify(host, &new, Op::Unwrap)?;
+    Ok((new, changes))
+}
+
+/// Re-parses the result: it must parse, and no stdio entry may be left in the
+/// wrong state.
+fn verify(host: Host, new: &str, op: Op) -> Result<()> {
+    let entries = parse_entries(host, new).map_err(|e| anyhow!("internal error: edited text does not parse: {e}"))?;
+    for e in entries.iter().filter(|e| e.transport == Transport::Stdio && e.shape.is_some()) {
+        let (cmd, _) = e.cmd_and_args();
+        if cmd.is_none() {
+            continue;
+        }
+        if (op == Op::Wrap) != e.wrapped() {
+            bail!("internal error: server {} not {} after edit", e.label(), if op == Op::Wrap { "wrapped" } else { "unwrapped" });
+        }
+    }
+    Ok(())
+}
+
+fn splice(text: &str, mut splices: Vec<(Range<usize>, String)>) -> Result<String> {
+    splices.sort_by(|a, b| b.0.start.cmp(&a.0.start).then(b.0.end.cmp(&a.0.end)));
+    let mut out = text.to_string();
+    let mut limit = usize::MAX;
+    for (r, s) in splices {
+        if r.end > limit || r.start > r.end || r.end > text.len() {
+            bail!("internal error: overlapping edits");
+        }
+        out.replace_range(r.clone(), &s);
+        limit = r.start;
+    }
+    Ok(out)
+}
+
+fn line_diff(old: &str, new: &str, name: &str) -> String {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    if a == b && old == new {
+        return String::new();
+    }
+    // LCS table; config files are small.
+    let (n, m) = (a.len(), b.len());
+    let mut t = vec![vec![0u32; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            t[i][j] = if a[i] == b[j] { t[i + 1][j + 1] + 1 } else { t[i + 1][j].max(t[i][j + 1]) };
+        }
+    }
+    let mut out = format!("--- {name}\n+++ {name} (new)\n");
+    let (mut i, mut j) = (0, 0);
+    while i < n || j < m {
+        if i < n && j < m && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if j < m && (i == n || t[i][j + 1] >= t[i + 1][j]) {
+            out.push_str(&format!("{:>5} +{}\n", j + 1, b[j]));
+            j += 1;
+        } else {
+            out.push_str(&format!("{:>5} -{}\n", i + 1, a[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,40 @@
+//! Where each host keeps its config on Linux (see docs in HOSTS.md).
+
+use std::path::{Path, PathBuf};
+
+use super::Host;
+
+/// Every config path a host may use: user-level under `home`, then the
+/// project-level ones in each of `project_dirs`. Paths may not exist.
+pub fn candidates(home: &Path, project_dirs: &[PathBuf]) -> Vec<(Host, PathBuf)> {
+    let h = |p: &str| home.join(p);
+    let cline = "globalStorage/saoudrizwan.claude-dev/settings/cline_mcp_settings.json";
+    let mut v = vec![
+        (Host::ClaudeDesktop, h(".config/Claude/claude_desktop_config.json")),
+        (Host::ClaudeDesktop, h(".config/claude/claude_desktop_config.json")),
+        (Host::ClaudeCode, h(".claude.json")),
+        (Host::Cursor, h(".cursor/mcp.json")),
+        (Host::VsCode, h(".config/Code/User/mcp.json")),
+        (Host::Cline, h(&format!(".config/Code/User/{cline}"))),
+        (Host::Cline, h(&format!(".config/Cursor/User/{cline}"))),
+        (Host::Windsurf, h(".codeium/windsurf/mcp_config.json")),
+        (Host::GeminiCli, h(".gemini/settings.json")),
+        (Host::Zed, h(".config/zed/settings.json")),
+        (Host::Codex, h(".codex/config.toml")),
+        (Host::Continue, h(".continue/config.yaml")),
+        (Host::Goose, h(".config/goose/config.yaml")),
+        (Host::LmStudio, h(".lmstudio/mcp.json")),
+        (Host::OpenCode, h(".config/opencode/opencode.json")),
+        (Host::Kiro, h(".kiro/settings/mcp.json")),
+    ];
+    for p in project_dirs {
+        v.push((Host::ClaudeCode, p.join(".mcp.json")));
+        v.push((Host::Cursor, p.join(".cursor/mcp.json")));
+        v.push((Host::VsCode, p.join(".vscode/mcp.json")));
+        v.push((Host::GeminiCli, p.join(".gemini/settings.json")));
+    }
+    // A path listed twice (home given as a project dir) is scanned once.
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|(_, p)| seen.insert(p.clone()));
+    v
+}
