@@ -96,7 +96,7 @@ fn entry_of(host: Host, text: &str, prop: &ObjectProp, o: &Object, scope: Option
     }
     let absent_removal = args_prop.and_then(|p| {
         let pr = p.range();
-        (pr.start >= cmd.range.end && &text[cmd.range.end..pr.start] == ", ").then(|| cmd.range.end..pr.end)
+        (pr.start >= cmd.range.end && &text[cmd.range.end..pr.start] == ", ").then_some(cmd.range.end..pr.end)
     });
     e.transport = Transport::Stdio;
     e.shape = Some(Shape::Separate {

@@ -66,7 +66,7 @@ fn entry_of(text: &str, name: &str, t: &dyn TableLike, inline: bool) -> RawEntry
     let (absent_insert, absent_removal) = if inline {
         let removal = match (args_kv, &args) {
             (Some((k, _)), Some((_, asp))) => k.span().and_then(|ks| {
-                (ks.start >= cmd.range.end && &text[cmd.range.end..ks.start] == ", ").then(|| cmd.range.end..asp.end)
+                (ks.start >= cmd.range.end && &text[cmd.range.end..ks.start] == ", ").then_some(cmd.range.end..asp.end)
             }),
             _ => None,
         };
@@ -79,7 +79,7 @@ fn entry_of(text: &str, name: &str, t: &dyn TableLike, inline: bool) -> RawEntry
             (Some((k, _)), Some((_, asp))) => k.span().and_then(|ks| {
                 let gap = text.get(le..ks.start)?;
                 let ok = gap.strip_prefix(nl).is_some_and(|g| g == indent);
-                ok.then(|| le..asp.end)
+                ok.then_some(le..asp.end)
             }),
             _ => None,
         };
