@@ -46,7 +46,7 @@ fn fake_home() -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn scan_finds_every_host_and_server() {
     let (dir, proj) = fake_home();
-    let found = hosts::scan(&dir.path().join("home"), &[proj.clone()]);
+    let found = hosts::scan(&dir.path().join("home"), std::slice::from_ref(&proj));
     assert_eq!(found.len(), LAYOUT.len() + 1, "{found:#?}");
     let get = |h: Host| found.iter().find(|f| f.host == h && !f.path.starts_with(&proj)).unwrap();
     let srv = |h: Host, n: &str| get(h).servers.iter().find(|s| s.name == n).unwrap_or_else(|| panic!("{h} {n}")).clone();
