@@ -21,8 +21,6 @@ fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
 
-// Codex's TOML is covered by tests/hosts.rs, including the one layout that does not
-// round-trip byte for byte (an empty `args = []` right after `command`).
 #[test]
 fn wrap_then_unwrap_through_the_cli_restores_every_byte() {
     let home = tempfile::tempdir().unwrap();
@@ -30,6 +28,7 @@ fn wrap_then_unwrap_through_the_cli_restores_every_byte() {
     let files = [
         ("claude_desktop.json", ".config/Claude/claude_desktop_config.json"),
         ("cursor.json", ".cursor/mcp.json"),
+        ("codex.toml", ".codex/config.toml"),
         ("zed.jsonc", ".config/zed/settings.json"),
     ];
     for (fixture, at) in files {

@@ -375,8 +375,14 @@ pub fn wrap_text(host: Host, text: &str, bin: &str) -> Result<(String, Vec<Strin
                     }
                     Some(a) => splices.push((a.open..a.open, p)),
                     None => {
+                        // Written so unwrap can tell it from an `args` the user had: TOML with a
+                        // trailing comma, JSON with a space inside each bracket.
                         let (at, lead) = absent_insert;
-                        splices.push((*at..*at, format!("{lead}[{p}]")));
+                        let created = match host.format() {
+                            Format::Toml => format!("{lead}[{p},]"),
+                            _ => format!("{lead}[ {p} ]"),
+                        };
+                        splices.push((*at..*at, created));
                     }
                 }
             }
@@ -399,6 +405,16 @@ pub fn wrap_text(host: Host, text: &str, bin: &str) -> Result<(String, Vec<Strin
     let new = splice(text, splices)?;
     verify(host, &new, Op::Wrap)?;
     Ok((new, changes))
+}
+
+/// Whether an `args` array is one wrap created (see `wrap_text`): only then does unwrap
+/// remove the key; an `args` the user had keeps its (empty) brackets.
+fn created_args(format: Format, text: &str, open: usize, last_end: usize, array_end: usize) -> bool {
+    let tail = text.get(last_end..array_end);
+    match format {
+        Format::Toml => tail == Some(",]"),
+        _ => text.get(open..open + 1) == Some(" ") && tail == Some(" ]"),
+    }
 }
 
 /// Unwraps the wrapped stdio servers in a config text.
@@ -424,7 +440,7 @@ pub fn unwrap_text(host: Host, text: &str) -> Result<(String, Vec<String>)> {
                 splices.push((cmd.range.clone(), text[orig.range.clone()].to_string()));
                 if let Some(rest) = a.elems.get(dd + 2) {
                     splices.push((a.elems[0].range.start..rest.range.start, String::new()));
-                } else if let Some(r) = absent_removal {
+                } else if let Some(r) = absent_removal.as_ref().filter(|r| created_args(host.format(), text, a.open, orig.range.end, r.end)) {
                     splices.push((r.clone(), String::new()));
                 } else {
                     splices.push((a.elems[0].range.start..orig.range.end, String::new()));

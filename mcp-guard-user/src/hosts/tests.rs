@@ -9,12 +9,11 @@ fn wraps_and_unwraps_json_args_shapes() {
     assert_eq!(ch.len(), 3);
     assert_eq!(
         w,
-        r#"{"mcpServers": {"a": {"command": "/opt/mcp-guard", "args": ["wrap", "--name", "a", "--", "x", "1"], "env": {"K": "v"}}, "b": {"command": "/opt/mcp-guard", "args": ["wrap", "--name", "b", "--", "y"]}, "c": {"command": "/opt/mcp-guard", "args": ["wrap", "--name", "c", "--", "z" ]}}}"#
+        r#"{"mcpServers": {"a": {"command": "/opt/mcp-guard", "args": ["wrap", "--name", "a", "--", "x", "1"], "env": {"K": "v"}}, "b": {"command": "/opt/mcp-guard", "args": [ "wrap", "--name", "b", "--", "y" ]}, "c": {"command": "/opt/mcp-guard", "args": ["wrap", "--name", "c", "--", "z" ]}}}"#
     );
-    // Known limit: an empty `"args": []` right after `command` on the same line
-    // looks like an args member wrap added, so unwrap drops it (same meaning).
+    // An `args` wrap added goes away again; one the user had (even empty) stays.
     let back = unwrap_text(Host::Cursor, &w).unwrap().0;
-    assert_eq!(back, t.replace(r#", "args": [ ]"#, ""));
+    assert_eq!(back, t);
     assert_eq!(wrap_text(Host::Cursor, &w, BIN).unwrap().0, w);
     let t2 = "{\"mcpServers\": {\"c\": {\n  \"command\": \"z\",\n  \"args\": []\n}}}";
     let (w2, _) = wrap_text(Host::Cursor, t2, BIN).unwrap();
@@ -43,7 +42,7 @@ fn toml_inline_table_and_no_args() {
     let (w, _) = wrap_text(Host::Codex, t, BIN).unwrap();
     assert_eq!(
         w,
-        "[mcp_servers]\na = { command = \"/opt/mcp-guard\", args = [\"wrap\", \"--name\", \"a\", \"--\", \"x\"], env = { K = \"v\" } }\n[mcp_servers.b]\n  command = \"/opt/mcp-guard\"\n  args = [\"wrap\", \"--name\", \"b\", \"--\", 'y']\n"
+        "[mcp_servers]\na = { command = \"/opt/mcp-guard\", args = [\"wrap\", \"--name\", \"a\", \"--\", \"x\",], env = { K = \"v\" } }\n[mcp_servers.b]\n  command = \"/opt/mcp-guard\"\n  args = [\"wrap\", \"--name\", \"b\", \"--\", 'y',]\n"
     );
     assert_eq!(unwrap_text(Host::Codex, &w).unwrap().0, t);
 }
