@@ -59,6 +59,11 @@ fn object_path() -> Result<PathBuf, String> {
 
 /// A copy of /bin/true under a name no other process on the machine execs,
 /// in a directory `nobody` can enter.
+/// Held from copying a probe until its process has exec'd: a child another test forks
+/// meanwhile would inherit the copy's write descriptor, and exec'ing the probe would then
+/// fail with ETXTBSY.
+static FORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn probe_binary(dir: &Path) -> PathBuf {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod tempdir");
     let probe = dir.join("mcpg-exec-probe");
@@ -95,12 +100,14 @@ async fn exec_of_watched_process_child_is_reported() {
     let mut events = observer.events().expect("event stream");
 
     let dir = tempfile::tempdir().expect("tempdir");
+    let forking = FORK.lock().unwrap_or_else(|p| p.into_inner());
     let probe = probe_binary(dir.path());
     let mut child = Command::new(&probe)
         .uid(CHILD_ID)
         .gid(CHILD_ID)
         .spawn()
         .expect("spawn probe");
+    drop(forking);
     let pid = child.id();
 
     let exec = exec_where(&mut events, "the child", |exec| exec.pid == pid).await;
@@ -123,6 +130,8 @@ async fn grandchild_inherits_the_watch_in_the_kernel() {
     let mut events = observer.events().expect("event stream");
 
     let dir = tempfile::tempdir().expect("tempdir");
+    // Held until the probe has run: the shell execs it after spawn returns.
+    let forking = FORK.lock().unwrap_or_else(|p| p.into_inner());
     let probe = probe_binary(dir.path());
     // `; exit 0` keeps the shell from exec'ing the probe in its own process.
     let mut shell = Command::new("/bin/sh")
@@ -131,9 +140,11 @@ async fn grandchild_inherits_the_watch_in_the_kernel() {
         .spawn()
         .expect("spawn sh");
     let sh = shell.id();
+    // The events wait in the ring buffer meanwhile.
+    assert!(shell.wait().expect("wait sh").success());
+    drop(forking);
 
     let exec = exec_where(&mut events, "the probe under sh", |exec| exec.ppid == sh).await;
-    assert!(shell.wait().expect("wait sh").success());
     assert_eq!(exec.filename, probe);
     assert_ne!(exec.pid, sh);
 }
@@ -146,8 +157,10 @@ async fn exec_outside_the_watch_is_not_reported() {
     let mut events = observer.events().expect("event stream");
 
     let dir = tempfile::tempdir().expect("tempdir");
+    let forking = FORK.lock().unwrap_or_else(|p| p.into_inner());
     let probe = probe_binary(dir.path());
     let status = Command::new(&probe).status().expect("run probe");
+    drop(forking);
     assert!(status.success());
 
     // The exec tracepoint fired before the child could exit, so anything the
