@@ -116,8 +116,8 @@ impl Session {
             .spawn()
             .with_context(|| format!("spawning {}", target.display()))?;
         let pid = child.id();
-        let stdin = BufWriter::with_capacity(1 << 16, child.stdin.take().unwrap());
-        let stdout = BufReader::with_capacity(1 << 21, child.stdout.take().unwrap());
+        let stdin = BufWriter::with_capacity(1 << 16, child.stdin.take().context("child stdin")?);
+        let stdout = BufReader::with_capacity(1 << 21, child.stdout.take().context("child stdout")?);
         let child = Arc::new(Mutex::new(child));
         let progress = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -140,7 +140,7 @@ impl Session {
                         since = Instant::now();
                     } else if since.elapsed() > stall {
                         killed.store(true, Ordering::Relaxed);
-                        let _ = child.lock().unwrap().kill();
+                        let _ = child.lock().unwrap_or_else(|p| p.into_inner()).kill();
                         return;
                     }
                 }
@@ -178,7 +178,7 @@ impl Session {
     }
 
     fn send_json(&mut self, v: &Value) -> Result<()> {
-        let w = self.stdin.as_mut().unwrap();
+        let w = self.stdin.as_mut().context("stdin already handed to the pipelined writer")?;
         serde_json::to_writer(&mut *w, v)?;
         w.write_all(b"\n")?;
         w.flush()?;
@@ -283,7 +283,7 @@ impl Session {
 
     fn payload(&self, line_bytes: usize) -> String {
         let (_, mid, _, n) = self.request_parts(line_bytes);
-        String::from_utf8(mid[mid.len() - n..].to_vec()).unwrap()
+        String::from_utf8_lossy(&mid[mid.len() - n..]).into_owned()
     }
 
     pub fn warm_up(&mut self, w: &Workload) -> Result<()> {
@@ -339,7 +339,7 @@ impl Session {
             let id = self.next_id;
             self.next_id += 1;
             let t0 = Instant::now();
-            let w = self.stdin.as_mut().unwrap();
+            let w = self.stdin.as_mut().context("stdin already handed to the pipelined writer")?;
             w.write_all(&prefix)?;
             w.write_all(fmt_u64(&mut idbuf, id))?;
             w.write_all(&mid)?;
@@ -376,7 +376,7 @@ impl Session {
     ) -> Result<Throughput> {
         let (prefix, mid, suffix, payload_len) = self.request_parts(line_bytes);
         let req_len = (prefix.len() + 7 + mid.len() + suffix.len()) as f64;
-        let mut writer = self.stdin.take().unwrap();
+        let mut writer = self.stdin.take().context("stdin already handed to the pipelined writer")?;
         let first_id = self.next_id;
         let sent = Arc::new(AtomicU64::new(0));
         let received = Arc::new(AtomicU64::new(0));
@@ -481,7 +481,7 @@ impl Session {
         let _ = self.stdout.read_to_end(&mut sink);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let mut child = self.child.lock().unwrap();
+            let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
             if child.try_wait()?.is_some() {
                 break;
             }

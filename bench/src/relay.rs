@@ -27,8 +27,8 @@ pub fn run(command: &[String]) -> Result<()> {
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("spawning {}", command[0]))?;
-    let child_in = child.stdin.take().unwrap();
-    let child_out = child.stdout.take().unwrap();
+    let child_in = child.stdin.take().context("child stdin")?;
+    let child_out = child.stdout.take().context("child stdout")?;
     let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
     // Client -> server; dropping `child_in` at client EOF closes the server's stdin.

@@ -65,7 +65,9 @@ fn install_fastmcp(root: &Path) -> Result<PathBuf> {
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
-    std::fs::create_dir_all(dir.parent().unwrap())?;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
     // Same interpreter choice as the e2e peers (`xtask/src/peers.rs`).
     let python = std::env::var("MCP_GUARD_PEERS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     run(Command::new(python).arg("-m").arg("venv").arg(&dir))?;
