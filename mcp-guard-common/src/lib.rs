@@ -10,12 +10,40 @@ pub const COMM_LEN: usize = 16;
 pub const FILENAME_LEN: usize = 256;
 
 /// Name of the hash map of watched processes: key is a tgid (or, for a thread
-/// created by a watched process, its tid), value the tgid of the process that
-/// forked it, `0` when user space put it there.
+/// created by a watched process, its tid), value a [`Watch`].
 pub const WATCHED_MAP: &str = "WATCHED";
+
+/// Name of the hash map of extra watched descriptors: key [`fd_key`], value unused.
+/// Reads and writes on them are captured like those on a watched process's stdio.
+pub const FDS_MAP: &str = "FDS";
 
 /// Name of the ring buffer every event goes to.
 pub const EVENTS_MAP: &str = "EVENTS";
+
+/// Name of the per-CPU array (one `u64`) counting events that did not fit in the ring.
+pub const LOST_MAP: &str = "LOST";
+
+/// Name of the array of `u32` settings user space writes; indexes in [`config`].
+pub const CONFIG_MAP: &str = "CONFIG";
+
+/// Indexes into [`CONFIG_MAP`].
+pub mod config {
+    /// Most bytes of one read or write captured; the rest is reported as cut.
+    /// `0` means [`super::MAX_CAPTURE`].
+    pub const MAX_CAPTURE: u32 = 0;
+    /// Number of entries.
+    pub const LEN: u32 = 1;
+}
+
+/// Payload bytes in one [`DataEvent`] chunk.
+pub const CHUNK: usize = 16 * 1024;
+
+/// Chunks one system call's data may take: the capture limit cannot exceed
+/// `MAX_CHUNKS * CHUNK` bytes.
+pub const MAX_CHUNKS: usize = 128;
+
+/// The largest capture limit: 2 MiB per system call.
+pub const MAX_CAPTURE: usize = MAX_CHUNKS * CHUNK;
 
 /// What an event is: the first `u32` of every record in [`EVENTS_MAP`].
 ///
@@ -23,9 +51,41 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub mod kind {
     /// [`super::ExecEvent`].
     pub const EXEC: u32 = 1;
+    /// [`super::DataHeader`] followed by its payload.
+    pub const DATA: u32 = 2;
+    /// [`super::ExitEvent`].
+    pub const EXIT: u32 = 3;
 }
 
-/// A watched process finished `execve`: `sched/sched_process_exec`.
+/// Bits of [`Watch::flags`].
+pub mod watch {
+    /// Capture reads of fd 0 and writes of fd 1 (a possible stdio server). Children of
+    /// any watched process get it at fork.
+    pub const CAPTURE: u32 = 1;
+    /// Stop the process (SIGSTOP) when a read of its fd 0 returns data, until user space
+    /// has judged that data and sends SIGCONT or SIGKILL. Inherited at fork.
+    pub const GATE: u32 = 2;
+    /// An agent host put there by user space: its children are watched.
+    pub const HOST: u32 = 4;
+}
+
+/// A [`WATCHED_MAP`] value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// tgid of the watched process that forked this one, `0` when user space put it there.
+    pub parent: u32,
+    /// [`watch`] bits.
+    pub flags: u32,
+}
+
+/// The key of [`FDS_MAP`].
+pub const fn fd_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+/// A process finished `execve`: `sched/sched_process_exec`. Sent for every process, so
+/// user space sees agent hosts start.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecEvent {
@@ -34,10 +94,13 @@ pub struct ExecEvent {
     /// Thread id after the exec (equal to `tgid`: exec makes the caller the leader).
     pub pid: u32,
     pub tgid: u32,
-    /// tgid of the process that forked this one, `0` if user space watched it directly.
+    /// tgid of the process that forked this one when watched, else `0`.
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
+    /// The process's [`Watch::flags`], `0` when it is not watched.
+    pub watch: u32,
+    pub _pad: u32,
     /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC, nanoseconds.
     pub ktime_ns: u64,
     /// New `comm`, NUL padded.
@@ -46,11 +109,76 @@ pub struct ExecEvent {
     pub filename: [u8; FILENAME_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 6 * 4 + 8 + COMM_LEN + FILENAME_LEN);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 8 * 4 + 8 + COMM_LEN + FILENAME_LEN);
 // Ring buffer records are 8-byte aligned; a larger alignment could not be honoured.
 const _: () = assert!(core::mem::align_of::<ExecEvent>() == 8);
 
-// SAFETY: plain `#[repr(C)]` integers and byte arrays, no padding (asserted above),
-// so every bit pattern is a valid value.
+/// A watched process ended (its last thread exited): `sched/sched_process_exit`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    /// Always [`kind::EXIT`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub ktime_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16);
+
+/// Which way data moved, from the process's point of view.
+pub mod dir {
+    /// read, readv, recvfrom, recvmsg.
+    pub const IN: u8 = 0;
+    /// write, writev, sendto, sendmsg.
+    pub const OUT: u8 = 1;
+}
+
+/// Bits of [`DataHeader::flags`].
+pub mod data {
+    /// The last chunk of its system call.
+    pub const LAST: u8 = 1;
+    /// The call moved more bytes than the capture limit; `total` says how many.
+    pub const CUT: u8 = 2;
+    /// The payload could not be read from user memory; `len` bytes are missing.
+    pub const FAULT: u8 = 4;
+    /// The process was stopped after this read and waits for SIGCONT or SIGKILL.
+    pub const GATED: u8 = 8;
+}
+
+/// One chunk of the data of one system call on a watched descriptor; `len` payload
+/// bytes follow it in the same ring record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataHeader {
+    /// Always [`kind::DATA`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    /// The CPU the chunk was produced on; `seq` counts per CPU.
+    pub cpu: u32,
+    /// Payload bytes following this header.
+    pub len: u32,
+    /// Bytes the system call moved (its return value, up to `u32::MAX`).
+    pub total: u32,
+    /// Offset of this chunk's payload in those bytes.
+    pub offset: u32,
+    /// Per-CPU chunk sequence number: a jump means chunks were lost.
+    pub seq: u64,
+    pub ktime_ns: u64,
+    /// [`dir`] value.
+    pub dir: u8,
+    /// [`data`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<DataHeader>() == 56);
+const _: () = assert!(core::mem::align_of::<DataHeader>() == 8);
+
+// SAFETY (all impls below): plain `#[repr(C)]` integers and byte arrays, no padding
+// (asserted above), so every bit pattern is a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ExecEvent {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Watch {}

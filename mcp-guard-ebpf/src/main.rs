@@ -3,23 +3,45 @@
 #![no_std]
 #![no_main]
 
+mod data;
 mod process;
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
+use mcp_guard_common::{Watch, config};
 
-/// Watched processes: tgid (or tid of a thread a watched process created) -> tgid
-/// of the process that forked it, `0` for a root put there by user space.
-/// Named by `mcp_guard_common::WATCHED_MAP`.
+/// Watched processes: tgid (or tid of a thread a watched process created) -> its
+/// [`Watch`]. Named by `mcp_guard_common::WATCHED_MAP`.
 #[map]
-static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(16 * 1024, 0);
+static WATCHED: HashMap<u32, Watch> = HashMap::with_max_entries(64 * 1024, 0);
 
-/// Every event, each record starting with its `mcp_guard_common::kind`.
-/// Named by `mcp_guard_common::EVENTS_MAP`.
+/// Extra watched descriptors, keyed by `mcp_guard_common::fd_key`.
+/// Named by `mcp_guard_common::FDS_MAP`.
+#[map]
+static FDS: HashMap<u64, u32> = HashMap::with_max_entries(16 * 1024, 0);
+
+/// Every event, each record starting with its `mcp_guard_common::kind`. User space
+/// sets the size at load. Named by `mcp_guard_common::EVENTS_MAP`.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Events that did not fit in [`EVENTS`], per CPU. Named by `mcp_guard_common::LOST_MAP`.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Settings from user space, indexed by `mcp_guard_common::config`.
+#[map]
+static CONFIG: Array<u32> = Array::with_max_entries(config::LEN, 0);
+
+/// Counts one event that could not be sent.
+fn lost() {
+    if let Some(n) = LOST.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot; this program cannot be preempted by itself on this CPU.
+        unsafe { *n += 1 };
+    }
+}
 
 // bpf_probe_read_kernel and friends are GPL-only helpers.
 #[unsafe(link_section = "license")]

@@ -14,9 +14,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use core::ptr::addr_of_mut;
-use mcp_guard_common::{ExecEvent, FILENAME_LEN, kind};
+use mcp_guard_common::{ExecEvent, ExitEvent, FILENAME_LEN, Watch, kind, watch};
 
-use crate::{EVENTS, WATCHED};
+use crate::{EVENTS, WATCHED, lost};
 
 /// `field:pid_t child_pid; offset:20; size:4; signed:1;` (sched_process_fork/format)
 const FORK_CHILD_PID: usize = 20;
@@ -33,8 +33,9 @@ fn current() -> (u32, u32) {
     (id as u32, (id >> 32) as u32)
 }
 
-/// Fires in the parent. A child of a watched process is watched, so the whole
-/// tree under a watched root is seen without user space racing the fork.
+/// Fires in the parent. A child of a watched process is watched, and captured, so
+/// the whole tree under a watched root is seen, and a new server's first message
+/// caught, without user space racing the fork.
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     match try_sched_process_fork(&ctx) {
@@ -45,13 +46,17 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 
 fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     let (_, tgid) = current();
-    if WATCHED.get_ptr(tgid).is_none() {
+    // SAFETY: copied out at once; a concurrent update can at worst give stale flags.
+    let Some(parent) = (unsafe { WATCHED.get(tgid) }).copied() else {
         return Ok(0);
-    }
+    };
     // SAFETY: offset and type from the format file cited at the constant.
     let child: i32 = unsafe { ctx.read_at(FORK_CHILD_PID) }.map_err(|_| 1u32)?;
+    let flags = (parent.flags & !watch::HOST) | watch::CAPTURE;
     // For a new thread `child` is a tid; exit removes it again.
-    WATCHED.insert(child as u32, tgid, 0).map_err(|_| 1u32)?;
+    WATCHED
+        .insert(child as u32, Watch { parent: tgid, flags }, 0)
+        .map_err(|_| 1u32)?;
     Ok(0)
 }
 
@@ -66,18 +71,20 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     let (pid, tgid) = current();
+    // Every exec is reported, watched or not: user space looks for agent hosts.
     // SAFETY: the value is copied out at once; a concurrent remove can at worst
     // give a stale parent, never an invalid read.
-    let Some(ppid) = (unsafe { WATCHED.get(tgid) }).copied() else {
-        return Ok(0);
-    };
-    // A non-leader thread that execs takes the leader's pid; its old tid entry
-    // would otherwise outlive it.
-    // SAFETY: offset and type from the format file cited at the constant.
-    let old_pid: i32 = unsafe { ctx.read_at(EXEC_OLD_PID) }.map_err(|_| 1u32)?;
-    if old_pid as u32 != tgid {
-        let _ = WATCHED.remove(old_pid as u32);
+    let watched = (unsafe { WATCHED.get(tgid) }).copied();
+    if watched.is_some() {
+        // A non-leader thread that execs takes the leader's pid; its old tid entry
+        // would otherwise outlive it.
+        // SAFETY: offset and type from the format file cited at the constant.
+        let old_pid: i32 = unsafe { ctx.read_at(EXEC_OLD_PID) }.map_err(|_| 1u32)?;
+        if old_pid as u32 != tgid {
+            let _ = WATCHED.remove(old_pid as u32);
+        }
     }
+    let (ppid, flags) = watched.map_or((0, 0), |w| (w.parent, w.flags));
     // __data_loc: low 16 bits are the string's offset from the record start.
     // SAFETY: offset and type from the format file cited at the constant.
     let loc: u32 = unsafe { ctx.read_at(EXEC_FILENAME) }.map_err(|_| 1u32)?;
@@ -87,6 +94,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     let comm = bpf_get_current_comm().map_err(|_| 1u32)?;
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         // Ring buffer full: user space is behind; drop rather than block the exec.
+        lost();
         return Err(1);
     };
     let ev = entry.as_mut_ptr();
@@ -99,6 +107,8 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, u32> {
         addr_of_mut!((*ev).ppid).write(ppid);
         addr_of_mut!((*ev).uid).write(uid_gid as u32);
         addr_of_mut!((*ev).gid).write((uid_gid >> 32) as u32);
+        addr_of_mut!((*ev).watch).write(flags);
+        addr_of_mut!((*ev)._pad).write(0);
         addr_of_mut!((*ev).ktime_ns).write(bpf_ktime_get_ns());
         addr_of_mut!((*ev).comm).write(comm);
         let dst = addr_of_mut!((*ev).filename).cast::<u8>();
@@ -126,8 +136,13 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     // SAFETY: offset and type from the format file cited at the constant.
     let group_dead: u8 = unsafe { ctx.read_at(EXIT_GROUP_DEAD) }.map_err(|_| 1u32)?;
-    if group_dead != 0 {
-        let _ = WATCHED.remove(tgid);
+    if group_dead != 0 && WATCHED.remove(tgid).is_ok() {
+        // SAFETY: a helper without arguments.
+        let ktime_ns = unsafe { bpf_ktime_get_ns() };
+        let event = ExitEvent { kind: kind::EXIT, tgid, ktime_ns };
+        if EVENTS.output::<ExitEvent>(&event, 0).is_err() {
+            lost();
+        }
     }
     Ok(0)
 }

@@ -30,6 +30,20 @@ pub enum Command {
     /// Agent host configs: find them, put their stdio servers behind `mcp-guard wrap`.
     #[command(subcommand)]
     Hosts(HostsCommand),
+    /// Install mcp-guard as a systemd system service, or remove it.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Install the binary, eBPF object, unit, /etc/mcp-guard, /var/log/mcp-guard,
+    /// /var/lib/mcp-guard and the audit signing key; enable and start the service. Existing
+    /// configuration, policy, audit log and key are kept.
+    Install(crate::service::InstallArgs),
+    /// Stop and remove the unit, the binary and the eBPF object; configuration, audit log and
+    /// key are kept unless --purge.
+    Uninstall(crate::service::UninstallArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,4 +11,5 @@ pub mod observer;
 pub mod pins;
 pub mod policy;
 pub mod redact;
+pub mod service;
 pub mod shim;

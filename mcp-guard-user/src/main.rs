@@ -30,6 +30,8 @@ fn main() -> ExitCode {
         Command::Hosts(HostsCommand::Unwrap(e)) => hosts_edit(&e, false),
         Command::Pins(PinsCommand::List { pins }) => pins_list(pins),
         Command::Pins(PinsCommand::Approve { server, tool, pins }) => pins_approve(pins, &server, tool.as_deref()),
+        Command::Service(mcp_guard::cli::ServiceCommand::Install(a)) => mcp_guard::service::install(&a),
+        Command::Service(mcp_guard::cli::ServiceCommand::Uninstall(a)) => mcp_guard::service::uninstall(&a),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

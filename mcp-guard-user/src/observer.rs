@@ -1,13 +1,14 @@
 //! eBPF loading and attaching; aya types stay in this module.
 //!
 //! The kernel object is read at run time, so the `mcp-guard` binary builds without
-//! the eBPF toolchain. Its programs are classic `sched/*` tracepoints: their fields
-//! have stable, documented offsets (tracefs `format` files) where `tp_btf` would need
-//! `task_struct` layouts. Attaching one needs tracefs, so [`Observer::load`] mounts
-//! it at [`TRACEFS`] when it is missing.
+//! the eBPF toolchain. Its process programs are classic `sched/*` tracepoints: their
+//! fields have stable, documented offsets (tracefs `format` files) where `tp_btf`
+//! would need `task_struct` layouts. Attaching one needs tracefs, so
+//! [`Observer::load`] mounts it at [`TRACEFS`] when it is missing. Data is captured by
+//! one raw tracepoint on `sys_exit`, which needs no tracefs.
 //!
-//! The kernel keeps only processes in its watch map: the roots put there with
-//! [`Observer::watch_tgid`] and, added by the kernel at fork, all their descendants.
+//! The kernel captures data only for processes in its watch map: the roots put there
+//! with [`Observer::watch`] and, added by the kernel at fork, all their descendants.
 
 use std::{
     ffi::OsString,
@@ -17,11 +18,14 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError,
-    maps::{HashMap, MapData, MapError, RingBuf},
-    programs::{ProgramError, TracePoint},
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, RawTracePoint, TracePoint},
 };
-use mcp_guard_common::{EVENTS_MAP, ExecEvent, WATCHED_MAP, kind};
+use mcp_guard_common::{
+    CONFIG_MAP, DataHeader, EVENTS_MAP, ExecEvent, ExitEvent, FDS_MAP, LOST_MAP, MAX_CAPTURE, WATCHED_MAP, Watch,
+    config, data, fd_key, kind,
+};
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// Environment variable naming the eBPF object; when set, no other path is tried.
@@ -39,6 +43,27 @@ const SCHED_PROGRAMS: [&str; 3] = [
     "sched_process_exec",
     "sched_process_exit",
 ];
+
+/// The raw tracepoint program that captures data, attached to the tracepoint of its name.
+const DATA_PROGRAM: &str = "sys_exit";
+
+/// Default size of the kernel-to-user ring buffer.
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+
+/// How the kernel side is set up at load.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Ring buffer size: a power of two, a multiple of the page size.
+    pub ring_bytes: u32,
+    /// Most bytes of one read or write captured, at most [`MAX_CAPTURE`].
+    pub max_capture: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { ring_bytes: DEFAULT_RING_BYTES, max_capture: MAX_CAPTURE as u32 }
+    }
+}
 
 /// Why the observer could not load, attach, watch or read.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +107,10 @@ pub enum Error {
         #[source]
         source: MapError,
     },
+    #[error("ring buffer size {0} is not a power of two of at least one page")]
+    RingSize(u32),
+    #[error("failed to configure the kernel programs")]
+    Config(#[source] MapError),
     #[error("the event stream was already taken")]
     EventsTaken,
     #[error("failed to wait on the event ring buffer")]
@@ -130,22 +159,41 @@ fn candidates(env: Option<OsString>, exe: Option<&Path>) -> Vec<PathBuf> {
 pub struct Observer {
     // Owns the programs and their links.
     _ebpf: Ebpf,
-    watched: HashMap<MapData, u32, u32>,
+    watched: HashMap<MapData, u32, Watch>,
+    fds: HashMap<MapData, u64, u32>,
+    lost: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    /// The names of the attached programs.
+    pub programs: Vec<&'static str>,
 }
 
 impl Observer {
-    /// Loads the object at `path` and attaches its programs. Needs root.
+    /// Loads the object at `path` with the default [`Settings`] and attaches its programs.
     pub fn load(path: &Path) -> Result<Self, Error> {
+        Self::load_with(path, Settings::default())
+    }
+
+    /// Loads the object at `path` and attaches its programs. Needs root.
+    pub fn load_with(path: &Path, settings: Settings) -> Result<Self, Error> {
+        let page = 4096;
+        if !settings.ring_bytes.is_power_of_two() || settings.ring_bytes < page {
+            return Err(Error::RingSize(settings.ring_bytes));
+        }
         ensure_tracefs()?;
         let bytes = std::fs::read(path).map_err(|source| Error::Read {
             path: path.to_owned(),
             source,
         })?;
-        let mut ebpf = Ebpf::load(&bytes).map_err(|source| Error::Load {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(EVENTS_MAP, settings.ring_bytes)
+            .load(&bytes)
+            .map_err(|source| Error::Load {
+                path: path.to_owned(),
+                source: Box::new(source),
+            })?;
+        let mut cfg: Array<MapData, u32> = take_map(&mut ebpf, CONFIG_MAP)?;
+        cfg.set(config::MAX_CAPTURE, settings.max_capture.min(MAX_CAPTURE as u32), 0)
+            .map_err(Error::Config)?;
         for name in SCHED_PROGRAMS {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
@@ -157,21 +205,75 @@ impl Observer {
                 .and_then(|()| program.attach("sched", name).map(drop))
                 .map_err(|source| Error::Program { name, source })?;
         }
+        let name = DATA_PROGRAM;
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        program
+            .load()
+            .and_then(|()| program.attach(name).map(drop))
+            .map_err(|source| Error::Program { name, source })?;
         let watched = take_map(&mut ebpf, WATCHED_MAP)?;
+        let fds = take_map(&mut ebpf, FDS_MAP)?;
+        let lost = take_map(&mut ebpf, LOST_MAP)?;
         let events = take_map(&mut ebpf, EVENTS_MAP)?;
+        let mut programs = SCHED_PROGRAMS.to_vec();
+        programs.push(DATA_PROGRAM);
         Ok(Self {
             _ebpf: ebpf,
             watched,
+            fds,
+            lost,
             events: Some(events),
+            programs,
         })
     }
 
-    /// Watches `tgid` and, from now on, every process it forks.
-    pub fn watch_tgid(&mut self, tgid: u32) -> Result<(), Error> {
+    /// Watches `tgid` and, from now on, every process it forks; the children are
+    /// captured (`watch::CAPTURE`) whatever `flags` say about `tgid` itself.
+    pub fn watch(&mut self, tgid: u32, flags: u32) -> Result<(), Error> {
         // Parent 0: a root of a watched tree, not a child the kernel saw forked.
         self.watched
-            .insert(tgid, 0, 0)
+            .insert(tgid, Watch { parent: 0, flags }, 0)
             .map_err(|source| Error::Watch { tgid, source })
+    }
+
+    /// Watches `tgid` as an agent host: not captured itself, its children are.
+    pub fn watch_tgid(&mut self, tgid: u32) -> Result<(), Error> {
+        self.watch(tgid, mcp_guard_common::watch::HOST)
+    }
+
+    /// The watch flags of `tgid`, if it is watched.
+    pub fn watched(&self, tgid: u32) -> Option<Watch> {
+        self.watched.get(&tgid, 0).ok()
+    }
+
+    /// Changes the flags of a watched `tgid`, keeping its parent; false if it is not watched.
+    pub fn set_flags(&mut self, tgid: u32, flags: u32) -> Result<bool, Error> {
+        let Some(mut w) = self.watched(tgid) else { return Ok(false) };
+        w.flags = flags;
+        self.watched.insert(tgid, w, 0).map_err(|source| Error::Watch { tgid, source })?;
+        Ok(true)
+    }
+
+    /// Captures reads and writes on descriptor `fd` of `tgid` (a process already watched).
+    pub fn watch_fd(&mut self, tgid: u32, fd: u32) -> Result<(), Error> {
+        self.fds.insert(fd_key(tgid, fd), 0, 0).map_err(|source| Error::Watch { tgid, source })
+    }
+
+    /// Stops capturing descriptor `fd` of `tgid`.
+    pub fn unwatch_fd(&mut self, tgid: u32, fd: u32) -> Result<(), Error> {
+        match self.fds.remove(&fd_key(tgid, fd)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(Error::Watch { tgid, source }),
+        }
+    }
+
+    /// Events the kernel could not put in the ring buffer, summed over CPUs.
+    pub fn lost(&self) -> u64 {
+        self.lost.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
     }
 
     /// Stops watching `tgid`; children already watched stay watched.
@@ -229,6 +331,23 @@ pub struct Events {
 }
 
 impl Events {
+    /// Waits until events are ready, then moves up to `max` of them into `out`.
+    pub async fn batch(&mut self, out: &mut Vec<Event>, max: usize) -> Result<(), Error> {
+        loop {
+            let mut guard = self.fd.readable_mut().await.map_err(Error::Poll)?;
+            while out.len() < max {
+                let Some(item) = guard.get_inner_mut().next() else { break };
+                if let Some(event) = Event::decode(&item) {
+                    out.push(event);
+                }
+            }
+            if !out.is_empty() {
+                return Ok(());
+            }
+            guard.clear_ready();
+        }
+    }
+
     /// Waits for the next event. Bound it with `tokio::time::timeout`.
     pub async fn next(&mut self) -> Result<Event, Error> {
         loop {
@@ -248,6 +367,41 @@ impl Events {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Exec(Exec),
+    Exit { tgid: u32 },
+    Data(Data),
+}
+
+/// One chunk of the bytes one system call moved on a watched descriptor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Data {
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    /// Read by the process (true) or written by it.
+    pub inbound: bool,
+    pub cpu: u32,
+    /// Per-CPU chunk sequence number.
+    pub seq: u64,
+    /// Bytes the call moved, and where this chunk starts in them.
+    pub total: u32,
+    pub offset: u32,
+    /// `mcp_guard_common::data` bits.
+    pub flags: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Data {
+    pub fn last(&self) -> bool {
+        self.flags & data::LAST != 0
+    }
+    /// The call moved more than was captured (or a chunk could not be read).
+    pub fn incomplete(&self) -> bool {
+        self.flags & (data::CUT | data::FAULT) != 0
+    }
+    /// The process is stopped until user space continues or kills it.
+    pub fn gated(&self) -> bool {
+        self.flags & data::GATED != 0
+    }
 }
 
 /// A watched process exec'd.
@@ -259,6 +413,8 @@ pub struct Exec {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Its watch flags; 0 when not watched.
+    pub watch: u32,
     /// CLOCK_MONOTONIC, nanoseconds.
     pub ktime_ns: u64,
     pub comm: String,
@@ -278,6 +434,28 @@ impl Event {
                 let raw = unsafe { record.as_ptr().cast::<ExecEvent>().read_unaligned() };
                 Some(Self::Exec(Exec::from(&raw)))
             }
+            kind::EXIT if record.len() >= size_of::<ExitEvent>() => {
+                // SAFETY: as above.
+                let raw = unsafe { record.as_ptr().cast::<ExitEvent>().read_unaligned() };
+                Some(Self::Exit { tgid: raw.tgid })
+            }
+            kind::DATA if record.len() >= size_of::<DataHeader>() => {
+                // SAFETY: as above.
+                let h = unsafe { record.as_ptr().cast::<DataHeader>().read_unaligned() };
+                let payload = record.get(size_of::<DataHeader>()..size_of::<DataHeader>() + h.len as usize)?;
+                Some(Self::Data(Data {
+                    tgid: h.tgid,
+                    tid: h.tid,
+                    fd: h.fd,
+                    inbound: h.dir == mcp_guard_common::dir::IN,
+                    cpu: h.cpu,
+                    seq: h.seq,
+                    total: h.total,
+                    offset: h.offset,
+                    flags: h.flags,
+                    payload: payload.to_vec(),
+                }))
+            }
             _ => {
                 tracing::debug!(kind, len = record.len(), "skipping unknown kernel event");
                 None
@@ -294,6 +472,7 @@ impl From<&ExecEvent> for Exec {
             ppid: raw.ppid,
             uid: raw.uid,
             gid: raw.gid,
+            watch: raw.watch,
             ktime_ns: raw.ktime_ns,
             comm: String::from_utf8_lossy(until_nul(&raw.comm)).into_owned(),
             filename: PathBuf::from(OsString::from_vec(until_nul(&raw.filename).to_vec())),
@@ -335,6 +514,8 @@ mod tests {
             ppid: 3,
             uid: 1000,
             gid: 100,
+            watch: 1,
+            _pad: 0,
             ktime_ns: 42,
             comm,
             filename,

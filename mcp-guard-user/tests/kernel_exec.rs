@@ -77,7 +77,7 @@ async fn exec_where(events: &mut Events, what: &str, wanted: impl Fn(&Exec) -> b
         loop {
             match events.next().await.expect("read ring buffer") {
                 Event::Exec(exec) if wanted(&exec) => return exec,
-                Event::Exec(_) => {}
+                _ => {}
             }
         }
     };
@@ -150,7 +150,7 @@ async fn grandchild_inherits_the_watch_in_the_kernel() {
 }
 
 #[tokio::test]
-async fn exec_outside_the_watch_is_not_reported() {
+async fn exec_outside_the_watch_is_reported_as_unwatched() {
     let Some(mut observer) = observer_or_skip() else {
         return;
     };
@@ -159,12 +159,34 @@ async fn exec_outside_the_watch_is_not_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let forking = FORK.lock().unwrap_or_else(|p| p.into_inner());
     let probe = probe_binary(dir.path());
-    let status = Command::new(&probe).status().expect("run probe");
+    let mut child = Command::new(&probe).spawn().expect("spawn probe");
     drop(forking);
-    assert!(status.success());
+    let pid = child.id();
+    assert!(child.wait().expect("wait probe").success());
 
-    // The exec tracepoint fired before the child could exit, so anything the
-    // kernel kept is in the ring buffer by now.
-    let next = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
-    assert!(next.is_err(), "unwatched exec reported: {next:?}");
+    // Every exec is reported (user space looks for agent hosts among them), with no
+    // watch flags and no parent for a process nobody watches.
+    let exec = exec_where(&mut events, "the unwatched probe", |exec| exec.pid == pid).await;
+    assert_eq!((exec.watch, exec.ppid), (0, 0));
+    assert_eq!(exec.filename, probe);
+}
+
+#[tokio::test]
+async fn child_of_a_watched_host_is_captured_from_its_exec() {
+    let Some(mut observer) = observer_or_skip() else {
+        return;
+    };
+    let me = std::process::id();
+    observer.watch_tgid(me).expect("watch own tgid");
+    let mut events = observer.events().expect("event stream");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let forking = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let probe = probe_binary(dir.path());
+    let mut child = Command::new(&probe).spawn().expect("spawn probe");
+    drop(forking);
+    let pid = child.id();
+    assert!(child.wait().expect("wait probe").success());
+    let exec = exec_where(&mut events, "the child", |exec| exec.pid == pid).await;
+    assert_eq!(exec.watch, mcp_guard_common::watch::CAPTURE, "host flag is not inherited, capture is");
 }

@@ -27,7 +27,9 @@ pub fn bin() -> &'static str {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// The Python 3 interpreter: `$MCP_GUARD_TEST_PYTHON`, else /usr/bin/python3, else `python3`
@@ -140,27 +142,38 @@ impl Builder {
             cmd.arg("--policy").arg(p);
         }
         cmd.args(&self.shim_args).arg("--");
-        let server_args: Vec<String> =
-            self.server_args.iter().map(|a| a.replace("{dir}", &dir.path().to_string_lossy())).collect();
+        let server_args: Vec<String> = self
+            .server_args
+            .iter()
+            .map(|a| a.replace("{dir}", &dir.path().to_string_lossy()))
+            .collect();
         match &self.command {
             Some(c) => cmd.args(c),
-            None => cmd.args(fake_server(&server_args.iter().map(String::as_str).collect::<Vec<_>>())),
+            None => cmd.args(fake_server(
+                &server_args.iter().map(String::as_str).collect::<Vec<_>>(),
+            )),
         };
         // The tests' own environment must not choose a policy for them.
-        cmd.env_remove("MCP_GUARD_POLICY").env("XDG_CONFIG_HOME", dir.path().join("config"));
+        cmd.env_remove("MCP_GUARD_POLICY")
+            .env("XDG_CONFIG_HOME", dir.path().join("config"));
         cmd.env_remove("MCP_GUARD_AUDIT_DURABILITY");
         cmd.env("FAKE_LOG", &log);
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         if let Some(limit) = self.fsize_limit {
             use std::os::unix::process::CommandExt;
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
                     use nix::libc;
-                    let lim = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: limit as libc::rlim_t };
+                    let lim = libc::rlimit {
+                        rlim_cur: limit as libc::rlim_t,
+                        rlim_max: limit as libc::rlim_t,
+                    };
                     if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -176,7 +189,13 @@ impl Builder {
             unsafe {
                 cmd.pre_exec(|| {
                     use nix::libc;
-                    if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+                    if libc::syscall(
+                        libc::SYS_close_range,
+                        3u32,
+                        u32::MAX,
+                        libc::CLOSE_RANGE_CLOEXEC,
+                    ) != 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
@@ -207,7 +226,10 @@ impl Builder {
         thread::spawn(move || {
             if let Err(RecvTimeoutError::Timeout) = dog_rx.recv_timeout(WATCHDOG) {
                 eprintln!("watchdog: killing shim {pid}");
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::SIGKILL,
+                );
             }
         });
         Shim {
@@ -282,7 +304,10 @@ impl Shim {
     pub fn send(&mut self, bytes: &[u8]) {
         let w = self.stdin.as_mut().expect("stdin already closed");
         if let Err(e) = w.write_all(bytes).and_then(|()| w.flush()) {
-            panic!("writing to the shim failed: {e}; stderr: {}", self.stderr_text());
+            panic!(
+                "writing to the shim failed: {e}; stderr: {}",
+                self.stderr_text()
+            );
         }
     }
 
@@ -356,14 +381,20 @@ impl Shim {
     pub fn read_json(&mut self) -> Value {
         let line = self.read_line();
         serde_json::from_slice(&line).unwrap_or_else(|e| {
-            panic!("shim wrote a line that is not JSON ({e}): {:?}", String::from_utf8_lossy(&line))
+            panic!(
+                "shim wrote a line that is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&line)
+            )
         })
     }
 
     /// Expects nothing on stdout for `d`.
     pub fn expect_silence(&mut self, d: Duration) {
         if let Some(l) = self.try_read_line(d) {
-            panic!("unexpected output from the shim: {:?}", String::from_utf8_lossy(&l));
+            panic!(
+                "unexpected output from the shim: {:?}",
+                String::from_utf8_lossy(&l)
+            );
         }
     }
 
@@ -383,7 +414,9 @@ impl Shim {
     /// The server's pid, asked of the server.
     pub fn server_pid(&mut self) -> i32 {
         let v = self.call("\"pid-query\"", "pid", None);
-        v["result"]["pid"].as_i64().unwrap_or_else(|| panic!("pid answer: {v}")) as i32
+        v["result"]["pid"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("pid answer: {v}")) as i32
     }
 
     /// Everything left on stdout until end of output.
@@ -391,7 +424,10 @@ impl Shim {
         let until = Instant::now() + DEADLINE;
         while !self.out_eof {
             if Instant::now() >= until {
-                panic!("stdout of the shim not closed within {DEADLINE:?}; stderr: {}", self.stderr_text());
+                panic!(
+                    "stdout of the shim not closed within {DEADLINE:?}; stderr: {}",
+                    self.stderr_text()
+                );
             }
             self.fill(until);
         }
@@ -412,7 +448,10 @@ impl Shim {
             if Instant::now() >= until {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("the shim did not exit within {within:?}; stderr: {}", self.stderr_text());
+                panic!(
+                    "the shim did not exit within {within:?}; stderr: {}",
+                    self.stderr_text()
+                );
             }
             thread::sleep(Duration::from_millis(5));
         }
@@ -425,7 +464,12 @@ impl Shim {
     /// The exit code, failing if the shim was killed by a signal.
     pub fn exit_code(&mut self) -> i32 {
         let s = self.wait();
-        s.code().unwrap_or_else(|| panic!("the shim itself died of a signal: {s:?}; stderr: {}", self.stderr_text()))
+        s.code().unwrap_or_else(|| {
+            panic!(
+                "the shim itself died of a signal: {s:?}; stderr: {}",
+                self.stderr_text()
+            )
+        })
     }
 
     /// What the shim has written to stderr so far.
@@ -440,7 +484,9 @@ impl Shim {
     /// All of stderr, once it is closed (the shim and the server are gone).
     pub fn stderr_to_eof(&mut self) -> Vec<u8> {
         if !self.err_eof {
-            self.err_done.recv_timeout(DEADLINE).expect("stderr of the shim not closed in time");
+            self.err_done
+                .recv_timeout(DEADLINE)
+                .expect("stderr of the shim not closed in time");
             self.err_eof = true;
         }
         self.stderr_bytes()
@@ -466,7 +512,8 @@ impl Shim {
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal the shim");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
+            .expect("signal the shim");
     }
 }
 
@@ -482,12 +529,18 @@ impl Drop for Shim {
 pub fn read_audit(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+        })
         .collect()
 }
 
 pub fn verify_audit(path: &Path) {
-    let out = Command::new(bin()).args(["audit", "verify"]).arg(path).output().expect("run audit verify");
+    let out = Command::new(bin())
+        .args(["audit", "verify"])
+        .arg(path)
+        .output()
+        .expect("run audit verify");
     assert!(
         out.status.success(),
         "audit verify failed: {}{}",
@@ -504,7 +557,10 @@ pub fn wait_for_record(path: &Path, pred: impl Fn(&Value) -> bool) -> Value {
             return r;
         }
         if Instant::now() >= until {
-            panic!("no matching audit record within {DEADLINE:?}; records: {:#?}", read_audit(path));
+            panic!(
+                "no matching audit record within {DEADLINE:?}; records: {:#?}",
+                read_audit(path)
+            );
         }
         thread::sleep(Duration::from_millis(10));
     }
@@ -518,19 +574,31 @@ pub fn request(id: &str, method: &str, params: Option<&str>) -> String {
 }
 
 pub fn tool_call(id: &str, tool: &str) -> String {
-    request(id, "tools/call", Some(&format!(r#"{{"name":"{tool}","arguments":{{"x":1}}}}"#)))
+    request(
+        id,
+        "tools/call",
+        Some(&format!(r#"{{"name":"{tool}","arguments":{{"x":1}}}}"#)),
+    )
 }
 
 /// The id of a JSON-RPC message exactly as spelled on the wire.
 pub fn raw_id(line: &[u8]) -> String {
-    let m: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(line)
-        .unwrap_or_else(|e| panic!("not a JSON object ({e}): {:?}", String::from_utf8_lossy(line)));
-    m.get("id").map(|r| r.get().to_string()).unwrap_or_else(|| panic!("no id: {:?}", String::from_utf8_lossy(line)))
+    let m: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(line).unwrap_or_else(|e| {
+        panic!(
+            "not a JSON object ({e}): {:?}",
+            String::from_utf8_lossy(line)
+        )
+    });
+    m.get("id")
+        .map(|r| r.get().to_string())
+        .unwrap_or_else(|| panic!("no id: {:?}", String::from_utf8_lossy(line)))
 }
 
 /// The error code of an error response.
 pub fn error_code(v: &Value) -> i64 {
-    v["error"]["code"].as_i64().unwrap_or_else(|| panic!("not an error response: {v}"))
+    v["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an error response: {v}"))
 }
 
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -543,7 +611,10 @@ pub fn process_gone(pid: i32) -> bool {
         Err(_) => true,
         Ok(stat) => {
             // The state follows the command name, which is in parentheses.
-            let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next())
+                .unwrap_or_default();
             matches!(state, Some('Z' | 'X'))
         }
     }
@@ -575,9 +646,10 @@ pub fn wait_for_file(path: &Path) -> String {
     let until = Instant::now() + DEADLINE;
     loop {
         if let Ok(s) = std::fs::read_to_string(path)
-            && !s.is_empty() {
-                return s;
-            }
+            && !s.is_empty()
+        {
+            return s;
+        }
         if Instant::now() >= until {
             panic!("{} not written within {DEADLINE:?}", path.display());
         }

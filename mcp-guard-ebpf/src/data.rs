@@ -1,0 +1,285 @@
+//! Data on watched descriptors, from the raw `sys_exit` tracepoint: one program for
+//! every system call that moves bytes, run when the call has returned, so the
+//! bytes are in the caller's buffer and the return value says how many.
+//!
+//! The raw tracepoint gets the caller's saved registers, which still hold the
+//! call's arguments (x86-64: rdi, rsi, rdx; the number in orig_ax): no entry
+//! program and no per-thread argument map are needed, and no tracefs either.
+//!
+//! A call's bytes are sent in [`CHUNK`]-sized ring records, each a [`DataHeader`]
+//! and its payload, copied through a per-CPU scratch buffer so that a record takes
+//! only the room its payload needs.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_user, bpf_send_signal},
+    },
+    macros::{map, raw_tracepoint},
+    maps::PerCpuArray,
+    programs::RawTracePointContext,
+};
+use mcp_guard_common::{CHUNK, DataHeader, MAX_CAPTURE, MAX_CHUNKS, config, data, dir, fd_key, kind, watch};
+
+use crate::{CONFIG, EVENTS, FDS, WATCHED, lost};
+
+/// x86-64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+}
+
+/// Offsets in x86-64 `struct pt_regs` (arch/x86/include/asm/ptrace.h).
+mod regs {
+    pub const DX: usize = 12;
+    pub const SI: usize = 13;
+    pub const DI: usize = 14;
+    pub const ORIG_AX: usize = 15;
+}
+
+/// `struct msghdr` (user ABI): `msg_iov` at 16, `msg_iovlen` at 24.
+const MSG_IOV: usize = 16;
+const MSG_IOVLEN: usize = 24;
+
+/// iovecs of one readv/writev/sendmsg/recvmsg followed; data beyond them is cut.
+const MAX_IOV: u64 = 16;
+
+const SIGKILL: u32 = 9;
+const SIGSTOP: u32 = 19;
+
+/// A ring record under construction: header and payload, contiguous.
+#[repr(C)]
+pub struct Scratch {
+    header: DataHeader,
+    payload: [u8; CHUNK],
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU chunk counter, for [`DataHeader::seq`].
+#[map]
+static SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let _ = try_sys_exit(&ctx);
+    0
+}
+
+/// Where the bytes of one call are: one buffer, or an array of iovecs.
+#[derive(Clone, Copy)]
+enum Source {
+    Buf(u64),
+    Iov { iov: u64, count: u64 },
+}
+
+#[inline(always)]
+fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let ret: i64 = ctx.arg(1);
+    if ret <= 0 {
+        return Ok(());
+    }
+    let regs: *const u64 = ctx.arg(0);
+    let reg = |i: usize| -> Result<u64, i64> {
+        // SAFETY: `regs` is the tracepoint's `struct pt_regs *`; `i` is a field of it.
+        unsafe { bpf_probe_read_kernel(regs.add(i)) }.map_err(i64::from)
+    };
+    let number = reg(regs::ORIG_AX)?;
+    let direction = match number {
+        nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG => dir::IN,
+        nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG => dir::OUT,
+        _ => return Ok(()),
+    };
+    let id = bpf_get_current_pid_tgid();
+    let (tid, tgid) = (id as u32, (id >> 32) as u32);
+    // SAFETY: copied out at once.
+    let Some(w) = (unsafe { WATCHED.get(tgid) }).copied() else {
+        return Ok(());
+    };
+    let fd = reg(regs::DI)? as u32;
+    let stdio = (fd == 0 && direction == dir::IN) || (fd == 1 && direction == dir::OUT);
+    let wanted = (stdio && w.flags & watch::CAPTURE != 0) || FDS.get_ptr(fd_key(tgid, fd)).is_some();
+    if !wanted {
+        return Ok(());
+    }
+    let source = match number {
+        nr::READ | nr::WRITE | nr::RECVFROM | nr::SENDTO => Source::Buf(reg(regs::SI)?),
+        nr::READV | nr::WRITEV => Source::Iov { iov: reg(regs::SI)?, count: reg(regs::DX)? },
+        _ => {
+            let msg = reg(regs::SI)? as *const u8;
+            // SAFETY: reads of user memory through the checked helper; a bad pointer is an error.
+            let iov: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(msg.add(MSG_IOV).cast()) }.map_err(i64::from)?;
+            let count: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(msg.add(MSG_IOVLEN).cast()) }.map_err(i64::from)?;
+            Source::Iov { iov, count }
+        }
+    };
+    let gate = direction == dir::IN && fd == 0 && w.flags & watch::GATE != 0;
+    let sent = send(tgid, tid, fd, direction, ret as u64, source, gate);
+    if gate {
+        // Stopped before it returns to user space with the request; user space judges
+        // it and continues or kills it. Unsent, it cannot be judged: fail closed.
+        // SAFETY: plain helper calls on the current task.
+        unsafe { bpf_send_signal(if sent { SIGSTOP } else { SIGKILL }) };
+    }
+    Ok(())
+}
+
+/// The state of one call's copy, kept in [`COPY`] for [`chunk`]. In map memory, not
+/// on the stack, so the verifier sees unknown values in the loop body and checks it once.
+#[repr(C)]
+pub struct Copy {
+    /// The buffer being copied from, and how much of it is left.
+    base: u64,
+    left: u64,
+    /// iovecs: the array, how many, the next one to take.
+    iov_array: u64,
+    iov_count: u64,
+    next_iov: u64,
+    /// Bytes sent so far, and bytes to send.
+    offset: u64,
+    wanted: u64,
+    total: u64,
+    gate: u64,
+    lost: u64,
+}
+
+#[map]
+static COPY: PerCpuArray<Copy> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sends the `total` bytes of one call as chunks; false if any chunk was lost.
+///
+/// The chunks are sent by [`chunk`] under `bpf_loop`, which the verifier checks once
+/// rather than once per iteration.
+#[inline(always)]
+fn send(tgid: u32, tid: u32, fd: u32, direction: u8, total: u64, source: Source, gate: bool) -> bool {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let limit = match CONFIG.get(config::MAX_CAPTURE) {
+        Some(&n) if n != 0 && (n as usize) < MAX_CAPTURE => n as u64,
+        _ => MAX_CAPTURE as u64,
+    };
+    let wanted = if total < limit { total } else { limit };
+    // SAFETY: one in-flight program per CPU (tracing programs are not preempted here).
+    let h = unsafe { &mut (*scratch).header };
+    h.kind = kind::DATA;
+    h.tgid = tgid;
+    h.tid = tid;
+    h.fd = fd;
+    // SAFETY: helpers without arguments.
+    h.cpu = unsafe { bpf_get_smp_processor_id() };
+    h.total = if total > u32::MAX as u64 { u32::MAX } else { total as u32 };
+    h.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    h.dir = direction;
+    h._pad = [0; 6];
+    let Some(copy) = COPY.get_ptr_mut(0) else {
+        return false;
+    };
+    let state = match source {
+        Source::Buf(buf) => Copy { base: buf, left: wanted, iov_array: 0, iov_count: 0, next_iov: 0, offset: 0, wanted, total, gate: gate as u64, lost: 0 },
+        Source::Iov { iov, count } => Copy {
+            base: 0,
+            left: 0,
+            iov_array: iov,
+            iov_count: if count < MAX_IOV { count } else { MAX_IOV },
+            next_iov: 0,
+            offset: 0,
+            wanted,
+            total,
+            gate: gate as u64,
+            lost: 0,
+        },
+    };
+    // SAFETY: a per-CPU value, one in-flight program per CPU.
+    let copy = unsafe { &mut *copy };
+    *copy = state;
+    // SAFETY: `chunk` has the callback signature bpf_loop expects.
+    let r = unsafe { bpf_loop((MAX_CHUNKS as u64 + MAX_IOV) as u32, chunk as *mut c_void, core::ptr::null_mut(), 0) };
+    r >= 0 && copy.lost == 0 && copy.offset >= copy.wanted
+}
+
+/// One step of a copy: takes the next iovec, or sends the next chunk. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn chunk(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(c) = COPY.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: a per-CPU value, one in-flight program per CPU.
+    let c = unsafe { &mut *c };
+    if c.offset >= c.wanted {
+        return 1;
+    }
+    if c.left == 0 {
+        if c.next_iov >= c.iov_count {
+            return 1;
+        }
+        // struct iovec { void *iov_base; size_t iov_len; }
+        let at = (c.iov_array + c.next_iov * 16) as *const u64;
+        c.next_iov += 1;
+        // SAFETY: user memory through the checked helper.
+        let entry = unsafe {
+            (aya_ebpf::helpers::bpf_probe_read_user(at), aya_ebpf::helpers::bpf_probe_read_user(at.add(1)))
+        };
+        let (Ok(base), Ok(left)) = entry else {
+            return 1;
+        };
+        c.base = base;
+        c.left = left;
+        return 0;
+    }
+    let (Some(scratch), Some(seq)) = (SCRATCH.get_ptr_mut(0), SEQ.get_ptr_mut(0)) else {
+        return 1;
+    };
+    // SAFETY: per-CPU values, one in-flight program per CPU.
+    let (scratch, seq) = unsafe { (&mut *scratch, &mut *seq) };
+    let mut n = c.left;
+    if c.wanted - c.offset < n {
+        n = c.wanted - c.offset;
+    }
+    if n > CHUNK as u64 {
+        n = CHUNK as u64;
+    }
+    let mut flags = 0;
+    // SAFETY: `n <= CHUNK`, the payload's size; the source is user memory read
+    // through the checked helper.
+    let read = unsafe { bpf_probe_read_user(scratch.payload.as_mut_ptr().cast(), n as u32, c.base as *const _) };
+    if read != 0 {
+        flags |= data::FAULT;
+    }
+    c.offset += n;
+    c.base += n;
+    c.left -= n;
+    if c.offset >= c.wanted {
+        flags |= data::LAST;
+        if c.wanted < c.total {
+            flags |= data::CUT;
+        }
+        if c.gate != 0 {
+            flags |= data::GATED;
+        }
+    }
+    let h = &mut scratch.header;
+    h.offset = (c.offset - n) as u32;
+    h.len = n as u32;
+    h.flags = flags;
+    h.seq = *seq;
+    *seq += 1;
+    let size = size_of::<DataHeader>() + n as usize;
+    // SAFETY: `size` is at most the scratch entry's size, all of it initialised
+    // (map values start zeroed).
+    let record = unsafe { core::slice::from_raw_parts((scratch as *const Scratch).cast::<u8>(), size) };
+    if EVENTS.output::<[u8]>(record, 0).is_err() {
+        lost();
+        c.lost += 1;
+    }
+    0
+}

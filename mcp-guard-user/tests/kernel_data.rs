@@ -1,0 +1,159 @@
+//! Real kernel, as root: the data capture of the `sys_exit` program. This test's own
+//! process is watched as an agent host; its children are captured. Each test picks
+//! its child's events by pid.
+//!
+//! Skips (printing why) when not root or when no object is found, unless
+//! `MCP_GUARD_REQUIRE_KERNEL=1`, where a skip is a failure. Run with `--test-threads=1`.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use mcp_guard::observer::{self, Data, Event, Events, Observer};
+use mcp_guard_common::watch;
+
+/// Not a PATH lookup: a shim on PATH would be the child instead of Python.
+const PYTHON: &str = "/usr/bin/python3";
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn observer_or_skip() -> Option<Observer> {
+    let why = if !nix::unistd::geteuid().is_root() {
+        "not root".to_owned()
+    } else {
+        match object_path() {
+            Ok(path) => return Some(Observer::load(&path).unwrap_or_else(|err| panic!("{:#}", anyhow::Error::from(err)))),
+            Err(why) => why,
+        }
+    };
+    if std::env::var_os("MCP_GUARD_REQUIRE_KERNEL").is_some_and(|v| v == "1") {
+        panic!("MCP_GUARD_REQUIRE_KERNEL=1 but the kernel test cannot run: {why}");
+    }
+    println!("skipping: {why}");
+    None
+}
+
+fn object_path() -> Result<PathBuf, String> {
+    let err = match observer::find_object() {
+        Ok(path) => return Ok(path),
+        Err(err) => err,
+    };
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mcp-guard-ebpf/target/bpfel-unknown-none/release/mcp-guard-ebpf");
+    if std::env::var_os(observer::OBJECT_ENV).is_none() && built.is_file() {
+        return Ok(built);
+    }
+    Err(format!("{err}; build it with `cargo xtask build-ebpf`"))
+}
+
+/// Collects `pid`'s chunks until `want_in` bytes read and `want_out` bytes written
+/// arrived; returns (read, written).
+async fn collect(events: &mut Events, pid: u32, want_in: usize, want_out: usize) -> (Vec<Data>, Vec<Data>) {
+    let found = async {
+        let (mut read, mut written) = (Vec::new(), Vec::new());
+        let bytes = |v: &Vec<Data>| v.iter().map(|d| d.payload.len()).sum::<usize>();
+        let mut batch = Vec::new();
+        while bytes(&read) < want_in || bytes(&written) < want_out {
+            batch.clear();
+            events.batch(&mut batch, 256).await.expect("read ring buffer");
+            for event in batch.drain(..) {
+                if let Event::Data(d) = event
+                    && d.tgid == pid
+                {
+                    if d.inbound { read.push(d) } else { written.push(d) }
+                }
+            }
+        }
+        (read, written)
+    };
+    tokio::time::timeout(DEADLINE, found)
+        .await
+        .unwrap_or_else(|_| panic!("fewer than {want_in}/{want_out} bytes from {pid} within {DEADLINE:?}"))
+}
+
+fn joined(chunks: &[Data]) -> Vec<u8> {
+    chunks.iter().flat_map(|d| d.payload.iter().copied()).collect()
+}
+
+#[tokio::test]
+async fn one_mebibyte_write_arrives_whole_in_ordered_chunks() {
+    let Some(mut observer) = observer_or_skip() else { return };
+    observer.watch(std::process::id(), watch::HOST).expect("watch self");
+    let mut events = observer.events().expect("events");
+    // One write(2) of 1 MiB + newline on fd 1.
+    let script = "import os,sys\nb=bytes((i*7)%251 for i in range(1<<20))+b'\\n'\nn=0\nwhile n<len(b): n+=os.write(1,b[n:])\n";
+    let mut child = Command::new(PYTHON).args(["-c", script]).stdout(Stdio::piped()).spawn().expect("spawn");
+    let pid = child.id();
+    let mut out = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut v).expect("read");
+        v
+    });
+    let (_, chunks) = collect(&mut events, pid, 0, (1 << 20) + 1).await;
+    let sent = reader.join().expect("reader");
+    assert!(child.wait().expect("wait").success());
+    assert_eq!(joined(&chunks), sent, "captured bytes differ from what the pipe carried");
+    assert!(chunks.iter().all(|d| d.fd == 1 && !d.incomplete()));
+    // Within each call the offsets follow each other; the last chunk says so.
+    for d in &chunks {
+        assert!(d.payload.len() <= mcp_guard_common::CHUNK);
+    }
+    assert!(chunks.last().expect("chunks").last());
+    let seqs: Vec<u64> = chunks.iter().filter(|d| d.cpu == chunks[0].cpu).map(|d| d.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "per-CPU sequence numbers increase");
+    assert_eq!(observer.lost(), 0);
+}
+
+#[tokio::test]
+async fn small_reads_and_vectored_writes_are_captured() {
+    let Some(mut observer) = observer_or_skip() else { return };
+    observer.watch(std::process::id(), watch::HOST).expect("watch self");
+    let mut events = observer.events().expect("events");
+    // Reads stdin 3 bytes at a time, echoes each read with writev of two iovecs.
+    let script = "import os\nwhile True:\n  b=os.read(0,3)\n  if not b: break\n  os.writev(1,[b'<',b])\n";
+    let mut child = Command::new(PYTHON)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let message = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n";
+    child.stdin.take().expect("stdin").write_all(message).expect("write");
+    let output = child.wait_with_output().expect("wait");
+    let (inbound, outbound) = collect(&mut events, pid, message.len(), output.stdout.len()).await;
+    assert_eq!(joined(&inbound), message);
+    assert!(inbound.len() > 1, "many small reads");
+    assert_eq!(joined(&outbound), output.stdout);
+}
+
+#[tokio::test]
+async fn gated_read_stops_the_reader_until_continued() {
+    let Some(mut observer) = observer_or_skip() else { return };
+    observer.watch(std::process::id(), watch::HOST | watch::GATE).expect("watch self");
+    let mut events = observer.events().expect("events");
+    let script = "import os\nb=os.read(0,100)\nos.write(1,b'after:'+b)\n";
+    let mut child = Command::new(PYTHON)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    child.stdin.as_mut().expect("stdin").write_all(b"hello\n").expect("write");
+    let (chunks, _) = collect(&mut events, pid, 6, 0).await;
+    assert!(chunks.last().expect("chunk").gated());
+    // Stopped before returning from read: state T, nothing written yet.
+    let stopped = (0..100).any(|_| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next()).unwrap_or_default();
+        std::thread::sleep(Duration::from_millis(10));
+        state == Some('T')
+    });
+    assert!(stopped, "the reader was not stopped");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.stdout, b"after:hello\n");
+}
