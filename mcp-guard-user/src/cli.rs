@@ -33,6 +33,23 @@ pub enum Command {
     /// Install mcp-guard as a systemd system service, or remove it.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Run the observer: eBPF programs that see every stdio MCP session on this host,
+    /// wrapped or not, judged by the system policy and recorded in the system audit log.
+    Daemon {
+        /// Configuration file [default: /etc/mcp-guard/config.toml, or built-in defaults if absent].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// What the running daemon sees: programs, agent hosts, sessions, events, losses.
+    /// Exit 3 when no daemon runs.
+    Status {
+        /// The daemon's configuration file (for its run directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

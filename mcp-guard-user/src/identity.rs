@@ -211,6 +211,26 @@ pub fn current_principal() -> Principal {
     }
 }
 
+/// The principal of process `pid`, from /proc: real and effective uid, real gid, groups.
+pub fn principal_of(pid: i32) -> Option<Principal> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| rest.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    let (uids, gids) = (field("Uid:"), field("Gid:"));
+    let (uid, euid, gid) = (*uids.first()?, *uids.get(1)?, *gids.first()?);
+    let mut groups = field("Groups:");
+    if !groups.contains(&gid) {
+        groups.insert(0, gid);
+    }
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
+    Some(Principal { uid, euid, user, gid, groups })
+}
+
 /// The chain of processes from `pid`'s parent up to init, nearest first.
 pub fn ancestry(pid: i32) -> Vec<Process> {
     let mut chain = Vec::new();
@@ -260,6 +280,17 @@ mod tests {
         assert_eq!(out[1], "--token");
         assert_eq!(out[5], "--verbose");
         assert_eq!(&out[8..], ["--port", "80"]);
+    }
+
+    #[test]
+    fn principal_of_this_process_matches_the_current_one() {
+        let of = principal_of(std::process::id() as i32).unwrap();
+        let cur = current_principal();
+        assert_eq!((of.uid, of.euid, of.gid, of.user), (cur.uid, cur.euid, cur.gid, cur.user));
+        let (mut a, mut b) = (of.groups, cur.groups);
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
     }
 
     #[test]

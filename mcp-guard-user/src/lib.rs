@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod daemon;
 pub mod frame;
 pub mod guard;
 pub mod hosts;

@@ -30,6 +30,8 @@ fn main() -> ExitCode {
         Command::Hosts(HostsCommand::Unwrap(e)) => hosts_edit(&e, false),
         Command::Pins(PinsCommand::List { pins }) => pins_list(pins),
         Command::Pins(PinsCommand::Approve { server, tool, pins }) => pins_approve(pins, &server, tool.as_deref()),
+        Command::Daemon { config } => daemon(config.as_deref()),
+        Command::Status { config, json } => mcp_guard::daemon::status::run(config.as_deref(), json),
         Command::Service(mcp_guard::cli::ServiceCommand::Install(a)) => mcp_guard::service::install(&a),
         Command::Service(mcp_guard::cli::ServiceCommand::Uninstall(a)) => mcp_guard::service::uninstall(&a),
     };
@@ -40,6 +42,11 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn daemon(config: Option<&std::path::Path>) -> anyhow::Result<i32> {
+    let cfg = mcp_guard::daemon::config::Config::load(config)?;
+    mcp_guard::daemon::run(cfg)
 }
 
 fn wrap(w: Wrap) -> anyhow::Result<i32> {

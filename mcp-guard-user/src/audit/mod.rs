@@ -221,6 +221,17 @@ impl Audit {
     }
 
     /// Writes `records` now; the ticket tells when they are committed.
+    /// [`Audit::commit`] for a thread outside any runtime: returns once the records are
+    /// written, signed and (in durable mode) on disk.
+    pub fn commit_blocking(&self, records: Vec<Record>) -> Result<(), Error> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.write(records, true)
+            .and_then(|generation| self.sync(generation))
+            .map_err(|reason| Error::Write { path: self.path.to_path_buf(), reason })
+    }
+
     pub fn submit(&self, records: Vec<Record>) -> Ticket {
         if records.is_empty() {
             return Ticket { done: None, path: self.path.clone() };

@@ -32,6 +32,15 @@ pub struct Policy {
     pub(super) dynamic: Mutex<HashMap<String, Option<Arc<Dynamic>>>>,
     /// What is done to responses: secrets redacted, a size limit.
     pub(super) responses: crate::redact::Responses,
+    /// What the daemon's observer does about what it sees.
+    pub(super) observer: Observer,
+}
+
+/// `[observer]`, with defaults filled in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Observer {
+    pub unwrapped: super::raw::Reaction,
+    pub denied: super::raw::Reaction,
 }
 
 #[derive(Debug)]
@@ -549,6 +558,7 @@ impl Policy {
         let mut default = Action::Allow;
         let mut mode = Mode::Enforce;
         let mut responses = crate::redact::Responses::standard();
+        let mut observer = Observer::default();
         let mut rules: Vec<Rule> = Vec::new();
         let mut seen: HashMap<String, String> = HashMap::new();
         for (i, raw) in raws {
@@ -582,9 +592,16 @@ impl Policy {
                     }
                     responses = crate::redact::Responses::new(r.redact_builtin.unwrap_or(true), extra, r.max_bytes.unwrap_or(0));
                 }
+                if let Some(o) = raw.observer {
+                    let o = o.into_inner();
+                    observer = Observer { unwrapped: o.unwrapped.unwrap_or_default(), denied: o.denied.unwrap_or_default() };
+                }
             } else {
                 if let Some(r) = &raw.responses {
                     ctx.err(r.span().start, "`[responses]` may only be set in the main policy file, not in a drop-in");
+                }
+                if let Some(o) = &raw.observer {
+                    ctx.err(o.span().start, "`[observer]` may only be set in the main policy file, not in a drop-in");
                 }
                 if let Some(d) = &raw.default {
                     ctx.err(
@@ -651,7 +668,20 @@ impl Policy {
                 .join(", "),
             dynamic: Mutex::new(HashMap::new()),
             responses,
+            observer,
         })
+    }
+
+    /// What the daemon's observer does about unwrapped servers and denied calls.
+    pub fn observer(&self) -> Observer {
+        self.observer
+    }
+
+    /// The same policy in monitor mode: it records what it would deny and denies nothing.
+    /// The observer judges with it: it sees traffic it cannot stop.
+    pub fn into_monitor(mut self) -> Policy {
+        self.mode = Mode::Monitor;
+        self
     }
 
     /// What is done to responses.

@@ -23,7 +23,8 @@ mod load;
 pub mod path;
 mod raw;
 
-pub use compiled::{Policy, Rate, Rule};
+pub use compiled::{Observer, Policy, Rate, Rule};
+pub use raw::Reaction;
 pub use eval::{Ancestor, Decision, Explanation, Limiter, Principal, Query, Request, RuleReport};
 pub use load::{SYSTEM_DIR, Source, dropins, standalone, standalone_candidates};
 

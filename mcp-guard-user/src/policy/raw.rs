@@ -17,6 +17,28 @@ pub struct RawPolicy {
     #[serde(default, rename = "rule")]
     pub rules: Vec<Spanned<RawRule>>,
     pub responses: Option<Spanned<RawResponses>>,
+    pub observer: Option<Spanned<RawObserver>>,
+}
+
+/// `[observer]`: what the daemon does about sessions it sees from the kernel.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawObserver {
+    /// A stdio MCP server running without `mcp-guard wrap`.
+    pub unwrapped: Option<Reaction>,
+    /// A call the policy denies, seen going into an unwrapped server.
+    pub denied: Option<Reaction>,
+}
+
+/// What the observer does about a finding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reaction {
+    /// An alert record.
+    #[default]
+    Alert,
+    /// An alert record, and the server is killed (SIGKILL).
+    Kill,
 }
 
 /// `[responses]`: what happens to what servers send back.

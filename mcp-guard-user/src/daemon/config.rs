@@ -1,0 +1,168 @@
+//! The daemon's configuration file (`/etc/mcp-guard/config.toml`); every key optional.
+//! The shipped file, `config/config.toml`, documents each key with its default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::audit::Durability;
+
+/// Where the daemon reads its configuration when no `--config` is given.
+pub const DEFAULT_PATH: &str = "/etc/mcp-guard/config.toml";
+
+/// Agent hosts watched by default: comm, executable name, or script name.
+pub const DEFAULT_HOSTS: &[&str] = &[
+    "claude", "Claude", "claude-desktop", "cursor", "Cursor", "code", "code-insiders", "codium", "windsurf",
+    "Windsurf", "gemini", "codex", "zed", "zed-editor", "lm-studio", "LM Studio", "kiro", "opencode", "goose", "cline",
+];
+
+/// The smallest per-message limit: the observer must see 1 MiB messages whole.
+pub const MIN_MAX_MESSAGE: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub policy: PathBuf,
+    pub audit: PathBuf,
+    pub audit_key: PathBuf,
+    pub durability: Durability,
+    pub run_dir: PathBuf,
+    pub bpf_object: Option<PathBuf>,
+    pub hosts: Vec<String>,
+    pub max_message: usize,
+    pub ring_bytes: u32,
+    pub rescan_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            policy: PathBuf::from("/etc/mcp-guard/policy.toml"),
+            audit: PathBuf::from("/var/log/mcp-guard/audit.jsonl"),
+            audit_key: PathBuf::from("/var/lib/mcp-guard/audit.key"),
+            durability: Durability::Durable,
+            run_dir: PathBuf::from("/run/mcp-guard"),
+            bpf_object: None,
+            hosts: DEFAULT_HOSTS.iter().map(|s| s.to_string()).collect(),
+            max_message: MIN_MAX_MESSAGE,
+            ring_bytes: crate::observer::DEFAULT_RING_BYTES,
+            rescan_ms: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    policy: Option<PathBuf>,
+    audit: Option<PathBuf>,
+    audit_key: Option<PathBuf>,
+    durability: Option<String>,
+    run_dir: Option<PathBuf>,
+    bpf_object: Option<PathBuf>,
+    hosts: Option<Vec<String>>,
+    max_message: Option<usize>,
+    ring_bytes: Option<u32>,
+    rescan_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads `path`; a missing file at the default path means the defaults, a missing
+    /// file named on the command line is an error.
+    pub fn load(path: Option<&Path>) -> Result<Config, Error> {
+        let (path, named) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Config::parse(&text, &path),
+            Err(e) if !named && e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(Error::Read { path, source }),
+        }
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Error> {
+        let invalid = |message: String| Error::Invalid { path: path.to_path_buf(), message };
+        let raw: Raw = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let d = Config::default();
+        let durability = match raw.durability {
+            None => d.durability,
+            Some(s) => <Durability as clap::ValueEnum>::from_str(&s, false)
+                .map_err(|_| invalid(format!("durability: `{s}` is neither `durable` nor `page-cache`")))?,
+        };
+        let max_message = raw.max_message.unwrap_or(d.max_message);
+        if max_message < MIN_MAX_MESSAGE {
+            return Err(invalid(format!("max_message: {max_message} is below the minimum of {MIN_MAX_MESSAGE} bytes")));
+        }
+        let ring_bytes = raw.ring_bytes.unwrap_or(d.ring_bytes);
+        if !ring_bytes.is_power_of_two() || ring_bytes < 4096 {
+            return Err(invalid(format!("ring_bytes: {ring_bytes} is not a power of two of at least 4096")));
+        }
+        let hosts = raw.hosts.unwrap_or(d.hosts);
+        Ok(Config {
+            policy: raw.policy.unwrap_or(d.policy),
+            audit: raw.audit.unwrap_or(d.audit),
+            audit_key: raw.audit_key.unwrap_or(d.audit_key),
+            durability,
+            run_dir: raw.run_dir.unwrap_or(d.run_dir),
+            bpf_object: raw.bpf_object,
+            hosts,
+            max_message,
+            ring_bytes,
+            rescan_ms: raw.rescan_ms.unwrap_or(d.rescan_ms),
+        })
+    }
+
+    /// The status file `mcp-guard status` reads.
+    pub fn status_path(&self) -> PathBuf {
+        self.run_dir.join("status.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_states_the_defaults() {
+        let text = include_str!("../../../config/config.toml");
+        let c = Config::parse(text, Path::new("config.toml")).expect("shipped config parses");
+        let d = Config::default();
+        assert_eq!(c.policy, d.policy);
+        assert_eq!(c.audit, d.audit);
+        assert_eq!(c.audit_key, d.audit_key);
+        assert_eq!(c.run_dir, d.run_dir);
+        assert_eq!(c.hosts, d.hosts);
+        assert_eq!((c.max_message, c.ring_bytes, c.rescan_ms), (d.max_message, d.ring_bytes, d.rescan_ms));
+        assert_eq!(c.durability, d.durability);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("max_message = 10", "max_message"),
+            ("ring_bytes = 5000", "ring_bytes"),
+            ("durability = \"sometimes\"", "durability"),
+            ("colour = 1", "unknown field"),
+        ] {
+            let err = Config::parse(text, Path::new("c.toml")).expect_err(text).to_string();
+            assert!(err.contains(key) && err.starts_with("c.toml"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_named_file_is_an_error() {
+        assert!(Config::load(Some(Path::new("/nonexistent/mcp-guard.toml"))).is_err());
+    }
+}

@@ -1,0 +1,880 @@
+//! `mcp-guard daemon`: the observer. It loads the kernel programs, watches agent hosts
+//! (and, in the kernel, everything they start), reassembles what their children read on
+//! stdin and write on stdout, and runs every stdio MCP session it finds through the same
+//! guard pipeline as the shim, in monitor mode, with transport `stdio-observed`.
+//!
+//! Sessions under `mcp-guard wrap` are the shim's to record; the observer only checks
+//! that what reaches a wrapped server came through its shim. A server nobody wrapped
+//! raises an alert, and policy (`[observer]`) can have it killed on sight or when a
+//! denied call goes into it. For the latter the kernel stops the server (SIGSTOP) as the
+//! read returns, before it runs again; the daemon judges the read and continues it, or
+//! kills it.
+//!
+//! One thread handles events, in ring-buffer order; another commits their records, one
+//! signed write per batch of events.
+
+pub mod config;
+mod procs;
+pub mod status;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::value::RawValue;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::audit::{self, Audit, Context, Record};
+use crate::frame::{Frame, Framer};
+use crate::guard::{Direction, Session, Subject};
+use crate::identity::{self, Link, Process};
+use crate::jsonrpc::{self, IdKey, Kind, Parsed};
+use crate::observer::{self, Data, Event, Observer, Settings};
+use crate::policy::{Ancestor, Policy, Reaction};
+use config::Config;
+use mcp_guard_common::watch;
+
+/// Events handled per turn of the loop; their records share one signed write.
+const BATCH: usize = 1024;
+/// Batches of records waiting for the committer before the event loop waits for it.
+const COMMIT_QUEUE: usize = 64;
+/// Requests a shim read from its host, remembered per shim for the injection check.
+const SHIM_MEMORY: usize = 4096;
+
+/// Runs the daemon until SIGTERM or SIGINT. Needs root.
+pub fn run(cfg: Config) -> anyhow::Result<i32> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("the daemon loads eBPF programs and reads every process's /proc entries: run it as root");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
+    rt.block_on(serve(cfg))
+}
+
+fn load_policy(cfg: &Config) -> anyhow::Result<Policy> {
+    let dropins = cfg.policy.with_file_name("policy.d");
+    let policy = Policy::load_with_dropins(&cfg.policy, &dropins)
+        .with_context(|| format!("cannot load the policy {}", cfg.policy.display()))?;
+    Ok(policy.into_monitor())
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<i32> {
+    let policy = load_policy(&cfg)?;
+    let object = match &cfg.bpf_object {
+        Some(p) => p.clone(),
+        None => observer::find_object()?,
+    };
+    let max_capture = (cfg.max_message + 2).min(mcp_guard_common::MAX_CAPTURE) as u32;
+    let mut obs = Observer::load_with(&object, Settings { ring_bytes: cfg.ring_bytes, max_capture })
+        .with_context(|| format!("cannot load the eBPF object {}", object.display()))?;
+    let mut events = obs.events()?;
+    let opts = audit::Options { max_bytes: audit::DEFAULT_MAX_BYTES, key: Some(cfg.audit_key.clone()) };
+    let (audit, writer) = Audit::open_with(&cfg.audit, cfg.durability, &opts)?;
+    std::fs::create_dir_all(&cfg.run_dir).with_context(|| format!("cannot create {}", cfg.run_dir.display()))?;
+    let committer = Committer::spawn(audit.clone())?;
+
+    let mut d = Daemon::new(cfg, obs, policy, committer);
+    d.started(&object);
+    d.scan(true);
+    d.flush();
+    d.write_status();
+    tracing::info!(programs = ?d.observer.programs, "observer running");
+
+    let (mut term, mut int, mut hup) =
+        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            r = events.batch(&mut batch, BATCH) => {
+                r?;
+                for event in batch.drain(..) {
+                    d.handle(event);
+                }
+                d.flush();
+            }
+            _ = hup.recv() => d.reload(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick() => d.tick(),
+        }
+    }
+    // What the kernel sent before the signal is still judged (gated readers continued).
+    while let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(50), events.batch(&mut batch, BATCH)).await {
+        for event in batch.drain(..) {
+            d.handle(event);
+        }
+    }
+    d.stop();
+    let Daemon { committer, observer, cfg, .. } = d;
+    // Detaches the programs: no process is stopped by a gate after this.
+    drop(observer);
+    drop(events);
+    committer.close();
+    audit.close(writer);
+    let _ = std::fs::remove_file(cfg.status_path());
+    Ok(0)
+}
+
+/// Commits batches of records on its own thread, so the event loop never waits on the disk.
+struct Committer {
+    tx: Option<mpsc::SyncSender<Vec<Record>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    fn spawn(audit: Audit) -> anyhow::Result<Committer> {
+        let (tx, rx) = mpsc::sync_channel::<Vec<Record>>(COMMIT_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("observer-audit".into())
+            .spawn(move || {
+                while let Ok(mut records) = rx.recv() {
+                    // Whatever queued meanwhile goes in the same write.
+                    while let Ok(more) = rx.try_recv() {
+                        records.extend(more);
+                    }
+                    if let Err(e) = audit.commit_blocking(records) {
+                        // The writer records the gap itself once writes succeed again.
+                        tracing::error!(error = %e, "observer records not written");
+                    }
+                }
+            })
+            .context("cannot start the audit thread")?;
+        Ok(Committer { tx: Some(tx), thread: Some(thread) })
+    }
+
+    fn send(&self, records: Vec<Record>) {
+        if let Some(tx) = &self.tx
+            && tx.send(records).is_err()
+        {
+            tracing::error!("the audit thread has stopped; observer records lost");
+        }
+    }
+
+    fn close(mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a watched process turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Not classified yet: no complete message seen.
+    Unknown,
+    /// Not MCP: no longer captured.
+    Other,
+    /// An `mcp-guard wrap` shim: its stdin is what the host sent.
+    Shim,
+    /// A server under a shim (the shim's tgid).
+    Wrapped(u32),
+    /// A server nobody wrapped: judged and recorded here.
+    Server,
+}
+
+/// One direction of a process's stdio.
+struct Stream {
+    framer: Framer,
+    /// Bytes were lost: drop everything up to the next newline.
+    resync: bool,
+    /// No byte seen yet.
+    fresh: bool,
+}
+
+impl Stream {
+    fn new(max: usize, joined_late: bool) -> Stream {
+        Stream { framer: Framer::new(max), resync: joined_late, fresh: true }
+    }
+}
+
+/// An MCP session the observer judges.
+struct Observed {
+    guard: Session,
+    name: String,
+    host: Option<Process>,
+    user: Option<String>,
+    uid: u32,
+    messages: u64,
+}
+
+struct Proc {
+    role: Role,
+    host: Option<u32>,
+    inbound: Stream,
+    outbound: Stream,
+    session: Option<Box<Observed>>,
+    /// Requests read from the host (shims only), for the injection check.
+    seen: HashSet<(String, IdKey)>,
+    seen_order: std::collections::VecDeque<(String, IdKey)>,
+    joined_late: bool,
+    killed: bool,
+}
+
+#[derive(Default, Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub events: u64,
+    pub bytes: u64,
+    pub messages: u64,
+    pub lost_kernel: u64,
+    pub lost_sequence: u64,
+    pub alerts: u64,
+    pub killed: u64,
+    pub sessions_seen: u64,
+}
+
+struct Daemon {
+    cfg: Config,
+    observer: Observer,
+    policy: Arc<Policy>,
+    /// The daemon's own context, for records about no one session.
+    ctx: Arc<Context>,
+    committer: Committer,
+    records: Vec<Record>,
+    hosts: HashMap<u32, Process>,
+    procs: HashMap<u32, Proc>,
+    /// Processes that existed before the daemon: their streams are joined mid-way.
+    late: HashSet<u32>,
+    /// Next expected chunk sequence number, per CPU.
+    next_seq: HashMap<u32, u64>,
+    counters: Counters,
+    /// Losses already reported in a gap record.
+    reported_lost: (u64, u64),
+    started_at: SystemTime,
+    last_scan: Instant,
+}
+
+fn raw<T: serde::Serialize>(v: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(v).unwrap_or_else(|_| jsonrpc::null_id().to_owned())
+}
+
+fn gate_flag(policy: &Policy) -> u32 {
+    if policy.observer().denied == Reaction::Kill { watch::GATE } else { 0 }
+}
+
+impl Daemon {
+    fn new(cfg: Config, observer: Observer, policy: Policy, committer: Committer) -> Daemon {
+        let policy = Arc::new(policy);
+        let me = std::process::id() as i32;
+        let ctx = Arc::new(Context {
+            session: audit::random_id().into(),
+            transport: "stdio-observed",
+            policy_sha256: policy.sha256().to_string(),
+            mode: crate::guard::mode_name(policy.mode()),
+            principal: raw(&identity::current_principal()),
+            agent_host: raw(&None::<Link>),
+            chain: raw(&identity::ancestry(me).iter().map(Link::short).collect::<Vec<_>>()),
+            server: raw(&serde_json::json!({ "name": "mcp-guard-daemon", "pid": me })),
+        });
+        Daemon {
+            cfg,
+            observer,
+            policy,
+            ctx,
+            committer,
+            records: Vec::new(),
+            hosts: HashMap::new(),
+            procs: HashMap::new(),
+            late: HashSet::new(),
+            next_seq: HashMap::new(),
+            counters: Counters::default(),
+            reported_lost: (0, 0),
+            started_at: SystemTime::now(),
+            last_scan: Instant::now(),
+        }
+    }
+
+    fn started(&mut self, object: &std::path::Path) {
+        let mut loaded = Record::new("policy_loaded", &self.ctx);
+        loaded.detail = Some(serde_json::json!({ "origin": self.policy.origin(), "rules": self.policy.len(), "observer": self.policy.observer() }));
+        let mut start = Record::new("daemon_start", &self.ctx);
+        start.detail = Some(serde_json::json!({
+            "object": object,
+            "programs": self.observer.programs,
+            "hosts": self.cfg.hosts,
+        }));
+        self.records.extend([loaded, start]);
+    }
+
+    fn alert(&mut self, ctx: Option<&Arc<Context>>, detail: serde_json::Value) {
+        self.counters.alerts += 1;
+        tracing::warn!(%detail, "alert");
+        let mut rec = Record::new("alert", ctx.unwrap_or(&self.ctx));
+        rec.detail = Some(detail);
+        self.records.push(rec);
+    }
+
+    /// Sends the records of the events handled so far to the committer.
+    fn flush(&mut self) {
+        if !self.records.is_empty() {
+            self.committer.send(std::mem::take(&mut self.records));
+        }
+    }
+
+    /// Watches agent hosts: every process that matches the host list. At start-up also
+    /// their descendants, which started before the daemon and so are not watched yet.
+    fn scan(&mut self, startup: bool) {
+        let all = procs::all();
+        let flags = watch::HOST | gate_flag(&self.policy);
+        let mut found = Vec::new();
+        for &(pid, _) in &all {
+            if pid as i32 == std::process::id() as i32 || self.hosts.contains_key(&pid) {
+                continue;
+            }
+            if procs::is_host(pid, &self.cfg.hosts) {
+                found.push(pid);
+            }
+        }
+        for pid in found {
+            self.watch_host(pid, flags);
+        }
+        if !startup {
+            return;
+        }
+        // Children of hosts, breadth first, so deeper descendants find their parent watched.
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        for &(pid, ppid) in &all {
+            children.entry(ppid).or_default().push(pid);
+        }
+        let mut queue: Vec<u32> = self.hosts.keys().copied().collect();
+        let child_flags = watch::CAPTURE | gate_flag(&self.policy);
+        while let Some(p) = queue.pop() {
+            for &c in children.get(&p).into_iter().flatten() {
+                if self.hosts.contains_key(&c) || self.late.contains(&c) {
+                    continue;
+                }
+                if let Err(e) = self.observer.watch(c, child_flags) {
+                    tracing::warn!(pid = c, error = %e, "cannot watch a host's child");
+                    continue;
+                }
+                self.late.insert(c);
+                queue.push(c);
+            }
+        }
+    }
+
+    fn watch_host(&mut self, pid: u32, flags: u32) {
+        let Ok(process) = Process::read(pid as i32) else { return };
+        if let Err(e) = self.observer.watch(pid, flags) {
+            tracing::warn!(pid, error = %e, "cannot watch an agent host");
+            return;
+        }
+        tracing::info!(pid, comm = %process.comm, "watching agent host");
+        self.hosts.insert(pid, process);
+    }
+
+    fn handle(&mut self, event: Event) {
+        self.counters.events += 1;
+        match event {
+            Event::Exec(e) => {
+                if e.watch == 0 {
+                    if procs::is_host(e.tgid, &self.cfg.hosts) {
+                        self.watch_host(e.tgid, watch::HOST | gate_flag(&self.policy));
+                    }
+                    return;
+                }
+                // A watched process runs a new program: classify it afresh.
+                if let Some(p) = self.procs.remove(&e.tgid) {
+                    self.end(e.tgid, p, "exec");
+                }
+                if e.watch & watch::GATE != 0 && procs::is_shim(e.tgid) {
+                    // Shims are judged by themselves; their reads need no gate.
+                    let _ = self.observer.set_flags(e.tgid, e.watch & !watch::GATE);
+                }
+            }
+            Event::Exit { tgid } => {
+                self.hosts.remove(&tgid);
+                self.late.remove(&tgid);
+                if let Some(p) = self.procs.remove(&tgid) {
+                    self.end(tgid, p, "exit");
+                }
+            }
+            Event::Data(d) => self.data(d),
+        }
+    }
+
+    /// Ends a process's session, if it had one.
+    fn end(&mut self, tgid: u32, p: Proc, why: &str) {
+        if let Some(s) = p.session {
+            let mut rec = Record::new("session_end", s.guard.ctx());
+            rec.detail = Some(serde_json::json!({
+                "reason": why,
+                "pid": tgid,
+                "messages": s.messages,
+                "killed": p.killed,
+                "counters": s.guard.counters,
+            }));
+            self.records.push(rec);
+        }
+    }
+
+    fn data(&mut self, d: Data) {
+        self.counters.bytes += d.payload.len() as u64;
+        if let Some(expected) = self.next_seq.insert(d.cpu, d.seq + 1)
+            && d.seq > expected
+        {
+            // Chunks were lost between these two: any stream may miss bytes.
+            self.counters.lost_sequence += d.seq - expected;
+            for p in self.procs.values_mut() {
+                p.inbound.resync = true;
+                p.outbound.resync = true;
+                p.inbound.framer = Framer::new(self.cfg.max_message);
+                p.outbound.framer = Framer::new(self.cfg.max_message);
+            }
+        }
+        let dir = match (d.fd, d.inbound) {
+            (0, true) => Direction::ToServer,
+            (1, false) => Direction::ToClient,
+            _ => return self.release(&d, false),
+        };
+        let max = self.cfg.max_message;
+        let late = self.late.contains(&d.tgid);
+        let p = self.procs.entry(d.tgid).or_insert_with(|| Proc {
+            role: Role::Unknown,
+            host: None,
+            inbound: Stream::new(max, late),
+            outbound: Stream::new(max, late),
+            session: None,
+            seen: HashSet::new(),
+            seen_order: Default::default(),
+            joined_late: late,
+            killed: false,
+        });
+        if p.role == Role::Other || p.killed {
+            let killed = p.killed;
+            return self.release(&d, killed);
+        }
+        let stream = if dir == Direction::ToServer { &mut p.inbound } else { &mut p.outbound };
+        let mut payload = &d.payload[..];
+        if stream.resync {
+            match memchr::memchr(b'\n', payload) {
+                Some(i) => {
+                    stream.resync = false;
+                    payload = &payload[i + 1..];
+                }
+                None => payload = &[],
+            }
+        }
+        // Not JSON at all: not MCP; stop capturing it rather than buffer its output.
+        if stream.fresh && p.role == Role::Unknown && !p.joined_late
+            && let Some(&first) = payload.iter().find(|b| !b.is_ascii_whitespace())
+            && first != b'{'
+            && first != b'['
+        {
+            return self.not_mcp(d);
+        }
+        if !payload.is_empty() {
+            stream.fresh = false;
+            if let Some(spare) = stream.framer.spare(payload.len()).get_mut(..payload.len()) {
+                spare.copy_from_slice(payload);
+            }
+            stream.framer.filled(payload.len());
+        }
+        if d.incomplete() {
+            // The rest of this call's bytes were not captured: the line in progress is lost.
+            stream.resync = true;
+        }
+        if !d.last() {
+            return;
+        }
+        let mut frames = Vec::new();
+        while let Some(f) = stream.framer.next_frame() {
+            frames.push(f);
+        }
+        if stream.resync {
+            stream.framer = Framer::new(max);
+        }
+        if !frames.is_empty() {
+            let data = stream.framer.data().to_vec();
+            self.frames(d.tgid, dir, &data, frames);
+        }
+        let killed = self.procs.get(&d.tgid).is_some_and(|p| p.killed);
+        self.release(&d, killed);
+    }
+
+    /// Lets a gated reader go on, unless it was killed.
+    fn release(&mut self, d: &Data, killed: bool) {
+        if d.gated() && !killed {
+            let _ = kill(Pid::from_raw(d.tgid as i32), Signal::SIGCONT);
+        }
+    }
+
+    fn not_mcp(&mut self, d: Data) {
+        if let Some(p) = self.procs.get_mut(&d.tgid) {
+            p.role = Role::Other;
+            p.inbound = Stream::new(0, false);
+            p.outbound = Stream::new(0, false);
+        }
+        if let Some(w) = self.observer.watched(d.tgid) {
+            let _ = self.observer.set_flags(d.tgid, w.flags & !(watch::CAPTURE | watch::GATE));
+        }
+        self.release(&d, false);
+    }
+
+    /// The nearest watched host above `pid`.
+    fn host_of(&self, pid: u32) -> Option<u32> {
+        let mut p = procs::parent(pid)?;
+        for _ in 0..64 {
+            if self.hosts.contains_key(&p) {
+                return Some(p);
+            }
+            if p <= 1 {
+                return None;
+            }
+            p = procs::parent(p)?;
+        }
+        None
+    }
+
+    fn frames(&mut self, tgid: u32, dir: Direction, data: &[u8], frames: Vec<Frame>) {
+        let role = self.procs.get(&tgid).map_or(Role::Other, |p| p.role);
+        let frames = if role == Role::Unknown {
+            match self.classify(tgid, dir, data, frames) {
+                Some(f) => f,
+                None => return,
+            }
+        } else {
+            frames
+        };
+        let role = self.procs.get(&tgid).map_or(Role::Other, |p| p.role);
+        match role {
+            Role::Server => self.judge(tgid, dir, data, frames),
+            Role::Shim if dir == Direction::ToServer => self.remember(tgid, data, &frames),
+            Role::Wrapped(shim) if dir == Direction::ToServer => self.check_injection(tgid, shim, data, &frames),
+            _ => {}
+        }
+    }
+
+    /// Decides what `tgid` is from its first complete message; returns the frames left
+    /// to handle, or `None` when it is not MCP.
+    fn classify(&mut self, tgid: u32, dir: Direction, data: &[u8], mut frames: Vec<Frame>) -> Option<Vec<Frame>> {
+        let late = self.procs.get(&tgid).is_some_and(|p| p.joined_late);
+        let first_ok = |frames: &[Frame]| match frames.first() {
+            Some(Frame::Line { msg, .. }) => jsonrpc::parse(&data[msg.clone()]).is_ok(),
+            _ => false,
+        };
+        // Joined mid-stream: the first line may be the tail of a message.
+        if late && !first_ok(&frames) && frames.len() > 1 {
+            frames.remove(0);
+        }
+        if !first_ok(&frames) {
+            if late && frames.len() <= 1 {
+                return None;
+            }
+            self.not_mcp_pid(tgid);
+            return None;
+        }
+        let _ = dir;
+        let host = self.host_of(tgid);
+        let role = if procs::is_shim(tgid) {
+            Role::Shim
+        } else if let Some(shim) = host.and_then(|h| procs::shim_above(tgid, h)) {
+            Role::Wrapped(shim)
+        } else {
+            Role::Server
+        };
+        if matches!(role, Role::Shim | Role::Wrapped(_))
+            && let Some(w) = self.observer.watched(tgid)
+        {
+            let _ = self.observer.set_flags(tgid, w.flags & !watch::GATE);
+        }
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.role = role;
+            p.host = host;
+        }
+        if role == Role::Server {
+            self.open_session(tgid, host, late);
+        }
+        Some(frames)
+    }
+
+    fn not_mcp_pid(&mut self, tgid: u32) {
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.role = Role::Other;
+        }
+        if let Some(w) = self.observer.watched(tgid) {
+            let _ = self.observer.set_flags(tgid, w.flags & !(watch::CAPTURE | watch::GATE));
+        }
+    }
+
+    /// Starts recording an unwrapped server's session, and raises its alert.
+    fn open_session(&mut self, tgid: u32, host: Option<u32>, late: bool) {
+        self.counters.sessions_seen += 1;
+        let pid = tgid as i32;
+        let process = Process::read(pid).ok();
+        let argv = procs::cmdline(tgid);
+        let name = procs::server_name(&argv);
+        let principal = identity::principal_of(pid);
+        let host_proc = host.and_then(|h| self.hosts.get(&h).cloned().or_else(|| Process::read(h as i32).ok()));
+        let chain = identity::ancestry(pid);
+        let ctx = Arc::new(Context {
+            session: audit::random_id().into(),
+            transport: "stdio-observed",
+            policy_sha256: self.policy.sha256().to_string(),
+            mode: crate::guard::mode_name(self.policy.mode()),
+            principal: raw(&principal),
+            agent_host: raw(&host_proc.as_ref().map(Link::long)),
+            chain: raw(&chain.iter().map(Link::short).collect::<Vec<_>>()),
+            server: raw(&serde_json::json!({
+                "name": name,
+                "pid": pid,
+                "exe": process.as_ref().and_then(|p| p.exe.clone()),
+                "argv": identity::redact_args(&argv),
+                "exec_id": process.as_ref().map(|p| p.exec_id.clone()),
+            })),
+        });
+        let uid = principal.as_ref().map_or(u32::MAX, |p| p.uid);
+        let subject = Subject {
+            principal: Some(crate::policy::Principal::from_uid(uid)),
+            ancestry: Some(chain.iter().map(|p| Ancestor { exe: p.exe.clone(), comm: p.comm.clone() }).collect()),
+            host_exe: host_proc.as_ref().and_then(|h| h.exe.clone()),
+            server_exe: process.as_ref().and_then(|p| p.exe.clone()),
+            cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok().map(|p| p.display().to_string()),
+        };
+        let guard = Session::new(name.clone(), self.policy.clone(), ctx.clone(), self.cfg.max_message, subject);
+        let mut start = Record::new("session_start", &ctx);
+        start.detail = Some(serde_json::json!({
+            "observed": true,
+            "joined_late": late,
+            "agent_host": host_proc,
+            "chain": chain,
+        }));
+        self.records.push(start);
+        let reaction = self.policy.observer().unwrapped;
+        let user = principal.as_ref().and_then(|p| p.user.clone());
+        self.alert(Some(&ctx), serde_json::json!({
+            "alert": "unwrapped_server",
+            "server": name,
+            "pid": pid,
+            "host": host_proc.as_ref().map(Link::short),
+            "user": user,
+            "uid": uid,
+            "action": reaction,
+        }));
+        let killed = reaction == Reaction::Kill && self.kill(tgid);
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.killed = killed;
+            p.session = Some(Box::new(Observed { guard, name, host: host_proc, user, uid, messages: 0 }));
+        }
+    }
+
+    fn kill(&mut self, tgid: u32) -> bool {
+        match kill(Pid::from_raw(tgid as i32), Signal::SIGKILL) {
+            Ok(()) => {
+                self.counters.killed += 1;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(pid = tgid, error = %e, "cannot kill");
+                false
+            }
+        }
+    }
+
+    fn judge(&mut self, tgid: u32, dir: Direction, data: &[u8], frames: Vec<Frame>) {
+        let Some(p) = self.procs.get_mut(&tgid) else { return };
+        let Some(s) = p.session.as_mut() else { return };
+        s.messages += frames.len() as u64;
+        self.counters.messages += frames.len() as u64;
+        let plan = s.guard.judge(dir, data, frames);
+        let denied: Vec<(Option<String>, Option<String>)> = plan
+            .commit
+            .iter()
+            .filter(|r| r.kind == "request" && r.would_deny == Some(true))
+            .map(|r| (r.tool.clone(), r.rule.clone()))
+            .collect();
+        let ctx = s.guard.ctx().clone();
+        self.records.extend(plan.commit);
+        self.records.extend(plan.append);
+        if denied.is_empty() || dir != Direction::ToServer {
+            return;
+        }
+        let reaction = self.policy.observer().denied;
+        // Killed first, recorded after: the record must not give the call time to run.
+        let killed = reaction == Reaction::Kill && !p.killed && self.kill(tgid);
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.killed |= killed;
+        }
+        for (tool, rule) in denied {
+            self.alert(Some(&ctx), serde_json::json!({
+                "alert": "denied_call_observed",
+                "pid": tgid,
+                "tool": tool,
+                "rule": rule,
+                "action": reaction,
+                "killed": killed,
+            }));
+        }
+    }
+
+    /// Requests (method and id) in `frames`.
+    fn requests(data: &[u8], frames: &[Frame]) -> Vec<(String, IdKey, Option<String>)> {
+        let mut out = Vec::new();
+        for f in frames {
+            let Frame::Line { msg, .. } = f else { continue };
+            let push = |m: &jsonrpc::Message<'_>, out: &mut Vec<_>| {
+                if m.kind == Kind::Request
+                    && let (Some(method), Some(id)) = (m.method.as_deref(), m.id)
+                {
+                    out.push((method.to_string(), IdKey::of(id), Some(jsonrpc::id_text(id))));
+                }
+            };
+            match jsonrpc::parse(&data[msg.clone()]) {
+                Ok(Parsed::Single(m)) => push(&m, &mut out),
+                Ok(Parsed::Batch(items)) => items.iter().flatten().for_each(|m| push(m, &mut out)),
+                Err(_) => {}
+            }
+        }
+        out
+    }
+
+    fn remember(&mut self, shim: u32, data: &[u8], frames: &[Frame]) {
+        let Some(p) = self.procs.get_mut(&shim) else { return };
+        for (method, id, _) in Self::requests(data, frames) {
+            let key = (method, id);
+            if p.seen.insert(key.clone()) {
+                p.seen_order.push_back(key);
+                if p.seen_order.len() > SHIM_MEMORY
+                    && let Some(old) = p.seen_order.pop_front()
+                {
+                    p.seen.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Every request a wrapped server reads must have come from its host through the shim.
+    fn check_injection(&mut self, server: u32, shim: u32, data: &[u8], frames: &[Frame]) {
+        let Some(sp) = self.procs.get(&shim) else {
+            // The shim's stdin was never seen (the daemon started later): nothing to compare.
+            return;
+        };
+        if sp.joined_late {
+            return;
+        }
+        let injected: Vec<_> = Self::requests(data, frames)
+            .into_iter()
+            .filter(|(m, id, _)| !sp.seen.contains(&(m.clone(), id.clone())))
+            .collect();
+        for (method, _, id) in injected {
+            self.alert(None, serde_json::json!({
+                "alert": "injected_message",
+                "server_pid": server,
+                "shim_pid": shim,
+                "method": method,
+                "request_id": id,
+                "why": "the wrapped server read a request its shim never received from the agent host",
+            }));
+        }
+    }
+
+    fn reload(&mut self) {
+        match load_policy(&self.cfg) {
+            Ok(p) => {
+                self.policy = Arc::new(p);
+                for p in self.procs.values_mut() {
+                    if let Some(s) = p.session.as_mut() {
+                        s.guard.set_policy(self.policy.clone());
+                    }
+                }
+                let mut rec = Record::new("policy_loaded", &self.ctx);
+                rec.detail = Some(serde_json::json!({ "origin": self.policy.origin(), "rules": self.policy.len(), "reload": true, "policy_sha256": self.policy.sha256() }));
+                self.records.push(rec);
+                // Gates follow the new policy for hosts watched from now on.
+                let flags = watch::HOST | gate_flag(&self.policy);
+                for &h in self.hosts.keys() {
+                    let _ = self.observer.set_flags(h, flags);
+                }
+                tracing::info!(origin = self.policy.origin(), "policy reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "policy not reloaded; the one in force stays");
+                self.alert(None, serde_json::json!({ "alert": "policy_reload_failed", "error": format!("{e:#}") }));
+            }
+        }
+        self.flush();
+    }
+
+    fn tick(&mut self) {
+        if self.last_scan.elapsed() >= Duration::from_millis(self.cfg.rescan_ms.max(100)) {
+            self.last_scan = Instant::now();
+            self.scan(false);
+            // Exits the ring buffer could not report.
+            let gone: Vec<u32> = self.procs.keys().copied().filter(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).collect();
+            for pid in gone {
+                if let Some(p) = self.procs.remove(&pid) {
+                    self.end(pid, p, "exit");
+                }
+            }
+            self.hosts.retain(|h, _| std::path::Path::new(&format!("/proc/{h}")).exists());
+        }
+        self.counters.lost_kernel = self.observer.lost();
+        let lost = (self.counters.lost_kernel, self.counters.lost_sequence);
+        if lost != self.reported_lost {
+            let mut rec = Record::new("gap", &self.ctx);
+            rec.detail = Some(serde_json::json!({
+                "source": "observer",
+                "why": "the kernel-to-daemon ring buffer was full; messages in this period may be missing",
+                "lost_events": lost.0 - self.reported_lost.0,
+                "lost_chunks": lost.1 - self.reported_lost.1,
+            }));
+            self.records.push(rec);
+            self.reported_lost = lost;
+        }
+        self.flush();
+        self.write_status();
+    }
+
+    fn write_status(&self) {
+        let sessions = self
+            .procs
+            .iter()
+            .filter_map(|(&pid, p)| {
+                let (server, host, user, wrapped) = match (&p.role, &p.session) {
+                    (Role::Server, Some(s)) => (s.name.clone(), s.host.as_ref().map(|h| h.comm.clone()), s.user.clone().or(Some(s.uid.to_string())), false),
+                    (Role::Wrapped(_), _) => (
+                        procs::server_name(&procs::cmdline(pid)),
+                        p.host.and_then(|h| self.hosts.get(&h)).map(|h| h.comm.clone()),
+                        identity::principal_of(pid as i32).and_then(|p| p.user),
+                        true,
+                    ),
+                    _ => return None,
+                };
+                Some(status::Session { pid, server, host, user, wrapped, messages: p.session.as_ref().map_or(0, |s| s.messages) })
+            })
+            .collect();
+        let st = status::Status {
+            pid: std::process::id(),
+            started: humantime::format_rfc3339_seconds(self.started_at).to_string(),
+            updated: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            programs: self.observer.programs.iter().map(|s| s.to_string()).collect(),
+            policy: self.policy.origin().to_string(),
+            policy_sha256: self.policy.sha256().to_string(),
+            audit: self.cfg.audit.clone(),
+            hosts: self.hosts.iter().map(|(&pid, p)| status::Host { pid, comm: p.comm.clone() }).collect(),
+            sessions,
+            counters: self.counters.clone(),
+        };
+        if let Err(e) = status::write(&self.cfg.status_path(), &st) {
+            tracing::warn!(error = %e, "cannot write the status file");
+        }
+    }
+
+    fn stop(&mut self) {
+        let pids: Vec<u32> = self.procs.keys().copied().collect();
+        for pid in pids {
+            if let Some(p) = self.procs.remove(&pid) {
+                self.end(pid, p, "daemon_stopped");
+            }
+        }
+        let mut rec = Record::new("daemon_stop", &self.ctx);
+        rec.detail = Some(serde_json::to_value(&self.counters).unwrap_or_default());
+        self.records.push(rec);
+        self.flush();
+    }
+}

@@ -1,0 +1,152 @@
+//! What /proc says about processes: which are agent hosts, which are shims, what a
+//! server is called.
+
+use std::path::Path;
+
+/// The names a process goes by: its comm, its executable's file name, and, for an
+/// interpreter, its script's file name (`node /usr/bin/claude` is `claude`).
+pub fn names(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        out.push(comm.trim_end().to_string());
+    }
+    if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe"))
+        && let Some(name) = exe.file_name()
+    {
+        out.push(name.to_string_lossy().trim_end_matches(" (deleted)").to_string());
+    }
+    let argv = cmdline(pid);
+    if let Some(first) = argv.first() {
+        out.push(base(first));
+    }
+    if let Some(script) = script_of(&argv) {
+        out.push(base(script));
+    }
+    out
+}
+
+/// Whether one of `pid`'s names is in `hosts`.
+pub fn is_host(pid: u32, hosts: &[String]) -> bool {
+    names(pid).iter().any(|n| hosts.iter().any(|h| h == n))
+}
+
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The comm may hold spaces and parentheses: fields start after the last `)`.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
+/// Every process: pid and parent.
+pub fn all() -> Vec<(u32, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, parent(pid)?)))
+        .collect()
+}
+
+/// Interpreters and launchers whose first non-option argument names the program.
+const INTERPRETERS: &[&str] = &[
+    "node", "nodejs", "bun", "deno", "python", "python3", "npx", "npm", "uv", "uvx", "pipx", "ruby", "java", "env", "sh", "bash",
+];
+
+fn is_interpreter(arg: &str) -> bool {
+    let b = base(arg);
+    INTERPRETERS.contains(&b.as_str()) || (b.starts_with("python3.") && b[8..].chars().all(|c| c.is_ascii_digit()))
+}
+
+/// The program an interpreter runs: its first argument that is not an option
+/// (`-m module` counts as the module).
+fn script_of(argv: &[String]) -> Option<&String> {
+    if !argv.first().is_some_and(|a| is_interpreter(a)) {
+        return None;
+    }
+    let mut args = argv.iter().skip(1);
+    while let Some(a) = args.next() {
+        if a == "-m" {
+            return args.next();
+        }
+        if a.starts_with('-') || a == "run" || a == "exec" || is_interpreter(a) {
+            continue;
+        }
+        return Some(a);
+    }
+    None
+}
+
+fn base(arg: &str) -> String {
+    Path::new(arg).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| arg.to_string())
+}
+
+/// The name records give a server nobody named: its script or package without an
+/// extension (`mcp-server-filesystem`, `mcp_server_time`), else its program's name.
+pub fn server_name(argv: &[String]) -> String {
+    let prog = script_of(argv).or(argv.first()).map(|a| base(a)).unwrap_or_default();
+    let prog = prog.rsplit_once('@').filter(|(p, _)| !p.is_empty()).map_or(prog.as_str(), |(p, _)| p).to_string();
+    match prog.rsplit_once('.') {
+        Some((stem, ext)) if ["js", "mjs", "cjs", "ts", "py"].contains(&ext) => stem.to_string(),
+        _ => prog,
+    }
+}
+
+/// Whether `pid` is an `mcp-guard wrap` shim.
+pub fn is_shim(pid: u32) -> bool {
+    let argv = cmdline(pid);
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let named = exe.as_deref().and_then(Path::file_name).is_some_and(|n| n == "mcp-guard")
+        || argv.first().is_some_and(|a| base(a) == "mcp-guard");
+    named && argv.get(1).is_some_and(|a| a == "wrap")
+}
+
+/// The nearest `mcp-guard wrap` above `pid`, if any, up to the first agent host.
+pub fn shim_above(pid: u32, host: u32) -> Option<u32> {
+    let mut p = parent(pid)?;
+    for _ in 0..64 {
+        if p == host || p <= 1 {
+            return None;
+        }
+        if is_shim(p) {
+            return Some(p);
+        }
+        p = parent(p)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn server_names_come_from_the_script_or_package() {
+        assert_eq!(server_name(&v(&["node", "/x/node_modules/.bin/mcp-server-filesystem", "/tmp"])), "mcp-server-filesystem");
+        assert_eq!(server_name(&v(&["/usr/bin/python3", "-m", "mcp_server_time"])), "mcp_server_time");
+        assert_eq!(server_name(&v(&["python3", "-u", "/srv/server.py"])), "server");
+        assert_eq!(server_name(&v(&["npx", "-y", "@modelcontextprotocol/server-memory@1.0"])), "server-memory");
+        assert_eq!(server_name(&v(&["/opt/bin/github-mcp-server", "stdio"])), "github-mcp-server");
+        assert_eq!(server_name(&v(&["uv", "run", "weather.py"])), "weather");
+    }
+
+    #[test]
+    fn this_process_is_found_by_its_names_and_is_no_shim() {
+        let me = std::process::id();
+        let names = names(me);
+        assert!(!names.is_empty());
+        assert!(is_host(me, &names[..1]));
+        assert!(!is_host(me, &["no-such-host".to_string()]));
+        assert!(!is_shim(me));
+        assert_eq!(parent(me), Some(nix::unistd::getppid().as_raw() as u32));
+    }
+}

@@ -1,0 +1,82 @@
+"""An agent host for the observer tests: the official SDK client, run under a unique
+program name (a symlink to Python) so the daemon under test watches it and nothing else.
+
+    observer_host.py '{"server": "filesystem", "root": "/tmp/x", "calls": [["list_directory", {"path": "/tmp/x"}]]}'
+
+Keys: server (filesystem | memory | time | everything), root (filesystem), memory_file,
+calls ([tool, arguments] pairs, made in order; an error result or a failed call is
+reported, not raised), wrap (argv of `mcp-guard wrap ...` to put before the server),
+sessions (how many to run at once, default 1), hold (seconds to stay connected after the
+calls), start_gate (a file to wait for before the first call). Prints one JSON line per
+session: {"ok": [...], "errors": [...]}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).parent))
+import harness  # noqa: E402
+
+
+def server_of(spec: dict) -> harness.Server:
+    kind = spec["server"]
+    if kind == "filesystem":
+        return harness.filesystem_server(Path(spec["root"]))
+    if kind == "memory":
+        return harness.memory_server(Path(spec["memory_file"]))
+    if kind == "time":
+        return harness.time_server()
+    if kind == "everything":
+        return harness.everything_server()
+    raise SystemExit(f"unknown server {kind}")
+
+
+class Wrap:
+    def __init__(self, argv: list[str]) -> None:
+        self.prefix = argv
+
+    def argv(self, server: harness.Server) -> list[str]:
+        return [*self.prefix, "--", *server.argv]
+
+
+async def one(spec: dict, out: list) -> None:
+    server = server_of(spec)
+    guard = Wrap(spec["wrap"]) if spec.get("wrap") else None
+    result: dict = {"ok": [], "errors": []}
+    try:
+        async with harness.open_session(server, guard) as peer:
+            gate = spec.get("start_gate")
+            while gate and not os.path.exists(gate):
+                await anyio.sleep(0.05)
+            for tool, arguments in spec.get("calls", []):
+                try:
+                    r = await peer.session.call_tool(tool, arguments)
+                    (result["errors"] if getattr(r, "is_error", getattr(r, "isError", False)) else result["ok"]).append(tool)
+                except Exception as e:  # a killed server ends the session here
+                    result["errors"].append(f"{tool}: {type(e).__name__}: {e}")
+                    break
+            await anyio.sleep(spec.get("hold", 0))
+    except BaseException as e:  # noqa: BLE001 - reported to the test, which decides
+        result["errors"].append(f"session: {type(e).__name__}: {e}")
+    out.append(result)
+
+
+async def main(spec: dict) -> None:
+    out: list = []
+    async with anyio.create_task_group() as tg:
+        for _ in range(spec.get("sessions", 1)):
+            tg.start_soon(one, spec, out)
+    for r in out:
+        print(json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+    t0 = time.monotonic()
+    anyio.run(main, json.loads(sys.argv[1]))
