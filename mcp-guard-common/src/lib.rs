@@ -13,9 +13,23 @@ pub const FILENAME_LEN: usize = 256;
 /// created by a watched process, its tid), value a [`Watch`].
 pub const WATCHED_MAP: &str = "WATCHED";
 
-/// Name of the hash map of extra watched descriptors: key [`fd_key`], value unused.
-/// Reads and writes on them are captured like those on a watched process's stdio.
+/// Name of the hash map of descriptors whose role differs from their number: key
+/// [`fd_key`], value an [`origin`]. The kernel fills it as watched processes dup their
+/// stdio elsewhere (the MCP Python SDK moves its protocol stream off fds 0 and 1) or
+/// replace fds 0 and 1; user space adds what it finds in /proc at start-up.
 pub const FDS_MAP: &str = "FDS";
+
+/// What a descriptor carries, for capture: values of [`FDS_MAP`] and [`DataHeader::origin`].
+pub mod origin {
+    /// The process's original stdin (reads captured).
+    pub const STDIN: u8 = 0;
+    /// The process's original stdout (writes captured).
+    pub const STDOUT: u8 = 1;
+    /// A local socket user space chose (both directions captured).
+    pub const SOCKET: u8 = 2;
+    /// Not captured, whatever its number (fd 0 or 1 replaced by something else).
+    pub const NONE: u8 = 0xff;
+}
 
 /// Name of the ring buffer every event goes to.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -40,9 +54,9 @@ pub const CHUNK: usize = 16 * 1024;
 
 /// Chunks one system call's data may take: the capture limit cannot exceed
 /// `MAX_CHUNKS * CHUNK` bytes.
-pub const MAX_CHUNKS: usize = 128;
+pub const MAX_CHUNKS: usize = 512;
 
-/// The largest capture limit: 2 MiB per system call.
+/// The largest capture limit: 8 MiB per system call.
 pub const MAX_CAPTURE: usize = MAX_CHUNKS * CHUNK;
 
 /// What an event is: the first `u32` of every record in [`EVENTS_MAP`].
@@ -170,7 +184,9 @@ pub struct DataHeader {
     pub dir: u8,
     /// [`data`] bits.
     pub flags: u8,
-    pub _pad: [u8; 6],
+    /// What the descriptor carries: an [`origin`] value.
+    pub origin: u8,
+    pub _pad: [u8; 5],
 }
 
 const _: () = assert!(core::mem::size_of::<DataHeader>() == 56);

@@ -21,7 +21,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::RawTracePointContext,
 };
-use mcp_guard_common::{CHUNK, DataHeader, MAX_CAPTURE, MAX_CHUNKS, config, data, dir, fd_key, kind, watch};
+use mcp_guard_common::{CHUNK, DataHeader, MAX_CAPTURE, MAX_CHUNKS, config, data, dir, fd_key, kind, origin, watch};
 
 use crate::{CONFIG, EVENTS, FDS, WATCHED, lost};
 
@@ -29,6 +29,11 @@ use crate::{CONFIG, EVENTS, FDS, WATCHED, lost};
 mod nr {
     pub const READ: u64 = 0;
     pub const WRITE: u64 = 1;
+    pub const CLOSE: u64 = 3;
+    pub const DUP: u64 = 32;
+    pub const DUP2: u64 = 33;
+    pub const FCNTL: u64 = 72;
+    pub const DUP3: u64 = 292;
     pub const READV: u64 = 19;
     pub const WRITEV: u64 = 20;
     pub const SENDTO: u64 = 44;
@@ -51,6 +56,10 @@ const MSG_IOVLEN: usize = 24;
 
 /// iovecs of one readv/writev/sendmsg/recvmsg followed; data beyond them is cut.
 const MAX_IOV: u64 = 16;
+
+/// fcntl commands that duplicate a descriptor.
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
 
 const SIGKILL: u32 = 9;
 const SIGSTOP: u32 = 19;
@@ -82,10 +91,22 @@ enum Source {
     Iov { iov: u64, count: u64 },
 }
 
+/// What descriptor `fd` of a watched process carries, if it is captured.
+#[inline(always)]
+fn origin_of(tgid: u32, fd: u32, flags: u32) -> Option<u8> {
+    // SAFETY: copied out at once.
+    match unsafe { FDS.get(fd_key(tgid, fd)) }.copied() {
+        Some(origin::NONE) => None,
+        Some(o) => Some(o),
+        None if fd <= 1 && flags & watch::CAPTURE != 0 => Some(fd as u8),
+        None => None,
+    }
+}
+
 #[inline(always)]
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let ret: i64 = ctx.arg(1);
-    if ret <= 0 {
+    if ret < 0 {
         return Ok(());
     }
     let regs: *const u64 = ctx.arg(0);
@@ -97,8 +118,12 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let direction = match number {
         nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG => dir::IN,
         nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG => dir::OUT,
+        nr::CLOSE | nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => return fd_table(number, ret as u64, &reg),
         _ => return Ok(()),
     };
+    if ret == 0 {
+        return Ok(());
+    }
     let id = bpf_get_current_pid_tgid();
     let (tid, tgid) = (id as u32, (id >> 32) as u32);
     // SAFETY: copied out at once.
@@ -106,8 +131,14 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let fd = reg(regs::DI)? as u32;
-    let stdio = (fd == 0 && direction == dir::IN) || (fd == 1 && direction == dir::OUT);
-    let wanted = (stdio && w.flags & watch::CAPTURE != 0) || FDS.get_ptr(fd_key(tgid, fd)).is_some();
+    let Some(o) = origin_of(tgid, fd, w.flags) else {
+        return Ok(());
+    };
+    let wanted = match o {
+        origin::STDIN => direction == dir::IN,
+        origin::STDOUT => direction == dir::OUT,
+        _ => true,
+    };
     if !wanted {
         return Ok(());
     }
@@ -122,13 +153,57 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
             Source::Iov { iov, count }
         }
     };
-    let gate = direction == dir::IN && fd == 0 && w.flags & watch::GATE != 0;
-    let sent = send(tgid, tid, fd, direction, ret as u64, source, gate);
+    let gate = direction == dir::IN && o == origin::STDIN && w.flags & watch::GATE != 0;
+    let sent = send(tgid, tid, fd, direction, o, ret as u64, source, gate);
     if gate {
         // Stopped before it returns to user space with the request; user space judges
         // it and continues or kills it. Unsent, it cannot be judged: fail closed.
         // SAFETY: plain helper calls on the current task.
         unsafe { bpf_send_signal(if sent { SIGSTOP } else { SIGKILL }) };
+    }
+    Ok(())
+}
+
+/// Follows a watched process's stdio through dup, dup2, dup3, fcntl(F_DUPFD) and close:
+/// a copy of a captured descriptor is captured too; a descriptor number that now names
+/// something else (fd 1 pointed at stderr) is not.
+#[inline(always)]
+fn fd_table(number: u64, ret: u64, reg: &impl Fn(usize) -> Result<u64, i64>) -> Result<(), i64> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: copied out at once.
+    let Some(w) = (unsafe { WATCHED.get(tgid) }).copied() else {
+        return Ok(());
+    };
+    let fd = reg(regs::DI)? as u32;
+    if number == nr::CLOSE {
+        if fd <= 1 {
+            let _ = FDS.insert(fd_key(tgid, fd), origin::NONE, 0);
+        } else {
+            let _ = FDS.remove(fd_key(tgid, fd));
+        }
+        return Ok(());
+    }
+    if number == nr::FCNTL {
+        let cmd = reg(regs::SI)?;
+        if cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC {
+            return Ok(());
+        }
+    }
+    let new = ret as u32;
+    if new == fd {
+        return Ok(());
+    }
+    match origin_of(tgid, fd, w.flags) {
+        Some(o) => {
+            let _ = FDS.insert(fd_key(tgid, new), o, 0);
+        }
+        None => {
+            if new <= 1 {
+                let _ = FDS.insert(fd_key(tgid, new), origin::NONE, 0);
+            } else {
+                let _ = FDS.remove(fd_key(tgid, new));
+            }
+        }
     }
     Ok(())
 }
@@ -160,7 +235,8 @@ static COPY: PerCpuArray<Copy> = PerCpuArray::with_max_entries(1, 0);
 /// The chunks are sent by [`chunk`] under `bpf_loop`, which the verifier checks once
 /// rather than once per iteration.
 #[inline(always)]
-fn send(tgid: u32, tid: u32, fd: u32, direction: u8, total: u64, source: Source, gate: bool) -> bool {
+#[allow(clippy::too_many_arguments)]
+fn send(tgid: u32, tid: u32, fd: u32, direction: u8, o: u8, total: u64, source: Source, gate: bool) -> bool {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return false;
     };
@@ -180,7 +256,8 @@ fn send(tgid: u32, tid: u32, fd: u32, direction: u8, total: u64, source: Source,
     h.total = if total > u32::MAX as u64 { u32::MAX } else { total as u32 };
     h.ktime_ns = unsafe { bpf_ktime_get_ns() };
     h.dir = direction;
-    h._pad = [0; 6];
+    h.origin = o;
+    h._pad = [0; 5];
     let Some(copy) = COPY.get_ptr_mut(0) else {
         return false;
     };

@@ -8,7 +8,7 @@ mod process;
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use mcp_guard_common::{Watch, config};
 
@@ -17,10 +17,11 @@ use mcp_guard_common::{Watch, config};
 #[map]
 static WATCHED: HashMap<u32, Watch> = HashMap::with_max_entries(64 * 1024, 0);
 
-/// Extra watched descriptors, keyed by `mcp_guard_common::fd_key`.
+/// Descriptors whose role differs from their number, keyed by `mcp_guard_common::fd_key`,
+/// valued by `mcp_guard_common::origin`.
 /// Named by `mcp_guard_common::FDS_MAP`.
 #[map]
-static FDS: HashMap<u64, u32> = HashMap::with_max_entries(16 * 1024, 0);
+static FDS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16 * 1024, 0);
 
 /// Every event, each record starting with its `mcp_guard_common::kind`. User space
 /// sets the size at load. Named by `mcp_guard_common::EVENTS_MAP`.

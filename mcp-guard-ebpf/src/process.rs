@@ -14,9 +14,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use core::ptr::addr_of_mut;
-use mcp_guard_common::{ExecEvent, ExitEvent, FILENAME_LEN, Watch, kind, watch};
+use mcp_guard_common::{ExecEvent, ExitEvent, FILENAME_LEN, Watch, fd_key, kind, watch};
 
-use crate::{EVENTS, WATCHED, lost};
+use crate::{EVENTS, FDS, WATCHED, lost};
 
 /// `field:pid_t child_pid; offset:20; size:4; signed:1;` (sched_process_fork/format)
 const FORK_CHILD_PID: usize = 20;
@@ -83,6 +83,10 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, u32> {
         if old_pid as u32 != tgid {
             let _ = WATCHED.remove(old_pid as u32);
         }
+        // Whatever the forked child did to fds 0 and 1 before exec set up the new
+        // program's stdio; only what the program does from now on can move it.
+        let _ = FDS.remove(fd_key(tgid, 0));
+        let _ = FDS.remove(fd_key(tgid, 1));
     }
     let (ppid, flags) = watched.map_or((0, 0), |w| (w.parent, w.flags));
     // __data_loc: low 16 bits are the string's offset from the record start.

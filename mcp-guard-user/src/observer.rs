@@ -160,7 +160,7 @@ pub struct Observer {
     // Owns the programs and their links.
     _ebpf: Ebpf,
     watched: HashMap<MapData, u32, Watch>,
-    fds: HashMap<MapData, u64, u32>,
+    fds: HashMap<MapData, u64, u8>,
     lost: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     /// The names of the attached programs.
@@ -258,16 +258,17 @@ impl Observer {
         Ok(true)
     }
 
-    /// Captures reads and writes on descriptor `fd` of `tgid` (a process already watched).
-    pub fn watch_fd(&mut self, tgid: u32, fd: u32) -> Result<(), Error> {
-        self.fds.insert(fd_key(tgid, fd), 0, 0).map_err(|source| Error::Watch { tgid, source })
+    /// Says what descriptor `fd` of `tgid` carries (`mcp_guard_common::origin`), for a
+    /// process already watched: captured as that, or not at all (`origin::NONE`).
+    pub fn set_fd(&mut self, tgid: u32, fd: u32, origin: u8) -> Result<(), Error> {
+        self.fds.insert(fd_key(tgid, fd), origin, 0).map_err(|source| Error::Watch { tgid, source })
     }
 
-    /// Stops capturing descriptor `fd` of `tgid`.
-    pub fn unwatch_fd(&mut self, tgid: u32, fd: u32) -> Result<(), Error> {
-        match self.fds.remove(&fd_key(tgid, fd)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(Error::Watch { tgid, source }),
+    /// Forgets every descriptor of `tgid` (it exited; its pid may be reused).
+    pub fn forget_fds(&mut self, tgid: u32) {
+        let keys: Vec<u64> = self.fds.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
+        for k in keys {
+            let _ = self.fds.remove(&k);
         }
     }
 
@@ -379,6 +380,8 @@ pub struct Data {
     pub fd: u32,
     /// Read by the process (true) or written by it.
     pub inbound: bool,
+    /// What the descriptor carries: a `mcp_guard_common::origin` value.
+    pub origin: u8,
     pub cpu: u32,
     /// Per-CPU chunk sequence number.
     pub seq: u64,
@@ -448,6 +451,7 @@ impl Event {
                     tid: h.tid,
                     fd: h.fd,
                     inbound: h.dir == mcp_guard_common::dir::IN,
+                    origin: h.origin,
                     cpu: h.cpu,
                     seq: h.seq,
                     total: h.total,

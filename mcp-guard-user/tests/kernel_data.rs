@@ -19,6 +19,10 @@ use mcp_guard_common::watch;
 const PYTHON: &str = "/usr/bin/python3";
 const DEADLINE: Duration = Duration::from_secs(10);
 
+/// Each test loads its own programs and watches this same process: with flags of its own
+/// (a gate!) that would apply to the other tests' children too. One at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn observer_or_skip() -> Option<Observer> {
     let why = if !nix::unistd::geteuid().is_root() {
         "not root".to_owned()
@@ -78,6 +82,7 @@ fn joined(chunks: &[Data]) -> Vec<u8> {
 
 #[tokio::test]
 async fn one_mebibyte_write_arrives_whole_in_ordered_chunks() {
+    let _serial = SERIAL.lock().await;
     let Some(mut observer) = observer_or_skip() else { return };
     observer.watch(std::process::id(), watch::HOST).expect("watch self");
     let mut events = observer.events().expect("events");
@@ -108,6 +113,7 @@ async fn one_mebibyte_write_arrives_whole_in_ordered_chunks() {
 
 #[tokio::test]
 async fn small_reads_and_vectored_writes_are_captured() {
+    let _serial = SERIAL.lock().await;
     let Some(mut observer) = observer_or_skip() else { return };
     observer.watch(std::process::id(), watch::HOST).expect("watch self");
     let mut events = observer.events().expect("events");
@@ -131,6 +137,7 @@ async fn small_reads_and_vectored_writes_are_captured() {
 
 #[tokio::test]
 async fn gated_read_stops_the_reader_until_continued() {
+    let _serial = SERIAL.lock().await;
     let Some(mut observer) = observer_or_skip() else { return };
     observer.watch(std::process::id(), watch::HOST | watch::GATE).expect("watch self");
     let mut events = observer.events().expect("events");
@@ -156,4 +163,37 @@ async fn gated_read_stops_the_reader_until_continued() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
     let output = child.wait_with_output().expect("wait");
     assert_eq!(output.stdout, b"after:hello\n");
+}
+
+/// What the MCP Python SDK does: keep the protocol on copies of fds 0 and 1 and point
+/// fd 0 at /dev/null and fd 1 at stderr, so stray prints cannot corrupt the stream.
+#[tokio::test]
+async fn stdio_moved_to_other_descriptors_is_followed() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut observer) = observer_or_skip() else { return };
+    observer.watch(std::process::id(), watch::HOST).expect("watch self");
+    let mut events = observer.events().expect("events");
+    let script = "import os, fcntl\n\
+        i = os.dup(0); o = fcntl.fcntl(1, 1030, 10)\n\
+        os.dup2(os.open('/dev/null', os.O_RDONLY), 0); os.dup2(2, 1)\n\
+        os.write(1, b'noise on the old stdout\\n')\n\
+        b = os.read(i, 100)\n\
+        os.write(o, b'answer:' + b)\n";
+    let mut child = Command::new(PYTHON)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    child.stdin.as_mut().expect("stdin").write_all(b"{\"q\":1}\n").expect("write");
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.stdout, b"answer:{\"q\":1}\n");
+    assert_eq!(output.stderr, b"noise on the old stdout\n");
+    let (inbound, outbound) = collect(&mut events, pid, 8, output.stdout.len()).await;
+    assert_eq!(joined(&inbound), b"{\"q\":1}\n");
+    assert!(inbound.iter().all(|d| d.fd != 0 && d.origin == mcp_guard_common::origin::STDIN));
+    assert_eq!(joined(&outbound), output.stdout, "the noise on fd 1 (now stderr) is not captured");
+    assert!(outbound.iter().all(|d| d.fd >= 10 && d.origin == mcp_guard_common::origin::STDOUT));
 }

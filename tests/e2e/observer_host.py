@@ -2,6 +2,7 @@
 program name (a symlink to Python) so the daemon under test watches it and nothing else.
 
     observer_host.py '{"server": "filesystem", "root": "/tmp/x", "calls": [["list_directory", {"path": "/tmp/x"}]]}'
+    observer_host.py @spec.json     (a spec too large for a command line)
 
 Keys: server (filesystem | memory | time | everything), root (filesystem), memory_file,
 calls ([tool, arguments] pairs, made in order; an error result or a failed call is
@@ -16,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -78,5 +78,5 @@ async def main(spec: dict) -> None:
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    anyio.run(main, json.loads(sys.argv[1]))
+    arg = sys.argv[1]
+    anyio.run(main, json.loads(Path(arg[1:]).read_text() if arg.startswith("@") else arg))

@@ -16,6 +16,9 @@ pub const DEFAULT_HOSTS: &[&str] = &[
     "Windsurf", "gemini", "codex", "zed", "zed-editor", "lm-studio", "LM Studio", "kiro", "opencode", "goose", "cline",
 ];
 
+/// The default per-message limit.
+pub const DEFAULT_MAX_MESSAGE: usize = 4 << 20;
+
 /// The smallest per-message limit: the observer must see 1 MiB messages whole.
 pub const MIN_MAX_MESSAGE: usize = 1 << 20;
 
@@ -43,7 +46,7 @@ impl Default for Config {
             run_dir: PathBuf::from("/run/mcp-guard"),
             bpf_object: None,
             hosts: DEFAULT_HOSTS.iter().map(|s| s.to_string()).collect(),
-            max_message: MIN_MAX_MESSAGE,
+            max_message: DEFAULT_MAX_MESSAGE,
             ring_bytes: crate::observer::DEFAULT_RING_BYTES,
             rescan_ms: 2000,
         }

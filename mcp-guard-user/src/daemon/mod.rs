@@ -36,7 +36,7 @@ use crate::jsonrpc::{self, IdKey, Kind, Parsed};
 use crate::observer::{self, Data, Event, Observer, Settings};
 use crate::policy::{Ancestor, Policy, Reaction};
 use config::Config;
-use mcp_guard_common::watch;
+use mcp_guard_common::{origin, watch};
 
 /// Events handled per turn of the loop; their records share one signed write.
 const BATCH: usize = 1024;
@@ -185,11 +185,13 @@ struct Stream {
     resync: bool,
     /// No byte seen yet.
     fresh: bool,
+    /// Joined mid-stream: the first line may be the tail of a message.
+    late_head: bool,
 }
 
 impl Stream {
     fn new(max: usize, joined_late: bool) -> Stream {
-        Stream { framer: Framer::new(max), resync: joined_late, fresh: true }
+        Stream { framer: Framer::new(max), resync: false, fresh: true, late_head: joined_late }
     }
 }
 
@@ -352,8 +354,32 @@ impl Daemon {
                     tracing::warn!(pid = c, error = %e, "cannot watch a host's child");
                     continue;
                 }
+                self.map_stdio(c, p);
                 self.late.insert(c);
                 queue.push(c);
+            }
+        }
+    }
+
+    /// For a process that started before the daemon: which of its descriptors carry the
+    /// pipes it shares with its parent (its stdio, wherever it moved them since), and
+    /// that fds 0 and 1 are not captured when they point elsewhere.
+    fn map_stdio(&mut self, pid: u32, parent: u32) {
+        let shared = procs::pipes(parent);
+        let mut found = [false; 2];
+        for (fd, inode, write) in procs::pipe_fds(pid) {
+            if !shared.contains(&inode) {
+                continue;
+            }
+            let o = if write { origin::STDOUT } else { origin::STDIN };
+            found[usize::from(write)] = true;
+            if fd > 1 {
+                let _ = self.observer.set_fd(pid, fd, o);
+            }
+        }
+        for fd in 0..2u32 {
+            if !procs::is_pipe_or_socket(pid, fd) || (!found[fd as usize] && procs::is_pipe(pid, fd)) {
+                let _ = self.observer.set_fd(pid, fd, origin::NONE);
             }
         }
     }
@@ -388,6 +414,7 @@ impl Daemon {
                 }
             }
             Event::Exit { tgid } => {
+                self.observer.forget_fds(tgid);
                 self.hosts.remove(&tgid);
                 self.late.remove(&tgid);
                 if let Some(p) = self.procs.remove(&tgid) {
@@ -427,9 +454,9 @@ impl Daemon {
                 p.outbound.framer = Framer::new(self.cfg.max_message);
             }
         }
-        let dir = match (d.fd, d.inbound) {
-            (0, true) => Direction::ToServer,
-            (1, false) => Direction::ToClient,
+        let dir = match (d.origin, d.inbound) {
+            (origin::STDIN, true) => Direction::ToServer,
+            (origin::STDOUT, false) => Direction::ToClient,
             _ => return self.release(&d, false),
         };
         let max = self.cfg.max_message;
@@ -486,6 +513,16 @@ impl Daemon {
         while let Some(f) = stream.framer.next_frame() {
             frames.push(f);
         }
+        if stream.late_head && !frames.is_empty() {
+            stream.late_head = false;
+            let whole = match &frames[0] {
+                Frame::Line { msg, .. } => jsonrpc::parse(&stream.framer.data()[msg.clone()]).is_ok(),
+                Frame::TooLong { .. } => false,
+            };
+            if !whole {
+                frames.remove(0);
+            }
+        }
         if stream.resync {
             stream.framer = Framer::new(max);
         }
@@ -534,7 +571,7 @@ impl Daemon {
     fn frames(&mut self, tgid: u32, dir: Direction, data: &[u8], frames: Vec<Frame>) {
         let role = self.procs.get(&tgid).map_or(Role::Other, |p| p.role);
         let frames = if role == Role::Unknown {
-            match self.classify(tgid, dir, data, frames) {
+            match self.classify(tgid, data, frames) {
                 Some(f) => f,
                 None => return,
             }
@@ -552,24 +589,16 @@ impl Daemon {
 
     /// Decides what `tgid` is from its first complete message; returns the frames left
     /// to handle, or `None` when it is not MCP.
-    fn classify(&mut self, tgid: u32, dir: Direction, data: &[u8], mut frames: Vec<Frame>) -> Option<Vec<Frame>> {
+    fn classify(&mut self, tgid: u32, data: &[u8], frames: Vec<Frame>) -> Option<Vec<Frame>> {
         let late = self.procs.get(&tgid).is_some_and(|p| p.joined_late);
-        let first_ok = |frames: &[Frame]| match frames.first() {
+        let first_ok = match frames.first() {
             Some(Frame::Line { msg, .. }) => jsonrpc::parse(&data[msg.clone()]).is_ok(),
             _ => false,
         };
-        // Joined mid-stream: the first line may be the tail of a message.
-        if late && !first_ok(&frames) && frames.len() > 1 {
-            frames.remove(0);
-        }
-        if !first_ok(&frames) {
-            if late && frames.len() <= 1 {
-                return None;
-            }
+        if !first_ok {
             self.not_mcp_pid(tgid);
             return None;
         }
-        let _ = dir;
         let host = self.host_of(tgid);
         let role = if procs::is_shim(tgid) {
             Role::Shim

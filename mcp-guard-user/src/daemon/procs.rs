@@ -121,6 +121,40 @@ pub fn shim_above(pid: u32, host: u32) -> Option<u32> {
     None
 }
 
+/// The pipe inodes `pid` has open.
+pub fn pipes(pid: u32) -> std::collections::HashSet<u64> {
+    pipe_fds(pid).into_iter().map(|(_, inode, _)| inode).collect()
+}
+
+/// `pid`'s pipe descriptors: (fd, pipe inode, open for writing).
+pub fn pipe_fds(pid: u32) -> Vec<(u32, u64, bool)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let fd: u32 = e.file_name().to_str()?.parse().ok()?;
+        let target = std::fs::read_link(e.path()).ok()?;
+        let inode = target.to_str()?.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()?;
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+        let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
+        let flags = u32::from_str_radix(flags, 8).ok()?;
+        Some((fd, inode, flags & 0o3 != 0))
+    })
+    .collect()
+}
+
+fn fd_target(pid: u32, fd: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+pub fn is_pipe(pid: u32, fd: u32) -> bool {
+    fd_target(pid, fd).starts_with("pipe:")
+}
+
+pub fn is_pipe_or_socket(pid: u32, fd: u32) -> bool {
+    let t = fd_target(pid, fd);
+    t.starts_with("pipe:") || t.starts_with("socket:")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,388 @@
+"""The observer (`mcp-guard daemon`) against the real kernel: real MCP servers driven
+by the official SDK client, with no shim in between, seen from eBPF.
+
+The agent host in each test is `observer_host.py` run through a symlink to Python under a
+name made up for the test; the daemon watches only that name, so it sees this test's
+processes and nothing else on the machine.
+
+Needs root, $MCP_GUARD_BIN and $MCP_GUARD_BPF_OBJECT. Skips without them, except when
+$MCP_GUARD_REQUIRE_KERNEL=1 (set by `cargo xtask test` in CI), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+import harness
+
+HERE = Path(__file__).parent
+HOST_SCRIPT = HERE / "observer_host.py"
+#: How long the daemon has to record what it saw.
+DEADLINE = 15.0
+
+ALLOW_ALL = 'default = "allow"\n'
+DENY_WRITES = """default = "allow"
+
+[[rule]]
+id = "no-writes"
+tool = "write_file"
+action = "deny"
+"""
+
+
+def _cannot_run() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    if not harness.guard_bin():
+        return "$MCP_GUARD_BIN is not set"
+    obj = os.environ.get("MCP_GUARD_BPF_OBJECT")
+    if not obj or not Path(obj).is_file():
+        return "$MCP_GUARD_BPF_OBJECT is not set to the eBPF object (cargo xtask build-ebpf)"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _kernel_or_skip() -> None:
+    why = _cannot_run()
+    if why is None:
+        return
+    if os.environ.get("MCP_GUARD_REQUIRE_KERNEL") == "1":
+        pytest.fail(f"MCP_GUARD_REQUIRE_KERNEL=1 but the observer tests cannot run: {why}")
+    pytest.skip(why)
+
+
+def audit_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Daemon:
+    """One `mcp-guard daemon` with its own config, policy, audit log and host name."""
+
+    def __init__(self, tmp: Path, policy: str) -> None:
+        self.dir = tmp
+        self.host_name = "mcpg-" + secrets.token_hex(4)  # within comm's 15 characters
+        self.host_exe = tmp / self.host_name
+        self.host_exe.symlink_to(os.path.realpath(sys.executable))
+        self.policy = tmp / "policy.toml"
+        self.policy.write_text(policy)
+        self.audit = tmp / "audit.jsonl"
+        self.run_dir = tmp / "run"
+        self.config = tmp / "config.toml"
+        self.config.write_text(
+            f'policy = "{self.policy}"\naudit = "{self.audit}"\naudit_key = "{tmp / "audit.key"}"\n'
+            f'run_dir = "{self.run_dir}"\nbpf_object = "{os.environ["MCP_GUARD_BPF_OBJECT"]}"\n'
+            f'hosts = ["{self.host_name}"]\nrescan_ms = 200\n'
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "daemon.log"
+
+    def start(self) -> None:
+        status = self.run_dir / "status.json"
+        self.proc = subprocess.Popen(
+            [str(harness.guard_bin()), "daemon", "--config", str(self.config)],
+            stderr=self.log.open("wb"),
+            env={**os.environ, "MCP_GUARD_LOG": "info"},
+        )
+        deadline = time.monotonic() + 30
+        while not status.exists():
+            assert self.proc.poll() is None, f"daemon exited: {self.log.read_text()}"
+            assert time.monotonic() < deadline, f"daemon not up: {self.log.read_text()}"
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        self.proc = None
+        return code
+
+    def host(self, spec: dict[str, Any], **kw: Any) -> subprocess.Popen[str]:
+        """Starts the agent host: the SDK client under the watched name."""
+        env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+        spec_file = self.dir / f"spec-{secrets.token_hex(4)}.json"
+        spec_file.write_text(json.dumps(spec))
+        return subprocess.Popen(
+            [str(self.host_exe), str(HOST_SCRIPT), f"@{spec_file}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            **kw,
+        )
+
+    def run_host(self, spec: dict[str, Any]) -> list[dict[str, Any]]:
+        p = self.host(spec)
+        out, _ = p.communicate(timeout=90)
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    def records(self) -> list[dict[str, Any]]:
+        return audit_records(self.audit)
+
+    def wait_for(self, what: str, pred: Callable[[list[dict[str, Any]]], Any]) -> Any:
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            recs = self.records()
+            got = pred(recs)
+            if got:
+                return got
+            if time.monotonic() > deadline:
+                kinds = [(r["kind"], r.get("method"), r.get("tool"), (r.get("detail") or {}).get("alert")) for r in recs]
+                pytest.fail(f"no {what} in the daemon's audit within {DEADLINE}s; records: {kinds}\n{self.log.read_text()}")
+            time.sleep(0.1)
+
+    def status(self) -> dict[str, Any]:
+        out = subprocess.run(
+            [str(harness.guard_bin()), "status", "--config", str(self.config), "--json"],
+            capture_output=True, text=True, check=True,
+        )
+        return json.loads(out.stdout)
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path):
+    made: list[Daemon] = []
+
+    def make(policy: str = ALLOW_ALL, start: bool = True) -> Daemon:
+        d = Daemon(tmp_path, policy)
+        if start:
+            d.start()
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.proc is not None:
+            assert d.stop() == 0, d.log.read_text()
+        subprocess.run([str(harness.guard_bin()), "audit", "verify", str(d.audit)], check=True)
+
+
+def args_sha256(arguments: dict[str, Any]) -> str:
+    """What the guard records for arguments: SHA-256 of their canonical JSON (keys sorted,
+    no whitespace)."""
+    canon = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def sessions_of(recs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in recs:
+        if r.get("transport") == "stdio-observed" or r["kind"] == "response":
+            out.setdefault(r["session"], []).append(r)
+    return out
+
+
+def calls(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in recs if r["kind"] == "request" and r.get("method") == "tools/call"]
+
+
+def test_unwrapped_filesystem_server_is_recorded_with_kernel_identity(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.txt").write_text("hello")
+    list_args = {"path": str(root)}
+    read_args = {"path": str(root / "a.txt")}
+    results = d.run_host({"server": "filesystem", "root": str(root),
+                          "calls": [["list_directory", list_args], ["read_text_file", read_args]]})
+    assert results == [{"ok": ["list_directory", "read_text_file"], "errors": []}]
+
+    got = d.wait_for("two tools/call records", lambda recs: len(calls(recs)) >= 2 and calls(recs))
+    by_tool = {r["tool"]: r for r in got}
+    assert by_tool["list_directory"]["args_sha256"] == args_sha256(list_args)
+    assert by_tool["read_text_file"]["args_sha256"] == args_sha256(read_args)
+    for r in got:
+        assert r["transport"] == "stdio-observed"
+        assert r["mode"] == "monitor"
+        assert r["principal"]["uid"] == os.getuid()
+        assert r["principal"]["user"] == "root"
+        assert r["agent_host"]["exe"] == os.path.realpath(sys.executable)
+        assert r["agent_host"]["comm"] == d.host_name
+        server_exe = os.path.realpath(subprocess.run(["sh", "-c", "command -v node"], capture_output=True, text=True).stdout.strip())
+        assert r["server"]["exe"] == server_exe
+        assert r["server"]["name"] == "mcp-server-filesystem"
+        assert any(a.endswith("mcp-server-filesystem") for a in r["server"]["argv"])
+        assert r["server"]["exec_id"]
+    # Every request has its response, linked.
+    recs = d.records()
+    responses = {r["links"] for r in recs if r["kind"] == "response"}
+    assert all(r["id"] in responses for r in got)
+    alert = d.wait_for("the unwrapped alert", lambda recs: [r for r in recs if (r.get("detail") or {}).get("alert") == "unwrapped_server"])
+    assert alert[0]["detail"]["server"] == "mcp-server-filesystem"
+    assert alert[0]["detail"]["host"]["comm"] == d.host_name
+    assert alert[0]["detail"]["user"] == "root"
+    assert alert[0]["detail"]["action"] == "alert"
+
+
+def test_one_mebibyte_message_is_reassembled_intact(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory()
+    root = tmp_path / "root"
+    root.mkdir()
+    content = "".join(chr(0x41 + (i * 7) % 26) for i in range(1 << 20))
+    args = {"path": str(root / "big.txt"), "content": content}
+    results = d.run_host({"server": "filesystem", "root": str(root), "calls": [["write_file", args]]})
+    assert results == [{"ok": ["write_file"], "errors": []}]
+    assert (root / "big.txt").read_text() == content
+    got = d.wait_for("the write_file record", lambda recs: [r for r in calls(recs) if r["tool"] == "write_file"])
+    assert got[0]["args_sha256"] == args_sha256(args)
+    assert got[0]["bytes"] > 1 << 20
+    assert d.status()["counters"]["lost_kernel"] == 0
+
+
+def test_message_split_over_many_writes(daemon_factory, tmp_path: Path) -> None:
+    """A host that writes each message in 64-byte pieces, pausing between them, to a
+    real server: the server reads them one piece at a time."""
+    d = daemon_factory()
+    script = tmp_path / "slow_host.py"
+    script.write_text(
+        "import json, os, subprocess, sys, time\n"
+        f"p = subprocess.Popen([{str(harness.VENV_BIN / 'mcp-server-time')!r}, '--local-timezone', 'UTC'],"
+        " stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)\n"
+        "def send(m):\n"
+        "    b = (json.dumps(m) + '\\n').encode()\n"
+        "    for i in range(0, len(b), 64):\n"
+        "        os.write(p.stdin.fileno(), b[i:i+64]); time.sleep(0.01)\n"
+        "    return json.loads(p.stdout.readline())\n"
+        "send({'jsonrpc': '2.0', 'id': 1, 'method': 'initialize', 'params': {'protocolVersion': '2025-06-18',"
+        " 'capabilities': {}, 'clientInfo': {'name': 'slow', 'version': '1'}}})\n"
+        "os.write(p.stdin.fileno(), b'{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\\n')\n"
+        "r = send({'jsonrpc': '2.0', 'id': 2, 'method': 'tools/call', 'params': {'name': 'get_current_time',"
+        " 'arguments': {'timezone': 'Europe/Paris'}}})\n"
+        "print(json.dumps(r)); p.stdin.close(); p.wait()\n"
+    )
+    p = subprocess.run([str(d.host_exe), str(script)], capture_output=True, text=True, timeout=60)
+    assert '"Europe/Paris"' in p.stdout, p.stderr
+    got = d.wait_for("the split tools/call", lambda recs: calls(recs))
+    assert got[0]["tool"] == "get_current_time"
+    assert got[0]["args_sha256"] == args_sha256({"timezone": "Europe/Paris"})
+    assert got[0]["request_id"] == "2"
+
+
+def test_several_sessions_at_once(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory()
+    root = tmp_path / "root"
+    root.mkdir()
+    results = d.run_host({"server": "filesystem", "root": str(root), "sessions": 4,
+                          "calls": [["list_directory", {"path": str(root)}], ["list_allowed_directories", {}]]})
+    assert len(results) == 4 and all(r["errors"] == [] for r in results), results
+    got = d.wait_for("eight tools/call records", lambda recs: len(calls(recs)) >= 8 and calls(recs))
+    per_session: dict[str, list[str]] = {}
+    for r in got:
+        per_session.setdefault(r["session"], []).append(r["tool"])
+    assert len(per_session) == 4
+    assert all(v == ["list_directory", "list_allowed_directories"] for v in per_session.values()), per_session
+    assert len({r["server"]["pid"] for r in got}) == 4
+
+
+def test_kill_on_sight(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory(ALLOW_ALL + '\n[observer]\nunwrapped = "kill"\n')
+    results = d.run_host({"server": "time", "calls": [["get_current_time", {"timezone": "UTC"}]]})
+    assert results and results[0]["ok"] == [], results
+    alert = d.wait_for("the kill alert", lambda recs: [r for r in recs if (r.get("detail") or {}).get("alert") == "unwrapped_server"])
+    assert alert[0]["detail"]["action"] == "kill"
+    end = d.wait_for("the session end", lambda recs: [r for r in recs if r["kind"] == "session_end"])
+    assert end[0]["detail"]["killed"] is True
+    assert d.status()["counters"]["killed"] == 1
+
+
+def test_denied_call_kills_the_server_before_it_runs(daemon_factory, tmp_path: Path) -> None:
+    """With `denied = "kill"` the kernel stops the server as its read of the request
+    returns; the daemon judges it and kills. None of the denied writes may happen."""
+    d = daemon_factory(DENY_WRITES + '\n[observer]\ndenied = "kill"\n')
+    root = tmp_path / "root"
+    root.mkdir()
+    n = 10
+    for i in range(n):
+        r = d.run_host({"server": "filesystem", "root": str(root),
+                        "calls": [["list_directory", {"path": str(root)}],
+                                  ["write_file", {"path": str(root / f"f{i}.txt"), "content": "x"}]]})
+        assert r[0]["ok"] == ["list_directory"] and r[0]["errors"], r
+    assert sorted(p.name for p in root.iterdir()) == [], "a denied call executed"
+    alerts = d.wait_for(f"{n} denied-call alerts",
+                        lambda recs: len(x := [r for r in recs if (r.get("detail") or {}).get("alert") == "denied_call_observed"]) >= n and x)
+    assert all(a["detail"]["killed"] and a["detail"]["tool"] == "write_file" and a["detail"]["rule"] == "no-writes" for a in alerts)
+    # Allowed calls went through the same gate and were let go.
+    assert len([r for r in calls(d.records()) if r["tool"] == "list_directory"]) == n
+
+
+def test_wrapped_session_is_not_alerted_and_injection_is(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory()
+    root = tmp_path / "root"
+    root.mkdir()
+    shim_audit = tmp_path / "shim-audit.jsonl"
+    policy = tmp_path / "shim-policy.toml"
+    policy.write_text(ALLOW_ALL)
+    gate = tmp_path / "go"
+    wrap = [str(harness.guard_bin()), "wrap", "--name", "fs", "--audit", str(shim_audit), "--policy", str(policy)]
+    host = d.host({"server": "filesystem", "root": str(root), "wrap": wrap, "start_gate": str(gate),
+                   "calls": [["list_directory", {"path": str(root)}]], "hold": 1.0})
+    # The shim and its server, once the session is up.
+    deadline = time.monotonic() + 30
+    server = None
+    while server is None and time.monotonic() < deadline:
+        st = d.status()
+        wrapped = [s for s in st["sessions"] if s["wrapped"]]
+        server = wrapped[0]["pid"] if wrapped else None
+        time.sleep(0.1)
+    assert server, f"no wrapped session in status: {d.status()}"
+    # Someone else writes a request straight into the wrapped server's stdin.
+    injected = {"jsonrpc": "2.0", "id": "inj-1", "method": "tools/call",
+                "params": {"name": "list_directory", "arguments": {"path": str(root)}}}
+    with open(f"/proc/{server}/fd/0", "wb", buffering=0) as pipe:
+        pipe.write((json.dumps(injected) + "\n").encode())
+    gate.write_text("")
+    out, _ = host.communicate(timeout=60)
+    assert json.loads(out.splitlines()[-1]) == {"ok": ["list_directory"], "errors": []}
+    alert = d.wait_for("the injection alert", lambda recs: [r for r in recs if (r.get("detail") or {}).get("alert") == "injected_message"])
+    assert alert[0]["detail"]["request_id"] == "inj-1"
+    assert alert[0]["detail"]["method"] == "tools/call"
+    recs = d.records()
+    # The host's own calls reached the server through the shim: no alert for them, and
+    # no unwrapped alert: the shim records this session.
+    assert len([r for r in recs if (r.get("detail") or {}).get("alert") == "injected_message"]) == 1
+    assert not [r for r in recs if (r.get("detail") or {}).get("alert") == "unwrapped_server"]
+    assert not calls(recs), "the observer must not record a wrapped session itself"
+    assert [r for r in audit_records(shim_audit) if r.get("tool") == "list_directory"]
+
+
+def test_daemon_started_after_the_session_still_finds_it(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory(start=False)
+    root = tmp_path / "root"
+    root.mkdir()
+    gate = tmp_path / "go"
+    host = d.host({"server": "filesystem", "root": str(root), "start_gate": str(gate),
+                   "calls": [["list_directory", {"path": str(root)}], ["list_allowed_directories", {}]]})
+    time.sleep(3)  # the session is initialised and idle
+    assert host.poll() is None
+    d.start()
+    gate.write_text("")
+    out, _ = host.communicate(timeout=60)
+    assert json.loads(out.splitlines()[-1])["errors"] == []
+    got = d.wait_for("the late session's calls", lambda recs: len(calls(recs)) >= 2 and calls(recs))
+    assert [r["tool"] for r in got] == ["list_directory", "list_allowed_directories"]
+    start = [r for r in d.records() if r["kind"] == "session_start"]
+    assert start[0]["detail"]["joined_late"] is True
+
+
+def test_status_reports_and_exits_3_without_daemon(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory()
+    st = d.status()
+    assert set(st["programs"]) == {"sched_process_fork", "sched_process_exec", "sched_process_exit", "sys_exit"}
+    assert st["counters"]["lost_kernel"] == 0
+    assert d.stop() == 0
+    p = subprocess.run([str(harness.guard_bin()), "status", "--config", str(d.config)], capture_output=True, text=True)
+    assert p.returncode == 3
+    assert "not running" in p.stderr
