@@ -65,6 +65,7 @@ fn main() -> Result<()> {
         Cmd::Setup => {
             ebpf::ensure_toolchain()?;
             siem::ensure_rsyslog()?;
+            siem::ensure_systemd_analyze()?;
             peers::ensure_peers(&root)
         }
         Cmd::BuildEbpf => {
@@ -121,6 +122,7 @@ fn test(root: &Path) -> Result<()> {
     if root_user {
         // The SIEM forwarder is tested against a real syslog daemon.
         siem::ensure_rsyslog()?;
+        siem::ensure_systemd_analyze()?;
     }
 
     step("cargo build", Command::new(cargo()).current_dir(root).args(["build", "--workspace", "--all-targets"]))?;

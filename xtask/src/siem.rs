@@ -8,16 +8,28 @@ use anyhow::{Context as _, bail};
 
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
 
+const SYSTEMD_ANALYZE: &str = "/usr/bin/systemd-analyze";
+
 /// Installs rsyslog with apt-get unless `rsyslogd` is already there.
 pub fn ensure_rsyslog() -> anyhow::Result<()> {
-    if Path::new(RSYSLOGD).is_file() {
-        println!("ok: {RSYSLOGD}");
+    ensure_package(RSYSLOGD, "rsyslog", "the syslog receiver of the audit forward tests")
+}
+
+/// Installs systemd's tools (not the init) unless `systemd-analyze` is there: the service
+/// tests verify the shipped unit with it.
+pub fn ensure_systemd_analyze() -> anyhow::Result<()> {
+    ensure_package(SYSTEMD_ANALYZE, "systemd", "`systemd-analyze verify` of the shipped unit")
+}
+
+fn ensure_package(file: &str, package: &str, why: &str) -> anyhow::Result<()> {
+    if Path::new(file).is_file() {
+        println!("ok: {file}");
         return Ok(());
     }
-    println!("installing rsyslog (the syslog receiver of the audit forward tests)");
+    println!("installing {package} ({why})");
     let install = || {
         run(Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "rsyslog"])
+            .args(["install", "-y", "--no-install-recommends", package])
             .env("DEBIAN_FRONTEND", "noninteractive"))
     };
     // A fresh image may have no package lists yet.
@@ -25,8 +37,8 @@ pub fn ensure_rsyslog() -> anyhow::Result<()> {
         run(Command::new("apt-get").arg("update"))?;
         install()?;
     }
-    if !Path::new(RSYSLOGD).is_file() {
-        bail!("rsyslog installed but {RSYSLOGD} is missing");
+    if !Path::new(file).is_file() {
+        bail!("{package} installed but {file} is missing");
     }
     Ok(())
 }
