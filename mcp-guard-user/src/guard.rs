@@ -772,7 +772,7 @@ impl ResponseExt for Message<'_> {
 
 /// An id as records keep it: strings unquoted, and nothing credential-like (ids and names
 /// are free text a peer chooses).
-fn recorded_id(id: &RawValue) -> String {
+pub(crate) fn recorded_id(id: &RawValue) -> String {
     let text = jsonrpc::id_text(id);
     if id.get().starts_with('"') { crate::identity::redact_text(&text) } else { text }
 }

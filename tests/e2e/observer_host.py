@@ -5,7 +5,7 @@ program name (a symlink to Python) so the daemon under test watches it and nothi
     observer_host.py @spec.json     (a spec too large for a command line)
 
 Keys: server (filesystem | memory | time | everything), root (filesystem), memory_file,
-calls ([tool, arguments] pairs, made in order; an error result or a failed call is
+cwd (the server's, or its wrapper's, working directory), calls ([tool, arguments] pairs, made in order; an error result or a failed call is
 reported, not raised), wrap (argv of `mcp-guard wrap ...` to put before the server),
 sessions (how many to run at once, default 1), hold (seconds to stay connected after the
 calls), start_gate (a file to wait for before the first call). Prints one JSON line per
@@ -48,6 +48,8 @@ class Wrap:
 
 async def one(spec: dict, out: list) -> None:
     server = server_of(spec)
+    if spec.get("cwd"):
+        server.cwd = spec["cwd"]
     guard = Wrap(spec["wrap"]) if spec.get("wrap") else None
     result: dict = {"ok": [], "errors": []}
     try:

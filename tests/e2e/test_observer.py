@@ -356,6 +356,47 @@ def test_wrapped_session_is_not_alerted_and_injection_is(daemon_factory, tmp_pat
     assert not [r for r in recs if (r.get("detail") or {}).get("alert") == "unwrapped_server"]
     assert not calls(recs), "the observer must not record a wrapped session itself"
     assert [r for r in audit_records(shim_audit) if r.get("tool") == "list_directory"]
+    # The real shim recorded every request it read from the host: no mismatch.
+    time.sleep(3)
+    assert not [r for r in d.records() if (r.get("detail") or {}).get("alert") == "unrecorded_request"]
+
+
+FAKE_SHIM = """
+import os, subprocess, sys, threading
+# Looks like `mcp-guard wrap --audit FILE -- SERVER...` and relays without recording.
+cmd = sys.argv[sys.argv.index("--") + 1:]
+p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def pump(src, dst):
+    while b := os.read(src, 65536):
+        os.write(dst, b)
+    os.close(dst)
+threading.Thread(target=pump, args=(p.stdout.fileno(), 1), daemon=True).start()
+pump(0, p.stdin.fileno())
+p.wait()
+"""
+
+
+def test_shim_that_does_not_record_is_alerted(daemon_factory, tmp_path: Path) -> None:
+    """Something that presents itself as `mcp-guard wrap --audit FILE` but writes nothing
+    there: each request it read from the host is reported as unrecorded."""
+    d = daemon_factory()
+    root = tmp_path / "root"
+    root.mkdir()
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "wrap").write_text(FAKE_SHIM)  # python runs ./wrap: argv is `mcp-guard wrap ...`
+    (fake / "mcp-guard").symlink_to(os.path.realpath(sys.executable))
+    shim_audit = tmp_path / "shim-audit.jsonl"
+    shim_audit.write_text("")
+    wrap = [str(fake / "mcp-guard"), "wrap", "--name", "fs", "--audit", str(shim_audit)]
+    results = d.run_host({"server": "filesystem", "root": str(root), "wrap": wrap, "cwd": str(fake),
+                          "calls": [["list_directory", {"path": str(root)}]]})
+    assert results == [{"ok": ["list_directory"], "errors": []}], results
+    alerts = d.wait_for("unrecorded-request alerts",
+                        lambda recs: [r for r in recs if (r.get("detail") or {}).get("alert") == "unrecorded_request"])
+    methods = {a["detail"]["method"] for a in alerts}
+    assert {"initialize", "tools/call"} <= methods, methods
+    assert alerts[0]["detail"]["audit"] == str(shim_audit)
 
 
 def test_daemon_started_after_the_session_still_finds_it(daemon_factory, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@
 
 pub mod config;
 mod procs;
+mod shimlog;
 pub mod status;
 
 use std::collections::{HashMap, HashSet};
@@ -44,6 +45,8 @@ const BATCH: usize = 1024;
 const COMMIT_QUEUE: usize = 64;
 /// Requests a shim read from its host, remembered per shim for the injection check.
 const SHIM_MEMORY: usize = 4096;
+/// How long a shim has to record a request it read before the observer raises an alert.
+const RECORD_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the daemon until SIGTERM or SIGINT. Needs root.
 pub fn run(cfg: Config) -> anyhow::Result<i32> {
@@ -214,6 +217,10 @@ struct Proc {
     /// Requests read from the host (shims only), for the injection check.
     seen: HashSet<(String, IdKey)>,
     seen_order: std::collections::VecDeque<(String, IdKey)>,
+    /// Shims only: the audit log it writes, and the requests from the host not yet found
+    /// recorded there.
+    log: Option<shimlog::ShimLog>,
+    unrecorded: std::collections::VecDeque<(String, String, Instant)>,
     joined_late: bool,
     killed: bool,
 }
@@ -253,6 +260,33 @@ struct Daemon {
 
 fn raw<T: serde::Serialize>(v: &T) -> Box<RawValue> {
     serde_json::value::to_raw_value(v).unwrap_or_else(|_| jsonrpc::null_id().to_owned())
+}
+
+/// Alerts for the requests shim `pid` read from its host more than `grace` ago and did not
+/// record.
+fn unrecorded(pid: u32, p: &mut Proc, grace: Duration) -> Vec<serde_json::Value> {
+    let mut alerts = Vec::new();
+    let Some(log) = p.log.as_mut() else { return alerts };
+    log.read_new(pid);
+    while let Some((method, id, at)) = p.unrecorded.front() {
+        if log.recorded(id) {
+            p.unrecorded.pop_front();
+            continue;
+        }
+        if at.elapsed() < grace {
+            break;
+        }
+        alerts.push(serde_json::json!({
+            "alert": "unrecorded_request",
+            "shim_pid": pid,
+            "method": method,
+            "request_id": id,
+            "audit": log.path(),
+            "why": "the shim read this request from the agent host, and its audit log has no record of it",
+        }));
+        p.unrecorded.pop_front();
+    }
+    alerts
 }
 
 fn gate_flag(policy: &Policy) -> u32 {
@@ -426,7 +460,11 @@ impl Daemon {
     }
 
     /// Ends a process's session, if it had one.
-    fn end(&mut self, tgid: u32, p: Proc, why: &str) {
+    fn end(&mut self, tgid: u32, mut p: Proc, why: &str) {
+        // A shim that is gone has written all it will write.
+        for a in unrecorded(tgid, &mut p, Duration::ZERO) {
+            self.alert(None, a);
+        }
         if let Some(s) = p.session {
             let mut rec = Record::new("session_end", s.guard.ctx());
             rec.detail = Some(serde_json::json!({
@@ -469,6 +507,8 @@ impl Daemon {
             session: None,
             seen: HashSet::new(),
             seen_order: Default::default(),
+            log: None,
+            unrecorded: Default::default(),
             joined_late: late,
             killed: false,
         });
@@ -615,6 +655,12 @@ impl Daemon {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.role = role;
             p.host = host;
+            if role == Role::Shim && !p.joined_late {
+                p.log = shimlog::ShimLog::of(tgid);
+                if p.log.is_none() {
+                    tracing::warn!(pid = tgid, "cannot find the audit log of a shim; its records are not checked");
+                }
+            }
         }
         if role == Role::Server {
             self.open_session(tgid, host, late);
@@ -750,7 +796,7 @@ impl Daemon {
                 if m.kind == Kind::Request
                     && let (Some(method), Some(id)) = (m.method.as_deref(), m.id)
                 {
-                    out.push((method.to_string(), IdKey::of(id), Some(jsonrpc::id_text(id))));
+                    out.push((method.to_string(), IdKey::of(id), Some(crate::guard::recorded_id(id))));
                 }
             };
             match jsonrpc::parse(&data[msg.clone()]) {
@@ -764,7 +810,12 @@ impl Daemon {
 
     fn remember(&mut self, shim: u32, data: &[u8], frames: &[Frame]) {
         let Some(p) = self.procs.get_mut(&shim) else { return };
-        for (method, id, _) in Self::requests(data, frames) {
+        for (method, id, text) in Self::requests(data, frames) {
+            if p.log.is_some()
+                && let Some(text) = text
+            {
+                p.unrecorded.push_back((method.clone(), text, Instant::now()));
+            }
             let key = (method, id);
             if p.seen.insert(key.clone()) {
                 p.seen_order.push_back(key);
@@ -799,6 +850,19 @@ impl Daemon {
                 "request_id": id,
                 "why": "the wrapped server read a request its shim never received from the agent host",
             }));
+        }
+    }
+
+    /// Every request a shim read from its host must appear in the shim's audit log within
+    /// [`RECORD_GRACE`]; one that does not is an alert (a shim that does not record, or a
+    /// fake one).
+    fn check_shim_records(&mut self) {
+        let mut alerts = Vec::new();
+        for (&pid, p) in self.procs.iter_mut() {
+            alerts.extend(unrecorded(pid, p, RECORD_GRACE));
+        }
+        for a in alerts {
+            self.alert(None, a);
         }
     }
 
@@ -842,6 +906,7 @@ impl Daemon {
             }
             self.hosts.retain(|h, _| std::path::Path::new(&format!("/proc/{h}")).exists());
         }
+        self.check_shim_records();
         self.counters.lost_kernel = self.observer.lost();
         let lost = (self.counters.lost_kernel, self.counters.lost_sequence);
         if lost != self.reported_lost {
