@@ -69,7 +69,29 @@ pub mod kind {
     pub const DATA: u32 = 2;
     /// [`super::ExitEvent`].
     pub const EXIT: u32 = 3;
+    /// [`super::SocketEvent`].
+    pub const SOCKET: u32 = 4;
 }
+
+/// A watched process connected to, or accepted, a local socket (unix, or TCP on a
+/// loopback address); its reads and writes on `fd` are captured from now on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketEvent {
+    /// Always [`kind::SOCKET`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub fd: u32,
+    /// 1: accepted (the process is the server side); 0: connected (the client side).
+    pub accepted: u32,
+    /// `AF_UNIX`, `AF_INET`, `AF_INET6`; 0 when the kernel did not see the address.
+    pub family: u16,
+    /// TCP port of the peer (connect) or 0, host byte order.
+    pub port: u16,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SocketEvent>() == 24);
 
 /// Bits of [`Watch::flags`].
 pub mod watch {

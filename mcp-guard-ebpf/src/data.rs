@@ -21,7 +21,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::RawTracePointContext,
 };
-use mcp_guard_common::{CHUNK, DataHeader, MAX_CAPTURE, MAX_CHUNKS, config, data, dir, fd_key, kind, origin, watch};
+use mcp_guard_common::{CHUNK, DataHeader, MAX_CAPTURE, MAX_CHUNKS, SocketEvent, config, data, dir, fd_key, kind, origin, watch};
 
 use crate::{CONFIG, EVENTS, FDS, WATCHED, lost};
 
@@ -33,6 +33,9 @@ mod nr {
     pub const DUP: u64 = 32;
     pub const DUP2: u64 = 33;
     pub const FCNTL: u64 = 72;
+    pub const CONNECT: u64 = 42;
+    pub const ACCEPT: u64 = 43;
+    pub const ACCEPT4: u64 = 288;
     pub const DUP3: u64 = 292;
     pub const READV: u64 = 19;
     pub const WRITEV: u64 = 20;
@@ -105,10 +108,14 @@ fn origin_of(tgid: u32, fd: u32, flags: u32) -> Option<u8> {
 
 #[inline(always)]
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let ret: i64 = ctx.arg(1);
-    if ret < 0 {
+    // Unwatched processes (nearly all) cost one map lookup.
+    let id = bpf_get_current_pid_tgid();
+    let (tid, tgid) = (id as u32, (id >> 32) as u32);
+    // SAFETY: copied out at once.
+    let Some(w) = (unsafe { WATCHED.get(tgid) }).copied() else {
         return Ok(());
-    }
+    };
+    let ret: i64 = ctx.arg(1);
     let regs: *const u64 = ctx.arg(0);
     let reg = |i: usize| -> Result<u64, i64> {
         // SAFETY: `regs` is the tracepoint's `struct pt_regs *`; `i` is a field of it.
@@ -118,18 +125,15 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let direction = match number {
         nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG => dir::IN,
         nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG => dir::OUT,
-        nr::CLOSE | nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => return fd_table(number, ret as u64, &reg),
+        nr::CONNECT | nr::ACCEPT | nr::ACCEPT4 => return socket(tgid, number, ret, &reg),
+        nr::CLOSE | nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL if ret >= 0 => {
+            return fd_table(tgid, w.flags, number, ret as u64, &reg);
+        }
         _ => return Ok(()),
     };
-    if ret == 0 {
+    if ret <= 0 {
         return Ok(());
     }
-    let id = bpf_get_current_pid_tgid();
-    let (tid, tgid) = (id as u32, (id >> 32) as u32);
-    // SAFETY: copied out at once.
-    let Some(w) = (unsafe { WATCHED.get(tgid) }).copied() else {
-        return Ok(());
-    };
     let fd = reg(regs::DI)? as u32;
     let Some(o) = origin_of(tgid, fd, w.flags) else {
         return Ok(());
@@ -164,16 +168,61 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+const EINPROGRESS: i64 = 115;
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// A watched process connected to or accepted a socket: a local one (unix, or TCP on a
+/// loopback address) is captured from now on, and user space told.
+#[inline(always)]
+fn socket(tgid: u32, number: u64, ret: i64, reg: &impl Fn(usize) -> Result<u64, i64>) -> Result<(), i64> {
+    let accepted = number != nr::CONNECT;
+    // A non-blocking connect is under way when it returns EINPROGRESS.
+    if (accepted && ret < 0) || (!accepted && ret != 0 && ret != -EINPROGRESS) {
+        return Ok(());
+    }
+    let fd = if accepted { ret as u32 } else { reg(regs::DI)? as u32 };
+    let addr = reg(regs::SI)? as *const u8;
+    // The peer's address: given to connect, filled in by accept (when asked for).
+    let (mut family, mut port, mut local) = (0u16, 0u16, accepted);
+    if !addr.is_null() {
+        // SAFETY: user memory through the checked helper.
+        let head: [u8; 8] = unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr.cast()) }.map_err(i64::from)?;
+        family = u16::from_ne_bytes([head[0], head[1]]);
+        port = u16::from_be_bytes([head[2], head[3]]);
+        local = match family {
+            AF_UNIX => {
+                port = 0;
+                true
+            }
+            AF_INET => head[4] == 127,
+            AF_INET6 => {
+                // SAFETY: as above; sin6_addr is at 8..24.
+                let a: [u8; 16] = unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr.add(8).cast()) }.map_err(i64::from)?;
+                let loopback = a[..15].iter().all(|&b| b == 0) && a[15] == 1;
+                let mapped = a[..10].iter().all(|&b| b == 0) && a[10] == 0xff && a[11] == 0xff && a[12] == 127;
+                loopback || mapped
+            }
+            _ => false,
+        };
+    }
+    if !local {
+        return Ok(());
+    }
+    let _ = FDS.insert(fd_key(tgid, fd), origin::SOCKET, 0);
+    let event = SocketEvent { kind: kind::SOCKET, tgid, fd, accepted: accepted as u32, family, port, _pad: 0 };
+    if EVENTS.output::<SocketEvent>(&event, 0).is_err() {
+        lost();
+    }
+    Ok(())
+}
+
 /// Follows a watched process's stdio through dup, dup2, dup3, fcntl(F_DUPFD) and close:
 /// a copy of a captured descriptor is captured too; a descriptor number that now names
 /// something else (fd 1 pointed at stderr) is not.
 #[inline(always)]
-fn fd_table(number: u64, ret: u64, reg: &impl Fn(usize) -> Result<u64, i64>) -> Result<(), i64> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: copied out at once.
-    let Some(w) = (unsafe { WATCHED.get(tgid) }).copied() else {
-        return Ok(());
-    };
+fn fd_table(tgid: u32, flags: u32, number: u64, ret: u64, reg: &impl Fn(usize) -> Result<u64, i64>) -> Result<(), i64> {
     let fd = reg(regs::DI)? as u32;
     if number == nr::CLOSE {
         if fd <= 1 {
@@ -193,7 +242,7 @@ fn fd_table(number: u64, ret: u64, reg: &impl Fn(usize) -> Result<u64, i64>) -> 
     if new == fd {
         return Ok(());
     }
-    match origin_of(tgid, fd, w.flags) {
+    match origin_of(tgid, fd, flags) {
         Some(o) => {
             let _ = FDS.insert(fd_key(tgid, new), o, 0);
         }

@@ -370,6 +370,21 @@ pub enum Event {
     Exec(Exec),
     Exit { tgid: u32 },
     Data(Data),
+    Socket(Socket),
+}
+
+/// A watched process connected to (or accepted) a local socket; its data on `fd` is
+/// captured from now on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Socket {
+    pub tgid: u32,
+    pub fd: u32,
+    /// The process is the server side.
+    pub accepted: bool,
+    /// `AF_UNIX` (1), `AF_INET` (2), `AF_INET6` (10), 0 if unknown.
+    pub family: u16,
+    /// The peer's TCP port (connect), else 0.
+    pub port: u16,
 }
 
 /// One chunk of the bytes one system call moved on a watched descriptor.
@@ -441,6 +456,17 @@ impl Event {
                 // SAFETY: as above.
                 let raw = unsafe { record.as_ptr().cast::<ExitEvent>().read_unaligned() };
                 Some(Self::Exit { tgid: raw.tgid })
+            }
+            kind::SOCKET if record.len() >= size_of::<mcp_guard_common::SocketEvent>() => {
+                // SAFETY: as above.
+                let raw = unsafe { record.as_ptr().cast::<mcp_guard_common::SocketEvent>().read_unaligned() };
+                Some(Self::Socket(Socket {
+                    tgid: raw.tgid,
+                    fd: raw.fd,
+                    accepted: raw.accepted != 0,
+                    family: raw.family,
+                    port: raw.port,
+                }))
             }
             kind::DATA if record.len() >= size_of::<DataHeader>() => {
                 // SAFETY: as above.

@@ -4,7 +4,8 @@ program name (a symlink to Python) so the daemon under test watches it and nothi
     observer_host.py '{"server": "filesystem", "root": "/tmp/x", "calls": [["list_directory", {"path": "/tmp/x"}]]}'
     observer_host.py @spec.json     (a spec too large for a command line)
 
-Keys: server (filesystem | memory | time | everything), root (filesystem), memory_file,
+Keys: server (filesystem | memory | time | everything), or url (a Streamable HTTP
+endpoint to connect to instead), root (filesystem), memory_file,
 cwd (the server's, or its wrapper's, working directory), calls ([tool, arguments] pairs, made in order; an error result or a failed call is
 reported, not raised), wrap (argv of `mcp-guard wrap ...` to put before the server),
 sessions (how many to run at once, default 1), hold (seconds to stay connected after the
@@ -46,7 +47,28 @@ class Wrap:
         return [*self.prefix, "--", *server.argv]
 
 
+async def over_http(spec: dict, out: list) -> None:
+    """The session over local Streamable HTTP: `url` instead of a server to start."""
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    result: dict = {"ok": [], "errors": []}
+    try:
+        async with streamable_http_client(spec["url"]) as streams:
+            read, write = streams[0], streams[1]
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                for tool, arguments in spec.get("calls", []):
+                    r = await session.call_tool(tool, arguments)
+                    (result["errors"] if getattr(r, "is_error", getattr(r, "isError", False)) else result["ok"]).append(tool)
+    except BaseException as e:  # noqa: BLE001 - reported to the test, which decides
+        result["errors"].append(f"session: {type(e).__name__}: {e}")
+    out.append(result)
+
+
 async def one(spec: dict, out: list) -> None:
+    if spec.get("url"):
+        return await over_http(spec, out)
     server = server_of(spec)
     if spec.get("cwd"):
         server.cwd = spec["cwd"]

@@ -295,7 +295,10 @@ def test_kill_on_sight(daemon_factory, tmp_path: Path) -> None:
     assert alert[0]["detail"]["action"] == "kill"
     end = d.wait_for("the session end", lambda recs: [r for r in recs if r["kind"] == "session_end"])
     assert end[0]["detail"]["killed"] is True
-    assert d.status()["counters"]["killed"] == 1
+    deadline = time.monotonic() + 5  # the status file is rewritten twice a second
+    while d.status()["counters"]["killed"] != 1:
+        assert time.monotonic() < deadline, d.status()
+        time.sleep(0.1)
 
 
 def test_denied_call_kills_the_server_before_it_runs(daemon_factory, tmp_path: Path) -> None:
@@ -361,7 +364,7 @@ def test_wrapped_session_is_not_alerted_and_injection_is(daemon_factory, tmp_pat
     assert not [r for r in d.records() if (r.get("detail") or {}).get("alert") == "unrecorded_request"]
 
 
-FAKE_SHIM = """
+FAKE_SHIM = r"""
 import os, subprocess, sys, threading
 # Looks like `mcp-guard wrap --audit FILE -- SERVER...` and relays without recording.
 cmd = sys.argv[sys.argv.index("--") + 1:]
@@ -416,6 +419,96 @@ def test_daemon_started_after_the_session_still_finds_it(daemon_factory, tmp_pat
     assert [r["tool"] for r in got] == ["list_directory", "list_allowed_directories"]
     start = [r for r in d.records() if r["kind"] == "session_start"]
     assert start[0]["detail"]["joined_late"] is True
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_local_streamable_http_is_observed(daemon_factory, tmp_path: Path) -> None:
+    """The official everything server in Streamable HTTP mode on a loopback port, not
+    under any host; the watched host connects to it with the SDK's HTTP client."""
+    d = daemon_factory()
+    port = free_port()
+    log = (tmp_path / "everything.log").open("wb")
+    server = subprocess.Popen([str(harness.NODE_BIN / "mcp-server-everything"), "streamableHttp"],
+                              env={**os.environ, "PORT": str(port)}, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while f"port {port}" not in (tmp_path / "everything.log").read_text():
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "everything.log").read_text()
+            time.sleep(0.1)
+        args = {"message": "over http"}
+        results = d.run_host({"url": f"http://127.0.0.1:{port}/mcp", "calls": [["echo", args]]})
+        assert results == [{"ok": ["echo"], "errors": []}], results
+        got = d.wait_for("the echo call over HTTP", lambda recs: [r for r in calls(recs) if r["tool"] == "echo"])
+        r = got[0]
+        assert r["transport"] == "http-observed"
+        assert r["args_sha256"] == args_sha256(args)
+        assert r["agent_host"]["comm"] == d.host_name
+        assert r["principal"]["user"] == "root"
+        assert r["server"]["address"] == f"http://localhost:{port}"
+        assert r["server"]["pid"] == server.pid
+        # The answer came back as an SSE event or a JSON body: recorded and linked.
+        recs = d.records()
+        assert [x for x in recs if x["kind"] == "response" and x.get("links") == r["id"]]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+NDJSON_SERVER = r"""
+import json, os, socket, sys
+path = sys.argv[1]
+srv = socket.socket(socket.AF_UNIX); srv.bind(path); srv.listen(1)
+open(path + ".ready", "w").close()
+conn, _ = srv.accept()
+f = conn.makefile("rwb")
+for line in f:
+    m = json.loads(line)
+    if "id" not in m:
+        continue
+    result = {"protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {"name": "ndjson", "version": "1"}} \
+        if m["method"] == "initialize" else {"content": [{"type": "text", "text": "done"}]}
+    f.write((json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": result}) + "\n").encode()); f.flush()
+"""
+
+NDJSON_CLIENT = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rwb")
+def call(m):
+    f.write((json.dumps(m) + "\n").encode()); f.flush()
+    return json.loads(f.readline()) if "id" in m else None
+call({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}})
+call({"jsonrpc": "2.0", "method": "notifications/initialized"})
+print(json.dumps(call({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "do_it", "arguments": {"n": 7}}})))
+"""
+
+
+def test_newline_json_rpc_over_a_unix_socket_is_observed(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory()
+    sock = tmp_path / "mcp.sock"
+    (tmp_path / "srv.py").write_text(NDJSON_SERVER)
+    (tmp_path / "cli.py").write_text(NDJSON_CLIENT)
+    server = subprocess.Popen([sys.executable, str(tmp_path / "srv.py"), str(sock)])
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(str(sock) + ".ready").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        out = subprocess.run([str(d.host_exe), str(tmp_path / "cli.py"), str(sock)], capture_output=True, text=True, timeout=30)
+        assert '"done"' in out.stdout, out.stderr
+        got = d.wait_for("the do_it call over the socket", lambda recs: calls(recs))
+        assert got[0]["tool"] == "do_it"
+        assert got[0]["transport"] == "socket-observed"
+        assert got[0]["args_sha256"] == args_sha256({"n": 7})
+        assert got[0]["agent_host"]["comm"] == d.host_name
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_status_reports_and_exits_3_without_daemon(daemon_factory, tmp_path: Path) -> None:

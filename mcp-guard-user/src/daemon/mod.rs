@@ -14,8 +14,10 @@
 //! signed write per batch of events.
 
 pub mod config;
+mod http;
 mod procs;
 mod shimlog;
+mod sockets;
 pub mod status;
 
 use std::collections::{HashMap, HashSet};
@@ -247,6 +249,8 @@ struct Daemon {
     records: Vec<Record>,
     hosts: HashMap<u32, Process>,
     procs: HashMap<u32, Proc>,
+    /// Local socket connections of watched processes, by (tgid, fd).
+    conns: HashMap<(u32, u32), sockets::Conn>,
     /// Processes that existed before the daemon: their streams are joined mid-way.
     late: HashSet<u32>,
     /// Next expected chunk sequence number, per CPU.
@@ -260,6 +264,33 @@ struct Daemon {
 
 fn raw<T: serde::Serialize>(v: &T) -> Box<RawValue> {
     serde_json::value::to_raw_value(v).unwrap_or_else(|_| jsonrpc::null_id().to_owned())
+}
+
+/// A denied request: its tool and the rule that denied it.
+type Denied = (Option<String>, Option<String>);
+
+/// Judges frames of an observed session; its records go to `records`. Returns the denied
+/// requests among them (tool, rule) and the session's context.
+fn judge_into(
+    s: &mut Observed,
+    dir: Direction,
+    data: &[u8],
+    frames: Vec<Frame>,
+    records: &mut Vec<Record>,
+    counters: &mut Counters,
+) -> (Vec<Denied>, Arc<Context>) {
+    s.messages += frames.len() as u64;
+    counters.messages += frames.len() as u64;
+    let plan = s.guard.judge(dir, data, frames);
+    let denied = plan
+        .commit
+        .iter()
+        .filter(|r| r.kind == "request" && r.would_deny == Some(true))
+        .map(|r| (r.tool.clone(), r.rule.clone()))
+        .collect();
+    records.extend(plan.commit);
+    records.extend(plan.append);
+    (denied, s.guard.ctx().clone())
 }
 
 /// Alerts for the requests shim `pid` read from its host more than `grace` ago and did not
@@ -316,6 +347,7 @@ impl Daemon {
             records: Vec::new(),
             hosts: HashMap::new(),
             procs: HashMap::new(),
+            conns: HashMap::new(),
             late: HashSet::new(),
             next_seq: HashMap::new(),
             counters: Counters::default(),
@@ -454,8 +486,11 @@ impl Daemon {
                 if let Some(p) = self.procs.remove(&tgid) {
                     self.end(tgid, p, "exit");
                 }
+                self.close_conns(tgid);
             }
+            Event::Data(d) if d.origin == origin::SOCKET => self.socket_data(d),
             Event::Data(d) => self.data(d),
+            Event::Socket(s) => self.socket_opened(s),
         }
     }
 
@@ -754,18 +789,7 @@ impl Daemon {
     fn judge(&mut self, tgid: u32, dir: Direction, data: &[u8], frames: Vec<Frame>) {
         let Some(p) = self.procs.get_mut(&tgid) else { return };
         let Some(s) = p.session.as_mut() else { return };
-        s.messages += frames.len() as u64;
-        self.counters.messages += frames.len() as u64;
-        let plan = s.guard.judge(dir, data, frames);
-        let denied: Vec<(Option<String>, Option<String>)> = plan
-            .commit
-            .iter()
-            .filter(|r| r.kind == "request" && r.would_deny == Some(true))
-            .map(|r| (r.tool.clone(), r.rule.clone()))
-            .collect();
-        let ctx = s.guard.ctx().clone();
-        self.records.extend(plan.commit);
-        self.records.extend(plan.append);
+        let (denied, ctx) = judge_into(s, dir, data, frames, &mut self.records, &mut self.counters);
         if denied.is_empty() || dir != Direction::ToServer {
             return;
         }
@@ -941,6 +965,7 @@ impl Daemon {
                 };
                 Some(status::Session { pid, server, host, user, wrapped, messages: p.session.as_ref().map_or(0, |s| s.messages) })
             })
+            .chain(self.socket_sessions())
             .collect();
         let st = status::Status {
             pid: std::process::id(),

@@ -121,6 +121,26 @@ pub fn shim_above(pid: u32, host: u32) -> Option<u32> {
     None
 }
 
+/// The process listening on loopback TCP `port`, from /proc/net/tcp{,6} and the
+/// descriptors of every process.
+pub fn tcp_listener(port: u16) -> Option<u32> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|f| {
+        let text = std::fs::read_to_string(f).ok()?;
+        text.lines().skip(1).find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let local_port = cols.get(1)?.rsplit(':').next()?;
+            let listening = *cols.get(3)? == "0A";
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port).then(|| cols.get(9)?.parse::<u64>().ok()).flatten()
+        })
+    })?;
+    let want = format!("socket:[{inode}]");
+    all().into_iter().map(|(pid, _)| pid).find(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).any(|t| t.as_os_str() == want.as_str()))
+            .unwrap_or(false)
+    })
+}
+
 /// The pipe inodes `pid` has open.
 pub fn pipes(pid: u32) -> std::collections::HashSet<u64> {
     pipe_fds(pid).into_iter().map(|(_, inode, _)| inode).collect()

@@ -281,24 +281,62 @@ pub fn host_many(a: &HostManyArgs) -> Result<()> {
 // System calls
 // ---------------------------------------------------------------------------------
 
-/// ns per one-byte write(2) to /dev/null, over `count` calls.
-pub fn writes_devnull(count: u64) -> Result<f64> {
-    let mut f = std::fs::OpenOptions::new().write(true).open("/dev/null").context("opening /dev/null")?;
-    let byte = [b'x'];
-    let start = Instant::now();
-    for _ in 0..count {
-        if f.write(&byte)? != 1 {
-            bail!("short write to /dev/null");
+/// Blocks each system-call loop is timed in; the median block is reported, so a
+/// moment of interference (another VM, a timer) does not move the figure.
+const BLOCKS: u64 = 10;
+
+/// Restricts the calling thread to one CPU: the first it may run on.
+fn pin_to_one_cpu() -> Result<usize> {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    let allowed = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
+    let cpu = (0..CpuSet::count()).find(|&c| allowed.is_set(c).unwrap_or(false)).context("no CPU allowed")?;
+    let mut one = CpuSet::new();
+    one.set(cpu).context("CpuSet::set")?;
+    sched_setaffinity(Pid::from_raw(0), &one).context("sched_setaffinity")?;
+    Ok(cpu)
+}
+
+/// Times `count` calls of `call` in [`BLOCKS`] blocks; ns per call of the median block.
+fn timed(count: u64, mut call: impl FnMut() -> Result<()>) -> Result<f64> {
+    let per_block = (count / BLOCKS).max(1);
+    let mut ns = Vec::with_capacity(BLOCKS as usize);
+    for _ in 0..BLOCKS {
+        let start = Instant::now();
+        for _ in 0..per_block {
+            call()?;
         }
+        ns.push(start.elapsed().as_secs_f64() * 1e9 / per_block as f64);
     }
-    Ok(start.elapsed().as_secs_f64() * 1e9 / count as f64)
+    ns.sort_by(f64::total_cmp);
+    Ok(ns[ns.len() / 2])
+}
+
+/// ns per one-byte write(2) to /dev/null, over `count` calls, on a thread pinned to one CPU.
+pub fn writes_devnull(count: u64) -> Result<f64> {
+    std::thread::spawn(move || -> Result<f64> {
+        pin_to_one_cpu()?;
+        let mut f = std::fs::OpenOptions::new().write(true).open("/dev/null").context("opening /dev/null")?;
+        let byte = [b'x'];
+        timed(count, || {
+            if f.write(&byte)? != 1 {
+                bail!("short write to /dev/null");
+            }
+            Ok(())
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the /dev/null thread panicked"))?
 }
 
 /// ns per one-byte write(2) into a pipe that another thread drains (64 KiB reads), over
-/// `count` calls.
+/// `count` calls. Both threads are pinned to the same CPU: the writer fills the pipe,
+/// then the reader empties it, so the figure is the system call's cost rather than
+/// cross-CPU wake-ups (which vary by tens of percent from run to run on a VM).
 pub fn writes_pipe(count: u64) -> Result<f64> {
     let (mut r, mut w) = std::io::pipe().context("creating a pipe")?;
-    let drain = std::thread::spawn(move || -> std::io::Result<u64> {
+    let drain = std::thread::spawn(move || -> Result<u64> {
+        pin_to_one_cpu()?;
         let mut buf = vec![0u8; 1 << 16];
         let mut total = 0u64;
         loop {
@@ -308,18 +346,23 @@ pub fn writes_pipe(count: u64) -> Result<f64> {
             }
         }
     });
-    let byte = [b'x'];
-    let start = Instant::now();
-    for _ in 0..count {
-        if w.write(&byte)? != 1 {
-            bail!("short write to the pipe");
-        }
-    }
-    let ns = start.elapsed().as_secs_f64() * 1e9 / count as f64;
-    drop(w);
+    let writer = std::thread::spawn(move || -> Result<(f64, u64)> {
+        pin_to_one_cpu()?;
+        let byte = [b'x'];
+        let mut written = 0u64;
+        let ns = timed(count, || {
+            if w.write(&byte)? != 1 {
+                bail!("short write to the pipe");
+            }
+            written += 1;
+            Ok(())
+        })?;
+        Ok((ns, written))
+    });
+    let (ns, written) = writer.join().map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
     let drained = drain.join().map_err(|_| anyhow::anyhow!("the drain thread panicked"))??;
-    if drained != count {
-        bail!("the drain thread read {drained} bytes of {count}");
+    if drained != written {
+        bail!("the drain thread read {drained} bytes of {written}");
     }
     Ok(ns)
 }

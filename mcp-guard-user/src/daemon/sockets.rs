@@ -1,0 +1,241 @@
+//! Local socket transports: newline JSON-RPC over unix or loopback TCP sockets, and
+//! HTTP/1.1 whose bodies are JSON-RPC (local Streamable HTTP), seen from the connecting
+//! (or accepting) watched process.
+
+use std::sync::Arc;
+
+use super::http::{self, HttpStream};
+use super::{Daemon, Observed, judge_into, procs, raw};
+use crate::audit::{self, Context, Record};
+use crate::frame::{Frame, Framer};
+use crate::guard::{Direction, Session, Subject};
+use crate::identity::{self, Link, Process};
+use crate::observer::{Data, Socket};
+use crate::policy::{Ancestor, Reaction};
+use mcp_guard_common::origin;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Unknown,
+    Lines,
+    Http,
+    Other,
+}
+
+pub struct Conn {
+    /// The watched process is the server side.
+    accepted: bool,
+    family: u16,
+    port: u16,
+    proto: Proto,
+    up: Framer,
+    down: Framer,
+    http_up: HttpStream,
+    http_down: HttpStream,
+    session: Option<Box<Observed>>,
+    /// The process serving the connection, when known.
+    server_pid: Option<u32>,
+}
+
+const AF_UNIX: u16 = 1;
+
+impl Daemon {
+    pub(super) fn socket_opened(&mut self, s: Socket) {
+        let max = self.cfg.max_message;
+        if let Some(old) = self.conns.remove(&(s.tgid, s.fd)) {
+            self.end_conn(s.tgid, old);
+        }
+        self.conns.insert(
+            (s.tgid, s.fd),
+            Conn {
+                accepted: s.accepted,
+                family: s.family,
+                port: s.port,
+                proto: Proto::Unknown,
+                up: Framer::new(max),
+                down: Framer::new(max),
+                http_up: HttpStream::new(false, max),
+                http_down: HttpStream::new(true, max),
+                session: None,
+                server_pid: if s.accepted { Some(s.tgid) } else { None },
+            },
+        );
+    }
+
+    pub(super) fn close_conns(&mut self, tgid: u32) {
+        let keys: Vec<(u32, u32)> = self.conns.keys().copied().filter(|(t, _)| *t == tgid).collect();
+        for k in keys {
+            if let Some(c) = self.conns.remove(&k) {
+                self.end_conn(tgid, c);
+            }
+        }
+    }
+
+    fn end_conn(&mut self, tgid: u32, c: Conn) {
+        if let Some(s) = c.session {
+            let mut rec = Record::new("session_end", s.guard.ctx());
+            rec.detail = Some(serde_json::json!({ "reason": "closed", "pid": tgid, "messages": s.messages, "counters": s.guard.counters }));
+            self.records.push(rec);
+        }
+    }
+
+    pub(super) fn socket_data(&mut self, d: Data) {
+        self.counters.bytes += d.payload.len() as u64;
+        let key = (d.tgid, d.fd);
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let dir = if d.inbound == conn.accepted { Direction::ToServer } else { Direction::ToClient };
+        if conn.proto == Proto::Unknown {
+            // The client speaks first in both protocols.
+            if dir == Direction::ToClient {
+                return;
+            }
+            let first = d.payload.iter().position(|b| !b.is_ascii_whitespace());
+            conn.proto = match first.map(|i| &d.payload[i..]) {
+                None => return,
+                Some(b) if b[0] == b'{' || b[0] == b'[' => Proto::Lines,
+                Some(b) if http::looks_like_request(b) => Proto::Http,
+                Some(_) => Proto::Other,
+            };
+            if conn.proto == Proto::Other {
+                let _ = self.observer.set_fd(d.tgid, d.fd, origin::NONE);
+                return;
+            }
+        }
+        let mut messages: Vec<Vec<u8>> = Vec::new();
+        match conn.proto {
+            Proto::Lines => {
+                let framer = if dir == Direction::ToServer { &mut conn.up } else { &mut conn.down };
+                if let Some(spare) = framer.spare(d.payload.len()).get_mut(..d.payload.len()) {
+                    spare.copy_from_slice(&d.payload);
+                }
+                framer.filled(d.payload.len());
+                let mut frames = Vec::new();
+                while let Some(f) = framer.next_frame() {
+                    frames.push(f);
+                }
+                if frames.is_empty() {
+                    return;
+                }
+                let data = framer.data().to_vec();
+                return self.conn_frames(key, dir, &data, frames);
+            }
+            Proto::Http => {
+                let stream = if dir == Direction::ToServer { &mut conn.http_up } else { &mut conn.http_down };
+                stream.push(&d.payload, &mut messages);
+                if let Some(why) = stream.broken.take() {
+                    tracing::info!(pid = d.tgid, fd = d.fd, why, "no longer following a local HTTP connection");
+                    conn.proto = Proto::Other;
+                    let _ = self.observer.set_fd(d.tgid, d.fd, origin::NONE);
+                }
+            }
+            Proto::Unknown | Proto::Other => return,
+        }
+        for body in messages {
+            let frames = vec![Frame::Line { msg: 0..body.len(), raw: 0..body.len() }];
+            self.conn_frames(key, dir, &body, frames);
+        }
+    }
+
+    fn conn_frames(&mut self, key: (u32, u32), dir: Direction, data: &[u8], frames: Vec<Frame>) {
+        if self.conns.get(&key).is_some_and(|c| c.session.is_none()) {
+            self.open_conn_session(key);
+        }
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(s) = conn.session.as_mut() else { return };
+        let (denied, ctx) = judge_into(s, dir, data, frames, &mut self.records, &mut self.counters);
+        if denied.is_empty() || dir != Direction::ToServer {
+            return;
+        }
+        let server = conn.server_pid;
+        let reaction = self.policy.observer().denied;
+        let killed = reaction == Reaction::Kill && server.is_some_and(|pid| self.kill(pid));
+        for (tool, rule) in denied {
+            self.alert(Some(&ctx), serde_json::json!({
+                "alert": "denied_call_observed",
+                "pid": server,
+                "tool": tool,
+                "rule": rule,
+                "action": reaction,
+                "killed": killed,
+            }));
+        }
+    }
+
+    fn open_conn_session(&mut self, (tgid, fd): (u32, u32)) {
+        let Some(conn) = self.conns.get(&(tgid, fd)) else { return };
+        let (accepted, family, port, proto) = (conn.accepted, conn.family, conn.port, conn.proto);
+        let server_pid = if accepted { Some(tgid) } else if port != 0 { procs::tcp_listener(port) } else { None };
+        let address = match (family, port) {
+            (AF_UNIX, _) => "unix".to_string(),
+            (_, 0) => "local".to_string(),
+            (_, p) => format!("localhost:{p}"),
+        };
+        let scheme = if proto == Proto::Http { "http" } else { "tcp" };
+        let name = server_pid
+            .map(|p| procs::server_name(&procs::cmdline(p)))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("{scheme}://{address}"));
+        // The client is the watched process when it connected; unknown when it accepted.
+        let client = if accepted { None } else { Some(tgid) };
+        let host = client.and_then(|c| if self.hosts.contains_key(&c) { Some(c) } else { self.host_of(c) });
+        let host_proc = host.and_then(|h| self.hosts.get(&h).cloned());
+        let server = server_pid.and_then(|p| Process::read(p as i32).ok());
+        let who = client.unwrap_or(tgid) as i32;
+        let principal = identity::principal_of(who);
+        let chain = identity::ancestry(who);
+        self.counters.sessions_seen += 1;
+        let ctx = Arc::new(Context {
+            session: audit::random_id().into(),
+            transport: if proto == Proto::Http { "http-observed" } else { "socket-observed" },
+            policy_sha256: self.policy.sha256().to_string(),
+            mode: crate::guard::mode_name(self.policy.mode()),
+            principal: raw(&principal),
+            agent_host: raw(&host_proc.as_ref().map(Link::long)),
+            chain: raw(&chain.iter().map(Link::short).collect::<Vec<_>>()),
+            server: raw(&serde_json::json!({
+                "name": name,
+                "address": format!("{scheme}://{address}"),
+                "pid": server_pid,
+                "exe": server.as_ref().and_then(|p| p.exe.clone()),
+                "argv": server.as_ref().map(|p| p.cmdline.clone()),
+                "exec_id": server.as_ref().map(|p| p.exec_id.clone()),
+            })),
+        });
+        let subject = Subject {
+            principal: principal.as_ref().map(|p| crate::policy::Principal::from_uid(p.uid)),
+            ancestry: Some(chain.iter().map(|p| Ancestor { exe: p.exe.clone(), comm: p.comm.clone() }).collect()),
+            host_exe: host_proc.as_ref().and_then(|h| h.exe.clone()),
+            server_exe: server.as_ref().and_then(|p| p.exe.clone()),
+            cwd: server_pid.and_then(|p| std::fs::read_link(format!("/proc/{p}/cwd")).ok()).map(|p| p.display().to_string()),
+        };
+        let guard = Session::new(name.clone(), self.policy.clone(), ctx.clone(), self.cfg.max_message, subject);
+        let mut start = Record::new("session_start", &ctx);
+        start.detail = Some(serde_json::json!({ "observed": true, "socket": { "pid": tgid, "fd": fd, "accepted": accepted }, "agent_host": host_proc }));
+        self.records.push(start);
+        let user = principal.as_ref().and_then(|p| p.user.clone());
+        let uid = principal.as_ref().map_or(u32::MAX, |p| p.uid);
+        if let Some(c) = self.conns.get_mut(&(tgid, fd)) {
+            c.server_pid = server_pid;
+            c.session = Some(Box::new(Observed { guard, name, host: host_proc, user, uid, messages: 0 }));
+        }
+    }
+
+    /// Counters as the status file shows them, for the sessions over sockets.
+    pub(super) fn socket_sessions(&self) -> Vec<super::status::Session> {
+        self.conns
+            .values()
+            .filter_map(|c| {
+                let s = c.session.as_ref()?;
+                Some(super::status::Session {
+                    pid: c.server_pid.unwrap_or(0),
+                    server: s.name.clone(),
+                    host: s.host.as_ref().map(|h| h.comm.clone()),
+                    user: s.user.clone(),
+                    wrapped: false,
+                    messages: s.messages,
+                })
+            })
+            .collect()
+    }
+}
+
