@@ -143,6 +143,18 @@ pub struct Wrap {
     /// again before SIGKILL.
     #[arg(long, default_value_t = 2000)]
     pub shutdown_grace_ms: u64,
+    /// The daemon's socket. When it exists (or is given here or in $MCP_GUARD_SOCKET) the
+    /// daemon decides and records, with the system policy; `--policy` then only adds
+    /// denials [default: /run/mcp-guard/mcp-guard.sock].
+    #[arg(long, env = "MCP_GUARD_SOCKET")]
+    pub daemon_socket: Option<PathBuf>,
+    /// Managed, while the daemon cannot be reached: refuse policy-relevant requests
+    /// (denied, -32080, saying why) and reconnect, or judge with the shim's own policy.
+    #[arg(long, value_enum, env = "MCP_GUARD_WHEN_DAEMON_DOWN", default_value = "refuse")]
+    pub when_daemon_down: crate::shim::WhenDown,
+    /// Never ask the daemon, even when it runs: the shim decides with its own policy.
+    #[arg(long)]
+    pub standalone: bool,
     /// The server command and its arguments.
     #[arg(required = true, last = true)]
     pub command: Vec<OsString>,

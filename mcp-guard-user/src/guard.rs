@@ -107,6 +107,11 @@ pub struct Session {
     blocked: std::collections::HashSet<String>,
     /// Alerts raised while judging, committed with the plan.
     alerts: Vec<Record>,
+    /// A second policy that can only add denials (a managed shim's own `--policy`).
+    restrictions: Option<Arc<Policy>>,
+    /// Until then, answers to requests this session never saw are let through: they were
+    /// made before a restart of the daemon that judges this session.
+    resumed_until: Option<Instant>,
     pub counters: Counters,
 }
 
@@ -155,8 +160,21 @@ impl Session {
             pins: None,
             blocked: std::collections::HashSet::new(),
             alerts: Vec::new(),
+            restrictions: None,
+            resumed_until: None,
             counters: Counters::default(),
         }
+    }
+
+    /// Adds a policy whose denials apply on top of the session's policy.
+    pub fn set_restrictions(&mut self, policy: Arc<Policy>) {
+        self.restrictions = Some(policy);
+    }
+
+    /// The session continues one that was judged elsewhere (a daemon restart): for `grace`,
+    /// answers to requests made before are passed rather than dropped.
+    pub fn resume(&mut self, grace: std::time::Duration) {
+        self.resumed_until = Some(Instant::now() + grace);
     }
 
     pub fn ctx(&self) -> &Arc<Context> {
@@ -397,6 +415,20 @@ impl Session {
             cwd: s.cwd.as_deref(),
         };
         let mut decision = self.policy.decide_limited(&query, &self.limiter, Instant::now());
+        if let Some(extra) = &self.restrictions {
+            // The shim's own policy may deny what the system policy allows, never the reverse.
+            let mine = extra.decide_limited(&query, &self.limiter, Instant::now());
+            let denies = mine.action == Action::Deny || mine.would_deny;
+            if denies && decision.action != Action::Deny && !decision.would_deny {
+                decision.rule = format!("user:{}", mine.rule);
+                decision.message = mine.message;
+                if self.policy.mode() == Mode::Monitor {
+                    decision.would_deny = true;
+                } else {
+                    decision.action = Action::Deny;
+                }
+            }
+        }
         if let Some(t) = tool.filter(|t| method == "tools/call" && self.blocked.contains(*t)) {
             // Looked up again: the change may have been approved since.
             if self.pins.as_ref().is_none_or(|p| p.is_blocked(&self.name, t)) {
@@ -487,7 +519,14 @@ impl Session {
             Direction::ToClient => &mut self.pending,
             Direction::ToServer => &mut self.server_pending,
         };
-        let Some(p) = table.remove(&IdKey::of(id)) else {
+        let resumed = self.resumed_until.is_some_and(|t| Instant::now() < t);
+        let found = table.remove(&IdKey::of(id));
+        if found.is_none() && resumed && dir == Direction::ToClient {
+            rec.decision = Some("allow");
+            rec.reason = Some("answer to a request made before the guard daemon restarted".into());
+            return Judged { pass: true, record: Some(rec), durable: false, track: None, error: None, reply_to: dir, replace: None };
+        }
+        let Some(p) = found else {
             // Nobody asked: forwarding it would let one side inject answers into the other.
             rec.decision = Some("deny");
             rec.reason = Some("response to no request in flight".into());

@@ -8,6 +8,7 @@ pub mod guard;
 pub mod hosts;
 pub mod identity;
 pub mod jsonrpc;
+pub mod managed;
 pub mod observer;
 pub mod pins;
 pub mod policy;

@@ -49,7 +49,37 @@ fn daemon(config: Option<&std::path::Path>) -> anyhow::Result<i32> {
     mcp_guard::daemon::run(cfg)
 }
 
+/// Managed or not: a socket named on the command line or in the environment, or the
+/// default one when it exists. The shim's own policy goes along, as restrictions.
+fn managed(w: &Wrap) -> anyhow::Result<Option<shim::Managed>> {
+    if w.standalone {
+        return Ok(None);
+    }
+    let socket = match &w.daemon_socket {
+        Some(p) => p.clone(),
+        None => {
+            let p = PathBuf::from(mcp_guard::managed::DEFAULT_SOCKET);
+            if std::fs::symlink_metadata(&p).is_err() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    let own = w.policy.clone().or_else(|| std::env::var_os("MCP_GUARD_POLICY").filter(|v| !v.is_empty()).map(PathBuf::from)).or_else(|| {
+        mcp_guard::policy::standalone_candidates(None).into_iter().next().filter(|p| p.is_file() && !p.starts_with(mcp_guard::policy::SYSTEM_DIR))
+    });
+    let policy = match own {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read the policy {}", p.display()))?;
+            Some((text, p.display().to_string()))
+        }
+    };
+    Ok(Some(shim::Managed { socket, when_down: w.when_daemon_down, policy }))
+}
+
 fn wrap(w: Wrap) -> anyhow::Result<i32> {
+    let managed = managed(&w)?;
     let policy = load_policy(w.policy.clone())?;
     let audit = match w.audit {
         Some(p) => p,
@@ -74,6 +104,7 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
         max_message: w.max_message,
         command: w.command,
         grace: Duration::from_millis(w.shutdown_grace_ms),
+        managed,
     })
 }
 

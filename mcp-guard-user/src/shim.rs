@@ -10,7 +10,6 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::ops::Range;
 use std::path::PathBuf;
 use std::pin::{Pin, pin};
 use std::process::{ExitStatus, Stdio};
@@ -31,6 +30,7 @@ use crate::frame::{Frame, Framer};
 use crate::guard::{Act, Direction, Session, Subject};
 use crate::identity::{self, Process};
 use crate::jsonrpc::code;
+use crate::managed::client::{Client, ConnectError};
 use crate::policy::Policy;
 
 /// Bytes asked for per read.
@@ -41,6 +41,9 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
 /// Exit status when the server cannot be started, as a shell does.
 pub const EXIT_CANNOT_START: i32 = 127;
+
+/// Exit status when the daemon refuses a managed shim (for example its `--policy`).
+pub const EXIT_REFUSED: i32 = 2;
 
 /// Everything `wrap` needs.
 pub struct Options {
@@ -57,7 +60,39 @@ pub struct Options {
     pub command: Vec<OsString>,
     /// After the client closes its end: wait this long, then SIGTERM; again, then SIGKILL.
     pub grace: Duration,
+    /// Decisions by the daemon, when it runs.
+    pub managed: Option<Managed>,
 }
+
+/// A shim whose decisions the daemon makes (see `crate::managed`).
+pub struct Managed {
+    pub socket: PathBuf,
+    pub when_down: WhenDown,
+    /// The shim's own policy, sent to the daemon, where it can only add denials: its text
+    /// and where it came from.
+    pub policy: Option<(String, String)>,
+}
+
+/// What a managed shim does while the daemon cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WhenDown {
+    /// Refuse the requests that policy decides (calls, reads, prompts), with error -32087;
+    /// the session goes on and reconnects.
+    Refuse,
+    /// Judge locally with the shim's own policy, as a standalone shim does.
+    Standalone,
+}
+
+/// The policy a managed shim falls back to while the daemon is unreachable: every acting
+/// request refused, the handshake and listings let through.
+const DAEMON_DOWN_POLICY: &str = r#"default = "deny"
+
+[[rule]]
+id = "daemon-unavailable"
+method = "*"
+action = "deny"
+message = "the mcp-guard daemon is unreachable; requests are refused until it is back"
+"#;
 
 type Sink = Mutex<Option<Pin<Box<dyn AsyncWrite>>>>;
 
@@ -88,6 +123,47 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
     };
     let pid = child.id().map(|p| p as i32).unwrap_or_default();
     settle_launcher(pid, &opts.command).await;
+    let remote = match &opts.managed {
+        None => None,
+        Some(m) => {
+            let hello = crate::managed::Hello {
+                v: 1,
+                name: opts.name.clone(),
+                server_pid: pid as u32,
+                policy: m.policy.as_ref().map(|(text, _)| text.clone()),
+                policy_origin: m.policy.as_ref().map(|(_, origin)| origin.clone()),
+                resumed: false,
+            };
+            match Client::connect(m.socket.clone(), hello) {
+                Ok(c) => Some(c),
+                Err(ConnectError::Refused(why)) => {
+                    eprintln!("mcp-guard: the mcp-guard daemon refused this shim: {why}");
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ = child.wait().await;
+                    audit.close(audit_thread);
+                    return Ok(EXIT_REFUSED);
+                }
+                Err(e @ ConnectError::Unreachable { .. }) => match m.when_down {
+                    WhenDown::Refuse => {
+                        tracing::warn!(error = %e, "refusing requests until the daemon is back");
+                        let hello = crate::managed::Hello {
+                            v: 1,
+                            name: opts.name.clone(),
+                            server_pid: pid as u32,
+                            policy: m.policy.as_ref().map(|(text, _)| text.clone()),
+                            policy_origin: m.policy.as_ref().map(|(_, origin)| origin.clone()),
+                            resumed: false,
+                        };
+                        Some(Client::down(m.socket.clone(), hello))
+                    }
+                    WhenDown::Standalone => {
+                        tracing::warn!(error = %e, "judging locally with the shim's own policy");
+                        None
+                    }
+                },
+            }
+        }
+    };
     let server = ServerIdentity {
         pid,
         name: opts.name.clone(),
@@ -138,7 +214,12 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         server_exe: server.exe.borrow().clone(),
         cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok().map(|p| p.display().to_string()),
     };
-    let mut guard = Session::new(opts.name.clone(), Arc::new(opts.policy), ctx.clone(), opts.max_message, subject);
+    // A managed shim judges locally only while the daemon is unreachable: fail closed.
+    let local_policy = match &remote {
+        Some(_) => Policy::parse(DAEMON_DOWN_POLICY, "daemon-unavailable (built-in)").context("fallback policy")?,
+        None => opts.policy,
+    };
+    let mut guard = Session::new(opts.name.clone(), Arc::new(local_policy), ctx.clone(), opts.max_message, subject);
     guard.set_pins(crate::pins::Pins::beside(&opts.audit));
     let session = RefCell::new(guard);
     let server_in: Sink = Mutex::new(child.stdin.take().map(|w| Box::pin(w) as Pin<Box<dyn AsyncWrite>>));
@@ -154,6 +235,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         client_out: &client_out,
         client_gone: &client_gone,
         server: &server,
+        remote: remote.as_ref(),
     };
 
         let mut inbound = pin!(shared.pump(Direction::ToServer, stdin(), opts.max_message));
@@ -162,7 +244,9 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
             (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
 
         let mut watch = PolicyWatch::new(opts.policy_flag.clone());
-        let mut poll = tokio::time::interval(if opts.policy_poll.is_zero() { far_poll() } else { opts.policy_poll });
+        // Managed: the daemon reloads the system policy; the local one is the fallback.
+        let poll_every = if opts.policy_poll.is_zero() || remote.is_some() { far_poll() } else { opts.policy_poll };
+        let mut poll = tokio::time::interval(poll_every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut in_done, mut out_done) = (false, false);
         let mut status: Option<ExitStatus> = None;
@@ -225,7 +309,21 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
 
     let status = status.unwrap_or_else(|| ExitStatus::from_raw(0));
     let exit = exit_code(status);
-    let (errors, mut records) = session.borrow_mut().abandon("the server exited before answering");
+    let ended = match &remote {
+        Some(r) => r.end(crate::managed::End { exit_code: status.code(), signal: status.signal() }).await,
+        None => None,
+    };
+    let (errors, mut records) = match ended {
+        // The daemon answered for the requests in flight; the local session saw none of them.
+        Some(acts) => {
+            let errors = acts.into_iter().flat_map(|a| match a {
+                Act::ToClient(b) => b,
+                _ => Vec::new(),
+            });
+            (errors.collect(), Vec::new())
+        }
+        None => session.borrow_mut().abandon("the server exited before answering"),
+    };
     if !errors.is_empty() {
         write(&client_out, &errors).await;
     }
@@ -384,12 +482,19 @@ struct Batch {
     /// The bytes the frames and acts index.
     data: Vec<u8>,
     frames: Vec<Frame>,
-    acts: Vec<Act>,
-    append: Vec<Record>,
-    ticket: crate::audit::Ticket,
+    decision: Decision,
+}
+
+enum Decision {
+    /// Judged here: the acts, and the commit of their records.
+    Local { acts: Vec<Act>, append: Vec<Record>, ticket: crate::audit::Ticket },
+    /// Sent to the daemon: its plan, whose forwards index the frames' lines laid end to end.
+    Remote(tokio::sync::oneshot::Receiver<Vec<u8>>),
 }
 
 struct Shared<'a> {
+    /// The daemon, for a managed shim.
+    remote: Option<&'a Client>,
     server: &'a ServerIdentity,
     session: &'a RefCell<Session>,
     audit: &'a Audit,
@@ -445,33 +550,55 @@ impl Shared<'_> {
         tokio::join!(read, write);
     }
 
-    /// Judges frames and submits their records; copies out the bytes the plan refers to.
+    /// Judges frames (here, or by the daemon) and submits their records; copies out the
+    /// bytes the plan refers to.
     fn prepare(&self, dir: Direction, data: &[u8], frames: Vec<Frame>) -> Batch {
+        let lo = frames.iter().filter_map(|f| f.raw().map(|r| r.start)).min().unwrap_or(0);
+        let hi = frames.iter().filter_map(|f| f.raw().map(|r| r.end)).max().unwrap_or(0);
+        let data = data[lo..hi.max(lo)].to_vec();
+        let frames: Vec<Frame> = frames.iter().map(|f| f.shifted(lo)).collect();
+        if let Some(rx) = self.remote.and_then(|r| r.judge(dir, &data, &frames)) {
+            return Batch { data, frames, decision: Decision::Remote(rx) };
+        }
+        let decision = self.judge_here(dir, &data, &frames);
+        Batch { data, frames, decision }
+    }
+
+    fn judge_here(&self, dir: Direction, data: &[u8], frames: &[Frame]) -> Decision {
         self.server.refresh(dir, self.session);
         let plan = self.session.borrow_mut().judge(dir, data, frames.iter().cloned());
         let ticket = self.audit.submit(plan.commit);
-        let lo = frames.iter().filter_map(|f| f.raw().map(|r| r.start)).min().unwrap_or(0);
-        let hi = frames.iter().filter_map(|f| f.raw().map(|r| r.end)).max().unwrap_or(0);
-        let shift = |r: &Range<usize>| r.start - lo..r.end - lo;
-        Batch {
-            data: data[lo..hi.max(lo)].to_vec(),
-            frames: frames.iter().map(|f| f.shifted(lo)).collect(),
-            acts: plan
-                .acts
-                .into_iter()
-                .map(|a| match a {
-                    Act::Forward(r) => Act::Forward(shift(&r)),
-                    other => other,
-                })
-                .collect(),
-            append: plan.append,
-            ticket,
-        }
+        Decision::Local { acts: plan.acts, append: plan.append, ticket }
     }
 
     async fn carry_out(&self, dir: Direction, batch: Batch) {
-        let Batch { data, frames, mut acts, append, ticket } = batch;
+        let Batch { data, frames, decision } = batch;
         let data = &data[..];
+        let mut decision = decision;
+        if let Decision::Remote(rx) = decision {
+            let map = crate::managed::line_map(&frames);
+            let total = map.last().map_or(0, |(s, r)| s + r.len());
+            let plan = rx.await.ok().and_then(|p| crate::managed::decode_plan(&p, total).ok());
+            decision = match plan {
+                Some((_, acts)) => Decision::Local {
+                    acts: acts
+                        .into_iter()
+                        .flat_map(|a| match a {
+                            Act::Forward(r) => crate::managed::map_forward(&map, &r).into_iter().map(Act::Forward).collect(),
+                            other => vec![other],
+                        })
+                        .collect(),
+                    append: Vec::new(),
+                    ticket: crate::audit::Ticket::done(),
+                },
+                // The daemon went away with these frames: judged here, failing closed.
+                None => {
+                    tracing::warn!("the mcp-guard daemon did not answer; judging locally (refusing)");
+                    self.judge_here(dir, data, &frames)
+                }
+            };
+        }
+        let Decision::Local { mut acts, append, ticket } = decision else { return };
         if let Err(e) = ticket.wait().await {
             // Fail closed: what needed a record does not take effect without one.
             tracing::error!(error = %e, "audit commit failed; refusing the requests it covered");

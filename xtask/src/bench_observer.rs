@@ -24,15 +24,25 @@ pub struct ObserverArgs {
 
 pub fn bench_observer(root: &Path, args: &ObserverArgs) -> Result<()> {
     if !crate::nix_is_root() {
-        bail!("`cargo xtask bench observer` runs `mcp-guard daemon`, which loads eBPF programs: run it as root");
+        bail!(
+            "`cargo xtask bench observer` runs `mcp-guard daemon`, which loads eBPF programs: run it as root"
+        );
     }
     crate::ebpf::ensure_toolchain().context("installing the eBPF toolchain")?;
     let object = crate::ebpf::build_ebpf().context("building the eBPF object")?;
-    crate::peers::ensure_peers(root).context("installing the test peers (filesystem server, Python SDK)")?;
+    crate::peers::ensure_peers(root)
+        .context("installing the test peers (filesystem server, Python SDK)")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     crate::step(
         "cargo build --release -p mcp-guard -p mcp-guard-bench",
-        Command::new(cargo).current_dir(root).args(["build", "--release", "-p", "mcp-guard", "-p", "mcp-guard-bench"]),
+        Command::new(cargo).current_dir(root).args([
+            "build",
+            "--release",
+            "-p",
+            "mcp-guard",
+            "-p",
+            "mcp-guard-bench",
+        ]),
     )?;
     let target = crate::bench::target_dir(root);
     let release = target.join("release");

@@ -134,6 +134,11 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// A ticket for nothing to commit.
+    pub fn done() -> Ticket {
+        Ticket { done: None, path: Arc::new(PathBuf::new()) }
+    }
+
     fn ready(res: Result<(), String>, path: &Arc<PathBuf>) -> Ticket {
         let (ack, done) = oneshot::channel();
         let _ = ack.send(res);

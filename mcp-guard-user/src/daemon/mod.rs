@@ -15,6 +15,7 @@
 
 pub mod config;
 mod http;
+mod managed;
 mod procs;
 mod shimlog;
 mod sockets;
@@ -59,11 +60,15 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
     rt.block_on(serve(cfg))
 }
 
-fn load_policy(cfg: &Config) -> anyhow::Result<Policy> {
+/// The system policy as written: what managed shims enforce.
+fn load_enforced(cfg: &Config) -> anyhow::Result<Policy> {
     let dropins = cfg.policy.with_file_name("policy.d");
-    let policy = Policy::load_with_dropins(&cfg.policy, &dropins)
-        .with_context(|| format!("cannot load the policy {}", cfg.policy.display()))?;
-    Ok(policy.into_monitor())
+    Policy::load_with_dropins(&cfg.policy, &dropins).with_context(|| format!("cannot load the policy {}", cfg.policy.display()))
+}
+
+/// The system policy in monitor mode: what the observer judges with.
+fn load_policy(cfg: &Config) -> anyhow::Result<Policy> {
+    Ok(load_enforced(cfg)?.into_monitor())
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<i32> {
@@ -80,8 +85,18 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     let (audit, writer) = Audit::open_with(&cfg.audit, cfg.durability, &opts)?;
     std::fs::create_dir_all(&cfg.run_dir).with_context(|| format!("cannot create {}", cfg.run_dir.display()))?;
     let committer = Committer::spawn(audit.clone())?;
+    let shared = Arc::new(managed::Shared {
+        policy: std::sync::RwLock::new(Arc::new(load_enforced(&cfg)?)),
+        audit: audit.clone(),
+        max_message: cfg.max_message,
+        audit_path: cfg.audit.clone(),
+    });
+    let socket = cfg.run_dir.join(crate::managed::SOCKET_NAME);
+    let listener = managed::listen(&socket)?;
+    let server = tokio::spawn(managed::serve(listener, shared.clone()));
 
     let mut d = Daemon::new(cfg, obs, policy, committer);
+    d.managed = Some(shared);
     d.started(&object);
     d.scan(true);
     d.flush();
@@ -114,6 +129,8 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
             d.handle(event);
         }
     }
+    server.abort();
+    let _ = std::fs::remove_file(&socket);
     d.stop();
     let Daemon { committer, observer, cfg, .. } = d;
     // Detaches the programs: no process is stopped by a gate after this.
@@ -260,6 +277,8 @@ struct Daemon {
     reported_lost: (u64, u64),
     started_at: SystemTime,
     last_scan: Instant,
+    /// What managed shims' connections share (the enforced policy is swapped on reload).
+    managed: Option<Arc<managed::Shared>>,
 }
 
 fn raw<T: serde::Serialize>(v: &T) -> Box<RawValue> {
@@ -354,6 +373,7 @@ impl Daemon {
             reported_lost: (0, 0),
             started_at: SystemTime::now(),
             last_scan: Instant::now(),
+            managed: None,
         }
     }
 
@@ -891,8 +911,13 @@ impl Daemon {
     }
 
     fn reload(&mut self) {
-        match load_policy(&self.cfg) {
-            Ok(p) => {
+        match load_enforced(&self.cfg).and_then(|e| Ok((e, load_policy(&self.cfg)?))) {
+            Ok((enforced, p)) => {
+                if let Some(m) = &self.managed
+                    && let Ok(mut slot) = m.policy.write()
+                {
+                    *slot = Arc::new(enforced);
+                }
                 self.policy = Arc::new(p);
                 for p in self.procs.values_mut() {
                     if let Some(s) = p.session.as_mut() {

@@ -24,7 +24,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "mcp-bench-observer", about = "mcp-guard observer daemon benchmark")]
+#[command(
+    name = "mcp-bench-observer",
+    about = "mcp-guard observer daemon benchmark"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -70,7 +73,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// The realistic workload, run with `sh -c`.
-    #[arg(long, default_value = "tar -C /usr -cf - include | gzip -1 > /dev/null")]
+    #[arg(
+        long,
+        default_value = "tar -C /usr -cf - include | gzip -1 > /dev/null"
+    )]
     pub workload: String,
     /// One-byte write(2) calls per system-call loop.
     #[arg(long, default_value_t = 1_000_000)]
@@ -114,8 +120,14 @@ fn main() -> Result<()> {
         Cmd::HostRate(a) => roles::host_rate(&a),
         Cmd::HostMany(a) => roles::host_many(&a),
         Cmd::Syscalls { count } => {
-            println!("write(2) of 1 byte to /dev/null: {:.0} ns", roles::writes_devnull(count)?);
-            println!("write(2) of 1 byte into a drained pipe: {:.0} ns", roles::writes_pipe(count)?);
+            println!(
+                "write(2) of 1 byte to /dev/null: {:.0} ns",
+                roles::writes_devnull(count)?
+            );
+            println!(
+                "write(2) of 1 byte into a drained pipe: {:.0} ns",
+                roles::writes_pipe(count)?
+            );
             Ok(())
         }
     }

@@ -44,7 +44,9 @@ pub fn server() -> Result<()> {
             output.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32700,\"message\":\"parse error\"}}\n")?;
             continue;
         };
-        let (Some(id), Some(method)) = (msg.id, msg.method) else { continue };
+        let (Some(id), Some(method)) = (msg.id, msg.method) else {
+            continue;
+        };
         answer.clear();
         answer.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
         answer.extend_from_slice(id.get().as_bytes());
@@ -73,12 +75,19 @@ fn wait_watched(status: &Path) -> Result<()> {
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
             .and_then(|v| v.get("hosts").and_then(Value::as_array).cloned())
-            .is_some_and(|hosts| hosts.iter().any(|h| h.get("pid").and_then(Value::as_u64) == Some(me)));
+            .is_some_and(|hosts| {
+                hosts
+                    .iter()
+                    .any(|h| h.get("pid").and_then(Value::as_u64) == Some(me))
+            });
         if listed {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the daemon did not list this host (pid {me}) in {} within 15 s", status.display());
+            bail!(
+                "the daemon did not list this host (pid {me}) in {} within 15 s",
+                status.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -105,7 +114,8 @@ const INITIALIZED: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/ini
 /// (or as short as it can be, if `size` is smaller).
 fn request(buf: &mut Vec<u8>, id: u64, size: usize) {
     const HEAD: &str = "{\"jsonrpc\":\"2.0\",\"id\":";
-    const MID: &str = ",\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"pad\":\"";
+    const MID: &str =
+        ",\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"pad\":\"";
     const TAIL: &str = "\"}}}\n";
     buf.clear();
     buf.extend_from_slice(HEAD.as_bytes());
@@ -172,9 +182,15 @@ pub fn host_rate(a: &HostRateArgs) -> Result<()> {
     let (mut child, mut to_server, from_server) = spawn_server()?;
     let (first_tx, first_rx) = mpsc::channel();
     let reader = std::thread::spawn(move || count_answers(from_server, first_tx));
-    to_server.write_all(INITIALIZE).context("sending initialize")?;
-    first_rx.recv_timeout(Duration::from_secs(10)).context("no answer to initialize within 10 s")?;
-    to_server.write_all(INITIALIZED).context("sending notifications/initialized")?;
+    to_server
+        .write_all(INITIALIZE)
+        .context("sending initialize")?;
+    first_rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("no answer to initialize within 10 s")?;
+    to_server
+        .write_all(INITIALIZED)
+        .context("sending notifications/initialized")?;
 
     let total = (a.rate as f64 * a.secs).round() as u64;
     let mut buf = Vec::with_capacity(a.size.max(256));
@@ -198,7 +214,9 @@ pub fn host_rate(a: &HostRateArgs) -> Result<()> {
     }
     let paced_secs = start.elapsed().as_secs_f64();
     drop(to_server);
-    let responses = reader.join().map_err(|_| anyhow::anyhow!("the reader thread panicked"))??;
+    let responses = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reader thread panicked"))??;
     let status = child.wait()?;
     if !status.success() {
         bail!("the server exited with {status}");
@@ -290,7 +308,9 @@ fn pin_to_one_cpu() -> Result<usize> {
     use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
     use nix::unistd::Pid;
     let allowed = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
-    let cpu = (0..CpuSet::count()).find(|&c| allowed.is_set(c).unwrap_or(false)).context("no CPU allowed")?;
+    let cpu = (0..CpuSet::count())
+        .find(|&c| allowed.is_set(c).unwrap_or(false))
+        .context("no CPU allowed")?;
     let mut one = CpuSet::new();
     one.set(cpu).context("CpuSet::set")?;
     sched_setaffinity(Pid::from_raw(0), &one).context("sched_setaffinity")?;
@@ -316,7 +336,10 @@ fn timed(count: u64, mut call: impl FnMut() -> Result<()>) -> Result<f64> {
 pub fn writes_devnull(count: u64) -> Result<f64> {
     std::thread::spawn(move || -> Result<f64> {
         pin_to_one_cpu()?;
-        let mut f = std::fs::OpenOptions::new().write(true).open("/dev/null").context("opening /dev/null")?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .context("opening /dev/null")?;
         let byte = [b'x'];
         timed(count, || {
             if f.write(&byte)? != 1 {
@@ -359,8 +382,12 @@ pub fn writes_pipe(count: u64) -> Result<f64> {
         })?;
         Ok((ns, written))
     });
-    let (ns, written) = writer.join().map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
-    let drained = drain.join().map_err(|_| anyhow::anyhow!("the drain thread panicked"))??;
+    let (ns, written) = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
+    let drained = drain
+        .join()
+        .map_err(|_| anyhow::anyhow!("the drain thread panicked"))??;
     if drained != written {
         bail!("the drain thread read {drained} bytes of {written}");
     }

@@ -44,7 +44,7 @@ fn median(v: &[f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
+        n if !n.is_multiple_of(2) => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
@@ -58,7 +58,7 @@ fn num(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -71,10 +71,16 @@ fn cpu_secs(pid: u32) -> Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // Fields after the comm, which may hold spaces: state is field 3, utime 14, stime 15.
-    let rest = stat.rfind(')').map(|i| &stat[i + 2..]).with_context(|| format!("parsing {path}"))?;
+    let rest = stat
+        .rfind(')')
+        .map(|i| &stat[i + 2..])
+        .with_context(|| format!("parsing {path}"))?;
     let fields: Vec<&str> = rest.split(' ').collect();
     let ticks = |i: usize| -> Result<f64> {
-        fields.get(i).and_then(|f| f.parse::<f64>().ok()).with_context(|| format!("parsing {path}"))
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .with_context(|| format!("parsing {path}"))
     };
     // USER_HZ is 100 in the Linux user ABI.
     Ok((ticks(11)? + ticks(12)?) / 100.0)
@@ -105,7 +111,10 @@ impl Drop for Reaped {
 /// Runs `cmd` with its stdout captured (stderr inherited), failing after `timeout`.
 fn output_within(cmd: &mut Command, what: &str, timeout: Duration) -> Result<Output> {
     let mut child = Reaped(Some(
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().with_context(|| format!("cannot start {what}"))?,
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {what}"))?,
     ));
     let mut out = child.child()?.stdout.take().context("stdout")?;
     let reader = std::thread::spawn(move || {
@@ -118,25 +127,45 @@ fn output_within(cmd: &mut Command, what: &str, timeout: Duration) -> Result<Out
             break status;
         }
         if Instant::now() > deadline {
-            bail!("{what} did not finish within {:.0} s (killed)", timeout.as_secs_f64());
+            bail!(
+                "{what} did not finish within {:.0} s (killed)",
+                timeout.as_secs_f64()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     child.take()?;
-    let stdout = reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
-    Ok(Output { status, stdout, stderr: Vec::new() })
+    let stdout = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
+    Ok(Output {
+        status,
+        stdout,
+        stderr: Vec::new(),
+    })
 }
 
 pub fn run(a: &RunArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("the observer benchmark starts `mcp-guard daemon`, which loads eBPF programs: run it as root");
+        bail!(
+            "the observer benchmark starts `mcp-guard daemon`, which loads eBPF programs: run it as root"
+        );
     }
-    for (what, p) in [("mcp-guard binary", &a.mcp_guard), ("eBPF object", &a.bpf_object)] {
+    for (what, p) in [
+        ("mcp-guard binary", &a.mcp_guard),
+        ("eBPF object", &a.bpf_object),
+    ] {
         if !p.is_file() {
             bail!("the {what} {} does not exist", p.display());
         }
     }
-    if a.runs == 0 || a.syscalls == 0 || a.rate == 0 || a.secs <= 0.0 || a.sessions == 0 || a.deny_runs == 0 {
+    if a.runs == 0
+        || a.syscalls == 0
+        || a.rate == 0
+        || a.secs <= 0.0
+        || a.sessions == 0
+        || a.deny_runs == 0
+    {
         bail!("--runs, --syscalls, --rate, --secs, --sessions and --deny-runs must be positive");
     }
     let mcp_guard = std::path::absolute(&a.mcp_guard)?;
@@ -144,7 +173,11 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let ctx = Ctx::new(a, mcp_guard, bpf_object)?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    println!("observer benchmark: kernel {}, {cpus} CPUs, work directory {}", kernel.trim(), ctx.work().display());
+    println!(
+        "observer benchmark: kernel {}, {cpus} CPUs, work directory {}",
+        kernel.trim(),
+        ctx.work().display()
+    );
 
     let started = Instant::now();
     let want = |s: Step| a.only.is_empty() || a.only.contains(&s);
@@ -179,9 +212,12 @@ pub fn run(a: &RunArgs) -> Result<()> {
     }
 
     let mut table = String::new();
-    table.push_str("| measure | figure | baseline (same run) | ratio | target |\n|---|---|---|---|---|\n");
+    table.push_str(
+        "| measure | figure | baseline (same run) | ratio | target |\n|---|---|---|---|---|\n",
+    );
     for r in &rows {
-        let cells = [&r.measure, &r.figure, &r.baseline, &r.ratio, &r.target].map(|c| c.replace('|', "\\|"));
+        let cells = [&r.measure, &r.figure, &r.baseline, &r.ratio, &r.target]
+            .map(|c| c.replace('|', "\\|"));
         table.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
     let missed = rows.iter().filter(|r| r.pass == Some(false)).count();
@@ -222,13 +258,23 @@ struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     fn new(a: &'a RunArgs, mcp_guard: PathBuf, bpf_object: PathBuf) -> Result<Ctx<'a>> {
-        let tmp = tempfile::Builder::new().prefix("mcp-bench-observer-").tempdir().context("creating a work directory")?;
+        let tmp = tempfile::Builder::new()
+            .prefix("mcp-bench-observer-")
+            .tempdir()
+            .context("creating a work directory")?;
         let bin = tmp.path().join("bin");
         std::fs::create_dir_all(&bin)?;
         let exe = std::env::current_exe().context("locating this executable")?;
         let host = bin.join(HOST);
-        std::os::unix::fs::symlink(&exe, &host).with_context(|| format!("linking {} to {}", host.display(), exe.display()))?;
-        Ok(Ctx { a, mcp_guard, bpf_object, tmp, host })
+        std::os::unix::fs::symlink(&exe, &host)
+            .with_context(|| format!("linking {} to {}", host.display(), exe.display()))?;
+        Ok(Ctx {
+            a,
+            mcp_guard,
+            bpf_object,
+            tmp,
+            host,
+        })
     }
 
     fn work(&self) -> &Path {
@@ -236,13 +282,25 @@ impl<'a> Ctx<'a> {
     }
 
     fn daemon(&self, name: &str, policy: &str, hosts: &[&str], durability: &str) -> Result<Daemon> {
-        Daemon::start(&self.mcp_guard, &self.bpf_object, self.work(), &Spec { name, policy, hosts, durability })
-            .with_context(|| format!("starting the daemon for `{name}`"))
+        Daemon::start(
+            &self.mcp_guard,
+            &self.bpf_object,
+            self.work(),
+            &Spec {
+                name,
+                policy,
+                hosts,
+                durability,
+            },
+        )
+        .with_context(|| format!("starting the daemon for `{name}`"))
     }
 
     fn close(self) -> Result<()> {
         let path = self.tmp.path().to_path_buf();
-        self.tmp.close().with_context(|| format!("removing {}", path.display()))
+        self.tmp
+            .close()
+            .with_context(|| format!("removing {}", path.display()))
     }
 }
 
@@ -268,21 +326,31 @@ fn measure_once(a: &RunArgs) -> Result<Sample> {
     if !status.success() {
         bail!("the workload `{}` failed: {status}", a.workload);
     }
-    Ok(Sample { workload_s, devnull_ns: roles::writes_devnull(a.syscalls)?, pipe_ns: roles::writes_pipe(a.syscalls)? })
+    Ok(Sample {
+        workload_s,
+        devnull_ns: roles::writes_devnull(a.syscalls)?,
+        pipe_ns: roles::writes_pipe(a.syscalls)?,
+    })
 }
 
 /// Other `mcp-guard daemon` processes: with their programs attached, "without the
 /// daemon" would not be without one.
 fn other_daemons(ours: Option<u32>) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut pids: Vec<u32> = dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| Some(pid) != ours)
         .filter(|pid| {
             let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let argv: Vec<&[u8]> = argv.split(|&b| b == 0).collect();
-            let prog = argv.first().map(|a| Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a)));
-            prog.and_then(Path::file_name).is_some_and(|n| n == "mcp-guard") && argv.iter().skip(1).any(|a| *a == b"daemon")
+            let prog = argv.first().map(|a| {
+                Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a))
+            });
+            prog.and_then(Path::file_name)
+                .is_some_and(|n| n == "mcp-guard")
+                && argv.iter().skip(1).any(|a| *a == b"daemon")
         })
         .collect();
     pids.sort_unstable();
@@ -300,10 +368,19 @@ fn overhead(ctx: &Ctx) -> Result<Vec<Row>> {
     let (mut off, mut on) = (Vec::new(), Vec::new());
     let mut foreign = std::collections::BTreeSet::new();
     for round in 0..a.runs {
-        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         for with in order {
             let s = if with {
-                let d = ctx.daemon(&format!("overhead-{round}"), ALLOW, &[NO_HOST], "page-cache")?;
+                let d = ctx.daemon(
+                    &format!("overhead-{round}"),
+                    ALLOW,
+                    &[NO_HOST],
+                    "page-cache",
+                )?;
                 foreign.extend(other_daemons(Some(d.pid())));
                 let s = measure_once(a)?;
                 foreign.extend(other_daemons(Some(d.pid())));
@@ -319,7 +396,11 @@ fn overhead(ctx: &Ctx) -> Result<Vec<Row>> {
                 "  run {}/{} {:<15} workload {:.3} s, /dev/null {:.0} ns/write, pipe {:.0} ns/write",
                 round + 1,
                 a.runs,
-                if with { "with daemon:" } else { "without daemon:" },
+                if with {
+                    "with daemon:"
+                } else {
+                    "without daemon:"
+                },
                 s.workload_s,
                 s.devnull_ns,
                 s.pipe_ns
@@ -335,7 +416,10 @@ fn overhead(ctx: &Ctx) -> Result<Vec<Row>> {
             "warning: other `mcp-guard daemon` processes ran during this step (pids {}): their eBPF programs were attached in the runs \"without daemon\" too",
             pids.join(", ")
         );
-        Some(format!("not judged: other mcp-guard daemons were running (pids {})", pids.join(", ")))
+        Some(format!(
+            "not judged: other mcp-guard daemons were running (pids {})",
+            pids.join(", ")
+        ))
     };
     let med = |v: &[Sample], f: fn(&Sample) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
     let row = |measure: String, unit: &str, prec: usize, f: fn(&Sample) -> f64, limit: f64| {
@@ -350,13 +434,35 @@ fn overhead(ctx: &Ctx) -> Result<Vec<Row>> {
                 None => format!("≤ {limit:.2}x: {}", verdict(ratio <= limit)),
                 Some(why) => format!("≤ {limit:.2}x: {why}"),
             },
-            pass: if unjudged.is_none() { Some(ratio <= limit) } else { None },
+            pass: if unjudged.is_none() {
+                Some(ratio <= limit)
+            } else {
+                None
+            },
         }
     };
     let n = num(a.syscalls);
     Ok(vec![
-        row(format!("1a. unwatched `{}`, wall time, median of {} runs", a.workload, a.runs), "s", 3, |s| s.workload_s, 1.02),
-        row(format!("1b. unwatched one-byte write(2) to /dev/null ({n} calls in 10 blocks, median block), median of {} runs", a.runs), "ns/call", 1, |s| s.devnull_ns, 1.15),
+        row(
+            format!(
+                "1a. unwatched `{}`, wall time, median of {} runs",
+                a.workload, a.runs
+            ),
+            "s",
+            3,
+            |s| s.workload_s,
+            1.02,
+        ),
+        row(
+            format!(
+                "1b. unwatched one-byte write(2) to /dev/null ({n} calls in 10 blocks, median block), median of {} runs",
+                a.runs
+            ),
+            "ns/call",
+            1,
+            |s| s.devnull_ns,
+            1.15,
+        ),
         row(
             format!(
                 "1c. unwatched one-byte write(2) into a pipe drained by a thread on the same CPU ({n} calls in 10 blocks, median block), median of {} runs",
@@ -377,19 +483,36 @@ fn overhead(ctx: &Ctx) -> Result<Vec<Row>> {
 fn host_rate(ctx: &Ctx, status: Option<&Path>) -> Result<RateReport> {
     let a = ctx.a;
     // The baseline runs the same program under its own name, so no daemon could watch it.
-    let program = if status.is_some() { ctx.host.clone() } else { std::env::current_exe()? };
+    let program = if status.is_some() {
+        ctx.host.clone()
+    } else {
+        std::env::current_exe()?
+    };
     let mut cmd = Command::new(&program);
-    cmd.arg("host-rate")
-        .args(["--rate", &a.rate.to_string(), "--secs", &a.secs.to_string(), "--size", &a.size.to_string()]);
+    cmd.arg("host-rate").args([
+        "--rate",
+        &a.rate.to_string(),
+        "--secs",
+        &a.secs.to_string(),
+        "--size",
+        &a.size.to_string(),
+    ]);
     if let Some(s) = status {
         cmd.arg("--status").arg(s);
     }
-    let out = output_within(&mut cmd, "the rate host", Duration::from_secs_f64(a.secs * 3.0 + 60.0))?;
+    let out = output_within(
+        &mut cmd,
+        "the rate host",
+        Duration::from_secs_f64(a.secs * 3.0 + 60.0),
+    )?;
     if !out.status.success() {
         bail!("the rate host failed ({})", out.status);
     }
     serde_json::from_slice(out.stdout.trim_ascii()).with_context(|| {
-        format!("parsing the rate host's report `{}`", String::from_utf8_lossy(&out.stdout).trim())
+        format!(
+            "parsing the rate host's report `{}`",
+            String::from_utf8_lossy(&out.stdout).trim()
+        )
     })
 }
 
@@ -418,22 +541,36 @@ fn session(ctx: &Ctx) -> Result<Vec<Row>> {
         let mut d = ctx.daemon(&format!("session-{durability}"), ALLOW, &[HOST], durability)?;
         let cpu0 = cpu_secs(d.pid())?;
         let t0 = Instant::now();
-        let r = host_rate(ctx, Some(d.status_path())).with_context(|| format!("the session with the daemon ({durability})"))?;
-        let host_done = Instant::now();
-        let c = d.settled(Duration::from_millis(1500), Duration::from_secs(120))?;
-        // Time the daemon needed after the host finished, less the quiet period.
-        let lag = host_done.elapsed().as_secs_f64() - 1.5;
+        let r = host_rate(ctx, Some(d.status_path()))
+            .with_context(|| format!("the session with the daemon ({durability})"))?;
+        // Daemon CPU while the host ran (start-up wait, handshake and paced phase).
         let cpu = cpu_secs(d.pid())? - cpu0;
-        let wall = t0.elapsed().as_secs_f64() - 1.5;
+        let wall = t0.elapsed().as_secs_f64();
+        let host_done = Instant::now();
+        let expected = r.requests + r.notifications + r.responses;
+        // How far behind the daemon was: until it has counted every message (or stops
+        // counting); status.json is rewritten every 0.5 s.
+        let caught_up = d
+            .wait_for("every message counted", Duration::from_secs(30), |v| {
+                v.pointer("/counters/messages")
+                    .and_then(Value::as_u64)
+                    .is_some_and(|m| m >= expected)
+            })
+            .is_ok()
+            .then(|| host_done.elapsed().as_secs_f64());
+        let c = d.settled(Duration::from_millis(1500), Duration::from_secs(120))?;
         let mem = d.mem()?;
         d.stop()?;
         let rate = r.paced as f64 / r.paced_secs;
-        let expected = r.requests + r.notifications + r.responses;
         let complete = r.responses == r.requests;
         let rate_ok = rate >= 0.98 * a.rate as f64;
-        let pass = c.lost_kernel == 0 && c.lost_sequence == 0 && c.messages >= expected && complete && rate_ok;
+        let pass = c.lost_kernel == 0
+            && c.lost_sequence == 0
+            && c.messages >= expected
+            && complete
+            && rate_ok;
         println!(
-            "  with daemon ({durability}): {rate:.0} requests/s; daemon counted {} of {} messages, lost {} (kernel) / {} (sequence), {} sessions; daemon CPU {:.2} s ({:.0}% of one CPU), peak RSS {}; quiet {:.1} s after the host ended",
+            "  with daemon ({durability}): {rate:.0} requests/s; daemon counted {} of {} messages, lost {} (kernel) / {} (sequence), {} sessions; daemon CPU {:.2} s ({:.0}% of one CPU), peak RSS {}; {}",
             num(c.messages),
             num(expected),
             c.lost_kernel,
@@ -442,7 +579,12 @@ fn session(ctx: &Ctx) -> Result<Vec<Row>> {
             cpu,
             cpu / wall * 100.0,
             mib(mem.hwm_kib),
-            lag.max(0.0)
+            match caught_up {
+                Some(s) => format!(
+                    "every message counted within {s:.1} s of the host's end (status.json every 0.5 s)"
+                ),
+                None => "not every message counted 30 s after the host's end".into(),
+            }
         );
         rows.push(Row {
             measure: format!(
@@ -476,7 +618,9 @@ fn session(ctx: &Ctx) -> Result<Vec<Row>> {
 // ---------------------------------------------------------------------------------
 
 fn sessions_in(v: &Value) -> usize {
-    v.get("sessions").and_then(Value::as_array).map_or(0, Vec::len)
+    v.get("sessions")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len)
 }
 
 fn rss(ctx: &Ctx) -> Result<Vec<Row>> {
@@ -485,7 +629,11 @@ fn rss(ctx: &Ctx) -> Result<Vec<Row>> {
     let mut d = ctx.daemon("rss", ALLOW, &[HOST], "page-cache")?;
     std::thread::sleep(Duration::from_secs(1));
     let idle = d.mem()?;
-    println!("  idle: RSS {} (peak {})", mib(idle.rss_kib), mib(idle.hwm_kib));
+    println!(
+        "  idle: RSS {} (peak {})",
+        mib(idle.rss_kib),
+        mib(idle.hwm_kib)
+    );
 
     let mut host = Reaped(Some(
         Command::new(&ctx.host)
@@ -515,12 +663,25 @@ fn rss(ctx: &Ctx) -> Result<Vec<Row>> {
         bail!("the host reported `{ready}` instead of `ready {n}`");
     }
     let v = d
-        .wait_for(&format!("{n} sessions in status.json"), Duration::from_secs(30), |v| sessions_in(v) >= n)
-        .with_context(|| format!("{} of {n} sessions listed", d.status().map_or(0, |v| sessions_in(&v))))?;
+        .wait_for(
+            &format!("{n} sessions in status.json"),
+            Duration::from_secs(30),
+            |v| sessions_in(v) >= n,
+        )
+        .with_context(|| {
+            format!(
+                "{} of {n} sessions listed",
+                d.status().map_or(0, |v| sessions_in(&v))
+            )
+        })?;
     d.settled(Duration::from_secs(1), Duration::from_secs(30))?;
     let busy = d.mem()?;
     let listed = sessions_in(&v);
-    println!("  {listed} sessions listed: RSS {} (peak {})", mib(busy.rss_kib), mib(busy.hwm_kib));
+    println!(
+        "  {listed} sessions listed: RSS {} (peak {})",
+        mib(busy.rss_kib),
+        mib(busy.hwm_kib)
+    );
 
     // End the sessions: the host closes every server's stdin when its own closes.
     let mut child = host.take()?;
@@ -533,8 +694,14 @@ fn rss(ctx: &Ctx) -> Result<Vec<Row>> {
     let limit_kib = 64 * 1024;
     let pass = busy.rss_kib < limit_kib;
     Ok(vec![Row {
-        measure: format!("3. daemon RSS with {n} concurrent watched sessions (initialize + 3 calls each, held open)"),
-        figure: format!("{} ({listed} sessions listed; peak {})", mib(busy.rss_kib), mib(busy.hwm_kib)),
+        measure: format!(
+            "3. daemon RSS with {n} concurrent watched sessions (initialize + 3 calls each, held open)"
+        ),
+        figure: format!(
+            "{} ({listed} sessions listed; peak {})",
+            mib(busy.rss_kib),
+            mib(busy.hwm_kib)
+        ),
         baseline: format!("{} idle", mib(idle.rss_kib)),
         ratio: format!("{:.2}x idle", busy.rss_kib as f64 / idle.rss_kib as f64),
         target: format!("< 64 MiB: {}", verdict(pass)),
@@ -579,25 +746,39 @@ impl PyHost {
         }
         let venv_python = repo.join(".peers/venv/bin/python");
         // The interpreter the venv was made from, so its compiled packages fit.
-        let python = venv_python.canonicalize().with_context(|| format!("{} is missing: {setup}", venv_python.display()))?;
+        let python = venv_python
+            .canonicalize()
+            .with_context(|| format!("{} is missing: {setup}", venv_python.display()))?;
         let lib = repo.join(".peers/venv/lib");
         let site_packages = std::fs::read_dir(&lib)
             .with_context(|| format!("reading {}: {setup}", lib.display()))?
             .filter_map(|e| e.ok())
             .map(|e| e.path().join("site-packages"))
             .find(|p| p.is_dir())
-            .with_context(|| format!("no python*/site-packages under {}: {setup}", lib.display()))?;
+            .with_context(|| {
+                format!("no python*/site-packages under {}: {setup}", lib.display())
+            })?;
         let link = ctx.work().join("bin").join(PY_HOST);
         if !link.exists() {
             std::os::unix::fs::symlink(&python, &link)
                 .with_context(|| format!("linking {} to {}", link.display(), python.display()))?;
         }
-        Ok(PyHost { link, site_packages, script })
+        Ok(PyHost {
+            link,
+            site_packages,
+            script,
+        })
     }
 
     /// Runs `count` hosts, `parallel` at a time, each asking the filesystem server under
     /// `root` to write its own file; returns how many files exist afterwards.
-    fn write_files(&self, root: &Path, count: usize, parallel: usize, logs: &Path) -> Result<usize> {
+    fn write_files(
+        &self,
+        root: &Path,
+        count: usize,
+        parallel: usize,
+        logs: &Path,
+    ) -> Result<usize> {
         std::fs::create_dir_all(root)?;
         std::fs::create_dir_all(logs)?;
         let root = root.canonicalize()?;
@@ -623,7 +804,13 @@ impl PyHost {
                     .stdout(out)
                     .stderr(err)
                     .spawn()
-                    .with_context(|| format!("cannot start {} {}", self.link.display(), self.script.display()))?;
+                    .with_context(|| {
+                        format!(
+                            "cannot start {} {}",
+                            self.link.display(),
+                            self.script.display()
+                        )
+                    })?;
                 running.push((i, Reaped(Some(child))));
             }
             let deadline = Instant::now() + Duration::from_secs(90);
@@ -633,13 +820,17 @@ impl PyHost {
                         break s;
                     }
                     if Instant::now() > deadline {
-                        bail!("host {i} did not finish within 90 s; see {}", logs.join(format!("host-{i}.log")).display());
+                        bail!(
+                            "host {i} did not finish within 90 s; see {}",
+                            logs.join(format!("host-{i}.log")).display()
+                        );
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 };
                 child.take()?;
                 if !status.success() {
-                    let log = std::fs::read_to_string(logs.join(format!("host-{i}.log"))).unwrap_or_default();
+                    let log = std::fs::read_to_string(logs.join(format!("host-{i}.log")))
+                        .unwrap_or_default();
                     bail!("host {i} exited with {status}:\n{log}");
                 }
             }
@@ -657,13 +848,26 @@ fn kill_on_deny(ctx: &Ctx) -> Result<Vec<Row>> {
     );
     let py = PyHost::find(ctx)?;
     let t = Instant::now();
-    let base = py.write_files(&ctx.work().join("fs-baseline"), n, a.deny_parallel, &ctx.work().join("logs-baseline"))?;
-    println!("  without daemon: {base} of {n} writes executed ({:.1} s)", t.elapsed().as_secs_f64());
+    let base = py.write_files(
+        &ctx.work().join("fs-baseline"),
+        n,
+        a.deny_parallel,
+        &ctx.work().join("logs-baseline"),
+    )?;
+    println!(
+        "  without daemon: {base} of {n} writes executed ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
 
     let mut d = ctx.daemon("kill", KILL_ON_DENY, &[PY_HOST], "page-cache")?;
     let before: Counters = d.counters()?;
     let t = Instant::now();
-    let executed = py.write_files(&ctx.work().join("fs-kill"), n, a.deny_parallel, &ctx.work().join("logs-kill"))?;
+    let executed = py.write_files(
+        &ctx.work().join("fs-kill"),
+        n,
+        a.deny_parallel,
+        &ctx.work().join("logs-kill"),
+    )?;
     let secs = t.elapsed().as_secs_f64();
     let after = d.settled(Duration::from_secs(1), Duration::from_secs(30))?;
     let rss = proc_mem(d.pid())?;
@@ -675,12 +879,20 @@ fn kill_on_deny(ctx: &Ctx) -> Result<Vec<Row>> {
         mib(rss.rss_kib)
     );
     let pass = executed == 0 && base == n;
-    let mut figure = format!("denied calls that still executed: {executed} of {n} ({seen} sessions observed, {killed} servers killed)");
+    let mut figure = format!(
+        "denied calls that still executed: {executed} of {n} ({seen} sessions observed, {killed} servers killed)"
+    );
     if seen < n as u64 {
-        figure.push_str(&format!("; {} sessions were not seen by the daemon", n as u64 - seen));
+        figure.push_str(&format!(
+            "; {} sessions were not seen by the daemon",
+            n as u64 - seen
+        ));
     }
     Ok(vec![Row {
-        measure: format!("4. kill on deny: write_file to the real filesystem MCP server, {n} sessions, {} at a time", a.deny_parallel),
+        measure: format!(
+            "4. kill on deny: write_file to the real filesystem MCP server, {n} sessions, {} at a time",
+            a.deny_parallel
+        ),
         figure,
         baseline: format!("{base} of {n} executed without daemon"),
         ratio: "-".into(),

@@ -1,0 +1,232 @@
+//! The daemon's side of managed shims (see `crate::managed`): one task per connected shim,
+//! judging its messages with the system policy and recording them in the system audit log.
+//! Who the shim is comes from the kernel (SO_PEERCRED) and /proc, never from the shim.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::audit::{self, Audit, Context, Record};
+use crate::guard::{Session, Subject};
+use crate::identity::{self, Link, Process};
+use crate::jsonrpc::code;
+use crate::managed::{self, End, Hello, Welcome};
+use crate::policy::{Ancestor, Policy};
+
+/// How long a new connection has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a daemon restart, how long answers to earlier requests are let through.
+const RESUME_GRACE: Duration = Duration::from_secs(30);
+
+/// What every connection shares: the system policy in force (enforced, not monitored),
+/// the audit log, the limits.
+pub struct Shared {
+    pub policy: RwLock<Arc<Policy>>,
+    pub audit: Audit,
+    pub max_message: usize,
+    /// The audit log's path: the pin store is beside it.
+    pub audit_path: std::path::PathBuf,
+}
+
+/// Listens at `path` (any local user may connect; each is identified by the kernel).
+pub fn listen(path: &Path) -> anyhow::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot replace {}", path.display()))),
+    }
+    let listener = UnixListener::bind(path).map_err(|e| anyhow::Error::new(e).context(format!("cannot listen at {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, shared).await {
+                        tracing::warn!(error = %e, "managed shim connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn send(stream: &mut UnixStream, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(payload.len() + 5);
+    managed::frame(&mut out, kind, payload);
+    stream.write_all(&out).await
+}
+
+async fn refuse(stream: &mut UnixStream, why: String) -> anyhow::Result<()> {
+    tracing::warn!(why, "refused a managed shim");
+    let w = Welcome { ok: false, error: Some(why), session: None, policy_sha256: None };
+    send(stream, managed::WELCOME, &serde_json::to_vec(&w)?).await?;
+    Ok(())
+}
+
+fn raw<T: serde::Serialize>(v: &T) -> Box<serde_json::value::RawValue> {
+    serde_json::value::to_raw_value(v).unwrap_or_else(|_| crate::jsonrpc::null_id().to_owned())
+}
+
+async fn commit(audit: &Audit, records: Vec<Record>) -> Result<(), String> {
+    let audit = audit.clone();
+    match tokio::task::spawn_blocking(move || audit.commit_blocking(records)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let cred = stream.peer_cred()?;
+    let Some(peer) = cred.pid().filter(|p| *p > 0) else {
+        return refuse(&mut stream, "the kernel did not name the connecting process".into()).await;
+    };
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, managed::read_frame(&mut stream)).await {
+        Ok(Ok(Some((managed::HELLO, payload)))) => match serde_json::from_slice::<Hello>(&payload) {
+            Ok(h) => h,
+            Err(e) => return refuse(&mut stream, format!("bad hello: {e}")).await,
+        },
+        Ok(Ok(Some(_))) => return refuse(&mut stream, "expected a hello".into()).await,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return refuse(&mut stream, format!("bad frame: {e}")).await,
+        Err(_) => return refuse(&mut stream, "no hello within 5 s".into()).await,
+    };
+    // Everything about who is asking comes from the kernel and /proc.
+    let Some(principal) = identity::principal_of(peer) else {
+        return refuse(&mut stream, format!("cannot read /proc/{peer}")).await;
+    };
+    if principal.uid != cred.uid() {
+        return refuse(&mut stream, "the connecting process changed identity".into()).await;
+    }
+    let server = Process::read(hello.server_pid as i32).ok();
+    if server.as_ref().is_none_or(|s| s.ppid != peer) {
+        return refuse(&mut stream, format!("process {} is not a child of the connecting process {peer}", hello.server_pid)).await;
+    }
+    let restrictions = match &hello.policy {
+        None => None,
+        Some(text) => {
+            let origin = hello.policy_origin.clone().unwrap_or_else(|| "shim policy".into());
+            match Policy::parse(text, &origin) {
+                Ok(p) => Some(Arc::new(p)),
+                Err(e) => return refuse(&mut stream, format!("the shim's policy cannot be used: {e}")).await,
+            }
+        }
+    };
+    let me = Process::read(peer).ok();
+    let host = me.as_ref().and_then(|m| Process::read(m.ppid).ok());
+    let chain = identity::ancestry(peer);
+    let policy = shared.policy.read().map(|p| p.clone()).map_err(|_| anyhow::anyhow!("policy lock poisoned"))?;
+    let server = server.expect("checked above");
+    let ctx = Arc::new(Context {
+        session: audit::random_id().into(),
+        transport: "stdio-managed",
+        policy_sha256: policy.sha256().to_string(),
+        mode: crate::guard::mode_name(policy.mode()),
+        principal: raw(&principal),
+        agent_host: raw(&host.as_ref().map(Link::long)),
+        chain: raw(&chain.iter().map(Link::short).collect::<Vec<_>>()),
+        server: raw(&serde_json::json!({
+            "name": hello.name,
+            "pid": server.pid,
+            "exe": server.exe,
+            "argv": server.cmdline,
+            "exec_id": server.exec_id,
+        })),
+    });
+    let subject = Subject {
+        principal: Some(crate::policy::Principal::from_uid(principal.uid)),
+        ancestry: Some(
+            me.iter().chain(chain.iter()).map(|p| Ancestor { exe: p.exe.clone(), comm: p.comm.clone() }).collect(),
+        ),
+        host_exe: host.as_ref().and_then(|h| h.exe.clone()),
+        server_exe: server.exe.clone(),
+        cwd: std::fs::read_link(format!("/proc/{}/cwd", server.pid)).ok().map(|p| p.display().to_string()),
+    };
+    let mut session = Session::new(hello.name.clone(), policy.clone(), ctx.clone(), shared.max_message, subject);
+    session.set_pins(crate::pins::Pins::beside(&shared.audit_path));
+    if let Some(r) = restrictions.clone() {
+        session.set_restrictions(r);
+    }
+    if hello.resumed {
+        session.resume(RESUME_GRACE);
+    }
+    let mut start = Record::new("session_start", &ctx);
+    start.detail = Some(serde_json::json!({
+        "managed": true,
+        "shim_pid": peer,
+        "resumed": hello.resumed,
+        "shim_policy": hello.policy_origin,
+        "shim_policy_sha256": restrictions.as_ref().map(|p| p.sha256().to_string()),
+        "agent_host": host,
+        "chain": chain,
+    }));
+    if let Err(e) = commit(&shared.audit, vec![start]).await {
+        return refuse(&mut stream, format!("the audit log cannot be written: {e}")).await;
+    }
+    let w = Welcome { ok: true, error: None, session: Some(ctx.session.to_string()), policy_sha256: Some(policy.sha256().to_string()) };
+    send(&mut stream, managed::WELCOME, &serde_json::to_vec(&w)?).await?;
+
+    let mut ended = false;
+    loop {
+        let frame = match managed::read_frame(&mut stream).await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, pid = peer, "bad frame from a managed shim; closing");
+                break;
+            }
+        };
+        match frame {
+            (managed::JUDGE, payload) => {
+                let j = managed::decode_judge(&payload)?;
+                // A reloaded policy applies from the next message on.
+                if let Ok(p) = shared.policy.read()
+                    && !Arc::ptr_eq(&p, &policy)
+                {
+                    session.set_policy(p.clone());
+                }
+                let plan = session.judge(j.dir, &j.data, j.frames.iter().cloned());
+                let acts = match commit(&shared.audit, plan.commit).await {
+                    Ok(()) => plan.acts,
+                    Err(e) => session.refuse_unrecorded(j.dir, &j.data, &j.frames, code::AUDIT_UNAVAILABLE, &e),
+                };
+                send(&mut stream, managed::PLAN, &managed::encode_plan(j.seq, &acts)).await?;
+                shared.audit.append(plan.append);
+            }
+            (managed::END, payload) => {
+                let end: End = serde_json::from_slice(&payload).unwrap_or(End { exit_code: None, signal: None });
+                let (errors, mut records) = session.abandon("the server exited before answering");
+                let mut rec = Record::new("session_end", session.ctx());
+                rec.detail = Some(serde_json::json!({ "exit_code": end.exit_code, "signal": end.signal, "counters": session.counters }));
+                records.push(rec);
+                let _ = commit(&shared.audit, records).await;
+                let acts = if errors.is_empty() { Vec::new() } else { vec![crate::guard::Act::ToClient(errors)] };
+                send(&mut stream, managed::PLAN, &managed::encode_plan(0, &acts)).await?;
+                ended = true;
+                break;
+            }
+            (kind, _) => {
+                tracing::warn!(kind, pid = peer, "unexpected frame from a managed shim; closing");
+                break;
+            }
+        }
+    }
+    if !ended {
+        let mut rec = Record::new("session_end", session.ctx());
+        rec.detail = Some(serde_json::json!({ "reason": "shim disconnected", "counters": session.counters }));
+        let _ = commit(&shared.audit, vec![rec]).await;
+    }
+    Ok(())
+}

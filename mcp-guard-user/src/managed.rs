@@ -1,0 +1,470 @@
+//! Managed shims: `mcp-guard wrap` asking the daemon for its decisions over the daemon's
+//! unix socket. The daemon identifies the shim itself (SO_PEERCRED and /proc), judges
+//! with the system policy (plus the shim's own policy, which can only add denials),
+//! commits the records to the system audit log, and answers with what to do.
+//!
+//! Wire format: frames of `u32` little-endian length, one type byte, payload.
+//! - `HELLO` (shim): JSON [`Hello`]; answered by `WELCOME`: JSON [`Welcome`].
+//! - `JUDGE` (shim): `u64` sequence, direction byte, `u32` count, then per frame a kind
+//!   byte, two `u32`s and bytes: a line (raw length, message length, raw bytes) or an
+//!   over-long line (bytes seen, prefix length, prefix).
+//! - `PLAN` (daemon): `u64` sequence, `u32` count, then per act a kind byte, two `u32`s and
+//!   bytes: forward (start, end into the concatenated raw lines of the `JUDGE`), or a
+//!   message to the client or to the server (length, 0, bytes).
+//! - `END` (shim): JSON [`End`]; answered by a `PLAN` with sequence 0: errors for the
+//!   requests still in flight.
+//!
+//! Frames on one connection are answered in order.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::frame::Frame;
+use crate::guard::{Act, Direction};
+
+/// Where the daemon listens, and where a shim looks for it.
+pub const DEFAULT_SOCKET: &str = "/run/mcp-guard/mcp-guard.sock";
+/// File name of the socket in the daemon's run directory.
+pub const SOCKET_NAME: &str = "mcp-guard.sock";
+
+pub const HELLO: u8 = 0;
+pub const WELCOME: u8 = 1;
+pub const JUDGE: u8 = 2;
+pub const PLAN: u8 = 3;
+pub const END: u8 = 4;
+
+/// Largest frame accepted: a message at the largest limit, twice, and headers.
+pub const MAX_FRAME: usize = 160 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub v: u32,
+    /// The server's name in the host config.
+    pub name: String,
+    /// The server process; the daemon checks it is the shim's child.
+    pub server_pid: u32,
+    /// The shim's own policy text (it can only add denials), and where it came from.
+    pub policy: Option<String>,
+    pub policy_origin: Option<String>,
+    /// The shim is reconnecting: answers to requests made before may arrive.
+    pub resumed: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Welcome {
+    pub ok: bool,
+    pub error: Option<String>,
+    pub session: Option<String>,
+    pub policy_sha256: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct End {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    #[error("frame of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+}
+
+/// Appends one frame to `out`.
+pub fn frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    out.extend_from_slice(&((payload.len() + 1) as u32).to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+}
+
+/// Reads one frame: its type and payload. `Ok(None)` at a clean end of stream.
+pub async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<(u8, Vec<u8>)>, Error> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len == 0 {
+        return Err(Error::Malformed("empty frame"));
+    }
+    if len > MAX_FRAME {
+        return Err(Error::TooLarge(len));
+    }
+    let mut buf = vec![0; len];
+    r.read_exact(&mut buf).await?;
+    let kind = buf.remove(0);
+    Ok(Some((kind, buf)))
+}
+
+fn put(out: &mut Vec<u8>, kind: u8, a: usize, b: usize, bytes: &[u8]) {
+    out.push(kind);
+    out.extend_from_slice(&(a as u32).to_le_bytes());
+    out.extend_from_slice(&(b as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// A `JUDGE` payload for `frames` over `data`.
+pub fn encode_judge(seq: u64, dir: Direction, data: &[u8], frames: &[Frame]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + frames.iter().filter_map(|f| f.raw().map(|r| r.len() + 9)).sum::<usize>());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.push(u8::from(dir == Direction::ToClient));
+    out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    for f in frames {
+        match f {
+            Frame::Line { msg, raw } => put(&mut out, 0, raw.len(), msg.len(), &data[raw.clone()]),
+            Frame::TooLong { prefix, seen } => put(&mut out, 1, *seen, prefix.len(), prefix),
+        }
+    }
+    out
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        if self.0.len() < n {
+            return Err(Error::Malformed("truncated"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u32(&mut self) -> Result<usize, Error> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Error::Malformed("u32"))?) as usize)
+    }
+    fn u64(&mut self) -> Result<u64, Error> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| Error::Malformed("u64"))?))
+    }
+    fn u8(&mut self) -> Result<u8, Error> {
+        Ok(self.take(1)?[0])
+    }
+}
+
+/// A decoded `JUDGE`: the raw lines concatenated, and frames indexing them.
+pub struct Judge {
+    pub seq: u64,
+    pub dir: Direction,
+    pub data: Vec<u8>,
+    pub frames: Vec<Frame>,
+}
+
+pub fn decode_judge(payload: &[u8]) -> Result<Judge, Error> {
+    let mut c = Cursor(payload);
+    let seq = c.u64()?;
+    let dir = if c.u8()? == 0 { Direction::ToServer } else { Direction::ToClient };
+    let n = c.u32()?;
+    let mut data = Vec::new();
+    let mut frames = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        let kind = c.u8()?;
+        let (a, b) = (c.u32()?, c.u32()?);
+        match kind {
+            0 => {
+                if b > a {
+                    return Err(Error::Malformed("message longer than its line"));
+                }
+                let start = data.len();
+                data.extend_from_slice(c.take(a)?);
+                frames.push(Frame::Line { msg: start..start + b, raw: start..start + a });
+            }
+            1 => frames.push(Frame::TooLong { prefix: c.take(b)?.to_vec(), seen: a }),
+            _ => return Err(Error::Malformed("frame kind")),
+        }
+    }
+    if !c.0.is_empty() {
+        return Err(Error::Malformed("trailing bytes"));
+    }
+    Ok(Judge { seq, dir, data, frames })
+}
+
+/// A `PLAN` payload.
+pub fn encode_plan(seq: u64, acts: &[Act]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&(acts.len() as u32).to_le_bytes());
+    for a in acts {
+        match a {
+            Act::Forward(r) => put(&mut out, 0, r.start, r.end, &[]),
+            Act::ToClient(b) => put(&mut out, 1, b.len(), 0, b),
+            Act::ToServer(b) => put(&mut out, 2, b.len(), 0, b),
+        }
+    }
+    out
+}
+
+/// Decodes a `PLAN`; forwards must lie within `data_len` bytes.
+pub fn decode_plan(payload: &[u8], data_len: usize) -> Result<(u64, Vec<Act>), Error> {
+    let mut c = Cursor(payload);
+    let seq = c.u64()?;
+    let n = c.u32()?;
+    let mut acts = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        let kind = c.u8()?;
+        let (a, b) = (c.u32()?, c.u32()?);
+        acts.push(match kind {
+            0 if a <= b && b <= data_len => Act::Forward(Range { start: a, end: b }),
+            1 => Act::ToClient(c.take(a)?.to_vec()),
+            2 => Act::ToServer(c.take(a)?.to_vec()),
+            _ => return Err(Error::Malformed("act")),
+        });
+    }
+    Ok((seq, acts))
+}
+
+/// Offsets of the raw lines of `frames` in the concatenation a `JUDGE` makes of them,
+/// mapped back to `data`: (start in the concatenation, range in `data`).
+pub fn line_map(frames: &[Frame]) -> Vec<(usize, Range<usize>)> {
+    let mut at = 0;
+    frames
+        .iter()
+        .filter_map(|f| f.raw().cloned())
+        .map(|r| {
+            let here = at;
+            at += r.len();
+            (here, r)
+        })
+        .collect()
+}
+
+/// Maps a forward range of the concatenation back to ranges of the original buffer.
+pub fn map_forward(map: &[(usize, Range<usize>)], r: &Range<usize>) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    for (start, orig) in map {
+        let end = start + orig.len();
+        let lo = r.start.max(*start);
+        let hi = r.end.min(end);
+        if lo < hi {
+            out.push(orig.start + (lo - start)..orig.start + (hi - start));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judge_round_trips() {
+        let data = b"xx{\"a\":1}\n{\"b\":2}\r\n";
+        let frames = vec![
+            Frame::Line { msg: 2..9, raw: 2..10 },
+            Frame::TooLong { prefix: b"{\"id\":7".to_vec(), seen: 99 },
+            Frame::Line { msg: 10..17, raw: 10..19 },
+        ];
+        let j = decode_judge(&encode_judge(5, Direction::ToClient, data, &frames)).unwrap();
+        assert_eq!((j.seq, j.dir), (5, Direction::ToClient));
+        assert_eq!(j.data, b"{\"a\":1}\n{\"b\":2}\r\n");
+        assert_eq!(j.frames[0], Frame::Line { msg: 0..7, raw: 0..8 });
+        assert_eq!(j.frames[1], Frame::TooLong { prefix: b"{\"id\":7".to_vec(), seen: 99 });
+        assert_eq!(j.frames[2], Frame::Line { msg: 8..15, raw: 8..17 });
+        let map = line_map(&frames);
+        assert_eq!(map_forward(&map, &(0..17)), vec![2..10, 10..19]);
+        assert_eq!(map_forward(&map, &(8..17)), vec![10..19]);
+    }
+
+    #[test]
+    fn plan_round_trips_and_bounds_are_checked() {
+        let acts = vec![Act::Forward(0..8), Act::ToClient(b"err\n".to_vec()), Act::ToServer(b"x\n".to_vec())];
+        let (seq, back) = decode_plan(&encode_plan(9, &acts), 8).unwrap();
+        assert_eq!((seq, back), (9, acts));
+        assert!(decode_plan(&encode_plan(1, &[Act::Forward(0..9)]), 8).is_err());
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(decode_judge(b"\x01\x02").is_err());
+        let mut bad = encode_judge(1, Direction::ToServer, b"{}\n", &[Frame::Line { msg: 0..2, raw: 0..3 }]);
+        bad.push(0);
+        assert!(decode_judge(&bad).is_err());
+    }
+}
+
+/// The shim's side: a connection to the daemon that judges for it, reconnected on demand.
+pub mod client {
+    use std::cell::{Cell, RefCell};
+    use std::collections::VecDeque;
+    use std::io::{Read as _, Write as _};
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use tokio::io::AsyncWriteExt as _;
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::{End, Hello, Welcome};
+    use crate::frame::Frame;
+    use crate::guard::{Act, Direction};
+
+    /// How long a connection attempt (and its hello) may take.
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Least time between two reconnection attempts.
+    const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+    /// Why there is no connection.
+    #[derive(Debug, thiserror::Error)]
+    pub enum ConnectError {
+        /// The daemon answered and said no: the shim must not run.
+        #[error("the mcp-guard daemon refused this shim: {0}")]
+        Refused(String),
+        #[error("the mcp-guard daemon at {path} is unreachable: {why}")]
+        Unreachable { path: PathBuf, why: String },
+    }
+
+    type Waiting = Arc<Mutex<VecDeque<(u64, oneshot::Sender<Vec<u8>>)>>>;
+
+    struct Conn {
+        tx: mpsc::UnboundedSender<Vec<u8>>,
+        waiting: Waiting,
+        alive: Arc<AtomicBool>,
+    }
+
+    pub struct Client {
+        path: PathBuf,
+        hello: RefCell<Hello>,
+        conn: RefCell<Option<Conn>>,
+        seq: Cell<u64>,
+        last_try: Cell<Option<Instant>>,
+    }
+
+    impl Client {
+        /// Connects and says hello. Must be called inside a tokio runtime.
+        pub fn connect(path: PathBuf, hello: Hello) -> Result<Client, ConnectError> {
+            let c = Client::down(path, hello);
+            let conn = c.open()?;
+            *c.conn.borrow_mut() = Some(conn);
+            Ok(c)
+        }
+
+        /// A client with no connection yet: it connects on first use.
+        pub fn down(path: PathBuf, hello: Hello) -> Client {
+            Client { path, hello: RefCell::new(hello), conn: RefCell::new(None), seq: Cell::new(1), last_try: Cell::new(None) }
+        }
+
+        fn open(&self) -> Result<Conn, ConnectError> {
+            self.last_try.set(Some(Instant::now()));
+            let unreachable = |why: String| ConnectError::Unreachable { path: self.path.clone(), why };
+            let mut s = std::os::unix::net::UnixStream::connect(&self.path).map_err(|e| unreachable(e.to_string()))?;
+            s.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(|e| unreachable(e.to_string()))?;
+            s.set_write_timeout(Some(CONNECT_TIMEOUT)).map_err(|e| unreachable(e.to_string()))?;
+            let hello = serde_json::to_vec(&*self.hello.borrow()).map_err(|e| unreachable(e.to_string()))?;
+            let mut out = Vec::new();
+            super::frame(&mut out, super::HELLO, &hello);
+            s.write_all(&out).map_err(|e| unreachable(e.to_string()))?;
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).map_err(|e| unreachable(format!("no welcome: {e}")))?;
+            let len = u32::from_le_bytes(len) as usize;
+            if len == 0 || len > 1 << 20 {
+                return Err(unreachable("bad welcome".into()));
+            }
+            let mut buf = vec![0; len];
+            s.read_exact(&mut buf).map_err(|e| unreachable(format!("no welcome: {e}")))?;
+            if buf[0] != super::WELCOME {
+                return Err(unreachable("bad welcome".into()));
+            }
+            let w: Welcome = serde_json::from_slice(&buf[1..]).map_err(|e| unreachable(format!("bad welcome: {e}")))?;
+            if !w.ok {
+                return Err(ConnectError::Refused(w.error.unwrap_or_default()));
+            }
+            s.set_nonblocking(true).map_err(|e| unreachable(e.to_string()))?;
+            let s = tokio::net::UnixStream::from_std(s).map_err(|e| unreachable(e.to_string()))?;
+            let (mut rd, mut wr) = s.into_split();
+            let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+            let waiting: Waiting = Arc::default();
+            let alive = Arc::new(AtomicBool::new(true));
+            let (w2, a2) = (waiting.clone(), alive.clone());
+            tokio::spawn(async move {
+                while let Some(frame) = rx.recv().await {
+                    if wr.write_all(&frame).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                loop {
+                    match super::read_frame(&mut rd).await {
+                        Ok(Some((super::PLAN, payload))) if payload.len() >= 8 => {
+                            let seq = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
+                            let mut q = w2.lock().unwrap_or_else(|p| p.into_inner());
+                            match q.pop_front() {
+                                Some((s, reply)) if s == seq => {
+                                    let _ = reply.send(payload);
+                                }
+                                _ => break,
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                a2.store(false, Ordering::SeqCst);
+                // Whoever waits learns the connection is gone.
+                w2.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            });
+            Ok(Conn { tx, waiting, alive })
+        }
+
+        /// The live connection, reconnecting (at most every [`RETRY_EVERY`]) when it is gone.
+        fn live(&self) -> bool {
+            let up = self.conn.borrow().as_ref().is_some_and(|c| c.alive.load(Ordering::SeqCst));
+            if up {
+                return true;
+            }
+            if self.last_try.get().is_some_and(|t| t.elapsed() < RETRY_EVERY) {
+                return false;
+            }
+            self.hello.borrow_mut().resumed = true;
+            match self.open() {
+                Ok(c) => {
+                    tracing::info!(path = %self.path.display(), "reconnected to the mcp-guard daemon");
+                    *self.conn.borrow_mut() = Some(c);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the mcp-guard daemon is still unreachable");
+                    *self.conn.borrow_mut() = None;
+                    false
+                }
+            }
+        }
+
+        fn send(&self, kind: u8, payload: &[u8], seq: u64) -> Option<oneshot::Receiver<Vec<u8>>> {
+            if !self.live() {
+                return None;
+            }
+            let conn = self.conn.borrow();
+            let conn = conn.as_ref()?;
+            let (reply, rx) = oneshot::channel();
+            let mut frame = Vec::with_capacity(payload.len() + 5);
+            super::frame(&mut frame, kind, payload);
+            // Queued before sending, so the reader finds it whatever the timing.
+            conn.waiting.lock().unwrap_or_else(|p| p.into_inner()).push_back((seq, reply));
+            conn.tx.send(frame).ok()?;
+            Some(rx)
+        }
+
+        /// Sends frames to be judged; `None` when the daemon cannot be reached.
+        pub fn judge(&self, dir: Direction, data: &[u8], frames: &[Frame]) -> Option<oneshot::Receiver<Vec<u8>>> {
+            let seq = self.seq.get();
+            self.seq.set(seq + 1);
+            self.send(super::JUDGE, &super::encode_judge(seq, dir, data, frames), seq)
+        }
+
+        /// Ends the session: the daemon records it and returns errors for the client's
+        /// requests still in flight. `None` when the daemon cannot be reached.
+        pub async fn end(&self, end: End) -> Option<Vec<Act>> {
+            let payload = serde_json::to_vec(&end).ok()?;
+            let rx = self.send(super::END, &payload, 0)?;
+            let reply = tokio::time::timeout(CONNECT_TIMEOUT, rx).await.ok()?.ok()?;
+            super::decode_plan(&reply, 0).ok().map(|(_, acts)| acts)
+        }
+    }
+}
