@@ -84,12 +84,12 @@ pub enum WhenDown {
 }
 
 /// The policy a managed shim falls back to while the daemon is unreachable: every acting
-/// request refused, the handshake and listings let through.
+/// request (`policy::ACTING_METHODS`) refused, the handshake and listings let through.
 const DAEMON_DOWN_POLICY: &str = r#"default = "deny"
 
 [[rule]]
 id = "daemon-unavailable"
-method = "*"
+method = ["tools/call", "resources/read", "prompts/get", "sampling/createMessage", "elicitation/create", "roots/list"]
 action = "deny"
 message = "the mcp-guard daemon is unreachable; requests are refused until it is back"
 "#;
@@ -220,6 +220,10 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         None => opts.policy,
     };
     let mut guard = Session::new(opts.name.clone(), Arc::new(local_policy), ctx.clone(), opts.max_message, subject);
+    if remote.is_some() {
+        // The daemon decided the requests in flight when it went away; their answers pass.
+        guard.resume(Duration::from_secs(365 * 86400));
+    }
     guard.set_pins(crate::pins::Pins::beside(&opts.audit));
     let session = RefCell::new(guard);
     let server_in: Sink = Mutex::new(child.stdin.take().map(|w| Box::pin(w) as Pin<Box<dyn AsyncWrite>>));

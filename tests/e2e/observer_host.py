@@ -9,7 +9,8 @@ endpoint to connect to instead), root (filesystem), memory_file,
 cwd (the server's, or its wrapper's, working directory), calls ([tool, arguments] pairs, made in order; an error result or a failed call is
 reported, not raised), wrap (argv of `mcp-guard wrap ...` to put before the server),
 sessions (how many to run at once, default 1), hold (seconds to stay connected after the
-calls), start_gate (a file to wait for before the first call). Prints one JSON line per
+calls), start_gate (a file to wait for before the first call), then_gate and then_calls (a
+second round of calls, after another file appears). Prints one JSON line per
 session: {"ok": [...], "errors": [...]}.
 """
 
@@ -76,16 +77,19 @@ async def one(spec: dict, out: list) -> None:
     result: dict = {"ok": [], "errors": []}
     try:
         async with harness.open_session(server, guard) as peer:
-            gate = spec.get("start_gate")
-            while gate and not os.path.exists(gate):
-                await anyio.sleep(0.05)
-            for tool, arguments in spec.get("calls", []):
-                try:
-                    r = await peer.session.call_tool(tool, arguments)
-                    (result["errors"] if getattr(r, "is_error", getattr(r, "isError", False)) else result["ok"]).append(tool)
-                except Exception as e:  # a killed server ends the session here
-                    result["errors"].append(f"{tool}: {type(e).__name__}: {e}")
-                    break
+            for gate_key, calls_key in (("start_gate", "calls"), ("then_gate", "then_calls")):
+                gate = spec.get(gate_key)
+                while gate and not os.path.exists(gate):
+                    await anyio.sleep(0.05)
+                for tool, arguments in spec.get(calls_key, []):
+                    try:
+                        r = await peer.session.call_tool(tool, arguments)
+                        failed = getattr(r, "is_error", getattr(r, "isError", False))
+                        (result["errors"] if failed else result["ok"]).append(tool)
+                    except Exception as e:  # an error answer; a killed server ends the session
+                        result["errors"].append(f"{tool}: {type(e).__name__}: {e}")
+                        if "closed" in str(e).lower():
+                            break
             await anyio.sleep(spec.get("hold", 0))
     except BaseException as e:  # noqa: BLE001 - reported to the test, which decides
         result["errors"].append(f"session: {type(e).__name__}: {e}")

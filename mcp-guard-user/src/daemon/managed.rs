@@ -44,12 +44,16 @@ pub fn listen(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Serves connections until dropped; dropping it ends every connection too.
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
+        // Finished connections are reaped as new ones come.
+        while tasks.try_join_next().is_some() {}
         match listener.accept().await {
             Ok((stream, _)) => {
                 let shared = shared.clone();
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     if let Err(e) = connection(stream, shared).await {
                         tracing::warn!(error = %e, "managed shim connection ended");
                     }

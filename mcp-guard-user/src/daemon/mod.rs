@@ -129,8 +129,12 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
             d.handle(event);
         }
     }
+    // Connections end with the server task; their handles on the audit log with them. The
+    // socket file stays: shims that find it and no daemon fail closed until it is back.
     server.abort();
-    let _ = std::fs::remove_file(&socket);
+    let _ = server.await;
+    d.managed = None;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     d.stop();
     let Daemon { committer, observer, cfg, .. } = d;
     // Detaches the programs: no process is stopped by a gate after this.

@@ -62,6 +62,9 @@ pub struct Mem {
     pub hwm_kib: u64,
 }
 
+/// How long a daemon may take to exit after SIGTERM before it is killed (and the step fails).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 pub struct Daemon {
     child: Option<Child>,
     pid: u32,
@@ -263,12 +266,13 @@ impl Daemon {
         proc_mem(self.pid)
     }
 
-    /// SIGTERM, and the daemon must exit 0 within 15 s.
+    /// SIGTERM, and the daemon must exit 0 within [`STOP_GRACE`].
     pub fn stop(mut self) -> Result<()> {
         let Some(child) = self.child.take() else {
             bail!("the daemon ({}) is not running", self.name);
         };
-        let status = terminate(child, Duration::from_secs(15))?;
+        let status = terminate(child, STOP_GRACE)
+            .with_context(|| format!("stopping the daemon ({})", self.name))?;
         if !status.success() {
             bail!(
                 "the daemon ({}) exited with {status} after SIGTERM:\n{}",
@@ -283,7 +287,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(child) = self.child.take()
-            && let Err(e) = terminate(child, Duration::from_secs(10))
+            && let Err(e) = terminate(child, STOP_GRACE)
         {
             eprintln!("warning: stopping the daemon ({}): {e:#}", self.name);
         }

@@ -183,11 +183,23 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let want = |s: Step| a.only.is_empty() || a.only.contains(&s);
     let mut rows = Vec::new();
     let mut failed = Vec::new();
-    let mut step = |name: &str, measure: &str, f: &dyn Fn(&Ctx) -> Result<Vec<Row>>| match f(&ctx) {
-        Ok(r) => rows.extend(r),
-        Err(e) => {
+    // A step adds its rows as it measures them, so a late failure (the daemon not
+    // stopping) keeps what was measured, with an error row after it.
+    type StepFn = fn(&Ctx, &mut Vec<Row>) -> Result<()>;
+    let plan: [(Step, &str, StepFn); 4] = [
+        (Step::Overhead, "1. overhead on unwatched work", overhead),
+        (Step::Session, "2. watched session", session),
+        (Step::Rss, "3. daemon RSS with concurrent sessions", rss),
+        (Step::Kill, "4. kill on deny", kill_on_deny),
+    ];
+    for (which, measure, f) in plan {
+        if !want(which) {
+            continue;
+        }
+        if let Err(e) = f(&ctx, &mut rows) {
+            let name = format!("{which:?}").to_lowercase();
             eprintln!("error: step `{name}` failed: {e:#}");
-            failed.push(name.to_string());
+            failed.push(name);
             rows.push(Row {
                 measure: measure.to_string(),
                 figure: format!("ERROR: {e:#}").replace('\n', " "),
@@ -197,18 +209,6 @@ pub fn run(a: &RunArgs) -> Result<()> {
                 pass: None,
             });
         }
-    };
-    if want(Step::Overhead) {
-        step("overhead", "1. overhead on unwatched work", &overhead);
-    }
-    if want(Step::Session) {
-        step("session", "2. watched session", &session);
-    }
-    if want(Step::Rss) {
-        step("rss", "3. daemon RSS with concurrent sessions", &rss);
-    }
-    if want(Step::Kill) {
-        step("kill", "4. kill on deny", &kill_on_deny);
     }
 
     let mut table = String::new();
@@ -357,7 +357,7 @@ fn other_daemons(ours: Option<u32>) -> Vec<u32> {
     pids
 }
 
-fn overhead(ctx: &Ctx) -> Result<Vec<Row>> {
+fn overhead(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
     let a = ctx.a;
     println!(
         "\n== 1. overhead on unwatched work: {} runs each without and with the daemon (hosts = [\"{NO_HOST}\"]), alternating",
@@ -442,7 +442,7 @@ fn overhead(ctx: &Ctx) -> Result<Vec<Row>> {
         }
     };
     let n = num(a.syscalls);
-    Ok(vec![
+    rows.extend([
         row(
             format!(
                 "1a. unwatched `{}`, wall time, median of {} runs",
@@ -473,7 +473,8 @@ fn overhead(ctx: &Ctx) -> Result<Vec<Row>> {
             |s| s.pipe_ns,
             1.15,
         ),
-    ])
+    ]);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------
@@ -516,7 +517,7 @@ fn host_rate(ctx: &Ctx, status: Option<&Path>) -> Result<RateReport> {
     })
 }
 
-fn session(ctx: &Ctx) -> Result<Vec<Row>> {
+fn session(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
     let a = ctx.a;
     println!(
         "\n== 2. one watched session: {} requests/s of {} B host -> server for {} s, each answered",
@@ -532,7 +533,6 @@ fn session(ctx: &Ctx) -> Result<Vec<Row>> {
         num(base.responses),
         num(base.requests)
     );
-    let mut rows = Vec::new();
     let mut modes = vec!["page-cache"];
     if !a.no_durable {
         modes.push("durable");
@@ -560,7 +560,6 @@ fn session(ctx: &Ctx) -> Result<Vec<Row>> {
             .then(|| host_done.elapsed().as_secs_f64());
         let c = d.settled(Duration::from_millis(1500), Duration::from_secs(120))?;
         let mem = d.mem()?;
-        d.stop()?;
         let rate = r.paced as f64 / r.paced_secs;
         let complete = r.responses == r.requests;
         let rate_ok = rate >= 0.98 * a.rate as f64;
@@ -609,8 +608,9 @@ fn session(ctx: &Ctx) -> Result<Vec<Row>> {
             target: format!("0 lost, all counted, rate ≥ 98% of {}: {}", num(a.rate), verdict(pass)),
             pass: Some(pass),
         });
+        d.stop()?;
     }
-    Ok(rows)
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------
@@ -623,7 +623,7 @@ fn sessions_in(v: &Value) -> usize {
         .map_or(0, Vec::len)
 }
 
-fn rss(ctx: &Ctx) -> Result<Vec<Row>> {
+fn rss(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
     let n = ctx.a.sessions;
     println!("\n== 3. daemon RSS: idle, then with {n} concurrent watched sessions");
     let mut d = ctx.daemon("rss", ALLOW, &[HOST], "page-cache")?;
@@ -687,13 +687,12 @@ fn rss(ctx: &Ctx) -> Result<Vec<Row>> {
     let mut child = host.take()?;
     drop(child.stdin.take());
     let status = terminate_after(child, Duration::from_secs(30))?;
-    d.stop()?;
     if !status.success() {
         bail!("the host of many sessions exited with {status}");
     }
     let limit_kib = 64 * 1024;
     let pass = busy.rss_kib < limit_kib;
-    Ok(vec![Row {
+    rows.push(Row {
         measure: format!(
             "3. daemon RSS with {n} concurrent watched sessions (initialize + 3 calls each, held open)"
         ),
@@ -706,7 +705,8 @@ fn rss(ctx: &Ctx) -> Result<Vec<Row>> {
         ratio: format!("{:.2}x idle", busy.rss_kib as f64 / idle.rss_kib as f64),
         target: format!("< 64 MiB: {}", verdict(pass)),
         pass: Some(pass),
-    }])
+    });
+    d.stop()
 }
 
 /// Waits up to `grace` for a child to exit on its own, then SIGTERM (and SIGKILL).
@@ -839,7 +839,7 @@ impl PyHost {
     }
 }
 
-fn kill_on_deny(ctx: &Ctx) -> Result<Vec<Row>> {
+fn kill_on_deny(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
     let a = ctx.a;
     let n = a.deny_runs;
     println!(
@@ -871,7 +871,6 @@ fn kill_on_deny(ctx: &Ctx) -> Result<Vec<Row>> {
     let secs = t.elapsed().as_secs_f64();
     let after = d.settled(Duration::from_secs(1), Duration::from_secs(30))?;
     let rss = proc_mem(d.pid())?;
-    d.stop()?;
     let seen = after.sessions_seen - before.sessions_seen;
     let killed = after.killed - before.killed;
     println!(
@@ -888,7 +887,7 @@ fn kill_on_deny(ctx: &Ctx) -> Result<Vec<Row>> {
             n as u64 - seen
         ));
     }
-    Ok(vec![Row {
+    rows.push(Row {
         measure: format!(
             "4. kill on deny: write_file to the real filesystem MCP server, {n} sessions, {} at a time",
             a.deny_parallel
@@ -898,5 +897,6 @@ fn kill_on_deny(ctx: &Ctx) -> Result<Vec<Row>> {
         ratio: "-".into(),
         target: format!("0 of {n} (baseline {n} of {n}): {}", verdict(pass)),
         pass: Some(pass),
-    }])
+    });
+    d.stop()
 }
