@@ -70,6 +70,9 @@ pub enum HostsCommand {
         /// Project directories to look in too (`.mcp.json`, `.cursor/`, `.vscode/`, `.gemini/`).
         #[arg(long)]
         project: Vec<PathBuf>,
+        /// Every user's home directory (root and uids from 1000, from /etc/passwd); needs root.
+        #[arg(long)]
+        all_users: bool,
     },
     /// Rewrite stdio server entries to launch through `mcp-guard wrap --name NAME --`.
     Wrap(HostsEdit),
@@ -90,6 +93,11 @@ pub struct HostsEdit {
     /// The mcp-guard the hosts should launch [default: this program, absolute].
     #[arg(long)]
     pub bin: Option<PathBuf>,
+    /// Every user's home directory (root and uids from 1000, from /etc/passwd); needs root.
+    /// Files are kept with their owner and mode; a config that resolves outside its user's
+    /// home or belongs to someone else is left alone.
+    #[arg(long)]
+    pub all_users: bool,
 }
 
 #[derive(Debug, Subcommand)]

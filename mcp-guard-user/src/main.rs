@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Explain(a)) => mcp_guard::policy::cmd::explain(&a),
         Command::Audit(AuditCommand::Verify { key, files }) => audit::verify::run(key.as_deref(), &files),
         Command::Audit(AuditCommand::Forward(args)) => audit::forward::run(&args),
-        Command::Hosts(HostsCommand::Scan { project }) => hosts_scan(&project),
+        Command::Hosts(HostsCommand::Scan { project, all_users }) => hosts_scan(&project, all_users),
         Command::Hosts(HostsCommand::Wrap(e)) => hosts_edit(&e, true),
         Command::Hosts(HostsCommand::Unwrap(e)) => hosts_edit(&e, false),
         Command::Pins(PinsCommand::List { pins }) => pins_list(pins),
@@ -152,17 +152,54 @@ fn home() -> anyhow::Result<PathBuf> {
     std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).context("HOME is not set")
 }
 
+/// The homes to look in, with the user each belongs to: this user's, or with `all_users`
+/// every account in /etc/passwd that is root or a regular user (uid 1000 to 60000).
+fn homes(all_users: bool) -> anyhow::Result<Vec<(Option<(String, u32)>, PathBuf)>> {
+    if !all_users {
+        return Ok(vec![(None, home()?)]);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("--all-users reads and rewrites every user's files: run it as root");
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").context("cannot read /etc/passwd")?;
+    let mut out = Vec::new();
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        let (Some(name), Some(uid), Some(dir)) = (f.first(), f.get(2).and_then(|u| u.parse::<u32>().ok()), f.get(5)) else { continue };
+        if (uid == 0 || (1000..60000).contains(&uid)) && std::path::Path::new(dir).is_dir() {
+            out.push((Some((name.to_string(), uid)), PathBuf::from(dir)));
+        }
+    }
+    Ok(out)
+}
+
+/// With `--all-users`, a config is only touched when it resolves inside its user's home
+/// and belongs to that user: root must not be steered by a symlink into someone else's file.
+fn owned_by(path: &std::path::Path, user: &Option<(String, u32)>, home: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some((_, uid)) = user else { return true };
+    let (Ok(real), Ok(home)) = (std::fs::canonicalize(path), std::fs::canonicalize(home)) else { return false };
+    real.starts_with(&home) && std::fs::metadata(&real).is_ok_and(|m| m.uid() == *uid)
+}
+
 fn projects(given: &[PathBuf]) -> Vec<PathBuf> {
     if given.is_empty() { std::env::current_dir().into_iter().collect() } else { given.to_vec() }
 }
 
-fn hosts_scan(project: &[PathBuf]) -> anyhow::Result<i32> {
+fn hosts_scan(project: &[PathBuf], all_users: bool) -> anyhow::Result<i32> {
     use mcp_guard::hosts::Transport;
-    let found = mcp_guard::hosts::scan(&home()?, &projects(project));
+    let mut found = Vec::new();
+    for (user, home) in homes(all_users)? {
+        let projects = if all_users { Vec::new() } else { projects(project) };
+        found.extend(mcp_guard::hosts::scan(&home, &projects).into_iter().map(|f| (user.clone(), f)));
+    }
     if found.is_empty() {
         println!("no agent host config found");
     }
-    for f in &found {
+    for (user, f) in &found {
+        if let Some((name, _)) = user {
+            print!("[{name}] ");
+        }
         println!("{} ({})", f.path.display(), f.host.slug());
         if let Some(e) = &f.error {
             println!("  cannot read: {e}");
@@ -203,8 +240,18 @@ fn hosts_edit(e: &HostsEdit, wrap: bool) -> anyhow::Result<i32> {
     let bin = bin.display().to_string();
     let mut failed = false;
     let mut changed = 0;
-    for f in hosts::scan(&home()?, &projects(&e.project)) {
+    let mut found = Vec::new();
+    for (user, home) in homes(e.all_users)? {
+        let projects = if e.all_users { Vec::new() } else { projects(&e.project) };
+        found.extend(hosts::scan(&home, &projects).into_iter().map(|f| (user.clone(), home.clone(), f)));
+    }
+    for (user, home, f) in found {
         if only.is_some_and(|h| h != f.host) {
+            continue;
+        }
+        if !owned_by(&f.path, &user, &home) {
+            failed = true;
+            eprintln!("mcp-guard: {}: not inside its user's home or not owned by them; left alone", f.path.display());
             continue;
         }
         let edit = if wrap { hosts::wrap_file(&f.path, f.host, &bin) } else { hosts::unwrap_file(&f.path, f.host) };

@@ -89,3 +89,85 @@ fn an_unparsable_config_is_left_alone_with_a_clear_error() {
     assert!(text(&out).contains(".cursor/mcp.json"), "{}", text(&out));
     assert_eq!(std::fs::read_to_string(&dest).unwrap(), "{ \"mcpServers\": { \"x\": { \"command\": ");
 }
+
+/// Real local users for `--all-users` (created once; the end-to-end suite uses them too).
+const USERS: [&str; 2] = ["mcpg-alice", "mcpg-bob"];
+
+fn ensure_user(name: &str) -> (u32, std::path::PathBuf) {
+    if nix::unistd::User::from_name(name).unwrap().is_none() {
+        let ok = Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", name]).status().unwrap();
+        assert!(ok.success(), "useradd {name}");
+    }
+    let u = nix::unistd::User::from_name(name).unwrap().unwrap();
+    (u.uid.as_raw(), u.dir)
+}
+
+/// As root: every user's configs are wrapped and unwrapped, owners and modes kept, and a
+/// config that is a symlink into another user's files is left alone.
+#[test]
+fn all_users_edits_each_home_as_its_owner_would() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    if !nix::unistd::geteuid().is_root() {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root; this test must not skip there");
+        println!("skipping: --all-users needs root");
+        return;
+    }
+    let config = r#"{
+  "mcpServers": {
+    "fs": { "command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"] }
+  }
+}
+"#;
+    let mut files = Vec::new();
+    for name in USERS {
+        let (uid, home) = ensure_user(name);
+        let path = home.join(".claude.json");
+        std::fs::write(&path, config).unwrap();
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_file(home.join(".claude.json.mcp-guard.bak")).ok();
+        files.push((uid, path));
+    }
+    // Bob's Cursor config points at Alice's file.
+    let (_, bob_home) = ensure_user(USERS[1]);
+    let trap = bob_home.join(".cursor/mcp.json");
+    std::fs::create_dir_all(trap.parent().unwrap()).unwrap();
+    std::fs::remove_file(&trap).ok();
+    std::os::unix::fs::symlink(&files[0].1, &trap).unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let wrap = run(root.path(), &["wrap", "--all-users", "--bin", "/usr/bin/mcp-guard"]);
+    assert_eq!(wrap.status.code(), Some(1), "the trap is reported: {}", text(&wrap));
+    assert!(text(&wrap).contains("left alone") && text(&wrap).contains(".cursor/mcp.json"), "{}", text(&wrap));
+    for (uid, path) in &files {
+        let now = std::fs::read_to_string(path).unwrap();
+        assert!(now.contains("/usr/bin/mcp-guard") && now.contains("\"wrap\""), "{}: {now}", path.display());
+        assert_eq!(now.matches("\"wrap\"").count(), 1, "wrapped once, not through the symlink too");
+        let meta = std::fs::metadata(path).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (*uid, 0o600), "{}", path.display());
+    }
+    let scan = run(root.path(), &["scan", "--all-users"]);
+    assert!(text(&scan).contains("[mcpg-alice]") && text(&scan).contains("[mcpg-bob]"), "{}", text(&scan));
+
+    let unwrap = run(root.path(), &["unwrap", "--all-users"]);
+    assert_eq!(unwrap.status.code(), Some(1), "{}", text(&unwrap));
+    for (_, path) in &files {
+        assert_eq!(std::fs::read_to_string(path).unwrap(), config, "{}", path.display());
+    }
+    std::fs::remove_file(&trap).unwrap();
+}
+
+#[test]
+fn all_users_needs_root() {
+    // As root, ask as `nobody`.
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--"]).arg(bin());
+        c
+    } else {
+        Command::new(bin())
+    };
+    let out = cmd.args(["hosts", "scan", "--all-users"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run it as root"));
+}
