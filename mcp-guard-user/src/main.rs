@@ -152,8 +152,7 @@ fn home() -> anyhow::Result<PathBuf> {
     std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).context("HOME is not set")
 }
 
-/// The homes to look in, with the user each belongs to: this user's, or with `all_users`
-/// every account in /etc/passwd that is root or a regular user (uid 1000 to 60000).
+/// The homes to look in: this user's, or with `all_users` every user's (root only).
 fn homes(all_users: bool) -> anyhow::Result<Vec<(Option<(String, u32)>, PathBuf)>> {
     if !all_users {
         return Ok(vec![(None, home()?)]);
@@ -161,25 +160,11 @@ fn homes(all_users: bool) -> anyhow::Result<Vec<(Option<(String, u32)>, PathBuf)
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("--all-users reads and rewrites every user's files: run it as root");
     }
-    let passwd = std::fs::read_to_string("/etc/passwd").context("cannot read /etc/passwd")?;
-    let mut out = Vec::new();
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        let (Some(name), Some(uid), Some(dir)) = (f.first(), f.get(2).and_then(|u| u.parse::<u32>().ok()), f.get(5)) else { continue };
-        if (uid == 0 || (1000..60000).contains(&uid)) && std::path::Path::new(dir).is_dir() {
-            out.push((Some((name.to_string(), uid)), PathBuf::from(dir)));
-        }
-    }
-    Ok(out)
+    Ok(mcp_guard::hosts::user_homes()?.into_iter().map(|(n, u, h)| (Some((n, u)), h)).collect())
 }
 
-/// With `--all-users`, a config is only touched when it resolves inside its user's home
-/// and belongs to that user: root must not be steered by a symlink into someone else's file.
 fn owned_by(path: &std::path::Path, user: &Option<(String, u32)>, home: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    let Some((_, uid)) = user else { return true };
-    let (Ok(real), Ok(home)) = (std::fs::canonicalize(path), std::fs::canonicalize(home)) else { return false };
-    real.starts_with(&home) && std::fs::metadata(&real).is_ok_and(|m| m.uid() == *uid)
+    user.as_ref().is_none_or(|(_, uid)| mcp_guard::hosts::owned_by(path, *uid, home))
 }
 
 fn projects(given: &[PathBuf]) -> Vec<PathBuf> {

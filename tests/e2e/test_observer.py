@@ -72,7 +72,7 @@ def audit_records(path: Path) -> list[dict[str, Any]]:
 class Daemon:
     """One `mcp-guard daemon` with its own config, policy, audit log and host name."""
 
-    def __init__(self, tmp: Path, policy: str) -> None:
+    def __init__(self, tmp: Path, policy: str, extra_config: str = "") -> None:
         self.dir = tmp
         self.host_name = "mcpg-" + secrets.token_hex(4)  # within comm's 15 characters
         self.host_exe = tmp / self.host_name
@@ -86,6 +86,8 @@ class Daemon:
             f'policy = "{self.policy}"\naudit = "{self.audit}"\naudit_key = "{tmp / "audit.key"}"\n'
             f'run_dir = "{self.run_dir}"\nbpf_object = "{os.environ["MCP_GUARD_BPF_OBJECT"]}"\n'
             f'hosts = ["{self.host_name}"]\nrescan_ms = 200\n'
+            # Host configs of this test's own home only, never the machine's.
+            f'homes = ["{tmp / "home"}"]\n' + extra_config
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
@@ -156,8 +158,8 @@ class Daemon:
 def daemon_factory(tmp_path: Path):
     made: list[Daemon] = []
 
-    def make(policy: str = ALLOW_ALL, start: bool = True) -> Daemon:
-        d = Daemon(tmp_path, policy)
+    def make(policy: str = ALLOW_ALL, start: bool = True, extra_config: str = "") -> Daemon:
+        d = Daemon(tmp_path, policy, extra_config)
         if start:
             d.start()
         made.append(d)
@@ -509,6 +511,49 @@ def test_newline_json_rpc_over_a_unix_socket_is_observed(daemon_factory, tmp_pat
     finally:
         server.kill()
         server.wait()
+
+
+CURSOR_CONFIG = """{
+  // written by the host
+  "mcpServers": {
+    "fs": { "command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"] },
+    "remote": { "url": "https://example.invalid/mcp" }
+  }
+}
+"""
+
+
+def alerts_named(recs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [r for r in recs if (r.get("detail") or {}).get("alert") == name]
+
+
+def test_host_config_written_back_is_alerted_once(daemon_factory, tmp_path: Path) -> None:
+    cfg = tmp_path / "home/.cursor/mcp.json"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(CURSOR_CONFIG)
+    d = daemon_factory(extra_config='host_configs = "alert"\n')
+    got = d.wait_for("the unwrapped-config alert", lambda recs: alerts_named(recs, "host_config_unwrapped"))
+    assert got[0]["detail"]["server"] == "fs" and got[0]["detail"]["host"] == "cursor"
+    assert got[0]["detail"]["file"] == str(cfg)
+    time.sleep(1)  # several rescans later: still one alert, and the file untouched
+    assert len(alerts_named(d.records(), "host_config_unwrapped")) == 1
+    assert cfg.read_text() == CURSOR_CONFIG
+
+
+def test_host_config_written_back_is_rewrapped(daemon_factory, tmp_path: Path) -> None:
+    cfg = tmp_path / "home/.cursor/mcp.json"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(CURSOR_CONFIG)
+    d = daemon_factory(extra_config='host_configs = "rewrap"\n')
+    d.wait_for("the rewrap alert", lambda recs: alerts_named(recs, "host_config_rewrapped"))
+    text = cfg.read_text()
+    assert '"wrap"' in text and "// written by the host" in text and "example.invalid" in text, text
+    cfg.write_text(CURSOR_CONFIG)  # the host writes its own version back
+    d.wait_for("a second rewrap", lambda recs: len(alerts_named(recs, "host_config_rewrapped")) >= 2)
+    assert '"wrap"' in cfg.read_text()
+    unwrapped = subprocess.run([str(harness.guard_bin()), "hosts", "unwrap"], env={**os.environ, "HOME": str(tmp_path / "home")},
+                               cwd=tmp_path, capture_output=True, text=True)
+    assert unwrapped.returncode == 0, unwrapped.stderr
 
 
 def test_status_reports_and_exits_3_without_daemon(daemon_factory, tmp_path: Path) -> None:

@@ -34,6 +34,22 @@ pub struct Config {
     pub max_message: usize,
     pub ring_bytes: u32,
     pub rescan_ms: u64,
+    /// What the daemon does about agent host configs that launch a stdio server without
+    /// `mcp-guard wrap`.
+    pub host_configs: HostConfigs,
+    /// Homes whose host configs are watched; empty: every user's (root and uid ≥ 1000).
+    pub homes: Vec<PathBuf>,
+}
+
+/// `host_configs`: watch agent host configs for unwrapped stdio servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostConfigs {
+    Off,
+    /// An alert record per unwrapped entry (once per entry and command).
+    Alert,
+    /// Wrap the entry again (as `mcp-guard hosts wrap` would) and record an alert.
+    Rewrap,
 }
 
 impl Default for Config {
@@ -49,6 +65,8 @@ impl Default for Config {
             max_message: DEFAULT_MAX_MESSAGE,
             ring_bytes: crate::observer::DEFAULT_RING_BYTES,
             rescan_ms: 2000,
+            host_configs: HostConfigs::Alert,
+            homes: Vec::new(),
         }
     }
 }
@@ -66,6 +84,8 @@ struct Raw {
     max_message: Option<usize>,
     ring_bytes: Option<u32>,
     rescan_ms: Option<u64>,
+    host_configs: Option<HostConfigs>,
+    homes: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +144,8 @@ impl Config {
             max_message,
             ring_bytes,
             rescan_ms: raw.rescan_ms.unwrap_or(d.rescan_ms),
+            host_configs: raw.host_configs.unwrap_or(d.host_configs),
+            homes: raw.homes.unwrap_or(d.homes),
         })
     }
 
@@ -149,6 +171,7 @@ mod tests {
         assert_eq!(c.hosts, d.hosts);
         assert_eq!((c.max_message, c.ring_bytes, c.rescan_ms), (d.max_message, d.ring_bytes, d.rescan_ms));
         assert_eq!(c.durability, d.durability);
+        assert_eq!((c.host_configs, c.homes), (d.host_configs, d.homes));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! signed write per batch of events.
 
 pub mod config;
+mod hostcfg;
 mod http;
 mod managed;
 mod procs;
@@ -283,6 +284,8 @@ struct Daemon {
     last_scan: Instant,
     /// What managed shims' connections share (the enforced policy is swapped on reload).
     managed: Option<Arc<managed::Shared>>,
+    /// Unwrapped host config entries already reported.
+    host_cfg: hostcfg::Watch,
 }
 
 fn raw<T: serde::Serialize>(v: &T) -> Box<RawValue> {
@@ -378,6 +381,7 @@ impl Daemon {
             started_at: SystemTime::now(),
             last_scan: Instant::now(),
             managed: None,
+            host_cfg: hostcfg::Watch::default(),
         }
     }
 
@@ -958,6 +962,7 @@ impl Daemon {
                 }
             }
             self.hosts.retain(|h, _| std::path::Path::new(&format!("/proc/{h}")).exists());
+            self.check_host_configs();
         }
         self.check_shim_records();
         self.counters.lost_kernel = self.observer.lost();

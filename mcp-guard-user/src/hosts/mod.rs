@@ -17,7 +17,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 
 pub use paths::candidates;
 pub use write::{apply, backup_path};
@@ -526,3 +526,28 @@ fn line_diff(old: &str, new: &str, name: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Every account in /etc/passwd that is root or a regular user (uid 1000 to 59999) and has
+/// a home directory: (name, uid, home).
+pub fn user_homes() -> Result<Vec<(String, u32, PathBuf)>> {
+    let passwd = std::fs::read_to_string("/etc/passwd").context("cannot read /etc/passwd")?;
+    let mut out = Vec::new();
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        let (Some(name), Some(uid), Some(dir)) = (f.first(), f.get(2).and_then(|u| u.parse::<u32>().ok()), f.get(5)) else {
+            continue;
+        };
+        if (uid == 0 || (1000..60000).contains(&uid)) && Path::new(dir).is_dir() {
+            out.push((name.to_string(), uid, PathBuf::from(dir)));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `path` resolves inside `home` and belongs to `uid`: what root checks before it
+/// edits a user's config, so that a symlink cannot steer it into someone else's file.
+pub fn owned_by(path: &Path, uid: u32, home: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let (Ok(real), Ok(home)) = (std::fs::canonicalize(path), std::fs::canonicalize(home)) else { return false };
+    real.starts_with(&home) && std::fs::metadata(&real).is_ok_and(|m| m.uid() == uid)
+}
