@@ -152,8 +152,11 @@ fn home() -> anyhow::Result<PathBuf> {
     std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).context("HOME is not set")
 }
 
+/// A user (name, uid) when editing on behalf of every user; `None`: the caller.
+type Owner = Option<(String, u32)>;
+
 /// The homes to look in: this user's, or with `all_users` every user's (root only).
-fn homes(all_users: bool) -> anyhow::Result<Vec<(Option<(String, u32)>, PathBuf)>> {
+fn homes(all_users: bool) -> anyhow::Result<Vec<(Owner, PathBuf)>> {
     if !all_users {
         return Ok(vec![(None, home()?)]);
     }
@@ -163,7 +166,7 @@ fn homes(all_users: bool) -> anyhow::Result<Vec<(Option<(String, u32)>, PathBuf)
     Ok(mcp_guard::hosts::user_homes()?.into_iter().map(|(n, u, h)| (Some((n, u)), h)).collect())
 }
 
-fn owned_by(path: &std::path::Path, user: &Option<(String, u32)>, home: &std::path::Path) -> bool {
+fn owned_by(path: &std::path::Path, user: &Owner, home: &std::path::Path) -> bool {
     user.as_ref().is_none_or(|(_, uid)| mcp_guard::hosts::owned_by(path, *uid, home))
 }
 
