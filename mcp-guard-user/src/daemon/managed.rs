@@ -30,6 +30,8 @@ pub struct Shared {
     pub max_message: usize,
     /// The audit log's path: the pin store is beside it.
     pub audit_path: std::path::PathBuf,
+    /// Commits wait for fdatasync: done on a blocking thread rather than the event loop.
+    pub durable: bool,
 }
 
 /// Listens at `path` (any local user may connect; each is identified by the kernel).
@@ -84,8 +86,12 @@ fn raw<T: serde::Serialize>(v: &T) -> Box<serde_json::value::RawValue> {
     serde_json::value::to_raw_value(v).unwrap_or_else(|_| crate::jsonrpc::null_id().to_owned())
 }
 
-async fn commit(audit: &Audit, records: Vec<Record>) -> Result<(), String> {
-    let audit = audit.clone();
+async fn commit(shared: &Shared, records: Vec<Record>) -> Result<(), String> {
+    if !shared.durable {
+        // A page-cache write and a signature: cheaper here than a hop to another thread.
+        return shared.audit.commit_blocking(records).map_err(|e| e.to_string());
+    }
+    let audit = shared.audit.clone();
     match tokio::task::spawn_blocking(move || audit.commit_blocking(records)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -176,7 +182,7 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
         "agent_host": host,
         "chain": chain,
     }));
-    if let Err(e) = commit(&shared.audit, vec![start]).await {
+    if let Err(e) = commit(&shared, vec![start]).await {
         return refuse(&mut stream, format!("the audit log cannot be written: {e}")).await;
     }
     let w = Welcome { ok: true, error: None, session: Some(ctx.session.to_string()), policy_sha256: Some(policy.sha256().to_string()) };
@@ -202,7 +208,7 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
                     session.set_policy(p.clone());
                 }
                 let plan = session.judge(j.dir, &j.data, j.frames.iter().cloned());
-                let acts = match commit(&shared.audit, plan.commit).await {
+                let acts = match commit(&shared, plan.commit).await {
                     Ok(()) => plan.acts,
                     Err(e) => session.refuse_unrecorded(j.dir, &j.data, &j.frames, code::AUDIT_UNAVAILABLE, &e),
                 };
@@ -215,7 +221,7 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
                 let mut rec = Record::new("session_end", session.ctx());
                 rec.detail = Some(serde_json::json!({ "exit_code": end.exit_code, "signal": end.signal, "counters": session.counters }));
                 records.push(rec);
-                let _ = commit(&shared.audit, records).await;
+                let _ = commit(&shared, records).await;
                 let acts = if errors.is_empty() { Vec::new() } else { vec![crate::guard::Act::ToClient(errors)] };
                 send(&mut stream, managed::PLAN, &managed::encode_plan(0, &acts)).await?;
                 ended = true;
@@ -230,7 +236,7 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
     if !ended {
         let mut rec = Record::new("session_end", session.ctx());
         rec.detail = Some(serde_json::json!({ "reason": "shim disconnected", "counters": session.counters }));
-        let _ = commit(&shared.audit, vec![rec]).await;
+        let _ = commit(&shared, vec![rec]).await;
     }
     Ok(())
 }

@@ -91,6 +91,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
         audit: audit.clone(),
         max_message: cfg.max_message,
         audit_path: cfg.audit.clone(),
+        durable: cfg.durability == audit::Durability::Durable,
     });
     let socket = cfg.run_dir.join(crate::managed::SOCKET_NAME);
     let listener = managed::listen(&socket)?;

@@ -1,0 +1,140 @@
+//! The managed decision round trip: a client speaking the shim's protocol to a running
+//! `mcp-guard daemon` sends one `tools/call` per `JUDGE` and waits for the `PLAN`, as a
+//! managed shim does before it forwards a request. Baseline, same run: the same frames
+//! bounced off an echo thread over a unix socket pair (the cost of the IPC alone).
+//!
+//! `mcp-bench-managed --socket /run/.../mcp-guard.sock [--iterations N]`; run by
+//! `cargo xtask bench managed`, which starts the daemon with page-cache durability (the
+//! figure excludes the fsync, as durable mode adds one per commit).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use mcp_guard::frame::Frame;
+use mcp_guard::guard::Direction;
+use mcp_guard::managed::{self, Hello, Welcome};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    socket: PathBuf,
+    #[arg(long, default_value_t = 20_000)]
+    iterations: usize,
+    #[arg(long, default_value_t = 2_000)]
+    warmup: usize,
+}
+
+fn read_frame(s: &mut UnixStream) -> anyhow::Result<(u8, Vec<u8>)> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len == 0 || len > managed::MAX_FRAME {
+        bail!("bad frame length {len}");
+    }
+    let mut buf = vec![0; len];
+    s.read_exact(&mut buf)?;
+    let kind = buf.remove(0);
+    Ok((kind, buf))
+}
+
+fn send(s: &mut UnixStream, kind: u8, payload: &[u8]) -> anyhow::Result<()> {
+    let mut out = Vec::with_capacity(payload.len() + 5);
+    managed::frame(&mut out, kind, payload);
+    s.write_all(&out)?;
+    Ok(())
+}
+
+fn judge_payload(seq: u64) -> Vec<u8> {
+    let line = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{seq},\"method\":\"tools/call\",\"params\":{{\"name\":\"read_file\",\"arguments\":{{\"path\":\"/srv/data/report-{seq}.txt\"}}}}}}\n"
+    );
+    let frames = [Frame::Line { msg: 0..line.len() - 1, raw: 0..line.len() }];
+    managed::encode_judge(seq, Direction::ToServer, line.as_bytes(), &frames)
+}
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+    mean: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    let mean = v.iter().sum::<Duration>() / v.len().max(1) as u32;
+    Stats { p50: v[v.len() / 2], p99: v[v.len() * 99 / 100], mean }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // The "server": a child of this process, as the daemon requires.
+    let mut child = std::process::Command::new("sleep").arg("600").spawn().context("spawn sleep")?;
+    let result = run(&args, child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn run(args: &Args, server_pid: u32) -> anyhow::Result<()> {
+    let mut s = UnixStream::connect(&args.socket).with_context(|| format!("connect {}", args.socket.display()))?;
+    let hello = Hello { v: 1, name: "bench".into(), server_pid, policy: None, policy_origin: None, resumed: false };
+    send(&mut s, managed::HELLO, &serde_json::to_vec(&hello)?)?;
+    let (kind, payload) = read_frame(&mut s)?;
+    let w: Welcome = serde_json::from_slice(&payload)?;
+    if kind != managed::WELCOME || !w.ok {
+        bail!("the daemon refused: {:?}", w.error);
+    }
+    let mut daemon = Vec::with_capacity(args.iterations);
+    for i in 0..(args.warmup + args.iterations) {
+        let payload = judge_payload(i as u64 + 1);
+        let t = Instant::now();
+        send(&mut s, managed::JUDGE, &payload)?;
+        let (kind, plan) = read_frame(&mut s)?;
+        let dt = t.elapsed();
+        if kind != managed::PLAN {
+            bail!("expected a plan, got frame type {kind}");
+        }
+        let (_, acts) = managed::decode_plan(&plan, payload.len())?;
+        if !matches!(acts.as_slice(), [mcp_guard::guard::Act::Forward(_)]) {
+            bail!("the request was not forwarded: {acts:?}");
+        }
+        if i >= args.warmup {
+            daemon.push(dt);
+        }
+    }
+
+    // Baseline: the same frame sizes over a unix socket pair to an echo thread.
+    let (mut a, mut b) = UnixStream::pair()?;
+    let reply_len = managed::encode_plan(1, &[mcp_guard::guard::Act::Forward(0..100)]).len();
+    let echo = std::thread::spawn(move || -> anyhow::Result<()> {
+        let reply = vec![0u8; reply_len];
+        while let Ok((_, _)) = read_frame(&mut b) {
+            send(&mut b, managed::PLAN, &reply)?;
+        }
+        Ok(())
+    });
+    let mut floor = Vec::with_capacity(args.iterations);
+    for i in 0..(args.warmup + args.iterations) {
+        let payload = judge_payload(i as u64 + 1);
+        let t = Instant::now();
+        send(&mut a, managed::JUDGE, &payload)?;
+        read_frame(&mut a)?;
+        if i >= args.warmup {
+            floor.push(t.elapsed());
+        }
+    }
+    drop(a);
+    let _ = echo.join();
+
+    let (d, f) = (stats(daemon), stats(floor));
+    let us = |x: Duration| x.as_secs_f64() * 1e6;
+    println!("managed decision round trip, {} requests (after {} warm-up):", args.iterations, args.warmup);
+    println!("  {:<44} p50 {:>7.1} us   p99 {:>7.1} us   mean {:>7.1} us", "unix socket echo (IPC floor)", us(f.p50), us(f.p99), us(f.mean));
+    println!("  {:<44} p50 {:>7.1} us   p99 {:>7.1} us   mean {:>7.1} us", "daemon: judge + record (page cache) + answer", us(d.p50), us(d.p99), us(d.mean));
+    let verdict = if d.p50 <= Duration::from_micros(100) { "PASS" } else { "FAIL" };
+    println!("  median {:.1} us vs target <= 100 us: {verdict}; {:.1}x the IPC floor", us(d.p50), us(d.p50) / us(f.p50).max(0.001));
+    Ok(())
+}
