@@ -107,10 +107,14 @@ class Daemon:
 
     def stop(self) -> int:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        self.proc = None
-        return code
+        proc, self.proc = self.proc, None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never leave a daemon behind; the caller's assert reports it
+            proc.wait()
+            return -9
 
     def host(self, spec: dict[str, Any], **kw: Any) -> subprocess.Popen[str]:
         """Starts the agent host: the SDK client under the watched name."""
@@ -554,6 +558,20 @@ def test_host_config_written_back_is_rewrapped(daemon_factory, tmp_path: Path) -
     unwrapped = subprocess.run([str(harness.guard_bin()), "hosts", "unwrap"], env={**os.environ, "HOME": str(tmp_path / "home")},
                                cwd=tmp_path, capture_output=True, text=True)
     assert unwrapped.returncode == 0, unwrapped.stderr
+
+
+def test_daemon_stops_promptly_while_processes_keep_starting(daemon_factory, tmp_path: Path) -> None:
+    """Exec events of the whole machine keep coming; SIGTERM must still end the daemon."""
+    d = daemon_factory()
+    busy = subprocess.Popen(["sh", "-c", "while :; do /bin/true; done"])
+    try:
+        time.sleep(0.5)
+        t = time.monotonic()
+        assert d.stop() == 0
+        assert time.monotonic() - t < 5
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def test_status_reports_and_exits_3_without_daemon(daemon_factory, tmp_path: Path) -> None:

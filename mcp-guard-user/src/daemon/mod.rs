@@ -49,6 +49,8 @@ const BATCH: usize = 1024;
 const COMMIT_QUEUE: usize = 64;
 /// Requests a shim read from its host, remembered per shim for the injection check.
 const SHIM_MEMORY: usize = 4096;
+/// How long events already in the ring buffer are still handled after SIGTERM.
+const DRAIN_ON_STOP: Duration = Duration::from_millis(300);
 /// How long a shim has to record a request it read before the observer raises an alert.
 const RECORD_GRACE: Duration = Duration::from_secs(2);
 
@@ -125,8 +127,10 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
             _ = tick.tick() => d.tick(),
         }
     }
-    // What the kernel sent before the signal is still judged (gated readers continued).
-    while let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(50), events.batch(&mut batch, BATCH)).await {
+    // What the kernel sent before the signal is still judged (gated readers continued),
+    // for a bounded time: exec events of the whole machine never stop arriving.
+    let drain_until = tokio::time::Instant::now() + DRAIN_ON_STOP;
+    while let Ok(Ok(())) = tokio::time::timeout_at(drain_until, events.batch(&mut batch, BATCH)).await {
         for event in batch.drain(..) {
             d.handle(event);
         }

@@ -333,8 +333,18 @@ fn measure_once(a: &RunArgs) -> Result<Sample> {
     })
 }
 
-/// Other `mcp-guard daemon` processes: with their programs attached, "without the
-/// daemon" would not be without one.
+/// Whether `pid` holds eBPF programs (attached ones are held open by their links).
+fn holds_bpf_programs(pid: u32) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|t| t.as_os_str() == "anon_inode:bpf_link" || t.as_os_str() == "anon_inode:bpf-prog")
+}
+
+/// Other `mcp-guard daemon` processes holding eBPF programs: with theirs attached,
+/// "without the daemon" would not be without one. (A daemon hung in its shutdown after
+/// detaching its programs does not count.)
 fn other_daemons(ours: Option<u32>) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -351,6 +361,7 @@ fn other_daemons(ours: Option<u32>) -> Vec<u32> {
             prog.and_then(Path::file_name)
                 .is_some_and(|n| n == "mcp-guard")
                 && argv.iter().skip(1).any(|a| *a == b"daemon")
+                && holds_bpf_programs(*pid)
         })
         .collect();
     pids.sort_unstable();
@@ -413,11 +424,11 @@ fn overhead(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
     } else {
         let pids: Vec<String> = foreign.iter().map(u32::to_string).collect();
         eprintln!(
-            "warning: other `mcp-guard daemon` processes ran during this step (pids {}): their eBPF programs were attached in the runs \"without daemon\" too",
+            "warning: other `mcp-guard daemon` processes with eBPF programs ran during this step (pids {}): their programs were attached in the runs \"without daemon\" too",
             pids.join(", ")
         );
         Some(format!(
-            "not judged: other mcp-guard daemons were running (pids {})",
+            "not judged: other mcp-guard daemons with eBPF programs were running (pids {})",
             pids.join(", ")
         ))
     };
