@@ -2,6 +2,7 @@
 //! benchmarking mcp-guard. Every step installs what it needs, idempotently, and says so.
 
 mod bench;
+mod bench_managed;
 mod bench_observer;
 mod demo;
 mod ebpf;
@@ -57,6 +58,8 @@ enum BenchCmd {
     /// The eBPF observer daemon: overhead on unwatched work, a watched session at 20,000
     /// messages/s, RSS with 100 sessions, kill on deny (as root).
     Observer(bench_observer::ObserverArgs),
+    /// Managed shims: the daemon's decision round trip, next to the unix socket floor (as root).
+    Managed,
 }
 
 fn main() -> Result<()> {
@@ -84,6 +87,7 @@ fn main() -> Result<()> {
             bench::bench_shim(&root, &args)
         }
         Cmd::Bench(BenchCmd::Observer(args)) => bench_observer::bench_observer(&root, &args),
+        Cmd::Bench(BenchCmd::Managed) => bench_managed::bench_managed(&root),
         Cmd::Fuzz { target, seconds } => fuzz(&root, target.as_deref(), seconds),
         Cmd::Bench(BenchCmd::Audit { extra }) => {
             step(
