@@ -5,14 +5,16 @@
 //! Skips (printing why) when not root or when no object is found, unless
 //! `MCP_GUARD_REQUIRE_KERNEL=1`, where a skip is a failure. Run with `--test-threads=1`.
 
+mod kernel;
+
 use std::{
     io::Write as _,
-    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
 
-use mcp_guard::observer::{self, Data, Event, Events, Observer};
+use kernel::observer_or_skip;
+use mcp_guard::observer::{Data, Event, Events};
 use mcp_guard_common::watch;
 
 /// Not a PATH lookup: a shim on PATH would be the child instead of Python.
@@ -22,34 +24,6 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// Each test loads its own programs and watches this same process: with flags of its own
 /// (a gate!) that would apply to the other tests' children too. One at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn observer_or_skip() -> Option<Observer> {
-    let why = if !nix::unistd::geteuid().is_root() {
-        "not root".to_owned()
-    } else {
-        match object_path() {
-            Ok(path) => return Some(Observer::load(&path).unwrap_or_else(|err| panic!("{:#}", anyhow::Error::from(err)))),
-            Err(why) => why,
-        }
-    };
-    if std::env::var_os("MCP_GUARD_REQUIRE_KERNEL").is_some_and(|v| v == "1") {
-        panic!("MCP_GUARD_REQUIRE_KERNEL=1 but the kernel test cannot run: {why}");
-    }
-    println!("skipping: {why}");
-    None
-}
-
-fn object_path() -> Result<PathBuf, String> {
-    let err = match observer::find_object() {
-        Ok(path) => return Ok(path),
-        Err(err) => err,
-    };
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mcp-guard-ebpf/target/bpfel-unknown-none/release/mcp-guard-ebpf");
-    if std::env::var_os(observer::OBJECT_ENV).is_none() && built.is_file() {
-        return Ok(built);
-    }
-    Err(format!("{err}; build it with `cargo xtask build-ebpf`"))
-}
 
 /// Collects `pid`'s chunks until `want_in` bytes read and `want_out` bytes written
 /// arrived; returns (read, written).

@@ -9,6 +9,8 @@
 //! Object: `$MCP_GUARD_BPF_OBJECT`, the observer's usual places, then the eBPF
 //! crate's own release build. Run with `--test-threads=1`.
 
+mod kernel;
+
 use std::{
     fs,
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
@@ -17,53 +19,20 @@ use std::{
     time::Duration,
 };
 
-use mcp_guard::observer::{self, Event, Events, Exec, Observer};
+use kernel::observer_or_skip;
+use mcp_guard::observer::{Event, Events, Exec};
 
 const DEADLINE: Duration = Duration::from_secs(5);
 /// `nobody`: the child runs as someone else, so uid/gid are really read.
 const CHILD_ID: u32 = 65534;
 
-/// The observer, or `None` after printing why the test cannot run here.
-fn observer_or_skip() -> Option<Observer> {
-    let why = if !nix::unistd::geteuid().is_root() {
-        "not root".to_owned()
-    } else {
-        match object_path() {
-            Ok(path) => {
-                let observer = Observer::load(&path)
-                    .unwrap_or_else(|err| panic!("{:#}", anyhow::Error::from(err)));
-                return Some(observer);
-            }
-            Err(why) => why,
-        }
-    };
-    if std::env::var_os("MCP_GUARD_REQUIRE_KERNEL").is_some_and(|v| v == "1") {
-        panic!("MCP_GUARD_REQUIRE_KERNEL=1 but the kernel test cannot run: {why}");
-    }
-    println!("skipping: {why}");
-    None
-}
-
-fn object_path() -> Result<PathBuf, String> {
-    let err = match observer::find_object() {
-        Ok(path) => return Ok(path),
-        Err(err) => err,
-    };
-    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../mcp-guard-ebpf/target/bpfel-unknown-none/release/mcp-guard-ebpf");
-    if std::env::var_os(observer::OBJECT_ENV).is_none() && built.is_file() {
-        return Ok(built);
-    }
-    Err(format!("{err}; build it with `cargo xtask build-ebpf`"))
-}
-
-/// A copy of /bin/true under a name no other process on the machine execs,
-/// in a directory `nobody` can enter.
 /// Held from copying a probe until its process has exec'd: a child another test forks
 /// meanwhile would inherit the copy's write descriptor, and exec'ing the probe would then
 /// fail with ETXTBSY.
 static FORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A copy of /bin/true under a name no other process on the machine execs,
+/// in a directory `nobody` can enter.
 fn probe_binary(dir: &Path) -> PathBuf {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod tempdir");
     let probe = dir.join("mcpg-exec-probe");

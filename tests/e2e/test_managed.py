@@ -26,21 +26,11 @@ from typing import Any
 import pytest
 
 import harness
-from test_observer import ALLOW_ALL, DENY_WRITES, Daemon, _cannot_run, audit_records, calls
+from test_observer import ALLOW_ALL, DENY_WRITES, Daemon, _kernel_or_skip, audit_records, calls  # noqa: F401 (autouse fixture)
 
 HERE = Path(__file__).parent
 HOST_SCRIPT = HERE / "observer_host.py"
 USERS = ("mcpg-alice", "mcpg-bob")
-
-
-@pytest.fixture(autouse=True)
-def _kernel_or_skip() -> None:
-    why = _cannot_run()
-    if why is None:
-        return
-    if os.environ.get("MCP_GUARD_REQUIRE_KERNEL") == "1":
-        pytest.fail(f"MCP_GUARD_REQUIRE_KERNEL=1 but the managed tests cannot run: {why}")
-    pytest.skip(why)
 
 
 @pytest.fixture
