@@ -513,7 +513,12 @@ impl Daemon {
                 }
             }
             Event::Exit { tgid } => {
-                self.observer.forget_fds(tgid);
+                // Descriptor entries of processes that spoke (the kernel adds them as stdio
+                // moves); others age out of the LRU map. A scan per exit of every process
+                // would not keep up with a build.
+                if self.procs.contains_key(&tgid) || self.conns.keys().any(|(t, _)| *t == tgid) {
+                    self.observer.forget_fds(tgid);
+                }
                 self.hosts.remove(&tgid);
                 self.late.remove(&tgid);
                 if let Some(p) = self.procs.remove(&tgid) {
