@@ -560,6 +560,27 @@ def test_host_config_written_back_is_rewrapped(daemon_factory, tmp_path: Path) -
     assert unwrapped.returncode == 0, unwrapped.stderr
 
 
+def test_sighup_reloads_the_policy(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory(ALLOW_ALL)
+    root = tmp_path / "root"
+    root.mkdir()
+    d.policy.write_text(DENY_WRITES)
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)
+    reloaded = d.wait_for("the reload record", lambda recs: [r for r in recs if r["kind"] == "policy_loaded" and (r.get("detail") or {}).get("reload")])
+    new_sha = reloaded[0]["detail"]["policy_sha256"]
+    assert new_sha == hashlib.sha256(DENY_WRITES.encode()).hexdigest()
+    d.run_host({"server": "filesystem", "root": str(root), "calls": [["write_file", {"path": str(root / "w.txt"), "content": "x"}]]})
+    got = d.wait_for("the write_file record", lambda recs: [r for r in calls(recs) if r["tool"] == "write_file"])
+    # Monitor mode: recorded as what the new policy would deny.
+    assert got[0]["would_deny"] is True and got[0]["rule"] == "no-writes"
+    assert got[0]["policy_sha256"] == new_sha
+    # A policy that does not load is reported and the one in force stays.
+    d.policy.write_text("this is not toml [")
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for("the failed-reload alert", lambda recs: alerts_named(recs, "policy_reload_failed"))
+
+
 def test_daemon_stops_promptly_while_processes_keep_starting(daemon_factory, tmp_path: Path) -> None:
     """Exec events of the whole machine keep coming; SIGTERM must still end the daemon."""
     d = daemon_factory()
