@@ -44,6 +44,8 @@ pub fn write(path: &Path, status: &Status) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(status)?)?;
+    // Readable by `mcp-guard status` of any user, whatever the service's umask.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     std::fs::rename(&tmp, path)
 }
 
