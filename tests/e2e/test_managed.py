@@ -242,3 +242,20 @@ def test_socket_refuses_what_it_should(daemon, world: Path) -> None:
     s.close()
     # Nothing was recorded for either.
     assert not managed_records(d)
+
+
+def test_managed_shim_under_a_watched_host_is_seen_not_alerted(daemon, world: Path) -> None:
+    """The observer sees the managed shim too: it must know the daemon records for it."""
+    d = daemon(ALLOW_ALL)
+    root = world / "root"
+    root.mkdir()
+    results = d.run_host({"server": "filesystem", "root": str(root), "wrap": wrap_argv(d, "--audit", str(world / "shim.jsonl")),
+                          "calls": [["list_directory", {"path": str(root)}]], "hold": 1.0})
+    assert results == [{"ok": ["list_directory"], "errors": []}], results
+    time.sleep(3)  # past the shim-record grace period
+    recs = d.records()
+    alerts = [(r.get("detail") or {}).get("alert") for r in recs if r["kind"] == "alert"]
+    assert not alerts, alerts
+    assert [r for r in calls(managed_records(d)) if r["tool"] == "list_directory"]
+    st = d.status()
+    assert st["counters"]["sessions_seen"] == 0, "the wrapped server is not an observed session"

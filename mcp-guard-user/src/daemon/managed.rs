@@ -32,6 +32,8 @@ pub struct Shared {
     pub audit_path: std::path::PathBuf,
     /// Commits wait for fdatasync: done on a blocking thread rather than the event loop.
     pub durable: bool,
+    /// Live managed sessions by shim pid, for `mcp-guard status`.
+    pub live: std::sync::Mutex<std::collections::HashMap<u32, super::status::Session>>,
 }
 
 /// Listens at `path` (any local user may connect; each is identified by the kernel).
@@ -186,11 +188,37 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
         return refuse(&mut stream, format!("the audit log cannot be written: {e}")).await;
     }
     let w = Welcome { ok: true, error: None, session: Some(ctx.session.to_string()), policy_sha256: Some(policy.sha256().to_string()) };
-    send(&mut stream, managed::WELCOME, &serde_json::to_vec(&w)?).await?;
+    // Known as managed before the shim hears back, so the observer never takes it for a
+    // standalone shim whose own log it should check.
+    let entry = super::status::Session {
+        pid: server.pid as u32,
+        server: hello.name.clone(),
+        host: host.as_ref().map(|h| h.comm.clone()),
+        user: principal.user.clone().or(Some(principal.uid.to_string())),
+        wrapped: true,
+        messages: 0,
+    };
+    if let Ok(mut live) = shared.live.lock() {
+        live.insert(peer as u32, entry);
+    }
+    if let Err(e) = send(&mut stream, managed::WELCOME, &serde_json::to_vec(&w)?).await {
+        if let Ok(mut live) = shared.live.lock() {
+            live.remove(&(peer as u32));
+        }
+        return Err(e.into());
+    }
+    let result = serve_session(&mut stream, &shared, &mut session, policy, peer).await;
+    if let Ok(mut live) = shared.live.lock() {
+        live.remove(&(peer as u32));
+    }
+    result
+}
 
+/// Judges a welcomed shim's frames until it ends or goes away.
+async fn serve_session(stream: &mut UnixStream, shared: &Shared, session: &mut Session, policy: Arc<Policy>, peer: i32) -> anyhow::Result<()> {
     let mut ended = false;
     loop {
-        let frame = match managed::read_frame(&mut stream).await {
+        let frame = match managed::read_frame(stream).await {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
@@ -208,12 +236,17 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
                     session.set_policy(p.clone());
                 }
                 let plan = session.judge(j.dir, &j.data, j.frames.iter().cloned());
-                let acts = match commit(&shared, plan.commit).await {
+                let acts = match commit(shared, plan.commit).await {
                     Ok(()) => plan.acts,
                     Err(e) => session.refuse_unrecorded(j.dir, &j.data, &j.frames, code::AUDIT_UNAVAILABLE, &e),
                 };
-                send(&mut stream, managed::PLAN, &managed::encode_plan(j.seq, &acts)).await?;
+                send(stream, managed::PLAN, &managed::encode_plan(j.seq, &acts)).await?;
                 shared.audit.append(plan.append);
+                if let Ok(mut live) = shared.live.lock()
+                    && let Some(s) = live.get_mut(&(peer as u32))
+                {
+                    s.messages += j.frames.len() as u64;
+                }
             }
             (managed::END, payload) => {
                 let end: End = serde_json::from_slice(&payload).unwrap_or(End { exit_code: None, signal: None });
@@ -221,9 +254,9 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
                 let mut rec = Record::new("session_end", session.ctx());
                 rec.detail = Some(serde_json::json!({ "exit_code": end.exit_code, "signal": end.signal, "counters": session.counters }));
                 records.push(rec);
-                let _ = commit(&shared, records).await;
+                let _ = commit(shared, records).await;
                 let acts = if errors.is_empty() { Vec::new() } else { vec![crate::guard::Act::ToClient(errors)] };
-                send(&mut stream, managed::PLAN, &managed::encode_plan(0, &acts)).await?;
+                send(stream, managed::PLAN, &managed::encode_plan(0, &acts)).await?;
                 ended = true;
                 break;
             }
@@ -236,7 +269,7 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
     if !ended {
         let mut rec = Record::new("session_end", session.ctx());
         rec.detail = Some(serde_json::json!({ "reason": "shim disconnected", "counters": session.counters }));
-        let _ = commit(&shared, vec![rec]).await;
+        let _ = commit(shared, vec![rec]).await;
     }
     Ok(())
 }

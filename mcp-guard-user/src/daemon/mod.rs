@@ -94,6 +94,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
         max_message: cfg.max_message,
         audit_path: cfg.audit.clone(),
         durable: cfg.durability == audit::Durability::Durable,
+        live: Default::default(),
     });
     let socket = cfg.run_dir.join(crate::managed::SOCKET_NAME);
     let listener = managed::listen(&socket)?;
@@ -728,7 +729,9 @@ impl Daemon {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.role = role;
             p.host = host;
-            if role == Role::Shim && !p.joined_late {
+            // A managed shim's decisions are the daemon's own records: nothing to compare.
+            let managed = self.managed.as_ref().is_some_and(|m| m.live.lock().is_ok_and(|l| l.contains_key(&tgid)));
+            if role == Role::Shim && !p.joined_late && !managed {
                 p.log = shimlog::ShimLog::of(tgid);
                 if p.log.is_none() {
                     tracing::warn!(pid = tgid, "cannot find the audit log of a shim; its records are not checked");
@@ -1010,6 +1013,7 @@ impl Daemon {
                 Some(status::Session { pid, server, host, user, wrapped, messages: p.session.as_ref().map_or(0, |s| s.messages) })
             })
             .chain(self.socket_sessions())
+            .chain(self.managed.iter().flat_map(|m| m.live.lock().map(|l| l.values().cloned().collect::<Vec<_>>()).unwrap_or_default()))
             .collect();
         let st = status::Status {
             pid: std::process::id(),

@@ -29,7 +29,7 @@ pub struct Host {
     pub comm: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     pub pid: u32,
     pub server: String,
