@@ -38,6 +38,16 @@ pub const END: u8 = 4;
 /// Largest frame accepted: a message at the largest limit, twice, and headers.
 pub const MAX_FRAME: usize = 160 << 20;
 
+/// Largest frame the daemon reads from a shim whose messages are at most `max_message`
+/// bytes: a read's worth of lines (the shim reads 256 KiB at a time) plus one whole
+/// message, with framing.
+pub fn max_judge_frame(max_message: usize) -> usize {
+    (max_message + (1 << 20)).min(MAX_FRAME)
+}
+
+/// Hellos only: small.
+pub const MAX_HELLO: usize = 1 << 20;
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Hello {
     pub v: u32,
@@ -58,6 +68,24 @@ pub struct Welcome {
     pub error: Option<String>,
     pub session: Option<String>,
     pub policy_sha256: Option<String>,
+    /// The longest message the daemon judges; longer lines are sent as over-long.
+    #[serde(default)]
+    pub max_message: Option<usize>,
+}
+
+/// Frames as the daemon is to see them: a line longer than `max` becomes an over-long
+/// frame (its start only), which is refused and never forwarded, as in a standalone shim.
+pub fn cap_frames(frames: Vec<Frame>, data: &[u8], max: usize) -> Vec<Frame> {
+    frames
+        .into_iter()
+        .map(|f| match f {
+            Frame::Line { msg, .. } if msg.len() > max => {
+                let prefix = data[msg.start..msg.start + crate::frame::PREFIX_LEN.min(msg.len())].to_vec();
+                Frame::TooLong { prefix, seen: msg.len() }
+            }
+            other => other,
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -83,8 +111,9 @@ pub fn frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// Reads one frame: its type and payload. `Ok(None)` at a clean end of stream.
-pub async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<(u8, Vec<u8>)>, Error> {
+/// Reads one frame of at most `max` bytes: its type and payload. `Ok(None)` at a clean end
+/// of stream.
+pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: usize) -> Result<Option<(u8, Vec<u8>)>, Error> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -95,7 +124,7 @@ pub async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<(u8, 
     if len == 0 {
         return Err(Error::Malformed("empty frame"));
     }
-    if len > MAX_FRAME {
+    if len > max.min(MAX_FRAME) {
         return Err(Error::TooLarge(len));
     }
     let mut buf = vec![0; len];
@@ -280,6 +309,16 @@ mod tests {
     }
 
     #[test]
+    fn lines_over_the_limit_become_over_long_frames() {
+        let data = b"{\"a\":1}\n{\"long\":\"xxxxxxxx\"}\n";
+        let frames = vec![Frame::Line { msg: 0..7, raw: 0..8 }, Frame::Line { msg: 8..27, raw: 8..28 }];
+        let capped = cap_frames(frames.clone(), data, 10);
+        assert_eq!(capped[0], frames[0]);
+        assert_eq!(capped[1], Frame::TooLong { prefix: data[8..27].to_vec(), seen: 19 });
+        assert_eq!(cap_frames(frames.clone(), data, 100), frames);
+    }
+
+    #[test]
     fn garbage_is_refused() {
         assert!(decode_judge(b"\x01\x02").is_err());
         let mut bad = encode_judge(1, Direction::ToServer, b"{}\n", &[Frame::Line { msg: 0..2, raw: 0..3 }]);
@@ -330,6 +369,7 @@ pub mod client {
 
     pub struct Client {
         path: PathBuf,
+        max_message: Cell<usize>,
         hello: RefCell<Hello>,
         conn: RefCell<Option<Conn>>,
         seq: Cell<u64>,
@@ -347,7 +387,14 @@ pub mod client {
 
         /// A client with no connection yet: it connects on first use.
         pub fn down(path: PathBuf, hello: Hello) -> Client {
-            Client { path, hello: RefCell::new(hello), conn: RefCell::new(None), seq: Cell::new(1), last_try: Cell::new(None) }
+            Client {
+                path,
+                max_message: Cell::new(usize::MAX),
+                hello: RefCell::new(hello),
+                conn: RefCell::new(None),
+                seq: Cell::new(1),
+                last_try: Cell::new(None),
+            }
         }
 
         fn open(&self) -> Result<Conn, ConnectError> {
@@ -375,6 +422,7 @@ pub mod client {
             if !w.ok {
                 return Err(ConnectError::Refused(w.error.unwrap_or_default()));
             }
+            self.max_message.set(w.max_message.unwrap_or(usize::MAX));
             s.set_nonblocking(true).map_err(|e| unreachable(e.to_string()))?;
             let s = tokio::net::UnixStream::from_std(s).map_err(|e| unreachable(e.to_string()))?;
             let (mut rd, mut wr) = s.into_split();
@@ -391,7 +439,7 @@ pub mod client {
             });
             tokio::spawn(async move {
                 loop {
-                    match super::read_frame(&mut rd).await {
+                    match super::read_frame(&mut rd, super::MAX_FRAME).await {
                         Ok(Some((super::PLAN, payload))) if payload.len() >= 8 => {
                             let seq = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
                             let mut q = w2.lock().unwrap_or_else(|p| p.into_inner());
@@ -449,6 +497,11 @@ pub mod client {
             conn.waiting.lock().unwrap_or_else(|p| p.into_inner()).push_back((seq, reply));
             conn.tx.send(frame).ok()?;
             Some(rx)
+        }
+
+        /// The longest message the daemon judges.
+        pub fn max_message(&self) -> usize {
+            self.max_message.get()
         }
 
         /// Sends frames to be judged; `None` when the daemon cannot be reached.

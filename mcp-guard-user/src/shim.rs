@@ -560,7 +560,10 @@ impl Shared<'_> {
         let lo = frames.iter().filter_map(|f| f.raw().map(|r| r.start)).min().unwrap_or(0);
         let hi = frames.iter().filter_map(|f| f.raw().map(|r| r.end)).max().unwrap_or(0);
         let data = data[lo..hi.max(lo)].to_vec();
-        let frames: Vec<Frame> = frames.iter().map(|f| f.shifted(lo)).collect();
+        let mut frames: Vec<Frame> = frames.iter().map(|f| f.shifted(lo)).collect();
+        if let Some(r) = self.remote {
+            frames = crate::managed::cap_frames(frames, &data, r.max_message());
+        }
         if let Some(rx) = self.remote.and_then(|r| r.judge(dir, &data, &frames)) {
             return Batch { data, frames, decision: Decision::Remote(rx) };
         }

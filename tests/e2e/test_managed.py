@@ -240,8 +240,36 @@ def test_socket_refuses_what_it_should(daemon, world: Path) -> None:
     reply = s.recv(n)
     assert reply[0] == 1 and json.loads(reply[1:])["ok"] is False
     s.close()
-    # Nothing was recorded for either.
+    # One user cannot hold more than 256 connections (a daemon that anyone can exhaust
+    # guards no one).
+    held = []
+    for _ in range(256):
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(sock)
+        held.append(c)
+    extra = socket.socket(socket.AF_UNIX)
+    extra.connect(sock)
+    extra.settimeout(5)
+    n = struct.unpack("<I", extra.recv(4))[0]
+    reply = extra.recv(n)
+    assert json.loads(reply[1:])["ok"] is False and "connections open" in json.loads(reply[1:])["error"]
+    for c in [*held, extra]:
+        c.close()
+    # Nothing was recorded for any of them.
     assert not managed_records(d)
+
+
+def test_message_over_the_daemons_limit_is_refused_not_forwarded(daemon, world: Path) -> None:
+    d = daemon(ALLOW_ALL)
+    root = world / "root"
+    root.mkdir()
+    big = "x" * (5 << 20)  # the daemon judges messages up to 4 MiB by default
+    results = run_client({"server": "filesystem", "root": str(root), "wrap": wrap_argv(d),
+                          "calls": [["write_file", {"path": str(root / "big.txt"), "content": big}],
+                                    ["write_file", {"path": str(root / "ok.txt"), "content": "y" * (1 << 20)}]]})
+    assert results[0]["ok"] == ["write_file"] and len(results[0]["errors"]) == 1, results
+    assert not (root / "big.txt").exists()
+    assert (root / "ok.txt").stat().st_size == 1 << 20
 
 
 def test_managed_shim_under_a_watched_host_is_seen_not_alerted(daemon, world: Path) -> None:

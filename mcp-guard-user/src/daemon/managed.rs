@@ -19,6 +19,8 @@ use crate::policy::{Ancestor, Policy};
 
 /// How long a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections one user may hold at once: a user cannot exhaust the daemon.
+const MAX_PER_USER: usize = 256;
 /// After a daemon restart, how long answers to earlier requests are let through.
 const RESUME_GRACE: Duration = Duration::from_secs(30);
 
@@ -34,6 +36,21 @@ pub struct Shared {
     pub durable: bool,
     /// Live managed sessions by shim pid, for `mcp-guard status`.
     pub live: std::sync::Mutex<std::collections::HashMap<u32, super::status::Session>>,
+    /// Open connections per uid.
+    pub per_user: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+}
+
+/// Counts a user's connection while it lives.
+struct Slot<'a>(&'a Shared, u32);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0.per_user.lock()
+            && let Some(n) = m.get_mut(&self.1)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 /// Listens at `path` (any local user may connect; each is identified by the kernel).
@@ -79,7 +96,7 @@ async fn send(stream: &mut UnixStream, kind: u8, payload: &[u8]) -> std::io::Res
 
 async fn refuse(stream: &mut UnixStream, why: String) -> anyhow::Result<()> {
     tracing::warn!(why, "refused a managed shim");
-    let w = Welcome { ok: false, error: Some(why), session: None, policy_sha256: None };
+    let w = Welcome { ok: false, error: Some(why), session: None, policy_sha256: None, max_message: None };
     send(stream, managed::WELCOME, &serde_json::to_vec(&w)?).await?;
     Ok(())
 }
@@ -102,10 +119,19 @@ async fn commit(shared: &Shared, records: Vec<Record>) -> Result<(), String> {
 
 async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     let cred = stream.peer_cred()?;
+    let open = shared.per_user.lock().map(|mut m| {
+        let n = m.entry(cred.uid()).or_insert(0);
+        *n += 1;
+        *n
+    });
+    let _slot = Slot(&shared, cred.uid());
+    if open.is_ok_and(|n| n > MAX_PER_USER) {
+        return refuse(&mut stream, format!("user {} has {MAX_PER_USER} connections open already", cred.uid())).await;
+    }
     let Some(peer) = cred.pid().filter(|p| *p > 0) else {
         return refuse(&mut stream, "the kernel did not name the connecting process".into()).await;
     };
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, managed::read_frame(&mut stream)).await {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, managed::read_frame(&mut stream, managed::MAX_HELLO)).await {
         Ok(Ok(Some((managed::HELLO, payload)))) => match serde_json::from_slice::<Hello>(&payload) {
             Ok(h) => h,
             Err(e) => return refuse(&mut stream, format!("bad hello: {e}")).await,
@@ -187,7 +213,13 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
     if let Err(e) = commit(&shared, vec![start]).await {
         return refuse(&mut stream, format!("the audit log cannot be written: {e}")).await;
     }
-    let w = Welcome { ok: true, error: None, session: Some(ctx.session.to_string()), policy_sha256: Some(policy.sha256().to_string()) };
+    let w = Welcome {
+        ok: true,
+        error: None,
+        session: Some(ctx.session.to_string()),
+        policy_sha256: Some(policy.sha256().to_string()),
+        max_message: Some(shared.max_message),
+    };
     // Known as managed before the shim hears back, so the observer never takes it for a
     // standalone shim whose own log it should check.
     let entry = super::status::Session {
@@ -218,7 +250,7 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
 async fn serve_session(stream: &mut UnixStream, shared: &Shared, session: &mut Session, policy: Arc<Policy>, peer: i32) -> anyhow::Result<()> {
     let mut ended = false;
     loop {
-        let frame = match managed::read_frame(stream).await {
+        let frame = match managed::read_frame(stream, managed::max_judge_frame(shared.max_message)).await {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {

@@ -95,6 +95,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
         audit_path: cfg.audit.clone(),
         durable: cfg.durability == audit::Durability::Durable,
         live: Default::default(),
+        per_user: Default::default(),
     });
     let socket = cfg.run_dir.join(crate::managed::SOCKET_NAME);
     let listener = managed::listen(&socket)?;
