@@ -13,6 +13,12 @@ pub const FILENAME_LEN: usize = 256;
 /// created by a watched process, its tid), value a [`Watch`].
 pub const WATCHED_MAP: &str = "WATCHED";
 
+/// Name of the array, indexed by pid, that says cheaply who may be watched: non-zero for
+/// every pid in [`WATCHED_MAP`] (and possibly for some that left it). A non-zero, or a pid
+/// beyond its end, is looked up in [`WATCHED_MAP`]; a zero means not watched, with no hash
+/// lookup on the system-call path. User space sizes it to `kernel.pid_max` at load.
+pub const MAYBE_WATCHED_MAP: &str = "MAYBE_WATCHED";
+
 /// Name of the hash map of descriptors whose role differs from their number: key
 /// [`fd_key`], value an [`origin`]. The kernel fills it as watched processes dup their
 /// stdio elsewhere (the MCP Python SDK moves its protocol stream off fds 0 and 1) or

@@ -17,6 +17,26 @@ use mcp_guard_common::{Watch, config};
 #[map]
 static WATCHED: HashMap<u32, Watch> = HashMap::with_max_entries(64 * 1024, 0);
 
+/// Non-zero for every pid in [`WATCHED`]: the system-call path's cheap first test.
+/// Named by `mcp_guard_common::MAYBE_WATCHED_MAP`; user space sets its size.
+#[map]
+static MAYBE_WATCHED: Array<u8> = Array::with_max_entries(32768, 0);
+
+/// Whether `pid` may be in [`WATCHED`]: false only when it surely is not.
+#[inline(always)]
+fn maybe_watched(pid: u32) -> bool {
+    MAYBE_WATCHED.get(pid).is_none_or(|&v| v != 0)
+}
+
+/// Marks `pid` as possibly watched; done before it enters [`WATCHED`].
+#[inline(always)]
+fn mark_watched(pid: u32, on: bool) {
+    if let Some(v) = MAYBE_WATCHED.get_ptr_mut(pid) {
+        // SAFETY: an array element; a byte store is atomic.
+        unsafe { *v = u8::from(on) };
+    }
+}
+
 /// Descriptors whose role differs from their number, keyed by `mcp_guard_common::fd_key`,
 /// valued by `mcp_guard_common::origin`.
 /// Named by `mcp_guard_common::FDS_MAP`.

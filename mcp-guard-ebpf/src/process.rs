@@ -16,7 +16,7 @@ use aya_ebpf::{
 use core::ptr::addr_of_mut;
 use mcp_guard_common::{ExecEvent, ExitEvent, FILENAME_LEN, Watch, fd_key, kind, watch};
 
-use crate::{EVENTS, FDS, WATCHED, lost};
+use crate::{EVENTS, FDS, WATCHED, lost, mark_watched};
 
 /// `field:pid_t child_pid; offset:20; size:4; signed:1;` (sched_process_fork/format)
 const FORK_CHILD_PID: usize = 20;
@@ -53,6 +53,7 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: offset and type from the format file cited at the constant.
     let child: i32 = unsafe { ctx.read_at(FORK_CHILD_PID) }.map_err(|_| 1u32)?;
     let flags = (parent.flags & !watch::HOST) | watch::CAPTURE;
+    mark_watched(child as u32, true);
     // For a new thread `child` is a tid; exit removes it again.
     WATCHED
         .insert(child as u32, Watch { parent: tgid, flags }, 0)
@@ -141,6 +142,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: offset and type from the format file cited at the constant.
     let group_dead: u8 = unsafe { ctx.read_at(EXIT_GROUP_DEAD) }.map_err(|_| 1u32)?;
     if group_dead != 0 && WATCHED.remove(tgid).is_ok() {
+        mark_watched(tgid, false);
         // SAFETY: a helper without arguments.
         let ktime_ns = unsafe { bpf_ktime_get_ns() };
         let event = ExitEvent { kind: kind::EXIT, tgid, ktime_ns };

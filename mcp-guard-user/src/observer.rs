@@ -23,7 +23,8 @@ use aya::{
     programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use mcp_guard_common::{
-    CONFIG_MAP, DataHeader, EVENTS_MAP, ExecEvent, ExitEvent, FDS_MAP, LOST_MAP, MAX_CAPTURE, WATCHED_MAP, Watch,
+    CONFIG_MAP, DataHeader, EVENTS_MAP, ExecEvent, ExitEvent, FDS_MAP, LOST_MAP, MAX_CAPTURE, MAYBE_WATCHED_MAP, WATCHED_MAP,
+    Watch,
     config, data, fd_key, kind,
 };
 use tokio::io::{Interest, unix::AsyncFd};
@@ -160,6 +161,7 @@ pub struct Observer {
     // Owns the programs and their links.
     _ebpf: Ebpf,
     watched: HashMap<MapData, u32, Watch>,
+    maybe_watched: Array<MapData, u8>,
     fds: HashMap<MapData, u64, u8>,
     lost: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
@@ -184,8 +186,15 @@ impl Observer {
             path: path.to_owned(),
             source,
         })?;
+        // One byte per possible pid (32768 to 4194304): the system-call path's first test.
+        let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(1 << 22)
+            .clamp(1024, 1 << 22);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, settings.ring_bytes)
+            .map_max_entries(MAYBE_WATCHED_MAP, pid_max)
             .load(&bytes)
             .map_err(|source| Error::Load {
                 path: path.to_owned(),
@@ -216,6 +225,7 @@ impl Observer {
             .and_then(|()| program.attach(name).map(drop))
             .map_err(|source| Error::Program { name, source })?;
         let watched = take_map(&mut ebpf, WATCHED_MAP)?;
+        let maybe_watched = take_map(&mut ebpf, MAYBE_WATCHED_MAP)?;
         let fds = take_map(&mut ebpf, FDS_MAP)?;
         let lost = take_map(&mut ebpf, LOST_MAP)?;
         let events = take_map(&mut ebpf, EVENTS_MAP)?;
@@ -224,6 +234,7 @@ impl Observer {
         Ok(Self {
             _ebpf: ebpf,
             watched,
+            maybe_watched,
             fds,
             lost,
             events: Some(events),
@@ -234,6 +245,12 @@ impl Observer {
     /// Watches `tgid` and, from now on, every process it forks; the children are
     /// captured (`watch::CAPTURE`) whatever `flags` say about `tgid` itself.
     pub fn watch(&mut self, tgid: u32, flags: u32) -> Result<(), Error> {
+        // Marked first: the kernel looks in the watch map only for marked pids. A pid
+        // beyond the array (pid_max raised since) is always looked up.
+        match self.maybe_watched.set(tgid, 1, 0) {
+            Ok(()) | Err(MapError::OutOfBounds { .. }) => {}
+            Err(source) => return Err(Error::Watch { tgid, source }),
+        }
         // Parent 0: a root of a watched tree, not a child the kernel saw forked.
         self.watched
             .insert(tgid, Watch { parent: 0, flags }, 0)
@@ -280,7 +297,10 @@ impl Observer {
     /// Stops watching `tgid`; children already watched stay watched.
     pub fn unwatch_tgid(&mut self, tgid: u32) -> Result<(), Error> {
         match self.watched.remove(&tgid) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(MapError::KeyNotFound) => {
+                let _ = self.maybe_watched.set(tgid, 0, 0);
+                Ok(())
+            }
             Err(source) => Err(Error::Watch { tgid, source }),
         }
     }

@@ -54,6 +54,10 @@ def daemon(world: Path):
 
     yield make
     for d in made:
+        for h in d.hosts:
+            if h.poll() is None:
+                h.kill()
+                h.wait()
         if d.proc is not None:
             assert d.stop() == 0, d.log.read_text()
 
@@ -167,13 +171,18 @@ def test_session_survives_a_daemon_restart(daemon, world: Path) -> None:
     spec_file.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
     host = subprocess.Popen([sys.executable, str(HOST_SCRIPT), f"@{spec_file}"], stdout=subprocess.PIPE, text=True, env=env)
-    d.wait_for("the managed session", lambda recs: [r for r in recs if r["kind"] == "session_start" and r.get("transport") == "stdio-managed"])
-    assert d.stop() == 0
-    go1.write_text("")  # a call while the daemon is down: refused
-    time.sleep(2)
-    d.start()
-    go2.write_text("")  # calls after it is back: the shim reconnects
-    out, _ = host.communicate(timeout=60)
+    try:
+        d.wait_for("the managed session", lambda recs: [r for r in recs if r["kind"] == "session_start" and r.get("transport") == "stdio-managed"])
+        assert d.stop() == 0
+        go1.write_text("")  # a call while the daemon is down: refused
+        time.sleep(2)
+        d.start()
+        go2.write_text("")  # calls after it is back: the shim reconnects
+        out, _ = host.communicate(timeout=60)
+    finally:
+        if host.poll() is None:  # never leave the session behind
+            host.kill()
+            host.wait()
     result = json.loads(out.splitlines()[-1])
     assert result["ok"] == ["list_allowed_directories", "list_directory"], result
     assert len(result["errors"]) == 1 and "unreachable" in result["errors"][0], result

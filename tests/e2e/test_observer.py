@@ -91,6 +91,8 @@ class Daemon:
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
+        #: Hosts started by the test, killed at teardown if still running.
+        self.hosts: list[subprocess.Popen[str]] = []
 
     def start(self) -> None:
         status = self.run_dir / "status.json"
@@ -121,7 +123,7 @@ class Daemon:
         env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
         spec_file = self.dir / f"spec-{secrets.token_hex(4)}.json"
         spec_file.write_text(json.dumps(spec))
-        return subprocess.Popen(
+        p = subprocess.Popen(
             [str(self.host_exe), str(HOST_SCRIPT), f"@{spec_file}"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -129,6 +131,8 @@ class Daemon:
             env=env,
             **kw,
         )
+        self.hosts.append(p)
+        return p
 
     def run_host(self, spec: dict[str, Any]) -> list[dict[str, Any]]:
         p = self.host(spec)
@@ -171,6 +175,10 @@ def daemon_factory(tmp_path: Path):
 
     yield make
     for d in made:
+        for h in d.hosts:
+            if h.poll() is None:
+                h.kill()
+                h.wait()
         if d.proc is not None:
             assert d.stop() == 0, d.log.read_text()
         subprocess.run([str(harness.guard_bin()), "audit", "verify", str(d.audit)], check=True)
