@@ -68,6 +68,49 @@ fn stats(mut v: Vec<Duration>) -> Stats {
     Stats { p50: v[v.len() / 2], p99: v[v.len() * 99 / 100], mean }
 }
 
+/// Per-decision cost inside one process: (judge alone, judge + commit).
+fn in_process(args: &Args) -> anyhow::Result<(Stats, Stats)> {
+    use mcp_guard::audit::{Audit, Context, Durability};
+    use mcp_guard::guard::{Session, Subject};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir()?;
+    let (audit, writer) = Audit::open(&dir.path().join("audit.jsonl"), Durability::PageCache)?;
+    let policy = Arc::new(mcp_guard::policy::Policy::parse(
+        "default = \"allow\"\n\n[[rule]]\nid = \"no-writes\"\ntool = \"write_file\"\naction = \"deny\"\n",
+        "bench",
+    )?);
+    let raw = |v: serde_json::Value| serde_json::value::to_raw_value(&v).map_err(anyhow::Error::from);
+    let ctx = Arc::new(Context {
+        session: "bench".into(),
+        transport: "stdio-managed",
+        policy_sha256: policy.sha256().to_string(),
+        mode: "enforce",
+        principal: raw(serde_json::json!({"uid": 0}))?,
+        agent_host: raw(serde_json::json!(null))?,
+        chain: raw(serde_json::json!([]))?,
+        server: raw(serde_json::json!({"name": "bench"}))?,
+    });
+    let mut session = Session::new("bench".into(), policy, ctx, 4 << 20, Subject::default());
+    let (mut only, mut with_commit) = (Vec::new(), Vec::new());
+    for i in 0..(args.warmup + args.iterations) {
+        let line = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"tools/call\",\"params\":{{\"name\":\"read_file\",\"arguments\":{{\"path\":\"/srv/data/report-{i}.txt\"}}}}}}\n"
+        );
+        let frames = [Frame::Line { msg: 0..line.len() - 1, raw: 0..line.len() }];
+        let t = Instant::now();
+        let plan = session.judge(Direction::ToServer, line.as_bytes(), frames);
+        let judged = t.elapsed();
+        audit.commit_blocking(plan.commit)?;
+        let total = t.elapsed();
+        if i >= args.warmup {
+            only.push(judged);
+            with_commit.push(total);
+        }
+    }
+    audit.close(writer);
+    Ok((stats(only), stats(with_commit)))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // The "server": a child of this process, as the daemon requires.
@@ -129,11 +172,17 @@ fn run(args: &Args, server_pid: u32) -> anyhow::Result<()> {
     drop(a);
     let _ = echo.join();
 
+    // The daemon's work without the IPC, in this process: judge, then commit the record
+    // (chained, signed, page cache), as the daemon does per decision.
+    let (judge_only, judge_commit) = in_process(args)?;
+
     let (d, f) = (stats(daemon), stats(floor));
     let us = |x: Duration| x.as_secs_f64() * 1e6;
     println!("managed decision round trip, {} requests (after {} warm-up):", args.iterations, args.warmup);
     println!("  {:<44} p50 {:>7.1} us   p99 {:>7.1} us   mean {:>7.1} us", "unix socket echo (IPC floor)", us(f.p50), us(f.p99), us(f.mean));
     println!("  {:<44} p50 {:>7.1} us   p99 {:>7.1} us   mean {:>7.1} us", "daemon: judge + record (page cache) + answer", us(d.p50), us(d.p99), us(d.mean));
+    println!("  {:<44} p50 {:>7.1} us", "in process: judge only", us(judge_only.p50));
+    println!("  {:<44} p50 {:>7.1} us", "in process: judge + record (page cache)", us(judge_commit.p50));
     let verdict = if d.p50 <= Duration::from_micros(100) { "PASS" } else { "FAIL" };
     println!("  median {:.1} us vs target <= 100 us: {verdict}; {:.1}x the IPC floor", us(d.p50), us(d.p50) / us(f.p50).max(0.001));
     Ok(())
