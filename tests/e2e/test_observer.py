@@ -568,6 +568,32 @@ def test_host_config_written_back_is_rewrapped(daemon_factory, tmp_path: Path) -
     assert unwrapped.returncode == 0, unwrapped.stderr
 
 
+def test_server_left_stopped_by_a_dead_daemon_is_killed_at_start(daemon_factory, tmp_path: Path) -> None:
+    """A daemon that dies while a gated server waits leaves it stopped; the next one,
+    with `denied = "kill"`, cannot judge that read and kills it (fail closed)."""
+    d = daemon_factory(DENY_WRITES + '\n[observer]\ndenied = "kill"\n', start=False)
+    root = tmp_path / "root"
+    root.mkdir()
+    gate = tmp_path / "go"
+    host = d.host({"server": "filesystem", "root": str(root), "start_gate": str(gate),
+                   "calls": [["list_directory", {"path": str(root)}]]})
+    deadline = time.monotonic() + 30
+    server = None
+    while server is None and time.monotonic() < deadline:
+        kids = subprocess.run(["pgrep", "-P", str(host.pid)], capture_output=True, text=True).stdout.split()
+        server = int(kids[0]) if kids else None
+        time.sleep(0.1)
+    assert server, "the host started no server"
+    time.sleep(2)  # initialised
+    os.kill(server, signal.SIGSTOP)  # as a gate whose daemon died would leave it
+    d.start()
+    alert = d.wait_for("the stopped-server alert", lambda recs: alerts_named(recs, "stopped_server_found"))
+    assert alert[0]["detail"]["pid"] == server and alert[0]["detail"]["killed"] is True
+    gate.write_text("")
+    out, _ = host.communicate(timeout=60)
+    assert json.loads(out.splitlines()[-1])["ok"] == []
+
+
 def test_sighup_reloads_the_policy(daemon_factory, tmp_path: Path) -> None:
     d = daemon_factory(ALLOW_ALL)
     root = tmp_path / "root"

@@ -457,6 +457,7 @@ impl Daemon {
                 }
                 self.map_stdio(c, p);
                 self.late.insert(c);
+                self.recover_gate(c);
                 queue.push(c);
             }
         }
@@ -483,6 +484,25 @@ impl Daemon {
                 let _ = self.observer.set_fd(pid, fd, origin::NONE);
             }
         }
+    }
+
+    /// A host's child found stopped at start-up, with `denied = "kill"` in force, may be a
+    /// server a previous daemon stopped at a read it never judged (it died meanwhile).
+    /// Nothing can judge that read now: fail closed. (Agent hosts start their servers
+    /// without a terminal, so job control does not stop them.)
+    fn recover_gate(&mut self, pid: u32) {
+        if gate_flag(&self.policy) == 0 || procs::state(pid) != Some('T') {
+            return;
+        }
+        let killed = self.kill(pid);
+        self.alert(None, serde_json::json!({
+            "alert": "stopped_server_found",
+            "pid": pid,
+            "cmdline": identity::redact_args(&procs::cmdline(pid)),
+            "action": "kill",
+            "killed": killed,
+            "why": "stopped at start-up under denied = \"kill\": a read a previous daemon never judged",
+        }));
     }
 
     fn watch_host(&mut self, pid: u32, flags: u32) {
