@@ -148,10 +148,9 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
     if principal.uid != cred.uid() {
         return refuse(&mut stream, "the connecting process changed identity".into()).await;
     }
-    let server = Process::read(hello.server_pid as i32).ok();
-    if server.as_ref().is_none_or(|s| s.ppid != peer) {
+    let Some(server) = Process::read(hello.server_pid as i32).ok().filter(|s| s.ppid == peer) else {
         return refuse(&mut stream, format!("process {} is not a child of the connecting process {peer}", hello.server_pid)).await;
-    }
+    };
     let restrictions = match &hello.policy {
         None => None,
         Some(text) => {
@@ -166,7 +165,6 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
     let host = me.as_ref().and_then(|m| Process::read(m.ppid).ok());
     let chain = identity::ancestry(peer);
     let policy = shared.policy.read().map(|p| p.clone()).map_err(|_| anyhow::anyhow!("policy lock poisoned"))?;
-    let server = server.expect("checked above");
     let ctx = Arc::new(Context {
         session: audit::random_id().into(),
         transport: "stdio-managed",
