@@ -126,7 +126,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
     let remote = match &opts.managed {
         None => None,
         Some(m) => {
-            let hello = crate::managed::Hello {
+            let hello = || crate::managed::Hello {
                 v: 1,
                 name: opts.name.clone(),
                 server_pid: pid as u32,
@@ -134,7 +134,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
                 policy_origin: m.policy.as_ref().map(|(_, origin)| origin.clone()),
                 resumed: false,
             };
-            match Client::connect(m.socket.clone(), hello) {
+            match Client::connect(m.socket.clone(), hello()) {
                 Ok(c) => Some(c),
                 Err(ConnectError::Refused(why)) => {
                     eprintln!("mcp-guard: the mcp-guard daemon refused this shim: {why}");
@@ -146,15 +146,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
                 Err(e @ ConnectError::Unreachable { .. }) => match m.when_down {
                     WhenDown::Refuse => {
                         tracing::warn!(error = %e, "refusing requests until the daemon is back");
-                        let hello = crate::managed::Hello {
-                            v: 1,
-                            name: opts.name.clone(),
-                            server_pid: pid as u32,
-                            policy: m.policy.as_ref().map(|(text, _)| text.clone()),
-                            policy_origin: m.policy.as_ref().map(|(_, origin)| origin.clone()),
-                            resumed: false,
-                        };
-                        Some(Client::down(m.socket.clone(), hello))
+                        Some(Client::down(m.socket.clone(), hello()))
                     }
                     WhenDown::Standalone => {
                         tracing::warn!(error = %e, "judging locally with the shim's own policy");

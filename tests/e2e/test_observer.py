@@ -64,9 +64,13 @@ def _kernel_or_skip() -> None:
 
 
 def audit_records(path: Path) -> list[dict[str, Any]]:
+    """The complete records of a log that may still be being written (a last line without
+    its newline is left out)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    text = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 class Daemon:

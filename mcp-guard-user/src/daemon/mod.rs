@@ -784,22 +784,19 @@ impl Daemon {
         let principal = identity::principal_of(pid);
         let host_proc = host.and_then(|h| self.hosts.get(&h).cloned().or_else(|| Process::read(h as i32).ok()));
         let chain = identity::ancestry(pid);
-        let ctx = Arc::new(Context {
-            session: audit::random_id().into(),
-            transport: "stdio-observed",
-            policy_sha256: self.policy.sha256().to_string(),
-            mode: crate::guard::mode_name(self.policy.mode()),
-            principal: raw(&principal),
-            agent_host: raw(&host_proc.as_ref().map(Link::long)),
-            chain: raw(&chain.iter().map(Link::short).collect::<Vec<_>>()),
-            server: raw(&serde_json::json!({
+        let ctx = self.observed_ctx(
+            "stdio-observed",
+            &principal,
+            host_proc.as_ref(),
+            &chain,
+            serde_json::json!({
                 "name": name,
                 "pid": pid,
                 "exe": process.as_ref().and_then(|p| p.exe.clone()),
                 "argv": identity::redact_args(&argv),
                 "exec_id": process.as_ref().map(|p| p.exec_id.clone()),
-            })),
-        });
+            }),
+        );
         let uid = principal.as_ref().map_or(u32::MAX, |p| p.uid);
         let subject = Subject {
             principal: Some(crate::policy::Principal::from_uid(uid)),
@@ -833,6 +830,28 @@ impl Daemon {
             p.killed = killed;
             p.session = Some(Box::new(Observed { guard, name, host: host_proc, user, uid, messages: 0 }));
         }
+    }
+
+    /// The context of a session the observer judges: who (from /proc), through which
+    /// transport, under the policy in force.
+    fn observed_ctx(
+        &self,
+        transport: &'static str,
+        principal: &Option<identity::Principal>,
+        host: Option<&Process>,
+        chain: &[Process],
+        server: serde_json::Value,
+    ) -> Arc<Context> {
+        Arc::new(Context {
+            session: audit::random_id().into(),
+            transport,
+            policy_sha256: self.policy.sha256().to_string(),
+            mode: crate::guard::mode_name(self.policy.mode()),
+            principal: raw(principal),
+            agent_host: raw(&host.map(Link::long)),
+            chain: raw(&chain.iter().map(Link::short).collect::<Vec<_>>()),
+            server: raw(&server),
+        })
     }
 
     fn kill(&mut self, tgid: u32) -> bool {

@@ -2,14 +2,12 @@
 //! HTTP/1.1 whose bodies are JSON-RPC (local Streamable HTTP), seen from the connecting
 //! (or accepting) watched process.
 
-use std::sync::Arc;
-
 use super::http::{self, HttpStream};
-use super::{Daemon, Observed, judge_into, procs, raw};
-use crate::audit::{self, Context, Record};
+use super::{Daemon, Observed, judge_into, procs};
+use crate::audit::Record;
 use crate::frame::{Frame, Framer};
 use crate::guard::{Direction, Session, Subject};
-use crate::identity::{self, Link, Process};
+use crate::identity::{self, Process};
 use crate::observer::{Data, Socket};
 use crate::policy::{Ancestor, Reaction};
 use mcp_guard_common::origin;
@@ -184,23 +182,20 @@ impl Daemon {
         let principal = identity::principal_of(who);
         let chain = identity::ancestry(who);
         self.counters.sessions_seen += 1;
-        let ctx = Arc::new(Context {
-            session: audit::random_id().into(),
-            transport: if proto == Proto::Http { "http-observed" } else { "socket-observed" },
-            policy_sha256: self.policy.sha256().to_string(),
-            mode: crate::guard::mode_name(self.policy.mode()),
-            principal: raw(&principal),
-            agent_host: raw(&host_proc.as_ref().map(Link::long)),
-            chain: raw(&chain.iter().map(Link::short).collect::<Vec<_>>()),
-            server: raw(&serde_json::json!({
+        let ctx = self.observed_ctx(
+            if proto == Proto::Http { "http-observed" } else { "socket-observed" },
+            &principal,
+            host_proc.as_ref(),
+            &chain,
+            serde_json::json!({
                 "name": name,
                 "address": format!("{scheme}://{address}"),
                 "pid": server_pid,
                 "exe": server.as_ref().and_then(|p| p.exe.clone()),
                 "argv": server.as_ref().map(|p| p.cmdline.clone()),
                 "exec_id": server.as_ref().map(|p| p.exec_id.clone()),
-            })),
-        });
+            }),
+        );
         let subject = Subject {
             principal: principal.as_ref().map(|p| crate::policy::Principal::from_uid(p.uid)),
             ancestry: Some(chain.iter().map(|p| Ancestor { exe: p.exe.clone(), comm: p.comm.clone() }).collect()),

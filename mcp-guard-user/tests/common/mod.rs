@@ -526,8 +526,12 @@ impl Drop for Shim {
     }
 }
 
+/// The complete records of a log, which may be read while a shim still writes it: a last
+/// line without its newline is a record being written, and is left out.
 pub fn read_audit(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or(0, |i| i + 1);
+    text.truncate(complete);
     text.lines()
         .map(|l| {
             serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
