@@ -421,7 +421,10 @@ def read_audit(path: Path, *, until_kind: str | None = None, wait: float = 5.0) 
     while True:
         records: list[dict[str, Any]] = []
         if path.exists():
-            for n, line in enumerate(path.read_text().splitlines(), 1):
+            text = path.read_text()
+            # A last line without its newline is a record still being written.
+            text = text[: text.rfind("\n") + 1]
+            for n, line in enumerate(text.splitlines(), 1):
                 if line.strip():
                     try:
                         records.append(json.loads(line))
