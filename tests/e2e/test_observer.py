@@ -245,6 +245,21 @@ def test_unwrapped_filesystem_server_is_recorded_with_kernel_identity(daemon_fac
     assert alert[0]["detail"]["action"] == "alert"
 
 
+def test_server_is_named_as_the_host_config_names_it(daemon_factory, tmp_path: Path) -> None:
+    """A project `.mcp.json` in the host's working directory names the server `my-files`:
+    records (and policy rules) use that name, not the program's."""
+    d = daemon_factory(ALLOW_ALL + '\n[[rule]]\nid = "no-listing-my-files"\nserver = "my-files"\ntool = "list_directory"\naction = "deny"\n')
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / ".mcp.json").write_text(json.dumps(
+        {"mcpServers": {"my-files": {"command": str(harness.NODE_BIN / "mcp-server-filesystem"), "args": [str(root)]}}}))
+    host = d.host({"server": "filesystem", "root": str(root), "calls": [["list_directory", {"path": str(root)}]]}, cwd=tmp_path)
+    host.communicate(timeout=60)
+    got = d.wait_for("the list_directory record", lambda recs: [r for r in calls(recs) if r["tool"] == "list_directory"])
+    assert got[0]["server"]["name"] == "my-files"
+    assert got[0]["would_deny"] is True and got[0]["rule"] == "no-listing-my-files"
+
+
 def test_one_mebibyte_message_is_reassembled_intact(daemon_factory, tmp_path: Path) -> None:
     d = daemon_factory()
     root = tmp_path / "root"

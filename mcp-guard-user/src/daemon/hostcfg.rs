@@ -16,6 +16,29 @@ pub struct Watch {
 }
 
 impl Daemon {
+    /// The name an agent host's config gives the server `pid` belongs to: the entry that
+    /// launched the host's child above (or at) `pid`. Policy rules name servers so.
+    pub(super) fn config_name(&self, pid: u32, host: u32) -> Option<String> {
+        // The host's direct child on the way up from `pid`.
+        let mut child = pid;
+        for _ in 0..64 {
+            let parent = super::procs::parent(child)?;
+            if parent == host {
+                break;
+            }
+            child = parent;
+        }
+        let cmdline = self.launched.get(&child).cloned().unwrap_or_else(|| super::procs::cmdline(child));
+        let uid = crate::identity::principal_of(host as i32)?.uid;
+        let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten()?.dir;
+        let cwd = std::fs::read_link(format!("/proc/{host}/cwd")).ok();
+        hosts::scan(&home, &cwd.into_iter().collect::<Vec<_>>())
+            .into_iter()
+            .flat_map(|f| f.servers)
+            .find(|s| s.transport == Transport::Stdio && s.command.as_deref().is_some_and(|c| super::procs::launched_by(&cmdline, c, &s.args)))
+            .map(|s| s.name)
+    }
+
     pub(super) fn check_host_configs(&mut self) {
         let mode = self.cfg.host_configs;
         if mode == HostConfigs::Off {

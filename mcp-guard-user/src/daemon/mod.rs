@@ -293,6 +293,8 @@ struct Daemon {
     managed: Option<Arc<managed::Shared>>,
     /// Unwrapped host config entries already reported.
     host_cfg: hostcfg::Watch,
+    /// Children of agent hosts: their command line at their first exec.
+    launched: HashMap<u32, Vec<String>>,
 }
 
 fn raw<T: serde::Serialize>(v: &T) -> Box<RawValue> {
@@ -389,6 +391,7 @@ impl Daemon {
             last_scan: Instant::now(),
             managed: None,
             host_cfg: hostcfg::Watch::default(),
+            launched: HashMap::new(),
         }
     }
 
@@ -529,12 +532,18 @@ impl Daemon {
                 if let Some(p) = self.procs.remove(&e.tgid) {
                     self.end(e.tgid, p, "exec");
                 }
+                // A host's own child: its command line as the host launched it names its
+                // entry in the host's config (later execs, `env` -> `node`, keep the first).
+                if self.hosts.contains_key(&e.ppid) && !self.launched.contains_key(&e.tgid) {
+                    self.launched.insert(e.tgid, procs::cmdline(e.tgid));
+                }
                 if e.watch & watch::GATE != 0 && procs::is_shim(e.tgid) {
                     // Shims are judged by themselves; their reads need no gate.
                     let _ = self.observer.set_flags(e.tgid, e.watch & !watch::GATE);
                 }
             }
             Event::Exit { tgid } => {
+                self.launched.remove(&tgid);
                 // Descriptor entries of processes that spoke (the kernel adds them as stdio
                 // moves); others age out of the LRU map. A scan per exit of every process
                 // would not keep up with a build.
@@ -780,7 +789,7 @@ impl Daemon {
         let pid = tgid as i32;
         let process = Process::read(pid).ok();
         let argv = procs::cmdline(tgid);
-        let name = procs::server_name(&argv);
+        let name = host.and_then(|h| self.config_name(tgid, h)).unwrap_or_else(|| procs::server_name(&argv));
         let principal = identity::principal_of(pid);
         let host_proc = host.and_then(|h| self.hosts.get(&h).cloned().or_else(|| Process::read(h as i32).ok()));
         let chain = identity::ancestry(pid);

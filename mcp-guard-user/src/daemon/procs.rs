@@ -103,6 +103,18 @@ pub fn server_name(argv: &[String]) -> String {
     }
 }
 
+/// Whether a host config entry (`command`, `args`) launched a process whose command line,
+/// as first exec'd, is `cmdline`: the entry's arguments end it, and its command is one of
+/// its words (a `#!` script runs as `interpreter script args...`).
+pub fn launched_by(cmdline: &[String], command: &str, args: &[String]) -> bool {
+    if cmdline.len() < args.len() + 1 || !cmdline.ends_with(args) {
+        return false;
+    }
+    let head = &cmdline[..cmdline.len() - args.len()];
+    let want = base(command);
+    head.iter().any(|w| w == command || base(w) == want)
+}
+
 /// Whether `pid` is an `mcp-guard wrap` shim.
 pub fn is_shim(pid: u32) -> bool {
     let argv = cmdline(pid);
@@ -197,6 +209,17 @@ mod tests {
         assert_eq!(server_name(&v(&["npx", "-y", "@modelcontextprotocol/server-memory@1.0"])), "server-memory");
         assert_eq!(server_name(&v(&["/opt/bin/github-mcp-server", "stdio"])), "github-mcp-server");
         assert_eq!(server_name(&v(&["uv", "run", "weather.py"])), "weather");
+    }
+
+    #[test]
+    fn config_entries_are_matched_to_what_they_launched() {
+        let a = |x: &[&str]| v(x);
+        // A script with a shebang runs as `env node script args`.
+        assert!(launched_by(&a(&["/usr/bin/env", "node", "/x/.bin/mcp-server-filesystem", "/tmp"]), "/x/.bin/mcp-server-filesystem", &a(&["/tmp"])));
+        assert!(launched_by(&a(&["node", "/usr/bin/npx", "-y", "@m/server-memory"]), "npx", &a(&["-y", "@m/server-memory"])));
+        assert!(!launched_by(&a(&["node", "/usr/bin/npx", "-y", "@m/server-memory"]), "npx", &a(&["-y", "@m/server-git"])));
+        assert!(!launched_by(&a(&["python3", "-m", "mcp_server_time"]), "uvx", &a(&["mcp_server_time"])));
+        assert!(!launched_by(&a(&["x"]), "x", &a(&["y"])));
     }
 
     #[test]
