@@ -429,7 +429,9 @@ pub fn unwrap_text(host: Host, text: &str) -> Result<(String, Vec<String>)> {
         let Some(shape) = &e.shape else { continue };
         match shape {
             Shape::Separate { cmd, args, absent_removal, .. } => {
-                let a = args.as_ref().expect("wrapped implies args");
+                let Some(a) = args.as_ref() else {
+                    bail!("server {}: wrapped but has no args", e.label());
+                };
                 // args = ["wrap", opts..., "--", CMD, ARGS...]
                 let Some(dd) = a.elems.iter().position(|s| s.value.as_deref() == Some("--")) else {
                     bail!("server {}: wrapped but no `--` in args", e.label());
