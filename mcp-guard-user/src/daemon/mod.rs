@@ -256,7 +256,9 @@ struct Proc {
     killed: bool,
 }
 
-#[derive(Default, Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// What the daemon counts; `status.json` carries them under `counters`.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Counters {
     pub events: u64,
     pub bytes: u64,

@@ -10,37 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde::Deserialize;
 use serde_json::Value;
 
-/// What the daemon writes in `status.json` under `counters`.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(default)]
-pub struct Counters {
-    pub events: u64,
-    pub bytes: u64,
-    pub messages: u64,
-    pub lost_kernel: u64,
-    pub lost_sequence: u64,
-    pub alerts: u64,
-    pub killed: u64,
-    pub sessions_seen: u64,
-}
+pub use mcp_guard::daemon::Counters;
 
-impl Counters {
-    /// The counters a watched session moves. `events` is left out: it also counts the
-    /// exec and exit of every process on the machine.
-    fn session_part(&self) -> [u64; 7] {
-        [
-            self.bytes,
-            self.messages,
-            self.lost_kernel,
-            self.lost_sequence,
-            self.alerts,
-            self.killed,
-            self.sessions_seen,
-        ]
-    }
+/// The counters a watched session moves. `events` is left out: it also counts the exec and
+/// exit of every process on the machine.
+fn session_part(c: &Counters) -> Counters {
+    Counters { events: 0, ..*c }
 }
 
 /// How one daemon is configured.
@@ -245,7 +222,7 @@ impl Daemon {
         loop {
             std::thread::sleep(Duration::from_millis(100));
             let now = self.counters()?;
-            if now.session_part() != last.session_part() {
+            if session_part(&now) != session_part(&last) {
                 last = now;
                 since = Instant::now();
             } else if since.elapsed() >= quiet {
