@@ -204,22 +204,14 @@ impl Observer {
         cfg.set(config::MAX_CAPTURE, settings.max_capture.min(MAX_CAPTURE as u32), 0)
             .map_err(Error::Config)?;
         for name in SCHED_PROGRAMS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(Error::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| Error::Program { name, source })?;
+            let program: &mut TracePoint = program(&mut ebpf, name)?;
             program
                 .load()
                 .and_then(|()| program.attach("sched", name).map(drop))
                 .map_err(|source| Error::Program { name, source })?;
         }
         let name = DATA_PROGRAM;
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .ok_or(Error::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| Error::Program { name, source })?;
+        let program: &mut RawTracePoint = program(&mut ebpf, name)?;
         program
             .load()
             .and_then(|()| program.attach(name).map(drop))
@@ -314,6 +306,17 @@ impl Observer {
             .map(|fd| Events { fd })
             .map_err(|err| Error::Poll(err.into()))
     }
+}
+
+/// The program `name` of the object, as the kind `T` it must be.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, Error>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 import harness
-from test_observer import ALLOW_ALL, DENY_WRITES, Daemon, _kernel_or_skip, audit_records, calls  # noqa: F401 (autouse fixture)
+from test_observer import ALLOW_ALL, DENY_WRITES, Daemon, _kernel_or_skip, audit_records, calls, tear_down  # noqa: F401 (autouse fixture)
 
 HERE = Path(__file__).parent
 HOST_SCRIPT = HERE / "observer_host.py"
@@ -54,12 +54,7 @@ def daemon(world: Path):
 
     yield make
     for d in made:
-        for h in d.hosts:
-            if h.poll() is None:
-                h.kill()
-                h.wait()
-        if d.proc is not None:
-            assert d.stop() == 0, d.log.read_text()
+        tear_down(d)
 
 
 def socket_of(d: Daemon) -> str:

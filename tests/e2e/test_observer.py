@@ -179,13 +179,18 @@ def daemon_factory(tmp_path: Path):
 
     yield make
     for d in made:
-        for h in d.hosts:
-            if h.poll() is None:
-                h.kill()
-                h.wait()
-        if d.proc is not None:
-            assert d.stop() == 0, d.log.read_text()
+        tear_down(d)
         subprocess.run([str(harness.guard_bin()), "audit", "verify", str(d.audit)], check=True)
+
+
+def tear_down(d: Daemon) -> None:
+    """Kills the hosts a test started (if it failed midway) and stops the daemon."""
+    for h in d.hosts:
+        if h.poll() is None:
+            h.kill()
+            h.wait()
+    if d.proc is not None:
+        assert d.stop() == 0, d.log.read_text()
 
 
 def args_sha256(arguments: dict[str, Any]) -> str:

@@ -252,6 +252,8 @@ struct Proc {
     /// recorded there.
     log: Option<shimlog::ShimLog>,
     unrecorded: std::collections::VecDeque<(String, String, Instant)>,
+    /// Wrapped servers only: the name and user `status` shows, read once.
+    label: Option<(String, Option<String>)>,
     joined_late: bool,
     killed: bool,
 }
@@ -615,6 +617,7 @@ impl Daemon {
             seen_order: Default::default(),
             log: None,
             unrecorded: Default::default(),
+            label: None,
             joined_late: late,
             killed: false,
         });
@@ -761,6 +764,9 @@ impl Daemon {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.role = role;
             p.host = host;
+            if matches!(role, Role::Wrapped(_)) {
+                p.label = Some((procs::server_name(&procs::cmdline(tgid)), identity::principal_of(tgid as i32).and_then(|u| u.user)));
+            }
             // A managed shim's decisions are the daemon's own records: nothing to compare.
             let managed = self.managed.as_ref().is_some_and(|m| m.live.lock().is_ok_and(|l| l.contains_key(&tgid)));
             if role == Role::Shim && !p.joined_late && !managed {
@@ -885,22 +891,30 @@ impl Daemon {
         if denied.is_empty() || dir != Direction::ToServer {
             return;
         }
-        let reaction = self.policy.observer().denied;
-        // Killed first, recorded after: the record must not give the call time to run.
-        let killed = reaction == Reaction::Kill && !p.killed && self.kill(tgid);
+        let may_kill = !p.killed;
+        let killed = self.react_to_denied(&ctx, Some(tgid), may_kill, denied);
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.killed |= killed;
         }
+    }
+
+    /// Denied calls seen going into server `pid`: killed first if the policy says so and
+    /// `may_kill` (the record must not give the call time to run), then an alert each.
+    /// Returns whether it was killed.
+    fn react_to_denied(&mut self, ctx: &Arc<Context>, pid: Option<u32>, may_kill: bool, denied: Vec<Denied>) -> bool {
+        let reaction = self.policy.observer().denied;
+        let killed = reaction == Reaction::Kill && may_kill && pid.is_some_and(|pid| self.kill(pid));
         for (tool, rule) in denied {
-            self.alert(Some(&ctx), serde_json::json!({
+            self.alert(Some(ctx), serde_json::json!({
                 "alert": "denied_call_observed",
-                "pid": tgid,
+                "pid": pid,
                 "tool": tool,
                 "rule": rule,
                 "action": reaction,
                 "killed": killed,
             }));
         }
+        killed
     }
 
     /// Requests (method and id) in `frames`.
@@ -1053,12 +1067,10 @@ impl Daemon {
             .filter_map(|(&pid, p)| {
                 let (server, host, user, wrapped) = match (&p.role, &p.session) {
                     (Role::Server, Some(s)) => (s.name.clone(), s.host.as_ref().map(|h| h.comm.clone()), s.user.clone().or(Some(s.uid.to_string())), false),
-                    (Role::Wrapped(_), _) => (
-                        procs::server_name(&procs::cmdline(pid)),
-                        p.host.and_then(|h| self.hosts.get(&h)).map(|h| h.comm.clone()),
-                        identity::principal_of(pid as i32).and_then(|p| p.user),
-                        true,
-                    ),
+                    (Role::Wrapped(_), _) => {
+                        let (name, user) = p.label.clone()?;
+                        (name, p.host.and_then(|h| self.hosts.get(&h)).map(|h| h.comm.clone()), user, true)
+                    }
                     _ => return None,
                 };
                 Some(status::Session { pid, server, host, user, wrapped, messages: p.session.as_ref().map_or(0, |s| s.messages) })
@@ -1076,7 +1088,7 @@ impl Daemon {
             audit: self.cfg.audit.clone(),
             hosts: self.hosts.iter().map(|(&pid, p)| status::Host { pid, comm: p.comm.clone() }).collect(),
             sessions,
-            counters: self.counters.clone(),
+            counters: self.counters,
         };
         if let Err(e) = status::write(&self.cfg.status_path(), &st) {
             tracing::warn!(error = %e, "cannot write the status file");
@@ -1091,7 +1103,7 @@ impl Daemon {
             }
         }
         let mut rec = Record::new("daemon_stop", &self.ctx);
-        rec.detail = Some(serde_json::to_value(&self.counters).unwrap_or_default());
+        rec.detail = Some(serde_json::to_value(self.counters).unwrap_or_default());
         self.records.push(rec);
         self.flush();
     }

@@ -9,7 +9,7 @@ use crate::frame::{Frame, Framer};
 use crate::guard::{Direction, Session, Subject};
 use crate::identity::{self, Process};
 use crate::observer::{Data, Socket};
-use crate::policy::{Ancestor, Reaction};
+use crate::policy::Ancestor;
 use mcp_guard_common::origin;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,18 +145,7 @@ impl Daemon {
             return;
         }
         let server = conn.server_pid;
-        let reaction = self.policy.observer().denied;
-        let killed = reaction == Reaction::Kill && server.is_some_and(|pid| self.kill(pid));
-        for (tool, rule) in denied {
-            self.alert(Some(&ctx), serde_json::json!({
-                "alert": "denied_call_observed",
-                "pid": server,
-                "tool": tool,
-                "rule": rule,
-                "action": reaction,
-                "killed": killed,
-            }));
-        }
+        self.react_to_denied(&ctx, server, true, denied);
     }
 
     fn open_conn_session(&mut self, (tgid, fd): (u32, u32)) {
