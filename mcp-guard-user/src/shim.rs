@@ -85,14 +85,15 @@ pub enum WhenDown {
 
 /// The policy a managed shim falls back to while the daemon is unreachable: every acting
 /// request (`policy::ACTING_METHODS`) refused, the handshake and listings let through.
-const DAEMON_DOWN_POLICY: &str = r#"default = "deny"
-
-[[rule]]
-id = "daemon-unavailable"
-method = ["tools/call", "resources/read", "prompts/get", "sampling/createMessage", "elicitation/create", "roots/list"]
-action = "deny"
-message = "the mcp-guard daemon is unreachable; requests are refused until it is back"
-"#;
+fn daemon_down_policy() -> anyhow::Result<Policy> {
+    let methods: Vec<String> = crate::policy::ACTING_METHODS.iter().map(|m| format!("{m:?}")).collect();
+    let text = format!(
+        "default = \"deny\"\n\n[[rule]]\nid = \"daemon-unavailable\"\nmethod = [{}]\naction = \"deny\"\n\
+         message = \"the mcp-guard daemon is unreachable; requests are refused until it is back\"\n",
+        methods.join(", ")
+    );
+    Policy::parse(&text, "daemon-unavailable (built-in)").context("fallback policy")
+}
 
 type Sink = Mutex<Option<Pin<Box<dyn AsyncWrite>>>>;
 
@@ -208,7 +209,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
     };
     // A managed shim judges locally only while the daemon is unreachable: fail closed.
     let local_policy = match &remote {
-        Some(_) => Policy::parse(DAEMON_DOWN_POLICY, "daemon-unavailable (built-in)").context("fallback policy")?,
+        Some(_) => daemon_down_policy()?,
         None => opts.policy,
     };
     let mut guard = Session::new(opts.name.clone(), Arc::new(local_policy), ctx.clone(), opts.max_message, subject);

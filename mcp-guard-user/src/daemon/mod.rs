@@ -337,6 +337,10 @@ fn judge_into(
 fn unrecorded(pid: u32, p: &mut Proc, grace: Duration) -> Vec<serde_json::Value> {
     let mut alerts = Vec::new();
     let Some(log) = p.log.as_mut() else { return alerts };
+    // The log is read only while a request waits for its record.
+    if p.unrecorded.is_empty() {
+        return alerts;
+    }
     log.read_new(pid);
     while let Some((method, id, at)) = p.unrecorded.front() {
         if log.recorded(id) {
