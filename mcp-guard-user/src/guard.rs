@@ -86,6 +86,113 @@ pub struct Subject {
     pub server_exe: Option<String>,
     /// The server's working directory, for relative paths in arguments.
     pub cwd: Option<String>,
+    /// Directories the server may resolve relative paths against besides its cwd: those on
+    /// its command line ([`Subject::roots_from_argv`]), and the roots the host lists.
+    pub roots: Vec<String>,
+}
+
+impl Session {
+    /// The built-in rule: a request that names one of mcp-guard's own files is refused, in
+    /// monitor mode too, and raises a `guard_files_targeted` alert.
+    fn refuse_own_files(
+        &mut self,
+        params: Option<&serde_json::Value>,
+        method: &str,
+        tool: Option<&str>,
+        decision: &mut crate::policy::Decision,
+    ) {
+        let Some(params) = params else { return };
+        let s = &self.subject;
+        let bases = crate::policy::path::Bases {
+            cwd: s.cwd.as_deref(),
+            roots: &s.roots,
+            follow_links: true,
+        };
+        let home = s.principal.as_ref().and_then(|p| p.home.as_deref());
+        let Some(hit) = self.own_files.named_in(params, bases, home) else {
+            return;
+        };
+        decision.action = Action::Deny;
+        decision.would_deny = false;
+        decision.rule = crate::own_files::RULE.into();
+        decision.message = Some(
+            "mcp-guard's own files (policy, keys, pins, audit log) are off limits to guarded tools"
+                .into(),
+        );
+        tracing::warn!(method, "refused a request naming mcp-guard's own files");
+        let mut alert = self.record("alert");
+        alert.method = Some(method.to_string());
+        alert.tool = tool.map(crate::identity::redact_text);
+        alert.rule = Some(crate::own_files::RULE.into());
+        alert.detail = Some(
+            serde_json::json!({ "alert": "guard_files_targeted", "path": crate::identity::redact_text(&hit) }),
+        );
+        self.alerts.push(alert);
+    }
+}
+
+impl Session {
+    /// The roots the host gave the server (`roots/list`): the server may resolve relative
+    /// paths against them, so path rules read relative paths against them too.
+    fn learn_roots(&mut self, m: &Message<'_>) {
+        #[derive(Deserialize)]
+        struct Root {
+            uri: String,
+        }
+        #[derive(Deserialize)]
+        struct Roots {
+            roots: Vec<Root>,
+        }
+        let Some(Roots { roots }) = m.result_as() else {
+            return;
+        };
+        for r in roots {
+            let Ok(p) = crate::policy::path::resolve(&r.uri, None, None) else {
+                continue;
+            };
+            // Bounded: each root is one more reading of every relative path.
+            if self.subject.roots.len() < MAX_ROOTS && !self.subject.roots.contains(&p) {
+                self.subject.roots.push(p);
+            }
+        }
+    }
+}
+
+/// The most roots a session keeps for reading relative paths.
+const MAX_ROOTS: usize = 64;
+
+impl Subject {
+    /// The directories on a server's command line (`/srv/data`, `--root=/srv`, `.`), taken
+    /// against its working directory: servers such as the reference filesystem server
+    /// resolve relative paths against these rather than their cwd. Only existing
+    /// directories count, each as spelled and as the kernel resolves it.
+    pub fn roots_from_argv(argv: &[String], cwd: Option<&str>) -> Vec<String> {
+        let mut roots = Vec::new();
+        for arg in argv.iter().skip(1) {
+            let arg = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with('-') => value,
+                _ => arg.as_str(),
+            };
+            if arg.is_empty() || arg.starts_with('-') {
+                continue;
+            }
+            let Ok(p) = crate::policy::path::resolve(arg, cwd, None) else {
+                continue;
+            };
+            if !std::fs::metadata(&p).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            let real = std::fs::canonicalize(&p)
+                .ok()
+                .and_then(|r| r.to_str().map(str::to_string));
+            for r in std::iter::once(p).chain(real) {
+                if !roots.contains(&r) {
+                    roots.push(r);
+                }
+            }
+        }
+        roots
+    }
 }
 
 /// One shim session: the server's name, the policy in force, what is in flight.
@@ -112,6 +219,8 @@ pub struct Session {
     /// Until then, answers to requests this session never saw are let through: they were
     /// made before a restart of the daemon that judges this session.
     resumed_until: Option<Instant>,
+    /// mcp-guard's own files, which no request may name (built in, whatever the policy).
+    own_files: crate::own_files::OwnFiles,
     pub counters: Counters,
 }
 
@@ -156,7 +265,14 @@ impl Session {
         max_message: usize,
         subject: Subject,
     ) -> Session {
+        let mut own_files = crate::own_files::OwnFiles::standard();
+        if let Some(home) = subject.principal.as_ref().and_then(|p| p.home.as_deref()) {
+            // The principal's own config and state, when the judge runs as someone else.
+            own_files.add_dir(&std::path::Path::new(home).join(".config/mcp-guard"));
+            own_files.add_dir(&std::path::Path::new(home).join(".local/state/mcp-guard"));
+        }
         Session {
+            own_files,
             name,
             policy,
             subject,
@@ -173,6 +289,12 @@ impl Session {
             resumed_until: None,
             counters: Counters::default(),
         }
+    }
+
+    /// mcp-guard's files that no request may name: add the session's own (policy, audit
+    /// log, key, pins) to the standard ones.
+    pub fn own_files_mut(&mut self) -> &mut crate::own_files::OwnFiles {
+        &mut self.own_files
     }
 
     /// Adds a policy whose denials apply on top of the session's policy.
@@ -460,6 +582,8 @@ impl Session {
             ancestry: s.ancestry.as_deref(),
             arguments,
             cwd: s.cwd.as_deref(),
+            roots: &s.roots,
+            follow_links: true,
         };
         let mut decision = self
             .policy
@@ -496,6 +620,9 @@ impl Session {
             } else {
                 self.blocked.remove(t);
             }
+        }
+        if dir == Direction::ToServer {
+            self.refuse_own_files(params, method, tool, &mut decision);
         }
         let id = m.id.unwrap_or(jsonrpc::null_id());
         let mut rec = self.record(if dir == Direction::ToServer {
@@ -634,6 +761,9 @@ impl Session {
                 c.insert("protocolVersion".into(), v);
             }
             rec.claims = (!c.is_empty()).then_some(serde_json::Value::Object(c));
+        }
+        if p.method == "roots/list" && dir == Direction::ToServer {
+            self.learn_roots(m);
         }
         let mut replace = None;
         if dir == Direction::ToClient {
@@ -790,6 +920,8 @@ impl Session {
                 ancestry: s.ancestry.as_deref(),
                 arguments: None,
                 cwd: s.cwd.as_deref(),
+                roots: &s.roots,
+                follow_links: true,
             };
             let never = self.policy.never_allows(&query);
             if never {

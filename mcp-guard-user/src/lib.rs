@@ -10,6 +10,7 @@ pub mod identity;
 pub mod jsonrpc;
 pub mod managed;
 pub mod observer;
+pub mod own_files;
 pub mod pins;
 pub mod policy;
 pub mod redact;

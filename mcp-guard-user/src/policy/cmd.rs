@@ -33,6 +33,10 @@ pub struct ExplainArgs {
     /// The server's working directory (relative paths in arguments are taken against it).
     #[arg(long)]
     pub cwd: Option<String>,
+    /// A directory the server may also resolve relative paths against (its allowed roots;
+    /// repeatable).
+    #[arg(long = "root", value_name = "DIR")]
+    pub roots: Vec<String>,
     /// The agent host's executable.
     #[arg(long)]
     pub host_exe: Option<String>,
@@ -99,6 +103,8 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<i32> {
         ancestry: (!ancestry.is_empty()).then_some(ancestry.as_slice()),
         arguments: arguments.as_ref(),
         cwd: args.cwd.as_deref(),
+        roots: &args.roots,
+        follow_links: true,
     };
     let ex = policy.explain(&q);
     let d = &ex.decision;

@@ -111,6 +111,9 @@ pub(super) struct Exes {
     names: Names,
 }
 
+/// The `pointer` that stands for every path-like string at any depth of the arguments.
+pub(super) const ANY_PATH: &str = "**";
+
 /// One argument constraint.
 #[derive(Debug)]
 pub(super) struct ArgRule {
@@ -155,8 +158,6 @@ pub(super) struct Root {
     pub(super) source: Template,
     /// The normalized root when it needs no expansion.
     pub(super) fixed: Option<String>,
-    /// For `~/rest` and `${home}/rest`: `/rest`, normalized (`/` for the home itself).
-    pub(super) home_rel: Option<String>,
 }
 
 /// A string with `${user}`, `${home}` or `${uid}` in it.
@@ -466,18 +467,6 @@ impl Template {
         })
     }
 
-    /// `rest` when the template is `~/rest`, `~`, `${home}/rest` or `${home}`.
-    pub(super) fn home_relative(&self) -> Option<&str> {
-        match self.parts.as_slice() {
-            [Part::Lit(s)] => s
-                .strip_prefix('~')
-                .filter(|r| r.is_empty() || r.starts_with('/')),
-            [Part::Var(Var::Home)] => Some(""),
-            [Part::Var(Var::Home), Part::Lit(s)] => Some(s.as_str()).filter(|r| r.starts_with('/')),
-            _ => None,
-        }
-    }
-
     /// The text when it has no variables.
     pub(super) fn fixed(&self) -> Option<&str> {
         match self.parts.as_slice() {
@@ -587,21 +576,36 @@ impl Policy {
                     for p in &r.redact {
                         match Regex::new(p.get_ref()) {
                             Ok(re) => extra.push(re),
-                            Err(e) => ctx.err(p.span().start, &format!("invalid redact regex: {e}")),
+                            Err(e) => {
+                                ctx.err(p.span().start, &format!("invalid redact regex: {e}"))
+                            }
                         }
                     }
-                    responses = crate::redact::Responses::new(r.redact_builtin.unwrap_or(true), extra, r.max_bytes.unwrap_or(0));
+                    responses = crate::redact::Responses::new(
+                        r.redact_builtin.unwrap_or(true),
+                        extra,
+                        r.max_bytes.unwrap_or(0),
+                    );
                 }
                 if let Some(o) = raw.observer {
                     let o = o.into_inner();
-                    observer = Observer { unwrapped: o.unwrapped.unwrap_or_default(), denied: o.denied.unwrap_or_default() };
+                    observer = Observer {
+                        unwrapped: o.unwrapped.unwrap_or_default(),
+                        denied: o.denied.unwrap_or_default(),
+                    };
                 }
             } else {
                 if let Some(r) = &raw.responses {
-                    ctx.err(r.span().start, "`[responses]` may only be set in the main policy file, not in a drop-in");
+                    ctx.err(
+                        r.span().start,
+                        "`[responses]` may only be set in the main policy file, not in a drop-in",
+                    );
                 }
                 if let Some(o) = &raw.observer {
-                    ctx.err(o.span().start, "`[observer]` may only be set in the main policy file, not in a drop-in");
+                    ctx.err(
+                        o.span().start,
+                        "`[observer]` may only be set in the main policy file, not in a drop-in",
+                    );
                 }
                 if let Some(d) = &raw.default {
                     ctx.err(
@@ -1082,8 +1086,8 @@ impl Ctx<'_> {
     fn arg(&mut self, a: RawArg, at: usize) -> Option<ArgRule> {
         let before = self.diags.len();
         let pointer = a.pointer.get_ref().clone();
-        if !(pointer.is_empty() || pointer.starts_with('/')) {
-            self.err(a.pointer.span().start, "`pointer` is a JSON pointer into `arguments`: empty or starting with `/`, like `/path`");
+        if !(pointer.is_empty() || pointer.starts_with('/') || pointer == ANY_PATH) {
+            self.err(a.pointer.span().start, "`pointer` is a JSON pointer into `arguments`: empty or starting with `/`, like `/path`; or `**` for every path-like argument");
         }
         let mut tests = Vec::new();
         let template = |ctx: &mut Self, at: usize, s: &str| -> Option<Template> {
@@ -1211,14 +1215,7 @@ impl Ctx<'_> {
                     Some(f) if f.starts_with('/') => Some(path::normalize(f)),
                     _ => None,
                 };
-                let home_rel = t
-                    .home_relative()
-                    .map(|rest| path::normalize(&format!("/{rest}")));
-                roots.push(Root {
-                    source: t,
-                    fixed,
-                    home_rel,
-                });
+                roots.push(Root { source: t, fixed });
             }
             if p.get_ref().0.is_empty() {
                 self.err(at, "`path_under`: an empty list matches nothing");
@@ -1240,6 +1237,9 @@ impl Ctx<'_> {
                 at,
                 "`negate` takes exactly one test (write one constraint per negated test)",
             );
+        }
+        if pointer == ANY_PATH && tests.iter().any(|t| !t.per_element()) {
+            self.err(at, "`pointer = \"**\"` takes the tests that look at one string: glob, regex, prefix, path_under");
         }
         if self.diags.len() > before {
             return None;

@@ -13,6 +13,7 @@
 //! *any* element passes, an allow rule only when *every* element does. `eq`, `one_of` and
 //! `min_len`/`max_len` look at the value as a whole.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::compiled::{
-    ArgRule, Dynamic, Expect, NO_ESCAPE, Rate, Rule, Test, glob_escape, regex_escape,
+    ANY_PATH, ArgRule, Dynamic, Expect, NO_ESCAPE, Rate, Rule, Test, glob_escape, regex_escape,
 };
 use super::{ACTING_METHODS, Action, Mode, Policy, RuleAction, path};
 
@@ -65,6 +66,11 @@ pub struct Query<'a> {
     pub arguments: Option<&'a Value>,
     /// The server's working directory: relative paths in arguments are taken against it.
     pub cwd: Option<&'a str>,
+    /// The server's allowed roots: relative paths may be taken against them too.
+    pub roots: &'a [String],
+    /// Whether path tests also follow symlinks on this file system (the guard's sessions do;
+    /// `explain` and the benchmarks judge the text alone).
+    pub follow_links: bool,
 }
 
 /// The minimal request: server name, method, tool. Converts into a [`Query`] that knows
@@ -343,7 +349,26 @@ impl Rule {
 
 impl ArgRule {
     fn check(&self, q: &Query<'_>, policy: &Policy, fc: bool) -> Result<(), ArgMiss> {
-        let v = q.arguments.and_then(|a| a.pointer(&self.pointer));
+        let every_path;
+        let v = if self.pointer == ANY_PATH {
+            // Every path-like string, as if they were one array: deny and audit rules match
+            // when any of them passes, allow rules only when all do.
+            let mut found = Vec::new();
+            if let Some(a) = q.arguments {
+                path::path_like_strings(a, None, &mut found);
+            }
+            every_path = (!found.is_empty()).then(|| {
+                Value::Array(
+                    found
+                        .into_iter()
+                        .map(|s| Value::String(s.to_string()))
+                        .collect(),
+                )
+            });
+            every_path.as_ref()
+        } else {
+            q.arguments.and_then(|a| a.pointer(&self.pointer))
+        };
         let Some(v) = v else {
             return if self.present == Some(false) {
                 Ok(())
@@ -385,7 +410,7 @@ impl ArgRule {
 }
 
 impl Test {
-    fn per_element(&self) -> bool {
+    pub(super) fn per_element(&self) -> bool {
         matches!(
             self,
             Test::Glob { .. }
@@ -470,28 +495,36 @@ impl Test {
                     return Tri::Unknown;
                 };
                 let home = p.and_then(|p| p.home.as_deref());
-                let Ok(target) = path::resolve(s, q.cwd, home) else {
+                let bases = path::Bases {
+                    cwd: q.cwd,
+                    roots: q.roots,
+                    follow_links: q.follow_links,
+                };
+                let Ok(readings) = path::resolutions(s, bases, home) else {
                     return Tri::Unknown;
                 };
-                any_of(roots.iter().map(|r| match (&r.fixed, &r.home_rel) {
-                    (Some(root), _) => Some(path::is_under(&target, root)),
-                    // Under `home + rel` without building it, when the home is already normal.
-                    (None, Some(rel)) if home.is_some_and(path::is_normal) => {
-                        let h = home.unwrap_or_default().trim_end_matches('/');
-                        Some(target.strip_prefix(h).is_some_and(|t| {
-                            if rel == "/" {
-                                t.is_empty() || t.starts_with('/')
-                            } else {
-                                path::is_under(t, rel)
-                            }
-                        }))
+                let mut known: Vec<Cow<'_, str>> = Vec::with_capacity(roots.len());
+                let mut unknown_root = false;
+                for r in roots {
+                    match &r.fixed {
+                        Some(root) => known.push(Cow::Borrowed(root.as_str())),
+                        None => match r
+                            .source
+                            .expand(p, NO_ESCAPE)
+                            .and_then(|root| path::resolve(&root, None, home).ok())
+                        {
+                            Some(root) => known.push(Cow::Owned(root)),
+                            None => unknown_root = true,
+                        },
                     }
-                    _ => {
-                        let root = r.source.expand(p, NO_ESCAPE)?;
-                        let root = path::resolve(&root, None, home).ok()?;
-                        Some(path::is_under(&target, &root))
-                    }
-                }))
+                }
+                let known: Vec<&str> = known.iter().map(|r| r.as_ref()).collect();
+                match path::under_any(&readings, &known) {
+                    Some(true) => Tri::Yes,
+                    Some(false) if !unknown_root => Tri::No,
+                    // The readings disagree, or a root could not be expanded.
+                    _ => Tri::Unknown,
+                }
             }
         }
     }
@@ -672,14 +705,19 @@ impl Policy {
         }
         let (mut denied, mut could_allow) = (false, false);
         self.index.each_candidate(q.method, q.server, q.tool, |i| {
-            let Some(r) = self.rules.get(i as usize) else { return };
+            let Some(r) = self.rules.get(i as usize) else {
+                return;
+            };
             match r.action {
-                RuleAction::Deny if r.args.is_empty() && r.check_with(q, self, false).is_ok() => denied = true,
+                RuleAction::Deny if r.args.is_empty() && r.check_with(q, self, false).is_ok() => {
+                    denied = true
+                }
                 RuleAction::Allow if r.check_with(q, self, false).is_ok() => could_allow = true,
                 _ => {}
             }
         });
-        denied || (!could_allow && self.default == Action::Deny && ACTING_METHODS.contains(&q.method))
+        denied
+            || (!could_allow && self.default == Action::Deny && ACTING_METHODS.contains(&q.method))
     }
 
     fn matched(&self, q: &Query<'_>) -> Matched {
@@ -748,7 +786,10 @@ impl Policy {
             would_deny: monitor && verdict == Action::Deny,
             audit: m.audit.map(|i| rule(i).id.clone()),
             rate_limited,
-            record_arguments: decider.into_iter().chain(m.audit).any(|i| rule(i).record_arguments),
+            record_arguments: decider
+                .into_iter()
+                .chain(m.audit)
+                .any(|i| rule(i).record_arguments),
             policy_sha256: self.sha256.clone(),
         }
     }

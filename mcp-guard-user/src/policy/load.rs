@@ -150,39 +150,56 @@ impl Env {
     }
 }
 
-/// The files [`standalone`] may read, in its order: what to watch for changes. Paths that
-/// do not exist are included (creating one changes the policy).
-pub fn standalone_candidates(flag: Option<&Path>) -> Vec<PathBuf> {
-    let env = Env::current();
-    if let Some(p) = flag.map(Path::to_path_buf).or_else(|| env.policy.clone().map(PathBuf::from)) {
-        return vec![p.clone(), p.join("policy.toml"), p.join("policy.d")];
-    }
-    let mut out = Vec::new();
-    if let Some(c) = env
-        .xdg_config_home
-        .clone()
-        .map(PathBuf::from)
-        .or_else(|| env.home.clone().map(|h| PathBuf::from(h).join(".config")))
-    {
-        out.push(c.join("mcp-guard/policy.toml"));
-    }
-    out.push(env.system_dir.join("policy.toml"));
-    out.push(env.system_dir.join("policy.d"));
-    out
+/// Where a standalone policy is read from. A running shim reloads from that place only: a
+/// policy file appearing earlier in the search order while it runs (written by a guarded
+/// tool, say) does not replace the policy the session was started with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chosen {
+    /// `--policy`, `$MCP_GUARD_POLICY` (a file, or a directory with `policy.toml` and
+    /// `policy.d/`), or the user's `policy.toml`.
+    File(PathBuf),
+    /// The system policy and its drop-ins.
+    SystemDir(PathBuf),
+    /// The built-in default.
+    BuiltIn,
 }
 
-/// The standalone policy: `--policy`, `$MCP_GUARD_POLICY`, the user's config, the system
-/// policy, the built-in default.
-pub fn standalone(flag: Option<&Path>) -> Result<Policy, Error> {
-    standalone_in(flag, &Env::current())
+impl Chosen {
+    /// Reads the policy from this place.
+    pub fn load(&self) -> Result<Policy, Error> {
+        match self {
+            Chosen::File(p) => Policy::load(p),
+            Chosen::SystemDir(d) => Policy::load_dir(d),
+            Chosen::BuiltIn => Policy::compile(&[Source {
+                name: "built-in".into(),
+                text: BUILTIN.into(),
+            }]),
+        }
+    }
+
+    /// The paths whose change means the policy may have changed (drop-in directories
+    /// included; paths that do not exist yet too).
+    pub fn watched(&self) -> Vec<PathBuf> {
+        match self {
+            Chosen::File(p) => vec![p.clone(), p.join("policy.toml"), p.join("policy.d")],
+            Chosen::SystemDir(d) => vec![d.join("policy.toml"), d.join("policy.d")],
+            Chosen::BuiltIn => Vec::new(),
+        }
+    }
 }
 
-pub(super) fn standalone_in(flag: Option<&Path>, env: &Env) -> Result<Policy, Error> {
+/// Where the standalone policy comes from: `--policy`, `$MCP_GUARD_POLICY`, the user's
+/// config, the system policy, the built-in default.
+pub fn chosen(flag: Option<&Path>) -> Chosen {
+    chosen_in(flag, &Env::current())
+}
+
+fn chosen_in(flag: Option<&Path>, env: &Env) -> Chosen {
     if let Some(p) = flag
         .map(Path::to_path_buf)
         .or_else(|| env.policy.clone().map(PathBuf::from))
     {
-        return Policy::load(&p);
+        return Chosen::File(p);
     }
     let config = env
         .xdg_config_home
@@ -193,13 +210,20 @@ pub(super) fn standalone_in(flag: Option<&Path>, env: &Env) -> Result<Policy, Er
         .map(|c| c.join("mcp-guard/policy.toml"))
         .filter(|p| p.exists())
     {
-        return Policy::load(&p);
+        return Chosen::File(p);
     }
     if env.system_dir.join("policy.toml").exists() {
-        return Policy::load_dir(&env.system_dir);
+        return Chosen::SystemDir(env.system_dir.clone());
     }
-    Policy::compile(&[Source {
-        name: "built-in".into(),
-        text: BUILTIN.into(),
-    }])
+    Chosen::BuiltIn
+}
+
+/// The standalone policy: `--policy`, `$MCP_GUARD_POLICY`, the user's config, the system
+/// policy, the built-in default.
+pub fn standalone(flag: Option<&Path>) -> Result<Policy, Error> {
+    standalone_in(flag, &Env::current())
+}
+
+pub(super) fn standalone_in(flag: Option<&Path>, env: &Env) -> Result<Policy, Error> {
+    chosen_in(flag, env).load()
 }
