@@ -83,3 +83,89 @@ fn an_edited_policy_takes_effect_and_a_broken_one_is_refused() {
     );
     shim.verify_audit();
 }
+
+#[test]
+fn a_policy_appearing_elsewhere_mid_session_does_not_replace_the_one_chosen() {
+    // Started on the built-in policy; a user policy then appears (as a guarded tool with a
+    // shell could write it). It is for the next session, not this one.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg");
+    let mut shim = Builder::new()
+        .env("XDG_CONFIG_HOME", cfg.to_str().unwrap())
+        .env("MCP_GUARD_POLICY", "")
+        .shim_args(&["--policy-poll-ms", "100"])
+        .spawn();
+    let v = shim.call("1", "tools/call", Some(r#"{"name":"x"}"#));
+    assert!(
+        v.get("error").is_none(),
+        "allowed by the built-in policy: {v}"
+    );
+    std::fs::create_dir_all(cfg.join("mcp-guard")).unwrap();
+    std::fs::write(cfg.join("mcp-guard/policy.toml"), DENY_X).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let v = shim.call("2", "tools/call", Some(r#"{"name":"x"}"#));
+    assert!(
+        v.get("error").is_none(),
+        "the new file did not replace the session's policy: {v}"
+    );
+    shim.close_stdin();
+    shim.wait();
+    let loads = shim
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["kind"] == "policy_loaded")
+        .count();
+    assert_eq!(loads, 1, "only the start loaded a policy");
+}
+
+#[test]
+fn a_guarded_call_cannot_touch_the_sessions_policy_key_or_log() {
+    for policy in [ALLOW_ALL, "default = \"allow\"\nmode = \"monitor\"\n"] {
+        let mut shim = Builder::new().policy(policy).spawn();
+        let targets = [
+            shim.path("policy.toml"),
+            shim.path("audit.key"),
+            shim.path("audit.pub"),
+            shim.path("pins.json"),
+            shim.path("audit.jsonl.head"),
+            std::path::PathBuf::from(bin()),
+        ];
+        for (i, t) in targets.iter().enumerate() {
+            let t = t.to_str().unwrap();
+            let params = serde_json::json!({"name": "write_file", "arguments": {"path": "/tmp/x", "nested": [{"destination": t}]}});
+            let v = shim.call(
+                &(100 + i).to_string(),
+                "tools/call",
+                Some(&params.to_string()),
+            );
+            assert_eq!(error_code(&v), -32080, "{t}: {v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("guard-own-files"),
+                "{v}"
+            );
+            let params = serde_json::json!({"uri": format!("file://{t}")});
+            let v = shim.call(
+                &(200 + i).to_string(),
+                "resources/read",
+                Some(&params.to_string()),
+            );
+            assert_eq!(error_code(&v), -32080, "{t}: {v}");
+        }
+        assert!(
+            !shim.server_log_contains(b"write_file"),
+            "no such call reached the server"
+        );
+        shim.close_stdin();
+        shim.wait();
+        let alerts: Vec<Value> = shim
+            .audit_records()
+            .into_iter()
+            .filter(|r| r["kind"] == "alert" && r["detail"]["alert"] == "guard_files_targeted")
+            .collect();
+        assert_eq!(alerts.len(), 2 * targets.len(), "one alert per attempt");
+        shim.verify_audit();
+    }
+}

@@ -8,8 +8,13 @@ only the answer.
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from harness import RawPeer, initialize_line
 import harness
@@ -69,3 +74,210 @@ def test_a_request_nested_behind_bare_carriage_returns_never_runs(git_repo_facto
     finally:
         peer.kill()
     assert "pwned" not in _branches(repo)
+
+
+# --------------------------------------------------------------------------
+# Paths: the guard's reading against the real filesystem server's
+# --------------------------------------------------------------------------
+
+POLICIES = harness.ROOT / "policies"
+SHIPPED = sorted(p.name for p in POLICIES.glob("*.toml"))
+USER = "mcpg-attack"
+
+#: Files of the fixture home, each holding `MARK:<its path>` so a read shows which one the
+#: server reached. Own files are mcp-guard's (created by the shim, or its policy location).
+FILES = [
+    ".ssh/authorized_keys",
+    ".ssh/id_ed25519",
+    ".aws/credentials",
+    "src/app/main.rs",
+    "src/app/.env",
+    "src/app/.git/config",
+    "Documents/notes.md",
+    "Documents/caf\u00e9/secret.txt",
+]
+DIRS = [".ssh", ".aws", "src/app", "Documents/caf\u00e9"]
+OWN = [".config/mcp-guard/policy.toml", ".local/state/mcp-guard/audit.key", ".local/state/mcp-guard/audit.jsonl"]
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            raise AssertionError("the path attack tests need root (a user of their own) and CI runs as root")
+        pytest.skip("needs root: runs the server as a user of its own")
+
+
+def _user_home() -> Path:
+    try:
+        return Path(pwd.getpwnam(USER).pw_dir)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True)
+        return Path(pwd.getpwnam(USER).pw_dir)
+
+
+def _build_tree(home: Path) -> None:
+    """The fixture, rebuilt whole (the shim's own state under .local/state is kept)."""
+    for top in [".ssh", ".aws", "src", "Documents", ".config", "tmp-moved"]:
+        p = home / top
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        elif p.exists():
+            shutil.rmtree(p)
+    for f in FILES:
+        p = home / f
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"MARK:{f}\n")
+    (home / ".config/mcp-guard").mkdir(parents=True, exist_ok=True)
+    (home / ".config/mcp-guard/policy.toml").write_text('default = "allow"\n')
+    (home / "src/app/link").symlink_to(home / ".ssh")
+    subprocess.run(["chown", "-hR", f"{USER}:{USER}", str(home)], check=True)
+
+
+def _spellings(home: Path, rel: str) -> list[str]:
+    """Ways a model may name `home/rel` to a server allowed `home` and started in src/app."""
+    a = f"{home}/{rel}"
+    out = [a, rel, f"~/{rel}", f"file://{a}", f"{home}//./{rel}", f"{home}/src/app/../../{rel}", f"../../{rel}", f"{a}/"]
+    if rel == ".ssh" or rel.startswith(".ssh/"):
+        tail = rel[len(".ssh"):]
+        out += [f"{home}/src/app/link{tail}", f"link{tail}"]
+    if "caf\u00e9" in rel:
+        out += [s.replace("caf\u00e9", "cafe\u0301") for s in (a, rel)]
+    return out
+
+
+def _tools(home: Path, s: str, is_dir: bool) -> list[tuple[str, dict]]:
+    if is_dir:
+        return [
+            ("list_directory", {"path": s}),
+            ("list_directory_with_sizes", {"path": s}),
+            ("directory_tree", {"path": s}),
+            ("search_files", {"path": s, "pattern": "*"}),
+            ("create_directory", {"path": f"{s}/new"}),
+        ]
+    return [
+        ("read_text_file", {"path": s}),
+        ("read_text_file", {"path": s, "head": 1}),
+        ("read_file", {"path": s}),
+        ("read_media_file", {"path": s}),
+        ("get_file_info", {"path": s}),
+        ("read_multiple_files", {"paths": [f"{home}/src/app/main.rs", s]}),
+        ("edit_file", {"path": s, "edits": [{"oldText": "MARK", "newText": "PWN"}], "dryRun": True}),
+        ("write_file", {"path": s, "content": "PWN"}),
+        ("move_file", {"source": s, "destination": f"{home}/tmp-moved"}),
+        ("move_file", {"source": f"{home}/src/app/main.rs", "destination": s}),
+    ]
+
+
+WRITES = {"write_file", "move_file", "create_directory"}
+
+
+class _Session:
+    """One raw MCP session with the filesystem server (allowed: the home; cwd: src/app), as
+    the test user, directly or under `mcp-guard wrap --policy P`."""
+
+    def __init__(self, home: Path, policy: Path | None = None):
+        server = [str(harness.NODE_BIN / "mcp-server-filesystem"), str(home)]
+        argv = server
+        if policy is not None:
+            argv = [str(harness.guard_bin()), "wrap", "--name", "filesystem", "--policy", str(policy), "--", *server]
+        env = {"PATH": os.environ["PATH"], "HOME": str(home)}
+        self.peer = RawPeer(["runuser", "-u", USER, "--", *argv], env=env, cwd=str(home / "src/app"))
+        self.next = 10
+        _open(self.peer)
+
+    def call(self, tool: str, args: dict) -> dict:
+        self.next += 1
+        rid = self.next
+        self.peer.send(json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                                   "params": {"name": tool, "arguments": args}}).encode())
+        line, _ = self.peer.recv_response(rid, timeout=30)
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.peer.close()
+        self.peer.kill()
+
+
+def _denied(answer: dict) -> bool:
+    return answer.get("error", {}).get("code") == harness.DENY_CODE
+
+
+def _reached(answer: dict) -> str | None:
+    """Which fixture file or directory a direct answer shows the server reached."""
+    text = json.dumps(answer.get("result", {}), ensure_ascii=False)
+    if "MARK:" in text:
+        return text.split("MARK:", 1)[1].split("\\n", 1)[0]
+    if "authorized_keys" in text and "id_ed25519" in text:
+        return ".ssh"
+    if "secret.txt" in text:
+        return "Documents/caf\u00e9"
+    return None
+
+
+def test_every_spelling_the_server_follows_is_judged_like_the_place_it_reaches():
+    """For each shipped policy, each tool of the real filesystem server and each spelling of
+    each place: if the policy denies the place named plainly, it denies every spelling the
+    server itself resolves to that place; and mcp-guard's own files are refused always."""
+    _require_root()
+    home = _user_home()
+    _build_tree(home)
+    # What the server itself makes of each spelling (ground truth, unguarded).
+    direct = _Session(home)
+    reach: dict[str, str] = {}
+    try:
+        for rel in FILES:
+            for s in _spellings(home, rel):
+                got = _reached(direct.call("read_text_file", {"path": s}))
+                if got is not None:
+                    reach[s] = got
+        for rel in DIRS:
+            for s in _spellings(home, rel):
+                got = _reached(direct.call("list_directory", {"path": s}))
+                if got is not None:
+                    reach[s] = got
+    finally:
+        direct.close()
+    assert len(reach) >= 40, f"the server resolved few spellings: {reach}"
+    assert reach.get(".ssh/authorized_keys") == ".ssh/authorized_keys", "the server resolves relative paths against its root"
+    assert reach.get(f"{home}/src/app/link/id_ed25519") == ".ssh/id_ed25519"
+    assert reach.get(f"{home}/Documents/cafe\u0301/secret.txt") == "Documents/caf\u00e9/secret.txt"
+
+    misses: list[str] = []
+    compared = denied_plain = 0
+    for name in SHIPPED:
+        # A fresh key and log for each policy: a run that lost its key to an attack does
+        # not hide what the next policy lets through.
+        shutil.rmtree(home / ".local/state/mcp-guard", ignore_errors=True)
+        session = _Session(home, POLICIES / name)
+        try:
+            plain: dict[tuple[str, str, str], bool] = {}
+            for rel in FILES + DIRS:
+                is_dir = rel in DIRS
+                for tool, args in _tools(home, f"{home}/{rel}", is_dir):
+                    key = (tool, json.dumps(sorted(args)), rel)
+                    plain[key] = _denied(session.call(tool, args))
+                    if tool in WRITES:
+                        _build_tree(home)
+            for s, rel in reach.items():
+                is_dir = rel in DIRS
+                for (tool, args), (_, plain_args) in zip(_tools(home, s, is_dir), _tools(home, f"{home}/{rel}", is_dir)):
+                    if not plain[(tool, json.dumps(sorted(plain_args)), rel)]:
+                        continue
+                    denied_plain += 1
+                    compared += 1
+                    answer = session.call(tool, args)
+                    if not _denied(answer):
+                        misses.append(f"{name}: {tool} {json.dumps(args, ensure_ascii=False)} reaches {rel} and was not denied")
+                    if tool in WRITES:
+                        _build_tree(home)
+            for rel in OWN:
+                for s in _spellings(home, rel):
+                    for tool, args in _tools(home, s, False):
+                        compared += 1
+                        if not _denied(session.call(tool, args)):
+                            misses.append(f"{name}: {tool} {json.dumps(args, ensure_ascii=False)} names mcp-guard's own {rel} and was not denied")
+                        _build_tree(home)
+        finally:
+            session.close()
+    assert denied_plain > 100, f"too few denied places to compare ({denied_plain})"
+    assert not misses, f"{len(misses)} of {compared} attacks got through:\n" + "\n".join(misses[:60])

@@ -807,6 +807,34 @@ fn explain_says_why_each_rule_did_not_match() {
     );
 }
 
+#[test]
+fn unicode_equivalent_spellings_of_a_denied_directory_are_denied() {
+    let p = Policy::parse(
+        "default = \"allow\"\n[[rule]]\nid = \"no-cafe\"\ntool = \"*\"\naction = \"deny\"\n[[rule.args]]\npointer = \"**\"\npath_under = \"/srv/caf\u{e9}\"\n",
+        "t",
+    )
+    .unwrap();
+    let a = alice();
+    for path in [
+        "/srv/caf\u{e9}/x",
+        "/srv/cafe\u{301}/x",
+        "/srv/CAF\u{c9}/x",
+        "file:///srv/cafe%CC%81/x",
+    ] {
+        let args = json!({ "path": path });
+        assert_eq!(
+            p.decide(call("fs", "write_file", &a, &args)).rule,
+            "no-cafe",
+            "{path}"
+        );
+    }
+    let args = json!({ "path": "/srv/cafe/x" });
+    assert_eq!(
+        p.decide(call("fs", "write_file", &a, &args)).action,
+        Action::Allow
+    );
+}
+
 // ---- shipped policies, each exercised ----
 
 #[test]
@@ -835,7 +863,31 @@ fn shipped_default_keeps_credentials_out_and_allows_the_rest() {
         .tool("file:///home/alice/.ssh/id_rsa")
         .principal(&a)
         .arguments(&uri);
-    assert_eq!(p.decide(rr).rule, "secrets-resource");
+    assert_eq!(p.decide(rr).rule, "secrets");
+    // Every other argument, at any depth, and every reading of a relative path.
+    for bad in [
+        json!({"source": "/tmp/k", "destination": "~/.ssh/authorized_keys"}),
+        json!({"edits": [{"target_file": "/home/alice/.aws/credentials"}]}),
+        json!({"path": "file:/home/alice/.ssh/id_rsa"}),
+        json!({"path": "/home/alice/.SSH/id_rsa"}),
+    ] {
+        assert_eq!(q("move_file", &bad).rule, "secrets", "{bad}");
+    }
+    // A server that resolves relative paths against its allowed directory (the home) and
+    // runs in a project: `.ssh/authorized_keys` is the real one for it.
+    let roots = ["/home/alice".to_string()];
+    let rel = json!({"path": ".ssh/authorized_keys", "content": "ssh-ed25519 AAAA"});
+    let q = Query {
+        roots: &roots,
+        ..call("filesystem", "write_file", &a, &rel).cwd("/home/alice/src/app")
+    };
+    assert_eq!(p.decide(q).rule, "secrets");
+    let q = call("filesystem", "write_file", &a, &rel).cwd("/home/alice/src/app");
+    assert_eq!(
+        p.decide(q).action,
+        Action::Allow,
+        "no root: the cwd alone is the reading"
+    );
     let s = p.decide(Query::new("x", "sampling/createMessage").principal(&a));
     assert_eq!(
         (s.action, s.audit.as_deref()),
@@ -888,6 +940,24 @@ fn shipped_readonly_filesystem() {
     assert_eq!(
         decide("read_file", json!({"path": "~/src/app/.env"})),
         "fs-no-dotfiles"
+    );
+    for paths in [
+        json!(["~/src/app/.env"]),
+        json!(["~/src/a", "~/src/app/.git/config"]),
+    ] {
+        assert_eq!(
+            decide("read_multiple_files", json!({ "paths": paths })),
+            "fs-no-dotfiles",
+            "{paths}"
+        );
+    }
+    // The same place in another Unicode form is still inside.
+    assert_eq!(
+        decide(
+            "read_file",
+            json!({"path": "/home/alice/Documents/cafe\u{301}/x"})
+        ),
+        "fs-read"
     );
     assert_eq!(
         decide(
@@ -964,7 +1034,17 @@ fn shipped_developer_workstation() {
             json!({"source": "~/src/a", "destination": "/etc/cron.d/x"}),
             &desk
         ),
-        "move-into-projects"
+        "writes-in-projects"
+    );
+    assert_eq!(
+        d(
+            "filesystem",
+            "move_file",
+            json!({"source": "~/.bashrc", "destination": "~/src/x"}),
+            &desk
+        ),
+        "writes-in-projects",
+        "moving a file out of a place is writing there"
     );
     assert_eq!(
         d(
