@@ -144,7 +144,8 @@ pub(super) enum Test {
         min: Option<f64>,
         max: Option<f64>,
     },
-    PathUnder(Vec<Root>),
+    /// The roots, and all of them normalized when none needs expanding.
+    PathUnder(Vec<Root>, Option<Vec<String>>),
 }
 
 #[derive(Debug)]
@@ -835,7 +836,7 @@ impl fmt::Display for Test {
             }
             Test::Len { min, max } => write!(f, "length {}..={}", show_opt(min), show_opt(max)),
             Test::Range { min, max } => write!(f, "range {}..={}", show_opt(min), show_opt(max)),
-            Test::PathUnder(roots) => {
+            Test::PathUnder(roots, _) => {
                 f.write_str("path_under ")?;
                 show_list(
                     f,
@@ -1220,7 +1221,8 @@ impl Ctx<'_> {
             if p.get_ref().0.is_empty() {
                 self.err(at, "`path_under`: an empty list matches nothing");
             }
-            tests.push(Test::PathUnder(roots));
+            let fixed: Option<Vec<String>> = roots.iter().map(|r| r.fixed.clone()).collect();
+            tests.push(Test::PathUnder(roots, fixed));
         }
         let present = a.present.map(Spanned::into_inner);
         if present == Some(false) && !tests.is_empty() {

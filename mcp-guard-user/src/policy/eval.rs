@@ -417,7 +417,7 @@ impl Test {
                 | Test::Regex { .. }
                 | Test::Prefix(_)
                 | Test::Range { .. }
-                | Test::PathUnder(_)
+                | Test::PathUnder(..)
         )
     }
 
@@ -490,7 +490,7 @@ impl Test {
                 };
                 Tri::of(min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m))
             }
-            Test::PathUnder(roots) => {
+            Test::PathUnder(roots, fixed) => {
                 let Some(s) = v.as_str() else {
                     return Tri::Unknown;
                 };
@@ -503,6 +503,13 @@ impl Test {
                 let Ok(readings) = path::resolutions(s, bases, home) else {
                     return Tri::Unknown;
                 };
+                if let Some(fixed) = fixed {
+                    return match path::under_any(&readings, fixed) {
+                        Some(true) => Tri::Yes,
+                        Some(false) => Tri::No,
+                        None => Tri::Unknown,
+                    };
+                }
                 let mut known: Vec<Cow<'_, str>> = Vec::with_capacity(roots.len());
                 let mut unknown_root = false;
                 for r in roots {
@@ -518,7 +525,6 @@ impl Test {
                         },
                     }
                 }
-                let known: Vec<&str> = known.iter().map(|r| r.as_ref()).collect();
                 match path::under_any(&readings, &known) {
                     Some(true) => Tri::Yes,
                     Some(false) if !unknown_root => Tri::No,
