@@ -65,6 +65,76 @@ pub struct Counters {
     pub notifications: u64,
     pub responses: u64,
     pub malformed: u64,
+    /// Requests refused because too many were in flight the same way.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused_in_flight: u64,
+    /// Records not written because the session's audit budget was used up.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unrecorded: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What one session may hold in flight and write to the audit log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Requests in flight per direction (sent, not yet answered); 0: no bound.
+    pub max_in_flight: usize,
+    /// Records a session may write at once (the bucket's size); 0: no budget.
+    pub audit_burst: u32,
+    /// Records per second the budget refills with.
+    pub audit_rate: u32,
+}
+
+impl Limits {
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+    pub const DEFAULT_AUDIT_BURST: u32 = 10_000;
+    pub const DEFAULT_AUDIT_RATE: u32 = 100;
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_in_flight: Limits::DEFAULT_MAX_IN_FLIGHT,
+            audit_burst: Limits::DEFAULT_AUDIT_BURST,
+            audit_rate: Limits::DEFAULT_AUDIT_RATE,
+        }
+    }
+}
+
+/// A token bucket of audit records: one token per record a peer's message causes.
+struct Budget {
+    tokens: f64,
+    last: Instant,
+    /// An alert was raised since the bucket was last full.
+    alerted: bool,
+}
+
+impl Budget {
+    fn new(limits: &Limits) -> Budget {
+        Budget { tokens: f64::from(limits.audit_burst), last: Instant::now(), alerted: false }
+    }
+
+    fn take(&mut self, limits: &Limits, now: Instant) -> bool {
+        if limits.audit_burst == 0 {
+            return true;
+        }
+        let cap = f64::from(limits.audit_burst);
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * f64::from(limits.audit_rate)).min(cap);
+        if self.tokens >= cap {
+            self.alerted = false;
+        }
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 struct Pending {
@@ -112,6 +182,13 @@ pub struct Session {
     /// Until then, answers to requests this session never saw are let through: they were
     /// made before a restart of the daemon that judges this session.
     resumed_until: Option<Instant>,
+    limits: Limits,
+    budget: Budget,
+    /// Requests refused in the current run of "too many in flight", for the client's
+    /// requests (0) and the server's (1); the first of a run is recorded, the rest counted.
+    overflow: [u64; 2],
+    /// The ids of the requests of the batch being judged that will be in flight if it passes.
+    batch_keys: Vec<IdKey>,
     pub counters: Counters,
 }
 
@@ -162,8 +239,44 @@ impl Session {
             alerts: Vec::new(),
             restrictions: None,
             resumed_until: None,
+            limits: Limits::default(),
+            budget: Budget::new(&Limits::default()),
+            overflow: [0; 2],
+            batch_keys: Vec::new(),
             counters: Counters::default(),
         }
+    }
+
+    /// Bounds what the session holds in flight and writes to the audit log.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        self.budget = Budget::new(&limits);
+    }
+
+    /// Takes one record from the session's audit budget. When it is used up, the record
+    /// is not written (counted instead) and, once until the budget is full again, an
+    /// alert says so.
+    fn charge(&mut self) -> bool {
+        if self.budget.take(&self.limits, Instant::now()) {
+            return true;
+        }
+        self.counters.unrecorded += 1;
+        if !self.budget.alerted {
+            self.budget.alerted = true;
+            tracing::error!(server = %self.name, "the session used up its audit budget; refusing requests until it refills");
+            let mut alert = self.record("alert");
+            alert.reason = Some(format!(
+                "the session wrote more than its audit budget ({} records, then {} a second); requests are refused and other records dropped until it refills",
+                self.limits.audit_burst, self.limits.audit_rate
+            ));
+            alert.detail = Some(serde_json::json!({
+                "alert": "audit_budget_exceeded",
+                "audit_burst": self.limits.audit_burst,
+                "audit_rate": self.limits.audit_rate,
+            }));
+            self.alerts.push(alert);
+        }
+        false
     }
 
     /// Adds a policy whose denials apply on top of the session's policy.
@@ -248,6 +361,7 @@ impl Session {
             }
             Ok(Parsed::Single(m)) => {
                 let mut j = self.message(dir, &m, msg.len());
+                self.batch_keys.clear();
                 if j.pass {
                     let replace = j.replace.take();
                     self.settle(j, plan);
@@ -280,6 +394,7 @@ impl Session {
         raw: Range<usize>,
         plan: &mut Plan,
     ) {
+        self.batch_keys.clear();
         let judged: Vec<Judged> = items
             .iter()
             .map(|item| match item {
@@ -287,6 +402,7 @@ impl Session {
                 Err((id, m)) => self.refusal(dir, *id, m, bytes),
             })
             .collect();
+        self.batch_keys.clear();
         if judged.iter().all(|j| j.pass) {
             // Forwarded as received, unless an element was changed (redacted, filtered):
             // then the batch is rebuilt from the elements, changed ones in their new form.
@@ -382,8 +498,86 @@ impl Session {
         }
     }
 
+    /// Which table tracks the requests travelling `dir` (and which run of overflow).
+    fn in_flight(&mut self, dir: Direction) -> (&mut HashMap<IdKey, Pending>, usize) {
+        match dir {
+            Direction::ToServer => (&mut self.pending, 0),
+            Direction::ToClient => (&mut self.server_pending, 1),
+        }
+    }
+
+    /// The bounds a request meets before the policy sees it: its id is not that of a
+    /// request in flight the same way (so no answer can be matched to the wrong request),
+    /// there is room in flight, and the session's audit budget has room for its record.
+    fn admit(&mut self, dir: Direction, m: &Message<'_>, id: &RawValue, key: &IdKey, bytes: usize) -> Option<Judged> {
+        let batch = self.batch_keys.len();
+        let max = self.limits.max_in_flight;
+        let (table, run) = self.in_flight(dir);
+        let live = table.contains_key(key);
+        let full = max > 0 && table.len() + batch >= max;
+        let refuse = |s: &mut Session, code: i64, rule: &str, why: String, recorded: bool| {
+            s.counters.denied += 1;
+            let record = (recorded && s.charge()).then(|| {
+                let mut rec = s.record(if dir == Direction::ToServer { "request" } else { "server_request" });
+                rec.direction = Some(dir.name());
+                rec.decision = Some("deny");
+                rec.rule = Some(rule.to_string());
+                rec.reason = Some(why.clone());
+                rec.method = m.method.as_deref().map(crate::identity::redact_text);
+                rec.request_id = Some(recorded_id(id));
+                rec.bytes = Some(bytes);
+                rec
+            });
+            let error = error_line(id, code, &format!("refused by mcp-guard: {why}"), None);
+            Judged { pass: false, record, durable: true, track: None, error: Some(error), reply_to: dir.reverse(), replace: None }
+        };
+        if live || self.batch_keys.contains(key) {
+            tracing::warn!(direction = dir.name(), "refused a request whose id is in flight already");
+            let why = "a request with an equal id is still in flight".to_string();
+            return Some(refuse(self, code::INVALID_REQUEST, "id-in-flight", why, true));
+        }
+        if full {
+            self.overflow[run] += 1;
+            self.counters.refused_in_flight += 1;
+            let first = self.overflow[run] == 1;
+            if first {
+                tracing::warn!(direction = dir.name(), max, "too many requests in flight; refusing until some are answered");
+            }
+            let why = format!("{max} requests are in flight already; refused until some are answered");
+            return Some(refuse(self, code::TOO_MANY_IN_FLIGHT, "in-flight-limit", why, first));
+        }
+        if !self.charge() {
+            self.counters.denied += 1;
+            let why = "refused by mcp-guard: the session used up its audit budget; try again later";
+            let error = error_line(id, code::AUDIT_BUDGET, why, None);
+            return Some(Judged { pass: false, record: None, durable: true, track: None, error: Some(error), reply_to: dir.reverse(), replace: None });
+        }
+        None
+    }
+
+    /// Ends a run of refusals for too many in flight once there is room again: one alert
+    /// with how many were refused (the first was recorded on its own).
+    fn end_overflow(&mut self, dir: Direction) {
+        let max = self.limits.max_in_flight;
+        let (table, run) = self.in_flight(dir);
+        let len = table.len();
+        if self.overflow[run] == 0 || (max > 0 && len >= max) {
+            return;
+        }
+        let refused = std::mem::take(&mut self.overflow[run]);
+        let mut alert = self.record("alert");
+        alert.direction = Some(dir.name());
+        alert.reason = Some(format!("{refused} requests were refused while {max} were in flight"));
+        alert.detail = Some(serde_json::json!({ "alert": "in_flight_limit", "refused": refused, "max_in_flight": max }));
+        self.alerts.push(alert);
+    }
+
     fn request(&mut self, dir: Direction, m: &Message<'_>, bytes: usize) -> Judged {
         self.counters.requests += 1;
+        let key = IdKey::of(m.id.unwrap_or(jsonrpc::null_id()));
+        if let Some(refused) = self.admit(dir, m, m.id.unwrap_or(jsonrpc::null_id()), &key, bytes) {
+            return refused;
+        }
         let method = m.method.as_deref().unwrap_or_default();
         let params = m.params_value.as_ref();
         let field = |k: &str| params.and_then(|p| p.get(k));
@@ -477,11 +671,12 @@ impl Session {
                     since: Instant::now(),
                     id: id.to_owned(),
                 };
+                self.batch_keys.push(key.clone());
                 Judged {
                     pass: true,
                     record: Some(rec),
                     durable: true,
-                    track: Some((IdKey::of(id), pending)),
+                    track: Some((key, pending)),
                     error: None,
                     reply_to,
             replace: None,
@@ -521,6 +716,13 @@ impl Session {
         };
         let resumed = self.resumed_until.is_some_and(|t| Instant::now() < t);
         let found = table.remove(&IdKey::of(id));
+        if found.is_some() {
+            self.end_overflow(dir.reverse());
+        } else if !self.charge() {
+            // An answer to nothing, past the budget: dropped (or passed, while resuming) unrecorded.
+            let pass = resumed && dir == Direction::ToClient;
+            return Judged { pass, record: None, durable: false, track: None, error: None, reply_to: dir, replace: None };
+        }
         if found.is_none() && resumed && dir == Direction::ToClient {
             rec.decision = Some("allow");
             rec.reason = Some("answer to a request made before the guard daemon restarted".into());
@@ -691,6 +893,9 @@ impl Session {
             // error for that request instead; nothing is sent to the server.
             Direction::ToClient => {
                 let answered = id.and_then(|id| self.pending.remove(&IdKey::of(id)));
+                if answered.is_some() {
+                    self.end_overflow(Direction::ToServer);
+                }
                 let error = answered.map(|p| {
                     rec.links = Some(p.record);
                     let message = format!("the server sent an unusable response: {m}");
@@ -699,7 +904,8 @@ impl Session {
                 (Direction::ToClient, error)
             }
         };
-        Judged { pass: false, record: Some(rec), durable: true, track: None, error, reply_to, replace: None }
+        let record = self.charge().then_some(rec);
+        Judged { pass: false, record, durable: true, track: None, error, reply_to, replace: None }
     }
 
     fn malformed(&mut self, dir: Direction, id: Option<&RawValue>, m: Malformed, bytes: usize, plan: &mut Plan) {
@@ -753,8 +959,12 @@ impl Session {
     /// Error responses for every client request still in flight, and their records.
     pub fn abandon(&mut self, why: &str) -> (Vec<u8>, Vec<Record>) {
         let mut out = Vec::new();
-        let mut records = Vec::new();
-        for (_, p) in std::mem::take(&mut self.pending) {
+        let pending = std::mem::take(&mut self.pending);
+        self.server_pending.clear();
+        self.end_overflow(Direction::ToServer);
+        self.end_overflow(Direction::ToClient);
+        let mut records = std::mem::take(&mut self.alerts);
+        for (_, p) in pending {
             out.extend(error_line(&p.id, code::SERVER_FAILED, why, None));
             out.push(b'\n');
             let mut rec = self.response_record();
@@ -859,3 +1069,6 @@ fn claims(params: &serde_json::Value) -> Option<serde_json::Value> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod flight_tests;

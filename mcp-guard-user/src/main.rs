@@ -102,6 +102,11 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
         audit_opts: audit::Options { max_bytes: w.audit_max_bytes, key: w.audit_key },
         durability,
         max_message: w.max_message,
+        limits: mcp_guard::guard::Limits {
+            max_in_flight: w.max_in_flight,
+            audit_burst: w.audit_burst,
+            audit_rate: w.audit_rate,
+        },
         command: w.command,
         grace: Duration::from_millis(w.shutdown_grace_ms),
         managed,

@@ -57,6 +57,8 @@ pub struct Options {
     pub audit_opts: crate::audit::Options,
     pub durability: Durability,
     pub max_message: usize,
+    /// What one session may hold in flight and write to the audit log.
+    pub limits: crate::guard::Limits,
     pub command: Vec<OsString>,
     /// After the client closes its end: wait this long, then SIGTERM; again, then SIGKILL.
     pub grace: Duration,
@@ -217,6 +219,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         // The daemon decided the requests in flight when it went away; their answers pass.
         guard.resume(Duration::from_secs(365 * 86400));
     }
+    guard.set_limits(opts.limits);
     guard.set_pins(crate::pins::Pins::beside(&opts.audit));
     let session = RefCell::new(guard);
     let server_in: Sink = Mutex::new(child.stdin.take().map(|w| Box::pin(w) as Pin<Box<dyn AsyncWrite>>));
