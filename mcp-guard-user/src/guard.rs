@@ -172,9 +172,19 @@ pub struct Session {
     server_pending: HashMap<IdKey, Pending>,
     /// The protocol revision in use, once known.
     protocol: Option<Arc<str>>,
-    /// Pinned tool definitions, and the tools whose definition changed (hidden, refused).
+    /// Pinned tool definitions and server program (see `crate::pins`).
     pins: Option<crate::pins::Pins>,
-    blocked: std::collections::HashSet<String>,
+    /// Tools found pinned and unchanged: called without looking at the store again.
+    approved: std::collections::HashSet<String>,
+    /// Tools the last listing named more than once (withheld, refused).
+    duplicates: std::collections::HashSet<String>,
+    /// The server was pinned for the first time by a listing whose next page is to come.
+    first_listing: bool,
+    server_pid: Option<i32>,
+    /// The server's program, once hashed (None inside: it could not be read).
+    program: Option<Option<crate::pins::Program>>,
+    program_checked: bool,
+    program_alerted: bool,
     /// Alerts raised while judging, committed with the plan.
     alerts: Vec<Record>,
     /// A second policy that can only add denials (a managed shim's own `--policy`).
@@ -235,7 +245,13 @@ impl Session {
             server_pending: HashMap::new(),
             protocol: None,
             pins: None,
-            blocked: std::collections::HashSet::new(),
+            approved: std::collections::HashSet::new(),
+            duplicates: std::collections::HashSet::new(),
+            first_listing: false,
+            server_pid: None,
+            program: None,
+            program_checked: false,
+            program_alerted: false,
             alerts: Vec::new(),
             restrictions: None,
             resumed_until: None,
@@ -319,6 +335,11 @@ impl Session {
     /// Pins tool definitions in this store.
     pub fn set_pins(&mut self, pins: crate::pins::Pins) {
         self.pins = Some(pins);
+    }
+
+    /// The server's process, whose program is pinned with its tools.
+    pub fn set_server_pid(&mut self, pid: i32) {
+        self.server_pid = (pid > 0).then_some(pid);
     }
 
     /// Puts a newly loaded policy in force for the requests that follow.
@@ -623,19 +644,15 @@ impl Session {
                 }
             }
         }
-        if let Some(t) = tool.filter(|t| method == "tools/call" && self.blocked.contains(*t)) {
-            // Looked up again: the change may have been approved since.
-            if self.pins.as_ref().is_none_or(|p| p.is_blocked(&self.name, t)) {
-                decision.rule = "pinned-tool-changed".into();
-                decision.message =
-                    Some("the tool's definition changed since it was pinned; review and approve it with `mcp-guard pins approve`".into());
-                if self.policy.mode() == Mode::Monitor {
-                    decision.would_deny = true;
-                } else {
-                    decision.action = Action::Deny;
-                }
+        if let Some(t) = tool.filter(|_| method == "tools/call" && dir == Direction::ToServer)
+            && let Some((rule, message)) = self.pin_block(t)
+        {
+            decision.rule = rule.into();
+            decision.message = Some(message.into());
+            if self.policy.mode() == Mode::Monitor {
+                decision.would_deny = true;
             } else {
-                self.blocked.remove(t);
+                decision.action = Action::Deny;
             }
         }
         let id = m.id.unwrap_or(jsonrpc::null_id());
@@ -796,39 +813,109 @@ impl Session {
         Judged { pass: true, record: Some(rec), durable: false, track: None, error: None, reply_to: dir.reverse(), replace }
     }
 
-    /// Checks a `tools/list` page against the pins (pinning new tools) and removes the tools
-    /// whose definition changed, raising an alert for each. Returns their names. If the pin
+    /// The program the server runs, hashed once per session (after it has spoken, so a
+    /// launcher has exec'd what it launches), and checked against the server's pin.
+    fn program(&mut self) -> Option<crate::pins::Program> {
+        let pins = self.pins.clone()?;
+        if self.program.is_none() {
+            let program = self.server_pid.map(|pid| pins.program_of(pid));
+            self.program = Some(program);
+        }
+        self.program.clone().flatten()
+    }
+
+    /// Records, once per session, that the server's program differs from its pin.
+    fn program_changed(&mut self, pinned: &crate::pins::Program, seen: &crate::pins::Program) {
+        if std::mem::replace(&mut self.program_alerted, true) {
+            return;
+        }
+        tracing::warn!(server = %self.name, "the server's program changed since it was pinned; its tools are withheld");
+        let mut alert = self.record("alert");
+        alert.reason = Some("the server's program changed since it was pinned".into());
+        alert.detail = Some(serde_json::json!({
+            "alert": "server_binary_changed",
+            "pinned": pinned,
+            "seen": seen,
+        }));
+        self.alerts.push(alert);
+    }
+
+    /// Why a call to `tool` is held back by the pins, if it is: a duplicated name in the
+    /// last listing, or what the store says (looked up each time, so an approval counts at
+    /// once). Tools the last listing showed clean are not looked up again.
+    fn pin_block(&mut self, tool: &str) -> Option<(&'static str, &'static str)> {
+        if self.duplicates.contains(tool) {
+            return Some(("duplicate-tool-name", "the server listed more than one tool with this name"));
+        }
+        if self.approved.contains(tool) {
+            return None;
+        }
+        let pins = self.pins.clone()?;
+        if !self.program_checked
+            && let Some(program) = self.program()
+        {
+            self.program_checked = true;
+            if let Ok(Some((pinned, seen))) = pins.check_program(&self.name, &program) {
+                self.program_changed(&pinned, &seen);
+            }
+        }
+        match pins.blocked(&self.name, tool) {
+            Some(b) => Some((b.rule(), b.message())),
+            None => {
+                self.approved.insert(tool.to_string());
+                None
+            }
+        }
+    }
+
+    /// Checks a `tools/list` page against the pins and the server's program, and removes
+    /// from it every tool that is not trusted: changed since pinned, added since the first
+    /// listing, named twice in the page, without a name, or all of them when the server's
+    /// program changed. Raises an alert for each; returns the names withheld. If the pin
     /// store cannot be used, every tool is withheld (fail closed) and that is the alert.
     fn pin_tools(&mut self, result: &mut serde_json::Value) -> Vec<String> {
+        use std::collections::HashSet;
         let Some(pins) = self.pins.clone() else { return Vec::new() };
+        let more = result.get("nextCursor").is_some_and(|c| !c.is_null());
+        let program = self.program();
         let Some(tools) = result.get_mut("tools").and_then(serde_json::Value::as_array_mut) else {
             return Vec::new();
         };
-        let seen: Vec<(String, String)> = tools
+        let name_of = |t: &serde_json::Value| t.get("name").and_then(serde_json::Value::as_str).map(str::to_string);
+        let mut count: HashMap<String, usize> = HashMap::new();
+        for t in tools.iter() {
+            if let Some(n) = name_of(t) {
+                *count.entry(n).or_default() += 1;
+            }
+        }
+        let dups: HashSet<String> = count.iter().filter(|(_, c)| **c > 1).map(|(n, _)| n.clone()).collect();
+        let seen: Vec<crate::pins::Seen> = tools
             .iter()
-            .filter_map(|t| Some((t.get("name")?.as_str()?.to_string(), crate::pins::definition_sha256(t))))
+            .filter_map(|t| name_of(t).filter(|n| !dups.contains(n)).map(|n| crate::pins::Seen::of(&n, t)))
             .collect();
-        let changed = match pins.check(&self.name, self.subject.server_exe.as_deref(), &seen) {
-            Ok(changed) => changed,
+        let checked = match pins.check(&self.name, program.as_ref(), &seen, self.first_listing) {
+            Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, path = %pins.path().display(), "tool pins unavailable; withholding the tool list");
                 let mut alert = self.record("alert");
                 alert.reason = Some(crate::identity::redact_text(&e.to_string()));
                 alert.detail = Some(serde_json::json!({ "alert": "pins_unavailable" }));
                 self.alerts.push(alert);
-                let names = seen.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
-                self.blocked.extend(names.iter().cloned());
+                let names: Vec<String> = tools.iter().filter_map(name_of).collect();
+                for n in &names {
+                    self.approved.remove(n);
+                }
                 tools.clear();
-                return names;
+                return names.iter().map(|n| crate::identity::redact_text(n)).collect();
             }
         };
-        for (name, _) in &seen {
-            if !changed.iter().any(|c| &c.tool == name) {
-                self.blocked.remove(name);
-            }
+        self.program_checked = true;
+        self.first_listing = checked.first && more;
+        if let Some((pinned, seen)) = &checked.program {
+            self.program_changed(pinned, seen);
         }
-        let mut hidden = Vec::new();
-        for c in changed {
+        let mut withhold: HashSet<String> = HashSet::new();
+        for c in &checked.changed {
             tracing::warn!(tool = %c.tool, server = %self.name, "tool definition changed since it was pinned; withheld");
             let mut alert = self.record("alert");
             alert.tool = Some(crate::identity::redact_text(&c.tool));
@@ -836,9 +923,63 @@ impl Session {
             alert.detail =
                 Some(serde_json::json!({ "alert": "tool_definition_changed", "pinned_sha256": c.pinned, "seen_sha256": c.seen }));
             self.alerts.push(alert);
-            tools.retain(|t| t.get("name").and_then(serde_json::Value::as_str) != Some(c.tool.as_str()));
-            self.blocked.insert(c.tool.clone());
-            hidden.push(crate::identity::redact_text(&c.tool));
+            withhold.insert(c.tool.clone());
+        }
+        for (name, sha) in &checked.added {
+            tracing::warn!(tool = %name, server = %self.name, "a tool was added since the server was pinned; withheld");
+            let skeleton = crate::pins::skeleton(name);
+            let resembles = seen
+                .iter()
+                .map(|s| &s.name)
+                .filter(|n| *n != name && !checked.added.iter().any(|(a, _)| a == *n))
+                .find(|n| crate::pins::skeleton(n) == skeleton);
+            let mut alert = self.record("alert");
+            alert.tool = Some(crate::identity::redact_text(name));
+            alert.reason = Some(match resembles {
+                Some(r) => format!("a tool was added since the server was pinned, with a name like `{}`", crate::identity::redact_text(r)),
+                None => "a tool was added since the server was pinned".into(),
+            });
+            alert.detail = Some(serde_json::json!({
+                "alert": "tool_added",
+                "seen_sha256": sha,
+                "resembles": resembles.map(|r| crate::identity::redact_text(r)),
+            }));
+            self.alerts.push(alert);
+            withhold.insert(name.clone());
+        }
+        for name in &dups {
+            tracing::warn!(tool = %name, server = %self.name, "a tool listing names a tool more than once; withheld");
+            let mut alert = self.record("alert");
+            alert.tool = Some(crate::identity::redact_text(name));
+            alert.reason = Some("the listing names this tool more than once".into());
+            alert.detail = Some(serde_json::json!({ "alert": "duplicate_tool_name", "count": count[name] }));
+            self.alerts.push(alert);
+            withhold.insert(name.clone());
+        }
+        let program_changed = checked.program.is_some();
+        let mut hidden = Vec::new();
+        tools.retain(|t| {
+            let keep = match name_of(t) {
+                Some(n) => !program_changed && !withhold.contains(&n),
+                // A tool without a name cannot be pinned or called: not offered.
+                None => false,
+            };
+            if !keep {
+                hidden.push(crate::identity::redact_text(&name_of(t).unwrap_or_default()));
+            }
+            keep
+        });
+        for s in &seen {
+            if program_changed || withhold.contains(&s.name) {
+                self.approved.remove(&s.name);
+            } else {
+                self.approved.insert(s.name.clone());
+                self.duplicates.remove(&s.name);
+            }
+        }
+        for d in dups {
+            self.approved.remove(&d);
+            self.duplicates.insert(d);
         }
         hidden
     }

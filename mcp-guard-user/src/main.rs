@@ -134,13 +134,33 @@ fn pins_list(path: Option<PathBuf>) -> anyhow::Result<i32> {
     let pins = pin_store(path)?;
     let store = pins.load()?;
     println!("{}", pins.path().display());
-    for (server, tools) in &store.servers {
-        for (tool, pin) in tools {
-            let state = match &pin.pending {
-                Some(p) => format!("CHANGED (seen {}, {}), blocked until approved", p.seen_at, &p.sha256[..12]),
-                None => "pinned".to_string(),
+    let short = |h: &Option<String>| h.as_deref().map_or("-".to_string(), |h| h.chars().take(12).collect());
+    let program = |p: &mcp_guard::pins::Program| {
+        let exe = format!("{} {}", p.exe.as_deref().unwrap_or("?"), short(&p.sha256));
+        match &p.script {
+            Some(s) => format!("{exe} + {s} {}", short(&p.script_sha256)),
+            None => exe,
+        }
+    };
+    for (server, s) in &store.servers {
+        match (&s.program, &s.pending_program) {
+            (Some(p), None) => println!("{server:<20} program {}", program(p)),
+            (p, Some(q)) => println!(
+                "{server:<20} program {} CHANGED to {} (seen {}), every tool blocked until approved",
+                p.as_ref().map_or("-".to_string(), program),
+                program(&q.program),
+                q.seen_at
+            ),
+            (None, None) => {}
+        }
+        for (tool, pin) in &s.tools {
+            let pinned_at = pin.pinned_at.as_deref().unwrap_or("-");
+            let state = match (&pin.sha256, &pin.pending) {
+                (None, Some(p)) => format!("NEW (seen {}, {}), blocked until approved", p.seen_at, short(&Some(p.sha256.clone()))),
+                (_, Some(p)) => format!("CHANGED (seen {}, {}), blocked until approved", p.seen_at, short(&Some(p.sha256.clone()))),
+                _ => "pinned".to_string(),
             };
-            println!("{server:<20} {tool:<32} {} {} {state}", pin.pinned_at, &pin.sha256[..12]);
+            println!("{server:<20} {tool:<32} {pinned_at} {} {state}", short(&pin.sha256));
         }
     }
     Ok(0)

@@ -220,6 +220,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         guard.resume(Duration::from_secs(365 * 86400));
     }
     guard.set_limits(opts.limits);
+    guard.set_server_pid(pid);
     guard.set_pins(crate::pins::Pins::beside(&opts.audit));
     let session = RefCell::new(guard);
     let server_in: Sink = Mutex::new(child.stdin.take().map(|w| Box::pin(w) as Pin<Box<dyn AsyncWrite>>));
