@@ -169,7 +169,7 @@ fn pins_list(path: Option<PathBuf>) -> anyhow::Result<i32> {
 fn pins_approve(path: Option<PathBuf>, server: &str, tool: Option<&str>) -> anyhow::Result<i32> {
     let pins = pin_store(path)?;
     let n = pins.approve(server, tool)?;
-    println!("approved {n} changed definition(s) of {server}");
+    println!("approved {n} pending change(s) of {server}");
     Ok(i32::from(n == 0))
 }
 
