@@ -286,9 +286,10 @@ fn a_live_id_reused_with_another_spelling_cannot_take_the_tool_list_answer() {
         // In one write: the list is in flight when the call with an equal id arrives.
         let call = format!(r#"{{"jsonrpc":"2.0","id":{spelling},"method":"tools/call","params":{{"name":"get-sum","arguments":{{"a":1,"b":2}}}}}}"#);
         shim.send(format!("{}\n{call}\n", request("1", "tools/list", None)).as_bytes());
-        let (a, b) = (next_answer(&mut shim), next_answer(&mut shim));
-        let (refusal, list) = if a.get("error").is_some() { (a, b) } else { (b, a) };
-        assert_eq!(error_code(&refusal), -32600, "{spelling}: {refusal}");
+        // The shim answers the refusal at once, before the server answers the list.
+        let refusal = next_answer(&mut shim);
+        assert_eq!(refusal["error"]["code"], -32600, "{spelling}: the call with a live id is refused: {refusal}");
+        let list = next_answer(&mut shim);
         let tools = names(&list);
         assert!(tools.contains(&"echo".to_string()), "{list}");
         assert!(!tools.contains(&"get-env".to_string()), "{spelling}: the answer the host sees is the filtered list: {tools:?}");
