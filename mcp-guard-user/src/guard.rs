@@ -295,6 +295,14 @@ impl Session {
         false
     }
 
+    /// Queues an alert for the next commit, if the session's audit budget has room for it
+    /// (a server can cause many: one listing with thousands of new tools).
+    fn push_alert(&mut self, alert: Record) {
+        if self.charge() {
+            self.alerts.push(alert);
+        }
+    }
+
     /// Adds a policy whose denials apply on top of the session's policy.
     pub fn set_restrictions(&mut self, policy: Arc<Policy>) {
         self.restrictions = Some(policy);
@@ -590,7 +598,7 @@ impl Session {
         alert.direction = Some(dir.name());
         alert.reason = Some(format!("{refused} requests were refused while {max} were in flight"));
         alert.detail = Some(serde_json::json!({ "alert": "in_flight_limit", "refused": refused, "max_in_flight": max }));
-        self.alerts.push(alert);
+        self.push_alert(alert);
     }
 
     fn request(&mut self, dir: Direction, m: &Message<'_>, bytes: usize) -> Judged {
@@ -837,7 +845,7 @@ impl Session {
             "pinned": pinned,
             "seen": seen,
         }));
-        self.alerts.push(alert);
+        self.push_alert(alert);
     }
 
     /// Why a call to `tool` is held back by the pins, if it is: a duplicated name in the
@@ -900,7 +908,7 @@ impl Session {
                 let mut alert = self.record("alert");
                 alert.reason = Some(crate::identity::redact_text(&e.to_string()));
                 alert.detail = Some(serde_json::json!({ "alert": "pins_unavailable" }));
-                self.alerts.push(alert);
+                self.push_alert(alert);
                 let names: Vec<String> = tools.iter().filter_map(name_of).collect();
                 for n in &names {
                     self.approved.remove(n);
@@ -922,7 +930,7 @@ impl Session {
             alert.reason = Some("the tool's definition changed since it was pinned".into());
             alert.detail =
                 Some(serde_json::json!({ "alert": "tool_definition_changed", "pinned_sha256": c.pinned, "seen_sha256": c.seen }));
-            self.alerts.push(alert);
+            self.push_alert(alert);
             withhold.insert(c.tool.clone());
         }
         for (name, sha) in &checked.added {
@@ -944,7 +952,7 @@ impl Session {
                 "seen_sha256": sha,
                 "resembles": resembles.map(|r| crate::identity::redact_text(r)),
             }));
-            self.alerts.push(alert);
+            self.push_alert(alert);
             withhold.insert(name.clone());
         }
         for name in &dups {
@@ -953,7 +961,7 @@ impl Session {
             alert.tool = Some(crate::identity::redact_text(name));
             alert.reason = Some("the listing names this tool more than once".into());
             alert.detail = Some(serde_json::json!({ "alert": "duplicate_tool_name", "count": count[name] }));
-            self.alerts.push(alert);
+            self.push_alert(alert);
             withhold.insert(name.clone());
         }
         let program_changed = checked.program.is_some();

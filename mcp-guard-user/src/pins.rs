@@ -30,6 +30,10 @@ pub const VERSION: u32 = 2;
 /// Most cached file hashes kept in the store.
 const MAX_FILE_HASHES: usize = 256;
 
+/// Most tools per server waiting for approval as additions that the store keeps; past
+/// that, more are withheld and refused all the same (unknown tools are), but not stored.
+const MAX_ADDED: usize = 1000;
+
 /// Every pinned server, by name.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Store {
@@ -338,8 +342,10 @@ impl Pins {
                         s.tools.insert(seen.name.clone(), pin);
                     }
                     None => {
-                        let pin = Pin { sha256: None, pinned_at: None, exe: None, legacy: false, pending: Some(pending()) };
-                        s.tools.insert(seen.name.clone(), pin);
+                        if s.tools.values().filter(|p| p.sha256.is_none()).count() < MAX_ADDED {
+                            let pin = Pin { sha256: None, pinned_at: None, exe: None, legacy: false, pending: Some(pending()) };
+                            s.tools.insert(seen.name.clone(), pin);
+                        }
                         out.added.push((seen.name.clone(), seen.sha256.clone()));
                     }
                     Some(pin) => {
@@ -635,6 +641,18 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_of_thousands_of_new_tools_does_not_grow_the_store_without_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = Pins::at(dir.path().join("pins.json"));
+        pins.check("s", None, &[seen("t", serde_json::json!({"name": "t"}))], false).unwrap();
+        let many: Vec<Seen> = (0..5000).map(|i| seen(&format!("x{i}"), serde_json::json!({"name": i}))).collect();
+        let c = pins.check("s", None, &many, false).unwrap();
+        assert_eq!(c.added.len(), 5000, "every one is reported (and withheld)");
+        assert_eq!(pins.load().unwrap().servers["s"].tools.len(), 1 + MAX_ADDED);
+        assert_eq!(pins.blocked("s", "x4999"), Some(Block::Added), "not stored, still refused");
+    }
+
+    #[test]
     fn a_different_program_holds_the_server_back_until_approved() {
         let dir = tempfile::tempdir().unwrap();
         let pins = Pins::at(dir.path().join("pins.json"));
@@ -702,9 +720,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("server.py");
         std::fs::write(&script, "import time\ntime.sleep(30)\n").unwrap();
-        let mut child = std::process::Command::new("python3").arg("-u").arg(&script).spawn().unwrap();
+        // The interpreter itself, not a version manager's wrapper script.
+        let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+        let mut child = std::process::Command::new(python).arg("-u").arg(&script).spawn().unwrap();
         // Until the interpreter has started.
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(std::time::Duration::from_millis(300));
         let mut cache = BTreeMap::new();
         let p = program_of(child.id() as i32, &mut cache);
         let _ = child.kill();
