@@ -114,7 +114,11 @@ struct Budget {
 
 impl Budget {
     fn new(limits: &Limits) -> Budget {
-        Budget { tokens: f64::from(limits.audit_burst), last: Instant::now(), alerted: false }
+        Budget {
+            tokens: f64::from(limits.audit_burst),
+            last: Instant::now(),
+            alerted: false,
+        }
     }
 
     fn take(&mut self, limits: &Limits, now: Instant) -> bool {
@@ -230,10 +234,19 @@ struct ErrorCode {
 }
 
 /// Keys of the per-request `_meta` that carry claims in the handshake-less revision.
-const META_CLAIMS: &[&str] = &["io.modelcontextprotocol/protocolVersion", "io.modelcontextprotocol/clientInfo"];
+const META_CLAIMS: &[&str] = &[
+    "io.modelcontextprotocol/protocolVersion",
+    "io.modelcontextprotocol/clientInfo",
+];
 
 impl Session {
-    pub fn new(name: String, policy: Arc<Policy>, ctx: Arc<Context>, max_message: usize, subject: Subject) -> Session {
+    pub fn new(
+        name: String,
+        policy: Arc<Policy>,
+        ctx: Arc<Context>,
+        max_message: usize,
+        subject: Subject,
+    ) -> Session {
         Session {
             name,
             policy,
@@ -319,20 +332,27 @@ impl Session {
     }
 
     fn record(&self, kind: &'static str) -> Record {
-        Record { protocol: self.protocol.clone(), ..Record::new(kind, &self.ctx) }
+        Record {
+            protocol: self.protocol.clone(),
+            ..Record::new(kind, &self.ctx)
+        }
     }
 
     fn response_record(&self) -> Record {
-        Record { protocol: self.protocol.clone(), ..Record::response(&self.ctx) }
+        Record {
+            protocol: self.protocol.clone(),
+            ..Record::response(&self.ctx)
+        }
     }
 
     /// Notes the protocol revision a message states: the one proposed in `initialize`, the
     /// one the server answers with, or the per-request `_meta` one.
     fn learn_protocol(&mut self, stated: Option<&serde_json::Value>) {
         if let Some(v) = stated.and_then(serde_json::Value::as_str)
-            && self.protocol.as_deref() != Some(v) {
-                self.protocol = Some(v.into());
-            }
+            && self.protocol.as_deref() != Some(v)
+        {
+            self.protocol = Some(v.into());
+        }
     }
 
     /// The server now runs another program (a launcher exec'd it).
@@ -361,14 +381,27 @@ impl Session {
     }
 
     /// Judges a read's worth of frames travelling `dir`, taken from `data`.
-    pub fn judge(&mut self, dir: Direction, data: &[u8], frames: impl IntoIterator<Item = Frame>) -> Plan {
+    pub fn judge(
+        &mut self,
+        dir: Direction,
+        data: &[u8],
+        frames: impl IntoIterator<Item = Frame>,
+    ) -> Plan {
         let mut plan = Plan::default();
         for frame in frames {
             match frame {
                 Frame::TooLong { prefix, seen } => {
                     let text = String::from_utf8_lossy(&prefix);
                     let id = jsonrpc::sniff_id(&text);
-                    self.malformed(dir, id, Malformed::TooLong { max: self.max_message }, seen, &mut plan);
+                    self.malformed(
+                        dir,
+                        id,
+                        Malformed::TooLong {
+                            max: self.max_message,
+                        },
+                        seen,
+                        &mut plan,
+                    );
                 }
                 Frame::Line { msg, raw } => self.line(dir, &data[msg], raw, &mut plan),
             }
@@ -439,13 +472,17 @@ impl Session {
             let changed = judged.iter().any(|j| j.replace.is_some());
             for (item, mut j) in items.iter().zip(judged) {
                 if changed {
-                    let part = j.replace.take().or_else(|| item.as_ref().ok().map(|m| m.raw.as_bytes().to_vec()));
+                    let part = j
+                        .replace
+                        .take()
+                        .or_else(|| item.as_ref().ok().map(|m| m.raw.as_bytes().to_vec()));
                     parts.extend(part);
                 }
                 self.settle(j, plan);
             }
             if changed {
-                let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2);
+                let mut out =
+                    Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2);
                 out.push(b'[');
                 out.extend(parts.join(&b","[..]));
                 out.extend_from_slice(b"]\n");
@@ -465,7 +502,12 @@ impl Session {
                 match item {
                     Ok(m) if m.kind == Kind::Request => {
                         let id = m.id.unwrap_or(jsonrpc::null_id());
-                        j.error = Some(error_line(id, code::BATCH_REFUSED, "refused: another message in its batch was refused", None));
+                        j.error = Some(error_line(
+                            id,
+                            code::BATCH_REFUSED,
+                            "refused: another message in its batch was refused",
+                            None,
+                        ));
                     }
                     Ok(m) if m.kind == Kind::Response => {
                         let id = m.id.unwrap_or(jsonrpc::null_id());
@@ -483,12 +525,17 @@ impl Session {
                 j.pass = false;
             }
             if let Some(e) = j.error.take() {
-                if j.reply_to == dir { to_receiver.push(e) } else { to_sender.push(e) }
+                if j.reply_to == dir {
+                    to_receiver.push(e)
+                } else {
+                    to_sender.push(e)
+                }
             }
             self.settle(j, plan);
         }
         if !to_sender.is_empty() {
-            let mut out = Vec::with_capacity(to_sender.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+            let mut out =
+                Vec::with_capacity(to_sender.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
             out.push(b'[');
             out.extend(to_sender.join(&b","[..]));
             out.extend_from_slice(b"]\n");
@@ -512,7 +559,11 @@ impl Session {
             table.insert(key, p);
         }
         if let Some(r) = j.record {
-            if j.durable { plan.commit.push(r) } else { plan.append.push(r) }
+            if j.durable {
+                plan.commit.push(r)
+            } else {
+                plan.append.push(r)
+            }
         }
     }
 
@@ -538,7 +589,14 @@ impl Session {
     /// The bounds a request meets before the policy sees it: its id is not that of a
     /// request in flight the same way (so no answer can be matched to the wrong request),
     /// there is room in flight, and the session's audit budget has room for its record.
-    fn admit(&mut self, dir: Direction, m: &Message<'_>, id: &RawValue, key: &IdKey, bytes: usize) -> Option<Judged> {
+    fn admit(
+        &mut self,
+        dir: Direction,
+        m: &Message<'_>,
+        id: &RawValue,
+        key: &IdKey,
+        bytes: usize,
+    ) -> Option<Judged> {
         let batch = self.batch_keys.len();
         let max = self.limits.max_in_flight;
         let (table, run) = self.in_flight(dir);
@@ -547,7 +605,11 @@ impl Session {
         let refuse = |s: &mut Session, code: i64, rule: &str, why: String, recorded: bool| {
             s.counters.denied += 1;
             let record = (recorded && s.charge()).then(|| {
-                let mut rec = s.record(if dir == Direction::ToServer { "request" } else { "server_request" });
+                let mut rec = s.record(if dir == Direction::ToServer {
+                    "request"
+                } else {
+                    "server_request"
+                });
                 rec.direction = Some(dir.name());
                 rec.decision = Some("deny");
                 rec.rule = Some(rule.to_string());
@@ -558,28 +620,64 @@ impl Session {
                 rec
             });
             let error = error_line(id, code, &format!("refused by mcp-guard: {why}"), None);
-            Judged { pass: false, record, durable: true, track: None, error: Some(error), reply_to: dir.reverse(), replace: None }
+            Judged {
+                pass: false,
+                record,
+                durable: true,
+                track: None,
+                error: Some(error),
+                reply_to: dir.reverse(),
+                replace: None,
+            }
         };
         if live || self.batch_keys.contains(key) {
-            tracing::warn!(direction = dir.name(), "refused a request whose id is in flight already");
+            tracing::warn!(
+                direction = dir.name(),
+                "refused a request whose id is in flight already"
+            );
             let why = "a request with an equal id is still in flight".to_string();
-            return Some(refuse(self, code::INVALID_REQUEST, "id-in-flight", why, true));
+            return Some(refuse(
+                self,
+                code::INVALID_REQUEST,
+                "id-in-flight",
+                why,
+                true,
+            ));
         }
         if full {
             self.overflow[run] += 1;
             self.counters.refused_in_flight += 1;
             let first = self.overflow[run] == 1;
             if first {
-                tracing::warn!(direction = dir.name(), max, "too many requests in flight; refusing until some are answered");
+                tracing::warn!(
+                    direction = dir.name(),
+                    max,
+                    "too many requests in flight; refusing until some are answered"
+                );
             }
-            let why = format!("{max} requests are in flight already; refused until some are answered");
-            return Some(refuse(self, code::TOO_MANY_IN_FLIGHT, "in-flight-limit", why, first));
+            let why =
+                format!("{max} requests are in flight already; refused until some are answered");
+            return Some(refuse(
+                self,
+                code::TOO_MANY_IN_FLIGHT,
+                "in-flight-limit",
+                why,
+                first,
+            ));
         }
         if !self.charge() {
             self.counters.denied += 1;
             let why = "refused by mcp-guard: the session used up its audit budget; try again later";
             let error = error_line(id, code::AUDIT_BUDGET, why, None);
-            return Some(Judged { pass: false, record: None, durable: true, track: None, error: Some(error), reply_to: dir.reverse(), replace: None });
+            return Some(Judged {
+                pass: false,
+                record: None,
+                durable: true,
+                track: None,
+                error: Some(error),
+                reply_to: dir.reverse(),
+                replace: None,
+            });
         }
         None
     }
@@ -596,8 +694,12 @@ impl Session {
         let refused = std::mem::take(&mut self.overflow[run]);
         let mut alert = self.record("alert");
         alert.direction = Some(dir.name());
-        alert.reason = Some(format!("{refused} requests were refused while {max} were in flight"));
-        alert.detail = Some(serde_json::json!({ "alert": "in_flight_limit", "refused": refused, "max_in_flight": max }));
+        alert.reason = Some(format!(
+            "{refused} requests were refused while {max} were in flight"
+        ));
+        alert.detail = Some(
+            serde_json::json!({ "alert": "in_flight_limit", "refused": refused, "max_in_flight": max }),
+        );
         self.push_alert(alert);
     }
 
@@ -637,7 +739,9 @@ impl Session {
             arguments,
             cwd: s.cwd.as_deref(),
         };
-        let mut decision = self.policy.decide_limited(&query, &self.limiter, Instant::now());
+        let mut decision = self
+            .policy
+            .decide_limited(&query, &self.limiter, Instant::now());
         if let Some(extra) = &self.restrictions {
             // The shim's own policy may deny what the system policy allows, never the reverse.
             let mine = extra.decide_limited(&query, &self.limiter, Instant::now());
@@ -664,7 +768,11 @@ impl Session {
             }
         }
         let id = m.id.unwrap_or(jsonrpc::null_id());
-        let mut rec = self.record(if dir == Direction::ToServer { "request" } else { "server_request" });
+        let mut rec = self.record(if dir == Direction::ToServer {
+            "request"
+        } else {
+            "server_request"
+        });
         rec.direction = Some(dir.name());
         rec.decision = Some(match decision.action {
             Action::Allow => "allow",
@@ -704,7 +812,7 @@ impl Session {
                     track: Some((key, pending)),
                     error: None,
                     reply_to,
-            replace: None,
+                    replace: None,
                 }
             }
             Action::Deny => {
@@ -713,7 +821,8 @@ impl Session {
                     Some(msg) => format!("denied by mcp-guard rule `{}`: {msg}", decision.rule),
                     None => format!("denied by mcp-guard rule `{}`", decision.rule),
                 };
-                let data = serde_json::json!({ "mcp_guard": { "rule": decision.rule, "record": rec.id } });
+                let data =
+                    serde_json::json!({ "mcp_guard": { "rule": decision.rule, "record": rec.id } });
                 rec.reason = decision.message;
                 Judged {
                     pass: false,
@@ -722,7 +831,7 @@ impl Session {
                     track: None,
                     error: Some(error_line(id, code::DENIED, &message, Some(data))),
                     reply_to,
-            replace: None,
+                    replace: None,
                 }
             }
         }
@@ -746,19 +855,46 @@ impl Session {
         } else if !self.charge() {
             // An answer to nothing, past the budget: dropped (or passed, while resuming) unrecorded.
             let pass = resumed && dir == Direction::ToClient;
-            return Judged { pass, record: None, durable: false, track: None, error: None, reply_to: dir, replace: None };
+            return Judged {
+                pass,
+                record: None,
+                durable: false,
+                track: None,
+                error: None,
+                reply_to: dir,
+                replace: None,
+            };
         }
         if found.is_none() && resumed && dir == Direction::ToClient {
             rec.decision = Some("allow");
             rec.reason = Some("answer to a request made before the guard daemon restarted".into());
-            return Judged { pass: true, record: Some(rec), durable: false, track: None, error: None, reply_to: dir, replace: None };
+            return Judged {
+                pass: true,
+                record: Some(rec),
+                durable: false,
+                track: None,
+                error: None,
+                reply_to: dir,
+                replace: None,
+            };
         }
         let Some(p) = found else {
             // Nobody asked: forwarding it would let one side inject answers into the other.
             rec.decision = Some("deny");
             rec.reason = Some("response to no request in flight".into());
-            tracing::warn!(direction = dir.name(), "dropped a response to no request in flight");
-            return Judged { pass: false, record: Some(rec), durable: false, track: None, error: None, reply_to: dir, replace: None };
+            tracing::warn!(
+                direction = dir.name(),
+                "dropped a response to no request in flight"
+            );
+            return Judged {
+                pass: false,
+                record: Some(rec),
+                durable: false,
+                track: None,
+                error: None,
+                reply_to: dir,
+                replace: None,
+            };
         };
         let error_code = m.error_code();
         rec.decision = Some("allow");
@@ -789,36 +925,69 @@ impl Session {
         if dir == Direction::ToClient {
             let limits = self.policy.responses();
             // The limit is for what tools and resources return, not for the protocol's own answers.
-            let content = matches!(p.method.as_str(), "tools/call" | "resources/read" | "prompts/get");
+            let content = matches!(
+                p.method.as_str(),
+                "tools/call" | "resources/read" | "prompts/get"
+            );
             if content && limits.max_bytes > 0 && bytes as u64 > limits.max_bytes {
                 // Fail closed: the client gets an error in place of the oversized answer.
-                let why = format!("the response ({bytes} bytes) is larger than the policy allows ({} bytes)", limits.max_bytes);
+                let why = format!(
+                    "the response ({bytes} bytes) is larger than the policy allows ({} bytes)",
+                    limits.max_bytes
+                );
                 rec.decision = Some("deny");
                 rec.reason = Some(why.clone());
                 let error = error_line(id, code::RESPONSE_TOO_LARGE, &why, None);
-                return Judged { pass: false, record: Some(rec), durable: false, track: None, error: Some(error), reply_to: dir, replace: None };
+                return Judged {
+                    pass: false,
+                    record: Some(rec),
+                    durable: false,
+                    track: None,
+                    error: Some(error),
+                    reply_to: dir,
+                    replace: None,
+                };
             }
             let redact = m.result.is_some_and(|r| limits.may_redact(r.get()));
             let filter = p.method == "tools/list";
             if (redact || filter)
-                && let Some(mut result) = m.result.and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok()) {
-                    let redactions = if redact { limits.redact(&mut result) } else { 0 };
-                    let mut hidden = if filter && !m.is_error() { self.pin_tools(&mut result) } else { Vec::new() };
-                    if filter && !m.is_error() {
-                        hidden.extend(self.hide_tools(&mut result));
-                    }
-                    if let Some(o) = rec.outcome.as_mut() {
-                        o.redactions = redactions;
-                    }
-                    if !hidden.is_empty() {
-                        rec.detail = Some(serde_json::json!({ "hidden_tools": hidden }));
-                    }
-                    if redactions > 0 || !hidden.is_empty() {
-                        replace = response_line(id, &result);
-                    }
+                && let Some(mut result) = m
+                    .result
+                    .and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok())
+            {
+                let redactions = if redact {
+                    limits.redact(&mut result)
+                } else {
+                    0
+                };
+                let mut hidden = if filter && !m.is_error() {
+                    self.pin_tools(&mut result)
+                } else {
+                    Vec::new()
+                };
+                if filter && !m.is_error() {
+                    hidden.extend(self.hide_tools(&mut result));
                 }
+                if let Some(o) = rec.outcome.as_mut() {
+                    o.redactions = redactions;
+                }
+                if !hidden.is_empty() {
+                    rec.detail = Some(serde_json::json!({ "hidden_tools": hidden }));
+                }
+                if redactions > 0 || !hidden.is_empty() {
+                    replace = response_line(id, &result);
+                }
+            }
         }
-        Judged { pass: true, record: Some(rec), durable: false, track: None, error: None, reply_to: dir.reverse(), replace }
+        Judged {
+            pass: true,
+            record: Some(rec),
+            durable: false,
+            track: None,
+            error: None,
+            reply_to: dir.reverse(),
+            replace,
+        }
     }
 
     /// The program the server runs, hashed once per session (after it has spoken, so a
@@ -853,7 +1022,10 @@ impl Session {
     /// once). Tools the last listing showed clean are not looked up again.
     fn pin_block(&mut self, tool: &str) -> Option<(&'static str, &'static str)> {
         if self.duplicates.contains(tool) {
-            return Some(("duplicate-tool-name", "the server listed more than one tool with this name"));
+            return Some((
+                "duplicate-tool-name",
+                "the server listed more than one tool with this name",
+            ));
         }
         if self.approved.contains(tool) {
             return None;
@@ -883,23 +1055,40 @@ impl Session {
     /// store cannot be used, every tool is withheld (fail closed) and that is the alert.
     fn pin_tools(&mut self, result: &mut serde_json::Value) -> Vec<String> {
         use std::collections::HashSet;
-        let Some(pins) = self.pins.clone() else { return Vec::new() };
-        let more = result.get("nextCursor").is_some_and(|c| !c.is_null());
-        let program = self.program();
-        let Some(tools) = result.get_mut("tools").and_then(serde_json::Value::as_array_mut) else {
+        let Some(pins) = self.pins.clone() else {
             return Vec::new();
         };
-        let name_of = |t: &serde_json::Value| t.get("name").and_then(serde_json::Value::as_str).map(str::to_string);
+        let more = result.get("nextCursor").is_some_and(|c| !c.is_null());
+        let program = self.program();
+        let Some(tools) = result
+            .get_mut("tools")
+            .and_then(serde_json::Value::as_array_mut)
+        else {
+            return Vec::new();
+        };
+        let name_of = |t: &serde_json::Value| {
+            t.get("name")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+        };
         let mut count: HashMap<String, usize> = HashMap::new();
         for t in tools.iter() {
             if let Some(n) = name_of(t) {
                 *count.entry(n).or_default() += 1;
             }
         }
-        let dups: HashSet<String> = count.iter().filter(|(_, c)| **c > 1).map(|(n, _)| n.clone()).collect();
+        let dups: HashSet<String> = count
+            .iter()
+            .filter(|(_, c)| **c > 1)
+            .map(|(n, _)| n.clone())
+            .collect();
         let seen: Vec<crate::pins::Seen> = tools
             .iter()
-            .filter_map(|t| name_of(t).filter(|n| !dups.contains(n)).map(|n| crate::pins::Seen::of(&n, t)))
+            .filter_map(|t| {
+                name_of(t)
+                    .filter(|n| !dups.contains(n))
+                    .map(|n| crate::pins::Seen::of(&n, t))
+            })
             .collect();
         let checked = match pins.check(&self.name, program.as_ref(), &seen, self.first_listing) {
             Ok(c) => c,
@@ -914,7 +1103,10 @@ impl Session {
                     self.approved.remove(n);
                 }
                 tools.clear();
-                return names.iter().map(|n| crate::identity::redact_text(n)).collect();
+                return names
+                    .iter()
+                    .map(|n| crate::identity::redact_text(n))
+                    .collect();
             }
         };
         self.program_checked = true;
@@ -928,8 +1120,9 @@ impl Session {
             let mut alert = self.record("alert");
             alert.tool = Some(crate::identity::redact_text(&c.tool));
             alert.reason = Some("the tool's definition changed since it was pinned".into());
-            alert.detail =
-                Some(serde_json::json!({ "alert": "tool_definition_changed", "pinned_sha256": c.pinned, "seen_sha256": c.seen }));
+            alert.detail = Some(
+                serde_json::json!({ "alert": "tool_definition_changed", "pinned_sha256": c.pinned, "seen_sha256": c.seen }),
+            );
             self.push_alert(alert);
             withhold.insert(c.tool.clone());
         }
@@ -944,7 +1137,10 @@ impl Session {
             let mut alert = self.record("alert");
             alert.tool = Some(crate::identity::redact_text(name));
             alert.reason = Some(match resembles {
-                Some(r) => format!("a tool was added since the server was pinned, with a name like `{}`", crate::identity::redact_text(r)),
+                Some(r) => format!(
+                    "a tool was added since the server was pinned, with a name like `{}`",
+                    crate::identity::redact_text(r)
+                ),
                 None => "a tool was added since the server was pinned".into(),
             });
             alert.detail = Some(serde_json::json!({
@@ -960,7 +1156,8 @@ impl Session {
             let mut alert = self.record("alert");
             alert.tool = Some(crate::identity::redact_text(name));
             alert.reason = Some("the listing names this tool more than once".into());
-            alert.detail = Some(serde_json::json!({ "alert": "duplicate_tool_name", "count": count[name] }));
+            alert.detail =
+                Some(serde_json::json!({ "alert": "duplicate_tool_name", "count": count[name] }));
             self.push_alert(alert);
             withhold.insert(name.clone());
         }
@@ -973,7 +1170,9 @@ impl Session {
                 None => false,
             };
             if !keep {
-                hidden.push(crate::identity::redact_text(&name_of(t).unwrap_or_default()));
+                hidden.push(crate::identity::redact_text(
+                    &name_of(t).unwrap_or_default(),
+                ));
             }
             keep
         });
@@ -996,13 +1195,18 @@ impl Session {
     /// model is not offered them) and returns their names. Each page is filtered on its own;
     /// `nextCursor` and every other field stay as the server sent them.
     fn hide_tools(&self, result: &mut serde_json::Value) -> Vec<String> {
-        let Some(tools) = result.get_mut("tools").and_then(serde_json::Value::as_array_mut) else {
+        let Some(tools) = result
+            .get_mut("tools")
+            .and_then(serde_json::Value::as_array_mut)
+        else {
             return Vec::new();
         };
         let s = &self.subject;
         let mut hidden = Vec::new();
         tools.retain(|t| {
-            let Some(name) = t.get("name").and_then(serde_json::Value::as_str) else { return true };
+            let Some(name) = t.get("name").and_then(serde_json::Value::as_str) else {
+                return true;
+            };
             let query = Query {
                 server: &self.name,
                 server_exe: s.server_exe.as_deref(),
@@ -1023,7 +1227,13 @@ impl Session {
         hidden
     }
 
-    fn refusal(&mut self, dir: Direction, id: Option<&RawValue>, m: &Malformed, bytes: usize) -> Judged {
+    fn refusal(
+        &mut self,
+        dir: Direction,
+        id: Option<&RawValue>,
+        m: &Malformed,
+        bytes: usize,
+    ) -> Judged {
         self.counters.malformed += 1;
         let mut rec = self.record("malformed");
         rec.direction = Some(dir.name());
@@ -1035,9 +1245,15 @@ impl Session {
         rec.bytes = Some(bytes);
         let (reply_to, error) = match dir {
             // The client sent it: it gets the error (with `null` when the id is unknown).
-            Direction::ToServer => {
-                (Direction::ToClient, Some(error_line(id.unwrap_or(jsonrpc::null_id()), m.code(), &m.to_string(), None)))
-            }
+            Direction::ToServer => (
+                Direction::ToClient,
+                Some(error_line(
+                    id.unwrap_or(jsonrpc::null_id()),
+                    m.code(),
+                    &m.to_string(),
+                    None,
+                )),
+            ),
             // The server sent it: if it answers a request in flight, the client gets an
             // error for that request instead; nothing is sent to the server.
             Direction::ToClient => {
@@ -1054,11 +1270,31 @@ impl Session {
             }
         };
         let record = self.charge().then_some(rec);
-        Judged { pass: false, record, durable: true, track: None, error, reply_to, replace: None }
+        Judged {
+            pass: false,
+            record,
+            durable: true,
+            track: None,
+            error,
+            reply_to,
+            replace: None,
+        }
     }
 
-    fn malformed(&mut self, dir: Direction, id: Option<&RawValue>, m: Malformed, bytes: usize, plan: &mut Plan) {
-        tracing::warn!(direction = dir.name(), fault = m.kind(), bytes, "refused a malformed message");
+    fn malformed(
+        &mut self,
+        dir: Direction,
+        id: Option<&RawValue>,
+        m: Malformed,
+        bytes: usize,
+        plan: &mut Plan,
+    ) {
+        tracing::warn!(
+            direction = dir.name(),
+            fault = m.kind(),
+            bytes,
+            "refused a malformed message"
+        );
         let j = self.refusal(dir, id, &m, bytes);
         let (to, error) = (j.reply_to, j.error.clone());
         self.settle(j, plan);
@@ -1071,16 +1307,34 @@ impl Session {
     /// When the records of a plan could not be committed: refuse, with `code`, every
     /// request among `frames`, forget it was in flight, and forward the rest (notifications
     /// and responses decide nothing).
-    pub fn refuse_unrecorded(&mut self, dir: Direction, data: &[u8], frames: &[Frame], code: i64, why: &str) -> Vec<Act> {
+    pub fn refuse_unrecorded(
+        &mut self,
+        dir: Direction,
+        data: &[u8],
+        frames: &[Frame],
+        code: i64,
+        why: &str,
+    ) -> Vec<Act> {
         let message = format!("not forwarded: the audit record could not be written ({why})");
         let mut acts = Vec::new();
         for frame in frames {
-            let Frame::Line { msg, raw } = frame else { continue };
+            let Frame::Line { msg, raw } = frame else {
+                continue;
+            };
             let requests: Vec<&RawValue> = match jsonrpc::parse(&data[msg.clone()]) {
-                Ok(Parsed::Single(m)) => m.id.filter(|_| m.kind == Kind::Request).into_iter().collect(),
+                Ok(Parsed::Single(m)) => {
+                    m.id.filter(|_| m.kind == Kind::Request)
+                        .into_iter()
+                        .collect()
+                }
                 Ok(Parsed::Batch(items)) => items
                     .iter()
-                    .filter_map(|i| i.as_ref().ok().filter(|m| m.kind == Kind::Request).and_then(|m| m.id))
+                    .filter_map(|i| {
+                        i.as_ref()
+                            .ok()
+                            .filter(|m| m.kind == Kind::Request)
+                            .and_then(|m| m.id)
+                    })
                     .collect(),
                 // Malformed input was refused already; its error is lost with the record.
                 Err(_) => continue,
@@ -1098,7 +1352,11 @@ impl Session {
                 table.remove(&IdKey::of(id));
                 lines.push(error_line(id, code, &message, None));
             }
-            let mut out = if lines.len() == 1 { lines.remove(0) } else { [b"[".to_vec(), lines.join(&b","[..]), b"]".to_vec()].concat() };
+            let mut out = if lines.len() == 1 {
+                lines.remove(0)
+            } else {
+                [b"[".to_vec(), lines.join(&b","[..]), b"]".to_vec()].concat()
+            };
             out.push(b'\n');
             acts.push(reply(dir.reverse(), out));
         }
@@ -1140,7 +1398,15 @@ pub fn mode_name(mode: Mode) -> &'static str {
 
 impl Judged {
     fn pass(dir: Direction) -> Judged {
-        Judged { pass: true, record: None, durable: false, track: None, error: None, reply_to: dir.reverse(), replace: None }
+        Judged {
+            pass: true,
+            record: None,
+            durable: false,
+            track: None,
+            error: None,
+            reply_to: dir.reverse(),
+            replace: None,
+        }
     }
 }
 
@@ -1160,7 +1426,9 @@ trait ResponseExt {
 
 impl ResponseExt for Message<'_> {
     fn error_code(&self) -> Option<i64> {
-        self.error.and_then(|e| serde_json::from_str::<ErrorCode>(e.get()).ok()).map(|e| e.code)
+        self.error
+            .and_then(|e| serde_json::from_str::<ErrorCode>(e.get()).ok())
+            .map(|e| e.code)
     }
 
     fn result_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
@@ -1172,7 +1440,11 @@ impl ResponseExt for Message<'_> {
 /// are free text a peer chooses).
 pub(crate) fn recorded_id(id: &RawValue) -> String {
     let text = jsonrpc::id_text(id);
-    if id.get().starts_with('"') { crate::identity::redact_text(&text) } else { text }
+    if id.get().starts_with('"') {
+        crate::identity::redact_text(&text)
+    } else {
+        text
+    }
 }
 
 fn reply(to: Direction, line: Vec<u8>) -> Act {
@@ -1190,11 +1462,23 @@ fn response_line(id: &RawValue, result: &serde_json::Value) -> Option<Vec<u8>> {
         id: &'a RawValue,
         result: &'a serde_json::Value,
     }
-    serde_json::to_vec(&Response { jsonrpc: "2.0", id, result }).ok()
+    serde_json::to_vec(&Response {
+        jsonrpc: "2.0",
+        id,
+        result,
+    })
+    .ok()
 }
 
 fn error_line(id: &RawValue, code: i64, message: &str, data: Option<serde_json::Value>) -> Vec<u8> {
-    jsonrpc::error_response(id, ErrorObject { code, message, data })
+    jsonrpc::error_response(
+        id,
+        ErrorObject {
+            code,
+            message,
+            data,
+        },
+    )
 }
 
 /// What a request says about its sender: `clientInfo` and `protocolVersion` from the

@@ -64,7 +64,10 @@ pub enum Error {
 pub fn link(hash: &str, sig: Option<&[u8]>) -> String {
     match sig {
         None => hash.to_string(),
-        Some(sig) => hex(&digest(b"mcp-guard audit link v1\n", &[hash.as_bytes(), b":", sig])),
+        Some(sig) => hex(&digest(
+            b"mcp-guard audit link v1\n",
+            &[hash.as_bytes(), b":", sig],
+        )),
     }
 }
 

@@ -69,7 +69,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { max_bytes: DEFAULT_MAX_BYTES, key: None }
+        Options {
+            max_bytes: DEFAULT_MAX_BYTES,
+            key: None,
+        }
     }
 }
 
@@ -88,7 +91,9 @@ impl Durability {
         match std::env::var("MCP_GUARD_AUDIT_DURABILITY").as_deref() {
             Err(_) | Ok("") | Ok("durable") => Ok(Durability::Durable),
             Ok("page-cache") => Ok(Durability::PageCache),
-            Ok(other) => Err(format!("MCP_GUARD_AUDIT_DURABILITY: unknown value `{other}` (durable or page-cache)")),
+            Ok(other) => Err(format!(
+                "MCP_GUARD_AUDIT_DURABILITY: unknown value `{other}` (durable or page-cache)"
+            )),
         }
     }
 }
@@ -136,13 +141,19 @@ pub struct Ticket {
 impl Ticket {
     /// A ticket for nothing to commit.
     pub fn done() -> Ticket {
-        Ticket { done: None, path: Arc::new(PathBuf::new()) }
+        Ticket {
+            done: None,
+            path: Arc::new(PathBuf::new()),
+        }
     }
 
     fn ready(res: Result<(), String>, path: &Arc<PathBuf>) -> Ticket {
         let (ack, done) = oneshot::channel();
         let _ = ack.send(res);
-        Ticket { done: Some(done), path: path.clone() }
+        Ticket {
+            done: Some(done),
+            path: path.clone(),
+        }
     }
 
     /// Waits until the records are committed (or failed to be).
@@ -150,7 +161,10 @@ impl Ticket {
         let Some(done) = self.done else { return Ok(()) };
         match done.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(Error::Write { path: self.path.to_path_buf(), reason }),
+            Ok(Err(reason)) => Err(Error::Write {
+                path: self.path.to_path_buf(),
+                reason,
+            }),
             Err(_) => Err(Error::Stopped),
         }
     }
@@ -168,10 +182,24 @@ impl Audit {
 
     /// Opens the log at `path`: loads (or creates) the signing key, and seals a torn or
     /// unsigned end left by a crash before anything else is written.
-    pub fn open_with(path: &Path, durability: Durability, opts: &Options) -> Result<(Audit, WriterThread), Error> {
-        let err = |source| Error::Open { path: path.to_path_buf(), source };
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    pub fn open_with(
+        path: &Path,
+        durability: Durability,
+        opts: &Options,
+    ) -> Result<(Audit, WriterThread), Error> {
+        let err = |source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
         let file = writer::open_log(path).map_err(err)?;
         let key = opts.key.clone().unwrap_or_else(|| dir.join("audit.key"));
         let signer = Arc::new(chain::Signer::load_or_create(&key)?);
@@ -196,11 +224,22 @@ impl Audit {
                     .name("audit-flush".into())
                     .spawn(move || flusher.run(stopped))
                     .map_err(err)?;
-                (Some((syncer, stop)), Some(thread), writer::HeadSink::AfterSync(pending))
+                (
+                    Some((syncer, stop)),
+                    Some(thread),
+                    writer::HeadSink::AfterSync(pending),
+                )
             }
         };
         let on_reopen = sync.as_ref().map(|(s, _)| s.clone());
-        let mut writer = writer::Writer::new(path.to_path_buf(), file, signer, opts.max_bytes, head, on_reopen);
+        let mut writer = writer::Writer::new(
+            path.to_path_buf(),
+            file,
+            signer,
+            opts.max_bytes,
+            head,
+            on_reopen,
+        );
         if let Err(e) = writer.tidy() {
             tracing::warn!(error = %e, path = %path.display(), "cannot tidy up after an interrupted rotation");
         }
@@ -213,9 +252,15 @@ impl Audit {
         };
         let thread = WriterThread(thread);
         // A log a crash left torn is sealed now, not at the first decision.
-        if let Err(reason) = audit.write(Vec::new(), true).and_then(|generation| audit.sync(generation)) {
+        if let Err(reason) = audit
+            .write(Vec::new(), true)
+            .and_then(|generation| audit.sync(generation))
+        {
             audit.close(thread);
-            return Err(Error::Write { path: path.to_path_buf(), reason });
+            return Err(Error::Write {
+                path: path.to_path_buf(),
+                reason,
+            });
         }
         Ok((audit, thread))
     }
@@ -234,14 +279,22 @@ impl Audit {
         }
         self.write(records, true)
             .and_then(|generation| self.sync(generation))
-            .map_err(|reason| Error::Write { path: self.path.to_path_buf(), reason })
+            .map_err(|reason| Error::Write {
+                path: self.path.to_path_buf(),
+                reason,
+            })
     }
 
     pub fn submit(&self, records: Vec<Record>) -> Ticket {
         if records.is_empty() {
-            return Ticket { done: None, path: self.path.clone() };
+            return Ticket {
+                done: None,
+                path: self.path.clone(),
+            };
         }
-        let res = self.write(records, true).and_then(|generation| self.sync(generation));
+        let res = self
+            .write(records, true)
+            .and_then(|generation| self.sync(generation));
         Ticket::ready(res, &self.path)
     }
 
@@ -274,7 +327,11 @@ impl Audit {
         // A poisoned lock means a thread panicked holding it; the queue and the file state
         // (which is re-read) stay usable.
         let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.waiting.push(Queued { records, sign, done: done.clone() });
+        q.waiting.push(Queued {
+            records,
+            sign,
+            done: done.clone(),
+        });
         loop {
             if let Some(res) = done.get() {
                 return res.clone();
@@ -375,7 +432,11 @@ impl Syncer {
         // Both taken before the sync, so neither names a write the sync does not cover.
         let head = self.head.lock().unwrap_or_else(|p| p.into_inner()).take();
         let upto = self.written.load(Ordering::Acquire);
-        let res = self.file.lock().unwrap_or_else(|p| p.into_inner()).sync_data();
+        let res = self
+            .file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync_data();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.syncing = false;
         if res.is_ok() {
@@ -394,7 +455,10 @@ impl Syncer {
             }
             Err(e) => {
                 if let Some(h) = head {
-                    self.head.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(h);
+                    self.head
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(h);
                 }
                 tracing::error!(error = %e, path = %self.path.display(), "audit fdatasync failed");
                 Err(e.to_string())

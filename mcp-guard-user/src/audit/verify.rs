@@ -280,7 +280,12 @@ pub fn check(key: &PublicKey, key_path: &Path, files: &[PathBuf]) -> Result<Verd
 
 const SIG_FAILED: &str = "the signature over the chain head does not verify";
 
-fn check_with(key: &PublicKey, key_path: &Path, files: &[PathBuf], all_sigs: bool) -> Result<Verdict, Error> {
+fn check_with(
+    key: &PublicKey,
+    key_path: &Path,
+    files: &[PathBuf],
+    all_sigs: bool,
+) -> Result<Verdict, Error> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
@@ -329,7 +334,9 @@ fn check_with(key: &PublicKey, key_path: &Path, files: &[PathBuf], all_sigs: boo
             } else {
                 (
                     Problem::Edited,
-                    format!("{SIG_FAILED}: the records it covers were rewritten (or the key changed)"),
+                    format!(
+                        "{SIG_FAILED}: the records it covers were rewritten (or the key changed)"
+                    ),
                 )
             };
             return Ok(Verdict::Bad(Finding {
