@@ -151,6 +151,17 @@ pub struct Wrap {
     /// Longest message accepted, in bytes, in either direction.
     #[arg(long, default_value_t = crate::frame::DEFAULT_MAX_MESSAGE)]
     pub max_message: usize,
+    /// Most requests in flight (sent, not yet answered) per direction; more are refused
+    /// with -32088 until some are answered; 0: no bound.
+    #[arg(long, default_value_t = crate::guard::Limits::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// Audit records one session may write at once (a token bucket's size); past it,
+    /// requests are refused with -32089 and other records dropped, with one alert; 0: no budget.
+    #[arg(long, default_value_t = crate::guard::Limits::DEFAULT_AUDIT_BURST)]
+    pub audit_burst: u32,
+    /// Audit records per second the session's budget refills with.
+    #[arg(long, default_value_t = crate::guard::Limits::DEFAULT_AUDIT_RATE)]
+    pub audit_rate: u32,
     /// After the client closes stdin: how long the server has to exit before SIGTERM, and
     /// again before SIGKILL.
     #[arg(long, default_value_t = 2000)]

@@ -65,6 +65,80 @@ pub struct Counters {
     pub notifications: u64,
     pub responses: u64,
     pub malformed: u64,
+    /// Requests refused because too many were in flight the same way.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused_in_flight: u64,
+    /// Records not written because the session's audit budget was used up.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unrecorded: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What one session may hold in flight and write to the audit log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Requests in flight per direction (sent, not yet answered); 0: no bound.
+    pub max_in_flight: usize,
+    /// Records a session may write at once (the bucket's size); 0: no budget.
+    pub audit_burst: u32,
+    /// Records per second the budget refills with.
+    pub audit_rate: u32,
+}
+
+impl Limits {
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+    pub const DEFAULT_AUDIT_BURST: u32 = 10_000;
+    pub const DEFAULT_AUDIT_RATE: u32 = 100;
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_in_flight: Limits::DEFAULT_MAX_IN_FLIGHT,
+            audit_burst: Limits::DEFAULT_AUDIT_BURST,
+            audit_rate: Limits::DEFAULT_AUDIT_RATE,
+        }
+    }
+}
+
+/// A token bucket of audit records: one token per record a peer's message causes.
+struct Budget {
+    tokens: f64,
+    last: Instant,
+    /// An alert was raised since the bucket was last full.
+    alerted: bool,
+}
+
+impl Budget {
+    fn new(limits: &Limits) -> Budget {
+        Budget {
+            tokens: f64::from(limits.audit_burst),
+            last: Instant::now(),
+            alerted: false,
+        }
+    }
+
+    fn take(&mut self, limits: &Limits, now: Instant) -> bool {
+        if limits.audit_burst == 0 {
+            return true;
+        }
+        let cap = f64::from(limits.audit_burst);
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * f64::from(limits.audit_rate)).min(cap);
+        if self.tokens >= cap {
+            self.alerted = false;
+        }
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 struct Pending {
@@ -209,9 +283,19 @@ pub struct Session {
     server_pending: HashMap<IdKey, Pending>,
     /// The protocol revision in use, once known.
     protocol: Option<Arc<str>>,
-    /// Pinned tool definitions, and the tools whose definition changed (hidden, refused).
+    /// Pinned tool definitions and server program (see `crate::pins`).
     pins: Option<crate::pins::Pins>,
-    blocked: std::collections::HashSet<String>,
+    /// Tools found pinned and unchanged: called without looking at the store again.
+    approved: std::collections::HashSet<String>,
+    /// Tools the last listing named more than once (withheld, refused).
+    duplicates: std::collections::HashSet<String>,
+    /// The server was pinned for the first time by a listing whose next page is to come.
+    first_listing: bool,
+    server_pid: Option<i32>,
+    /// The server's program, once hashed (None inside: it could not be read).
+    program: Option<Option<crate::pins::Program>>,
+    program_checked: bool,
+    program_alerted: bool,
     /// Alerts raised while judging, committed with the plan.
     alerts: Vec<Record>,
     /// A second policy that can only add denials (a managed shim's own `--policy`).
@@ -221,6 +305,13 @@ pub struct Session {
     resumed_until: Option<Instant>,
     /// mcp-guard's own files, which no request may name (built in, whatever the policy).
     own_files: crate::own_files::OwnFiles,
+    limits: Limits,
+    budget: Budget,
+    /// Requests refused in the current run of "too many in flight", for the client's
+    /// requests (0) and the server's (1); the first of a run is recorded, the rest counted.
+    overflow: [u64; 2],
+    /// The ids of the requests of the batch being judged that will be in flight if it passes.
+    batch_keys: Vec<IdKey>,
     pub counters: Counters,
 }
 
@@ -283,10 +374,20 @@ impl Session {
             server_pending: HashMap::new(),
             protocol: None,
             pins: None,
-            blocked: std::collections::HashSet::new(),
+            approved: std::collections::HashSet::new(),
+            duplicates: std::collections::HashSet::new(),
+            first_listing: false,
+            server_pid: None,
+            program: None,
+            program_checked: false,
+            program_alerted: false,
             alerts: Vec::new(),
             restrictions: None,
             resumed_until: None,
+            limits: Limits::default(),
+            budget: Budget::new(&Limits::default()),
+            overflow: [0; 2],
+            batch_keys: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -295,6 +396,46 @@ impl Session {
     /// log, key, pins) to the standard ones.
     pub fn own_files_mut(&mut self) -> &mut crate::own_files::OwnFiles {
         &mut self.own_files
+    }
+
+    /// Bounds what the session holds in flight and writes to the audit log.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        self.budget = Budget::new(&limits);
+    }
+
+    /// Takes one record from the session's audit budget. When it is used up, the record
+    /// is not written (counted instead) and, once until the budget is full again, an
+    /// alert says so.
+    fn charge(&mut self) -> bool {
+        if self.budget.take(&self.limits, Instant::now()) {
+            return true;
+        }
+        self.counters.unrecorded += 1;
+        if !self.budget.alerted {
+            self.budget.alerted = true;
+            tracing::error!(server = %self.name, "the session used up its audit budget; refusing requests until it refills");
+            let mut alert = self.record("alert");
+            alert.reason = Some(format!(
+                "the session wrote more than its audit budget ({} records, then {} a second); requests are refused and other records dropped until it refills",
+                self.limits.audit_burst, self.limits.audit_rate
+            ));
+            alert.detail = Some(serde_json::json!({
+                "alert": "audit_budget_exceeded",
+                "audit_burst": self.limits.audit_burst,
+                "audit_rate": self.limits.audit_rate,
+            }));
+            self.alerts.push(alert);
+        }
+        false
+    }
+
+    /// Queues an alert for the next commit, if the session's audit budget has room for it
+    /// (a server can cause many: one listing with thousands of new tools).
+    fn push_alert(&mut self, alert: Record) {
+        if self.charge() {
+            self.alerts.push(alert);
+        }
     }
 
     /// Adds a policy whose denials apply on top of the session's policy.
@@ -344,6 +485,11 @@ impl Session {
     /// Pins tool definitions in this store.
     pub fn set_pins(&mut self, pins: crate::pins::Pins) {
         self.pins = Some(pins);
+    }
+
+    /// The server's process, whose program is pinned with its tools.
+    pub fn set_server_pid(&mut self, pid: i32) {
+        self.server_pid = (pid > 0).then_some(pid);
     }
 
     /// Puts a newly loaded policy in force for the requests that follow.
@@ -399,6 +545,7 @@ impl Session {
             }
             Ok(Parsed::Single(m)) => {
                 let mut j = self.message(dir, &m, msg.len());
+                self.batch_keys.clear();
                 if j.pass {
                     let replace = j.replace.take();
                     self.settle(j, plan);
@@ -431,6 +578,7 @@ impl Session {
         raw: Range<usize>,
         plan: &mut Plan,
     ) {
+        self.batch_keys.clear();
         let judged: Vec<Judged> = items
             .iter()
             .map(|item| match item {
@@ -438,6 +586,7 @@ impl Session {
                 Err((id, m)) => self.refusal(dir, *id, m, bytes),
             })
             .collect();
+        self.batch_keys.clear();
         if judged.iter().all(|j| j.pass) {
             // Forwarded as received, unless an element was changed (redacted, filtered):
             // then the batch is rebuilt from the elements, changed ones in their new form.
@@ -551,8 +700,137 @@ impl Session {
         }
     }
 
+    /// Which table tracks the requests travelling `dir` (and which run of overflow).
+    fn in_flight(&mut self, dir: Direction) -> (&mut HashMap<IdKey, Pending>, usize) {
+        match dir {
+            Direction::ToServer => (&mut self.pending, 0),
+            Direction::ToClient => (&mut self.server_pending, 1),
+        }
+    }
+
+    /// The bounds a request meets before the policy sees it: its id is not that of a
+    /// request in flight the same way (so no answer can be matched to the wrong request),
+    /// there is room in flight, and the session's audit budget has room for its record.
+    fn admit(
+        &mut self,
+        dir: Direction,
+        m: &Message<'_>,
+        id: &RawValue,
+        key: &IdKey,
+        bytes: usize,
+    ) -> Option<Judged> {
+        let batch = self.batch_keys.len();
+        let max = self.limits.max_in_flight;
+        let (table, run) = self.in_flight(dir);
+        let live = table.contains_key(key);
+        let full = max > 0 && table.len() + batch >= max;
+        let refuse = |s: &mut Session, code: i64, rule: &str, why: String, recorded: bool| {
+            s.counters.denied += 1;
+            let record = (recorded && s.charge()).then(|| {
+                let mut rec = s.record(if dir == Direction::ToServer {
+                    "request"
+                } else {
+                    "server_request"
+                });
+                rec.direction = Some(dir.name());
+                rec.decision = Some("deny");
+                rec.rule = Some(rule.to_string());
+                rec.reason = Some(why.clone());
+                rec.method = m.method.as_deref().map(crate::identity::redact_text);
+                rec.request_id = Some(recorded_id(id));
+                rec.bytes = Some(bytes);
+                rec
+            });
+            let error = error_line(id, code, &format!("refused by mcp-guard: {why}"), None);
+            Judged {
+                pass: false,
+                record,
+                durable: true,
+                track: None,
+                error: Some(error),
+                reply_to: dir.reverse(),
+                replace: None,
+            }
+        };
+        if live || self.batch_keys.contains(key) {
+            tracing::warn!(
+                direction = dir.name(),
+                "refused a request whose id is in flight already"
+            );
+            let why = "a request with an equal id is still in flight".to_string();
+            return Some(refuse(
+                self,
+                code::INVALID_REQUEST,
+                "id-in-flight",
+                why,
+                true,
+            ));
+        }
+        if full {
+            self.overflow[run] += 1;
+            self.counters.refused_in_flight += 1;
+            let first = self.overflow[run] == 1;
+            if first {
+                tracing::warn!(
+                    direction = dir.name(),
+                    max,
+                    "too many requests in flight; refusing until some are answered"
+                );
+            }
+            let why =
+                format!("{max} requests are in flight already; refused until some are answered");
+            return Some(refuse(
+                self,
+                code::TOO_MANY_IN_FLIGHT,
+                "in-flight-limit",
+                why,
+                first,
+            ));
+        }
+        if !self.charge() {
+            self.counters.denied += 1;
+            let why = "refused by mcp-guard: the session used up its audit budget; try again later";
+            let error = error_line(id, code::AUDIT_BUDGET, why, None);
+            return Some(Judged {
+                pass: false,
+                record: None,
+                durable: true,
+                track: None,
+                error: Some(error),
+                reply_to: dir.reverse(),
+                replace: None,
+            });
+        }
+        None
+    }
+
+    /// Ends a run of refusals for too many in flight once there is room again: one alert
+    /// with how many were refused (the first was recorded on its own).
+    fn end_overflow(&mut self, dir: Direction) {
+        let max = self.limits.max_in_flight;
+        let (table, run) = self.in_flight(dir);
+        let len = table.len();
+        if self.overflow[run] == 0 || (max > 0 && len >= max) {
+            return;
+        }
+        let refused = std::mem::take(&mut self.overflow[run]);
+        let mut alert = self.record("alert");
+        alert.direction = Some(dir.name());
+        alert.reason = Some(format!(
+            "{refused} requests were refused while {max} were in flight"
+        ));
+        alert.detail = Some(
+            serde_json::json!({ "alert": "in_flight_limit", "refused": refused, "max_in_flight": max }),
+        );
+        self.push_alert(alert);
+    }
+
     fn request(&mut self, dir: Direction, m: &Message<'_>, bytes: usize) -> Judged {
         self.counters.requests += 1;
+        let key = IdKey::of(m.id.unwrap_or(jsonrpc::null_id()));
+        if let Some(refused) = self.admit(dir, m, m.id.unwrap_or(jsonrpc::null_id()), &key, bytes) {
+            return refused;
+        }
         let method = m.method.as_deref().unwrap_or_default();
         let params = m.params_value.as_ref();
         let field = |k: &str| params.and_then(|p| p.get(k));
@@ -602,23 +880,15 @@ impl Session {
                 }
             }
         }
-        if let Some(t) = tool.filter(|t| method == "tools/call" && self.blocked.contains(*t)) {
-            // Looked up again: the change may have been approved since.
-            if self
-                .pins
-                .as_ref()
-                .is_none_or(|p| p.is_blocked(&self.name, t))
-            {
-                decision.rule = "pinned-tool-changed".into();
-                decision.message =
-                    Some("the tool's definition changed since it was pinned; review and approve it with `mcp-guard pins approve`".into());
-                if self.policy.mode() == Mode::Monitor {
-                    decision.would_deny = true;
-                } else {
-                    decision.action = Action::Deny;
-                }
+        if let Some(t) = tool.filter(|_| method == "tools/call" && dir == Direction::ToServer)
+            && let Some((rule, message)) = self.pin_block(t)
+        {
+            decision.rule = rule.into();
+            decision.message = Some(message.into());
+            if self.policy.mode() == Mode::Monitor {
+                decision.would_deny = true;
             } else {
-                self.blocked.remove(t);
+                decision.action = Action::Deny;
             }
         }
         if dir == Direction::ToServer {
@@ -661,11 +931,12 @@ impl Session {
                     since: Instant::now(),
                     id: id.to_owned(),
                 };
+                self.batch_keys.push(key.clone());
                 Judged {
                     pass: true,
                     record: Some(rec),
                     durable: true,
-                    track: Some((IdKey::of(id), pending)),
+                    track: Some((key, pending)),
                     error: None,
                     reply_to,
                     replace: None,
@@ -706,6 +977,21 @@ impl Session {
         };
         let resumed = self.resumed_until.is_some_and(|t| Instant::now() < t);
         let found = table.remove(&IdKey::of(id));
+        if found.is_some() {
+            self.end_overflow(dir.reverse());
+        } else if !self.charge() {
+            // An answer to nothing, past the budget: dropped (or passed, while resuming) unrecorded.
+            let pass = resumed && dir == Direction::ToClient;
+            return Judged {
+                pass,
+                record: None,
+                durable: false,
+                track: None,
+                error: None,
+                reply_to: dir,
+                replace: None,
+            };
+        }
         if found.is_none() && resumed && dir == Direction::ToClient {
             rec.decision = Some("allow");
             rec.reason = Some("answer to a request made before the guard daemon restarted".into());
@@ -834,49 +1120,132 @@ impl Session {
         }
     }
 
-    /// Checks a `tools/list` page against the pins (pinning new tools) and removes the tools
-    /// whose definition changed, raising an alert for each. Returns their names. If the pin
+    /// The program the server runs, hashed once per session (after it has spoken, so a
+    /// launcher has exec'd what it launches), and checked against the server's pin.
+    fn program(&mut self) -> Option<crate::pins::Program> {
+        let pins = self.pins.clone()?;
+        if self.program.is_none() {
+            let program = self.server_pid.map(|pid| pins.program_of(pid));
+            self.program = Some(program);
+        }
+        self.program.clone().flatten()
+    }
+
+    /// Records, once per session, that the server's program differs from its pin.
+    fn program_changed(&mut self, pinned: &crate::pins::Program, seen: &crate::pins::Program) {
+        if std::mem::replace(&mut self.program_alerted, true) {
+            return;
+        }
+        tracing::warn!(server = %self.name, "the server's program changed since it was pinned; its tools are withheld");
+        let mut alert = self.record("alert");
+        alert.reason = Some("the server's program changed since it was pinned".into());
+        alert.detail = Some(serde_json::json!({
+            "alert": "server_binary_changed",
+            "pinned": pinned,
+            "seen": seen,
+        }));
+        self.push_alert(alert);
+    }
+
+    /// Why a call to `tool` is held back by the pins, if it is: a duplicated name in the
+    /// last listing, or what the store says (looked up each time, so an approval counts at
+    /// once). Tools the last listing showed clean are not looked up again.
+    fn pin_block(&mut self, tool: &str) -> Option<(&'static str, &'static str)> {
+        if self.duplicates.contains(tool) {
+            return Some((
+                "duplicate-tool-name",
+                "the server listed more than one tool with this name",
+            ));
+        }
+        if self.approved.contains(tool) {
+            return None;
+        }
+        let pins = self.pins.clone()?;
+        if !self.program_checked
+            && let Some(program) = self.program()
+        {
+            self.program_checked = true;
+            if let Ok(Some((pinned, seen))) = pins.check_program(&self.name, &program) {
+                self.program_changed(&pinned, &seen);
+            }
+        }
+        match pins.blocked(&self.name, tool) {
+            Some(b) => Some((b.rule(), b.message())),
+            None => {
+                self.approved.insert(tool.to_string());
+                None
+            }
+        }
+    }
+
+    /// Checks a `tools/list` page against the pins and the server's program, and removes
+    /// from it every tool that is not trusted: changed since pinned, added since the first
+    /// listing, named twice in the page, without a name, or all of them when the server's
+    /// program changed. Raises an alert for each; returns the names withheld. If the pin
     /// store cannot be used, every tool is withheld (fail closed) and that is the alert.
     fn pin_tools(&mut self, result: &mut serde_json::Value) -> Vec<String> {
+        use std::collections::HashSet;
         let Some(pins) = self.pins.clone() else {
             return Vec::new();
         };
+        let more = result.get("nextCursor").is_some_and(|c| !c.is_null());
+        let program = self.program();
         let Some(tools) = result
             .get_mut("tools")
             .and_then(serde_json::Value::as_array_mut)
         else {
             return Vec::new();
         };
-        let seen: Vec<(String, String)> = tools
+        let name_of = |t: &serde_json::Value| {
+            t.get("name")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+        };
+        let mut count: HashMap<String, usize> = HashMap::new();
+        for t in tools.iter() {
+            if let Some(n) = name_of(t) {
+                *count.entry(n).or_default() += 1;
+            }
+        }
+        let dups: HashSet<String> = count
+            .iter()
+            .filter(|(_, c)| **c > 1)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let seen: Vec<crate::pins::Seen> = tools
             .iter()
             .filter_map(|t| {
-                Some((
-                    t.get("name")?.as_str()?.to_string(),
-                    crate::pins::definition_sha256(t),
-                ))
+                name_of(t)
+                    .filter(|n| !dups.contains(n))
+                    .map(|n| crate::pins::Seen::of(&n, t))
             })
             .collect();
-        let changed = match pins.check(&self.name, self.subject.server_exe.as_deref(), &seen) {
-            Ok(changed) => changed,
+        let checked = match pins.check(&self.name, program.as_ref(), &seen, self.first_listing) {
+            Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, path = %pins.path().display(), "tool pins unavailable; withholding the tool list");
                 let mut alert = self.record("alert");
                 alert.reason = Some(crate::identity::redact_text(&e.to_string()));
                 alert.detail = Some(serde_json::json!({ "alert": "pins_unavailable" }));
-                self.alerts.push(alert);
-                let names = seen.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
-                self.blocked.extend(names.iter().cloned());
+                self.push_alert(alert);
+                let names: Vec<String> = tools.iter().filter_map(name_of).collect();
+                for n in &names {
+                    self.approved.remove(n);
+                }
                 tools.clear();
-                return names;
+                return names
+                    .iter()
+                    .map(|n| crate::identity::redact_text(n))
+                    .collect();
             }
         };
-        for (name, _) in &seen {
-            if !changed.iter().any(|c| &c.tool == name) {
-                self.blocked.remove(name);
-            }
+        self.program_checked = true;
+        self.first_listing = checked.first && more;
+        if let Some((pinned, seen)) = &checked.program {
+            self.program_changed(pinned, seen);
         }
-        let mut hidden = Vec::new();
-        for c in changed {
+        let mut withhold: HashSet<String> = HashSet::new();
+        for c in &checked.changed {
             tracing::warn!(tool = %c.tool, server = %self.name, "tool definition changed since it was pinned; withheld");
             let mut alert = self.record("alert");
             alert.tool = Some(crate::identity::redact_text(&c.tool));
@@ -884,12 +1253,70 @@ impl Session {
             alert.detail = Some(
                 serde_json::json!({ "alert": "tool_definition_changed", "pinned_sha256": c.pinned, "seen_sha256": c.seen }),
             );
-            self.alerts.push(alert);
-            tools.retain(|t| {
-                t.get("name").and_then(serde_json::Value::as_str) != Some(c.tool.as_str())
+            self.push_alert(alert);
+            withhold.insert(c.tool.clone());
+        }
+        for (name, sha) in &checked.added {
+            tracing::warn!(tool = %name, server = %self.name, "a tool was added since the server was pinned; withheld");
+            let skeleton = crate::pins::skeleton(name);
+            let resembles = seen
+                .iter()
+                .map(|s| &s.name)
+                .filter(|n| *n != name && !checked.added.iter().any(|(a, _)| a == *n))
+                .find(|n| crate::pins::skeleton(n) == skeleton);
+            let mut alert = self.record("alert");
+            alert.tool = Some(crate::identity::redact_text(name));
+            alert.reason = Some(match resembles {
+                Some(r) => format!(
+                    "a tool was added since the server was pinned, with a name like `{}`",
+                    crate::identity::redact_text(r)
+                ),
+                None => "a tool was added since the server was pinned".into(),
             });
-            self.blocked.insert(c.tool.clone());
-            hidden.push(crate::identity::redact_text(&c.tool));
+            alert.detail = Some(serde_json::json!({
+                "alert": "tool_added",
+                "seen_sha256": sha,
+                "resembles": resembles.map(|r| crate::identity::redact_text(r)),
+            }));
+            self.push_alert(alert);
+            withhold.insert(name.clone());
+        }
+        for name in &dups {
+            tracing::warn!(tool = %name, server = %self.name, "a tool listing names a tool more than once; withheld");
+            let mut alert = self.record("alert");
+            alert.tool = Some(crate::identity::redact_text(name));
+            alert.reason = Some("the listing names this tool more than once".into());
+            alert.detail =
+                Some(serde_json::json!({ "alert": "duplicate_tool_name", "count": count[name] }));
+            self.push_alert(alert);
+            withhold.insert(name.clone());
+        }
+        let program_changed = checked.program.is_some();
+        let mut hidden = Vec::new();
+        tools.retain(|t| {
+            let keep = match name_of(t) {
+                Some(n) => !program_changed && !withhold.contains(&n),
+                // A tool without a name cannot be pinned or called: not offered.
+                None => false,
+            };
+            if !keep {
+                hidden.push(crate::identity::redact_text(
+                    &name_of(t).unwrap_or_default(),
+                ));
+            }
+            keep
+        });
+        for s in &seen {
+            if program_changed || withhold.contains(&s.name) {
+                self.approved.remove(&s.name);
+            } else {
+                self.approved.insert(s.name.clone());
+                self.duplicates.remove(&s.name);
+            }
+        }
+        for d in dups {
+            self.approved.remove(&d);
+            self.duplicates.insert(d);
         }
         hidden
     }
@@ -963,6 +1390,9 @@ impl Session {
             // error for that request instead; nothing is sent to the server.
             Direction::ToClient => {
                 let answered = id.and_then(|id| self.pending.remove(&IdKey::of(id)));
+                if answered.is_some() {
+                    self.end_overflow(Direction::ToServer);
+                }
                 let error = answered.map(|p| {
                     rec.links = Some(p.record);
                     let message = format!("the server sent an unusable response: {m}");
@@ -971,9 +1401,10 @@ impl Session {
                 (Direction::ToClient, error)
             }
         };
+        let record = self.charge().then_some(rec);
         Judged {
             pass: false,
-            record: Some(rec),
+            record,
             durable: true,
             track: None,
             error,
@@ -1067,8 +1498,12 @@ impl Session {
     /// Error responses for every client request still in flight, and their records.
     pub fn abandon(&mut self, why: &str) -> (Vec<u8>, Vec<Record>) {
         let mut out = Vec::new();
-        let mut records = Vec::new();
-        for (_, p) in std::mem::take(&mut self.pending) {
+        let pending = std::mem::take(&mut self.pending);
+        self.server_pending.clear();
+        self.end_overflow(Direction::ToServer);
+        self.end_overflow(Direction::ToClient);
+        let mut records = std::mem::take(&mut self.alerts);
+        for (_, p) in pending {
             out.extend(error_line(&p.id, code::SERVER_FAILED, why, None));
             out.push(b'\n');
             let mut rec = self.response_record();
@@ -1202,3 +1637,6 @@ mod tests;
 
 #[cfg(test)]
 mod differential;
+
+#[cfg(test)]
+mod flight_tests;

@@ -33,6 +33,11 @@ pub mod code {
     pub const AUDIT_UNAVAILABLE: i64 = -32085;
     /// The server's response is larger than the policy allows.
     pub const RESPONSE_TOO_LARGE: i64 = -32086;
+    /// Too many requests from the sender are in flight (`--max-in-flight`).
+    pub const TOO_MANY_IN_FLIGHT: i64 = -32088;
+    /// The session has used up what it may write to the audit log (`--audit-burst`,
+    /// `--audit-rate`); requests are refused until the budget refills.
+    pub const AUDIT_BUDGET: i64 = -32089;
 }
 
 /// Why a line is not an acceptable message.
@@ -221,7 +226,13 @@ fn message(text: &str) -> Result<Message<'_>, Malformed> {
         });
     }
     if let Some(id) = env.id {
-        let ok = matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'));
+        let ok = match id.get().as_bytes().first() {
+            // A string id must be text: a lone surrogate escape (`"\ud800"`) is read
+            // differently by different readers (kept, or replaced by U+FFFD).
+            Some(b'"') => serde_json::from_str::<String>(id.get()).is_ok(),
+            Some(b'-' | b'0'..=b'9') => true,
+            _ => false,
+        };
         // A response to a request whose id could not be read carries `null`.
         let null_answer = env.method.is_none() && id.get() == "null";
         if !ok && !null_answer {
@@ -465,40 +476,36 @@ impl<'de> Visitor<'de> for Checked<'_> {
     }
 }
 
-/// A key under which an id is tracked: ids are compared by JSON value, not spelling.
+/// A key under which an id is tracked: ids are compared by JSON value, not spelling, and
+/// two ids that a common reader could take for the same one get the same key. Strings by
+/// their decoded text; numbers by the IEEE double they read as (what JavaScript and Go
+/// read; Python's `1 == 1.0` agrees), with `-0` as `0`: `1`, `1.0`, `1e0` and `10e-1` are
+/// one id, and so are two integers beyond 2^53 that round to the same double. A string and
+/// a number are never the same id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum IdKey {
     Str(String),
-    Int(i128),
+    Num(u64),
     Other(String),
 }
 
 impl IdKey {
     pub fn of(id: &RawValue) -> IdKey {
-        if id.get().starts_with('"') {
-            return match serde_json::from_str::<String>(id.get()) {
+        let text = id.get();
+        if text.starts_with('"') {
+            return match serde_json::from_str::<String>(text) {
                 Ok(s) => IdKey::Str(s),
-                Err(_) => IdKey::Other(id.get().to_string()),
+                Err(_) => IdKey::Other(text.to_string()),
             };
         }
-        if let Ok(i) = id.get().parse::<i64>() {
-            return IdKey::Int(i.into());
+        if matches!(text.as_bytes().first(), Some(b'-' | b'0'..=b'9'))
+            && let Ok(f) = text.parse::<f64>()
+        {
+            // JSON has no NaN; an overflow reads as an infinity, as it does in JavaScript.
+            let f = if f == 0.0 { 0.0 } else { f };
+            return IdKey::Num(f.to_bits());
         }
-        if let Ok(n) = serde_json::from_str::<serde_json::Number>(id.get()) {
-            if let Some(i) = n.as_i64() {
-                return IdKey::Int(i.into());
-            }
-            if let Some(u) = n.as_u64() {
-                return IdKey::Int(u.into());
-            }
-            if let Some(f) = n.as_f64()
-                && f.fract() == 0.0
-                && f.abs() < 9.0e15
-            {
-                return IdKey::Int(f as i128);
-            }
-        }
-        IdKey::Other(id.get().to_string())
+        IdKey::Other(text.to_string())
     }
 }
 
@@ -671,8 +678,37 @@ mod tests {
     fn ids_compare_by_value() {
         let k = |s: &str| IdKey::of(serde_json::from_str::<&RawValue>(s).unwrap());
         assert_eq!(k("1"), k("1.0"));
+        assert_eq!(k("1"), k("1e0"));
+        assert_eq!(k("1"), k("10E-1"));
+        assert_eq!(k("0"), k("-0"));
+        assert_eq!(k("0"), k("-0.0e5"));
+        assert_ne!(k("1"), k("2"));
         assert_ne!(k("1"), k("\"1\""));
+        assert_ne!(k("\"1\""), k("\"1.0\""));
         assert_eq!(k("\"\\u0061\""), k("\"a\""));
+        // Past 2^53 a double cannot tell these apart, and JavaScript and Go servers read
+        // ids as doubles: they are one id.
+        assert_eq!(k("9007199254740993"), k("9007199254740992"));
+        assert_eq!(
+            k("123456789012345678901234567890"),
+            k("1.2345678901234568e29")
+        );
+        assert_ne!(k("9007199254740991"), k("9007199254740992"));
+        assert_eq!(k("1e400"), k("1e500"));
+    }
+
+    #[test]
+    fn a_string_id_with_a_lone_surrogate_is_refused() {
+        for line in [
+            r#"{"jsonrpc":"2.0","id":"\ud800","method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":"a\uDC00","method":"ping"}"#,
+        ] {
+            assert!(
+                matches!(parse(line.as_bytes()), Err(Malformed::Invalid { .. })),
+                "{line}"
+            );
+        }
+        assert!(parse(br#"{"jsonrpc":"2.0","id":"\ud83d\ude00","method":"ping"}"#).is_ok());
     }
 
     #[test]

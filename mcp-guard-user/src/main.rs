@@ -127,6 +127,11 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
         },
         durability,
         max_message: w.max_message,
+        limits: mcp_guard::guard::Limits {
+            max_in_flight: w.max_in_flight,
+            audit_burst: w.audit_burst,
+            audit_rate: w.audit_rate,
+        },
         command: w.command,
         grace: Duration::from_millis(w.shutdown_grace_ms),
         managed,
@@ -148,20 +153,46 @@ fn pins_list(path: Option<PathBuf>) -> anyhow::Result<i32> {
     let pins = pin_store(path)?;
     let store = pins.load()?;
     println!("{}", pins.path().display());
-    for (server, tools) in &store.servers {
-        for (tool, pin) in tools {
-            let state = match &pin.pending {
-                Some(p) => format!(
+    let short = |h: &Option<String>| {
+        h.as_deref()
+            .map_or("-".to_string(), |h| h.chars().take(12).collect())
+    };
+    let program = |p: &mcp_guard::pins::Program| {
+        let exe = format!("{} {}", p.exe.as_deref().unwrap_or("?"), short(&p.sha256));
+        match &p.script {
+            Some(s) => format!("{exe} + {s} {}", short(&p.script_sha256)),
+            None => exe,
+        }
+    };
+    for (server, s) in &store.servers {
+        match (&s.program, &s.pending_program) {
+            (Some(p), None) => println!("{server:<20} program {}", program(p)),
+            (p, Some(q)) => println!(
+                "{server:<20} program {} CHANGED to {} (seen {}), every tool blocked until approved",
+                p.as_ref().map_or("-".to_string(), program),
+                program(&q.program),
+                q.seen_at
+            ),
+            (None, None) => {}
+        }
+        for (tool, pin) in &s.tools {
+            let pinned_at = pin.pinned_at.as_deref().unwrap_or("-");
+            let state = match (&pin.sha256, &pin.pending) {
+                (None, Some(p)) => format!(
+                    "NEW (seen {}, {}), blocked until approved",
+                    p.seen_at,
+                    short(&Some(p.sha256.clone()))
+                ),
+                (_, Some(p)) => format!(
                     "CHANGED (seen {}, {}), blocked until approved",
                     p.seen_at,
-                    &p.sha256[..12]
+                    short(&Some(p.sha256.clone()))
                 ),
-                None => "pinned".to_string(),
+                _ => "pinned".to_string(),
             };
             println!(
-                "{server:<20} {tool:<32} {} {} {state}",
-                pin.pinned_at,
-                &pin.sha256[..12]
+                "{server:<20} {tool:<32} {pinned_at} {} {state}",
+                short(&pin.sha256)
             );
         }
     }
@@ -171,7 +202,7 @@ fn pins_list(path: Option<PathBuf>) -> anyhow::Result<i32> {
 fn pins_approve(path: Option<PathBuf>, server: &str, tool: Option<&str>) -> anyhow::Result<i32> {
     let pins = pin_store(path)?;
     let n = pins.approve(server, tool)?;
-    println!("approved {n} changed definition(s) of {server}");
+    println!("approved {n} pending change(s) of {server}");
     Ok(i32::from(n == 0))
 }
 

@@ -57,6 +57,8 @@ pub struct Options {
     pub audit_opts: crate::audit::Options,
     pub durability: Durability,
     pub max_message: usize,
+    /// What one session may hold in flight and write to the audit log.
+    pub limits: crate::guard::Limits,
     pub command: Vec<OsString>,
     /// After the client closes its end: wait this long, then SIGTERM; again, then SIGKILL.
     pub grace: Duration,
@@ -272,6 +274,8 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
             own.add_dir(p);
         }
     }
+    guard.set_limits(opts.limits);
+    guard.set_server_pid(pid);
     guard.set_pins(pins);
     let session = RefCell::new(guard);
     let server_in: Sink = Mutex::new(

@@ -266,6 +266,7 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
         subject,
     );
     session.set_pins(crate::pins::Pins::beside(&shared.audit_path));
+    session.set_server_pid(server.pid);
     if let Some(r) = restrictions.clone() {
         session.set_restrictions(r);
     }
