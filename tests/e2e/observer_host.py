@@ -10,8 +10,10 @@ cwd (the server's, or its wrapper's, working directory), calls ([tool, arguments
 reported, not raised), wrap (argv of `mcp-guard wrap ...` to put before the server),
 sessions (how many to run at once, default 1), hold (seconds to stay connected after the
 calls), start_gate (a file to wait for before the first call), then_gate and then_calls (a
-second round of calls, after another file appears). Prints one JSON line per
-session: {"ok": [...], "errors": [...]}.
+second round of calls, after another file appears), poke (a unix socket: before each call
+the host connects to it and writes a few bytes, local socket traffic beside the session),
+cpu (run the host and its servers on this CPU only). Prints one JSON line per session:
+{"ok": [...], "errors": [...]}.
 """
 
 from __future__ import annotations
@@ -67,6 +69,14 @@ async def over_http(spec: dict, out: list) -> None:
     out.append(result)
 
 
+def poke(path: str) -> None:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+        s.sendall(b"hello\n")
+
+
 async def one(spec: dict, out: list) -> None:
     if spec.get("url"):
         return await over_http(spec, out)
@@ -82,6 +92,8 @@ async def one(spec: dict, out: list) -> None:
                 while gate and not os.path.exists(gate):
                     await anyio.sleep(0.05)
                 for tool, arguments in spec.get(calls_key, []):
+                    if spec.get("poke"):
+                        poke(spec["poke"])
                     try:
                         r = await peer.session.call_tool(tool, arguments)
                         failed = getattr(r, "is_error", getattr(r, "isError", False))
@@ -97,6 +109,8 @@ async def one(spec: dict, out: list) -> None:
 
 
 async def main(spec: dict) -> None:
+    if "cpu" in spec:
+        os.sched_setaffinity(0, {spec["cpu"]})
     out: list = []
     async with anyio.create_task_group() as tg:
         for _ in range(spec.get("sessions", 1)):

@@ -359,6 +359,50 @@ def test_denied_call_kills_the_server_before_it_runs(daemon_factory, tmp_path: P
     assert len([r for r in calls(d.records()) if r["tool"] == "list_directory"]) == n
 
 
+SINK = r"""
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(64)
+open(sys.argv[1] + ".ready", "w").close()
+while True:
+    c, _ = s.accept(); c.recv(4096); c.close()
+"""
+
+
+def test_local_socket_bytes_beside_a_session_lose_no_call(daemon_factory, tmp_path: Path) -> None:
+    """Chunks of any kind share their CPU's sequence: bytes a host writes to some unix
+    socket just before each call (pinned to one CPU) must not look like lost chunks and
+    make the daemon drop the call. Every call is judged, every denied write is stopped."""
+    d = daemon_factory(DENY_WRITES + '\n[observer]\ndenied = "kill"\n')
+    root = tmp_path / "root"
+    root.mkdir()
+    sock = tmp_path / "sink.sock"
+    (tmp_path / "sink.py").write_text(SINK)
+    sink = subprocess.Popen([sys.executable, str(tmp_path / "sink.py"), str(sock)])
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(str(sock) + ".ready").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        n = 10
+        for i in range(n):
+            r = d.run_host({"server": "filesystem", "root": str(root), "poke": str(sock), "cpu": 0,
+                            "calls": [["list_directory", {"path": str(root)}],
+                                      ["write_file", {"path": str(root / f"f{i}.txt"), "content": "x"}]]})
+            assert r[0]["ok"] == ["list_directory"] and r[0]["errors"], r
+        assert sorted(p.name for p in root.iterdir()) == [], "a denied call executed"
+        alerts = d.wait_for(f"{n} denied-call alerts",
+                            lambda recs: len(x := alerts_named(recs, "denied_call_observed")) >= n and x)
+        assert len(alerts) == n
+        assert len([r for r in calls(d.records()) if r["tool"] == "list_directory"]) == n
+        gaps = [r for r in d.records() if r["kind"] == "gap"]
+        assert not gaps, f"chunks reported lost with nothing lost: {gaps}"
+        status = d.status()["counters"]
+        assert status["lost_sequence"] == 0 and status["lost_kernel"] == 0, status
+    finally:
+        sink.kill()
+        sink.wait()
+
+
 def test_wrapped_session_is_not_alerted_and_injection_is(daemon_factory, tmp_path: Path) -> None:
     d = daemon_factory()
     root = tmp_path / "root"

@@ -614,8 +614,16 @@ impl Daemon {
                 }
                 self.close_conns(tgid);
             }
-            Event::Data(d) if d.origin == origin::SOCKET => self.socket_data(d),
-            Event::Data(d) => self.data(d),
+            Event::Data(d) => {
+                // Every chunk takes a number from its CPU's sequence, whatever it carries:
+                // accounting for some kinds only would see the others as losses.
+                self.account(&d);
+                if d.origin == origin::SOCKET {
+                    self.socket_data(d);
+                } else {
+                    self.data(d);
+                }
+            }
             Event::Socket(s) => self.socket_opened(s),
         }
     }
@@ -639,20 +647,27 @@ impl Daemon {
         }
     }
 
+    /// Follows the per-CPU chunk sequence. A jump means chunks were lost (the ring was full):
+    /// any stream may miss bytes, so every stream resynchronises at its next newline.
+    fn account(&mut self, d: &Data) {
+        let Some(expected) = self.next_seq.insert(d.cpu, d.seq + 1) else {
+            return;
+        };
+        if d.seq <= expected {
+            return;
+        }
+        self.counters.lost_sequence += d.seq - expected;
+        for p in self.procs.values_mut() {
+            p.inbound.resync = true;
+            p.outbound.resync = true;
+            p.inbound.framer = Framer::new(self.cfg.max_message);
+            p.outbound.framer = Framer::new(self.cfg.max_message);
+        }
+        self.resync_conns();
+    }
+
     fn data(&mut self, d: Data) {
         self.counters.bytes += d.payload.len() as u64;
-        if let Some(expected) = self.next_seq.insert(d.cpu, d.seq + 1)
-            && d.seq > expected
-        {
-            // Chunks were lost between these two: any stream may miss bytes.
-            self.counters.lost_sequence += d.seq - expected;
-            for p in self.procs.values_mut() {
-                p.inbound.resync = true;
-                p.outbound.resync = true;
-                p.inbound.framer = Framer::new(self.cfg.max_message);
-                p.outbound.framer = Framer::new(self.cfg.max_message);
-            }
-        }
         let dir = match (d.origin, d.inbound) {
             (origin::STDIN, true) => Direction::ToServer,
             (origin::STDOUT, false) => Direction::ToClient,

@@ -33,11 +33,26 @@ pub struct Conn {
     session: Option<Box<Observed>>,
     /// The process serving the connection, when known.
     server_pid: Option<u32>,
+    /// Chunks were lost: each direction skips to its next newline ([up, down]).
+    resync: [bool; 2],
 }
 
 const AF_UNIX: u16 = 1;
 
 impl Daemon {
+    /// After lost chunks: newline streams drop their partial line and skip to the next
+    /// newline; HTTP streams start over (a message cut in the middle is not judged).
+    pub(super) fn resync_conns(&mut self) {
+        let max = self.cfg.max_message;
+        for c in self.conns.values_mut() {
+            c.up = Framer::new(max);
+            c.down = Framer::new(max);
+            c.resync = [true; 2];
+            c.http_up = HttpStream::new(false, max);
+            c.http_down = HttpStream::new(true, max);
+        }
+    }
+
     pub(super) fn socket_opened(&mut self, s: Socket) {
         let max = self.cfg.max_message;
         if let Some(old) = self.conns.remove(&(s.tgid, s.fd)) {
@@ -56,6 +71,7 @@ impl Daemon {
                 http_down: HttpStream::new(true, max),
                 session: None,
                 server_pid: if s.accepted { Some(s.tgid) } else { None },
+                resync: [false; 2],
             },
         );
     }
@@ -115,15 +131,25 @@ impl Daemon {
         let mut messages: Vec<Vec<u8>> = Vec::new();
         match conn.proto {
             Proto::Lines => {
-                let framer = if dir == Direction::ToServer {
-                    &mut conn.up
+                let (framer, resync) = if dir == Direction::ToServer {
+                    (&mut conn.up, &mut conn.resync[0])
                 } else {
-                    &mut conn.down
+                    (&mut conn.down, &mut conn.resync[1])
                 };
-                if let Some(spare) = framer.spare(d.payload.len()).get_mut(..d.payload.len()) {
-                    spare.copy_from_slice(&d.payload);
+                let mut payload = &d.payload[..];
+                if *resync {
+                    match memchr::memchr(b'\n', payload) {
+                        Some(i) => {
+                            *resync = false;
+                            payload = &payload[i + 1..];
+                        }
+                        None => payload = &[],
+                    }
                 }
-                framer.filled(d.payload.len());
+                if let Some(spare) = framer.spare(payload.len()).get_mut(..payload.len()) {
+                    spare.copy_from_slice(payload);
+                }
+                framer.filled(payload.len());
                 let mut frames = Vec::new();
                 while let Some(f) = framer.next_frame() {
                     frames.push(f);
