@@ -21,7 +21,10 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::RawTracePointContext,
 };
-use mcp_guard_common::{CHUNK, DataHeader, MAX_CAPTURE, MAX_CHUNKS, SocketEvent, config, data, dir, fd_key, kind, origin, watch};
+use mcp_guard_common::{
+    CHUNK, DataHeader, MAX_CAPTURE, MAX_CHUNKS, SocketEvent, config, data, dir, fd_key, kind,
+    origin, watch,
+};
 
 use crate::{CONFIG, EVENTS, FDS, WATCHED, lost, maybe_watched};
 
@@ -151,12 +154,19 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let source = match number {
         nr::READ | nr::WRITE | nr::RECVFROM | nr::SENDTO => Source::Buf(reg(regs::SI)?),
-        nr::READV | nr::WRITEV => Source::Iov { iov: reg(regs::SI)?, count: reg(regs::DX)? },
+        nr::READV | nr::WRITEV => Source::Iov {
+            iov: reg(regs::SI)?,
+            count: reg(regs::DX)?,
+        },
         _ => {
             let msg = reg(regs::SI)? as *const u8;
             // SAFETY: reads of user memory through the checked helper; a bad pointer is an error.
-            let iov: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(msg.add(MSG_IOV).cast()) }.map_err(i64::from)?;
-            let count: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(msg.add(MSG_IOVLEN).cast()) }.map_err(i64::from)?;
+            let iov: u64 =
+                unsafe { aya_ebpf::helpers::bpf_probe_read_user(msg.add(MSG_IOV).cast()) }
+                    .map_err(i64::from)?;
+            let count: u64 =
+                unsafe { aya_ebpf::helpers::bpf_probe_read_user(msg.add(MSG_IOVLEN).cast()) }
+                    .map_err(i64::from)?;
             Source::Iov { iov, count }
         }
     };
@@ -179,19 +189,29 @@ const AF_INET6: u16 = 10;
 /// A watched process connected to or accepted a socket: a local one (unix, or TCP on a
 /// loopback address) is captured from now on, and user space told.
 #[inline(always)]
-fn socket(tgid: u32, number: u64, ret: i64, reg: &impl Fn(usize) -> Result<u64, i64>) -> Result<(), i64> {
+fn socket(
+    tgid: u32,
+    number: u64,
+    ret: i64,
+    reg: &impl Fn(usize) -> Result<u64, i64>,
+) -> Result<(), i64> {
     let accepted = number != nr::CONNECT;
     // A non-blocking connect is under way when it returns EINPROGRESS.
     if (accepted && ret < 0) || (!accepted && ret != 0 && ret != -EINPROGRESS) {
         return Ok(());
     }
-    let fd = if accepted { ret as u32 } else { reg(regs::DI)? as u32 };
+    let fd = if accepted {
+        ret as u32
+    } else {
+        reg(regs::DI)? as u32
+    };
     let addr = reg(regs::SI)? as *const u8;
     // The peer's address: given to connect, filled in by accept (when asked for).
     let (mut family, mut port, mut local) = (0u16, 0u16, accepted);
     if !addr.is_null() {
         // SAFETY: user memory through the checked helper.
-        let head: [u8; 8] = unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr.cast()) }.map_err(i64::from)?;
+        let head: [u8; 8] =
+            unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr.cast()) }.map_err(i64::from)?;
         family = u16::from_ne_bytes([head[0], head[1]]);
         port = u16::from_be_bytes([head[2], head[3]]);
         local = match family {
@@ -202,9 +222,14 @@ fn socket(tgid: u32, number: u64, ret: i64, reg: &impl Fn(usize) -> Result<u64, 
             AF_INET => head[4] == 127,
             AF_INET6 => {
                 // SAFETY: as above; sin6_addr is at 8..24.
-                let a: [u8; 16] = unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr.add(8).cast()) }.map_err(i64::from)?;
+                let a: [u8; 16] =
+                    unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr.add(8).cast()) }
+                        .map_err(i64::from)?;
                 let loopback = a[..15].iter().all(|&b| b == 0) && a[15] == 1;
-                let mapped = a[..10].iter().all(|&b| b == 0) && a[10] == 0xff && a[11] == 0xff && a[12] == 127;
+                let mapped = a[..10].iter().all(|&b| b == 0)
+                    && a[10] == 0xff
+                    && a[11] == 0xff
+                    && a[12] == 127;
                 loopback || mapped
             }
             _ => false,
@@ -214,7 +239,15 @@ fn socket(tgid: u32, number: u64, ret: i64, reg: &impl Fn(usize) -> Result<u64, 
         return Ok(());
     }
     let _ = FDS.insert(fd_key(tgid, fd), origin::SOCKET, 0);
-    let event = SocketEvent { kind: kind::SOCKET, tgid, fd, accepted: accepted as u32, family, port, _pad: 0 };
+    let event = SocketEvent {
+        kind: kind::SOCKET,
+        tgid,
+        fd,
+        accepted: accepted as u32,
+        family,
+        port,
+        _pad: 0,
+    };
     if EVENTS.output::<SocketEvent>(&event, 0).is_err() {
         lost();
     }
@@ -225,7 +258,13 @@ fn socket(tgid: u32, number: u64, ret: i64, reg: &impl Fn(usize) -> Result<u64, 
 /// a copy of a captured descriptor is captured too; a descriptor number that now names
 /// something else (fd 1 pointed at stderr) is not.
 #[inline(always)]
-fn fd_table(tgid: u32, flags: u32, number: u64, ret: u64, reg: &impl Fn(usize) -> Result<u64, i64>) -> Result<(), i64> {
+fn fd_table(
+    tgid: u32,
+    flags: u32,
+    number: u64,
+    ret: u64,
+    reg: &impl Fn(usize) -> Result<u64, i64>,
+) -> Result<(), i64> {
     let fd = reg(regs::DI)? as u32;
     if number == nr::CLOSE {
         if fd <= 1 {
@@ -288,7 +327,16 @@ static COPY: PerCpuArray<Copy> = PerCpuArray::with_max_entries(1, 0);
 /// rather than once per iteration.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn send(tgid: u32, tid: u32, fd: u32, direction: u8, o: u8, total: u64, source: Source, gate: bool) -> bool {
+fn send(
+    tgid: u32,
+    tid: u32,
+    fd: u32,
+    direction: u8,
+    o: u8,
+    total: u64,
+    source: Source,
+    gate: bool,
+) -> bool {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return false;
     };
@@ -305,7 +353,11 @@ fn send(tgid: u32, tid: u32, fd: u32, direction: u8, o: u8, total: u64, source: 
     h.fd = fd;
     // SAFETY: helpers without arguments.
     h.cpu = unsafe { bpf_get_smp_processor_id() };
-    h.total = if total > u32::MAX as u64 { u32::MAX } else { total as u32 };
+    h.total = if total > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        total as u32
+    };
     h.ktime_ns = unsafe { bpf_ktime_get_ns() };
     h.dir = direction;
     h.origin = o;
@@ -314,7 +366,18 @@ fn send(tgid: u32, tid: u32, fd: u32, direction: u8, o: u8, total: u64, source: 
         return false;
     };
     let state = match source {
-        Source::Buf(buf) => Copy { base: buf, left: wanted, iov_array: 0, iov_count: 0, next_iov: 0, offset: 0, wanted, total, gate: gate as u64, lost: 0 },
+        Source::Buf(buf) => Copy {
+            base: buf,
+            left: wanted,
+            iov_array: 0,
+            iov_count: 0,
+            next_iov: 0,
+            offset: 0,
+            wanted,
+            total,
+            gate: gate as u64,
+            lost: 0,
+        },
         Source::Iov { iov, count } => Copy {
             base: 0,
             left: 0,
@@ -332,7 +395,14 @@ fn send(tgid: u32, tid: u32, fd: u32, direction: u8, o: u8, total: u64, source: 
     let copy = unsafe { &mut *copy };
     *copy = state;
     // SAFETY: `chunk` has the callback signature bpf_loop expects.
-    let r = unsafe { bpf_loop((MAX_CHUNKS as u64 + MAX_IOV) as u32, chunk as *mut c_void, core::ptr::null_mut(), 0) };
+    let r = unsafe {
+        bpf_loop(
+            (MAX_CHUNKS as u64 + MAX_IOV) as u32,
+            chunk as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
     r >= 0 && copy.lost == 0 && copy.offset >= copy.wanted
 }
 
@@ -356,7 +426,10 @@ extern "C" fn chunk(_index: u64, _ctx: *mut c_void) -> i64 {
         c.next_iov += 1;
         // SAFETY: user memory through the checked helper.
         let entry = unsafe {
-            (aya_ebpf::helpers::bpf_probe_read_user(at), aya_ebpf::helpers::bpf_probe_read_user(at.add(1)))
+            (
+                aya_ebpf::helpers::bpf_probe_read_user(at),
+                aya_ebpf::helpers::bpf_probe_read_user(at.add(1)),
+            )
         };
         let (Ok(base), Ok(left)) = entry else {
             return 1;
@@ -380,7 +453,13 @@ extern "C" fn chunk(_index: u64, _ctx: *mut c_void) -> i64 {
     let mut flags = 0;
     // SAFETY: `n <= CHUNK`, the payload's size; the source is user memory read
     // through the checked helper.
-    let read = unsafe { bpf_probe_read_user(scratch.payload.as_mut_ptr().cast(), n as u32, c.base as *const _) };
+    let read = unsafe {
+        bpf_probe_read_user(
+            scratch.payload.as_mut_ptr().cast(),
+            n as u32,
+            c.base as *const _,
+        )
+    };
     if read != 0 {
         flags |= data::FAULT;
     }
@@ -405,7 +484,8 @@ extern "C" fn chunk(_index: u64, _ctx: *mut c_void) -> i64 {
     let size = size_of::<DataHeader>() + n as usize;
     // SAFETY: `size` is at most the scratch entry's size, all of it initialised
     // (map values start zeroed).
-    let record = unsafe { core::slice::from_raw_parts((scratch as *const Scratch).cast::<u8>(), size) };
+    let record =
+        unsafe { core::slice::from_raw_parts((scratch as *const Scratch).cast::<u8>(), size) };
     if EVENTS.output::<[u8]>(record, 0).is_err() {
         lost();
         c.lost += 1;

@@ -56,7 +56,14 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     mark_watched(child as u32, true);
     // For a new thread `child` is a tid; exit removes it again.
     WATCHED
-        .insert(child as u32, Watch { parent: tgid, flags }, 0)
+        .insert(
+            child as u32,
+            Watch {
+                parent: tgid,
+                flags,
+            },
+            0,
+        )
         .map_err(|_| 1u32)?;
     Ok(0)
 }
@@ -89,6 +96,20 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, u32> {
         let _ = FDS.remove(fd_key(tgid, 0));
         let _ = FDS.remove(fd_key(tgid, 1));
     }
+    // A child that user space took for something else (`sh -c 'echo hi; exec server'`)
+    // runs a new program now: capture it again from its first byte, before user space hears
+    // of the exec. Its gate, if any, was left in place.
+    let watched = match watched {
+        Some(w) if w.flags & (watch::HOST | watch::CAPTURE) == 0 => {
+            let w = Watch {
+                parent: w.parent,
+                flags: w.flags | watch::CAPTURE,
+            };
+            let _ = WATCHED.insert(tgid, w, 0);
+            Some(w)
+        }
+        w => w,
+    };
     let (ppid, flags) = watched.map_or((0, 0), |w| (w.parent, w.flags));
     // __data_loc: low 16 bits are the string's offset from the record start.
     // SAFETY: offset and type from the format file cited at the constant.
@@ -145,7 +166,11 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         mark_watched(tgid, false);
         // SAFETY: a helper without arguments.
         let ktime_ns = unsafe { bpf_ktime_get_ns() };
-        let event = ExitEvent { kind: kind::EXIT, tgid, ktime_ns };
+        let event = ExitEvent {
+            kind: kind::EXIT,
+            tgid,
+            ktime_ns,
+        };
         if EVENTS.output::<ExitEvent>(&event, 0).is_err() {
             lost();
         }

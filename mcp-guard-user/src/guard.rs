@@ -89,6 +89,13 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// No bound and no budget: for sessions the observer watches, which cannot refuse a
+    /// message, so a refusal would only hide a request from the record (and from `kill`).
+    pub const NONE: Limits = Limits {
+        max_in_flight: 0,
+        audit_burst: 0,
+        audit_rate: 0,
+    };
     pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
     pub const DEFAULT_AUDIT_BURST: u32 = 10_000;
     pub const DEFAULT_AUDIT_RATE: u32 = 100;

@@ -403,6 +403,68 @@ def test_local_socket_bytes_beside_a_session_lose_no_call(daemon_factory, tmp_pa
         sink.wait()
 
 
+def test_a_banner_or_a_wrapper_script_does_not_turn_capture_off(daemon_factory, tmp_path: Path) -> None:
+    """`sh -c 'echo starting; exec server'`: the shell's banner on stdout, then the real
+    filesystem server in the same process. The session is recorded and, under
+    `denied = "kill"`, its denied write does not happen."""
+    d = daemon_factory(DENY_WRITES + '\n[observer]\ndenied = "kill"\n')
+    root = tmp_path / "root"
+    root.mkdir()
+    banner = ["sh", "-c", 'echo "starting the server, please wait"; shift; exec "$@"', "sh"]
+    r = d.run_host({"server": "filesystem", "root": str(root), "wrap": banner,
+                    "calls": [["list_directory", {"path": str(root)}],
+                              ["write_file", {"path": str(root / "banner.txt"), "content": "x"}]]})
+    assert "list_directory" in r[0]["ok"], r
+    assert not (root / "banner.txt").exists(), "the denied write ran"
+    alerts = d.wait_for("the denied-call alert", lambda recs: alerts_named(recs, "denied_call_observed"))
+    assert alerts[0]["detail"]["tool"] == "write_file" and alerts[0]["detail"]["killed"]
+    assert [r for r in calls(d.records()) if r["tool"] == "list_directory"]
+
+
+RAW_HOST = r"""
+import json, subprocess, sys, time
+spec = json.loads(open(sys.argv[1]).read())
+srv = subprocess.Popen(spec["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+for line in spec["lines"]:
+    try:
+        srv.stdin.write(line.encode() + b"\n"); srv.stdin.flush()
+    except BrokenPipeError:  # killed: the test looks at what happened
+        break
+    time.sleep(0.3)
+time.sleep(1)
+srv.kill(); srv.wait()
+"""
+
+
+def test_what_cannot_be_judged_is_treated_as_denied_under_kill(daemon_factory, tmp_path: Path) -> None:
+    """Lines the daemon cannot judge but the server acts on: a duplicate key (JSON.parse
+    takes the last) and a call longer than max_message. Under `denied = "kill"` the server
+    is killed before it acts, and the alert says why."""
+    d = daemon_factory(ALLOW_ALL + '\n[observer]\ndenied = "kill"\n', extra_config='max_message = 1048576\n')
+    (tmp_path / "raw_host.py").write_text(RAW_HOST)
+    init = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+    for case in ["duplicate_key", "too_long"]:
+        root = tmp_path / case
+        root.mkdir()
+        target = root / "x.txt"
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "write_file", "arguments": {"path": str(target), "content": "x"}}}
+        if case == "too_long":
+            call["params"]["arguments"]["content"] = "x" * (2 << 20)
+            line = json.dumps(call)
+        else:
+            line = json.dumps(call)[:-1] + ', "id": 3}'
+        spec = tmp_path / f"{case}.json"
+        spec.write_text(json.dumps({"argv": harness.filesystem_server(root).argv,
+                                    "lines": [init, '{"jsonrpc":"2.0","method":"notifications/initialized"}', line]}))
+        subprocess.run([str(d.host_exe), str(tmp_path / "raw_host.py"), str(spec)], timeout=60, check=True)
+        assert not target.exists(), f"{case}: the unjudgeable call ran"
+        alert = d.wait_for(f"the {case} alert", lambda recs: [a for a in alerts_named(recs, "denied_call_observed")
+                                                             if a["detail"]["rule"] == f"unjudgeable:{case}"])
+        assert alert[0]["detail"]["killed"], alert
+
+
 def test_wrapped_session_is_not_alerted_and_injection_is(daemon_factory, tmp_path: Path) -> None:
     d = daemon_factory()
     root = tmp_path / "root"

@@ -290,7 +290,14 @@ struct Proc {
     label: Option<(String, Option<String>)>,
     joined_late: bool,
     killed: bool,
+    /// Bytes of lines before the first JSON-RPC message (a banner, a wrapper's echo), both
+    /// directions; past [`BANNER_LIMIT`] the process is taken for something else.
+    banner: usize,
 }
+
+/// How much a process may say before its first JSON-RPC message and still be classified
+/// as a server: a banner, a shell's `echo` before `exec`, a junk line a host sends first.
+const BANNER_LIMIT: usize = 64 << 10;
 
 /// What the daemon counts; `status.json` carries them under `counters`.
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -355,11 +362,23 @@ fn judge_into(
     s.messages += frames.len() as u64;
     counters.messages += frames.len() as u64;
     let plan = s.guard.judge(dir, data, frames);
+    // What the server is about to read and cannot be judged (over max_message, a bare `\r`,
+    // invalid JSON, a lenient envelope, pretty-printed or concatenated JSON) counts as
+    // denied: the server may act on it, and nobody could say it was allowed.
     let denied = plan
         .commit
         .iter()
-        .filter(|r| r.kind == "request" && r.would_deny == Some(true))
-        .map(|r| (r.tool.clone(), r.rule.clone()))
+        .filter(|r| {
+            (r.kind == "request" && r.would_deny == Some(true))
+                || (r.kind == "malformed" && r.direction == Some("client_to_server"))
+        })
+        .map(|r| match r.kind {
+            "malformed" => (
+                r.tool.clone(),
+                r.rule.as_ref().map(|k| format!("unjudgeable:{k}")),
+            ),
+            _ => (r.tool.clone(), r.rule.clone()),
+        })
         .collect();
     records.extend(plan.commit);
     records.extend(plan.append);
@@ -688,6 +707,7 @@ impl Daemon {
             label: None,
             joined_late: late,
             killed: false,
+            banner: 0,
         });
         if p.role == Role::Other || p.killed {
             let killed = p.killed;
@@ -708,16 +728,6 @@ impl Daemon {
                 None => payload = &[],
             }
         }
-        // Not JSON at all: not MCP; stop capturing it rather than buffer its output.
-        if stream.fresh
-            && p.role == Role::Unknown
-            && !p.joined_late
-            && let Some(&first) = payload.iter().find(|b| !b.is_ascii_whitespace())
-            && first != b'{'
-            && first != b'['
-        {
-            return self.not_mcp(d);
-        }
         if !payload.is_empty() {
             stream.fresh = false;
             if let Some(spare) = stream.framer.spare(payload.len()).get_mut(..payload.len()) {
@@ -735,6 +745,11 @@ impl Daemon {
         let mut frames = Vec::new();
         while let Some(f) = stream.framer.next_frame() {
             frames.push(f);
+        }
+        // Before the first message, a line in progress counts against the banner allowance:
+        // a program that prints a long line, or binary, is not buffered up to max_message.
+        if p.role == Role::Unknown && p.banner + stream.framer.pending() > BANNER_LIMIT {
+            return self.not_mcp(d);
         }
         if stream.late_head && !frames.is_empty() {
             stream.late_head = false;
@@ -773,9 +788,7 @@ impl Daemon {
             p.outbound = Stream::new(0, false);
         }
         if let Some(w) = self.observer.watched(d.tgid) {
-            let _ = self
-                .observer
-                .set_flags(d.tgid, w.flags & !(watch::CAPTURE | watch::GATE));
+            let _ = self.observer.set_flags(d.tgid, w.flags & !watch::CAPTURE);
         }
         self.release(&d, false);
     }
@@ -818,16 +831,34 @@ impl Daemon {
 
     /// Decides what `tgid` is from its first complete message; returns the frames left
     /// to handle, or `None` when it is not MCP.
-    fn classify(&mut self, tgid: u32, data: &[u8], frames: Vec<Frame>) -> Option<Vec<Frame>> {
+    ///
+    /// Lines before the first JSON-RPC message are skipped, up to [`BANNER_LIMIT`] bytes in
+    /// all: a banner or a wrapper script's output does not turn capture off, and neither does
+    /// a junk line written first to the server's stdin.
+    fn classify(&mut self, tgid: u32, data: &[u8], mut frames: Vec<Frame>) -> Option<Vec<Frame>> {
         let late = self.procs.get(&tgid).is_some_and(|p| p.joined_late);
-        let first_ok = match frames.first() {
-            Some(Frame::Line { msg, .. }) => jsonrpc::parse(&data[msg.clone()]).is_ok(),
-            _ => false,
-        };
-        if !first_ok {
-            self.not_mcp_pid(tgid);
+        let first = frames.iter().position(|f| match f {
+            Frame::Line { msg, .. } => jsonrpc::parse(&data[msg.clone()]).is_ok(),
+            Frame::TooLong { .. } => false,
+        });
+        let skipped: usize = frames[..first.unwrap_or(frames.len())]
+            .iter()
+            .map(|f| match f {
+                Frame::Line { raw, .. } => raw.len(),
+                Frame::TooLong { seen, .. } => *seen,
+            })
+            .sum();
+        let banner = self.procs.get_mut(&tgid).map(|p| {
+            p.banner += skipped;
+            p.banner
+        });
+        let Some(first) = first else {
+            if banner.is_none_or(|b| b > BANNER_LIMIT) {
+                self.not_mcp_pid(tgid);
+            }
             return None;
-        }
+        };
+        frames.drain(..first);
         let host = self.host_of(tgid);
         let role = if procs::is_shim(tgid) {
             Role::Shim
@@ -876,9 +907,7 @@ impl Daemon {
             p.role = Role::Other;
         }
         if let Some(w) = self.observer.watched(tgid) {
-            let _ = self
-                .observer
-                .set_flags(tgid, w.flags & !(watch::CAPTURE | watch::GATE));
+            let _ = self.observer.set_flags(tgid, w.flags & !watch::CAPTURE);
         }
     }
 
@@ -932,13 +961,14 @@ impl Daemon {
             roots: Vec::new(),
         };
         subject.roots = Subject::roots_from_argv(&argv, subject.cwd.as_deref());
-        let guard = Session::new(
+        let mut guard = Session::new(
             name.clone(),
             self.policy.clone(),
             ctx.clone(),
             self.cfg.max_message,
             subject,
         );
+        guard.set_limits(crate::guard::Limits::NONE);
         let mut start = Record::new("session_start", &ctx);
         start.detail = Some(serde_json::json!({
             "observed": true,

@@ -286,13 +286,14 @@ impl Daemon {
             .as_ref()
             .map(|p| Subject::roots_from_argv(&p.cmdline, subject.cwd.as_deref()))
             .unwrap_or_default();
-        let guard = Session::new(
+        let mut guard = Session::new(
             name.clone(),
             self.policy.clone(),
             ctx.clone(),
             self.cfg.max_message,
             subject,
         );
+        guard.set_limits(crate::guard::Limits::NONE);
         let mut start = Record::new("session_start", &ctx);
         start.detail = Some(
             serde_json::json!({ "observed": true, "socket": { "pid": tgid, "fd": fd, "accepted": accepted }, "agent_host": host_proc }),
