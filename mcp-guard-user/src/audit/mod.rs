@@ -28,6 +28,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use tokio::sync::oneshot;
 
 pub mod chain;
+pub mod checkpoint;
 pub mod forward;
 mod record;
 pub mod verify;
@@ -53,6 +54,8 @@ pub enum Error {
     Write { path: PathBuf, reason: String },
     #[error(transparent)]
     Key(#[from] chain::Error),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::Error),
     #[error("the audit writer has stopped")]
     Stopped,
 }
@@ -65,11 +68,18 @@ pub struct Options {
     /// The signing key (PKCS#8, created if missing); its public half goes next to it with
     /// the extension `.pub`. Default: `audit.key` in the log's directory.
     pub key: Option<PathBuf>,
+    /// Where signed chain heads are copied, at most every [`checkpoint::INTERVAL`], to be
+    /// kept away from the log (see [`checkpoint`]). None: no checkpoints.
+    pub checkpoint: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { max_bytes: DEFAULT_MAX_BYTES, key: None }
+        Options {
+            max_bytes: DEFAULT_MAX_BYTES,
+            key: None,
+            checkpoint: None,
+        }
     }
 }
 
@@ -88,7 +98,9 @@ impl Durability {
         match std::env::var("MCP_GUARD_AUDIT_DURABILITY").as_deref() {
             Err(_) | Ok("") | Ok("durable") => Ok(Durability::Durable),
             Ok("page-cache") => Ok(Durability::PageCache),
-            Ok(other) => Err(format!("MCP_GUARD_AUDIT_DURABILITY: unknown value `{other}` (durable or page-cache)")),
+            Ok(other) => Err(format!(
+                "MCP_GUARD_AUDIT_DURABILITY: unknown value `{other}` (durable or page-cache)"
+            )),
         }
     }
 }
@@ -109,6 +121,8 @@ pub struct Audit {
     /// thread's new record would cost the next waiter an `fdatasync` of its own.
     written: Arc<AtomicU64>,
     path: Arc<PathBuf>,
+    /// The head file (and its checkpoint file), flushed when the log is closed.
+    head_file: Arc<chain::HeadFile>,
 }
 
 type Done = Arc<OnceLock<Result<u64, String>>>;
@@ -136,13 +150,19 @@ pub struct Ticket {
 impl Ticket {
     /// A ticket for nothing to commit.
     pub fn done() -> Ticket {
-        Ticket { done: None, path: Arc::new(PathBuf::new()) }
+        Ticket {
+            done: None,
+            path: Arc::new(PathBuf::new()),
+        }
     }
 
     fn ready(res: Result<(), String>, path: &Arc<PathBuf>) -> Ticket {
         let (ack, done) = oneshot::channel();
         let _ = ack.send(res);
-        Ticket { done: Some(done), path: path.clone() }
+        Ticket {
+            done: Some(done),
+            path: path.clone(),
+        }
     }
 
     /// Waits until the records are committed (or failed to be).
@@ -150,7 +170,10 @@ impl Ticket {
         let Some(done) = self.done else { return Ok(()) };
         match done.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(Error::Write { path: self.path.to_path_buf(), reason }),
+            Ok(Err(reason)) => Err(Error::Write {
+                path: self.path.to_path_buf(),
+                reason,
+            }),
             Err(_) => Err(Error::Stopped),
         }
     }
@@ -168,17 +191,36 @@ impl Audit {
 
     /// Opens the log at `path`: loads (or creates) the signing key, and seals a torn or
     /// unsigned end left by a crash before anything else is written.
-    pub fn open_with(path: &Path, durability: Durability, opts: &Options) -> Result<(Audit, WriterThread), Error> {
-        let err = |source| Error::Open { path: path.to_path_buf(), source };
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    pub fn open_with(
+        path: &Path,
+        durability: Durability,
+        opts: &Options,
+    ) -> Result<(Audit, WriterThread), Error> {
+        let err = |source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
         let file = writer::open_log(path).map_err(err)?;
         let key = opts.key.clone().unwrap_or_else(|| dir.join("audit.key"));
         let signer = Arc::new(chain::Signer::load_or_create(&key)?);
-        let head_file = Arc::new(chain::HeadFile::open(path).map_err(err)?);
+        let checkpoint = opts
+            .checkpoint
+            .as_deref()
+            .map(|c| checkpoint::Checkpoint::open(c, &signer))
+            .transpose()?;
+        let head_file = Arc::new(chain::HeadFile::open(path, checkpoint).map_err(err)?);
         let written = Arc::new(AtomicU64::new(0));
         let (sync, thread, head) = match durability {
-            Durability::PageCache => (None, None, writer::HeadSink::Now(head_file)),
+            Durability::PageCache => (None, None, writer::HeadSink::Now(head_file.clone())),
             Durability::Durable => {
                 let (stop, stopped) = mpsc::sync_channel(0);
                 let pending = Arc::new(Mutex::new(None));
@@ -189,18 +231,29 @@ impl Audit {
                     state: Mutex::new(SyncState::default()),
                     synced: Condvar::new(),
                     head: pending.clone(),
-                    head_file,
+                    head_file: head_file.clone(),
                 });
                 let flusher = syncer.clone();
                 let thread = std::thread::Builder::new()
                     .name("audit-flush".into())
                     .spawn(move || flusher.run(stopped))
                     .map_err(err)?;
-                (Some((syncer, stop)), Some(thread), writer::HeadSink::AfterSync(pending))
+                (
+                    Some((syncer, stop)),
+                    Some(thread),
+                    writer::HeadSink::AfterSync(pending),
+                )
             }
         };
         let on_reopen = sync.as_ref().map(|(s, _)| s.clone());
-        let mut writer = writer::Writer::new(path.to_path_buf(), file, signer, opts.max_bytes, head, on_reopen);
+        let mut writer = writer::Writer::new(
+            path.to_path_buf(),
+            file,
+            signer,
+            opts.max_bytes,
+            head,
+            on_reopen,
+        );
         if let Err(e) = writer.tidy() {
             tracing::warn!(error = %e, path = %path.display(), "cannot tidy up after an interrupted rotation");
         }
@@ -210,12 +263,19 @@ impl Audit {
             sync,
             written,
             path: Arc::new(path.to_path_buf()),
+            head_file,
         };
         let thread = WriterThread(thread);
         // A log a crash left torn is sealed now, not at the first decision.
-        if let Err(reason) = audit.write(Vec::new(), true).and_then(|generation| audit.sync(generation)) {
+        if let Err(reason) = audit
+            .write(Vec::new(), true)
+            .and_then(|generation| audit.sync(generation))
+        {
             audit.close(thread);
-            return Err(Error::Write { path: path.to_path_buf(), reason });
+            return Err(Error::Write {
+                path: path.to_path_buf(),
+                reason,
+            });
         }
         Ok((audit, thread))
     }
@@ -234,14 +294,22 @@ impl Audit {
         }
         self.write(records, true)
             .and_then(|generation| self.sync(generation))
-            .map_err(|reason| Error::Write { path: self.path.to_path_buf(), reason })
+            .map_err(|reason| Error::Write {
+                path: self.path.to_path_buf(),
+                reason,
+            })
     }
 
     pub fn submit(&self, records: Vec<Record>) -> Ticket {
         if records.is_empty() {
-            return Ticket { done: None, path: self.path.clone() };
+            return Ticket {
+                done: None,
+                path: self.path.clone(),
+            };
         }
-        let res = self.write(records, true).and_then(|generation| self.sync(generation));
+        let res = self
+            .write(records, true)
+            .and_then(|generation| self.sync(generation));
         Ticket::ready(res, &self.path)
     }
 
@@ -274,7 +342,11 @@ impl Audit {
         // A poisoned lock means a thread panicked holding it; the queue and the file state
         // (which is re-read) stay usable.
         let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.waiting.push(Queued { records, sign, done: done.clone() });
+        q.waiting.push(Queued {
+            records,
+            sign,
+            done: done.clone(),
+        });
         loop {
             if let Some(res) = done.get() {
                 return res.clone();
@@ -318,6 +390,8 @@ impl Audit {
         if let Some(t) = thread.0 {
             let _ = t.join();
         }
+        // The last head is checkpointed whatever the interval: what was written is seen.
+        self.head_file.flush();
     }
 }
 
@@ -348,6 +422,9 @@ impl Syncer {
     fn run(&self, stop: mpsc::Receiver<()>) {
         while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(FLUSH_INTERVAL) {
             let _ = self.sync_to(self.written.load(Ordering::Acquire));
+            // A head held back by the checkpoint interval goes out once due, even when
+            // no more records come.
+            self.head_file.tick();
         }
         let _ = self.sync_to(self.written.load(Ordering::Acquire));
     }
@@ -375,7 +452,11 @@ impl Syncer {
         // Both taken before the sync, so neither names a write the sync does not cover.
         let head = self.head.lock().unwrap_or_else(|p| p.into_inner()).take();
         let upto = self.written.load(Ordering::Acquire);
-        let res = self.file.lock().unwrap_or_else(|p| p.into_inner()).sync_data();
+        let res = self
+            .file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync_data();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.syncing = false;
         if res.is_ok() {
@@ -394,7 +475,10 @@ impl Syncer {
             }
             Err(e) => {
                 if let Some(h) = head {
-                    self.head.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(h);
+                    self.head
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(h);
                 }
                 tracing::error!(error = %e, path = %self.path.display(), "audit fdatasync failed");
                 Err(e.to_string())

@@ -84,7 +84,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     let mut obs = Observer::load_with(&object, Settings { ring_bytes: cfg.ring_bytes, max_capture })
         .with_context(|| format!("cannot load the eBPF object {}", object.display()))?;
     let mut events = obs.events()?;
-    let opts = audit::Options { max_bytes: audit::DEFAULT_MAX_BYTES, key: Some(cfg.audit_key.clone()) };
+    let opts = audit::Options { max_bytes: audit::DEFAULT_MAX_BYTES, key: Some(cfg.audit_key.clone()), checkpoint: None };
     let (audit, writer) = Audit::open_with(&cfg.audit, cfg.durability, &opts)?;
     std::fs::create_dir_all(&cfg.run_dir).with_context(|| format!("cannot create {}", cfg.run_dir.display()))?;
     let committer = Committer::spawn(audit.clone())?;
