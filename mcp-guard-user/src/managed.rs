@@ -80,8 +80,12 @@ pub fn cap_frames(frames: Vec<Frame>, data: &[u8], max: usize) -> Vec<Frame> {
         .into_iter()
         .map(|f| match f {
             Frame::Line { msg, .. } if msg.len() > max => {
-                let prefix = data[msg.start..msg.start + crate::frame::PREFIX_LEN.min(msg.len())].to_vec();
-                Frame::TooLong { prefix, seen: msg.len() }
+                let prefix =
+                    data[msg.start..msg.start + crate::frame::PREFIX_LEN.min(msg.len())].to_vec();
+                Frame::TooLong {
+                    prefix,
+                    seen: msg.len(),
+                }
             }
             other => other,
         })
@@ -113,7 +117,10 @@ pub fn frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
 
 /// Reads one frame of at most `max` bytes: its type and payload. `Ok(None)` at a clean end
 /// of stream.
-pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: usize) -> Result<Option<(u8, Vec<u8>)>, Error> {
+pub async fn read_frame(
+    r: &mut (impl AsyncRead + Unpin),
+    max: usize,
+) -> Result<Option<(u8, Vec<u8>)>, Error> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -142,7 +149,12 @@ fn put(out: &mut Vec<u8>, kind: u8, a: usize, b: usize, bytes: &[u8]) {
 
 /// A `JUDGE` payload for `frames` over `data`.
 pub fn encode_judge(seq: u64, dir: Direction, data: &[u8], frames: &[Frame]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + frames.iter().filter_map(|f| f.raw().map(|r| r.len() + 9)).sum::<usize>());
+    let mut out = Vec::with_capacity(
+        16 + frames
+            .iter()
+            .filter_map(|f| f.raw().map(|r| r.len() + 9))
+            .sum::<usize>(),
+    );
     out.extend_from_slice(&seq.to_le_bytes());
     out.push(u8::from(dir == Direction::ToClient));
     out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
@@ -167,10 +179,18 @@ impl<'a> Cursor<'a> {
         Ok(a)
     }
     fn u32(&mut self) -> Result<usize, Error> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Error::Malformed("u32"))?) as usize)
+        Ok(u32::from_le_bytes(
+            self.take(4)?
+                .try_into()
+                .map_err(|_| Error::Malformed("u32"))?,
+        ) as usize)
     }
     fn u64(&mut self) -> Result<u64, Error> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| Error::Malformed("u64"))?))
+        Ok(u64::from_le_bytes(
+            self.take(8)?
+                .try_into()
+                .map_err(|_| Error::Malformed("u64"))?,
+        ))
     }
     fn u8(&mut self) -> Result<u8, Error> {
         Ok(self.take(1)?[0])
@@ -188,7 +208,11 @@ pub struct Judge {
 pub fn decode_judge(payload: &[u8]) -> Result<Judge, Error> {
     let mut c = Cursor(payload);
     let seq = c.u64()?;
-    let dir = if c.u8()? == 0 { Direction::ToServer } else { Direction::ToClient };
+    let dir = if c.u8()? == 0 {
+        Direction::ToServer
+    } else {
+        Direction::ToClient
+    };
     let n = c.u32()?;
     let mut data = Vec::new();
     let mut frames = Vec::with_capacity(n.min(4096));
@@ -202,16 +226,27 @@ pub fn decode_judge(payload: &[u8]) -> Result<Judge, Error> {
                 }
                 let start = data.len();
                 data.extend_from_slice(c.take(a)?);
-                frames.push(Frame::Line { msg: start..start + b, raw: start..start + a });
+                frames.push(Frame::Line {
+                    msg: start..start + b,
+                    raw: start..start + a,
+                });
             }
-            1 => frames.push(Frame::TooLong { prefix: c.take(b)?.to_vec(), seen: a }),
+            1 => frames.push(Frame::TooLong {
+                prefix: c.take(b)?.to_vec(),
+                seen: a,
+            }),
             _ => return Err(Error::Malformed("frame kind")),
         }
     }
     if !c.0.is_empty() {
         return Err(Error::Malformed("trailing bytes"));
     }
-    Ok(Judge { seq, dir, data, frames })
+    Ok(Judge {
+        seq,
+        dir,
+        data,
+        frames,
+    })
 }
 
 /// A `PLAN` payload.
@@ -285,16 +320,43 @@ mod tests {
     fn judge_round_trips() {
         let data = b"xx{\"a\":1}\n{\"b\":2}\r\n";
         let frames = vec![
-            Frame::Line { msg: 2..9, raw: 2..10 },
-            Frame::TooLong { prefix: b"{\"id\":7".to_vec(), seen: 99 },
-            Frame::Line { msg: 10..17, raw: 10..19 },
+            Frame::Line {
+                msg: 2..9,
+                raw: 2..10,
+            },
+            Frame::TooLong {
+                prefix: b"{\"id\":7".to_vec(),
+                seen: 99,
+            },
+            Frame::Line {
+                msg: 10..17,
+                raw: 10..19,
+            },
         ];
         let j = decode_judge(&encode_judge(5, Direction::ToClient, data, &frames)).unwrap();
         assert_eq!((j.seq, j.dir), (5, Direction::ToClient));
         assert_eq!(j.data, b"{\"a\":1}\n{\"b\":2}\r\n");
-        assert_eq!(j.frames[0], Frame::Line { msg: 0..7, raw: 0..8 });
-        assert_eq!(j.frames[1], Frame::TooLong { prefix: b"{\"id\":7".to_vec(), seen: 99 });
-        assert_eq!(j.frames[2], Frame::Line { msg: 8..15, raw: 8..17 });
+        assert_eq!(
+            j.frames[0],
+            Frame::Line {
+                msg: 0..7,
+                raw: 0..8
+            }
+        );
+        assert_eq!(
+            j.frames[1],
+            Frame::TooLong {
+                prefix: b"{\"id\":7".to_vec(),
+                seen: 99
+            }
+        );
+        assert_eq!(
+            j.frames[2],
+            Frame::Line {
+                msg: 8..15,
+                raw: 8..17
+            }
+        );
         let map = line_map(&frames);
         assert_eq!(map_forward(&map, &(0..17)), vec![2..10, 10..19]);
         assert_eq!(map_forward(&map, &(8..17)), vec![10..19]);
@@ -302,7 +364,11 @@ mod tests {
 
     #[test]
     fn plan_round_trips_and_bounds_are_checked() {
-        let acts = vec![Act::Forward(0..8), Act::ToClient(b"err\n".to_vec()), Act::ToServer(b"x\n".to_vec())];
+        let acts = vec![
+            Act::Forward(0..8),
+            Act::ToClient(b"err\n".to_vec()),
+            Act::ToServer(b"x\n".to_vec()),
+        ];
         let (seq, back) = decode_plan(&encode_plan(9, &acts), 8).unwrap();
         assert_eq!((seq, back), (9, acts));
         assert!(decode_plan(&encode_plan(1, &[Act::Forward(0..9)]), 8).is_err());
@@ -311,17 +377,221 @@ mod tests {
     #[test]
     fn lines_over_the_limit_become_over_long_frames() {
         let data = b"{\"a\":1}\n{\"long\":\"xxxxxxxx\"}\n";
-        let frames = vec![Frame::Line { msg: 0..7, raw: 0..8 }, Frame::Line { msg: 8..27, raw: 8..28 }];
+        let frames = vec![
+            Frame::Line {
+                msg: 0..7,
+                raw: 0..8,
+            },
+            Frame::Line {
+                msg: 8..27,
+                raw: 8..28,
+            },
+        ];
         let capped = cap_frames(frames.clone(), data, 10);
         assert_eq!(capped[0], frames[0]);
-        assert_eq!(capped[1], Frame::TooLong { prefix: data[8..27].to_vec(), seen: 19 });
+        assert_eq!(
+            capped[1],
+            Frame::TooLong {
+                prefix: data[8..27].to_vec(),
+                seen: 19
+            }
+        );
         assert_eq!(cap_frames(frames.clone(), data, 100), frames);
+    }
+
+    /// A reader that hands out `data` in pieces ending at `cuts`, one piece per read, as a
+    /// socket may (the pieces are always ready: no read waits).
+    struct Pieces {
+        data: Vec<u8>,
+        cuts: Vec<usize>,
+        pos: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let pos = self.pos;
+            let end = self
+                .cuts
+                .iter()
+                .copied()
+                .find(|&c| c > pos)
+                .unwrap_or(self.data.len())
+                .min(self.data.len());
+            let n = (end - pos).min(buf.remaining());
+            buf.put_slice(&self.data[pos..pos + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Every frame of the stream, as the daemon or the shim reads them.
+    async fn read_all(r: &mut (impl AsyncRead + Unpin)) -> Result<Vec<(u8, Vec<u8>)>, Error> {
+        let mut out = Vec::new();
+        while let Some(f) = read_frame(r, MAX_FRAME).await? {
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    /// One frame of each type, in both directions' order.
+    fn conversation() -> (Vec<u8>, Vec<(u8, Vec<u8>)>) {
+        let hello = serde_json::to_vec(&Hello {
+            v: 1,
+            name: "fs".into(),
+            server_pid: 42,
+            policy: None,
+            policy_origin: None,
+            resumed: false,
+        })
+        .unwrap();
+        let data = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n{\"b\":2}\r\n";
+        let frames = [
+            Frame::Line {
+                msg: 0..40,
+                raw: 0..41,
+            },
+            Frame::Line {
+                msg: 41..48,
+                raw: 41..50,
+            },
+        ];
+        let judge = encode_judge(7, Direction::ToServer, data, &frames);
+        let plan = encode_plan(
+            7,
+            &[
+                Act::Forward(0..41),
+                Act::ToClient(b"{\"error\":1}\n".to_vec()),
+            ],
+        );
+        let end = serde_json::to_vec(&End {
+            exit_code: Some(0),
+            signal: None,
+        })
+        .unwrap();
+        let want = vec![(HELLO, hello), (JUDGE, judge), (PLAN, plan), (END, end)];
+        let mut stream = Vec::new();
+        for (kind, payload) in &want {
+            frame(&mut stream, *kind, payload);
+        }
+        (stream, want)
+    }
+
+    #[test]
+    fn frames_split_across_reads_at_every_byte_boundary_are_read_whole() {
+        let (stream, want) = conversation();
+        block_on(async {
+            for cut in 0..=stream.len() {
+                let mut r = Pieces {
+                    data: stream.clone(),
+                    cuts: vec![cut],
+                    pos: 0,
+                };
+                assert_eq!(read_all(&mut r).await.unwrap(), want, "cut at {cut}");
+            }
+            // And every frame in two cuts at once: one byte, then the rest, everywhere.
+            for cut in 0..stream.len() {
+                let mut r = Pieces {
+                    data: stream.clone(),
+                    cuts: vec![cut, cut + 1],
+                    pos: 0,
+                };
+                assert_eq!(
+                    read_all(&mut r).await.unwrap(),
+                    want,
+                    "cuts at {cut}, {}",
+                    cut + 1
+                );
+            }
+            let mut r = Pieces {
+                data: stream.clone(),
+                cuts: (1..stream.len()).collect(),
+                pos: 0,
+            };
+            assert_eq!(read_all(&mut r).await.unwrap(), want, "one byte per read");
+        });
+        let j = decode_judge(&want[1].1).unwrap();
+        assert_eq!(j.frames.len(), 2);
+        let (seq, acts) = decode_plan(&want[2].1, j.data.len()).unwrap();
+        assert_eq!((seq, acts.len()), (7, 2));
+    }
+
+    #[test]
+    fn many_frames_in_one_read_are_each_read() {
+        let (one, want) = conversation();
+        let stream: Vec<u8> = std::iter::repeat_n(one, 250).flatten().collect();
+        let got = block_on(async {
+            let mut r = Pieces {
+                data: stream.clone(),
+                cuts: Vec::new(),
+                pos: 0,
+            };
+            read_all(&mut r).await.unwrap()
+        });
+        assert_eq!(got.len(), 1000);
+        assert!(got.chunks(4).all(|c| c == want.as_slice()));
+        // Over a real socket: everything written at once, read as the daemon reads.
+        let got = block_on(async {
+            let (mut a, mut b) = tokio::net::UnixStream::pair().unwrap();
+            let writer = async move {
+                tokio::io::AsyncWriteExt::write_all(&mut a, &stream)
+                    .await
+                    .unwrap();
+            };
+            let (_, got) = tokio::join!(writer, read_all(&mut b));
+            got.unwrap()
+        });
+        assert_eq!(got.len(), 1000);
+    }
+
+    #[test]
+    fn a_stream_cut_inside_a_frame_is_an_error_and_oversized_frames_are_refused_unread() {
+        let (stream, _) = conversation();
+        let first = 4 + u32::from_le_bytes(stream[..4].try_into().unwrap()) as usize;
+        block_on(async {
+            // Cut inside the payload: an error, not a short frame.
+            for end in 5..first {
+                let mut r = &stream[..end];
+                assert!(read_frame(&mut r, MAX_FRAME).await.is_err(), "cut at {end}");
+            }
+            let mut r = &[0u8, 0, 0, 0][..];
+            assert!(matches!(
+                read_frame(&mut r, MAX_FRAME).await,
+                Err(Error::Malformed(_))
+            ));
+            let mut big = Vec::new();
+            frame(&mut big, JUDGE, &[0; 100]);
+            let mut r = &big[..];
+            assert!(matches!(
+                read_frame(&mut r, 50).await,
+                Err(Error::TooLarge(101))
+            ));
+        });
     }
 
     #[test]
     fn garbage_is_refused() {
         assert!(decode_judge(b"\x01\x02").is_err());
-        let mut bad = encode_judge(1, Direction::ToServer, b"{}\n", &[Frame::Line { msg: 0..2, raw: 0..3 }]);
+        let mut bad = encode_judge(
+            1,
+            Direction::ToServer,
+            b"{}\n",
+            &[Frame::Line {
+                msg: 0..2,
+                raw: 0..3,
+            }],
+        );
         bad.push(0);
         assert!(decode_judge(&bad).is_err());
     }
@@ -399,31 +669,42 @@ pub mod client {
 
         fn open(&self) -> Result<Conn, ConnectError> {
             self.last_try.set(Some(Instant::now()));
-            let unreachable = |why: String| ConnectError::Unreachable { path: self.path.clone(), why };
-            let mut s = std::os::unix::net::UnixStream::connect(&self.path).map_err(|e| unreachable(e.to_string()))?;
-            s.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(|e| unreachable(e.to_string()))?;
-            s.set_write_timeout(Some(CONNECT_TIMEOUT)).map_err(|e| unreachable(e.to_string()))?;
-            let hello = serde_json::to_vec(&*self.hello.borrow()).map_err(|e| unreachable(e.to_string()))?;
+            let unreachable = |why: String| ConnectError::Unreachable {
+                path: self.path.clone(),
+                why,
+            };
+            let mut s = std::os::unix::net::UnixStream::connect(&self.path)
+                .map_err(|e| unreachable(e.to_string()))?;
+            s.set_read_timeout(Some(CONNECT_TIMEOUT))
+                .map_err(|e| unreachable(e.to_string()))?;
+            s.set_write_timeout(Some(CONNECT_TIMEOUT))
+                .map_err(|e| unreachable(e.to_string()))?;
+            let hello = serde_json::to_vec(&*self.hello.borrow())
+                .map_err(|e| unreachable(e.to_string()))?;
             let mut out = Vec::new();
             super::frame(&mut out, super::HELLO, &hello);
             s.write_all(&out).map_err(|e| unreachable(e.to_string()))?;
             let mut len = [0u8; 4];
-            s.read_exact(&mut len).map_err(|e| unreachable(format!("no welcome: {e}")))?;
+            s.read_exact(&mut len)
+                .map_err(|e| unreachable(format!("no welcome: {e}")))?;
             let len = u32::from_le_bytes(len) as usize;
             if len == 0 || len > 1 << 20 {
                 return Err(unreachable("bad welcome".into()));
             }
             let mut buf = vec![0; len];
-            s.read_exact(&mut buf).map_err(|e| unreachable(format!("no welcome: {e}")))?;
+            s.read_exact(&mut buf)
+                .map_err(|e| unreachable(format!("no welcome: {e}")))?;
             if buf[0] != super::WELCOME {
                 return Err(unreachable("bad welcome".into()));
             }
-            let w: Welcome = serde_json::from_slice(&buf[1..]).map_err(|e| unreachable(format!("bad welcome: {e}")))?;
+            let w: Welcome = serde_json::from_slice(&buf[1..])
+                .map_err(|e| unreachable(format!("bad welcome: {e}")))?;
             if !w.ok {
                 return Err(ConnectError::Refused(w.error.unwrap_or_default()));
             }
             self.max_message.set(w.max_message.unwrap_or(usize::MAX));
-            s.set_nonblocking(true).map_err(|e| unreachable(e.to_string()))?;
+            s.set_nonblocking(true)
+                .map_err(|e| unreachable(e.to_string()))?;
             let s = tokio::net::UnixStream::from_std(s).map_err(|e| unreachable(e.to_string()))?;
             let (mut rd, mut wr) = s.into_split();
             let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -441,7 +722,8 @@ pub mod client {
                 loop {
                     match super::read_frame(&mut rd, super::MAX_FRAME).await {
                         Ok(Some((super::PLAN, payload))) if payload.len() >= 8 => {
-                            let seq = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
+                            let seq =
+                                u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
                             let mut q = w2.lock().unwrap_or_else(|p| p.into_inner());
                             match q.pop_front() {
                                 Some((s, reply)) if s == seq => {
@@ -462,11 +744,19 @@ pub mod client {
 
         /// The live connection, reconnecting (at most every [`RETRY_EVERY`]) when it is gone.
         fn live(&self) -> bool {
-            let up = self.conn.borrow().as_ref().is_some_and(|c| c.alive.load(Ordering::SeqCst));
+            let up = self
+                .conn
+                .borrow()
+                .as_ref()
+                .is_some_and(|c| c.alive.load(Ordering::SeqCst));
             if up {
                 return true;
             }
-            if self.last_try.get().is_some_and(|t| t.elapsed() < RETRY_EVERY) {
+            if self
+                .last_try
+                .get()
+                .is_some_and(|t| t.elapsed() < RETRY_EVERY)
+            {
                 return false;
             }
             self.hello.borrow_mut().resumed = true;
@@ -494,7 +784,10 @@ pub mod client {
             let mut frame = Vec::with_capacity(payload.len() + 5);
             super::frame(&mut frame, kind, payload);
             // Queued before sending, so the reader finds it whatever the timing.
-            conn.waiting.lock().unwrap_or_else(|p| p.into_inner()).push_back((seq, reply));
+            conn.waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back((seq, reply));
             conn.tx.send(frame).ok()?;
             Some(rx)
         }
@@ -505,10 +798,19 @@ pub mod client {
         }
 
         /// Sends frames to be judged; `None` when the daemon cannot be reached.
-        pub fn judge(&self, dir: Direction, data: &[u8], frames: &[Frame]) -> Option<oneshot::Receiver<Vec<u8>>> {
+        pub fn judge(
+            &self,
+            dir: Direction,
+            data: &[u8],
+            frames: &[Frame],
+        ) -> Option<oneshot::Receiver<Vec<u8>>> {
             let seq = self.seq.get();
             self.seq.set(seq + 1);
-            self.send(super::JUDGE, &super::encode_judge(seq, dir, data, frames), seq)
+            self.send(
+                super::JUDGE,
+                &super::encode_judge(seq, dir, data, frames),
+                seq,
+            )
         }
 
         /// Ends the session: the daemon records it and returns errors for the client's

@@ -92,7 +92,14 @@ fn main() -> Result<()> {
         Cmd::Bench(BenchCmd::Audit { extra }) => {
             step(
                 "cargo build --release",
-                Command::new(cargo()).current_dir(&root).args(["build", "--release", "-p", "mcp-guard", "-p", "mcp-guard-bench"]),
+                Command::new(cargo()).current_dir(&root).args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "mcp-guard",
+                    "-p",
+                    "mcp-guard-bench",
+                ]),
             )?;
             let release = root.join("target/release");
             step(
@@ -118,7 +125,9 @@ fn test(root: &Path) -> Result<()> {
     match ensure_ebpf(root_user) {
         Ok(obj) => env.push(("MCP_GUARD_BPF_OBJECT", obj.display().to_string())),
         Err(e) if !root_user && !in_ci => {
-            println!("xtask: no eBPF object ({e:#}); kernel tests will skip (run as root to include them)")
+            println!(
+                "xtask: no eBPF object ({e:#}); kernel tests will skip (run as root to include them)"
+            )
         }
         Err(e) => return Err(e),
     }
@@ -129,10 +138,18 @@ fn test(root: &Path) -> Result<()> {
         siem::ensure_systemd_analyze()?;
     }
 
-    step("cargo build", Command::new(cargo()).current_dir(root).args(["build", "--workspace", "--all-targets"]))?;
+    step(
+        "cargo build",
+        Command::new(cargo())
+            .current_dir(root)
+            .args(["build", "--workspace", "--all-targets"]),
+    )?;
     let mut failed = Vec::new();
     let mut cargo_test = Command::new(cargo());
-    cargo_test.current_dir(root).args(["test", "--workspace"]).envs(env.iter().map(|(k, v)| (k, v)));
+    cargo_test
+        .current_dir(root)
+        .args(["test", "--workspace"])
+        .envs(env.iter().map(|(k, v)| (k, v)));
     if step("cargo test", &mut cargo_test).is_err() {
         failed.push("cargo test");
     }
@@ -154,13 +171,19 @@ fn test(root: &Path) -> Result<()> {
 }
 
 fn fuzz(root: &Path, target: Option<&str>, seconds: u32) -> Result<()> {
-    let have = Command::new(cargo()).args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    let have = Command::new(cargo())
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !have {
-        step("cargo install cargo-fuzz", Command::new(cargo()).args(["install", "cargo-fuzz", "--locked"]))?;
+        step(
+            "cargo install cargo-fuzz",
+            Command::new(cargo()).args(["install", "cargo-fuzz", "--locked"]),
+        )?;
     }
     let targets = match target {
         Some(t) => vec![t],
-        None => vec!["policy_loader", "jsonrpc_framing"],
+        None => vec!["policy_loader", "jsonrpc_framing", "managed_wire"],
     };
     for t in targets {
         // cargo-fuzz passes -Z flags; the stable toolchain accepts them with RUSTC_BOOTSTRAP.
@@ -169,7 +192,13 @@ fn fuzz(root: &Path, target: Option<&str>, seconds: u32) -> Result<()> {
             Command::new(cargo())
                 .current_dir(root.join("fuzz"))
                 .env("RUSTC_BOOTSTRAP", "1")
-                .args(["fuzz", "run", t, "--", &format!("-max_total_time={seconds}")]),
+                .args([
+                    "fuzz",
+                    "run",
+                    t,
+                    "--",
+                    &format!("-max_total_time={seconds}"),
+                ]),
         )?;
     }
     Ok(())
@@ -202,5 +231,8 @@ fn nix_is_root() -> bool {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
