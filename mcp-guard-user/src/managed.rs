@@ -122,11 +122,11 @@ pub async fn read_frame(
     max: usize,
 ) -> Result<Option<(u8, Vec<u8>)>, Error> {
     let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    // The end of the stream is clean only between frames; inside one it is an error.
+    if r.read(&mut len[..1]).await? == 0 {
+        return Ok(None);
     }
+    r.read_exact(&mut len[1..]).await?;
     let len = u32::from_le_bytes(len) as usize;
     if len == 0 {
         return Err(Error::Malformed("empty frame"));
@@ -134,10 +134,18 @@ pub async fn read_frame(
     if len > max.min(MAX_FRAME) {
         return Err(Error::TooLarge(len));
     }
-    let mut buf = vec![0; len];
-    r.read_exact(&mut buf).await?;
-    let kind = buf.remove(0);
-    Ok(Some((kind, buf)))
+    let mut kind = [0u8; 1];
+    r.read_exact(&mut kind).await?;
+    // Memory follows the bytes that arrive, not the length a peer claims.
+    let mut buf = Vec::with_capacity((len - 1).min(1 << 16));
+    let got = (&mut *r)
+        .take((len - 1) as u64)
+        .read_to_end(&mut buf)
+        .await?;
+    if got != len - 1 {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(Some((kind[0], buf)))
 }
 
 fn put(out: &mut Vec<u8>, kind: u8, a: usize, b: usize, bytes: &[u8]) {
@@ -560,8 +568,8 @@ mod tests {
         let (stream, _) = conversation();
         let first = 4 + u32::from_le_bytes(stream[..4].try_into().unwrap()) as usize;
         block_on(async {
-            // Cut inside the payload: an error, not a short frame.
-            for end in 5..first {
+            // Cut inside the length or the payload: an error, not a short frame or a clean end.
+            for end in 1..first {
                 let mut r = &stream[..end];
                 assert!(read_frame(&mut r, MAX_FRAME).await.is_err(), "cut at {end}");
             }
