@@ -117,7 +117,8 @@ impl Session {
             .with_context(|| format!("spawning {}", target.display()))?;
         let pid = child.id();
         let stdin = BufWriter::with_capacity(1 << 16, child.stdin.take().context("child stdin")?);
-        let stdout = BufReader::with_capacity(1 << 21, child.stdout.take().context("child stdout")?);
+        let stdout =
+            BufReader::with_capacity(1 << 21, child.stdout.take().context("child stdout")?);
         let child = Arc::new(Mutex::new(child));
         let progress = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -178,7 +179,10 @@ impl Session {
     }
 
     fn send_json(&mut self, v: &Value) -> Result<()> {
-        let w = self.stdin.as_mut().context("stdin already handed to the pipelined writer")?;
+        let w = self
+            .stdin
+            .as_mut()
+            .context("stdin already handed to the pipelined writer")?;
         serde_json::to_writer(&mut *w, v)?;
         w.write_all(b"\n")?;
         w.flush()?;
@@ -339,7 +343,10 @@ impl Session {
             let id = self.next_id;
             self.next_id += 1;
             let t0 = Instant::now();
-            let w = self.stdin.as_mut().context("stdin already handed to the pipelined writer")?;
+            let w = self
+                .stdin
+                .as_mut()
+                .context("stdin already handed to the pipelined writer")?;
             w.write_all(&prefix)?;
             w.write_all(fmt_u64(&mut idbuf, id))?;
             w.write_all(&mid)?;
@@ -376,7 +383,10 @@ impl Session {
     ) -> Result<Throughput> {
         let (prefix, mid, suffix, payload_len) = self.request_parts(line_bytes);
         let req_len = (prefix.len() + 7 + mid.len() + suffix.len()) as f64;
-        let mut writer = self.stdin.take().context("stdin already handed to the pipelined writer")?;
+        let mut writer = self
+            .stdin
+            .take()
+            .context("stdin already handed to the pipelined writer")?;
         let first_id = self.next_id;
         let sent = Arc::new(AtomicU64::new(0));
         let received = Arc::new(AtomicU64::new(0));

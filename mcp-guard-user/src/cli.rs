@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::audit::Durability;
 
 #[derive(Debug, Parser)]
-#[command(name = "mcp-guard", version, about = "Guards Model Context Protocol traffic on this host")]
+#[command(
+    name = "mcp-guard",
+    version,
+    about = "Guards Model Context Protocol traffic on this host"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -163,7 +167,12 @@ pub struct Wrap {
     pub daemon_socket: Option<PathBuf>,
     /// Managed, while the daemon cannot be reached: refuse policy-relevant requests
     /// (denied, -32080, saying why) and reconnect, or judge with the shim's own policy.
-    #[arg(long, value_enum, env = "MCP_GUARD_WHEN_DAEMON_DOWN", default_value = "refuse")]
+    #[arg(
+        long,
+        value_enum,
+        env = "MCP_GUARD_WHEN_DAEMON_DOWN",
+        default_value = "refuse"
+    )]
     pub when_daemon_down: crate::shim::WhenDown,
     /// Never ask the daemon, even when it runs: the shim decides with its own policy.
     #[arg(long)]

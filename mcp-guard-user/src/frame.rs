@@ -18,7 +18,10 @@ use std::ops::Range;
 pub enum Frame {
     /// A complete line. `msg` has no line ending; `raw` is exactly the bytes received,
     /// ending included (or none, for a last line cut off by end of input).
-    Line { msg: Range<usize>, raw: Range<usize> },
+    Line {
+        msg: Range<usize>,
+        raw: Range<usize>,
+    },
     /// A line longer than the maximum. `seen` bytes had arrived when it was cut off.
     TooLong { prefix: Vec<u8>, seen: usize },
 }
@@ -41,7 +44,14 @@ pub struct Framer {
 impl Framer {
     /// A framer for messages of at most `max` bytes (line ending excluded).
     pub fn new(max: usize) -> Self {
-        Self { buf: Vec::new(), start: 0, end: 0, scanned: 0, max, discarding: false }
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            scanned: 0,
+            max,
+            discarding: false,
+        }
     }
 
     /// Space to read into; call [`Framer::filled`] with the count read.
@@ -87,10 +97,15 @@ impl Framer {
                     }
                     let frame = self.line(line_start..nl + 1);
                     if let Frame::Line { msg, .. } = &frame
-                        && msg.len() > self.max {
-                            let prefix = self.buf[msg.start..msg.start + PREFIX_LEN.min(msg.len())].to_vec();
-                            return Some(Frame::TooLong { prefix, seen: msg.len() });
-                        }
+                        && msg.len() > self.max
+                    {
+                        let prefix =
+                            self.buf[msg.start..msg.start + PREFIX_LEN.min(msg.len())].to_vec();
+                        return Some(Frame::TooLong {
+                            prefix,
+                            seen: msg.len(),
+                        });
+                    }
                     return Some(frame);
                 }
                 None => {
@@ -105,7 +120,8 @@ impl Framer {
                     let held = self.end - self.start;
                     let slack = usize::from(held > 0 && self.buf[self.end - 1] == b'\r');
                     if held > self.max + slack {
-                        let prefix = self.buf[self.start..self.start + held.min(PREFIX_LEN)].to_vec();
+                        let prefix =
+                            self.buf[self.start..self.start + held.min(PREFIX_LEN)].to_vec();
                         self.start = self.end;
                         self.scanned = 0;
                         self.discarding = true;
@@ -142,7 +158,10 @@ impl Frame {
     /// The same frame with its ranges moved down by `by`.
     pub fn shifted(&self, by: usize) -> Frame {
         match self {
-            Frame::Line { msg, raw } => Frame::Line { msg: msg.start - by..msg.end - by, raw: raw.start - by..raw.end - by },
+            Frame::Line { msg, raw } => Frame::Line {
+                msg: msg.start - by..msg.end - by,
+                raw: raw.start - by..raw.end - by,
+            },
             other => other.clone(),
         }
     }
@@ -162,7 +181,10 @@ impl Framer {
         if end > raw.start && self.buf[end - 1] == b'\r' {
             end -= 1;
         }
-        Frame::Line { msg: raw.start..end, raw }
+        Frame::Line {
+            msg: raw.start..end,
+            raw,
+        }
     }
 }
 
@@ -193,7 +215,10 @@ mod tests {
     #[test]
     fn many_messages_in_one_read() {
         let mut f = Framer::new(100);
-        assert_eq!(feed(&mut f, b"{\"a\":1}\n{\"b\":2}\r\n{\"c\""), ["{\"a\":1}|8", "{\"b\":2}|9"]);
+        assert_eq!(
+            feed(&mut f, b"{\"a\":1}\n{\"b\":2}\r\n{\"c\""),
+            ["{\"a\":1}|8", "{\"b\":2}|9"]
+        );
         assert_eq!(feed(&mut f, b":3}\n"), ["{\"c\":3}|8"]);
     }
 
@@ -205,7 +230,14 @@ mod tests {
         for b in msg.chunks(1) {
             got.extend(feed(&mut f, b));
         }
-        assert_eq!(got, [format!("{}|{}", std::str::from_utf8(&msg[..msg.len() - 2]).unwrap(), msg.len())]);
+        assert_eq!(
+            got,
+            [format!(
+                "{}|{}",
+                std::str::from_utf8(&msg[..msg.len() - 2]).unwrap(),
+                msg.len()
+            )]
+        );
     }
 
     #[test]
@@ -246,7 +278,11 @@ mod tests {
         for _ in 0..1000 {
             feed(&mut f, &[b'z'; 8192]);
         }
-        assert!(f.buf.len() <= (1 << 16) + 2 * 8192, "buffer grew to {}", f.buf.len());
+        assert!(
+            f.buf.len() <= (1 << 16) + 2 * 8192,
+            "buffer grew to {}",
+            f.buf.len()
+        );
     }
 
     proptest::proptest! {

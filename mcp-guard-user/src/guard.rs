@@ -143,10 +143,19 @@ struct ErrorCode {
 }
 
 /// Keys of the per-request `_meta` that carry claims in the handshake-less revision.
-const META_CLAIMS: &[&str] = &["io.modelcontextprotocol/protocolVersion", "io.modelcontextprotocol/clientInfo"];
+const META_CLAIMS: &[&str] = &[
+    "io.modelcontextprotocol/protocolVersion",
+    "io.modelcontextprotocol/clientInfo",
+];
 
 impl Session {
-    pub fn new(name: String, policy: Arc<Policy>, ctx: Arc<Context>, max_message: usize, subject: Subject) -> Session {
+    pub fn new(
+        name: String,
+        policy: Arc<Policy>,
+        ctx: Arc<Context>,
+        max_message: usize,
+        subject: Subject,
+    ) -> Session {
         Session {
             name,
             policy,
@@ -182,20 +191,27 @@ impl Session {
     }
 
     fn record(&self, kind: &'static str) -> Record {
-        Record { protocol: self.protocol.clone(), ..Record::new(kind, &self.ctx) }
+        Record {
+            protocol: self.protocol.clone(),
+            ..Record::new(kind, &self.ctx)
+        }
     }
 
     fn response_record(&self) -> Record {
-        Record { protocol: self.protocol.clone(), ..Record::response(&self.ctx) }
+        Record {
+            protocol: self.protocol.clone(),
+            ..Record::response(&self.ctx)
+        }
     }
 
     /// Notes the protocol revision a message states: the one proposed in `initialize`, the
     /// one the server answers with, or the per-request `_meta` one.
     fn learn_protocol(&mut self, stated: Option<&serde_json::Value>) {
         if let Some(v) = stated.and_then(serde_json::Value::as_str)
-            && self.protocol.as_deref() != Some(v) {
-                self.protocol = Some(v.into());
-            }
+            && self.protocol.as_deref() != Some(v)
+        {
+            self.protocol = Some(v.into());
+        }
     }
 
     /// The server now runs another program (a launcher exec'd it).
@@ -219,14 +235,27 @@ impl Session {
     }
 
     /// Judges a read's worth of frames travelling `dir`, taken from `data`.
-    pub fn judge(&mut self, dir: Direction, data: &[u8], frames: impl IntoIterator<Item = Frame>) -> Plan {
+    pub fn judge(
+        &mut self,
+        dir: Direction,
+        data: &[u8],
+        frames: impl IntoIterator<Item = Frame>,
+    ) -> Plan {
         let mut plan = Plan::default();
         for frame in frames {
             match frame {
                 Frame::TooLong { prefix, seen } => {
                     let text = String::from_utf8_lossy(&prefix);
                     let id = jsonrpc::sniff_id(&text);
-                    self.malformed(dir, id, Malformed::TooLong { max: self.max_message }, seen, &mut plan);
+                    self.malformed(
+                        dir,
+                        id,
+                        Malformed::TooLong {
+                            max: self.max_message,
+                        },
+                        seen,
+                        &mut plan,
+                    );
                 }
                 Frame::Line { msg, raw } => self.line(dir, &data[msg], raw, &mut plan),
             }
@@ -294,13 +323,17 @@ impl Session {
             let changed = judged.iter().any(|j| j.replace.is_some());
             for (item, mut j) in items.iter().zip(judged) {
                 if changed {
-                    let part = j.replace.take().or_else(|| item.as_ref().ok().map(|m| m.raw.as_bytes().to_vec()));
+                    let part = j
+                        .replace
+                        .take()
+                        .or_else(|| item.as_ref().ok().map(|m| m.raw.as_bytes().to_vec()));
                     parts.extend(part);
                 }
                 self.settle(j, plan);
             }
             if changed {
-                let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2);
+                let mut out =
+                    Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2);
                 out.push(b'[');
                 out.extend(parts.join(&b","[..]));
                 out.extend_from_slice(b"]\n");
@@ -320,7 +353,12 @@ impl Session {
                 match item {
                     Ok(m) if m.kind == Kind::Request => {
                         let id = m.id.unwrap_or(jsonrpc::null_id());
-                        j.error = Some(error_line(id, code::BATCH_REFUSED, "refused: another message in its batch was refused", None));
+                        j.error = Some(error_line(
+                            id,
+                            code::BATCH_REFUSED,
+                            "refused: another message in its batch was refused",
+                            None,
+                        ));
                     }
                     Ok(m) if m.kind == Kind::Response => {
                         let id = m.id.unwrap_or(jsonrpc::null_id());
@@ -338,12 +376,17 @@ impl Session {
                 j.pass = false;
             }
             if let Some(e) = j.error.take() {
-                if j.reply_to == dir { to_receiver.push(e) } else { to_sender.push(e) }
+                if j.reply_to == dir {
+                    to_receiver.push(e)
+                } else {
+                    to_sender.push(e)
+                }
             }
             self.settle(j, plan);
         }
         if !to_sender.is_empty() {
-            let mut out = Vec::with_capacity(to_sender.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+            let mut out =
+                Vec::with_capacity(to_sender.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
             out.push(b'[');
             out.extend(to_sender.join(&b","[..]));
             out.extend_from_slice(b"]\n");
@@ -367,7 +410,11 @@ impl Session {
             table.insert(key, p);
         }
         if let Some(r) = j.record {
-            if j.durable { plan.commit.push(r) } else { plan.append.push(r) }
+            if j.durable {
+                plan.commit.push(r)
+            } else {
+                plan.append.push(r)
+            }
         }
     }
 
@@ -414,7 +461,9 @@ impl Session {
             arguments,
             cwd: s.cwd.as_deref(),
         };
-        let mut decision = self.policy.decide_limited(&query, &self.limiter, Instant::now());
+        let mut decision = self
+            .policy
+            .decide_limited(&query, &self.limiter, Instant::now());
         if let Some(extra) = &self.restrictions {
             // The shim's own policy may deny what the system policy allows, never the reverse.
             let mine = extra.decide_limited(&query, &self.limiter, Instant::now());
@@ -431,7 +480,11 @@ impl Session {
         }
         if let Some(t) = tool.filter(|t| method == "tools/call" && self.blocked.contains(*t)) {
             // Looked up again: the change may have been approved since.
-            if self.pins.as_ref().is_none_or(|p| p.is_blocked(&self.name, t)) {
+            if self
+                .pins
+                .as_ref()
+                .is_none_or(|p| p.is_blocked(&self.name, t))
+            {
                 decision.rule = "pinned-tool-changed".into();
                 decision.message =
                     Some("the tool's definition changed since it was pinned; review and approve it with `mcp-guard pins approve`".into());
@@ -445,7 +498,11 @@ impl Session {
             }
         }
         let id = m.id.unwrap_or(jsonrpc::null_id());
-        let mut rec = self.record(if dir == Direction::ToServer { "request" } else { "server_request" });
+        let mut rec = self.record(if dir == Direction::ToServer {
+            "request"
+        } else {
+            "server_request"
+        });
         rec.direction = Some(dir.name());
         rec.decision = Some(match decision.action {
             Action::Allow => "allow",
@@ -484,7 +541,7 @@ impl Session {
                     track: Some((IdKey::of(id), pending)),
                     error: None,
                     reply_to,
-            replace: None,
+                    replace: None,
                 }
             }
             Action::Deny => {
@@ -493,7 +550,8 @@ impl Session {
                     Some(msg) => format!("denied by mcp-guard rule `{}`: {msg}", decision.rule),
                     None => format!("denied by mcp-guard rule `{}`", decision.rule),
                 };
-                let data = serde_json::json!({ "mcp_guard": { "rule": decision.rule, "record": rec.id } });
+                let data =
+                    serde_json::json!({ "mcp_guard": { "rule": decision.rule, "record": rec.id } });
                 rec.reason = decision.message;
                 Judged {
                     pass: false,
@@ -502,7 +560,7 @@ impl Session {
                     track: None,
                     error: Some(error_line(id, code::DENIED, &message, Some(data))),
                     reply_to,
-            replace: None,
+                    replace: None,
                 }
             }
         }
@@ -524,14 +582,33 @@ impl Session {
         if found.is_none() && resumed && dir == Direction::ToClient {
             rec.decision = Some("allow");
             rec.reason = Some("answer to a request made before the guard daemon restarted".into());
-            return Judged { pass: true, record: Some(rec), durable: false, track: None, error: None, reply_to: dir, replace: None };
+            return Judged {
+                pass: true,
+                record: Some(rec),
+                durable: false,
+                track: None,
+                error: None,
+                reply_to: dir,
+                replace: None,
+            };
         }
         let Some(p) = found else {
             // Nobody asked: forwarding it would let one side inject answers into the other.
             rec.decision = Some("deny");
             rec.reason = Some("response to no request in flight".into());
-            tracing::warn!(direction = dir.name(), "dropped a response to no request in flight");
-            return Judged { pass: false, record: Some(rec), durable: false, track: None, error: None, reply_to: dir, replace: None };
+            tracing::warn!(
+                direction = dir.name(),
+                "dropped a response to no request in flight"
+            );
+            return Judged {
+                pass: false,
+                record: Some(rec),
+                durable: false,
+                track: None,
+                error: None,
+                reply_to: dir,
+                replace: None,
+            };
         };
         let error_code = m.error_code();
         rec.decision = Some("allow");
@@ -562,49 +639,92 @@ impl Session {
         if dir == Direction::ToClient {
             let limits = self.policy.responses();
             // The limit is for what tools and resources return, not for the protocol's own answers.
-            let content = matches!(p.method.as_str(), "tools/call" | "resources/read" | "prompts/get");
+            let content = matches!(
+                p.method.as_str(),
+                "tools/call" | "resources/read" | "prompts/get"
+            );
             if content && limits.max_bytes > 0 && bytes as u64 > limits.max_bytes {
                 // Fail closed: the client gets an error in place of the oversized answer.
-                let why = format!("the response ({bytes} bytes) is larger than the policy allows ({} bytes)", limits.max_bytes);
+                let why = format!(
+                    "the response ({bytes} bytes) is larger than the policy allows ({} bytes)",
+                    limits.max_bytes
+                );
                 rec.decision = Some("deny");
                 rec.reason = Some(why.clone());
                 let error = error_line(id, code::RESPONSE_TOO_LARGE, &why, None);
-                return Judged { pass: false, record: Some(rec), durable: false, track: None, error: Some(error), reply_to: dir, replace: None };
+                return Judged {
+                    pass: false,
+                    record: Some(rec),
+                    durable: false,
+                    track: None,
+                    error: Some(error),
+                    reply_to: dir,
+                    replace: None,
+                };
             }
             let redact = m.result.is_some_and(|r| limits.may_redact(r.get()));
             let filter = p.method == "tools/list";
             if (redact || filter)
-                && let Some(mut result) = m.result.and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok()) {
-                    let redactions = if redact { limits.redact(&mut result) } else { 0 };
-                    let mut hidden = if filter && !m.is_error() { self.pin_tools(&mut result) } else { Vec::new() };
-                    if filter && !m.is_error() {
-                        hidden.extend(self.hide_tools(&mut result));
-                    }
-                    if let Some(o) = rec.outcome.as_mut() {
-                        o.redactions = redactions;
-                    }
-                    if !hidden.is_empty() {
-                        rec.detail = Some(serde_json::json!({ "hidden_tools": hidden }));
-                    }
-                    if redactions > 0 || !hidden.is_empty() {
-                        replace = response_line(id, &result);
-                    }
+                && let Some(mut result) = m
+                    .result
+                    .and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok())
+            {
+                let redactions = if redact {
+                    limits.redact(&mut result)
+                } else {
+                    0
+                };
+                let mut hidden = if filter && !m.is_error() {
+                    self.pin_tools(&mut result)
+                } else {
+                    Vec::new()
+                };
+                if filter && !m.is_error() {
+                    hidden.extend(self.hide_tools(&mut result));
                 }
+                if let Some(o) = rec.outcome.as_mut() {
+                    o.redactions = redactions;
+                }
+                if !hidden.is_empty() {
+                    rec.detail = Some(serde_json::json!({ "hidden_tools": hidden }));
+                }
+                if redactions > 0 || !hidden.is_empty() {
+                    replace = response_line(id, &result);
+                }
+            }
         }
-        Judged { pass: true, record: Some(rec), durable: false, track: None, error: None, reply_to: dir.reverse(), replace }
+        Judged {
+            pass: true,
+            record: Some(rec),
+            durable: false,
+            track: None,
+            error: None,
+            reply_to: dir.reverse(),
+            replace,
+        }
     }
 
     /// Checks a `tools/list` page against the pins (pinning new tools) and removes the tools
     /// whose definition changed, raising an alert for each. Returns their names. If the pin
     /// store cannot be used, every tool is withheld (fail closed) and that is the alert.
     fn pin_tools(&mut self, result: &mut serde_json::Value) -> Vec<String> {
-        let Some(pins) = self.pins.clone() else { return Vec::new() };
-        let Some(tools) = result.get_mut("tools").and_then(serde_json::Value::as_array_mut) else {
+        let Some(pins) = self.pins.clone() else {
+            return Vec::new();
+        };
+        let Some(tools) = result
+            .get_mut("tools")
+            .and_then(serde_json::Value::as_array_mut)
+        else {
             return Vec::new();
         };
         let seen: Vec<(String, String)> = tools
             .iter()
-            .filter_map(|t| Some((t.get("name")?.as_str()?.to_string(), crate::pins::definition_sha256(t))))
+            .filter_map(|t| {
+                Some((
+                    t.get("name")?.as_str()?.to_string(),
+                    crate::pins::definition_sha256(t),
+                ))
+            })
             .collect();
         let changed = match pins.check(&self.name, self.subject.server_exe.as_deref(), &seen) {
             Ok(changed) => changed,
@@ -631,10 +751,13 @@ impl Session {
             let mut alert = self.record("alert");
             alert.tool = Some(crate::identity::redact_text(&c.tool));
             alert.reason = Some("the tool's definition changed since it was pinned".into());
-            alert.detail =
-                Some(serde_json::json!({ "alert": "tool_definition_changed", "pinned_sha256": c.pinned, "seen_sha256": c.seen }));
+            alert.detail = Some(
+                serde_json::json!({ "alert": "tool_definition_changed", "pinned_sha256": c.pinned, "seen_sha256": c.seen }),
+            );
             self.alerts.push(alert);
-            tools.retain(|t| t.get("name").and_then(serde_json::Value::as_str) != Some(c.tool.as_str()));
+            tools.retain(|t| {
+                t.get("name").and_then(serde_json::Value::as_str) != Some(c.tool.as_str())
+            });
             self.blocked.insert(c.tool.clone());
             hidden.push(crate::identity::redact_text(&c.tool));
         }
@@ -645,13 +768,18 @@ impl Session {
     /// model is not offered them) and returns their names. Each page is filtered on its own;
     /// `nextCursor` and every other field stay as the server sent them.
     fn hide_tools(&self, result: &mut serde_json::Value) -> Vec<String> {
-        let Some(tools) = result.get_mut("tools").and_then(serde_json::Value::as_array_mut) else {
+        let Some(tools) = result
+            .get_mut("tools")
+            .and_then(serde_json::Value::as_array_mut)
+        else {
             return Vec::new();
         };
         let s = &self.subject;
         let mut hidden = Vec::new();
         tools.retain(|t| {
-            let Some(name) = t.get("name").and_then(serde_json::Value::as_str) else { return true };
+            let Some(name) = t.get("name").and_then(serde_json::Value::as_str) else {
+                return true;
+            };
             let query = Query {
                 server: &self.name,
                 server_exe: s.server_exe.as_deref(),
@@ -672,7 +800,13 @@ impl Session {
         hidden
     }
 
-    fn refusal(&mut self, dir: Direction, id: Option<&RawValue>, m: &Malformed, bytes: usize) -> Judged {
+    fn refusal(
+        &mut self,
+        dir: Direction,
+        id: Option<&RawValue>,
+        m: &Malformed,
+        bytes: usize,
+    ) -> Judged {
         self.counters.malformed += 1;
         let mut rec = self.record("malformed");
         rec.direction = Some(dir.name());
@@ -684,9 +818,15 @@ impl Session {
         rec.bytes = Some(bytes);
         let (reply_to, error) = match dir {
             // The client sent it: it gets the error (with `null` when the id is unknown).
-            Direction::ToServer => {
-                (Direction::ToClient, Some(error_line(id.unwrap_or(jsonrpc::null_id()), m.code(), &m.to_string(), None)))
-            }
+            Direction::ToServer => (
+                Direction::ToClient,
+                Some(error_line(
+                    id.unwrap_or(jsonrpc::null_id()),
+                    m.code(),
+                    &m.to_string(),
+                    None,
+                )),
+            ),
             // The server sent it: if it answers a request in flight, the client gets an
             // error for that request instead; nothing is sent to the server.
             Direction::ToClient => {
@@ -699,11 +839,31 @@ impl Session {
                 (Direction::ToClient, error)
             }
         };
-        Judged { pass: false, record: Some(rec), durable: true, track: None, error, reply_to, replace: None }
+        Judged {
+            pass: false,
+            record: Some(rec),
+            durable: true,
+            track: None,
+            error,
+            reply_to,
+            replace: None,
+        }
     }
 
-    fn malformed(&mut self, dir: Direction, id: Option<&RawValue>, m: Malformed, bytes: usize, plan: &mut Plan) {
-        tracing::warn!(direction = dir.name(), fault = m.kind(), bytes, "refused a malformed message");
+    fn malformed(
+        &mut self,
+        dir: Direction,
+        id: Option<&RawValue>,
+        m: Malformed,
+        bytes: usize,
+        plan: &mut Plan,
+    ) {
+        tracing::warn!(
+            direction = dir.name(),
+            fault = m.kind(),
+            bytes,
+            "refused a malformed message"
+        );
         let j = self.refusal(dir, id, &m, bytes);
         let (to, error) = (j.reply_to, j.error.clone());
         self.settle(j, plan);
@@ -716,16 +876,34 @@ impl Session {
     /// When the records of a plan could not be committed: refuse, with `code`, every
     /// request among `frames`, forget it was in flight, and forward the rest (notifications
     /// and responses decide nothing).
-    pub fn refuse_unrecorded(&mut self, dir: Direction, data: &[u8], frames: &[Frame], code: i64, why: &str) -> Vec<Act> {
+    pub fn refuse_unrecorded(
+        &mut self,
+        dir: Direction,
+        data: &[u8],
+        frames: &[Frame],
+        code: i64,
+        why: &str,
+    ) -> Vec<Act> {
         let message = format!("not forwarded: the audit record could not be written ({why})");
         let mut acts = Vec::new();
         for frame in frames {
-            let Frame::Line { msg, raw } = frame else { continue };
+            let Frame::Line { msg, raw } = frame else {
+                continue;
+            };
             let requests: Vec<&RawValue> = match jsonrpc::parse(&data[msg.clone()]) {
-                Ok(Parsed::Single(m)) => m.id.filter(|_| m.kind == Kind::Request).into_iter().collect(),
+                Ok(Parsed::Single(m)) => {
+                    m.id.filter(|_| m.kind == Kind::Request)
+                        .into_iter()
+                        .collect()
+                }
                 Ok(Parsed::Batch(items)) => items
                     .iter()
-                    .filter_map(|i| i.as_ref().ok().filter(|m| m.kind == Kind::Request).and_then(|m| m.id))
+                    .filter_map(|i| {
+                        i.as_ref()
+                            .ok()
+                            .filter(|m| m.kind == Kind::Request)
+                            .and_then(|m| m.id)
+                    })
                     .collect(),
                 // Malformed input was refused already; its error is lost with the record.
                 Err(_) => continue,
@@ -743,7 +921,11 @@ impl Session {
                 table.remove(&IdKey::of(id));
                 lines.push(error_line(id, code, &message, None));
             }
-            let mut out = if lines.len() == 1 { lines.remove(0) } else { [b"[".to_vec(), lines.join(&b","[..]), b"]".to_vec()].concat() };
+            let mut out = if lines.len() == 1 {
+                lines.remove(0)
+            } else {
+                [b"[".to_vec(), lines.join(&b","[..]), b"]".to_vec()].concat()
+            };
             out.push(b'\n');
             acts.push(reply(dir.reverse(), out));
         }
@@ -781,7 +963,15 @@ pub fn mode_name(mode: Mode) -> &'static str {
 
 impl Judged {
     fn pass(dir: Direction) -> Judged {
-        Judged { pass: true, record: None, durable: false, track: None, error: None, reply_to: dir.reverse(), replace: None }
+        Judged {
+            pass: true,
+            record: None,
+            durable: false,
+            track: None,
+            error: None,
+            reply_to: dir.reverse(),
+            replace: None,
+        }
     }
 }
 
@@ -801,7 +991,9 @@ trait ResponseExt {
 
 impl ResponseExt for Message<'_> {
     fn error_code(&self) -> Option<i64> {
-        self.error.and_then(|e| serde_json::from_str::<ErrorCode>(e.get()).ok()).map(|e| e.code)
+        self.error
+            .and_then(|e| serde_json::from_str::<ErrorCode>(e.get()).ok())
+            .map(|e| e.code)
     }
 
     fn result_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
@@ -813,7 +1005,11 @@ impl ResponseExt for Message<'_> {
 /// are free text a peer chooses).
 pub(crate) fn recorded_id(id: &RawValue) -> String {
     let text = jsonrpc::id_text(id);
-    if id.get().starts_with('"') { crate::identity::redact_text(&text) } else { text }
+    if id.get().starts_with('"') {
+        crate::identity::redact_text(&text)
+    } else {
+        text
+    }
 }
 
 fn reply(to: Direction, line: Vec<u8>) -> Act {
@@ -831,11 +1027,23 @@ fn response_line(id: &RawValue, result: &serde_json::Value) -> Option<Vec<u8>> {
         id: &'a RawValue,
         result: &'a serde_json::Value,
     }
-    serde_json::to_vec(&Response { jsonrpc: "2.0", id, result }).ok()
+    serde_json::to_vec(&Response {
+        jsonrpc: "2.0",
+        id,
+        result,
+    })
+    .ok()
 }
 
 fn error_line(id: &RawValue, code: i64, message: &str, data: Option<serde_json::Value>) -> Vec<u8> {
-    jsonrpc::error_response(id, ErrorObject { code, message, data })
+    jsonrpc::error_response(
+        id,
+        ErrorObject {
+            code,
+            message,
+            data,
+        },
+    )
 }
 
 /// What a request says about its sender: `clientInfo` and `protocolVersion` from the

@@ -56,12 +56,22 @@ pub struct Link {
 impl Link {
     /// Pid, comm and exe: for the ancestry chain.
     pub fn short(p: &Process) -> Link {
-        Link { pid: p.pid, comm: p.comm.clone(), exe: p.exe.clone(), exec_id: None, cmdline: None }
+        Link {
+            pid: p.pid,
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            exec_id: None,
+            cmdline: None,
+        }
     }
 
     /// Also the exec id and the (redacted) command line: for the agent host.
     pub fn long(p: &Process) -> Link {
-        Link { exec_id: Some(p.exec_id.clone()), cmdline: Some(p.cmdline.clone()), ..Link::short(p) }
+        Link {
+            exec_id: Some(p.exec_id.clone()),
+            cmdline: Some(p.cmdline.clone()),
+            ..Link::short(p)
+        }
     }
 }
 
@@ -116,7 +126,9 @@ static URL_PASS: LazyLock<regex::Regex> =
 /// Free text (an error message, a reason) with credential-looking values replaced.
 pub fn redact_text(text: &str) -> String {
     let t = VALUE.replace_all(text, REDACTED);
-    URL_PASS.replace_all(&t, format!("${{1}}{REDACTED}@")).into_owned()
+    URL_PASS
+        .replace_all(&t, format!("${{1}}{REDACTED}@"))
+        .into_owned()
 }
 
 /// A JSON value as records keep it: strings that look like credentials, and the values of
@@ -132,7 +144,11 @@ pub fn redact_json(v: &serde_json::Value) -> serde_json::Value {
         serde_json::Value::Object(o) => o
             .iter()
             .map(|(k, v)| {
-                let v = if KEY.is_match(k) && !v.is_null() { serde_json::Value::from(REDACTED) } else { redact_json(v) };
+                let v = if KEY.is_match(k) && !v.is_null() {
+                    serde_json::Value::from(REDACTED)
+                } else {
+                    redact_json(v)
+                };
                 (k.clone(), v)
             })
             .collect(),
@@ -198,14 +214,19 @@ pub fn current_principal() -> Principal {
     use nix::unistd::{Uid, User, geteuid, getgid, getgroups, getuid};
     let uid = getuid();
     let gid = getgid();
-    let mut groups: Vec<u32> = getgroups().map(|g| g.into_iter().map(|g| g.as_raw()).collect()).unwrap_or_default();
+    let mut groups: Vec<u32> = getgroups()
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default();
     if !groups.contains(&gid.as_raw()) {
         groups.insert(0, gid.as_raw());
     }
     Principal {
         uid: uid.as_raw(),
         euid: geteuid().as_raw(),
-        user: User::from_uid(Uid::from_raw(uid.as_raw())).ok().flatten().map(|u| u.name),
+        user: User::from_uid(Uid::from_raw(uid.as_raw()))
+            .ok()
+            .flatten()
+            .map(|u| u.name),
         gid: gid.as_raw(),
         groups,
     }
@@ -218,7 +239,11 @@ pub fn principal_of(pid: i32) -> Option<Principal> {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
-            .map(|rest| rest.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let (uids, gids) = (field("Uid:"), field("Gid:"));
@@ -227,8 +252,17 @@ pub fn principal_of(pid: i32) -> Option<Principal> {
     if !groups.contains(&gid) {
         groups.insert(0, gid);
     }
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
-    Some(Principal { uid, euid, user, gid, groups })
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    Some(Principal {
+        uid,
+        euid,
+        user,
+        gid,
+        groups,
+    })
 }
 
 /// The chain of processes from `pid`'s parent up to init, nearest first.
@@ -259,15 +293,27 @@ mod tests {
         assert!(me.exe.is_some());
         let chain = ancestry(me.pid);
         assert_eq!(chain.first().map(|p| p.pid), Some(me.ppid));
-        assert_eq!(chain.last().map(|p| p.pid), Some(1), "the chain ends at init");
+        assert_eq!(
+            chain.last().map(|p| p.pid),
+            Some(1),
+            "the chain ends at init"
+        );
         assert!(me.exec_id.ends_with(&format!(":{}", me.pid)));
     }
 
     #[test]
     fn credentials_in_command_lines_are_redacted() {
         let args: Vec<String> = [
-            "server", "--token", "s3cr3t", "--api-key=abc123", "GITHUB_TOKEN=ghp_x", "--verbose",
-            "https://bob:hunter2@example.com/x", "ghp_0123456789abcdefghijABCDEFGHIJ", "--port", "80",
+            "server",
+            "--token",
+            "s3cr3t",
+            "--api-key=abc123",
+            "GITHUB_TOKEN=ghp_x",
+            "--verbose",
+            "https://bob:hunter2@example.com/x",
+            "ghp_0123456789abcdefghijABCDEFGHIJ",
+            "--port",
+            "80",
         ]
         .map(String::from)
         .to_vec();
@@ -286,7 +332,10 @@ mod tests {
     fn principal_of_this_process_matches_the_current_one() {
         let of = principal_of(std::process::id() as i32).unwrap();
         let cur = current_principal();
-        assert_eq!((of.uid, of.euid, of.gid, of.user), (cur.uid, cur.euid, cur.gid, cur.user));
+        assert_eq!(
+            (of.uid, of.euid, of.gid, of.user),
+            (cur.uid, cur.euid, cur.gid, cur.user)
+        );
         let (mut a, mut b) = (of.groups, cur.groups);
         a.sort();
         b.sort();

@@ -60,7 +60,9 @@ impl Malformed {
         match self {
             Malformed::Utf8 { .. } | Malformed::Json { .. } => code::PARSE_ERROR,
             Malformed::DuplicateKey { .. } => code::DUPLICATE_KEY,
-            Malformed::Invalid { .. } | Malformed::Shape { .. } | Malformed::EmptyBatch => code::INVALID_REQUEST,
+            Malformed::Invalid { .. } | Malformed::Shape { .. } | Malformed::EmptyBatch => {
+                code::INVALID_REQUEST
+            }
             Malformed::TooLong { .. } => code::TOO_LARGE,
         }
     }
@@ -139,10 +141,13 @@ fn present<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>,
 
 /// Parses one line (without its ending).
 pub fn parse(line: &[u8]) -> Result<Parsed<'_>, Malformed> {
-    let text = std::str::from_utf8(line).map_err(|e| Malformed::Utf8 { offset: e.valid_up_to() })?;
+    let text = std::str::from_utf8(line).map_err(|e| Malformed::Utf8 {
+        offset: e.valid_up_to(),
+    })?;
     match text.trim_start().as_bytes().first() {
         Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| json_error(&e, text))?;
+            let items: Vec<&RawValue> =
+                serde_json::from_str(text).map_err(|e| json_error(&e, text))?;
             if items.is_empty() {
                 return Err(Malformed::EmptyBatch);
             }
@@ -155,7 +160,9 @@ pub fn parse(line: &[u8]) -> Result<Parsed<'_>, Malformed> {
         }
         Some(b'{') => message(text).map(Parsed::Single),
         _ => match serde_json::from_str::<de::IgnoredAny>(text) {
-            Ok(_) => Err(Malformed::Invalid { reason: "not an object or a batch" }),
+            Ok(_) => Err(Malformed::Invalid {
+                reason: "not an object or a batch",
+            }),
             Err(e) => Err(json_error(&e, text)),
         },
     }
@@ -168,11 +175,16 @@ fn json_error(e: &serde_json::Error, text: &str) -> Malformed {
     match e.classify() {
         // A type error can come before a syntax error further on: only valid JSON is "data".
         Category::Data if serde_json::from_str::<de::IgnoredAny>(text).is_err() => {
-            let reason = serde_json::from_str::<de::IgnoredAny>(text).err().map(|e| e.to_string()).unwrap_or(reason);
+            let reason = serde_json::from_str::<de::IgnoredAny>(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or(reason);
             Malformed::Json { reason }
         }
         Category::Data => match reason.strip_prefix("duplicate field `") {
-            Some(rest) => Malformed::DuplicateKey { key: rest.split('`').next().unwrap_or_default().to_string() },
+            Some(rest) => Malformed::DuplicateKey {
+                key: rest.split('`').next().unwrap_or_default().to_string(),
+            },
             None => Malformed::Shape { reason },
         },
         _ => Malformed::Json { reason },
@@ -181,29 +193,41 @@ fn json_error(e: &serde_json::Error, text: &str) -> Malformed {
 
 fn message(text: &str) -> Result<Message<'_>, Malformed> {
     if !text.trim_start().starts_with('{') {
-        return Err(Malformed::Invalid { reason: "not an object" });
+        return Err(Malformed::Invalid {
+            reason: "not an object",
+        });
     }
     let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| json_error(&e, text))?;
     if env.jsonrpc.as_deref() != Some("2.0") {
-        return Err(Malformed::Invalid { reason: "`jsonrpc` is not \"2.0\"" });
+        return Err(Malformed::Invalid {
+            reason: "`jsonrpc` is not \"2.0\"",
+        });
     }
     if let Some(id) = env.id {
         let ok = matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'));
         // A response to a request whose id could not be read carries `null`.
         let null_answer = env.method.is_none() && id.get() == "null";
         if !ok && !null_answer {
-            return Err(Malformed::Invalid { reason: "`id` is not a string or a number" });
+            return Err(Malformed::Invalid {
+                reason: "`id` is not a string or a number",
+            });
         }
     }
     let kind = match (&env.method, env.id, env.result, env.error) {
         (Some(_), Some(_), None, None) => Kind::Request,
         (Some(_), None, None, None) => Kind::Notification,
         (None, Some(_), Some(_), None) | (None, Some(_), None, Some(_)) => Kind::Response,
-        _ => return Err(Malformed::Invalid { reason: "neither a request, a notification nor a response" }),
+        _ => {
+            return Err(Malformed::Invalid {
+                reason: "neither a request, a notification nor a response",
+            });
+        }
     };
     let params_value = match env.params {
         Some(p) if !matches!(p.get().as_bytes().first(), Some(b'{' | b'[')) => {
-            return Err(Malformed::Invalid { reason: "`params` is not an object or an array" });
+            return Err(Malformed::Invalid {
+                reason: "`params` is not an object or an array",
+            });
         }
         Some(p) if kind != Kind::Response => Some(checked_value(p.get())?),
         _ => None,
@@ -241,7 +265,9 @@ pub fn sniff_id(text: &str) -> Option<&RawValue> {
 pub fn checked_value(text: &str) -> Result<serde_json::Value, Malformed> {
     let mut de = serde_json::Deserializer::from_str(text);
     let mut dup = None;
-    let res = Checked { dup: &mut dup }.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    let res = Checked { dup: &mut dup }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
     match (res, dup) {
         (_, Some(key)) => Err(Malformed::DuplicateKey { key }),
         (Err(e), None) => Err(json_error(&e, text)),
@@ -254,7 +280,9 @@ pub fn checked_value(text: &str) -> Result<serde_json::Value, Malformed> {
 pub fn check_no_duplicate_keys(text: &str) -> Result<(), Malformed> {
     let mut de = serde_json::Deserializer::from_str(text);
     let mut dup = None;
-    let res = NoDupes { dup: &mut dup }.deserialize(&mut de).and_then(|()| de.end());
+    let res = NoDupes { dup: &mut dup }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
     match (res, dup) {
         (_, Some(key)) => Err(Malformed::DuplicateKey { key }),
         (Err(e), None) => Err(json_error(&e, text)),
@@ -297,13 +325,19 @@ impl<'de> Visitor<'de> for NoDupes<'_> {
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(NoDupes { dup: &mut *self.dup })?.is_some() {}
+        while seq
+            .next_element_seed(NoDupes {
+                dup: &mut *self.dup,
+            })?
+            .is_some()
+        {}
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         // Keys borrow from the input unless they contain escapes; small objects stay on a Vec.
         let mut keys: Vec<std::borrow::Cow<'de, str>> = Vec::new();
-        let mut set: std::collections::HashSet<std::borrow::Cow<'de, str>> = std::collections::HashSet::new();
+        let mut set: std::collections::HashSet<std::borrow::Cow<'de, str>> =
+            std::collections::HashSet::new();
         while let Some(key) = map.next_key::<BorrowedKey<'de>>()? {
             let key = key.0;
             let seen = if set.is_empty() && keys.len() < 16 {
@@ -320,7 +354,9 @@ impl<'de> Visitor<'de> for NoDupes<'_> {
                 *self.dup = Some(key.into_owned());
                 return Err(de::Error::custom("duplicate key"));
             }
-            map.next_value_seed(NoDupes { dup: &mut *self.dup })?;
+            map.next_value_seed(NoDupes {
+                dup: &mut *self.dup,
+            })?;
         }
         Ok(())
     }
@@ -375,7 +411,8 @@ impl<'de> Visitor<'de> for Checked<'_> {
         Ok(v.into())
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number))
+        Ok(serde_json::Number::from_f64(v)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
         Ok(v.into())
@@ -388,7 +425,9 @@ impl<'de> Visitor<'de> for Checked<'_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(Checked { dup: &mut *self.dup })? {
+        while let Some(v) = seq.next_element_seed(Checked {
+            dup: &mut *self.dup,
+        })? {
             out.push(v);
         }
         Ok(out.into())
@@ -400,7 +439,9 @@ impl<'de> Visitor<'de> for Checked<'_> {
                 *self.dup = Some(key);
                 return Err(de::Error::custom("duplicate key"));
             }
-            let v = map.next_value_seed(Checked { dup: &mut *self.dup })?;
+            let v = map.next_value_seed(Checked {
+                dup: &mut *self.dup,
+            })?;
             out.insert(key, v);
         }
         Ok(out.into())
@@ -434,9 +475,11 @@ impl IdKey {
                 return IdKey::Int(u.into());
             }
             if let Some(f) = n.as_f64()
-                && f.fract() == 0.0 && f.abs() < 9.0e15 {
-                    return IdKey::Int(f as i128);
-                }
+                && f.fract() == 0.0
+                && f.abs() < 9.0e15
+            {
+                return IdKey::Int(f as i128);
+            }
         }
         IdKey::Other(id.get().to_string())
     }
@@ -445,9 +488,10 @@ impl IdKey {
 /// The id of a message as a plain string for records (strings unquoted).
 pub fn id_text(id: &RawValue) -> String {
     if id.get().starts_with('"')
-        && let Ok(s) = serde_json::from_str::<String>(id.get()) {
-            return s;
-        }
+        && let Ok(s) = serde_json::from_str::<String>(id.get())
+    {
+        return s;
+    }
     id.get().to_string()
 }
 
@@ -476,7 +520,11 @@ pub fn null_id() -> &'static RawValue {
 
 /// Serializes an error response for `id` (without a line ending).
 pub fn error_response(id: &RawValue, error: ErrorObject<'_>) -> Vec<u8> {
-    let resp = ErrorResponse { jsonrpc: "2.0", id, error };
+    let resp = ErrorResponse {
+        jsonrpc: "2.0",
+        id,
+        error,
+    };
     // Serializing plain strings, numbers and a `Value` cannot fail.
     serde_json::to_vec(&resp).unwrap_or_default()
 }
@@ -495,17 +543,34 @@ mod tests {
     #[test]
     fn classifies_requests_notifications_and_responses() {
         let m = single(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x"}}"#);
-        assert_eq!((m.kind, m.id.map(|i| i.get()), m.method.as_deref()), (Kind::Request, Some("7"), Some("tools/call")));
-        assert_eq!(single(r#"{"jsonrpc":"2.0","method":"notifications/progress"}"#).kind, Kind::Notification);
+        assert_eq!(
+            (m.kind, m.id.map(|i| i.get()), m.method.as_deref()),
+            (Kind::Request, Some("7"), Some("tools/call"))
+        );
+        assert_eq!(
+            single(r#"{"jsonrpc":"2.0","method":"notifications/progress"}"#).kind,
+            Kind::Notification
+        );
         let r = single(r#"{"jsonrpc":"2.0","id":"a","error":{"code":1,"message":"m"}}"#);
         assert_eq!((r.kind, r.is_error()), (Kind::Response, true));
     }
 
     #[test]
     fn ids_of_every_allowed_type_are_kept_verbatim() {
-        for id in ["0", "-1", "1.5", "1e3", "18446744073709551616", r#""""#, r#""\u00e9x""#] {
+        for id in [
+            "0",
+            "-1",
+            "1.5",
+            "1e3",
+            "18446744073709551616",
+            r#""""#,
+            r#""\u00e9x""#,
+        ] {
             let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
-            assert_eq!(single(&line).id.map(|i| i.get().to_string()), Some(id.to_string()));
+            assert_eq!(
+                single(&line).id.map(|i| i.get().to_string()),
+                Some(id.to_string())
+            );
         }
     }
 
@@ -513,7 +578,10 @@ mod tests {
     fn bad_ids_are_invalid_requests() {
         for id in ["true", "{}", "[1]", "null"] {
             let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
-            assert!(matches!(parse(line.as_bytes()), Err(Malformed::Invalid { .. })), "{id}");
+            assert!(
+                matches!(parse(line.as_bytes()), Err(Malformed::Invalid { .. })),
+                "{id}"
+            );
         }
     }
 
@@ -525,20 +593,34 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read","na\u006de":"write"}}"#,
         ];
         for c in cases {
-            assert!(matches!(parse(c.as_bytes()), Err(Malformed::DuplicateKey { .. })), "{c}");
+            assert!(
+                matches!(parse(c.as_bytes()), Err(Malformed::DuplicateKey { .. })),
+                "{c}"
+            );
         }
         let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"x","params":[{"a":1,"a":1}]}]"#;
-        let Ok(Parsed::Batch(items)) = parse(batch) else { panic!() };
-        assert!(matches!(&items[0], Err((_, Malformed::DuplicateKey { .. }))));
+        let Ok(Parsed::Batch(items)) = parse(batch) else {
+            panic!()
+        };
+        assert!(matches!(
+            &items[0],
+            Err((_, Malformed::DuplicateKey { .. }))
+        ));
     }
 
     #[test]
     fn invalid_utf8_and_json_are_parse_errors() {
-        assert_eq!(parse(b"{\"a\":\"\xff\"}").unwrap_err(), Malformed::Utf8 { offset: 6 });
+        assert_eq!(
+            parse(b"{\"a\":\"\xff\"}").unwrap_err(),
+            Malformed::Utf8 { offset: 6 }
+        );
         assert!(matches!(parse(b"{\"a\":"), Err(Malformed::Json { .. })));
         assert!(matches!(parse(b"{} {}"), Err(Malformed::Json { .. })));
         assert!(matches!(parse(b"garbage"), Err(Malformed::Json { .. })));
-        assert!(matches!(parse(br#"{"jsonrpc":2.0,"id":1,"method":"ping"}"#), Err(Malformed::Shape { .. })));
+        assert!(matches!(
+            parse(br#"{"jsonrpc":2.0,"id":1,"method":"ping"}"#),
+            Err(Malformed::Shape { .. })
+        ));
         assert_eq!(parse(b"42").unwrap_err().code(), code::INVALID_REQUEST);
         assert_eq!(parse(b"[]").unwrap_err(), Malformed::EmptyBatch);
     }
@@ -546,7 +628,9 @@ mod tests {
     #[test]
     fn batch_elements_are_judged_one_by_one() {
         let line = br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}, 3, {"jsonrpc":"2.0","id":"b","oops":1}]"#;
-        let Ok(Parsed::Batch(items)) = parse(line) else { panic!() };
+        let Ok(Parsed::Batch(items)) = parse(line) else {
+            panic!()
+        };
         assert!(items[0].is_ok());
         assert!(matches!(&items[1], Err((None, Malformed::Invalid { .. }))));
         assert!(matches!(&items[2], Err((Some(id), _)) if id.get() == "\"b\""));
@@ -554,8 +638,15 @@ mod tests {
 
     #[test]
     fn sniffs_the_id_of_an_unparsable_message() {
-        assert_eq!(sniff_id(r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"#).map(|i| i.get()), Some("42"));
-        assert_eq!(sniff_id(r#" { "id" : "x\"y", "#).map(|i| i.get()), Some(r#""x\"y""#));
+        assert_eq!(
+            sniff_id(r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"#)
+                .map(|i| i.get()),
+            Some("42")
+        );
+        assert_eq!(
+            sniff_id(r#" { "id" : "x\"y", "#).map(|i| i.get()),
+            Some(r#""x\"y""#)
+        );
         assert!(sniff_id(r#"{"method":"a","id":1"#).is_none());
     }
 
@@ -570,7 +661,17 @@ mod tests {
     #[test]
     fn error_response_echoes_the_id_verbatim() {
         let id: &RawValue = serde_json::from_str("1.50").unwrap();
-        let out = error_response(id, ErrorObject { code: code::DENIED, message: "no", data: None });
-        assert_eq!(out, br#"{"jsonrpc":"2.0","id":1.50,"error":{"code":-32080,"message":"no"}}"#);
+        let out = error_response(
+            id,
+            ErrorObject {
+                code: code::DENIED,
+                message: "no",
+                data: None,
+            },
+        );
+        assert_eq!(
+            out,
+            br#"{"jsonrpc":"2.0","id":1.50,"error":{"code":-32080,"message":"no"}}"#
+        );
     }
 }

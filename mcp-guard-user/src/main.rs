@@ -5,7 +5,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use mcp_guard::audit::{self, Durability};
-use mcp_guard::cli::{AuditCommand, Cli, Command, HostsCommand, HostsEdit, PinsCommand, PolicyCommand, Wrap};
+use mcp_guard::cli::{
+    AuditCommand, Cli, Command, HostsCommand, HostsEdit, PinsCommand, PolicyCommand, Wrap,
+};
 use mcp_guard::policy::Policy;
 use mcp_guard::shim;
 
@@ -13,7 +15,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MCP_GUARD_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("MCP_GUARD_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -25,15 +28,23 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Explain(a)) => mcp_guard::policy::cmd::explain(&a),
         Command::Audit(AuditCommand::Verify(args)) => audit::verify::run(&args),
         Command::Audit(AuditCommand::Forward(args)) => audit::forward::run(&args),
-        Command::Hosts(HostsCommand::Scan { project, all_users }) => hosts_scan(&project, all_users),
+        Command::Hosts(HostsCommand::Scan { project, all_users }) => {
+            hosts_scan(&project, all_users)
+        }
         Command::Hosts(HostsCommand::Wrap(e)) => hosts_edit(&e, true),
         Command::Hosts(HostsCommand::Unwrap(e)) => hosts_edit(&e, false),
         Command::Pins(PinsCommand::List { pins }) => pins_list(pins),
-        Command::Pins(PinsCommand::Approve { server, tool, pins }) => pins_approve(pins, &server, tool.as_deref()),
+        Command::Pins(PinsCommand::Approve { server, tool, pins }) => {
+            pins_approve(pins, &server, tool.as_deref())
+        }
         Command::Daemon { config } => daemon(config.as_deref()),
         Command::Status { config, json } => mcp_guard::daemon::status::run(config.as_deref(), json),
-        Command::Service(mcp_guard::cli::ServiceCommand::Install(a)) => mcp_guard::service::install(&a),
-        Command::Service(mcp_guard::cli::ServiceCommand::Uninstall(a)) => mcp_guard::service::uninstall(&a),
+        Command::Service(mcp_guard::cli::ServiceCommand::Install(a)) => {
+            mcp_guard::service::install(&a)
+        }
+        Command::Service(mcp_guard::cli::ServiceCommand::Uninstall(a)) => {
+            mcp_guard::service::uninstall(&a)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -65,17 +76,33 @@ fn managed(w: &Wrap) -> anyhow::Result<Option<shim::Managed>> {
             p
         }
     };
-    let own = w.policy.clone().or_else(|| std::env::var_os("MCP_GUARD_POLICY").filter(|v| !v.is_empty()).map(PathBuf::from)).or_else(|| {
-        mcp_guard::policy::standalone_candidates(None).into_iter().next().filter(|p| p.is_file() && !p.starts_with(mcp_guard::policy::SYSTEM_DIR))
-    });
+    let own = w
+        .policy
+        .clone()
+        .or_else(|| {
+            std::env::var_os("MCP_GUARD_POLICY")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| {
+            mcp_guard::policy::standalone_candidates(None)
+                .into_iter()
+                .next()
+                .filter(|p| p.is_file() && !p.starts_with(mcp_guard::policy::SYSTEM_DIR))
+        });
     let policy = match own {
         None => None,
         Some(p) => {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read the policy {}", p.display()))?;
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read the policy {}", p.display()))?;
             Some((text, p.display().to_string()))
         }
     };
-    Ok(Some(shim::Managed { socket, when_down: w.when_daemon_down, policy }))
+    Ok(Some(shim::Managed {
+        socket,
+        when_down: w.when_daemon_down,
+        policy,
+    }))
 }
 
 fn wrap(w: Wrap) -> anyhow::Result<i32> {
@@ -83,7 +110,8 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
     let policy = load_policy(w.policy.clone())?;
     let audit = match w.audit {
         Some(p) => p,
-        None => audit::default_path().context("no --audit given and neither XDG_STATE_HOME nor HOME is set")?,
+        None => audit::default_path()
+            .context("no --audit given and neither XDG_STATE_HOME nor HOME is set")?,
     };
     let durability = match w.durability {
         Some(d) => d,
@@ -91,7 +119,9 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
     };
     let name = w.name.unwrap_or_else(|| {
         let prog = PathBuf::from(&w.command[0]);
-        prog.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+        prog.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
     });
     shim::run(shim::Options {
         name,
@@ -99,7 +129,11 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
         policy_flag: w.policy,
         policy_poll: Duration::from_millis(w.policy_poll_ms),
         audit,
-        audit_opts: audit::Options { max_bytes: w.audit_max_bytes, key: w.audit_key, checkpoint: w.audit_checkpoint },
+        audit_opts: audit::Options {
+            max_bytes: w.audit_max_bytes,
+            key: w.audit_key,
+            checkpoint: w.audit_checkpoint,
+        },
         durability,
         max_message: w.max_message,
         command: w.command,
@@ -119,7 +153,8 @@ fn pin_store(path: Option<PathBuf>) -> anyhow::Result<mcp_guard::pins::Pins> {
     match path {
         Some(p) => Ok(mcp_guard::pins::Pins::at(p)),
         None => {
-            let audit = audit::default_path().context("no --pins given and neither XDG_STATE_HOME nor HOME is set")?;
+            let audit = audit::default_path()
+                .context("no --pins given and neither XDG_STATE_HOME nor HOME is set")?;
             Ok(mcp_guard::pins::Pins::beside(&audit))
         }
     }
@@ -132,10 +167,18 @@ fn pins_list(path: Option<PathBuf>) -> anyhow::Result<i32> {
     for (server, tools) in &store.servers {
         for (tool, pin) in tools {
             let state = match &pin.pending {
-                Some(p) => format!("CHANGED (seen {}, {}), blocked until approved", p.seen_at, &p.sha256[..12]),
+                Some(p) => format!(
+                    "CHANGED (seen {}, {}), blocked until approved",
+                    p.seen_at,
+                    &p.sha256[..12]
+                ),
                 None => "pinned".to_string(),
             };
-            println!("{server:<20} {tool:<32} {} {} {state}", pin.pinned_at, &pin.sha256[..12]);
+            println!(
+                "{server:<20} {tool:<32} {} {} {state}",
+                pin.pinned_at,
+                &pin.sha256[..12]
+            );
         }
     }
     Ok(0)
@@ -149,7 +192,10 @@ fn pins_approve(path: Option<PathBuf>, server: &str, tool: Option<&str>) -> anyh
 }
 
 fn home() -> anyhow::Result<PathBuf> {
-    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).context("HOME is not set")
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .context("HOME is not set")
 }
 
 /// A user (name, uid) when editing on behalf of every user; `None`: the caller.
@@ -163,23 +209,39 @@ fn homes(all_users: bool) -> anyhow::Result<Vec<(Owner, PathBuf)>> {
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("--all-users reads and rewrites every user's files: run it as root");
     }
-    Ok(mcp_guard::hosts::user_homes()?.into_iter().map(|(n, u, h)| (Some((n, u)), h)).collect())
+    Ok(mcp_guard::hosts::user_homes()?
+        .into_iter()
+        .map(|(n, u, h)| (Some((n, u)), h))
+        .collect())
 }
 
 fn owned_by(path: &std::path::Path, user: &Owner, home: &std::path::Path) -> bool {
-    user.as_ref().is_none_or(|(_, uid)| mcp_guard::hosts::owned_by(path, *uid, home))
+    user.as_ref()
+        .is_none_or(|(_, uid)| mcp_guard::hosts::owned_by(path, *uid, home))
 }
 
 fn projects(given: &[PathBuf]) -> Vec<PathBuf> {
-    if given.is_empty() { std::env::current_dir().into_iter().collect() } else { given.to_vec() }
+    if given.is_empty() {
+        std::env::current_dir().into_iter().collect()
+    } else {
+        given.to_vec()
+    }
 }
 
 fn hosts_scan(project: &[PathBuf], all_users: bool) -> anyhow::Result<i32> {
     use mcp_guard::hosts::Transport;
     let mut found = Vec::new();
     for (user, home) in homes(all_users)? {
-        let projects = if all_users { Vec::new() } else { projects(project) };
-        found.extend(mcp_guard::hosts::scan(&home, &projects).into_iter().map(|f| (user.clone(), f)));
+        let projects = if all_users {
+            Vec::new()
+        } else {
+            projects(project)
+        };
+        found.extend(
+            mcp_guard::hosts::scan(&home, &projects)
+                .into_iter()
+                .map(|f| (user.clone(), f)),
+        );
     }
     if found.is_empty() {
         println!("no agent host config found");
@@ -203,9 +265,20 @@ fn hosts_scan(project: &[PathBuf], all_users: bool) -> anyhow::Result<i32> {
                 Transport::Stdio => "NOT WRAPPED",
                 _ => "-",
             };
-            let what = s.command.clone().or_else(|| s.url.clone()).unwrap_or_default();
-            let scope = s.scope.as_deref().map(|p| format!(" [{p}]")).unwrap_or_default();
-            println!("  {:<24} {:<8} {:<12} {what}{scope}", s.name, transport, state);
+            let what = s
+                .command
+                .clone()
+                .or_else(|| s.url.clone())
+                .unwrap_or_default();
+            let scope = s
+                .scope
+                .as_deref()
+                .map(|p| format!(" [{p}]"))
+                .unwrap_or_default();
+            println!(
+                "  {:<24} {:<8} {:<12} {what}{scope}",
+                s.name, transport, state
+            );
         }
     }
     Ok(0)
@@ -230,8 +303,16 @@ fn hosts_edit(e: &HostsEdit, wrap: bool) -> anyhow::Result<i32> {
     let mut changed = 0;
     let mut found = Vec::new();
     for (user, home) in homes(e.all_users)? {
-        let projects = if e.all_users { Vec::new() } else { projects(&e.project) };
-        found.extend(hosts::scan(&home, &projects).into_iter().map(|f| (user.clone(), home.clone(), f)));
+        let projects = if e.all_users {
+            Vec::new()
+        } else {
+            projects(&e.project)
+        };
+        found.extend(
+            hosts::scan(&home, &projects)
+                .into_iter()
+                .map(|f| (user.clone(), home.clone(), f)),
+        );
     }
     for (user, home, f) in found {
         if only.is_some_and(|h| h != f.host) {
@@ -239,10 +320,17 @@ fn hosts_edit(e: &HostsEdit, wrap: bool) -> anyhow::Result<i32> {
         }
         if !owned_by(&f.path, &user, &home) {
             failed = true;
-            eprintln!("mcp-guard: {}: not inside its user's home or not owned by them; left alone", f.path.display());
+            eprintln!(
+                "mcp-guard: {}: not inside its user's home or not owned by them; left alone",
+                f.path.display()
+            );
             continue;
         }
-        let edit = if wrap { hosts::wrap_file(&f.path, f.host, &bin) } else { hosts::unwrap_file(&f.path, f.host) };
+        let edit = if wrap {
+            hosts::wrap_file(&f.path, f.host, &bin)
+        } else {
+            hosts::unwrap_file(&f.path, f.host)
+        };
         let edit = match edit {
             Ok(edit) => edit,
             Err(err) => {

@@ -23,9 +23,8 @@ use aya::{
     programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use mcp_guard_common::{
-    CONFIG_MAP, DataHeader, EVENTS_MAP, ExecEvent, ExitEvent, FDS_MAP, LOST_MAP, MAX_CAPTURE, MAYBE_WATCHED_MAP, WATCHED_MAP,
-    Watch,
-    config, data, fd_key, kind,
+    CONFIG_MAP, DataHeader, EVENTS_MAP, ExecEvent, ExitEvent, FDS_MAP, LOST_MAP, MAX_CAPTURE,
+    MAYBE_WATCHED_MAP, WATCHED_MAP, Watch, config, data, fd_key, kind,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -62,7 +61,10 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { ring_bytes: DEFAULT_RING_BYTES, max_capture: MAX_CAPTURE as u32 }
+        Settings {
+            ring_bytes: DEFAULT_RING_BYTES,
+            max_capture: MAX_CAPTURE as u32,
+        }
     }
 }
 
@@ -201,8 +203,12 @@ impl Observer {
                 source: Box::new(source),
             })?;
         let mut cfg: Array<MapData, u32> = take_map(&mut ebpf, CONFIG_MAP)?;
-        cfg.set(config::MAX_CAPTURE, settings.max_capture.min(MAX_CAPTURE as u32), 0)
-            .map_err(Error::Config)?;
+        cfg.set(
+            config::MAX_CAPTURE,
+            settings.max_capture.min(MAX_CAPTURE as u32),
+            0,
+        )
+        .map_err(Error::Config)?;
         for name in SCHED_PROGRAMS {
             let program: &mut TracePoint = program(&mut ebpf, name)?;
             program
@@ -261,21 +267,32 @@ impl Observer {
 
     /// Changes the flags of a watched `tgid`, keeping its parent; false if it is not watched.
     pub fn set_flags(&mut self, tgid: u32, flags: u32) -> Result<bool, Error> {
-        let Some(mut w) = self.watched(tgid) else { return Ok(false) };
+        let Some(mut w) = self.watched(tgid) else {
+            return Ok(false);
+        };
         w.flags = flags;
-        self.watched.insert(tgid, w, 0).map_err(|source| Error::Watch { tgid, source })?;
+        self.watched
+            .insert(tgid, w, 0)
+            .map_err(|source| Error::Watch { tgid, source })?;
         Ok(true)
     }
 
     /// Says what descriptor `fd` of `tgid` carries (`mcp_guard_common::origin`), for a
     /// process already watched: captured as that, or not at all (`origin::NONE`).
     pub fn set_fd(&mut self, tgid: u32, fd: u32, origin: u8) -> Result<(), Error> {
-        self.fds.insert(fd_key(tgid, fd), origin, 0).map_err(|source| Error::Watch { tgid, source })
+        self.fds
+            .insert(fd_key(tgid, fd), origin, 0)
+            .map_err(|source| Error::Watch { tgid, source })
     }
 
     /// Forgets every descriptor of `tgid` (it exited; its pid may be reused).
     pub fn forget_fds(&mut self, tgid: u32) {
-        let keys: Vec<u64> = self.fds.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
+        let keys: Vec<u64> = self
+            .fds
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| (k >> 32) as u32 == tgid)
+            .collect();
         for k in keys {
             let _ = self.fds.remove(&k);
         }
@@ -283,7 +300,10 @@ impl Observer {
 
     /// Events the kernel could not put in the ring buffer, summed over CPUs.
     pub fn lost(&self) -> u64 {
-        self.lost.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+        self.lost
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
     }
 
     /// Stops watching `tgid`; children already watched stay watched.
@@ -360,7 +380,9 @@ impl Events {
         loop {
             let mut guard = self.fd.readable_mut().await.map_err(Error::Poll)?;
             while out.len() < max {
-                let Some(item) = guard.get_inner_mut().next() else { break };
+                let Some(item) = guard.get_inner_mut().next() else {
+                    break;
+                };
                 if let Some(event) = Event::decode(&item) {
                     out.push(event);
                 }
@@ -482,7 +504,12 @@ impl Event {
             }
             kind::SOCKET if record.len() >= size_of::<mcp_guard_common::SocketEvent>() => {
                 // SAFETY: as above.
-                let raw = unsafe { record.as_ptr().cast::<mcp_guard_common::SocketEvent>().read_unaligned() };
+                let raw = unsafe {
+                    record
+                        .as_ptr()
+                        .cast::<mcp_guard_common::SocketEvent>()
+                        .read_unaligned()
+                };
                 Some(Self::Socket(Socket {
                     tgid: raw.tgid,
                     fd: raw.fd,
@@ -494,7 +521,8 @@ impl Event {
             kind::DATA if record.len() >= size_of::<DataHeader>() => {
                 // SAFETY: as above.
                 let h = unsafe { record.as_ptr().cast::<DataHeader>().read_unaligned() };
-                let payload = record.get(size_of::<DataHeader>()..size_of::<DataHeader>() + h.len as usize)?;
+                let payload = record
+                    .get(size_of::<DataHeader>()..size_of::<DataHeader>() + h.len as usize)?;
                 Some(Self::Data(Data {
                     tgid: h.tgid,
                     tid: h.tid,

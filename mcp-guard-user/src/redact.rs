@@ -43,7 +43,11 @@ pub struct Responses {
 
 impl Responses {
     pub fn new(builtin: bool, extra: Vec<Regex>, max_bytes: u64) -> Responses {
-        Responses { builtin, extra, max_bytes }
+        Responses {
+            builtin,
+            extra,
+            max_bytes,
+        }
     }
 
     /// The built-in set on, no limit: what a policy without `[responses]` gets.
@@ -61,7 +65,12 @@ impl Responses {
         match v {
             Value::String(s) => {
                 let mut n = 0;
-                let patterns = self.builtin.then_some(&*BUILTIN).into_iter().flatten().chain(&self.extra);
+                let patterns = self
+                    .builtin
+                    .then_some(&*BUILTIN)
+                    .into_iter()
+                    .flatten()
+                    .chain(&self.extra);
                 for re in patterns {
                     let found = re.find_iter(s).count() as u32;
                     if found > 0 {
@@ -84,7 +93,8 @@ mod tests {
 
     #[test]
     fn builtin_secrets_are_replaced_and_counted() {
-        let key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----";
+        let key =
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----";
         let mut v = serde_json::json!({"content": [{"type": "text", "text": format!(
             "aws AKIAABCDEFGHIJKLMNOP gh ghp_abcdefghijklmnopqrstuvwxyz0123 slack xoxb-1234567890-abc jwt eyJhbGciOiJIUzI1.eyJzdWIiOiIxMjM0.sig key {key} fine"
         )}]});
@@ -93,7 +103,13 @@ mod tests {
         assert!(r.may_redact(&raw));
         assert_eq!(r.redact(&mut v), 5);
         let text = v["content"][0]["text"].as_str().unwrap();
-        assert!(!text.contains("AKIA") && !text.contains("ghp_") && !text.contains("xoxb") && !text.contains("MIIE"), "{text}");
+        assert!(
+            !text.contains("AKIA")
+                && !text.contains("ghp_")
+                && !text.contains("xoxb")
+                && !text.contains("MIIE"),
+            "{text}"
+        );
         assert!(text.ends_with("key [REDACTED] fine"), "{text}");
     }
 

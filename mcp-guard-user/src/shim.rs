@@ -86,7 +86,10 @@ pub enum WhenDown {
 /// The policy a managed shim falls back to while the daemon is unreachable: every acting
 /// request (`policy::ACTING_METHODS`) refused, the handshake and listings let through.
 fn daemon_down_policy() -> anyhow::Result<Policy> {
-    let methods: Vec<String> = crate::policy::ACTING_METHODS.iter().map(|m| format!("{m:?}")).collect();
+    let methods: Vec<String> = crate::policy::ACTING_METHODS
+        .iter()
+        .map(|m| format!("{m:?}"))
+        .collect();
     let text = format!(
         "default = \"deny\"\n\n[[rule]]\nid = \"daemon-unavailable\"\nmethod = [{}]\naction = \"deny\"\n\
          message = \"the mcp-guard daemon is unreachable; requests are refused until it is back\"\n",
@@ -99,7 +102,10 @@ type Sink = Mutex<Option<Pin<Box<dyn AsyncWrite>>>>;
 
 /// Runs a wrapped server to completion and returns the exit status for the shim.
 pub fn run(opts: Options) -> anyhow::Result<i32> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
     let code = rt.block_on(session(opts));
     // Reads of a terminal stdin run on a blocking thread that may never return; do not wait for it.
     rt.shutdown_background();
@@ -116,7 +122,11 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
     let mut child = match spawn(&opts.command) {
         Ok(child) => child,
         Err(e) => {
-            let cmd = opts.command.first().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+            let cmd = opts
+                .command
+                .first()
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default();
             eprintln!("mcp-guard: cannot start `{cmd}`: {e}");
             audit.close(audit_thread);
             return Ok(EXIT_CANNOT_START);
@@ -160,7 +170,13 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
     let server = ServerIdentity {
         pid,
         name: opts.name.clone(),
-        argv: identity::redact_args(&opts.command.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>()),
+        argv: identity::redact_args(
+            &opts
+                .command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+        ),
         exe: RefCell::new(None),
         settled: std::cell::Cell::new(false),
     };
@@ -175,7 +191,8 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         server: server.describe(),
     });
     let mut loaded = Record::new("policy_loaded", &ctx);
-    loaded.detail = Some(serde_json::json!({ "origin": opts.policy.origin(), "rules": opts.policy.len() }));
+    loaded.detail =
+        Some(serde_json::json!({ "origin": opts.policy.origin(), "rules": opts.policy.len() }));
     let mut start = Record::new("session_start", &ctx);
     // The full picture once per session; other records carry the short form.
     start.detail = Some(serde_json::json!({
@@ -200,49 +217,73 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
                 .ok()
                 .into_iter()
                 .chain(chain.iter().cloned())
-                .map(|p| crate::policy::Ancestor { exe: p.exe, comm: p.comm })
+                .map(|p| crate::policy::Ancestor {
+                    exe: p.exe,
+                    comm: p.comm,
+                })
                 .collect(),
         ),
         host_exe: host.as_ref().and_then(|h| h.exe.clone()),
         server_exe: server.exe.borrow().clone(),
-        cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok().map(|p| p.display().to_string()),
+        cwd: std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()
+            .map(|p| p.display().to_string()),
     };
     // A managed shim judges locally only while the daemon is unreachable: fail closed.
     let local_policy = match &remote {
         Some(_) => daemon_down_policy()?,
         None => opts.policy,
     };
-    let mut guard = Session::new(opts.name.clone(), Arc::new(local_policy), ctx.clone(), opts.max_message, subject);
+    let mut guard = Session::new(
+        opts.name.clone(),
+        Arc::new(local_policy),
+        ctx.clone(),
+        opts.max_message,
+        subject,
+    );
     if remote.is_some() {
         // The daemon decided the requests in flight when it went away; their answers pass.
         guard.resume(Duration::from_secs(365 * 86400));
     }
     guard.set_pins(crate::pins::Pins::beside(&opts.audit));
     let session = RefCell::new(guard);
-    let server_in: Sink = Mutex::new(child.stdin.take().map(|w| Box::pin(w) as Pin<Box<dyn AsyncWrite>>));
+    let server_in: Sink = Mutex::new(
+        child
+            .stdin
+            .take()
+            .map(|w| Box::pin(w) as Pin<Box<dyn AsyncWrite>>),
+    );
     let server_out = child.stdout.take().context("server stdout")?;
     let client_out: Sink = Mutex::new(Some(stdout()));
     let client_gone = Notify::new();
     // The pumps borrow the session and the audit handle; they end with this block.
     let status = {
         let shared = Shared {
-        session: &session,
-        audit: &audit,
-        server_in: &server_in,
-        client_out: &client_out,
-        client_gone: &client_gone,
-        server: &server,
-        remote: remote.as_ref(),
-    };
+            session: &session,
+            audit: &audit,
+            server_in: &server_in,
+            client_out: &client_out,
+            client_gone: &client_gone,
+            server: &server,
+            remote: remote.as_ref(),
+        };
 
         let mut inbound = pin!(shared.pump(Direction::ToServer, stdin(), opts.max_message));
-        let mut outbound = pin!(shared.pump(Direction::ToClient, Box::pin(server_out), opts.max_message));
-        let (mut term, mut int, mut hup) =
-            (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
+        let mut outbound =
+            pin!(shared.pump(Direction::ToClient, Box::pin(server_out), opts.max_message));
+        let (mut term, mut int, mut hup) = (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
+        );
 
         let mut watch = PolicyWatch::new(opts.policy_flag.clone());
         // Managed: the daemon reloads the system policy; the local one is the fallback.
-        let poll_every = if opts.policy_poll.is_zero() || remote.is_some() { far_poll() } else { opts.policy_poll };
+        let poll_every = if opts.policy_poll.is_zero() || remote.is_some() {
+            far_poll()
+        } else {
+            opts.policy_poll
+        };
         let mut poll = tokio::time::interval(poll_every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut in_done, mut out_done) = (false, false);
@@ -256,7 +297,12 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
             if status.is_some() && (out_done || drain_until.is_some_and(|d| Instant::now() >= d)) {
                 break;
             }
-            let wake = escalate.map(|(at, _)| at).into_iter().chain(drain_until).min().unwrap_or(far);
+            let wake = escalate
+                .map(|(at, _)| at)
+                .into_iter()
+                .chain(drain_until)
+                .min()
+                .unwrap_or(far);
             tokio::select! {
                 _ = &mut inbound, if !in_done => {
                     in_done = true;
@@ -307,7 +353,13 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
     let status = status.unwrap_or_else(|| ExitStatus::from_raw(0));
     let exit = exit_code(status);
     let ended = match &remote {
-        Some(r) => r.end(crate::managed::End { exit_code: status.code(), signal: status.signal() }).await,
+        Some(r) => {
+            r.end(crate::managed::End {
+                exit_code: status.code(),
+                signal: status.signal(),
+            })
+            .await
+        }
         None => None,
     };
     let (errors, mut records) = match ended {
@@ -319,7 +371,9 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
             });
             (errors.collect(), Vec::new())
         }
-        None => session.borrow_mut().abandon("the server exited before answering"),
+        None => session
+            .borrow_mut()
+            .abandon("the server exited before answering"),
     };
     if !errors.is_empty() {
         write(&client_out, &errors).await;
@@ -355,7 +409,10 @@ struct PolicyWatch {
 
 impl PolicyWatch {
     fn new(flag: Option<PathBuf>) -> PolicyWatch {
-        let mut w = PolicyWatch { flag, seen: Vec::new() };
+        let mut w = PolicyWatch {
+            flag,
+            seen: Vec::new(),
+        };
         w.seen = w.state();
         w
     }
@@ -364,7 +421,11 @@ impl PolicyWatch {
         use std::os::unix::fs::MetadataExt;
         let mut paths = crate::policy::standalone_candidates(self.flag.as_deref());
         // Drop-ins: each file, not just the directory (an edit in place keeps its mtime).
-        let dirs: Vec<PathBuf> = paths.iter().filter(|p| p.ends_with("policy.d")).cloned().collect();
+        let dirs: Vec<PathBuf> = paths
+            .iter()
+            .filter(|p| p.ends_with("policy.d"))
+            .cloned()
+            .collect();
         for d in dirs {
             if let Ok(rd) = std::fs::read_dir(&d) {
                 let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -372,7 +433,14 @@ impl PolicyWatch {
                 paths.extend(files);
             }
         }
-        paths.iter().map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())))).collect()
+        paths
+            .iter()
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())))
+            })
+            .collect()
     }
 
     /// Whether anything changed since the last call.
@@ -416,7 +484,9 @@ async fn reload(watch: &PolicyWatch, session: &RefCell<Session>, audit: &Audit) 
             tracing::error!(error = %e, "the changed policy does not load; the previous one stays in force");
             let mut rec = Record::new("alert", &ctx);
             rec.reason = Some(crate::identity::redact_text(&e.to_string()));
-            rec.detail = Some(serde_json::json!({ "alert": "policy_reload_failed", "in_force": ctx.policy_sha256 }));
+            rec.detail = Some(
+                serde_json::json!({ "alert": "policy_reload_failed", "in_force": ctx.policy_sha256 }),
+            );
             rec
         }
     };
@@ -461,12 +531,17 @@ impl ServerIdentity {
         if dir == Direction::ToClient {
             self.settled.set(true);
         }
-        let now = std::fs::read_link(format!("/proc/{}/exe", self.pid)).ok().map(|p| p.display().to_string());
+        let now = std::fs::read_link(format!("/proc/{}/exe", self.pid))
+            .ok()
+            .map(|p| p.display().to_string());
         if now.is_some() && now != *self.exe.borrow() {
             let mut s = session.borrow_mut();
             let old = s.ctx().clone();
             s.set_server_exe(now.clone());
-            s.set_ctx(Arc::new(Context { server: self.describe(), ..(*old).clone() }));
+            s.set_ctx(Arc::new(Context {
+                server: self.describe(),
+                ..(*old).clone()
+            }));
         }
     }
 }
@@ -484,7 +559,11 @@ struct Batch {
 
 enum Decision {
     /// Judged here: the acts, and the commit of their records.
-    Local { acts: Vec<Act>, append: Vec<Record>, ticket: crate::audit::Ticket },
+    Local {
+        acts: Vec<Act>,
+        append: Vec<Record>,
+        ticket: crate::audit::Ticket,
+    },
     /// Sent to the daemon: its plan, whose forwards index the frames' lines laid end to end.
     Remote(tokio::sync::oneshot::Receiver<Vec<u8>>),
 }
@@ -531,7 +610,12 @@ impl Shared<'_> {
                         frames.push(f);
                     }
                 }
-                if !frames.is_empty() && tx.send(self.prepare(dir, framer.data(), frames)).await.is_err() {
+                if !frames.is_empty()
+                    && tx
+                        .send(self.prepare(dir, framer.data(), frames))
+                        .await
+                        .is_err()
+                {
                     return;
                 }
                 if n == 0 {
@@ -550,41 +634,74 @@ impl Shared<'_> {
     /// Judges frames (here, or by the daemon) and submits their records; copies out the
     /// bytes the plan refers to.
     fn prepare(&self, dir: Direction, data: &[u8], frames: Vec<Frame>) -> Batch {
-        let lo = frames.iter().filter_map(|f| f.raw().map(|r| r.start)).min().unwrap_or(0);
-        let hi = frames.iter().filter_map(|f| f.raw().map(|r| r.end)).max().unwrap_or(0);
+        let lo = frames
+            .iter()
+            .filter_map(|f| f.raw().map(|r| r.start))
+            .min()
+            .unwrap_or(0);
+        let hi = frames
+            .iter()
+            .filter_map(|f| f.raw().map(|r| r.end))
+            .max()
+            .unwrap_or(0);
         let data = data[lo..hi.max(lo)].to_vec();
         let mut frames: Vec<Frame> = frames.iter().map(|f| f.shifted(lo)).collect();
         if let Some(r) = self.remote {
             frames = crate::managed::cap_frames(frames, &data, r.max_message());
         }
         if let Some(rx) = self.remote.and_then(|r| r.judge(dir, &data, &frames)) {
-            return Batch { data, frames, decision: Decision::Remote(rx) };
+            return Batch {
+                data,
+                frames,
+                decision: Decision::Remote(rx),
+            };
         }
         let decision = self.judge_here(dir, &data, &frames);
-        Batch { data, frames, decision }
+        Batch {
+            data,
+            frames,
+            decision,
+        }
     }
 
     fn judge_here(&self, dir: Direction, data: &[u8], frames: &[Frame]) -> Decision {
         self.server.refresh(dir, self.session);
-        let plan = self.session.borrow_mut().judge(dir, data, frames.iter().cloned());
+        let plan = self
+            .session
+            .borrow_mut()
+            .judge(dir, data, frames.iter().cloned());
         let ticket = self.audit.submit(plan.commit);
-        Decision::Local { acts: plan.acts, append: plan.append, ticket }
+        Decision::Local {
+            acts: plan.acts,
+            append: plan.append,
+            ticket,
+        }
     }
 
     async fn carry_out(&self, dir: Direction, batch: Batch) {
-        let Batch { data, frames, decision } = batch;
+        let Batch {
+            data,
+            frames,
+            decision,
+        } = batch;
         let data = &data[..];
         let mut decision = decision;
         if let Decision::Remote(rx) = decision {
             let map = crate::managed::line_map(&frames);
             let total = map.last().map_or(0, |(s, r)| s + r.len());
-            let plan = rx.await.ok().and_then(|p| crate::managed::decode_plan(&p, total).ok());
+            let plan = rx
+                .await
+                .ok()
+                .and_then(|p| crate::managed::decode_plan(&p, total).ok());
             decision = match plan {
                 Some((_, acts)) => Decision::Local {
                     acts: acts
                         .into_iter()
                         .flat_map(|a| match a {
-                            Act::Forward(r) => crate::managed::map_forward(&map, &r).into_iter().map(Act::Forward).collect(),
+                            Act::Forward(r) => crate::managed::map_forward(&map, &r)
+                                .into_iter()
+                                .map(Act::Forward)
+                                .collect(),
                             other => vec![other],
                         })
                         .collect(),
@@ -593,16 +710,31 @@ impl Shared<'_> {
                 },
                 // The daemon went away with these frames: judged here, failing closed.
                 None => {
-                    tracing::warn!("the mcp-guard daemon did not answer; judging locally (refusing)");
+                    tracing::warn!(
+                        "the mcp-guard daemon did not answer; judging locally (refusing)"
+                    );
                     self.judge_here(dir, data, &frames)
                 }
             };
         }
-        let Decision::Local { mut acts, append, ticket } = decision else { return };
+        let Decision::Local {
+            mut acts,
+            append,
+            ticket,
+        } = decision
+        else {
+            return;
+        };
         if let Err(e) = ticket.wait().await {
             // Fail closed: what needed a record does not take effect without one.
             tracing::error!(error = %e, "audit commit failed; refusing the requests it covered");
-            acts = self.session.borrow_mut().refuse_unrecorded(dir, data, &frames, code::AUDIT_UNAVAILABLE, &e.to_string());
+            acts = self.session.borrow_mut().refuse_unrecorded(
+                dir,
+                data,
+                &frames,
+                code::AUDIT_UNAVAILABLE,
+                &e.to_string(),
+            );
         }
         let own = match dir {
             Direction::ToServer => self.server_in,
@@ -651,7 +783,9 @@ impl Shared<'_> {
 /// Writes to a sink; a failed write closes it. Returns false when nothing could be written.
 async fn write(sink: &Sink, bytes: &[u8]) -> bool {
     let mut guard = sink.lock().await;
-    let Some(w) = guard.as_mut() else { return false };
+    let Some(w) = guard.as_mut() else {
+        return false;
+    };
     match w.write_all(bytes).await {
         Ok(()) => true,
         Err(e) => {
@@ -663,10 +797,15 @@ async fn write(sink: &Sink, bytes: &[u8]) -> bool {
 }
 
 fn spawn(command: &[OsString]) -> io::Result<tokio::process::Child> {
-    let (prog, args) = command.split_first().ok_or_else(|| io::Error::other("no command given"))?;
+    let (prog, args) = command
+        .split_first()
+        .ok_or_else(|| io::Error::other("no command given"))?;
     let parent = std::process::id() as i32;
     let mut cmd = std::process::Command::new(prog);
-    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     // SAFETY: the closure only makes async-signal-safe system calls.
     unsafe {
         cmd.pre_exec(move || {
@@ -679,7 +818,9 @@ fn spawn(command: &[OsString]) -> io::Result<tokio::process::Child> {
             Ok(())
         });
     }
-    tokio::process::Command::from(cmd).kill_on_drop(true).spawn()
+    tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
 }
 
 /// A server started through a `#!/usr/bin/env node`-style script is `env` when spawn
@@ -689,13 +830,17 @@ async fn settle_launcher(pid: i32, command: &[OsString]) {
     const PATIENCE: Duration = Duration::from_millis(200);
     let Some(prog) = command.first() else { return };
     let path = which(prog);
-    let Some(interpreter) = path.as_deref().and_then(shebang) else { return };
+    let Some(interpreter) = path.as_deref().and_then(shebang) else {
+        return;
+    };
     if interpreter.file_name().is_none_or(|f| f != "env") {
         return;
     }
     let exe = || std::fs::read_link(format!("/proc/{pid}/exe")).ok();
     let deadline = Instant::now() + PATIENCE;
-    while exe().is_some_and(|e| e.file_name().is_some_and(|f| f == "env")) && Instant::now() < deadline {
+    while exe().is_some_and(|e| e.file_name().is_some_and(|f| f == "env"))
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -706,14 +851,20 @@ fn which(prog: &OsString) -> Option<PathBuf> {
     if p.components().count() > 1 {
         return Some(p);
     }
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(&p)).find(|c| c.is_file()))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(&p))
+            .find(|c| c.is_file())
+    })
 }
 
 /// The interpreter of a `#!` script.
 fn shebang(path: &std::path::Path) -> Option<PathBuf> {
     use std::io::Read;
     let mut head = [0u8; 256];
-    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).ok()?;
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .ok()?;
     let line = head[..n].strip_prefix(b"#!")?;
     let line = line.split(|&b| b == b'\n').next()?;
     let interp = std::str::from_utf8(line).ok()?.split_whitespace().next()?;
@@ -786,7 +937,9 @@ fn nonblocking_socket(fd: OwnedFd) -> io::Result<tokio::net::UnixStream> {
 
 fn nonblocking_reader(fd: OwnedFd) -> io::Result<Pin<Box<dyn AsyncRead>>> {
     match fd_kind(&fd)? {
-        FdKind::Fifo => Ok(Box::pin(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?)),
+        FdKind::Fifo => Ok(Box::pin(tokio::net::unix::pipe::Receiver::from_owned_fd(
+            fd,
+        )?)),
         FdKind::Socket => Ok(Box::pin(nonblocking_socket(fd)?)),
         FdKind::Other => Err(io::Error::other("not a pipe or socket")),
     }

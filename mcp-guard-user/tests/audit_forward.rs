@@ -23,7 +23,14 @@ const SD: &[u8] = b"[mcpguard@32473 seq=\"";
 /// three for the session), `per_tick` calls every `tick` when paced.
 fn wrap_session(log: &Path, calls: usize, pace: Option<(usize, Duration)>) {
     let mut shim = Command::new(bin())
-        .args(["wrap", "--name", "filesystem", "--durability", "page-cache", "--audit"])
+        .args([
+            "wrap",
+            "--name",
+            "filesystem",
+            "--durability",
+            "page-cache",
+            "--audit",
+        ])
         .arg(log)
         .arg("--")
         .arg(python())
@@ -31,7 +38,10 @@ fn wrap_session(log: &Path, calls: usize, pace: Option<(usize, Duration)>) {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .env("MCP_GUARD_POLICY", Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/demo.toml"))
+        .env(
+            "MCP_GUARD_POLICY",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/demo.toml"),
+        )
         .spawn()
         .unwrap();
     let mut out = shim.stdout.take().unwrap();
@@ -41,7 +51,11 @@ fn wrap_session(log: &Path, calls: usize, pace: Option<(usize, Duration)>) {
     });
     let mut stdin = shim.stdin.take().unwrap();
     for i in 0..calls {
-        let tool = if i % 7 == 3 { "write_file" } else { "read_text_file" };
+        let tool = if i % 7 == 3 {
+            "write_file"
+        } else {
+            "read_text_file"
+        };
         let line = format!(
             "{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"tools/call\",\"params\":{{\"name\":\"{tool}\",\"arguments\":{{\"path\":\"f{i}\"}}}}}}\n"
         );
@@ -63,14 +77,24 @@ fn log_lines(path: &Path) -> BTreeMap<u64, Vec<u8>> {
         .unwrap()
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
-        .map(|l| (serde_json::from_slice::<Value>(l).unwrap()["seq"].as_u64().unwrap(), l.to_vec()))
+        .map(|l| {
+            (
+                serde_json::from_slice::<Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap(),
+                l.to_vec(),
+            )
+        })
         .collect()
 }
 
 /// The seq in a message's structured data and the payload after it.
 fn parse(msg: &[u8]) -> (u64, &[u8]) {
     let text = String::from_utf8_lossy(msg);
-    assert!(msg.starts_with(b"<") && text.contains(">1 "), "not an RFC 5424 message: {text:.200}");
+    assert!(
+        msg.starts_with(b"<") && text.contains(">1 "),
+        "not an RFC 5424 message: {text:.200}"
+    );
     let at = memchr::memmem::find(msg, SD).unwrap_or_else(|| panic!("no seq: {text:.300}"));
     let rest = &msg[at + SD.len()..];
     let end = rest.iter().position(|&b| b == b'"').unwrap();
@@ -86,18 +110,37 @@ fn assert_delivered(msgs: &[Vec<u8>], log: &Path, max_copies: usize) {
     let mut copies: BTreeMap<u64, usize> = BTreeMap::new();
     for m in msgs {
         let (seq, payload) = parse(m);
-        let line = lines.get(&seq).unwrap_or_else(|| panic!("seq {seq} is not in the log"));
-        assert_eq!(payload, &line[..], "payload of seq {seq} differs from the log line");
+        let line = lines
+            .get(&seq)
+            .unwrap_or_else(|| panic!("seq {seq} is not in the log"));
+        assert_eq!(
+            payload,
+            &line[..],
+            "payload of seq {seq} differs from the log line"
+        );
         *copies.entry(seq).or_default() += 1;
     }
     let missing: Vec<_> = lines.keys().filter(|s| !copies.contains_key(s)).collect();
-    assert!(missing.is_empty(), "{} of {} records never arrived: {missing:?}", missing.len(), lines.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} records never arrived: {missing:?}",
+        missing.len(),
+        lines.len()
+    );
     let over: Vec<_> = copies.iter().filter(|&(_, &n)| n > max_copies).collect();
-    assert!(over.is_empty(), "records arrived more than {max_copies} times: {over:?}");
+    assert!(
+        over.is_empty(),
+        "records arrived more than {max_copies} times: {over:?}"
+    );
 }
 
 fn forward(args: &[&str], log: &Path) -> std::process::Output {
-    Command::new(bin()).args(["audit", "forward"]).args(args).arg(log).output().unwrap()
+    Command::new(bin())
+        .args(["audit", "forward"])
+        .args(args)
+        .arg(log)
+        .output()
+        .unwrap()
 }
 
 fn spawn_forward(args: &[&str], log: &Path) -> KillOnDrop {
@@ -141,7 +184,9 @@ fn wait_for(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// Accepts connections on `listener` and collects the octet-counted messages of all of them.
-fn collect_stream<S: Read + Send + 'static>(mut accept: impl FnMut() -> Option<S> + Send + 'static) -> Arc<Mutex<Vec<Vec<u8>>>> {
+fn collect_stream<S: Read + Send + 'static>(
+    mut accept: impl FnMut() -> Option<S> + Send + 'static,
+) -> Arc<Mutex<Vec<Vec<u8>>>> {
     let msgs = Arc::new(Mutex::new(Vec::new()));
     let out = msgs.clone();
     thread::spawn(move || {
@@ -175,7 +220,10 @@ fn collect_stream<S: Read + Send + 'static>(mut accept: impl FnMut() -> Option<S
 fn tcp_collector() -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    (port, collect_stream(move || l.accept().ok().map(|(s, _)| s)))
+    (
+        port,
+        collect_stream(move || l.accept().ok().map(|(s, _)| s)),
+    )
 }
 
 #[test]
@@ -187,7 +235,11 @@ fn udp_sends_each_record_as_one_datagram() {
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let to = format!("udp://{}", sock.local_addr().unwrap());
     let out = forward(&["--to", &to, "--settle-ms", "100"], &log);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut msgs = Vec::new();
     let mut buf = vec![0u8; 65536];
     while msgs.len() < log_lines(&log).len() {
@@ -217,7 +269,11 @@ fn unix_datagram_socket_gets_every_record() {
     });
     let to = format!("unix:{}", sock_path.display());
     let out = forward(&["--to", &to, "--settle-ms", "100"], &log);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_delivered(&reader.join().unwrap(), &log, 1);
 }
 
@@ -231,9 +287,15 @@ fn unix_stream_socket_gets_octet_counted_frames() {
     let msgs = collect_stream(move || l.accept().ok().map(|(s, _)| s));
     let to = format!("unix:{}", sock_path.display());
     let out = forward(&["--to", &to, "--settle-ms", "100"], &log);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let want = log_lines(&log).len();
-    wait_for(Duration::from_secs(5), "all frames", || msgs.lock().unwrap().len() >= want);
+    wait_for(Duration::from_secs(5), "all frames", || {
+        msgs.lock().unwrap().len() >= want
+    });
     assert_delivered(&msgs.lock().unwrap(), &log, 1);
 }
 
@@ -245,17 +307,37 @@ fn a_second_run_sends_only_what_is_new() {
     let first = log_lines(&log).len();
     let (port, msgs) = tcp_collector();
     let to = format!("tcp://127.0.0.1:{port}");
-    assert!(forward(&["--to", &to, "--settle-ms", "100"], &log).status.success());
+    assert!(
+        forward(&["--to", &to, "--settle-ms", "100"], &log)
+            .status
+            .success()
+    );
     wrap_session(&log, 10, None);
-    assert!(forward(&["--to", &to, "--settle-ms", "100"], &log).status.success());
+    assert!(
+        forward(&["--to", &to, "--settle-ms", "100"], &log)
+            .status
+            .success()
+    );
     let total = log_lines(&log).len();
-    wait_for(Duration::from_secs(5), "all frames", || msgs.lock().unwrap().len() >= total);
+    wait_for(Duration::from_secs(5), "all frames", || {
+        msgs.lock().unwrap().len() >= total
+    });
     thread::sleep(Duration::from_millis(200));
     let got = msgs.lock().unwrap();
-    assert_eq!(got.len(), total, "a record was sent twice: {first} then {}", got.len() - first);
+    assert_eq!(
+        got.len(),
+        total,
+        "a record was sent twice: {first} then {}",
+        got.len() - first
+    );
     assert_delivered(&got, &log, 1);
-    let cursor: Value = serde_json::from_slice(&std::fs::read(dir.path().join("audit.jsonl.cursor")).unwrap()).unwrap();
-    assert_eq!(cursor["seq"].as_u64(), log_lines(&log).keys().last().copied());
+    let cursor: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("audit.jsonl.cursor")).unwrap())
+            .unwrap();
+    assert_eq!(
+        cursor["seq"].as_u64(),
+        log_lines(&log).keys().last().copied()
+    );
 }
 
 #[test]
@@ -263,19 +345,37 @@ fn unreachable_siem_fails_and_keeps_the_cursor() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
     wrap_session(&log, 5, None);
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let to = format!("tcp://127.0.0.1:{port}");
     let cursor = dir.path().join("my.cursor");
-    let args = ["--to", &to, "--settle-ms", "100", "--cursor", cursor.to_str().unwrap()];
+    let args = [
+        "--to",
+        &to,
+        "--settle-ms",
+        "100",
+        "--cursor",
+        cursor.to_str().unwrap(),
+    ];
     let out = forward(&args, &log);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
     assert!(!cursor.exists());
     let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let msgs = collect_stream(move || l.accept().ok().map(|(s, _)| s));
     assert!(forward(&args, &log).status.success());
     let want = log_lines(&log).len();
-    wait_for(Duration::from_secs(5), "all frames", || msgs.lock().unwrap().len() >= want);
+    wait_for(Duration::from_secs(5), "all frames", || {
+        msgs.lock().unwrap().len() >= want
+    });
     assert_delivered(&msgs.lock().unwrap(), &log, 1);
 }
 
@@ -286,10 +386,19 @@ fn ocsf_payload_is_an_api_activity_event() {
     wrap_session(&log, 8, None);
     let (port, msgs) = tcp_collector();
     let to = format!("tcp://127.0.0.1:{port}");
-    let out = forward(&["--to", &to, "--format", "ocsf", "--settle-ms", "100"], &log);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = forward(
+        &["--to", &to, "--format", "ocsf", "--settle-ms", "100"],
+        &log,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = log_lines(&log);
-    wait_for(Duration::from_secs(5), "all frames", || msgs.lock().unwrap().len() >= lines.len());
+    wait_for(Duration::from_secs(5), "all frames", || {
+        msgs.lock().unwrap().len() >= lines.len()
+    });
     let mut denied = 0;
     for m in msgs.lock().unwrap().iter() {
         let (seq, payload) = parse(m);
@@ -303,7 +412,10 @@ fn ocsf_payload_is_an_api_activity_event() {
             assert_eq!(ev["disposition_id"], 2);
             assert_eq!(ev["resources"][0]["name"], "write_file");
             assert_eq!(ev["api"]["service"]["name"], "filesystem");
-            assert!(m.starts_with(b"<84>1 "), "a denial is a warning (authpriv.warning = 84)");
+            assert!(
+                m.starts_with(b"<84>1 "),
+                "a denial is a warning (authpriv.warning = 84)"
+            );
         }
     }
     assert_eq!(denied, 1, "call 3 writes");
@@ -318,7 +430,9 @@ fn follow_finishes_a_rotated_log_then_reads_the_new_one() {
     let to = format!("tcp://127.0.0.1:{port}");
     let mut fwd = spawn_forward(&["--to", &to, "--settle-ms", "200"], &log);
     let first = log_lines(&log);
-    wait_for(Duration::from_secs(10), "the first file", || msgs.lock().unwrap().len() >= first.len());
+    wait_for(Duration::from_secs(10), "the first file", || {
+        msgs.lock().unwrap().len() >= first.len()
+    });
     // A session still writing to the old file when it is renamed away, then a new file.
     let rotated = dir.path().join("audit.jsonl.1-x");
     std::fs::rename(&log, &rotated).unwrap();
@@ -327,17 +441,32 @@ fn follow_finishes_a_rotated_log_then_reads_the_new_one() {
     let (old, new) = (log_lines(&rotated), log_lines(&log));
     // The new file starts its own chain here, so records are told apart by id.
     let ids = |lines: &BTreeMap<u64, Vec<u8>>| -> Vec<String> {
-        lines.values().map(|l| serde_json::from_slice::<Value>(l).unwrap()["id"].as_str().unwrap().to_string()).collect()
+        lines
+            .values()
+            .map(|l| {
+                serde_json::from_slice::<Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
     };
     let mut want: Vec<String> = ids(&old).into_iter().chain(ids(&new)).collect();
-    wait_for(Duration::from_secs(10), "both files", || msgs.lock().unwrap().len() >= want.len());
+    wait_for(Duration::from_secs(10), "both files", || {
+        msgs.lock().unwrap().len() >= want.len()
+    });
     thread::sleep(Duration::from_millis(300));
     fwd.signal(nix::sys::signal::Signal::SIGTERM);
     let mut got: Vec<String> = msgs
         .lock()
         .unwrap()
         .iter()
-        .map(|m| serde_json::from_slice::<Value>(parse(m).1).unwrap()["id"].as_str().unwrap().to_string())
+        .map(|m| {
+            serde_json::from_slice::<Value>(parse(m).1).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     // Sent in order: the old file to its end, then the new one.
     assert_eq!(got, want);
@@ -349,7 +478,9 @@ fn follow_finishes_a_rotated_log_then_reads_the_new_one() {
 /// Skips a test that needs something this machine lacks; under CI (or
 /// MCP_GUARD_REQUIRE_KERNEL=1) a skip is a failure.
 fn skip(why: &str) {
-    if std::env::var_os("CI").is_some() || std::env::var("MCP_GUARD_REQUIRE_KERNEL").as_deref() == Ok("1") {
+    if std::env::var_os("CI").is_some()
+        || std::env::var("MCP_GUARD_REQUIRE_KERNEL").as_deref() == Ok("1")
+    {
         panic!("cannot run: {why} (install it with `cargo xtask setup`)");
     }
     println!("skipping: {why}");
@@ -379,7 +510,11 @@ if $app-name == "mcp-guard" then {{
         ),
     )
     .unwrap();
-    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("rsyslogd.stderr")).unwrap();
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("rsyslogd.stderr"))
+        .unwrap();
     let child = Command::new(RSYSLOGD)
         .arg("-n")
         .arg("-f")
@@ -390,13 +525,19 @@ if $app-name == "mcp-guard" then {{
         .stderr(stderr)
         .spawn()
         .unwrap();
-    wait_for(Duration::from_secs(15), "rsyslogd to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_for(Duration::from_secs(15), "rsyslogd to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     KillOnDrop(Some(child))
 }
 
 fn received(dir: &Path) -> Vec<Vec<u8>> {
     match std::fs::read(dir.join("received.log")) {
-        Ok(b) => b.split(|&c| c == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect(),
+        Ok(b) => b
+            .split(|&c| c == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -415,7 +556,11 @@ fn rsyslog_gets_every_record_across_a_stop_and_a_kill() {
     let log = dir.path().join("audit.jsonl");
     // About 1000 records before the forwarder starts ...
     wrap_session(&log, 500, None);
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut rsyslog = start_rsyslog(&rsyslog_dir, port);
     let mut fwd = spawn_forward(&["--to", &format!("tcp://127.0.0.1:{port}")], &log);
     // ... and about 1600 more while it runs, over about 8 seconds.
@@ -424,23 +569,31 @@ fn rsyslog_gets_every_record_across_a_stop_and_a_kill() {
         thread::spawn(move || wrap_session(&log, 800, Some((5, Duration::from_millis(50)))))
     };
     let count = |dir: &PathBuf| received(dir).len();
-    wait_for(Duration::from_secs(20), "records to reach rsyslog", || count(&rsyslog_dir) >= 1100);
+    wait_for(Duration::from_secs(20), "records to reach rsyslog", || {
+        count(&rsyslog_dir) >= 1100
+    });
     // A clean stop mid-stream ...
     rsyslog.signal(nix::sys::signal::Signal::SIGTERM);
     let at_stop = count(&rsyslog_dir);
     thread::sleep(Duration::from_secs(1));
     rsyslog = start_rsyslog(&rsyslog_dir, port);
-    wait_for(Duration::from_secs(20), "records after the restart", || count(&rsyslog_dir) > at_stop + 50);
+    wait_for(Duration::from_secs(20), "records after the restart", || {
+        count(&rsyslog_dir) > at_stop + 50
+    });
     // ... and, once that has settled, a kill.
     thread::sleep(Duration::from_millis(2500));
-    assert!(!writer.is_finished(), "the log stopped growing before the kill; slow the writer down");
+    assert!(
+        !writer.is_finished(),
+        "the log stopped growing before the kill; slow the writer down"
+    );
     rsyslog.signal(nix::sys::signal::Signal::SIGKILL);
     thread::sleep(Duration::from_secs(1));
     rsyslog = start_rsyslog(&rsyslog_dir, port);
     writer.join().unwrap();
     let want = log_lines(&log);
     wait_for(Duration::from_secs(60), "every record at rsyslog", || {
-        let got: std::collections::BTreeSet<u64> = received(&rsyslog_dir).iter().map(|m| parse(m).0).collect();
+        let got: std::collections::BTreeSet<u64> =
+            received(&rsyslog_dir).iter().map(|m| parse(m).0).collect();
         got.len() >= want.len()
     });
     thread::sleep(Duration::from_millis(500));

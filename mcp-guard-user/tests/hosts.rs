@@ -14,18 +14,34 @@ fn fixtures() -> PathBuf {
 
 /// (host, fixture, relative path under the fake home)
 const LAYOUT: &[(Host, &str, &str)] = &[
-    (Host::ClaudeDesktop, "claude_desktop.json", ".config/Claude/claude_desktop_config.json"),
+    (
+        Host::ClaudeDesktop,
+        "claude_desktop.json",
+        ".config/Claude/claude_desktop_config.json",
+    ),
     (Host::ClaudeCode, "claude_code.json", ".claude.json"),
     (Host::Cursor, "cursor.json", ".cursor/mcp.json"),
     (Host::VsCode, "vscode.jsonc", ".config/Code/User/mcp.json"),
-    (Host::Cline, "cline.json", ".config/Code/User/globalStorage/saoudrizwan.claude-dev/settings/cline_mcp_settings.json"),
-    (Host::Windsurf, "windsurf.json", ".codeium/windsurf/mcp_config.json"),
+    (
+        Host::Cline,
+        "cline.json",
+        ".config/Code/User/globalStorage/saoudrizwan.claude-dev/settings/cline_mcp_settings.json",
+    ),
+    (
+        Host::Windsurf,
+        "windsurf.json",
+        ".codeium/windsurf/mcp_config.json",
+    ),
     (Host::GeminiCli, "gemini.json", ".gemini/settings.json"),
     (Host::Zed, "zed.jsonc", ".config/zed/settings.json"),
     (Host::Codex, "codex.toml", ".codex/config.toml"),
     (Host::Continue, "continue.yaml", ".continue/config.yaml"),
     (Host::LmStudio, "lmstudio.json", ".lmstudio/mcp.json"),
-    (Host::OpenCode, "opencode.json", ".config/opencode/opencode.json"),
+    (
+        Host::OpenCode,
+        "opencode.json",
+        ".config/opencode/opencode.json",
+    ),
     (Host::Kiro, "kiro.json", ".kiro/settings/mcp.json"),
 ];
 
@@ -48,16 +64,37 @@ fn scan_finds_every_host_and_server() {
     let (dir, proj) = fake_home();
     let found = hosts::scan(&dir.path().join("home"), std::slice::from_ref(&proj));
     assert_eq!(found.len(), LAYOUT.len() + 1, "{found:#?}");
-    let get = |h: Host| found.iter().find(|f| f.host == h && !f.path.starts_with(&proj)).unwrap();
-    let srv = |h: Host, n: &str| get(h).servers.iter().find(|s| s.name == n).unwrap_or_else(|| panic!("{h} {n}")).clone();
+    let get = |h: Host| {
+        found
+            .iter()
+            .find(|f| f.host == h && !f.path.starts_with(&proj))
+            .unwrap()
+    };
+    let srv = |h: Host, n: &str| {
+        get(h)
+            .servers
+            .iter()
+            .find(|s| s.name == n)
+            .unwrap_or_else(|| panic!("{h} {n}"))
+            .clone()
+    };
 
     let cd = get(Host::ClaudeDesktop);
     assert_eq!(cd.servers.len(), 4);
-    assert_eq!(srv(Host::ClaudeDesktop, "filesystem").transport, Transport::Stdio);
-    assert_eq!(srv(Host::ClaudeDesktop, "filesystem").command.as_deref(), Some("npx"));
+    assert_eq!(
+        srv(Host::ClaudeDesktop, "filesystem").transport,
+        Transport::Stdio
+    );
+    assert_eq!(
+        srv(Host::ClaudeDesktop, "filesystem").command.as_deref(),
+        Some("npx")
+    );
     assert!(!srv(Host::ClaudeDesktop, "filesystem").wrapped);
     assert!(srv(Host::ClaudeDesktop, "guarded").wrapped);
-    assert_eq!(srv(Host::ClaudeDesktop, "remote-sse").transport, Transport::Remote);
+    assert_eq!(
+        srv(Host::ClaudeDesktop, "remote-sse").transport,
+        Transport::Remote
+    );
 
     let cc = get(Host::ClaudeCode);
     assert_eq!(cc.servers.len(), 4);
@@ -71,18 +108,37 @@ fn scan_finds_every_host_and_server() {
     assert_eq!(pm.host, Host::ClaudeCode);
     assert_eq!(pm.servers[0].name, "playwright");
 
-    assert_eq!(srv(Host::VsCode, "fs").args, ["-y", "@modelcontextprotocol/server-filesystem", "${workspaceFolder}"]);
+    assert_eq!(
+        srv(Host::VsCode, "fs").args,
+        [
+            "-y",
+            "@modelcontextprotocol/server-filesystem",
+            "${workspaceFolder}"
+        ]
+    );
     assert_eq!(srv(Host::VsCode, "github").transport, Transport::Remote);
     assert_eq!(srv(Host::Windsurf, "remote").transport, Transport::Remote);
-    assert_eq!(srv(Host::GeminiCli, "httpServer").transport, Transport::Remote);
-    assert_eq!(srv(Host::GeminiCli, "pythonTools").command.as_deref(), Some("python"));
+    assert_eq!(
+        srv(Host::GeminiCli, "httpServer").transport,
+        Transport::Remote
+    );
+    assert_eq!(
+        srv(Host::GeminiCli, "pythonTools").command.as_deref(),
+        Some("python")
+    );
     assert_eq!(srv(Host::Zed, "legacy-git").command.as_deref(), Some("uvx"));
     assert_eq!(srv(Host::Zed, "remote-one").transport, Transport::Remote);
     assert_eq!(srv(Host::Codex, "docs").args, ["--port", "4000"]);
     assert_eq!(srv(Host::Codex, "figma").transport, Transport::Remote);
     assert!(srv(Host::Codex, "already").wrapped);
-    assert_eq!(srv(Host::OpenCode, "everything").command.as_deref(), Some("npx"));
-    assert_eq!(srv(Host::OpenCode, "remote-docs").transport, Transport::Remote);
+    assert_eq!(
+        srv(Host::OpenCode, "everything").command.as_deref(),
+        Some("npx")
+    );
+    assert_eq!(
+        srv(Host::OpenCode, "remote-docs").transport,
+        Transport::Remote
+    );
     assert_eq!(srv(Host::Cline, "weather").transport, Transport::Stdio);
     assert_eq!(srv(Host::Kiro, "fetch").transport, Transport::Stdio);
     assert_eq!(srv(Host::LmStudio, "hf").transport, Transport::Stdio);
@@ -97,7 +153,8 @@ fn scan_finds_every_host_and_server() {
 fn wrap_unwrap_round_trip_every_fixture() {
     for (host, fx, _) in LAYOUT.iter().filter(|(h, ..)| *h != Host::Continue) {
         let text = fs::read_to_string(fixtures().join(fx)).unwrap();
-        let (wrapped, changes) = hosts::wrap_text(*host, &text, BIN).unwrap_or_else(|e| panic!("{fx}: {e:#}"));
+        let (wrapped, changes) =
+            hosts::wrap_text(*host, &text, BIN).unwrap_or_else(|e| panic!("{fx}: {e:#}"));
         assert!(!changes.is_empty(), "{fx}: nothing wrapped");
         assert_ne!(wrapped, text);
         // wrapping twice is a no-op
@@ -128,7 +185,11 @@ fn wrap_unwrap_round_trip_every_fixture() {
         if orig_unwrapped == text {
             assert_eq!(back, text, "{fx}: round trip not byte-identical");
         }
-        assert_eq!(hosts::unwrap_text(*host, &rewrapped).unwrap().0, back, "{fx}");
+        assert_eq!(
+            hosts::unwrap_text(*host, &rewrapped).unwrap().0,
+            back,
+            "{fx}"
+        );
     }
 }
 
@@ -146,19 +207,35 @@ fn comments_order_and_remote_entries_preserved() {
     ] {
         assert!(w.contains(keep), "lost {keep:?} in\n{w}");
     }
-    assert!(w.contains("\"command\": \"/usr/local/bin/mcp-guard\", // launched via npx"), "{w}");
-    assert!(w.contains("\"args\": [\n\t\t\t\t\"wrap\", \"--name\", \"fs\", \"--\", \"npx\", \"-y\","), "{w}");
+    assert!(
+        w.contains("\"command\": \"/usr/local/bin/mcp-guard\", // launched via npx"),
+        "{w}"
+    );
+    assert!(
+        w.contains("\"args\": [\n\t\t\t\t\"wrap\", \"--name\", \"fs\", \"--\", \"npx\", \"-y\","),
+        "{w}"
+    );
     // only command and args lines differ
-    let changed: Vec<_> = text.lines().zip(w.lines()).filter(|(a, b)| a != b).collect();
+    let changed: Vec<_> = text
+        .lines()
+        .zip(w.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
     assert_eq!(changed.len(), 2, "{changed:#?}");
 
     let toml = fs::read_to_string(fixtures().join("codex.toml")).unwrap();
     let (w, _) = hosts::wrap_text(Host::Codex, &toml, BIN).unwrap();
     assert!(w.contains("command = \"/usr/local/bin/mcp-guard\" # the docs server\nargs = [\"wrap\", \"--name\", \"docs\", \"--\", \"docs-server\", \"--port\", \"4000\"]"), "{w}");
     assert!(w.contains("command = \"/usr/local/bin/mcp-guard\"\nargs = [\"wrap\", \"--name\", \"noargs\", \"--\", \"/usr/bin/noargs-server\",]\nstartup_timeout_sec = 20"), "{w}");
-    assert!(w.contains("[mcp_servers.figma]\nurl = \"https://mcp.figma.com/mcp\"\n"), "{w}");
+    assert!(
+        w.contains("[mcp_servers.figma]\nurl = \"https://mcp.figma.com/mcp\"\n"),
+        "{w}"
+    );
     assert!(w.contains("\"-y\", # auto-install"), "{w}");
-    assert!(w.contains("[mcp_servers.withenv.env]\nFOO = \"bar\""), "{w}");
+    assert!(
+        w.contains("[mcp_servers.withenv.env]\nFOO = \"bar\""),
+        "{w}"
+    );
     assert!(w.starts_with("# Codex CLI configuration\nmodel = \"o4-mini\"\n"));
 }
 
@@ -168,9 +245,16 @@ fn unparsable_file_is_an_error_naming_the_file_and_untouched() {
     let p = dir.path().join("mcp.json");
     fs::copy(fixtures().join("broken.json"), &p).unwrap();
     let before = fs::read(&p).unwrap();
-    let err = hosts::wrap_file(&p, Host::Cursor, BIN).unwrap_err().to_string();
-    assert!(err.contains(&p.display().to_string()) && err.contains("parse"), "{err}");
-    let err = hosts::unwrap_file(&p, Host::Cursor).unwrap_err().to_string();
+    let err = hosts::wrap_file(&p, Host::Cursor, BIN)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&p.display().to_string()) && err.contains("parse"),
+        "{err}"
+    );
+    let err = hosts::unwrap_file(&p, Host::Cursor)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&p.display().to_string()), "{err}");
     assert_eq!(fs::read(&p).unwrap(), before);
     let f = hosts::scan_file(&p, Host::Cursor);
@@ -178,7 +262,9 @@ fn unparsable_file_is_an_error_naming_the_file_and_untouched() {
     // YAML is refused with a clear message
     let y = dir.path().join("config.yaml");
     fs::copy(fixtures().join("continue.yaml"), &y).unwrap();
-    let err = hosts::wrap_file(&y, Host::Continue, BIN).unwrap_err().to_string();
+    let err = hosts::wrap_file(&y, Host::Continue, BIN)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("YAML") && err.contains("config.yaml"), "{err}");
 }
 
@@ -193,14 +279,24 @@ fn apply_is_atomic_keeps_mode_and_backs_up_once() {
     let edit = hosts::wrap_file(&p, Host::ClaudeDesktop, BIN).unwrap();
     assert!(!edit.is_noop());
     assert!(edit.diff().contains("+"), "{}", edit.diff());
-    assert_eq!(fs::read_to_string(&p).unwrap(), orig, "wrap_file must not write");
+    assert_eq!(
+        fs::read_to_string(&p).unwrap(),
+        orig,
+        "wrap_file must not write"
+    );
     hosts::apply(&edit).unwrap();
     assert_eq!(fs::read_to_string(&p).unwrap(), edit.new);
-    assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o640);
+    assert_eq!(
+        fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+        0o640
+    );
     let bak = hosts::backup_path(&p);
     assert_eq!(fs::read_to_string(&bak).unwrap(), orig);
     // no temp files left behind
-    let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 
     // second wrap: no-op, nothing written
@@ -212,14 +308,26 @@ fn apply_is_atomic_keeps_mode_and_backs_up_once() {
     let un = hosts::unwrap_file(&p, Host::ClaudeDesktop).unwrap();
     hosts::apply(&un).unwrap();
     assert_eq!(fs::read_to_string(&bak).unwrap(), orig);
-    assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o640);
+    assert_eq!(
+        fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+        0o640
+    );
     // the pre-wrapped "guarded" entry is unwrapped too
-    assert!(fs::read_to_string(&p).unwrap().contains("\"command\": \"uvx\""));
+    assert!(
+        fs::read_to_string(&p)
+            .unwrap()
+            .contains("\"command\": \"uvx\"")
+    );
 
     // a file changed after the edit was computed is not overwritten
     let e = hosts::wrap_file(&p, Host::ClaudeDesktop, BIN).unwrap();
     fs::write(&p, "{}").unwrap();
-    assert!(hosts::apply(&e).unwrap_err().to_string().contains("changed since"));
+    assert!(
+        hosts::apply(&e)
+            .unwrap_err()
+            .to_string()
+            .contains("changed since")
+    );
     assert_eq!(fs::read_to_string(&p).unwrap(), "{}");
 }
 

@@ -26,7 +26,10 @@ fn wrap_then_unwrap_through_the_cli_restores_every_byte() {
     let home = tempfile::tempdir().unwrap();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hosts");
     let files = [
-        ("claude_desktop.json", ".config/Claude/claude_desktop_config.json"),
+        (
+            "claude_desktop.json",
+            ".config/Claude/claude_desktop_config.json",
+        ),
         ("cursor.json", ".cursor/mcp.json"),
         ("codex.toml", ".codex/config.toml"),
         ("zed.jsonc", ".config/zed/settings.json"),
@@ -42,39 +45,70 @@ fn wrap_then_unwrap_through_the_cli_restores_every_byte() {
     for (_, at) in &files {
         std::fs::remove_file(home.path().join(format!("{at}.mcp-guard.bak"))).ok();
     }
-    let originals: Vec<Vec<u8>> = files.iter().map(|(_, at)| std::fs::read(home.path().join(at)).unwrap()).collect();
+    let originals: Vec<Vec<u8>> = files
+        .iter()
+        .map(|(_, at)| std::fs::read(home.path().join(at)).unwrap())
+        .collect();
 
     let scan = run(home.path(), &["scan"]);
     assert!(scan.status.success(), "{}", text(&scan));
     assert!(text(&scan).contains("NOT WRAPPED"), "{}", text(&scan));
 
-    let dry = run(home.path(), &["wrap", "--dry-run", "--bin", "/usr/local/bin/mcp-guard"]);
+    let dry = run(
+        home.path(),
+        &["wrap", "--dry-run", "--bin", "/usr/local/bin/mcp-guard"],
+    );
     assert!(dry.status.success(), "{}", text(&dry));
-    assert!(text(&dry).contains("/usr/local/bin/mcp-guard"), "a diff is shown: {}", text(&dry));
+    assert!(
+        text(&dry).contains("/usr/local/bin/mcp-guard"),
+        "a diff is shown: {}",
+        text(&dry)
+    );
     for ((_, at), original) in files.iter().zip(&originals) {
-        assert_eq!(&std::fs::read(home.path().join(at)).unwrap(), original, "--dry-run changed {at}");
+        assert_eq!(
+            &std::fs::read(home.path().join(at)).unwrap(),
+            original,
+            "--dry-run changed {at}"
+        );
     }
 
     let wrap = run(home.path(), &["wrap", "--bin", "/usr/local/bin/mcp-guard"]);
     assert!(wrap.status.success(), "{}", text(&wrap));
     for (_, at) in &files {
         let now = std::fs::read_to_string(home.path().join(at)).unwrap();
-        assert!(now.contains("/usr/local/bin/mcp-guard"), "{at} not wrapped:\n{now}");
-        assert!(home.path().join(format!("{at}.mcp-guard.bak")).exists(), "no backup of {at}");
+        assert!(
+            now.contains("/usr/local/bin/mcp-guard"),
+            "{at} not wrapped:\n{now}"
+        );
+        assert!(
+            home.path().join(format!("{at}.mcp-guard.bak")).exists(),
+            "no backup of {at}"
+        );
     }
     let scan = run(home.path(), &["scan"]);
     assert!(!text(&scan).contains("NOT WRAPPED"), "{}", text(&scan));
-    let wrapped: Vec<Vec<u8>> = files.iter().map(|(_, at)| std::fs::read(home.path().join(at)).unwrap()).collect();
+    let wrapped: Vec<Vec<u8>> = files
+        .iter()
+        .map(|(_, at)| std::fs::read(home.path().join(at)).unwrap())
+        .collect();
     let again = run(home.path(), &["wrap", "--bin", "/usr/local/bin/mcp-guard"]);
     assert!(again.status.success());
     for ((_, at), before) in files.iter().zip(&wrapped) {
-        assert_eq!(&std::fs::read(home.path().join(at)).unwrap(), before, "wrapping twice changed {at}");
+        assert_eq!(
+            &std::fs::read(home.path().join(at)).unwrap(),
+            before,
+            "wrapping twice changed {at}"
+        );
     }
 
     let unwrap = run(home.path(), &["unwrap"]);
     assert!(unwrap.status.success(), "{}", text(&unwrap));
     for ((_, at), original) in files.iter().zip(&originals) {
-        assert_eq!(&std::fs::read(home.path().join(at)).unwrap(), original, "{at} not restored");
+        assert_eq!(
+            &std::fs::read(home.path().join(at)).unwrap(),
+            original,
+            "{at} not restored"
+        );
     }
 }
 
@@ -87,7 +121,10 @@ fn an_unparsable_config_is_left_alone_with_a_clear_error() {
     let out = run(home.path(), &["wrap"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains(".cursor/mcp.json"), "{}", text(&out));
-    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "{ \"mcpServers\": { \"x\": { \"command\": ");
+    assert_eq!(
+        std::fs::read_to_string(&dest).unwrap(),
+        "{ \"mcpServers\": { \"x\": { \"command\": "
+    );
 }
 
 /// Real local users for `--all-users` (created once; the end-to-end suite uses them too).
@@ -95,7 +132,10 @@ const USERS: [&str; 2] = ["mcpg-alice", "mcpg-bob"];
 
 fn ensure_user(name: &str) -> (u32, std::path::PathBuf) {
     if nix::unistd::User::from_name(name).unwrap().is_none() {
-        let ok = Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", name]).status().unwrap();
+        let ok = Command::new("useradd")
+            .args(["--create-home", "--shell", "/bin/sh", name])
+            .status()
+            .unwrap();
         assert!(ok.success(), "useradd {name}");
     }
     let u = nix::unistd::User::from_name(name).unwrap().unwrap();
@@ -108,7 +148,10 @@ fn ensure_user(name: &str) -> (u32, std::path::PathBuf) {
 fn all_users_edits_each_home_as_its_owner_would() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     if !nix::unistd::geteuid().is_root() {
-        assert!(std::env::var_os("CI").is_none(), "CI runs as root; this test must not skip there");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root; this test must not skip there"
+        );
         println!("skipping: --all-users needs root");
         return;
     }
@@ -136,23 +179,57 @@ fn all_users_edits_each_home_as_its_owner_would() {
     std::os::unix::fs::symlink(&files[0].1, &trap).unwrap();
 
     let root = tempfile::tempdir().unwrap();
-    let wrap = run(root.path(), &["wrap", "--all-users", "--bin", "/usr/bin/mcp-guard"]);
-    assert_eq!(wrap.status.code(), Some(1), "the trap is reported: {}", text(&wrap));
-    assert!(text(&wrap).contains("left alone") && text(&wrap).contains(".cursor/mcp.json"), "{}", text(&wrap));
+    let wrap = run(
+        root.path(),
+        &["wrap", "--all-users", "--bin", "/usr/bin/mcp-guard"],
+    );
+    assert_eq!(
+        wrap.status.code(),
+        Some(1),
+        "the trap is reported: {}",
+        text(&wrap)
+    );
+    assert!(
+        text(&wrap).contains("left alone") && text(&wrap).contains(".cursor/mcp.json"),
+        "{}",
+        text(&wrap)
+    );
     for (uid, path) in &files {
         let now = std::fs::read_to_string(path).unwrap();
-        assert!(now.contains("/usr/bin/mcp-guard") && now.contains("\"wrap\""), "{}: {now}", path.display());
-        assert_eq!(now.matches("\"wrap\"").count(), 1, "wrapped once, not through the symlink too");
+        assert!(
+            now.contains("/usr/bin/mcp-guard") && now.contains("\"wrap\""),
+            "{}: {now}",
+            path.display()
+        );
+        assert_eq!(
+            now.matches("\"wrap\"").count(),
+            1,
+            "wrapped once, not through the symlink too"
+        );
         let meta = std::fs::metadata(path).unwrap();
-        assert_eq!((meta.uid(), meta.mode() & 0o777), (*uid, 0o600), "{}", path.display());
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o777),
+            (*uid, 0o600),
+            "{}",
+            path.display()
+        );
     }
     let scan = run(root.path(), &["scan", "--all-users"]);
-    assert!(text(&scan).contains("[mcpg-alice]") && text(&scan).contains("[mcpg-bob]"), "{}", text(&scan));
+    assert!(
+        text(&scan).contains("[mcpg-alice]") && text(&scan).contains("[mcpg-bob]"),
+        "{}",
+        text(&scan)
+    );
 
     let unwrap = run(root.path(), &["unwrap", "--all-users"]);
     assert_eq!(unwrap.status.code(), Some(1), "{}", text(&unwrap));
     for (_, path) in &files {
-        assert_eq!(std::fs::read_to_string(path).unwrap(), config, "{}", path.display());
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap(),
+            config,
+            "{}",
+            path.display()
+        );
     }
     std::fs::remove_file(&trap).unwrap();
 }

@@ -27,19 +27,31 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Collects `pid`'s chunks until `want_in` bytes read and `want_out` bytes written
 /// arrived; returns (read, written).
-async fn collect(events: &mut Events, pid: u32, want_in: usize, want_out: usize) -> (Vec<Data>, Vec<Data>) {
+async fn collect(
+    events: &mut Events,
+    pid: u32,
+    want_in: usize,
+    want_out: usize,
+) -> (Vec<Data>, Vec<Data>) {
     let found = async {
         let (mut read, mut written) = (Vec::new(), Vec::new());
         let bytes = |v: &Vec<Data>| v.iter().map(|d| d.payload.len()).sum::<usize>();
         let mut batch = Vec::new();
         while bytes(&read) < want_in || bytes(&written) < want_out {
             batch.clear();
-            events.batch(&mut batch, 256).await.expect("read ring buffer");
+            events
+                .batch(&mut batch, 256)
+                .await
+                .expect("read ring buffer");
             for event in batch.drain(..) {
                 if let Event::Data(d) = event
                     && d.tgid == pid
                 {
-                    if d.inbound { read.push(d) } else { written.push(d) }
+                    if d.inbound {
+                        read.push(d)
+                    } else {
+                        written.push(d)
+                    }
                 }
             }
         }
@@ -47,22 +59,35 @@ async fn collect(events: &mut Events, pid: u32, want_in: usize, want_out: usize)
     };
     tokio::time::timeout(DEADLINE, found)
         .await
-        .unwrap_or_else(|_| panic!("fewer than {want_in}/{want_out} bytes from {pid} within {DEADLINE:?}"))
+        .unwrap_or_else(|_| {
+            panic!("fewer than {want_in}/{want_out} bytes from {pid} within {DEADLINE:?}")
+        })
 }
 
 fn joined(chunks: &[Data]) -> Vec<u8> {
-    chunks.iter().flat_map(|d| d.payload.iter().copied()).collect()
+    chunks
+        .iter()
+        .flat_map(|d| d.payload.iter().copied())
+        .collect()
 }
 
 #[tokio::test]
 async fn one_mebibyte_write_arrives_whole_in_ordered_chunks() {
     let _serial = SERIAL.lock().await;
-    let Some(mut observer) = observer_or_skip() else { return };
-    observer.watch(std::process::id(), watch::HOST).expect("watch self");
+    let Some(mut observer) = observer_or_skip() else {
+        return;
+    };
+    observer
+        .watch(std::process::id(), watch::HOST)
+        .expect("watch self");
     let mut events = observer.events().expect("events");
     // One write(2) of 1 MiB + newline on fd 1.
     let script = "import os,sys\nb=bytes((i*7)%251 for i in range(1<<20))+b'\\n'\nn=0\nwhile n<len(b): n+=os.write(1,b[n:])\n";
-    let mut child = Command::new(PYTHON).args(["-c", script]).stdout(Stdio::piped()).spawn().expect("spawn");
+    let mut child = Command::new(PYTHON)
+        .args(["-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let pid = child.id();
     let mut out = child.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || {
@@ -73,26 +98,42 @@ async fn one_mebibyte_write_arrives_whole_in_ordered_chunks() {
     let (_, chunks) = collect(&mut events, pid, 0, (1 << 20) + 1).await;
     let sent = reader.join().expect("reader");
     assert!(child.wait().expect("wait").success());
-    assert_eq!(joined(&chunks), sent, "captured bytes differ from what the pipe carried");
+    assert_eq!(
+        joined(&chunks),
+        sent,
+        "captured bytes differ from what the pipe carried"
+    );
     assert!(chunks.iter().all(|d| d.fd == 1 && !d.incomplete()));
     // Within each call the offsets follow each other; the last chunk says so.
     for d in &chunks {
         assert!(d.payload.len() <= mcp_guard_common::CHUNK);
     }
     assert!(chunks.last().expect("chunks").last());
-    let seqs: Vec<u64> = chunks.iter().filter(|d| d.cpu == chunks[0].cpu).map(|d| d.seq).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "per-CPU sequence numbers increase");
+    let seqs: Vec<u64> = chunks
+        .iter()
+        .filter(|d| d.cpu == chunks[0].cpu)
+        .map(|d| d.seq)
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "per-CPU sequence numbers increase"
+    );
     assert_eq!(observer.lost(), 0);
 }
 
 #[tokio::test]
 async fn small_reads_and_vectored_writes_are_captured() {
     let _serial = SERIAL.lock().await;
-    let Some(mut observer) = observer_or_skip() else { return };
-    observer.watch(std::process::id(), watch::HOST).expect("watch self");
+    let Some(mut observer) = observer_or_skip() else {
+        return;
+    };
+    observer
+        .watch(std::process::id(), watch::HOST)
+        .expect("watch self");
     let mut events = observer.events().expect("events");
     // Reads stdin 3 bytes at a time, echoes each read with writev of two iovecs.
-    let script = "import os\nwhile True:\n  b=os.read(0,3)\n  if not b: break\n  os.writev(1,[b'<',b])\n";
+    let script =
+        "import os\nwhile True:\n  b=os.read(0,3)\n  if not b: break\n  os.writev(1,[b'<',b])\n";
     let mut child = Command::new(PYTHON)
         .args(["-c", script])
         .stdin(Stdio::piped())
@@ -101,7 +142,12 @@ async fn small_reads_and_vectored_writes_are_captured() {
         .expect("spawn");
     let pid = child.id();
     let message = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n";
-    child.stdin.take().expect("stdin").write_all(message).expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(message)
+        .expect("write");
     let output = child.wait_with_output().expect("wait");
     let (inbound, outbound) = collect(&mut events, pid, message.len(), output.stdout.len()).await;
     assert_eq!(joined(&inbound), message);
@@ -112,8 +158,12 @@ async fn small_reads_and_vectored_writes_are_captured() {
 #[tokio::test]
 async fn gated_read_stops_the_reader_until_continued() {
     let _serial = SERIAL.lock().await;
-    let Some(mut observer) = observer_or_skip() else { return };
-    observer.watch(std::process::id(), watch::HOST | watch::GATE).expect("watch self");
+    let Some(mut observer) = observer_or_skip() else {
+        return;
+    };
+    observer
+        .watch(std::process::id(), watch::HOST | watch::GATE)
+        .expect("watch self");
     let mut events = observer.events().expect("events");
     let script = "import os\nb=os.read(0,100)\nos.write(1,b'after:'+b)\n";
     let mut child = Command::new(PYTHON)
@@ -123,18 +173,30 @@ async fn gated_read_stops_the_reader_until_continued() {
         .spawn()
         .expect("spawn");
     let pid = child.id();
-    child.stdin.as_mut().expect("stdin").write_all(b"hello\n").expect("write");
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"hello\n")
+        .expect("write");
     let (chunks, _) = collect(&mut events, pid, 6, 0).await;
     assert!(chunks.last().expect("chunk").gated());
     // Stopped before returning from read: state T, nothing written yet.
     let stopped = (0..100).any(|_| {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next()).unwrap_or_default();
+        let state = stat
+            .rsplit_once(") ")
+            .map(|(_, r)| r.chars().next())
+            .unwrap_or_default();
         std::thread::sleep(Duration::from_millis(10));
         state == Some('T')
     });
     assert!(stopped, "the reader was not stopped");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .expect("SIGCONT");
     let output = child.wait_with_output().expect("wait");
     assert_eq!(output.stdout, b"after:hello\n");
 }
@@ -144,8 +206,12 @@ async fn gated_read_stops_the_reader_until_continued() {
 #[tokio::test]
 async fn stdio_moved_to_other_descriptors_is_followed() {
     let _serial = SERIAL.lock().await;
-    let Some(mut observer) = observer_or_skip() else { return };
-    observer.watch(std::process::id(), watch::HOST).expect("watch self");
+    let Some(mut observer) = observer_or_skip() else {
+        return;
+    };
+    observer
+        .watch(std::process::id(), watch::HOST)
+        .expect("watch self");
     let mut events = observer.events().expect("events");
     let script = "import os, fcntl\n\
         i = os.dup(0); o = fcntl.fcntl(1, 1030, 10)\n\
@@ -161,13 +227,30 @@ async fn stdio_moved_to_other_descriptors_is_followed() {
         .spawn()
         .expect("spawn");
     let pid = child.id();
-    child.stdin.as_mut().expect("stdin").write_all(b"{\"q\":1}\n").expect("write");
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"{\"q\":1}\n")
+        .expect("write");
     let output = child.wait_with_output().expect("wait");
     assert_eq!(output.stdout, b"answer:{\"q\":1}\n");
     assert_eq!(output.stderr, b"noise on the old stdout\n");
     let (inbound, outbound) = collect(&mut events, pid, 8, output.stdout.len()).await;
     assert_eq!(joined(&inbound), b"{\"q\":1}\n");
-    assert!(inbound.iter().all(|d| d.fd != 0 && d.origin == mcp_guard_common::origin::STDIN));
-    assert_eq!(joined(&outbound), output.stdout, "the noise on fd 1 (now stderr) is not captured");
-    assert!(outbound.iter().all(|d| d.fd >= 10 && d.origin == mcp_guard_common::origin::STDOUT));
+    assert!(
+        inbound
+            .iter()
+            .all(|d| d.fd != 0 && d.origin == mcp_guard_common::origin::STDIN)
+    );
+    assert_eq!(
+        joined(&outbound),
+        output.stdout,
+        "the noise on fd 1 (now stderr) is not captured"
+    );
+    assert!(
+        outbound
+            .iter()
+            .all(|d| d.fd >= 10 && d.origin == mcp_guard_common::origin::STDOUT)
+    );
 }

@@ -157,5 +157,9 @@ async fn child_of_a_watched_host_is_captured_from_its_exec() {
     let pid = child.id();
     assert!(child.wait().expect("wait probe").success());
     let exec = exec_where(&mut events, "the child", |exec| exec.pid == pid).await;
-    assert_eq!(exec.watch, mcp_guard_common::watch::CAPTURE, "host flag is not inherited, capture is");
+    assert_eq!(
+        exec.watch,
+        mcp_guard_common::watch::CAPTURE,
+        "host flag is not inherited, capture is"
+    );
 }

@@ -25,8 +25,15 @@ fn a_message_split_over_many_small_writes_with_pauses_arrives_intact() {
     }
     let v = shim.read_json();
     assert_eq!(v["id"], 41, "{v}");
-    assert_eq!(v["result"]["content"][0]["text"], "called split-tool", "{v}");
-    assert_eq!(shim.server_log(), bytes, "the server must receive the message exactly as sent");
+    assert_eq!(
+        v["result"]["content"][0]["text"], "called split-tool",
+        "{v}"
+    );
+    assert_eq!(
+        shim.server_log(),
+        bytes,
+        "the server must receive the message exactly as sent"
+    );
 }
 
 #[test]
@@ -52,14 +59,23 @@ fn many_messages_in_one_write_all_arrive_in_order() {
         assert_eq!(v["id"], id, "answers out of order: {v}");
         assert!(v.get("result").is_some(), "{v}");
     }
-    assert_eq!(shim.server_log(), all.as_bytes(), "the server must receive every message, in order, unchanged");
+    assert_eq!(
+        shim.server_log(),
+        all.as_bytes(),
+        "the server must receive every message, in order, unchanged"
+    );
 }
 
 #[test]
 fn crlf_line_endings_are_preserved_byte_for_byte_in_both_directions() {
     let mut shim = Shim::spawn_default();
     // Client to server: `\r\n` stays `\r\n`, mixed with `\n`, in one write.
-    let sent = format!("{}\r\n{}\n{}\r\n", request("1", "ping", None), request("2", "ping", None), tool_call("3", "t"));
+    let sent = format!(
+        "{}\r\n{}\n{}\r\n",
+        request("1", "ping", None),
+        request("2", "ping", None),
+        tool_call("3", "t")
+    );
     shim.send(sent.as_bytes());
     for id in 1..=3 {
         assert_eq!(shim.read_json()["id"], id);
@@ -67,10 +83,16 @@ fn crlf_line_endings_are_preserved_byte_for_byte_in_both_directions() {
     assert_eq!(shim.server_log(), sent.as_bytes());
 
     // Server to client: the server answers with `\r\n` and odd spacing; the client gets it exactly.
-    let answer = b"{ \"jsonrpc\" : \"2.0\", \"id\" : 9 , \"result\" : { \"k\" : \"v\\u00e9\" } }\r\n".to_vec();
+    let answer =
+        b"{ \"jsonrpc\" : \"2.0\", \"id\" : 9 , \"result\" : { \"k\" : \"v\\u00e9\" } }\r\n"
+            .to_vec();
     let file = shim.path("answer");
     std::fs::write(&file, &answer).unwrap();
-    shim.send_line(&request("9", "emit", Some(&format!(r#"{{"path":{:?}}}"#, file))));
+    shim.send_line(&request(
+        "9",
+        "emit",
+        Some(&format!(r#"{{"path":{:?}}}"#, file)),
+    ));
     assert_eq!(shim.read_line(), answer);
     shim.ping(10);
 }
@@ -83,7 +105,10 @@ fn blank_lines_are_dropped_and_do_not_reach_the_server() {
     shim.send(format!("\n\r\n   \n\t\r\n{ping1}\n\n \n{ping2}\r\n\n").as_bytes());
     assert_eq!(shim.read_json()["id"], 1);
     assert_eq!(shim.read_json()["id"], 2);
-    assert_eq!(shim.server_log(), format!("{ping1}\n{ping2}\r\n").as_bytes());
+    assert_eq!(
+        shim.server_log(),
+        format!("{ping1}\n{ping2}\r\n").as_bytes()
+    );
     // Blank lines are not refusals: no error was sent back.
     shim.expect_silence(Duration::from_millis(200));
 }
@@ -109,23 +134,35 @@ fn an_8_mib_message_passes_byte_identical_in_both_directions() {
     shim.send(req.as_bytes());
     let v = shim.read_json();
     assert_eq!(v["result"]["content"][0]["text"], "called big", "{v}");
-    assert!(shim.server_log() == req.as_bytes(), "the 8 MiB request reached the server altered");
+    assert!(
+        shim.server_log() == req.as_bytes(),
+        "the 8 MiB request reached the server altered"
+    );
 
     let answer = format!(
         "{{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"{blob}\"}}]}}}}\n"
     );
     let file = shim.path("answer");
     std::fs::write(&file, &answer).unwrap();
-    shim.send_line(&request("2", "emit", Some(&format!(r#"{{"path":{:?}}}"#, file))));
+    shim.send_line(&request(
+        "2",
+        "emit",
+        Some(&format!(r#"{{"path":{:?}}}"#, file)),
+    ));
     let got = shim.read_line();
     assert_eq!(got.len(), answer.len());
-    assert!(got == answer.as_bytes(), "the 8 MiB answer reached the client altered");
+    assert!(
+        got == answer.as_bytes(),
+        "the 8 MiB answer reached the client altered"
+    );
     shim.ping(3);
 }
 
 #[test]
 fn a_line_over_max_message_gets_32082_with_its_sniffed_id_and_the_session_continues() {
-    let mut shim = Builder::new().shim_args(&["--max-message", "65536"]).spawn();
+    let mut shim = Builder::new()
+        .shim_args(&["--max-message", "65536"])
+        .spawn();
     shim.ping(1);
     let blob = "x".repeat(300_000);
     let big = format!(
@@ -137,8 +174,13 @@ fn a_line_over_max_message_gets_32082_with_its_sniffed_id_and_the_session_contin
     assert_eq!(error_code(&v), -32082, "{v}");
     assert_eq!(raw_id(&line), "77");
     shim.ping(2);
-    assert!(!shim.server_log_contains(b"huge"), "the over-long message reached the server");
-    let rec = wait_for_record(&shim.audit, |r| r["kind"] == "malformed" && r["rule"] == "too_long");
+    assert!(
+        !shim.server_log_contains(b"huge"),
+        "the over-long message reached the server"
+    );
+    let rec = wait_for_record(&shim.audit, |r| {
+        r["kind"] == "malformed" && r["rule"] == "too_long"
+    });
     assert_eq!(rec["request_id"], "77", "{rec}");
     assert_eq!(rec["direction"], "client_to_server");
 }
@@ -156,7 +198,11 @@ fn a_line_over_max_message_arriving_in_one_read_is_refused_too() {
     shim.send(format!("{big}\n").as_bytes());
     let v = shim.read_json();
     shim.ping(2);
-    assert!(!shim.server_log_contains(b"long-yyyy"), "a {}-byte message passed --max-message 1000", big.len());
+    assert!(
+        !shim.server_log_contains(b"long-yyyy"),
+        "a {}-byte message passed --max-message 1000",
+        big.len()
+    );
     assert_eq!(v["id"], 5, "{v}");
     assert_eq!(error_code(&v), -32082, "{v}");
 }
@@ -164,12 +210,23 @@ fn a_line_over_max_message_arriving_in_one_read_is_refused_too() {
 #[test]
 fn an_over_long_answer_from_the_server_fails_its_request_with_32084() {
     let mut shim = Builder::new().shim_args(&["--max-message", "4096"]).spawn();
-    let answer = format!("{{\"jsonrpc\":\"2.0\",\"id\":5,\"result\":{{\"x\":\"{}\"}}}}\n", "z".repeat(100_000));
+    let answer = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":5,\"result\":{{\"x\":\"{}\"}}}}\n",
+        "z".repeat(100_000)
+    );
     let file = shim.path("answer");
     std::fs::write(&file, &answer).unwrap();
-    shim.send_line(&request("5", "emit", Some(&format!(r#"{{"path":{:?}}}"#, file))));
+    shim.send_line(&request(
+        "5",
+        "emit",
+        Some(&format!(r#"{{"path":{:?}}}"#, file)),
+    ));
     let line = shim.read_line();
-    assert!(line.len() < 4096, "the over-long answer was forwarded ({} bytes)", line.len());
+    assert!(
+        line.len() < 4096,
+        "the over-long answer was forwarded ({} bytes)",
+        line.len()
+    );
     let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
     assert_eq!(v["id"], 5, "{v}");
     assert_eq!(error_code(&v), -32084, "{v}");
@@ -180,7 +237,9 @@ fn an_over_long_answer_from_the_server_fails_its_request_with_32084() {
 #[test]
 fn memory_stays_bounded_while_a_200_mib_line_without_newline_streams_in() {
     const LIMIT_KIB: u64 = 40 * 1024;
-    let mut shim = Builder::new().shim_args(&["--max-message", "1048576"]).spawn();
+    let mut shim = Builder::new()
+        .shim_args(&["--max-message", "1048576"])
+        .spawn();
     shim.ping(1);
     let pid = shim.pid();
     let start_rss = vm_rss_kib(pid).unwrap();
@@ -200,20 +259,32 @@ fn memory_stays_bounded_while_a_200_mib_line_without_newline_streams_in() {
     assert_eq!(raw_id(&line), "7");
     shim.ping(2);
     peak = peak.max(vm_rss_kib(pid).unwrap());
-    eprintln!("VmRSS: start {start_rss} KiB, peak {peak} KiB; 200 MiB in {:?}", started.elapsed());
-    assert!(peak < LIMIT_KIB, "shim VmRSS reached {peak} KiB streaming a 200 MiB line (limit {LIMIT_KIB} KiB)");
+    eprintln!(
+        "VmRSS: start {start_rss} KiB, peak {peak} KiB; 200 MiB in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        peak < LIMIT_KIB,
+        "shim VmRSS reached {peak} KiB streaming a 200 MiB line (limit {LIMIT_KIB} KiB)"
+    );
     assert!(!shim.server_log_contains(b"flood"));
 }
 
 #[test]
 fn memory_stays_bounded_while_the_server_streams_a_200_mib_line() {
     const LIMIT_KIB: u64 = 40 * 1024;
-    let mut shim = Builder::new().shim_args(&["--max-message", "1048576"]).spawn();
+    let mut shim = Builder::new()
+        .shim_args(&["--max-message", "1048576"])
+        .spawn();
     shim.ping(1);
     let pid = shim.pid();
     let start_rss = vm_rss_kib(pid).unwrap();
     let prefix = r#"{\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{\"x\":\""#;
-    shim.send_line(&request("8", "flood", Some(&format!(r#"{{"mib":200,"prefix":"{prefix}"}}"#))));
+    shim.send_line(&request(
+        "8",
+        "flood",
+        Some(&format!(r#"{{"mib":200,"prefix":"{prefix}"}}"#)),
+    ));
     let mut peak = start_rss;
     let mut answer = None;
     let until = Instant::now() + DEADLINE * 3;
@@ -229,7 +300,10 @@ fn memory_stays_bounded_while_the_server_streams_a_200_mib_line() {
     shim.ping(2);
     peak = peak.max(vm_rss_kib(pid).unwrap());
     eprintln!("VmRSS: start {start_rss} KiB, peak {peak} KiB");
-    assert!(peak < LIMIT_KIB, "shim VmRSS reached {peak} KiB while the server streamed 200 MiB");
+    assert!(
+        peak < LIMIT_KIB,
+        "shim VmRSS reached {peak} KiB while the server streamed 200 MiB"
+    );
 }
 
 #[test]

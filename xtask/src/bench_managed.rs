@@ -13,7 +13,9 @@ struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -28,13 +30,22 @@ impl Drop for Daemon {
 
 pub fn bench_managed(root: &Path) -> Result<()> {
     if !crate::nix_is_root() {
-        bail!("`cargo xtask bench managed` runs `mcp-guard daemon`, which loads eBPF programs: run it as root");
+        bail!(
+            "`cargo xtask bench managed` runs `mcp-guard daemon`, which loads eBPF programs: run it as root"
+        );
     }
     crate::ebpf::ensure_toolchain().context("installing the eBPF toolchain")?;
     let object = crate::ebpf::build_ebpf().context("building the eBPF object")?;
     crate::step(
         "cargo build --release -p mcp-guard -p mcp-guard-bench",
-        Command::new(crate::cargo()).current_dir(root).args(["build", "--release", "-p", "mcp-guard", "-p", "mcp-guard-bench"]),
+        Command::new(crate::cargo()).current_dir(root).args([
+            "build",
+            "--release",
+            "-p",
+            "mcp-guard",
+            "-p",
+            "mcp-guard-bench",
+        ]),
     )?;
     let release = crate::bench::target_dir(root).join("release");
     let dir = std::env::temp_dir().join(format!("mcp-guard-bench-managed-{}", std::process::id()));
@@ -46,7 +57,10 @@ pub fn bench_managed(root: &Path) -> Result<()> {
 
 fn run(release: &Path, object: &Path, dir: &Path) -> Result<()> {
     let policy = dir.join("policy.toml");
-    std::fs::write(&policy, "default = \"allow\"\n\n[[rule]]\nid = \"no-writes\"\ntool = \"write_file\"\naction = \"deny\"\n")?;
+    std::fs::write(
+        &policy,
+        "default = \"allow\"\n\n[[rule]]\nid = \"no-writes\"\ntool = \"write_file\"\naction = \"deny\"\n",
+    )?;
     let run_dir = dir.join("run");
     let config = dir.join("config.toml");
     std::fs::write(
@@ -76,7 +90,11 @@ fn run(release: &Path, object: &Path, dir: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = Command::new(release.join("mcp-bench-managed")).arg("--socket").arg(&socket).status().context("mcp-bench-managed")?;
+    let status = Command::new(release.join("mcp-bench-managed"))
+        .arg("--socket")
+        .arg(&socket)
+        .status()
+        .context("mcp-bench-managed")?;
     drop(daemon);
     if !status.success() {
         bail!("mcp-bench-managed failed: {status}");

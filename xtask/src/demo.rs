@@ -15,7 +15,10 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 pub fn run(root: &Path) -> Result<()> {
-    let status = Command::new(super::cargo()).current_dir(root).args(["build", "--quiet", "-p", "mcp-guard"]).status()?;
+    let status = Command::new(super::cargo())
+        .current_dir(root)
+        .args(["build", "--quiet", "-p", "mcp-guard"])
+        .status()?;
     if !status.success() {
         bail!("cargo build failed");
     }
@@ -29,7 +32,10 @@ pub fn run(root: &Path) -> Result<()> {
     let policy = root.join("policies/demo.toml");
 
     println!("== mcp-guard demo");
-    println!("   server : @modelcontextprotocol/server-filesystem on {}", data.display());
+    println!(
+        "   server : @modelcontextprotocol/server-filesystem on {}",
+        data.display()
+    );
     println!("   policy : {} (filesystem is read-only)", policy.display());
     println!("   audit  : {}\n", audit.display());
 
@@ -74,18 +80,36 @@ pub fn run(root: &Path) -> Result<()> {
         recv(id)
     };
 
-    call(1, "initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "xtask-demo", "version": "1"}}))?;
-    let read = call(2, "tools/call", json!({"name": "read_text_file", "arguments": {"path": data.join("hello.txt")}}))?;
-    let text = read.pointer("/result/content/0/text").and_then(Value::as_str).unwrap_or("?");
+    call(
+        1,
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "xtask-demo", "version": "1"}}),
+    )?;
+    let read = call(
+        2,
+        "tools/call",
+        json!({"name": "read_text_file", "arguments": {"path": data.join("hello.txt")}}),
+    )?;
+    let text = read
+        .pointer("/result/content/0/text")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
     println!("-> tools/call read_text_file hello.txt");
     println!("<- ALLOWED: {:?}\n", text.trim_end());
     let target = data.join("evil.txt");
-    let write = call(3, "tools/call", json!({"name": "write_file", "arguments": {"path": target, "content": "pwned"}}))?;
+    let write = call(
+        3,
+        "tools/call",
+        json!({"name": "write_file", "arguments": {"path": target, "content": "pwned"}}),
+    )?;
     println!("-> tools/call write_file evil.txt");
     println!(
         "<- DENIED: error {} {}",
         write.pointer("/error/code").unwrap_or(&Value::Null),
-        write.pointer("/error/message").and_then(Value::as_str).unwrap_or("?")
+        write
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
     );
     println!("   evil.txt exists afterwards: {}\n", target.exists());
     // Close the shim's stdin, as a host does at the end of a session.
@@ -97,7 +121,11 @@ pub fn run(root: &Path) -> Result<()> {
     let log = std::fs::read_to_string(&audit)?;
     for line in log.lines() {
         let r: Value = serde_json::from_str(line)?;
-        let s = |p: &str| r.pointer(p).map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default();
+        let s = |p: &str| {
+            r.pointer(p)
+                .map(|v| v.to_string().trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
         println!(
             "#{:<2} {:<14} {:<8} rule={:<14} method={:<12} tool={:<15} user={} host={} server={}",
             s("/seq"),
@@ -122,13 +150,18 @@ pub fn run(root: &Path) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
     println!("\n== mcp-guard audit verify");
-    let status = Command::new(&bin).args(["audit", "verify"]).arg(&audit).status()?;
+    let status = Command::new(&bin)
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .status()?;
     if !status.success() {
         bail!("audit verify failed");
     }
     let object = root.join("mcp-guard-ebpf/target/bpfel-unknown-none/release/mcp-guard-ebpf");
     if !super::nix_is_root() || !object.is_file() {
-        println!("\n(as root, after `cargo xtask build-ebpf`, the demo also shows the observer daemon)");
+        println!(
+            "\n(as root, after `cargo xtask build-ebpf`, the demo also shows the observer daemon)"
+        );
         return Ok(());
     }
     observer(&bin, &object, &server, &policy, &work)
@@ -142,7 +175,11 @@ struct Peer {
 
 impl Peer {
     fn call(&mut self, id: u64, method: &str, params: Value) -> Result<Value> {
-        writeln!(self.to, "{}", json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))?;
+        writeln!(
+            self.to,
+            "{}",
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+        )?;
         self.to.flush()?;
         loop {
             let mut line = String::new();
@@ -152,7 +189,11 @@ impl Peer {
             let v: Value = serde_json::from_str(&line)?;
             if v.get("id") == Some(&json!(id)) {
                 if method == "initialize" {
-                    writeln!(self.to, "{}", json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))?;
+                    writeln!(
+                        self.to,
+                        "{}",
+                        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+                    )?;
                 }
                 return Ok(v);
             }
@@ -166,7 +207,10 @@ fn observer(bin: &Path, object: &Path, server: &Path, policy: &Path, work: &Path
     std::fs::create_dir_all(&dir)?;
     let files = work.join("files");
     let daemon_policy = dir.join("policy.toml");
-    std::fs::write(&daemon_policy, std::fs::read_to_string(policy)? + "\n[observer]\ndenied = \"kill\"\n")?;
+    std::fs::write(
+        &daemon_policy,
+        std::fs::read_to_string(policy)? + "\n[observer]\ndenied = \"kill\"\n",
+    )?;
     let audit = dir.join("audit.jsonl");
     let config = dir.join("config.toml");
     std::fs::write(
@@ -182,8 +226,15 @@ fn observer(bin: &Path, object: &Path, server: &Path, policy: &Path, work: &Path
         ),
     )?;
     println!("\n== the observer: mcp-guard daemon, watching this program as an agent host");
-    println!("   the same server, started WITHOUT the shim; policy {} + [observer] denied = \"kill\"\n", policy.display());
-    let mut daemon = Command::new(bin).args(["daemon", "--config"]).arg(&config).stderr(Stdio::null()).spawn()?;
+    println!(
+        "   the same server, started WITHOUT the shim; policy {} + [observer] denied = \"kill\"\n",
+        policy.display()
+    );
+    let mut daemon = Command::new(bin)
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()?;
     let result = (|| -> Result<()> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !dir.join("run/status.json").exists() {
@@ -192,17 +243,41 @@ fn observer(bin: &Path, object: &Path, server: &Path, policy: &Path, work: &Path
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let mut child = Command::new(server).arg(&files).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
-        let mut peer = Peer { to: child.stdin.take().context("stdin")?, from: BufReader::new(child.stdout.take().context("stdout")?) };
+        let mut child = Command::new(server)
+            .arg(&files)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut peer = Peer {
+            to: child.stdin.take().context("stdin")?,
+            from: BufReader::new(child.stdout.take().context("stdout")?),
+        };
         peer.call(1, "initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "xtask-demo", "version": "1"}}))?;
-        let read = peer.call(2, "tools/call", json!({"name": "read_text_file", "arguments": {"path": files.join("hello.txt")}}))?;
+        let read = peer.call(
+            2,
+            "tools/call",
+            json!({"name": "read_text_file", "arguments": {"path": files.join("hello.txt")}}),
+        )?;
         println!("-> tools/call read_text_file hello.txt (unwrapped)");
-        println!("<- answered: {:?}", read.pointer("/result/content/0/text").and_then(Value::as_str).unwrap_or("?").trim_end());
+        println!(
+            "<- answered: {:?}",
+            read.pointer("/result/content/0/text")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .trim_end()
+        );
         let target = files.join("evil2.txt");
         println!("-> tools/call write_file evil2.txt (unwrapped)");
-        match peer.call(3, "tools/call", json!({"name": "write_file", "arguments": {"path": target, "content": "pwned"}})) {
+        match peer.call(
+            3,
+            "tools/call",
+            json!({"name": "write_file", "arguments": {"path": target, "content": "pwned"}}),
+        ) {
             Ok(v) => println!("<- answered: {v}"),
-            Err(e) => println!("<- no answer: {e} (the daemon killed the server as it read the call)"),
+            Err(e) => {
+                println!("<- no answer: {e} (the daemon killed the server as it read the call)")
+            }
         }
         println!("   evil2.txt exists afterwards: {}", target.exists());
         drop(peer);
@@ -213,7 +288,11 @@ fn observer(bin: &Path, object: &Path, server: &Path, policy: &Path, work: &Path
         let log = std::fs::read_to_string(&audit)?;
         for line in log.lines() {
             let r: Value = serde_json::from_str(line)?;
-            let s = |p: &str| r.pointer(p).map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default();
+            let s = |p: &str| {
+                r.pointer(p)
+                    .map(|v| v.to_string().trim_matches('"').to_string())
+                    .unwrap_or_default()
+            };
             if s("/kind") == "response" {
                 continue;
             }
@@ -231,7 +310,9 @@ fn observer(bin: &Path, object: &Path, server: &Path, policy: &Path, work: &Path
         }
         Ok(())
     })();
-    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
     let _ = daemon.wait();
     result
 }

@@ -12,13 +12,21 @@ const SYSTEMD_ANALYZE: &str = "/usr/bin/systemd-analyze";
 
 /// Installs rsyslog with apt-get unless `rsyslogd` is already there.
 pub fn ensure_rsyslog() -> anyhow::Result<()> {
-    ensure_package(RSYSLOGD, "rsyslog", "the syslog receiver of the audit forward tests")
+    ensure_package(
+        RSYSLOGD,
+        "rsyslog",
+        "the syslog receiver of the audit forward tests",
+    )
 }
 
 /// Installs systemd's tools (not the init) unless `systemd-analyze` is there: the service
 /// tests verify the shipped unit with it.
 pub fn ensure_systemd_analyze() -> anyhow::Result<()> {
-    ensure_package(SYSTEMD_ANALYZE, "systemd", "`systemd-analyze verify` of the shipped unit")
+    ensure_package(
+        SYSTEMD_ANALYZE,
+        "systemd",
+        "`systemd-analyze verify` of the shipped unit",
+    )
 }
 
 fn ensure_package(file: &str, package: &str, why: &str) -> anyhow::Result<()> {
@@ -50,7 +58,9 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(" ");
     println!("$ {shown}");
-    let status = cmd.status().with_context(|| format!("failed to start `{shown}`"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start `{shown}`"))?;
     if !status.success() {
         bail!("`{shown}` failed: {status}");
     }

@@ -45,9 +45,15 @@ fn ctx() -> Result<Arc<Context>> {
         policy_sha256: "ab".repeat(32),
         mode: "enforce",
         principal: raw(r#"{"uid":1000,"euid":1000,"user":"alice","gid":1000,"groups":[1000,27]}"#)?,
-        agent_host: raw(r#"{"pid":4242,"comm":"claude","exe":"/usr/bin/node","exec_id":"b00t:100:4242","cmdline":["claude"]}"#)?,
-        chain: raw(r#"[{"pid":4242,"comm":"claude","exe":"/usr/bin/node"},{"pid":4000,"comm":"bash","exe":"/usr/bin/bash"}]"#)?,
-        server: raw(r#"{"name":"filesystem","pid":4300,"exe":"/usr/bin/node","argv":["mcp-server-filesystem","/home/alice"],"exec_id":"b00t:120:4300"}"#)?,
+        agent_host: raw(
+            r#"{"pid":4242,"comm":"claude","exe":"/usr/bin/node","exec_id":"b00t:100:4242","cmdline":["claude"]}"#,
+        )?,
+        chain: raw(
+            r#"[{"pid":4242,"comm":"claude","exe":"/usr/bin/node"},{"pid":4000,"comm":"bash","exe":"/usr/bin/bash"}]"#,
+        )?,
+        server: raw(
+            r#"{"name":"filesystem","pid":4300,"exe":"/usr/bin/node","argv":["mcp-server-filesystem","/home/alice"],"exec_id":"b00t:120:4300"}"#,
+        )?,
     }))
 }
 
@@ -76,7 +82,11 @@ fn us(d: Duration) -> String {
 fn fsync_baseline(dir: &Path, secs: f64) -> Result<f64> {
     let path = dir.join("fsync-baseline");
     let _ = std::fs::remove_file(&path);
-    let mut f = std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(&path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&path)?;
     let line = [b'x'; 256];
     let start = Instant::now();
     let mut n = 0u64;
@@ -96,7 +106,12 @@ fn fresh(path: &Path) {
     let _ = std::fs::remove_file(path.with_extension("jsonl.head"));
 }
 
-fn throughput(dir: &Path, writers: usize, secs: f64, durability: Durability) -> Result<(f64, PathBuf)> {
+fn throughput(
+    dir: &Path,
+    writers: usize,
+    secs: f64,
+    durability: Durability,
+) -> Result<(f64, PathBuf)> {
     let path = dir.join(format!("throughput-{durability:?}.jsonl").to_lowercase());
     fresh(&path);
     let (audit, thread) = Audit::open(&path, durability)?;
@@ -119,7 +134,14 @@ fn throughput(dir: &Path, writers: usize, secs: f64, durability: Durability) -> 
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("writer panicked")).and_then(|r| r)).sum::<Result<u64>>()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("writer panicked"))
+                    .and_then(|r| r)
+            })
+            .sum::<Result<u64>>()
     })?;
     let rate = total as f64 / start.elapsed().as_secs_f64();
     audit.close(thread);
@@ -151,10 +173,16 @@ fn paced(dir: &Path, count: usize) -> Result<Vec<Duration>> {
 fn verify(bin: &Path, log: &Path) -> Result<(f64, u64)> {
     let lines = std::fs::read_to_string(log)?.lines().count() as u64;
     let start = Instant::now();
-    let out = std::process::Command::new(bin).args(["audit", "verify"]).arg(log).output()?;
+    let out = std::process::Command::new(bin)
+        .args(["audit", "verify"])
+        .arg(log)
+        .output()?;
     let secs = start.elapsed().as_secs_f64();
     if !out.status.success() {
-        bail!("audit verify failed: {}", String::from_utf8_lossy(&out.stdout));
+        bail!(
+            "audit verify failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     Ok((lines as f64 / secs, lines))
 }
@@ -163,7 +191,12 @@ fn main() -> Result<()> {
     let a = Args::parse();
     std::fs::create_dir_all(&a.work_dir)?;
     let dir = a.work_dir.canonicalize()?;
-    println!("audit benchmark in {} ({} writers, {:.0} s per phase)", dir.display(), a.writers, a.secs);
+    println!(
+        "audit benchmark in {} ({} writers, {:.0} s per phase)",
+        dir.display(),
+        a.writers,
+        a.secs
+    );
 
     let baseline = fsync_baseline(&dir, a.secs)?;
     let (one, _) = throughput(&dir, 1, a.secs, Durability::Durable)?;
@@ -174,23 +207,53 @@ fn main() -> Result<()> {
 
     let p99 = percentile(&lat, 0.99);
     let rows = [
-        ("append + fdatasync, 1 writer (disk baseline)", format!("{baseline:.0} /s"), "-".to_string()),
-        ("durable records, 1 writer", format!("{one:.0} /s"), format!("{:.2}x baseline", one / baseline)),
+        (
+            "append + fdatasync, 1 writer (disk baseline)",
+            format!("{baseline:.0} /s"),
+            "-".to_string(),
+        ),
+        (
+            "durable records, 1 writer",
+            format!("{one:.0} /s"),
+            format!("{:.2}x baseline", one / baseline),
+        ),
         (
             "durable records, group commit",
             format!("{durable:.0} /s"),
-            format!("{:.1}x baseline; target ≥ 20000/s: {}", durable / baseline, if durable >= 20_000.0 { "PASS" } else { "FAIL" }),
+            format!(
+                "{:.1}x baseline; target ≥ 20000/s: {}",
+                durable / baseline,
+                if durable >= 20_000.0 { "PASS" } else { "FAIL" }
+            ),
         ),
-        ("page-cache records, same writers", format!("{page_cache:.0} /s"), format!("{:.2}x durable", page_cache / durable)),
+        (
+            "page-cache records, same writers",
+            format!("{page_cache:.0} /s"),
+            format!("{:.2}x durable", page_cache / durable),
+        ),
         (
             "commit latency at 1,000/s (durable)",
             format!("p50 {} p99 {}", us(percentile(&lat, 0.5)), us(p99)),
-            format!("target p99 < 5 ms: {}", if p99 < Duration::from_millis(5) { "PASS" } else { "FAIL" }),
+            format!(
+                "target p99 < 5 ms: {}",
+                if p99 < Duration::from_millis(5) {
+                    "PASS"
+                } else {
+                    "FAIL"
+                }
+            ),
         ),
         (
             "audit verify",
             format!("{verify_rate:.0} records/s ({verified} records)"),
-            format!("target ≥ 100000/s: {}", if verify_rate >= 100_000.0 { "PASS" } else { "FAIL" }),
+            format!(
+                "target ≥ 100000/s: {}",
+                if verify_rate >= 100_000.0 {
+                    "PASS"
+                } else {
+                    "FAIL"
+                }
+            ),
         ),
     ];
     println!("\n| measure | figure | against |\n|---|---:|---|");

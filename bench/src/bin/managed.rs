@@ -52,7 +52,10 @@ fn judge_payload(seq: u64) -> Vec<u8> {
     let line = format!(
         "{{\"jsonrpc\":\"2.0\",\"id\":{seq},\"method\":\"tools/call\",\"params\":{{\"name\":\"read_file\",\"arguments\":{{\"path\":\"/srv/data/report-{seq}.txt\"}}}}}}\n"
     );
-    let frames = [Frame::Line { msg: 0..line.len() - 1, raw: 0..line.len() }];
+    let frames = [Frame::Line {
+        msg: 0..line.len() - 1,
+        raw: 0..line.len(),
+    }];
     managed::encode_judge(seq, Direction::ToServer, line.as_bytes(), &frames)
 }
 
@@ -65,7 +68,11 @@ struct Stats {
 fn stats(mut v: Vec<Duration>) -> Stats {
     v.sort();
     let mean = v.iter().sum::<Duration>() / v.len().max(1) as u32;
-    Stats { p50: v[v.len() / 2], p99: v[v.len() * 99 / 100], mean }
+    Stats {
+        p50: v[v.len() / 2],
+        p99: v[v.len() * 99 / 100],
+        mean,
+    }
 }
 
 /// Per-decision cost inside one process: (judge alone, judge + commit).
@@ -79,7 +86,8 @@ fn in_process(args: &Args) -> anyhow::Result<(Stats, Stats)> {
         "default = \"allow\"\n\n[[rule]]\nid = \"no-writes\"\ntool = \"write_file\"\naction = \"deny\"\n",
         "bench",
     )?);
-    let raw = |v: serde_json::Value| serde_json::value::to_raw_value(&v).map_err(anyhow::Error::from);
+    let raw =
+        |v: serde_json::Value| serde_json::value::to_raw_value(&v).map_err(anyhow::Error::from);
     let ctx = Arc::new(Context {
         session: "bench".into(),
         transport: "stdio-managed",
@@ -96,7 +104,10 @@ fn in_process(args: &Args) -> anyhow::Result<(Stats, Stats)> {
         let line = format!(
             "{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"tools/call\",\"params\":{{\"name\":\"read_file\",\"arguments\":{{\"path\":\"/srv/data/report-{i}.txt\"}}}}}}\n"
         );
-        let frames = [Frame::Line { msg: 0..line.len() - 1, raw: 0..line.len() }];
+        let frames = [Frame::Line {
+            msg: 0..line.len() - 1,
+            raw: 0..line.len(),
+        }];
         let t = Instant::now();
         let plan = session.judge(Direction::ToServer, line.as_bytes(), frames);
         let judged = t.elapsed();
@@ -114,7 +125,10 @@ fn in_process(args: &Args) -> anyhow::Result<(Stats, Stats)> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // The "server": a child of this process, as the daemon requires.
-    let mut child = std::process::Command::new("sleep").arg("600").spawn().context("spawn sleep")?;
+    let mut child = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .context("spawn sleep")?;
     let result = run(&args, child.id());
     let _ = child.kill();
     let _ = child.wait();
@@ -122,8 +136,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(args: &Args, server_pid: u32) -> anyhow::Result<()> {
-    let mut s = UnixStream::connect(&args.socket).with_context(|| format!("connect {}", args.socket.display()))?;
-    let hello = Hello { v: 1, name: "bench".into(), server_pid, policy: None, policy_origin: None, resumed: false };
+    let mut s = UnixStream::connect(&args.socket)
+        .with_context(|| format!("connect {}", args.socket.display()))?;
+    let hello = Hello {
+        v: 1,
+        name: "bench".into(),
+        server_pid,
+        policy: None,
+        policy_origin: None,
+        resumed: false,
+    };
     send(&mut s, managed::HELLO, &serde_json::to_vec(&hello)?)?;
     let (kind, payload) = read_frame(&mut s)?;
     let w: Welcome = serde_json::from_slice(&payload)?;
@@ -178,12 +200,43 @@ fn run(args: &Args, server_pid: u32) -> anyhow::Result<()> {
 
     let (d, f) = (stats(daemon), stats(floor));
     let us = |x: Duration| x.as_secs_f64() * 1e6;
-    println!("managed decision round trip, {} requests (after {} warm-up):", args.iterations, args.warmup);
-    println!("  {:<44} p50 {:>7.1} us   p99 {:>7.1} us   mean {:>7.1} us", "unix socket echo (IPC floor)", us(f.p50), us(f.p99), us(f.mean));
-    println!("  {:<44} p50 {:>7.1} us   p99 {:>7.1} us   mean {:>7.1} us", "daemon: judge + record (page cache) + answer", us(d.p50), us(d.p99), us(d.mean));
-    println!("  {:<44} p50 {:>7.1} us", "in process: judge only", us(judge_only.p50));
-    println!("  {:<44} p50 {:>7.1} us", "in process: judge + record (page cache)", us(judge_commit.p50));
-    let verdict = if d.p50 <= Duration::from_micros(100) { "PASS" } else { "FAIL" };
-    println!("  median {:.1} us vs target <= 100 us: {verdict}; {:.1}x the IPC floor", us(d.p50), us(d.p50) / us(f.p50).max(0.001));
+    println!(
+        "managed decision round trip, {} requests (after {} warm-up):",
+        args.iterations, args.warmup
+    );
+    println!(
+        "  {:<44} p50 {:>7.1} us   p99 {:>7.1} us   mean {:>7.1} us",
+        "unix socket echo (IPC floor)",
+        us(f.p50),
+        us(f.p99),
+        us(f.mean)
+    );
+    println!(
+        "  {:<44} p50 {:>7.1} us   p99 {:>7.1} us   mean {:>7.1} us",
+        "daemon: judge + record (page cache) + answer",
+        us(d.p50),
+        us(d.p99),
+        us(d.mean)
+    );
+    println!(
+        "  {:<44} p50 {:>7.1} us",
+        "in process: judge only",
+        us(judge_only.p50)
+    );
+    println!(
+        "  {:<44} p50 {:>7.1} us",
+        "in process: judge + record (page cache)",
+        us(judge_commit.p50)
+    );
+    let verdict = if d.p50 <= Duration::from_micros(100) {
+        "PASS"
+    } else {
+        "FAIL"
+    };
+    println!(
+        "  median {:.1} us vs target <= 100 us: {verdict}; {:.1}x the IPC floor",
+        us(d.p50),
+        us(d.p50) / us(f.p50).max(0.001)
+    );
     Ok(())
 }

@@ -104,7 +104,10 @@ pub struct Record {
 impl Record {
     /// A response record: linked to its request's record, which carries the identity.
     pub fn response(ctx: &Arc<Context>) -> Record {
-        Record { ctx: None, ..Record::new("response", ctx) }
+        Record {
+            ctx: None,
+            ..Record::new("response", ctx)
+        }
     }
 
     /// A new record of `kind` in the session `ctx`, stamped now.
@@ -157,7 +160,6 @@ pub fn canonical_sha256(v: &serde_json::Value) -> String {
     sha256_hex(&serde_json::to_vec(v).unwrap_or_default())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,11 +171,15 @@ mod tests {
             transport: "stdio-shim",
             policy_sha256: "ab".repeat(32),
             mode: "enforce",
-            principal: raw(r#"{"uid":1000,"euid":1000,"user":"alice","gid":1000,"groups":[1000,27]}"#),
+            principal: raw(
+                r#"{"uid":1000,"euid":1000,"user":"alice","gid":1000,"groups":[1000,27]}"#,
+            ),
             agent_host: raw(
                 r#"{"pid":4242,"comm":"claude","exe":"/usr/bin/node","exec_id":"b00t:100:4242","cmdline":["claude"]}"#,
             ),
-            chain: raw(r#"[{"pid":4242,"comm":"claude","exe":"/usr/bin/node"},{"pid":4000,"comm":"bash","exe":"/usr/bin/bash"}]"#),
+            chain: raw(
+                r#"[{"pid":4242,"comm":"claude","exe":"/usr/bin/node"},{"pid":4000,"comm":"bash","exe":"/usr/bin/bash"}]"#,
+            ),
             server: raw(
                 r#"{"name":"filesystem","pid":4300,"exe":"/usr/bin/node","argv":["mcp-server-filesystem","/home/alice"],"exec_id":"b00t:120:4300"}"#,
             ),
@@ -209,7 +215,13 @@ mod tests {
         resp.tool = Some("read_text_file".into());
         resp.request_id = Some("8".into());
         resp.links = Some(format!("{}-3", ctx.session));
-        resp.outcome = Some(Outcome { error: false, error_code: None, bytes: 95, redactions: 0, latency_us: 412 });
+        resp.outcome = Some(Outcome {
+            error: false,
+            error_code: None,
+            bytes: 95,
+            redactions: 0,
+            latency_us: 412,
+        });
         resp.bytes = Some(95);
         insta::assert_json_snapshot!("request", stamp(req, 3));
         insta::assert_json_snapshot!("response", stamp(resp, 4));
@@ -219,17 +231,27 @@ mod tests {
     fn records_validate_against_the_published_schema() {
         let schema: serde_json::Value =
             serde_json::from_str(include_str!("../../../docs/audit-record.schema.json")).unwrap();
-        let required: Vec<&str> =
-            schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         let props = schema["properties"].as_object().unwrap();
         let ctx = ctx();
         let mut rec = serde_json::to_value(Record::new("request", &ctx)).unwrap();
         rec["hash"] = "00".into();
         for key in &required {
-            assert!(rec.get(key).is_some(), "required `{key}` missing from a record");
+            assert!(
+                rec.get(key).is_some(),
+                "required `{key}` missing from a record"
+            );
         }
         for key in rec.as_object().unwrap().keys() {
-            assert!(props.contains_key(key), "record field `{key}` is not in the schema");
+            assert!(
+                props.contains_key(key),
+                "record field `{key}` is not in the schema"
+            );
         }
     }
 }

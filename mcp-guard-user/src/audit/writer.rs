@@ -148,7 +148,10 @@ impl Writer {
                 // another process's appended records await its next commit). Seal them now
                 // so the log verifies without waiting for a commit.
                 tracing::info!(path = %self.path.display(), seq = self.last.seq, "sealing an unsigned audit tail");
-                notices.push(self.notice("recovery", json!({ "reason": "unsigned", "after_seq": self.last.seq })));
+                notices.push(self.notice(
+                    "recovery",
+                    json!({ "reason": "unsigned", "after_seq": self.last.seq }),
+                ));
             }
             // Later, an unsigned tail needs no seal: the next signed record covers it
             // through the chain.
@@ -468,7 +471,11 @@ fn read_tail(file: &mut File, len: u64) -> io::Result<Scan> {
             Some(i) => i,
             None if from == 0 => {
                 let torn = (!buf.is_empty()).then_some((0, buf));
-                return Ok(Scan { last: Tail::default(), unsigned: false, torn });
+                return Ok(Scan {
+                    last: Tail::default(),
+                    unsigned: false,
+                    torn,
+                });
             }
             None => {
                 window = window.saturating_mul(4);

@@ -12,8 +12,26 @@ pub const DEFAULT_PATH: &str = "/etc/mcp-guard/config.toml";
 
 /// Agent hosts watched by default: comm, executable name, or script name.
 pub const DEFAULT_HOSTS: &[&str] = &[
-    "claude", "Claude", "claude-desktop", "cursor", "Cursor", "code", "code-insiders", "codium", "windsurf",
-    "Windsurf", "gemini", "codex", "zed", "zed-editor", "lm-studio", "LM Studio", "kiro", "opencode", "goose", "cline",
+    "claude",
+    "Claude",
+    "claude-desktop",
+    "cursor",
+    "Cursor",
+    "code",
+    "code-insiders",
+    "codium",
+    "windsurf",
+    "Windsurf",
+    "gemini",
+    "codex",
+    "zed",
+    "zed-editor",
+    "lm-studio",
+    "LM Studio",
+    "kiro",
+    "opencode",
+    "goose",
+    "cline",
 ];
 
 /// The default per-message limit.
@@ -116,21 +134,31 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, Error> {
-        let invalid = |message: String| Error::Invalid { path: path.to_path_buf(), message };
+        let invalid = |message: String| Error::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
         let raw: Raw = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         let d = Config::default();
         let durability = match raw.durability {
             None => d.durability,
-            Some(s) => <Durability as clap::ValueEnum>::from_str(&s, false)
-                .map_err(|_| invalid(format!("durability: `{s}` is neither `durable` nor `page-cache`")))?,
+            Some(s) => <Durability as clap::ValueEnum>::from_str(&s, false).map_err(|_| {
+                invalid(format!(
+                    "durability: `{s}` is neither `durable` nor `page-cache`"
+                ))
+            })?,
         };
         let max_message = raw.max_message.unwrap_or(d.max_message);
         if max_message < MIN_MAX_MESSAGE {
-            return Err(invalid(format!("max_message: {max_message} is below the minimum of {MIN_MAX_MESSAGE} bytes")));
+            return Err(invalid(format!(
+                "max_message: {max_message} is below the minimum of {MIN_MAX_MESSAGE} bytes"
+            )));
         }
         let ring_bytes = raw.ring_bytes.unwrap_or(d.ring_bytes);
         if !ring_bytes.is_power_of_two() || ring_bytes < 4096 {
-            return Err(invalid(format!("ring_bytes: {ring_bytes} is not a power of two of at least 4096")));
+            return Err(invalid(format!(
+                "ring_bytes: {ring_bytes} is not a power of two of at least 4096"
+            )));
         }
         let hosts = raw.hosts.unwrap_or(d.hosts);
         Ok(Config {
@@ -169,7 +197,10 @@ mod tests {
         assert_eq!(c.audit_key, d.audit_key);
         assert_eq!(c.run_dir, d.run_dir);
         assert_eq!(c.hosts, d.hosts);
-        assert_eq!((c.max_message, c.ring_bytes, c.rescan_ms), (d.max_message, d.ring_bytes, d.rescan_ms));
+        assert_eq!(
+            (c.max_message, c.ring_bytes, c.rescan_ms),
+            (d.max_message, d.ring_bytes, d.rescan_ms)
+        );
         assert_eq!(c.durability, d.durability);
         assert_eq!((c.host_configs, c.homes), (d.host_configs, d.homes));
     }
@@ -182,8 +213,13 @@ mod tests {
             ("durability = \"sometimes\"", "durability"),
             ("colour = 1", "unknown field"),
         ] {
-            let err = Config::parse(text, Path::new("c.toml")).expect_err(text).to_string();
-            assert!(err.contains(key) && err.starts_with("c.toml"), "{text}: {err}");
+            let err = Config::parse(text, Path::new("c.toml"))
+                .expect_err(text)
+                .to_string();
+            assert!(
+                err.contains(key) && err.starts_with("c.toml"),
+                "{text}: {err}"
+            );
         }
     }
 

@@ -28,14 +28,26 @@ impl Daemon {
             }
             child = parent;
         }
-        let cmdline = self.launched.get(&child).cloned().unwrap_or_else(|| super::procs::cmdline(child));
+        let cmdline = self
+            .launched
+            .get(&child)
+            .cloned()
+            .unwrap_or_else(|| super::procs::cmdline(child));
         let uid = crate::identity::principal_of(host as i32)?.uid;
-        let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten()?.dir;
+        let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()?
+            .dir;
         let cwd = std::fs::read_link(format!("/proc/{host}/cwd")).ok();
         hosts::scan(&home, &cwd.into_iter().collect::<Vec<_>>())
             .into_iter()
             .flat_map(|f| f.servers)
-            .find(|s| s.transport == Transport::Stdio && s.command.as_deref().is_some_and(|c| super::procs::launched_by(&cmdline, c, &s.args)))
+            .find(|s| {
+                s.transport == Transport::Stdio
+                    && s.command
+                        .as_deref()
+                        .is_some_and(|c| super::procs::launched_by(&cmdline, c, &s.args))
+            })
             .map(|s| s.name)
     }
 
@@ -46,11 +58,15 @@ impl Daemon {
         }
         // (home, owner uid when known)
         let homes: Vec<(PathBuf, Option<u32>)> = if self.cfg.homes.is_empty() {
-            hosts::user_homes().map(|v| v.into_iter().map(|(_, uid, h)| (h, Some(uid))).collect()).unwrap_or_default()
+            hosts::user_homes()
+                .map(|v| v.into_iter().map(|(_, uid, h)| (h, Some(uid))).collect())
+                .unwrap_or_default()
         } else {
             self.cfg.homes.iter().map(|h| (h.clone(), None)).collect()
         };
-        let bin = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "/usr/bin/mcp-guard".into());
+        let bin = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "/usr/bin/mcp-guard".into());
         for (home, uid) in homes {
             for found in hosts::scan(&home, &[]) {
                 let unwrapped: Vec<(String, String)> = found
@@ -62,7 +78,8 @@ impl Daemon {
                 if unwrapped.is_empty() {
                     continue;
                 }
-                let rewrapped = mode == HostConfigs::Rewrap && self.rewrap(&found.path, found.host, &bin, &home, uid);
+                let rewrapped = mode == HostConfigs::Rewrap
+                    && self.rewrap(&found.path, found.host, &bin, &home, uid);
                 for (name, command) in unwrapped {
                     let key = (found.path.clone(), name.clone(), command.clone());
                     if !rewrapped && !self.host_cfg.reported.insert(key) {
@@ -81,7 +98,14 @@ impl Daemon {
     }
 
     /// Wraps a config's stdio entries again; false (and a warning) if it could not.
-    fn rewrap(&self, path: &Path, host: hosts::Host, bin: &str, home: &Path, uid: Option<u32>) -> bool {
+    fn rewrap(
+        &self,
+        path: &Path,
+        host: hosts::Host,
+        bin: &str,
+        home: &Path,
+        uid: Option<u32>,
+    ) -> bool {
         if uid.is_some_and(|u| !hosts::owned_by(path, u, home)) {
             tracing::warn!(path = %path.display(), "host config outside its user's home or not theirs; not rewritten");
             return false;

@@ -13,10 +13,14 @@ enum Body {
     /// Waiting for a head.
     Head,
     /// `remaining` bytes of a body with a length.
-    Length { remaining: usize },
+    Length {
+        remaining: usize,
+    },
     /// Chunked: the size line of the next chunk, or `left` bytes of the current one.
     ChunkSize,
-    ChunkData { left: usize },
+    ChunkData {
+        left: usize,
+    },
     /// The CRLF after a chunk's data.
     ChunkEnd,
     /// After the last chunk: trailers up to an empty line.
@@ -43,7 +47,16 @@ pub struct HttpStream {
 
 impl HttpStream {
     pub fn new(response: bool, max: usize) -> HttpStream {
-        HttpStream { response, buf: Vec::new(), body: Body::Head, sse: false, content: Vec::new(), event: Vec::new(), max, broken: None }
+        HttpStream {
+            response,
+            buf: Vec::new(),
+            body: Body::Head,
+            sse: false,
+            content: Vec::new(),
+            event: Vec::new(),
+            max,
+            broken: None,
+        }
     }
 
     /// Feeds captured bytes; complete JSON bodies (and SSE event data) are pushed to `out`.
@@ -72,7 +85,9 @@ impl HttpStream {
                     if n == remaining {
                         self.end_message(out);
                     } else {
-                        self.body = Body::Length { remaining: remaining - n };
+                        self.body = Body::Length {
+                            remaining: remaining - n,
+                        };
                     }
                     if n == 0 {
                         break;
@@ -88,9 +103,15 @@ impl HttpStream {
                     piece.len()
                 }
                 Body::ChunkSize => {
-                    let Some(nl) = memchr::memchr(b'\n', rest) else { break };
+                    let Some(nl) = memchr::memchr(b'\n', rest) else {
+                        break;
+                    };
                     let line = String::from_utf8_lossy(&rest[..nl]);
-                    let size = line.trim().split(';').next().and_then(|h| usize::from_str_radix(h.trim(), 16).ok());
+                    let size = line
+                        .trim()
+                        .split(';')
+                        .next()
+                        .and_then(|h| usize::from_str_radix(h.trim(), 16).ok());
                     match size {
                         Some(0) => self.body = Body::Trailers,
                         Some(n) => self.body = Body::ChunkData { left: n },
@@ -108,16 +129,24 @@ impl HttpStream {
                     }
                     let piece = rest[..n].to_vec();
                     self.body_bytes(&piece, out);
-                    self.body = if n == left { Body::ChunkEnd } else { Body::ChunkData { left: left - n } };
+                    self.body = if n == left {
+                        Body::ChunkEnd
+                    } else {
+                        Body::ChunkData { left: left - n }
+                    };
                     n
                 }
                 Body::ChunkEnd => {
-                    let Some(nl) = memchr::memchr(b'\n', rest) else { break };
+                    let Some(nl) = memchr::memchr(b'\n', rest) else {
+                        break;
+                    };
                     self.body = Body::ChunkSize;
                     nl + 1
                 }
                 Body::Trailers => {
-                    let Some(nl) = memchr::memchr(b'\n', rest) else { break };
+                    let Some(nl) = memchr::memchr(b'\n', rest) else {
+                        break;
+                    };
                     if rest[..nl].iter().all(|b| b.is_ascii_whitespace()) {
                         self.end_message(out);
                     }
@@ -152,7 +181,10 @@ impl HttpStream {
             }
         };
         let header = |name: &str| {
-            headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+            headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
         };
         let chunked = header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
         let length = header("content-length").and_then(|v| v.parse::<usize>().ok());
@@ -165,7 +197,11 @@ impl HttpStream {
         } else if chunked {
             Body::ChunkSize
         } else if let Some(len) = length {
-            if len == 0 { Body::Head } else { Body::Length { remaining: len } }
+            if len == 0 {
+                Body::Head
+            } else {
+                Body::Length { remaining: len }
+            }
         } else if self.response {
             Body::UntilClose
         } else {
@@ -175,7 +211,11 @@ impl HttpStream {
     }
 
     fn partial(&self, rest: &[u8]) -> Result<Option<usize>, String> {
-        if rest.len() > MAX_HEAD { Err("HTTP head too long".into()) } else { Ok(None) }
+        if rest.len() > MAX_HEAD {
+            Err("HTTP head too long".into())
+        } else {
+            Ok(None)
+        }
     }
 
     fn body_bytes(&mut self, piece: &[u8], out: &mut Vec<Vec<u8>>) {
@@ -204,7 +244,8 @@ impl HttpStream {
                 if !self.event.is_empty() {
                     self.event.push(b'\n');
                 }
-                self.event.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
+                self.event
+                    .extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
             }
             start += i + 1;
         }
@@ -230,7 +271,9 @@ impl HttpStream {
 
 /// Whether `bytes` (the first of a connection's request direction) start an HTTP request.
 pub fn looks_like_request(bytes: &[u8]) -> bool {
-    ["POST ", "GET ", "DELETE ", "PUT ", "OPTIONS ", "HEAD "].iter().any(|m| bytes.starts_with(m.as_bytes()))
+    ["POST ", "GET ", "DELETE ", "PUT ", "OPTIONS ", "HEAD "]
+        .iter()
+        .any(|m| bytes.starts_with(m.as_bytes()))
 }
 
 #[cfg(test)]
@@ -245,7 +288,9 @@ mod tests {
             s.push(p, &mut out);
         }
         assert!(s.broken.is_none(), "{:?}", s.broken);
-        out.into_iter().map(|b| String::from_utf8(b).unwrap()).collect()
+        out.into_iter()
+            .map(|b| String::from_utf8(b).unwrap())
+            .collect()
     }
 
     const REQ: &[u8] = b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 42\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\r\nPOST /mcp HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}";
@@ -253,9 +298,19 @@ mod tests {
     #[test]
     fn requests_with_length_in_any_split() {
         let whole = feed(false, &[REQ]);
-        assert_eq!(whole, ["{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\r\n", "{}"]);
+        assert_eq!(
+            whole,
+            [
+                "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\r\n",
+                "{}"
+            ]
+        );
         for cut in 1..REQ.len() {
-            assert_eq!(feed(false, &[&REQ[..cut], &REQ[cut..]]), whole, "cut at {cut}");
+            assert_eq!(
+                feed(false, &[&REQ[..cut], &REQ[cut..]]),
+                whole,
+                "cut at {cut}"
+            );
         }
     }
 
@@ -270,7 +325,13 @@ mod tests {
         }
         raw.extend(b"0\r\n\r\n");
         let got = feed(true, &[&raw]);
-        assert_eq!(got, ["{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}", "{\"jsonrpc\":\"2.0\",\n\"method\":\"x\"}"]);
+        assert_eq!(
+            got,
+            [
+                "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}",
+                "{\"jsonrpc\":\"2.0\",\n\"method\":\"x\"}"
+            ]
+        );
     }
 
     #[test]

@@ -58,9 +58,13 @@ pub fn listen(path: &Path) -> anyhow::Result<UnixListener> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot replace {}", path.display()))),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot replace {}", path.display())));
+        }
     }
-    let listener = UnixListener::bind(path).map_err(|e| anyhow::Error::new(e).context(format!("cannot listen at {}", path.display())))?;
+    let listener = UnixListener::bind(path).map_err(|e| {
+        anyhow::Error::new(e).context(format!("cannot listen at {}", path.display()))
+    })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(listener)
 }
@@ -96,7 +100,13 @@ async fn send(stream: &mut UnixStream, kind: u8, payload: &[u8]) -> std::io::Res
 
 async fn refuse(stream: &mut UnixStream, why: String) -> anyhow::Result<()> {
     tracing::warn!(why, "refused a managed shim");
-    let w = Welcome { ok: false, error: Some(why), session: None, policy_sha256: None, max_message: None };
+    let w = Welcome {
+        ok: false,
+        error: Some(why),
+        session: None,
+        policy_sha256: None,
+        max_message: None,
+    };
     send(stream, managed::WELCOME, &serde_json::to_vec(&w)?).await?;
     Ok(())
 }
@@ -108,7 +118,10 @@ fn raw<T: serde::Serialize>(v: &T) -> Box<serde_json::value::RawValue> {
 async fn commit(shared: &Shared, records: Vec<Record>) -> Result<(), String> {
     if !shared.durable {
         // A page-cache write and a signature: cheaper here than a hop to another thread.
-        return shared.audit.commit_blocking(records).map_err(|e| e.to_string());
+        return shared
+            .audit
+            .commit_blocking(records)
+            .map_err(|e| e.to_string());
     }
     let audit = shared.audit.clone();
     match tokio::task::spawn_blocking(move || audit.commit_blocking(records)).await {
@@ -126,16 +139,34 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
     });
     let _slot = Slot(&shared, cred.uid());
     if open.is_ok_and(|n| n > MAX_PER_USER) {
-        return refuse(&mut stream, format!("user {} has {MAX_PER_USER} connections open already", cred.uid())).await;
+        return refuse(
+            &mut stream,
+            format!(
+                "user {} has {MAX_PER_USER} connections open already",
+                cred.uid()
+            ),
+        )
+        .await;
     }
     let Some(peer) = cred.pid().filter(|p| *p > 0) else {
-        return refuse(&mut stream, "the kernel did not name the connecting process".into()).await;
+        return refuse(
+            &mut stream,
+            "the kernel did not name the connecting process".into(),
+        )
+        .await;
     };
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, managed::read_frame(&mut stream, managed::MAX_HELLO)).await {
-        Ok(Ok(Some((managed::HELLO, payload)))) => match serde_json::from_slice::<Hello>(&payload) {
-            Ok(h) => h,
-            Err(e) => return refuse(&mut stream, format!("bad hello: {e}")).await,
-        },
+    let hello = match tokio::time::timeout(
+        HELLO_TIMEOUT,
+        managed::read_frame(&mut stream, managed::MAX_HELLO),
+    )
+    .await
+    {
+        Ok(Ok(Some((managed::HELLO, payload)))) => {
+            match serde_json::from_slice::<Hello>(&payload) {
+                Ok(h) => h,
+                Err(e) => return refuse(&mut stream, format!("bad hello: {e}")).await,
+            }
+        }
         Ok(Ok(Some(_))) => return refuse(&mut stream, "expected a hello".into()).await,
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => return refuse(&mut stream, format!("bad frame: {e}")).await,
@@ -146,25 +177,52 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
         return refuse(&mut stream, format!("cannot read /proc/{peer}")).await;
     };
     if principal.uid != cred.uid() {
-        return refuse(&mut stream, "the connecting process changed identity".into()).await;
+        return refuse(
+            &mut stream,
+            "the connecting process changed identity".into(),
+        )
+        .await;
     }
-    let Some(server) = Process::read(hello.server_pid as i32).ok().filter(|s| s.ppid == peer) else {
-        return refuse(&mut stream, format!("process {} is not a child of the connecting process {peer}", hello.server_pid)).await;
+    let Some(server) = Process::read(hello.server_pid as i32)
+        .ok()
+        .filter(|s| s.ppid == peer)
+    else {
+        return refuse(
+            &mut stream,
+            format!(
+                "process {} is not a child of the connecting process {peer}",
+                hello.server_pid
+            ),
+        )
+        .await;
     };
     let restrictions = match &hello.policy {
         None => None,
         Some(text) => {
-            let origin = hello.policy_origin.clone().unwrap_or_else(|| "shim policy".into());
+            let origin = hello
+                .policy_origin
+                .clone()
+                .unwrap_or_else(|| "shim policy".into());
             match Policy::parse(text, &origin) {
                 Ok(p) => Some(Arc::new(p)),
-                Err(e) => return refuse(&mut stream, format!("the shim's policy cannot be used: {e}")).await,
+                Err(e) => {
+                    return refuse(
+                        &mut stream,
+                        format!("the shim's policy cannot be used: {e}"),
+                    )
+                    .await;
+                }
             }
         }
     };
     let me = Process::read(peer).ok();
     let host = me.as_ref().and_then(|m| Process::read(m.ppid).ok());
     let chain = identity::ancestry(peer);
-    let policy = shared.policy.read().map(|p| p.clone()).map_err(|_| anyhow::anyhow!("policy lock poisoned"))?;
+    let policy = shared
+        .policy
+        .read()
+        .map(|p| p.clone())
+        .map_err(|_| anyhow::anyhow!("policy lock poisoned"))?;
     let ctx = Arc::new(Context {
         session: audit::random_id().into(),
         transport: "stdio-managed",
@@ -184,13 +242,27 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
     let subject = Subject {
         principal: Some(crate::policy::Principal::from_uid(principal.uid)),
         ancestry: Some(
-            me.iter().chain(chain.iter()).map(|p| Ancestor { exe: p.exe.clone(), comm: p.comm.clone() }).collect(),
+            me.iter()
+                .chain(chain.iter())
+                .map(|p| Ancestor {
+                    exe: p.exe.clone(),
+                    comm: p.comm.clone(),
+                })
+                .collect(),
         ),
         host_exe: host.as_ref().and_then(|h| h.exe.clone()),
         server_exe: server.exe.clone(),
-        cwd: std::fs::read_link(format!("/proc/{}/cwd", server.pid)).ok().map(|p| p.display().to_string()),
+        cwd: std::fs::read_link(format!("/proc/{}/cwd", server.pid))
+            .ok()
+            .map(|p| p.display().to_string()),
     };
-    let mut session = Session::new(hello.name.clone(), policy.clone(), ctx.clone(), shared.max_message, subject);
+    let mut session = Session::new(
+        hello.name.clone(),
+        policy.clone(),
+        ctx.clone(),
+        shared.max_message,
+        subject,
+    );
     session.set_pins(crate::pins::Pins::beside(&shared.audit_path));
     if let Some(r) = restrictions.clone() {
         session.set_restrictions(r);
@@ -245,10 +317,18 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
 }
 
 /// Judges a welcomed shim's frames until it ends or goes away.
-async fn serve_session(stream: &mut UnixStream, shared: &Shared, session: &mut Session, policy: Arc<Policy>, peer: i32) -> anyhow::Result<()> {
+async fn serve_session(
+    stream: &mut UnixStream,
+    shared: &Shared,
+    session: &mut Session,
+    policy: Arc<Policy>,
+    peer: i32,
+) -> anyhow::Result<()> {
     let mut ended = false;
     loop {
-        let frame = match managed::read_frame(stream, managed::max_judge_frame(shared.max_message)).await {
+        let frame = match managed::read_frame(stream, managed::max_judge_frame(shared.max_message))
+            .await
+        {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
@@ -268,7 +348,13 @@ async fn serve_session(stream: &mut UnixStream, shared: &Shared, session: &mut S
                 let plan = session.judge(j.dir, &j.data, j.frames.iter().cloned());
                 let acts = match commit(shared, plan.commit).await {
                     Ok(()) => plan.acts,
-                    Err(e) => session.refuse_unrecorded(j.dir, &j.data, &j.frames, code::AUDIT_UNAVAILABLE, &e),
+                    Err(e) => session.refuse_unrecorded(
+                        j.dir,
+                        &j.data,
+                        &j.frames,
+                        code::AUDIT_UNAVAILABLE,
+                        &e,
+                    ),
                 };
                 send(stream, managed::PLAN, &managed::encode_plan(j.seq, &acts)).await?;
                 shared.audit.append(plan.append);
@@ -279,26 +365,41 @@ async fn serve_session(stream: &mut UnixStream, shared: &Shared, session: &mut S
                 }
             }
             (managed::END, payload) => {
-                let end: End = serde_json::from_slice(&payload).unwrap_or(End { exit_code: None, signal: None });
+                let end: End = serde_json::from_slice(&payload).unwrap_or(End {
+                    exit_code: None,
+                    signal: None,
+                });
                 let (errors, mut records) = session.abandon("the server exited before answering");
                 let mut rec = Record::new("session_end", session.ctx());
-                rec.detail = Some(serde_json::json!({ "exit_code": end.exit_code, "signal": end.signal, "counters": session.counters }));
+                rec.detail = Some(
+                    serde_json::json!({ "exit_code": end.exit_code, "signal": end.signal, "counters": session.counters }),
+                );
                 records.push(rec);
                 let _ = commit(shared, records).await;
-                let acts = if errors.is_empty() { Vec::new() } else { vec![crate::guard::Act::ToClient(errors)] };
+                let acts = if errors.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![crate::guard::Act::ToClient(errors)]
+                };
                 send(stream, managed::PLAN, &managed::encode_plan(0, &acts)).await?;
                 ended = true;
                 break;
             }
             (kind, _) => {
-                tracing::warn!(kind, pid = peer, "unexpected frame from a managed shim; closing");
+                tracing::warn!(
+                    kind,
+                    pid = peer,
+                    "unexpected frame from a managed shim; closing"
+                );
                 break;
             }
         }
     }
     if !ended {
         let mut rec = Record::new("session_end", session.ctx());
-        rec.detail = Some(serde_json::json!({ "reason": "shim disconnected", "counters": session.counters }));
+        rec.detail = Some(
+            serde_json::json!({ "reason": "shim disconnected", "counters": session.counters }),
+        );
         let _ = commit(shared, vec![rec]).await;
     }
     Ok(())

@@ -57,16 +57,22 @@ const RECORD_GRACE: Duration = Duration::from_secs(2);
 /// Runs the daemon until SIGTERM or SIGINT. Needs root.
 pub fn run(cfg: Config) -> anyhow::Result<i32> {
     if !nix::unistd::geteuid().is_root() {
-        anyhow::bail!("the daemon loads eBPF programs and reads every process's /proc entries: run it as root");
+        anyhow::bail!(
+            "the daemon loads eBPF programs and reads every process's /proc entries: run it as root"
+        );
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
     rt.block_on(serve(cfg))
 }
 
 /// The system policy as written: what managed shims enforce.
 fn load_enforced(cfg: &Config) -> anyhow::Result<Policy> {
     let dropins = cfg.policy.with_file_name("policy.d");
-    Policy::load_with_dropins(&cfg.policy, &dropins).with_context(|| format!("cannot load the policy {}", cfg.policy.display()))
+    Policy::load_with_dropins(&cfg.policy, &dropins)
+        .with_context(|| format!("cannot load the policy {}", cfg.policy.display()))
 }
 
 /// The system policy in monitor mode: what the observer judges with.
@@ -81,12 +87,23 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
         None => observer::find_object()?,
     };
     let max_capture = (cfg.max_message + 2).min(mcp_guard_common::MAX_CAPTURE) as u32;
-    let mut obs = Observer::load_with(&object, Settings { ring_bytes: cfg.ring_bytes, max_capture })
-        .with_context(|| format!("cannot load the eBPF object {}", object.display()))?;
+    let mut obs = Observer::load_with(
+        &object,
+        Settings {
+            ring_bytes: cfg.ring_bytes,
+            max_capture,
+        },
+    )
+    .with_context(|| format!("cannot load the eBPF object {}", object.display()))?;
     let mut events = obs.events()?;
-    let opts = audit::Options { max_bytes: audit::DEFAULT_MAX_BYTES, key: Some(cfg.audit_key.clone()), checkpoint: None };
+    let opts = audit::Options {
+        max_bytes: audit::DEFAULT_MAX_BYTES,
+        key: Some(cfg.audit_key.clone()),
+        checkpoint: None,
+    };
     let (audit, writer) = Audit::open_with(&cfg.audit, cfg.durability, &opts)?;
-    std::fs::create_dir_all(&cfg.run_dir).with_context(|| format!("cannot create {}", cfg.run_dir.display()))?;
+    std::fs::create_dir_all(&cfg.run_dir)
+        .with_context(|| format!("cannot create {}", cfg.run_dir.display()))?;
     let committer = Committer::spawn(audit.clone())?;
     let shared = Arc::new(managed::Shared {
         policy: std::sync::RwLock::new(Arc::new(load_enforced(&cfg)?)),
@@ -109,8 +126,11 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     d.write_status();
     tracing::info!(programs = ?d.observer.programs, "observer running");
 
-    let (mut term, mut int, mut hup) =
-        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
+    let (mut term, mut int, mut hup) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::hangup())?,
+    );
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
@@ -132,7 +152,9 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     // What the kernel sent before the signal is still judged (gated readers continued),
     // for a bounded time: exec events of the whole machine never stop arriving.
     let drain_until = tokio::time::Instant::now() + DRAIN_ON_STOP;
-    while let Ok(Ok(())) = tokio::time::timeout_at(drain_until, events.batch(&mut batch, BATCH)).await {
+    while let Ok(Ok(())) =
+        tokio::time::timeout_at(drain_until, events.batch(&mut batch, BATCH)).await
+    {
         for event in batch.drain(..) {
             d.handle(event);
         }
@@ -144,7 +166,12 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     d.managed = None;
     tokio::time::sleep(Duration::from_millis(20)).await;
     d.stop();
-    let Daemon { committer, observer, cfg, .. } = d;
+    let Daemon {
+        committer,
+        observer,
+        cfg,
+        ..
+    } = d;
     // Detaches the programs: no process is stopped by a gate after this.
     drop(observer);
     drop(events);
@@ -178,7 +205,10 @@ impl Committer {
                 }
             })
             .context("cannot start the audit thread")?;
-        Ok(Committer { tx: Some(tx), thread: Some(thread) })
+        Ok(Committer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     fn send(&self, records: Vec<Record>) {
@@ -225,7 +255,12 @@ struct Stream {
 
 impl Stream {
     fn new(max: usize, joined_late: bool) -> Stream {
-        Stream { framer: Framer::new(max), resync: false, fresh: true, late_head: joined_late }
+        Stream {
+            framer: Framer::new(max),
+            resync: false,
+            fresh: true,
+            late_head: joined_late,
+        }
     }
 }
 
@@ -336,7 +371,9 @@ fn judge_into(
 /// record.
 fn unrecorded(pid: u32, p: &mut Proc, grace: Duration) -> Vec<serde_json::Value> {
     let mut alerts = Vec::new();
-    let Some(log) = p.log.as_mut() else { return alerts };
+    let Some(log) = p.log.as_mut() else {
+        return alerts;
+    };
     // The log is read only while a request waits for its record.
     if p.unrecorded.is_empty() {
         return alerts;
@@ -364,7 +401,11 @@ fn unrecorded(pid: u32, p: &mut Proc, grace: Duration) -> Vec<serde_json::Value>
 }
 
 fn gate_flag(policy: &Policy) -> u32 {
-    if policy.observer().denied == Reaction::Kill { watch::GATE } else { 0 }
+    if policy.observer().denied == Reaction::Kill {
+        watch::GATE
+    } else {
+        0
+    }
 }
 
 impl Daemon {
@@ -378,7 +419,10 @@ impl Daemon {
             mode: crate::guard::mode_name(policy.mode()),
             principal: raw(&identity::current_principal()),
             agent_host: raw(&None::<Link>),
-            chain: raw(&identity::ancestry(me).iter().map(Link::short).collect::<Vec<_>>()),
+            chain: raw(&identity::ancestry(me)
+                .iter()
+                .map(Link::short)
+                .collect::<Vec<_>>()),
             server: raw(&serde_json::json!({ "name": "mcp-guard-daemon", "pid": me })),
         });
         Daemon {
@@ -405,7 +449,9 @@ impl Daemon {
 
     fn started(&mut self, object: &std::path::Path) {
         let mut loaded = Record::new("policy_loaded", &self.ctx);
-        loaded.detail = Some(serde_json::json!({ "origin": self.policy.origin(), "rules": self.policy.len(), "observer": self.policy.observer() }));
+        loaded.detail = Some(
+            serde_json::json!({ "origin": self.policy.origin(), "rules": self.policy.len(), "observer": self.policy.observer() }),
+        );
         let mut start = Record::new("daemon_start", &self.ctx);
         start.detail = Some(serde_json::json!({
             "object": object,
@@ -491,7 +537,9 @@ impl Daemon {
             }
         }
         for fd in 0..2u32 {
-            if !procs::is_pipe_or_socket(pid, fd) || (!found[fd as usize] && procs::is_pipe(pid, fd)) {
+            if !procs::is_pipe_or_socket(pid, fd)
+                || (!found[fd as usize] && procs::is_pipe(pid, fd))
+            {
                 let _ = self.observer.set_fd(pid, fd, origin::NONE);
             }
         }
@@ -517,7 +565,9 @@ impl Daemon {
     }
 
     fn watch_host(&mut self, pid: u32, flags: u32) {
-        let Ok(process) = Process::read(pid as i32) else { return };
+        let Ok(process) = Process::read(pid as i32) else {
+            return;
+        };
         if let Err(e) = self.observer.watch(pid, flags) {
             tracing::warn!(pid, error = %e, "cannot watch an agent host");
             return;
@@ -629,7 +679,11 @@ impl Daemon {
             let killed = p.killed;
             return self.release(&d, killed);
         }
-        let stream = if dir == Direction::ToServer { &mut p.inbound } else { &mut p.outbound };
+        let stream = if dir == Direction::ToServer {
+            &mut p.inbound
+        } else {
+            &mut p.outbound
+        };
         let mut payload = &d.payload[..];
         if stream.resync {
             match memchr::memchr(b'\n', payload) {
@@ -641,7 +695,9 @@ impl Daemon {
             }
         }
         // Not JSON at all: not MCP; stop capturing it rather than buffer its output.
-        if stream.fresh && p.role == Role::Unknown && !p.joined_late
+        if stream.fresh
+            && p.role == Role::Unknown
+            && !p.joined_late
             && let Some(&first) = payload.iter().find(|b| !b.is_ascii_whitespace())
             && first != b'{'
             && first != b'['
@@ -669,7 +725,9 @@ impl Daemon {
         if stream.late_head && !frames.is_empty() {
             stream.late_head = false;
             let whole = match &frames[0] {
-                Frame::Line { msg, .. } => jsonrpc::parse(&stream.framer.data()[msg.clone()]).is_ok(),
+                Frame::Line { msg, .. } => {
+                    jsonrpc::parse(&stream.framer.data()[msg.clone()]).is_ok()
+                }
                 Frame::TooLong { .. } => false,
             };
             if !whole {
@@ -701,7 +759,9 @@ impl Daemon {
             p.outbound = Stream::new(0, false);
         }
         if let Some(w) = self.observer.watched(d.tgid) {
-            let _ = self.observer.set_flags(d.tgid, w.flags & !(watch::CAPTURE | watch::GATE));
+            let _ = self
+                .observer
+                .set_flags(d.tgid, w.flags & !(watch::CAPTURE | watch::GATE));
         }
         self.release(&d, false);
     }
@@ -735,7 +795,9 @@ impl Daemon {
         match role {
             Role::Server => self.judge(tgid, dir, data, frames),
             Role::Shim if dir == Direction::ToServer => self.remember(tgid, data, &frames),
-            Role::Wrapped(shim) if dir == Direction::ToServer => self.check_injection(tgid, shim, data, &frames),
+            Role::Wrapped(shim) if dir == Direction::ToServer => {
+                self.check_injection(tgid, shim, data, &frames)
+            }
             _ => {}
         }
     }
@@ -769,14 +831,23 @@ impl Daemon {
             p.role = role;
             p.host = host;
             if matches!(role, Role::Wrapped(_)) {
-                p.label = Some((procs::server_name(&procs::cmdline(tgid)), identity::principal_of(tgid as i32).and_then(|u| u.user)));
+                p.label = Some((
+                    procs::server_name(&procs::cmdline(tgid)),
+                    identity::principal_of(tgid as i32).and_then(|u| u.user),
+                ));
             }
             // A managed shim's decisions are the daemon's own records: nothing to compare.
-            let managed = self.managed.as_ref().is_some_and(|m| m.live.lock().is_ok_and(|l| l.contains_key(&tgid)));
+            let managed = self
+                .managed
+                .as_ref()
+                .is_some_and(|m| m.live.lock().is_ok_and(|l| l.contains_key(&tgid)));
             if role == Role::Shim && !p.joined_late && !managed {
                 p.log = shimlog::ShimLog::of(tgid);
                 if p.log.is_none() {
-                    tracing::warn!(pid = tgid, "cannot find the audit log of a shim; its records are not checked");
+                    tracing::warn!(
+                        pid = tgid,
+                        "cannot find the audit log of a shim; its records are not checked"
+                    );
                 }
             }
         }
@@ -791,7 +862,9 @@ impl Daemon {
             p.role = Role::Other;
         }
         if let Some(w) = self.observer.watched(tgid) {
-            let _ = self.observer.set_flags(tgid, w.flags & !(watch::CAPTURE | watch::GATE));
+            let _ = self
+                .observer
+                .set_flags(tgid, w.flags & !(watch::CAPTURE | watch::GATE));
         }
     }
 
@@ -801,9 +874,16 @@ impl Daemon {
         let pid = tgid as i32;
         let process = Process::read(pid).ok();
         let argv = procs::cmdline(tgid);
-        let name = host.and_then(|h| self.config_name(tgid, h)).unwrap_or_else(|| procs::server_name(&argv));
+        let name = host
+            .and_then(|h| self.config_name(tgid, h))
+            .unwrap_or_else(|| procs::server_name(&argv));
         let principal = identity::principal_of(pid);
-        let host_proc = host.and_then(|h| self.hosts.get(&h).cloned().or_else(|| Process::read(h as i32).ok()));
+        let host_proc = host.and_then(|h| {
+            self.hosts
+                .get(&h)
+                .cloned()
+                .or_else(|| Process::read(h as i32).ok())
+        });
         let chain = identity::ancestry(pid);
         let ctx = self.observed_ctx(
             "stdio-observed",
@@ -821,12 +901,28 @@ impl Daemon {
         let uid = principal.as_ref().map_or(u32::MAX, |p| p.uid);
         let subject = Subject {
             principal: Some(crate::policy::Principal::from_uid(uid)),
-            ancestry: Some(chain.iter().map(|p| Ancestor { exe: p.exe.clone(), comm: p.comm.clone() }).collect()),
+            ancestry: Some(
+                chain
+                    .iter()
+                    .map(|p| Ancestor {
+                        exe: p.exe.clone(),
+                        comm: p.comm.clone(),
+                    })
+                    .collect(),
+            ),
             host_exe: host_proc.as_ref().and_then(|h| h.exe.clone()),
             server_exe: process.as_ref().and_then(|p| p.exe.clone()),
-            cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok().map(|p| p.display().to_string()),
+            cwd: std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .ok()
+                .map(|p| p.display().to_string()),
         };
-        let guard = Session::new(name.clone(), self.policy.clone(), ctx.clone(), self.cfg.max_message, subject);
+        let guard = Session::new(
+            name.clone(),
+            self.policy.clone(),
+            ctx.clone(),
+            self.cfg.max_message,
+            subject,
+        );
         let mut start = Record::new("session_start", &ctx);
         start.detail = Some(serde_json::json!({
             "observed": true,
@@ -837,19 +933,29 @@ impl Daemon {
         self.records.push(start);
         let reaction = self.policy.observer().unwrapped;
         let user = principal.as_ref().and_then(|p| p.user.clone());
-        self.alert(Some(&ctx), serde_json::json!({
-            "alert": "unwrapped_server",
-            "server": name,
-            "pid": pid,
-            "host": host_proc.as_ref().map(Link::short),
-            "user": user,
-            "uid": uid,
-            "action": reaction,
-        }));
+        self.alert(
+            Some(&ctx),
+            serde_json::json!({
+                "alert": "unwrapped_server",
+                "server": name,
+                "pid": pid,
+                "host": host_proc.as_ref().map(Link::short),
+                "user": user,
+                "uid": uid,
+                "action": reaction,
+            }),
+        );
         let killed = reaction == Reaction::Kill && self.kill(tgid);
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.killed = killed;
-            p.session = Some(Box::new(Observed { guard, name, host: host_proc, user, uid, messages: 0 }));
+            p.session = Some(Box::new(Observed {
+                guard,
+                name,
+                host: host_proc,
+                user,
+                uid,
+                messages: 0,
+            }));
         }
     }
 
@@ -889,7 +995,9 @@ impl Daemon {
     }
 
     fn judge(&mut self, tgid: u32, dir: Direction, data: &[u8], frames: Vec<Frame>) {
-        let Some(p) = self.procs.get_mut(&tgid) else { return };
+        let Some(p) = self.procs.get_mut(&tgid) else {
+            return;
+        };
         let Some(s) = p.session.as_mut() else { return };
         let (denied, ctx) = judge_into(s, dir, data, frames, &mut self.records, &mut self.counters);
         if denied.is_empty() || dir != Direction::ToServer {
@@ -905,18 +1013,28 @@ impl Daemon {
     /// Denied calls seen going into server `pid`: killed first if the policy says so and
     /// `may_kill` (the record must not give the call time to run), then an alert each.
     /// Returns whether it was killed.
-    fn react_to_denied(&mut self, ctx: &Arc<Context>, pid: Option<u32>, may_kill: bool, denied: Vec<Denied>) -> bool {
+    fn react_to_denied(
+        &mut self,
+        ctx: &Arc<Context>,
+        pid: Option<u32>,
+        may_kill: bool,
+        denied: Vec<Denied>,
+    ) -> bool {
         let reaction = self.policy.observer().denied;
-        let killed = reaction == Reaction::Kill && may_kill && pid.is_some_and(|pid| self.kill(pid));
+        let killed =
+            reaction == Reaction::Kill && may_kill && pid.is_some_and(|pid| self.kill(pid));
         for (tool, rule) in denied {
-            self.alert(Some(ctx), serde_json::json!({
-                "alert": "denied_call_observed",
-                "pid": pid,
-                "tool": tool,
-                "rule": rule,
-                "action": reaction,
-                "killed": killed,
-            }));
+            self.alert(
+                Some(ctx),
+                serde_json::json!({
+                    "alert": "denied_call_observed",
+                    "pid": pid,
+                    "tool": tool,
+                    "rule": rule,
+                    "action": reaction,
+                    "killed": killed,
+                }),
+            );
         }
         killed
     }
@@ -930,7 +1048,11 @@ impl Daemon {
                 if m.kind == Kind::Request
                     && let (Some(method), Some(id)) = (m.method.as_deref(), m.id)
                 {
-                    out.push((method.to_string(), IdKey::of(id), Some(crate::guard::recorded_id(id))));
+                    out.push((
+                        method.to_string(),
+                        IdKey::of(id),
+                        Some(crate::guard::recorded_id(id)),
+                    ));
                 }
             };
             match jsonrpc::parse(&data[msg.clone()]) {
@@ -943,12 +1065,15 @@ impl Daemon {
     }
 
     fn remember(&mut self, shim: u32, data: &[u8], frames: &[Frame]) {
-        let Some(p) = self.procs.get_mut(&shim) else { return };
+        let Some(p) = self.procs.get_mut(&shim) else {
+            return;
+        };
         for (method, id, text) in Self::requests(data, frames) {
             if p.log.is_some()
                 && let Some(text) = text
             {
-                p.unrecorded.push_back((method.clone(), text, Instant::now()));
+                p.unrecorded
+                    .push_back((method.clone(), text, Instant::now()));
             }
             let key = (method, id);
             if p.seen.insert(key.clone()) {
@@ -1015,7 +1140,9 @@ impl Daemon {
                     }
                 }
                 let mut rec = Record::new("policy_loaded", &self.ctx);
-                rec.detail = Some(serde_json::json!({ "origin": self.policy.origin(), "rules": self.policy.len(), "reload": true, "policy_sha256": self.policy.sha256() }));
+                rec.detail = Some(
+                    serde_json::json!({ "origin": self.policy.origin(), "rules": self.policy.len(), "reload": true, "policy_sha256": self.policy.sha256() }),
+                );
                 self.records.push(rec);
                 // Gates follow the new policy for hosts watched from now on.
                 let flags = watch::HOST | gate_flag(&self.policy);
@@ -1025,7 +1152,10 @@ impl Daemon {
                 tracing::info!(origin = self.policy.origin(), "policy reloaded");
             }
             Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "policy not reloaded; the one in force stays");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "policy not reloaded; the one in force stays"
+                );
                 self.alert(None, serde_json::json!({ "alert": "policy_reload_failed", "error": format!("{e:#}") }));
             }
         }
@@ -1037,13 +1167,19 @@ impl Daemon {
             self.last_scan = Instant::now();
             self.scan(false);
             // Exits the ring buffer could not report.
-            let gone: Vec<u32> = self.procs.keys().copied().filter(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).collect();
+            let gone: Vec<u32> = self
+                .procs
+                .keys()
+                .copied()
+                .filter(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+                .collect();
             for pid in gone {
                 if let Some(p) = self.procs.remove(&pid) {
                     self.end(pid, p, "exit");
                 }
             }
-            self.hosts.retain(|h, _| std::path::Path::new(&format!("/proc/{h}")).exists());
+            self.hosts
+                .retain(|h, _| std::path::Path::new(&format!("/proc/{h}")).exists());
             self.check_host_configs();
         }
         self.check_shim_records();
@@ -1070,27 +1206,63 @@ impl Daemon {
             .iter()
             .filter_map(|(&pid, p)| {
                 let (server, host, user, wrapped) = match (&p.role, &p.session) {
-                    (Role::Server, Some(s)) => (s.name.clone(), s.host.as_ref().map(|h| h.comm.clone()), s.user.clone().or(Some(s.uid.to_string())), false),
+                    (Role::Server, Some(s)) => (
+                        s.name.clone(),
+                        s.host.as_ref().map(|h| h.comm.clone()),
+                        s.user.clone().or(Some(s.uid.to_string())),
+                        false,
+                    ),
                     (Role::Wrapped(_), _) => {
                         let (name, user) = p.label.clone()?;
-                        (name, p.host.and_then(|h| self.hosts.get(&h)).map(|h| h.comm.clone()), user, true)
+                        (
+                            name,
+                            p.host
+                                .and_then(|h| self.hosts.get(&h))
+                                .map(|h| h.comm.clone()),
+                            user,
+                            true,
+                        )
                     }
                     _ => return None,
                 };
-                Some(status::Session { pid, server, host, user, wrapped, messages: p.session.as_ref().map_or(0, |s| s.messages) })
+                Some(status::Session {
+                    pid,
+                    server,
+                    host,
+                    user,
+                    wrapped,
+                    messages: p.session.as_ref().map_or(0, |s| s.messages),
+                })
             })
             .chain(self.socket_sessions())
-            .chain(self.managed.iter().flat_map(|m| m.live.lock().map(|l| l.values().cloned().collect::<Vec<_>>()).unwrap_or_default()))
+            .chain(self.managed.iter().flat_map(|m| {
+                m.live
+                    .lock()
+                    .map(|l| l.values().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            }))
             .collect();
         let st = status::Status {
             pid: std::process::id(),
             started: humantime::format_rfc3339_seconds(self.started_at).to_string(),
             updated: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            programs: self.observer.programs.iter().map(|s| s.to_string()).collect(),
+            programs: self
+                .observer
+                .programs
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             policy: self.policy.origin().to_string(),
             policy_sha256: self.policy.sha256().to_string(),
             audit: self.cfg.audit.clone(),
-            hosts: self.hosts.iter().map(|(&pid, p)| status::Host { pid, comm: p.comm.clone() }).collect(),
+            hosts: self
+                .hosts
+                .iter()
+                .map(|(&pid, p)| status::Host {
+                    pid,
+                    comm: p.comm.clone(),
+                })
+                .collect(),
             sessions,
             counters: self.counters,
         };

@@ -13,7 +13,11 @@ pub fn names(pid: u32) -> Vec<String> {
     if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe"))
         && let Some(name) = exe.file_name()
     {
-        out.push(name.to_string_lossy().trim_end_matches(" (deleted)").to_string());
+        out.push(
+            name.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string(),
+        );
     }
     let argv = cmdline(pid);
     if let Some(first) = argv.first() {
@@ -33,7 +37,10 @@ pub fn is_host(pid: u32, hosts: &[String]) -> bool {
 pub fn cmdline(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|raw| {
-            raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
         })
         .unwrap_or_default()
 }
@@ -53,7 +60,9 @@ pub fn parent(pid: u32) -> Option<u32> {
 
 /// Every process: pid and parent.
 pub fn all() -> Vec<(u32, u32)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| Some((pid, parent(pid)?)))
         .collect()
@@ -61,12 +70,14 @@ pub fn all() -> Vec<(u32, u32)> {
 
 /// Interpreters and launchers whose first non-option argument names the program.
 const INTERPRETERS: &[&str] = &[
-    "node", "nodejs", "bun", "deno", "python", "python3", "npx", "npm", "uv", "uvx", "pipx", "ruby", "java", "env", "sh", "bash",
+    "node", "nodejs", "bun", "deno", "python", "python3", "npx", "npm", "uv", "uvx", "pipx",
+    "ruby", "java", "env", "sh", "bash",
 ];
 
 fn is_interpreter(arg: &str) -> bool {
     let b = base(arg);
-    INTERPRETERS.contains(&b.as_str()) || (b.starts_with("python3.") && b[8..].chars().all(|c| c.is_ascii_digit()))
+    INTERPRETERS.contains(&b.as_str())
+        || (b.starts_with("python3.") && b[8..].chars().all(|c| c.is_ascii_digit()))
 }
 
 /// The program an interpreter runs: its first argument that is not an option
@@ -89,14 +100,24 @@ fn script_of(argv: &[String]) -> Option<&String> {
 }
 
 fn base(arg: &str) -> String {
-    Path::new(arg).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| arg.to_string())
+    Path::new(arg)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| arg.to_string())
 }
 
 /// The name records give a server nobody named: its script or package without an
 /// extension (`mcp-server-filesystem`, `mcp_server_time`), else its program's name.
 pub fn server_name(argv: &[String]) -> String {
-    let prog = script_of(argv).or(argv.first()).map(|a| base(a)).unwrap_or_default();
-    let prog = prog.rsplit_once('@').filter(|(p, _)| !p.is_empty()).map_or(prog.as_str(), |(p, _)| p).to_string();
+    let prog = script_of(argv)
+        .or(argv.first())
+        .map(|a| base(a))
+        .unwrap_or_default();
+    let prog = prog
+        .rsplit_once('@')
+        .filter(|(p, _)| !p.is_empty())
+        .map_or(prog.as_str(), |(p, _)| p)
+        .to_string();
     match prog.rsplit_once('.') {
         Some((stem, ext)) if ["js", "mjs", "cjs", "ts", "py"].contains(&ext) => stem.to_string(),
         _ => prog,
@@ -119,7 +140,10 @@ pub fn launched_by(cmdline: &[String], command: &str, args: &[String]) -> bool {
 pub fn is_shim(pid: u32) -> bool {
     let argv = cmdline(pid);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let named = exe.as_deref().and_then(Path::file_name).is_some_and(|n| n == "mcp-guard")
+    let named = exe
+        .as_deref()
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == "mcp-guard")
         || argv.first().is_some_and(|a| base(a) == "mcp-guard");
     named && argv.get(1).is_some_and(|a| a == "wrap")
 }
@@ -148,30 +172,45 @@ pub fn tcp_listener(port: u16) -> Option<u32> {
             let cols: Vec<&str> = l.split_whitespace().collect();
             let local_port = cols.get(1)?.rsplit(':').next()?;
             let listening = *cols.get(3)? == "0A";
-            (listening && u16::from_str_radix(local_port, 16).ok()? == port).then(|| cols.get(9)?.parse::<u64>().ok()).flatten()
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| cols.get(9)?.parse::<u64>().ok())
+                .flatten()
         })
     })?;
     let want = format!("socket:[{inode}]");
     all().into_iter().map(|(pid, _)| pid).find(|pid| {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).any(|t| t.as_os_str() == want.as_str()))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .any(|t| t.as_os_str() == want.as_str())
+            })
             .unwrap_or(false)
     })
 }
 
 /// The pipe inodes `pid` has open.
 pub fn pipes(pid: u32) -> std::collections::HashSet<u64> {
-    pipe_fds(pid).into_iter().map(|(_, inode, _)| inode).collect()
+    pipe_fds(pid)
+        .into_iter()
+        .map(|(_, inode, _)| inode)
+        .collect()
 }
 
 /// `pid`'s pipe descriptors: (fd, pipe inode, open for writing).
 pub fn pipe_fds(pid: u32) -> Vec<(u32, u64, bool)> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
     dir.filter_map(|e| {
         let e = e.ok()?;
         let fd: u32 = e.file_name().to_str()?.parse().ok()?;
         let target = std::fs::read_link(e.path()).ok()?;
-        let inode = target.to_str()?.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()?;
+        let inode = target
+            .to_str()?
+            .strip_prefix("pipe:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()?;
         let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
         let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
         let flags = u32::from_str_radix(flags, 8).ok()?;
@@ -181,7 +220,9 @@ pub fn pipe_fds(pid: u32) -> Vec<(u32, u64, bool)> {
 }
 
 fn fd_target(pid: u32, fd: u32) -> String {
-    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default()
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .map(|t| t.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 pub fn is_pipe(pid: u32, fd: u32) -> bool {
@@ -203,11 +244,34 @@ mod tests {
 
     #[test]
     fn server_names_come_from_the_script_or_package() {
-        assert_eq!(server_name(&v(&["node", "/x/node_modules/.bin/mcp-server-filesystem", "/tmp"])), "mcp-server-filesystem");
-        assert_eq!(server_name(&v(&["/usr/bin/python3", "-m", "mcp_server_time"])), "mcp_server_time");
-        assert_eq!(server_name(&v(&["python3", "-u", "/srv/server.py"])), "server");
-        assert_eq!(server_name(&v(&["npx", "-y", "@modelcontextprotocol/server-memory@1.0"])), "server-memory");
-        assert_eq!(server_name(&v(&["/opt/bin/github-mcp-server", "stdio"])), "github-mcp-server");
+        assert_eq!(
+            server_name(&v(&[
+                "node",
+                "/x/node_modules/.bin/mcp-server-filesystem",
+                "/tmp"
+            ])),
+            "mcp-server-filesystem"
+        );
+        assert_eq!(
+            server_name(&v(&["/usr/bin/python3", "-m", "mcp_server_time"])),
+            "mcp_server_time"
+        );
+        assert_eq!(
+            server_name(&v(&["python3", "-u", "/srv/server.py"])),
+            "server"
+        );
+        assert_eq!(
+            server_name(&v(&[
+                "npx",
+                "-y",
+                "@modelcontextprotocol/server-memory@1.0"
+            ])),
+            "server-memory"
+        );
+        assert_eq!(
+            server_name(&v(&["/opt/bin/github-mcp-server", "stdio"])),
+            "github-mcp-server"
+        );
         assert_eq!(server_name(&v(&["uv", "run", "weather.py"])), "weather");
     }
 
@@ -215,10 +279,31 @@ mod tests {
     fn config_entries_are_matched_to_what_they_launched() {
         let a = |x: &[&str]| v(x);
         // A script with a shebang runs as `env node script args`.
-        assert!(launched_by(&a(&["/usr/bin/env", "node", "/x/.bin/mcp-server-filesystem", "/tmp"]), "/x/.bin/mcp-server-filesystem", &a(&["/tmp"])));
-        assert!(launched_by(&a(&["node", "/usr/bin/npx", "-y", "@m/server-memory"]), "npx", &a(&["-y", "@m/server-memory"])));
-        assert!(!launched_by(&a(&["node", "/usr/bin/npx", "-y", "@m/server-memory"]), "npx", &a(&["-y", "@m/server-git"])));
-        assert!(!launched_by(&a(&["python3", "-m", "mcp_server_time"]), "uvx", &a(&["mcp_server_time"])));
+        assert!(launched_by(
+            &a(&[
+                "/usr/bin/env",
+                "node",
+                "/x/.bin/mcp-server-filesystem",
+                "/tmp"
+            ]),
+            "/x/.bin/mcp-server-filesystem",
+            &a(&["/tmp"])
+        ));
+        assert!(launched_by(
+            &a(&["node", "/usr/bin/npx", "-y", "@m/server-memory"]),
+            "npx",
+            &a(&["-y", "@m/server-memory"])
+        ));
+        assert!(!launched_by(
+            &a(&["node", "/usr/bin/npx", "-y", "@m/server-memory"]),
+            "npx",
+            &a(&["-y", "@m/server-git"])
+        ));
+        assert!(!launched_by(
+            &a(&["python3", "-m", "mcp_server_time"]),
+            "uvx",
+            &a(&["mcp_server_time"])
+        ));
         assert!(!launched_by(&a(&["x"]), "x", &a(&["y"])));
     }
 

@@ -24,9 +24,15 @@ impl ShimLog {
     /// `XDG_STATE_HOME` or `HOME`, resolved against its working directory.
     pub fn of(pid: u32) -> Option<ShimLog> {
         let argv = procs::cmdline(pid);
-        let flag = argv.iter().take_while(|a| *a != "--").enumerate().find_map(|(i, a)| {
-            a.strip_prefix("--audit=").map(str::to_string).or_else(|| (a == "--audit").then(|| argv.get(i + 1).cloned()).flatten())
-        });
+        let flag = argv
+            .iter()
+            .take_while(|a| *a != "--")
+            .enumerate()
+            .find_map(|(i, a)| {
+                a.strip_prefix("--audit=")
+                    .map(str::to_string)
+                    .or_else(|| (a == "--audit").then(|| argv.get(i + 1).cloned()).flatten())
+            });
         let path = match flag {
             Some(p) => PathBuf::from(p),
             None => {
@@ -37,13 +43,27 @@ impl ShimLog {
                         .filter(|v| !v.is_empty())
                         .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()))
                 };
-                var("XDG_STATE_HOME").or_else(|| var("HOME").map(|h| h.join(".local/state")))?.join("mcp-guard/audit.jsonl")
+                var("XDG_STATE_HOME")
+                    .or_else(|| var("HOME").map(|h| h.join(".local/state")))?
+                    .join("mcp-guard/audit.jsonl")
             }
         };
-        let path = if path.is_relative() { std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?.join(path) } else { path };
+        let path = if path.is_relative() {
+            std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .ok()?
+                .join(path)
+        } else {
+            path
+        };
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let offset = len.saturating_sub(LOOK_BACK);
-        Some(ShimLog { path, offset, partial: Vec::new(), session: None, recorded: HashSet::new() })
+        Some(ShimLog {
+            path,
+            offset,
+            partial: Vec::new(),
+            session: None,
+            recorded: HashSet::new(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -53,7 +73,9 @@ impl ShimLog {
     /// Reads what was appended since the last call: the shim's session, then the request
     /// ids it recorded.
     pub fn read_new(&mut self, shim_pid: u32) {
-        let Ok(mut f) = std::fs::File::open(&self.path) else { return };
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return;
+        };
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         if len < self.offset {
             // Rotated: the new file starts the rest of the chain.
@@ -72,11 +94,14 @@ impl ShimLog {
         let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         self.partial = buf.split_off(complete);
         for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(rec) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+            let Ok(rec) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
             let session = rec.get("session").and_then(|s| s.as_str());
             if self.session.is_none()
                 && rec.get("kind").and_then(|k| k.as_str()) == Some("session_start")
-                && rec.pointer("/detail/shim_pid").and_then(|p| p.as_u64()) == Some(u64::from(shim_pid))
+                && rec.pointer("/detail/shim_pid").and_then(|p| p.as_u64())
+                    == Some(u64::from(shim_pid))
             {
                 self.session = session.map(str::to_string);
             }

@@ -61,7 +61,12 @@ impl Daemon {
     }
 
     pub(super) fn close_conns(&mut self, tgid: u32) {
-        let keys: Vec<(u32, u32)> = self.conns.keys().copied().filter(|(t, _)| *t == tgid).collect();
+        let keys: Vec<(u32, u32)> = self
+            .conns
+            .keys()
+            .copied()
+            .filter(|(t, _)| *t == tgid)
+            .collect();
         for k in keys {
             if let Some(c) = self.conns.remove(&k) {
                 self.end_conn(tgid, c);
@@ -72,7 +77,9 @@ impl Daemon {
     fn end_conn(&mut self, tgid: u32, c: Conn) {
         if let Some(s) = c.session {
             let mut rec = Record::new("session_end", s.guard.ctx());
-            rec.detail = Some(serde_json::json!({ "reason": "closed", "pid": tgid, "messages": s.messages, "counters": s.guard.counters }));
+            rec.detail = Some(
+                serde_json::json!({ "reason": "closed", "pid": tgid, "messages": s.messages, "counters": s.guard.counters }),
+            );
             self.records.push(rec);
         }
     }
@@ -80,8 +87,14 @@ impl Daemon {
     pub(super) fn socket_data(&mut self, d: Data) {
         self.counters.bytes += d.payload.len() as u64;
         let key = (d.tgid, d.fd);
-        let Some(conn) = self.conns.get_mut(&key) else { return };
-        let dir = if d.inbound == conn.accepted { Direction::ToServer } else { Direction::ToClient };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let dir = if d.inbound == conn.accepted {
+            Direction::ToServer
+        } else {
+            Direction::ToClient
+        };
         if conn.proto == Proto::Unknown {
             // The client speaks first in both protocols.
             if dir == Direction::ToClient {
@@ -102,7 +115,11 @@ impl Daemon {
         let mut messages: Vec<Vec<u8>> = Vec::new();
         match conn.proto {
             Proto::Lines => {
-                let framer = if dir == Direction::ToServer { &mut conn.up } else { &mut conn.down };
+                let framer = if dir == Direction::ToServer {
+                    &mut conn.up
+                } else {
+                    &mut conn.down
+                };
                 if let Some(spare) = framer.spare(d.payload.len()).get_mut(..d.payload.len()) {
                     spare.copy_from_slice(&d.payload);
                 }
@@ -118,10 +135,19 @@ impl Daemon {
                 return self.conn_frames(key, dir, &data, frames);
             }
             Proto::Http => {
-                let stream = if dir == Direction::ToServer { &mut conn.http_up } else { &mut conn.http_down };
+                let stream = if dir == Direction::ToServer {
+                    &mut conn.http_up
+                } else {
+                    &mut conn.http_down
+                };
                 stream.push(&d.payload, &mut messages);
                 if let Some(why) = stream.broken.take() {
-                    tracing::info!(pid = d.tgid, fd = d.fd, why, "no longer following a local HTTP connection");
+                    tracing::info!(
+                        pid = d.tgid,
+                        fd = d.fd,
+                        why,
+                        "no longer following a local HTTP connection"
+                    );
                     conn.proto = Proto::Other;
                     let _ = self.observer.set_fd(d.tgid, d.fd, origin::NONE);
                 }
@@ -129,7 +155,10 @@ impl Daemon {
             Proto::Unknown | Proto::Other => return,
         }
         for body in messages {
-            let frames = vec![Frame::Line { msg: 0..body.len(), raw: 0..body.len() }];
+            let frames = vec![Frame::Line {
+                msg: 0..body.len(),
+                raw: 0..body.len(),
+            }];
             self.conn_frames(key, dir, &body, frames);
         }
     }
@@ -138,8 +167,12 @@ impl Daemon {
         if self.conns.get(&key).is_some_and(|c| c.session.is_none()) {
             self.open_conn_session(key);
         }
-        let Some(conn) = self.conns.get_mut(&key) else { return };
-        let Some(s) = conn.session.as_mut() else { return };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let Some(s) = conn.session.as_mut() else {
+            return;
+        };
         let (denied, ctx) = judge_into(s, dir, data, frames, &mut self.records, &mut self.counters);
         if denied.is_empty() || dir != Direction::ToServer {
             return;
@@ -149,9 +182,17 @@ impl Daemon {
     }
 
     fn open_conn_session(&mut self, (tgid, fd): (u32, u32)) {
-        let Some(conn) = self.conns.get(&(tgid, fd)) else { return };
+        let Some(conn) = self.conns.get(&(tgid, fd)) else {
+            return;
+        };
         let (accepted, family, port, proto) = (conn.accepted, conn.family, conn.port, conn.proto);
-        let server_pid = if accepted { Some(tgid) } else if port != 0 { procs::tcp_listener(port) } else { None };
+        let server_pid = if accepted {
+            Some(tgid)
+        } else if port != 0 {
+            procs::tcp_listener(port)
+        } else {
+            None
+        };
         let address = match (family, port) {
             (AF_UNIX, _) => "unix".to_string(),
             (_, 0) => "local".to_string(),
@@ -164,7 +205,13 @@ impl Daemon {
             .unwrap_or_else(|| format!("{scheme}://{address}"));
         // The client is the watched process when it connected; unknown when it accepted.
         let client = if accepted { None } else { Some(tgid) };
-        let host = client.and_then(|c| if self.hosts.contains_key(&c) { Some(c) } else { self.host_of(c) });
+        let host = client.and_then(|c| {
+            if self.hosts.contains_key(&c) {
+                Some(c)
+            } else {
+                self.host_of(c)
+            }
+        });
         let host_proc = host.and_then(|h| self.hosts.get(&h).cloned());
         let server = server_pid.and_then(|p| Process::read(p as i32).ok());
         let who = client.unwrap_or(tgid) as i32;
@@ -172,7 +219,11 @@ impl Daemon {
         let chain = identity::ancestry(who);
         self.counters.sessions_seen += 1;
         let ctx = self.observed_ctx(
-            if proto == Proto::Http { "http-observed" } else { "socket-observed" },
+            if proto == Proto::Http {
+                "http-observed"
+            } else {
+                "socket-observed"
+            },
             &principal,
             host_proc.as_ref(),
             &chain,
@@ -186,21 +237,48 @@ impl Daemon {
             }),
         );
         let subject = Subject {
-            principal: principal.as_ref().map(|p| crate::policy::Principal::from_uid(p.uid)),
-            ancestry: Some(chain.iter().map(|p| Ancestor { exe: p.exe.clone(), comm: p.comm.clone() }).collect()),
+            principal: principal
+                .as_ref()
+                .map(|p| crate::policy::Principal::from_uid(p.uid)),
+            ancestry: Some(
+                chain
+                    .iter()
+                    .map(|p| Ancestor {
+                        exe: p.exe.clone(),
+                        comm: p.comm.clone(),
+                    })
+                    .collect(),
+            ),
             host_exe: host_proc.as_ref().and_then(|h| h.exe.clone()),
             server_exe: server.as_ref().and_then(|p| p.exe.clone()),
-            cwd: server_pid.and_then(|p| std::fs::read_link(format!("/proc/{p}/cwd")).ok()).map(|p| p.display().to_string()),
+            cwd: server_pid
+                .and_then(|p| std::fs::read_link(format!("/proc/{p}/cwd")).ok())
+                .map(|p| p.display().to_string()),
         };
-        let guard = Session::new(name.clone(), self.policy.clone(), ctx.clone(), self.cfg.max_message, subject);
+        let guard = Session::new(
+            name.clone(),
+            self.policy.clone(),
+            ctx.clone(),
+            self.cfg.max_message,
+            subject,
+        );
         let mut start = Record::new("session_start", &ctx);
-        start.detail = Some(serde_json::json!({ "observed": true, "socket": { "pid": tgid, "fd": fd, "accepted": accepted }, "agent_host": host_proc }));
+        start.detail = Some(
+            serde_json::json!({ "observed": true, "socket": { "pid": tgid, "fd": fd, "accepted": accepted }, "agent_host": host_proc }),
+        );
         self.records.push(start);
         let user = principal.as_ref().and_then(|p| p.user.clone());
         let uid = principal.as_ref().map_or(u32::MAX, |p| p.uid);
         if let Some(c) = self.conns.get_mut(&(tgid, fd)) {
             c.server_pid = server_pid;
-            c.session = Some(Box::new(Observed { guard, name, host: host_proc, user, uid, messages: 0 }));
+            c.session = Some(Box::new(Observed {
+                guard,
+                name,
+                host: host_proc,
+                user,
+                uid,
+                messages: 0,
+            }));
         }
     }
 
@@ -222,4 +300,3 @@ impl Daemon {
             .collect()
     }
 }
-

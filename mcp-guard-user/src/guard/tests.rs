@@ -26,7 +26,13 @@ fn session() -> Session {
         chain: raw("[]"),
         server: raw("{}"),
     });
-    Session::new("fs".into(), Arc::new(Policy::parse(POLICY, "t").unwrap()), ctx, 1 << 20, Subject::default())
+    Session::new(
+        "fs".into(),
+        Arc::new(Policy::parse(POLICY, "t").unwrap()),
+        ctx,
+        1 << 20,
+        Subject::default(),
+    )
 }
 
 /// Feeds `input` as one read and returns the plan with the buffer it indexes.
@@ -57,13 +63,27 @@ fn denied_request_is_answered_and_not_forwarded() {
     let line = r#"{"jsonrpc":"2.0","id":"q1","method":"tools/call","params":{"name":"write_file","arguments":{"path":"/x"}}}"#;
     let (plan, _) = judge(&mut s, Direction::ToServer, &format!("{line}\n"));
     assert_eq!(plan.acts.len(), 1);
-    let Act::ToClient(reply) = &plan.acts[0] else { panic!("{:?}", plan.acts) };
+    let Act::ToClient(reply) = &plan.acts[0] else {
+        panic!("{:?}", plan.acts)
+    };
     let v = json(reply);
     assert_eq!(v["id"], "q1");
     assert_eq!(v["error"]["code"], code::DENIED);
-    assert!(v["error"]["message"].as_str().unwrap().contains("no-writes"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-writes")
+    );
     let rec = record_json(&plan.commit[0]);
-    assert_eq!((rec["decision"].as_str(), rec["rule"].as_str(), rec["tool"].as_str()), (Some("deny"), Some("no-writes"), Some("write_file")));
+    assert_eq!(
+        (
+            rec["decision"].as_str(),
+            rec["rule"].as_str(),
+            rec["tool"].as_str()
+        ),
+        (Some("deny"), Some("no-writes"), Some("write_file"))
+    );
     assert_eq!(rec["args_sha256"].as_str().map(str::len), Some(64));
     assert!(plan.append.is_empty());
 }
@@ -73,7 +93,9 @@ fn allowed_request_is_forwarded_verbatim_and_its_response_linked() {
     let mut s = session();
     let req = "{\"jsonrpc\":\"2.0\", \"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"read_file\"}}\r\n";
     let (plan, data) = judge(&mut s, Direction::ToServer, req);
-    let [Act::Forward(r)] = &plan.acts[..] else { panic!("{:?}", plan.acts) };
+    let [Act::Forward(r)] = &plan.acts[..] else {
+        panic!("{:?}", plan.acts)
+    };
     assert_eq!(&data[r.clone()], req.as_bytes());
     let request_record = plan.commit[0].id.clone();
 
@@ -90,7 +112,11 @@ fn allowed_request_is_forwarded_verbatim_and_its_response_linked() {
 #[test]
 fn a_response_nobody_asked_for_is_dropped() {
     let mut s = session();
-    let (plan, _) = judge(&mut s, Direction::ToClient, "{\"jsonrpc\":\"2.0\",\"id\":99,\"result\":{}}\n");
+    let (plan, _) = judge(
+        &mut s,
+        Direction::ToClient,
+        "{\"jsonrpc\":\"2.0\",\"id\":99,\"result\":{}}\n",
+    );
     assert!(plan.acts.is_empty());
     assert_eq!(record_json(&plan.append[0])["decision"], "deny");
 }
@@ -104,28 +130,55 @@ fn a_batch_goes_whole_or_not_at_all() {
 
     let mixed = r#"[{"jsonrpc":"2.0","id":2,"method":"ping"},{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"write_file"}},{"jsonrpc":"2.0","method":"notifications/x"},7]"#;
     let (plan, _) = judge(&mut s, Direction::ToServer, &format!("{mixed}\n"));
-    let [Act::ToClient(reply)] = &plan.acts[..] else { panic!("{:?}", plan.acts) };
+    let [Act::ToClient(reply)] = &plan.acts[..] else {
+        panic!("{:?}", plan.acts)
+    };
     let v = json(reply);
-    let codes: Vec<(serde_json::Value, i64)> =
-        v.as_array().unwrap().iter().map(|e| (e["id"].clone(), e["error"]["code"].as_i64().unwrap())).collect();
+    let codes: Vec<(serde_json::Value, i64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].clone(), e["error"]["code"].as_i64().unwrap()))
+        .collect();
     assert_eq!(
         codes,
-        [(2.into(), code::BATCH_REFUSED), (3.into(), code::DENIED), (serde_json::Value::Null, code::INVALID_REQUEST)]
+        [
+            (2.into(), code::BATCH_REFUSED),
+            (3.into(), code::DENIED),
+            (serde_json::Value::Null, code::INVALID_REQUEST)
+        ]
     );
     assert!(plan.commit.iter().all(|r| r.decision == Some("deny")));
     // Nothing of the refused batch is left in flight.
-    let (plan, _) = judge(&mut s, Direction::ToClient, "{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{}}\n");
+    let (plan, _) = judge(
+        &mut s,
+        Direction::ToClient,
+        "{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{}}\n",
+    );
     assert!(plan.acts.is_empty());
 }
 
 #[test]
 fn unusable_server_output_fails_the_request_it_answers() {
     let mut s = session();
-    judge(&mut s, Direction::ToServer, "{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/list\"}\n");
-    let (plan, _) = judge(&mut s, Direction::ToClient, "{\"jsonrpc\":\"2.0\",\"id\":5,\"result\":{\"a\":1,\n");
-    let [Act::ToClient(reply)] = &plan.acts[..] else { panic!("{:?}", plan.acts) };
+    judge(
+        &mut s,
+        Direction::ToServer,
+        "{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/list\"}\n",
+    );
+    let (plan, _) = judge(
+        &mut s,
+        Direction::ToClient,
+        "{\"jsonrpc\":\"2.0\",\"id\":5,\"result\":{\"a\":1,\n",
+    );
+    let [Act::ToClient(reply)] = &plan.acts[..] else {
+        panic!("{:?}", plan.acts)
+    };
     let v = json(reply);
-    assert_eq!((v["id"].as_i64(), v["error"]["code"].as_i64()), (Some(5), Some(code::SERVER_FAILED)));
+    assert_eq!(
+        (v["id"].as_i64(), v["error"]["code"].as_i64()),
+        (Some(5), Some(code::SERVER_FAILED))
+    );
 }
 
 #[test]
@@ -136,16 +189,30 @@ fn server_requests_are_decided_and_refusals_go_back_to_the_server() {
         Direction::ToClient,
         "{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"sampling/createMessage\",\"params\":{}}\n",
     );
-    let [Act::ToServer(reply)] = &plan.acts[..] else { panic!("{:?}", plan.acts) };
+    let [Act::ToServer(reply)] = &plan.acts[..] else {
+        panic!("{:?}", plan.acts)
+    };
     assert_eq!(json(reply)["error"]["code"], code::DENIED);
     assert_eq!(record_json(&plan.commit[0])["kind"], "server_request");
 
-    let (plan, _) = judge(&mut s, Direction::ToClient, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"roots/list\"}\n");
+    let (plan, _) = judge(
+        &mut s,
+        Direction::ToClient,
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"roots/list\"}\n",
+    );
     assert!(matches!(&plan.acts[..], [Act::Forward(_)]));
     // The client's answer to the server's request is matched to it, even with the same id
     // value live in the other direction.
-    judge(&mut s, Direction::ToServer, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n");
-    let (plan, _) = judge(&mut s, Direction::ToServer, "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"roots\":[]}}\n");
+    judge(
+        &mut s,
+        Direction::ToServer,
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n",
+    );
+    let (plan, _) = judge(
+        &mut s,
+        Direction::ToServer,
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"roots\":[]}}\n",
+    );
     assert_eq!(record_json(&plan.append[0])["method"], "roots/list");
 }
 
@@ -161,21 +228,34 @@ fn claims_come_from_the_handshake_and_from_meta() {
         Direction::ToClient,
         "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocolVersion\":\"2025-06-18\",\"serverInfo\":{\"name\":\"fs\"}}}\n",
     );
-    assert_eq!(record_json(&plan.append[0])["claims"]["serverInfo"]["name"], "fs");
+    assert_eq!(
+        record_json(&plan.append[0])["claims"]["serverInfo"]["name"],
+        "fs"
+    );
 
     let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"read","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"x"}}}}"#;
     let (plan, _) = judge(&mut s, Direction::ToServer, &format!("{call}\n"));
     let rec = record_json(&plan.commit[0]);
-    assert_eq!(rec["claims"]["io.modelcontextprotocol/protocolVersion"], "2026-07-28");
+    assert_eq!(
+        rec["claims"]["io.modelcontextprotocol/protocolVersion"],
+        "2026-07-28"
+    );
 }
 
 #[test]
 fn requests_in_flight_are_answered_when_abandoned() {
     let mut s = session();
-    judge(&mut s, Direction::ToServer, "{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"method\":\"tools/call\",\"params\":{\"name\":\"slow\"}}\n");
+    judge(
+        &mut s,
+        Direction::ToServer,
+        "{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"method\":\"tools/call\",\"params\":{\"name\":\"slow\"}}\n",
+    );
     let (out, records) = s.abandon("gone");
     let v = json(out.strip_suffix(b"\n").unwrap());
-    assert_eq!((v["id"].as_str(), v["error"]["code"].as_i64()), (Some("a"), Some(code::SERVER_FAILED)));
+    assert_eq!(
+        (v["id"].as_str(), v["error"]["code"].as_i64()),
+        (Some("a"), Some(code::SERVER_FAILED))
+    );
     assert_eq!(records.len(), 1);
 }
 
@@ -189,22 +269,49 @@ fn unrecorded_requests_are_refused_and_the_rest_forwarded() {
     f.filled(input.len());
     let frames: Vec<Frame> = std::iter::from_fn(|| f.next_frame()).collect();
     s.judge(Direction::ToServer, f.data(), frames.iter().cloned());
-    let acts = s.refuse_unrecorded(Direction::ToServer, f.data(), &frames, code::AUDIT_UNAVAILABLE, "disk full");
-    assert!(matches!(&acts[0], Act::ToClient(r) if json(r.strip_suffix(b"\n").unwrap())["error"]["code"] == code::AUDIT_UNAVAILABLE));
+    let acts = s.refuse_unrecorded(
+        Direction::ToServer,
+        f.data(),
+        &frames,
+        code::AUDIT_UNAVAILABLE,
+        "disk full",
+    );
+    assert!(
+        matches!(&acts[0], Act::ToClient(r) if json(r.strip_suffix(b"\n").unwrap())["error"]["code"] == code::AUDIT_UNAVAILABLE)
+    );
     assert!(matches!(&acts[1], Act::Forward(_)));
-    assert!(s.abandon("x").1.is_empty(), "the refused request is not left in flight");
+    assert!(
+        s.abandon("x").1.is_empty(),
+        "the refused request is not left in flight"
+    );
 }
 
 #[test]
 fn secrets_are_redacted_inside_batched_responses_too() {
     let mut s = session();
-    judge(&mut s, Direction::ToServer, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\"}}\n");
-    judge(&mut s, Direction::ToServer, "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"b\"}}\n");
+    judge(
+        &mut s,
+        Direction::ToServer,
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\"}}\n",
+    );
+    judge(
+        &mut s,
+        Direction::ToServer,
+        "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"b\"}}\n",
+    );
     let batch = r#"[{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"key AKIAABCDEFGHIJKLMNOP"}]}}, {"jsonrpc":"2.0","id":2,"result":{"x" : 1}}]"#;
     let (plan, _) = judge(&mut s, Direction::ToClient, &format!("{batch}\n"));
-    let [Act::ToClient(out)] = &plan.acts[..] else { panic!("{:?}", plan.acts) };
+    let [Act::ToClient(out)] = &plan.acts[..] else {
+        panic!("{:?}", plan.acts)
+    };
     let text = String::from_utf8(out.clone()).unwrap();
-    assert!(!text.contains("AKIA") && text.contains("key [REDACTED]"), "{text}");
-    assert!(text.contains(r#"{"jsonrpc":"2.0","id":2,"result":{"x" : 1}}"#), "unchanged elements stay as received: {text}");
+    assert!(
+        !text.contains("AKIA") && text.contains("key [REDACTED]"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"{"jsonrpc":"2.0","id":2,"result":{"x" : 1}}"#),
+        "unchanged elements stay as received: {text}"
+    );
     assert_eq!(record_json(&plan.append[0])["outcome"]["redactions"], 1);
 }

@@ -9,7 +9,10 @@ use super::{ArgsArr, Host, RawEntry, Shape, Spanned, Transport};
 pub(crate) fn entries(host: Host, text: &str) -> Result<Vec<RawEntry>, String> {
     let parsed = jsonc_parser::parse_to_ast(
         text,
-        &CollectOptions { comments: CommentCollectionStrategy::Off, tokens: false },
+        &CollectOptions {
+            comments: CommentCollectionStrategy::Off,
+            tokens: false,
+        },
         &ParseOptions::default(),
     )
     .map_err(|e| format!("cannot parse as JSON: {e}"))?;
@@ -53,24 +56,53 @@ fn str_of(v: &Value) -> Option<String> {
 
 fn spanned(v: &Value) -> Spanned {
     let r = v.range();
-    Spanned { range: r.start..r.end, value: str_of(v) }
+    Spanned {
+        range: r.start..r.end,
+        value: str_of(v),
+    }
 }
 
 fn arr(a: &Array) -> ArgsArr {
-    ArgsArr { open: a.range.start + 1, elems: a.elements.iter().map(spanned).collect() }
+    ArgsArr {
+        open: a.range.start + 1,
+        elems: a.elements.iter().map(spanned).collect(),
+    }
 }
 
-fn entry_of(host: Host, text: &str, prop: &ObjectProp, o: &Object, scope: Option<String>) -> RawEntry {
+fn entry_of(
+    host: Host,
+    text: &str,
+    prop: &ObjectProp,
+    o: &Object,
+    scope: Option<String>,
+) -> RawEntry {
     let name = prop.name.as_str().to_string();
-    let ty = o.get("type").and_then(|p| str_of(&p.value)).unwrap_or_default().to_ascii_lowercase();
-    let url = ["url", "serverUrl", "httpUrl"].iter().find_map(|k| o.get(k).and_then(|p| str_of(&p.value)));
-    let remote_type = matches!(ty.as_str(), "http" | "sse" | "streamable-http" | "streamablehttp" | "remote" | "ws");
-    let mut e = RawEntry { name, scope, transport: Transport::Unknown, url: url.clone(), shape: None };
+    let ty = o
+        .get("type")
+        .and_then(|p| str_of(&p.value))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let url = ["url", "serverUrl", "httpUrl"]
+        .iter()
+        .find_map(|k| o.get(k).and_then(|p| str_of(&p.value)));
+    let remote_type = matches!(
+        ty.as_str(),
+        "http" | "sse" | "streamable-http" | "streamablehttp" | "remote" | "ws"
+    );
+    let mut e = RawEntry {
+        name,
+        scope,
+        transport: Transport::Unknown,
+        url: url.clone(),
+        shape: None,
+    };
     if url.is_some() || remote_type {
         e.transport = Transport::Remote;
         return e;
     }
-    let Some(cmd_prop) = o.get("command") else { return e };
+    let Some(cmd_prop) = o.get("command") else {
+        return e;
+    };
     // The object holding command/args (Zed's legacy shape nests them under `command`).
     let (cmd_val, holder): (&Value, &Object) = match &cmd_prop.value {
         Value::Array(a) if host == Host::OpenCode || !a.elements.is_empty() => {
@@ -96,7 +128,8 @@ fn entry_of(host: Host, text: &str, prop: &ObjectProp, o: &Object, scope: Option
     }
     let absent_removal = args_prop.and_then(|p| {
         let pr = p.range();
-        (pr.start >= cmd.range.end && &text[cmd.range.end..pr.start] == ", ").then_some(cmd.range.end..pr.end)
+        (pr.start >= cmd.range.end && &text[cmd.range.end..pr.start] == ", ")
+            .then_some(cmd.range.end..pr.end)
     });
     e.transport = Transport::Stdio;
     e.shape = Some(Shape::Separate {

@@ -227,7 +227,9 @@ fn is_guard_bin(cmd: &str) -> bool {
 impl RawEntry {
     fn cmd_and_args(&self) -> (Option<String>, Vec<String>) {
         let strs = |v: &[Spanned]| -> Vec<String> {
-            v.iter().map(|s| s.value.clone().unwrap_or_default()).collect()
+            v.iter()
+                .map(|s| s.value.clone().unwrap_or_default())
+                .collect()
         };
         match &self.shape {
             None => (None, Vec::new()),
@@ -303,8 +305,13 @@ pub fn scan(home: &Path, project_dirs: &[PathBuf]) -> Vec<Found> {
 
 /// Reads and lists one config file.
 pub fn scan_file(path: &Path, host: Host) -> Found {
-    let mut found =
-        Found { host, path: path.to_path_buf(), format: host.format(), servers: Vec::new(), error: None };
+    let mut found = Found {
+        host,
+        path: path.to_path_buf(),
+        format: host.format(),
+        servers: Vec::new(),
+        error: None,
+    };
     match std::fs::read_to_string(path) {
         Err(e) => found.error = Some(format!("{}: cannot read: {e}", path.display())),
         Ok(text) => match parse_entries(host, &text) {
@@ -336,13 +343,20 @@ pub fn unwrap_file(path: &Path, host: Host) -> Result<Edit> {
 }
 
 fn edit_file(path: &Path, host: Host, op: Op, bin: &str) -> Result<Edit> {
-    let old = std::fs::read_to_string(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+    let old = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
     let (new, changes) = match op {
         Op::Wrap => wrap_text(host, &old, bin),
         Op::Unwrap => unwrap_text(host, &old),
     }
     .map_err(|e| anyhow!("{}: {e}; file left untouched", path.display()))?;
-    Ok(Edit { path: path.to_path_buf(), host, old, new, changes })
+    Ok(Edit {
+        path: path.to_path_buf(),
+        host,
+        old,
+        new,
+        changes,
+    })
 }
 
 /// Wraps the stdio servers in a config text.
@@ -359,10 +373,21 @@ pub fn wrap_text(host: Host, text: &str, bin: &str) -> Result<(String, Vec<Strin
         }
         let Some(shape) = &e.shape else { continue };
         let prefix = |raw_cmd: &str| {
-            format!("{}, {}, {}, {}, {raw_cmd}", enc("wrap"), enc("--name"), enc(&e.name), enc("--"))
+            format!(
+                "{}, {}, {}, {}, {raw_cmd}",
+                enc("wrap"),
+                enc("--name"),
+                enc(&e.name),
+                enc("--")
+            )
         };
         match shape {
-            Shape::Separate { cmd, args, absent_insert, .. } => {
+            Shape::Separate {
+                cmd,
+                args,
+                absent_insert,
+                ..
+            } => {
                 if cmd.value.is_none() {
                     continue;
                 }
@@ -387,7 +412,9 @@ pub fn wrap_text(host: Host, text: &str, bin: &str) -> Result<(String, Vec<Strin
                 }
             }
             Shape::Combined { arr } => {
-                let Some(first) = arr.elems.first() else { continue };
+                let Some(first) = arr.elems.first() else {
+                    continue;
+                };
                 let at = first.range.start;
                 let p = format!(
                     "{}, {}, {}, {}, {}, ",
@@ -409,7 +436,13 @@ pub fn wrap_text(host: Host, text: &str, bin: &str) -> Result<(String, Vec<Strin
 
 /// Whether an `args` array is one wrap created (see `wrap_text`): only then does unwrap
 /// remove the key; an `args` the user had keeps its (empty) brackets.
-fn created_args(format: Format, text: &str, open: usize, last_end: usize, array_end: usize) -> bool {
+fn created_args(
+    format: Format,
+    text: &str,
+    open: usize,
+    last_end: usize,
+    array_end: usize,
+) -> bool {
     let tail = text.get(last_end..array_end);
     match format {
         Format::Toml => tail == Some(",]"),
@@ -428,12 +461,21 @@ pub fn unwrap_text(host: Host, text: &str) -> Result<(String, Vec<String>)> {
         }
         let Some(shape) = &e.shape else { continue };
         match shape {
-            Shape::Separate { cmd, args, absent_removal, .. } => {
+            Shape::Separate {
+                cmd,
+                args,
+                absent_removal,
+                ..
+            } => {
                 let Some(a) = args.as_ref() else {
                     bail!("server {}: wrapped but has no args", e.label());
                 };
                 // args = ["wrap", opts..., "--", CMD, ARGS...]
-                let Some(dd) = a.elems.iter().position(|s| s.value.as_deref() == Some("--")) else {
+                let Some(dd) = a
+                    .elems
+                    .iter()
+                    .position(|s| s.value.as_deref() == Some("--"))
+                else {
                     bail!("server {}: wrapped but no `--` in args", e.label());
                 };
                 let Some(orig) = a.elems.get(dd + 1) else {
@@ -442,14 +484,21 @@ pub fn unwrap_text(host: Host, text: &str) -> Result<(String, Vec<String>)> {
                 splices.push((cmd.range.clone(), text[orig.range.clone()].to_string()));
                 if let Some(rest) = a.elems.get(dd + 2) {
                     splices.push((a.elems[0].range.start..rest.range.start, String::new()));
-                } else if let Some(r) = absent_removal.as_ref().filter(|r| created_args(host.format(), text, a.open, orig.range.end, r.end)) {
+                } else if let Some(r) = absent_removal
+                    .as_ref()
+                    .filter(|r| created_args(host.format(), text, a.open, orig.range.end, r.end))
+                {
                     splices.push((r.clone(), String::new()));
                 } else {
                     splices.push((a.elems[0].range.start..orig.range.end, String::new()));
                 }
             }
             Shape::Combined { arr } => {
-                let Some(dd) = arr.elems.iter().position(|s| s.value.as_deref() == Some("--")) else {
+                let Some(dd) = arr
+                    .elems
+                    .iter()
+                    .position(|s| s.value.as_deref() == Some("--"))
+                else {
                     bail!("server {}: wrapped but no `--` in command", e.label());
                 };
                 let Some(orig) = arr.elems.get(dd + 1) else {
@@ -468,14 +517,26 @@ pub fn unwrap_text(host: Host, text: &str) -> Result<(String, Vec<String>)> {
 /// Re-parses the result: it must parse, and no stdio entry may be left in the
 /// wrong state.
 fn verify(host: Host, new: &str, op: Op) -> Result<()> {
-    let entries = parse_entries(host, new).map_err(|e| anyhow!("internal error: edited text does not parse: {e}"))?;
-    for e in entries.iter().filter(|e| e.transport == Transport::Stdio && e.shape.is_some()) {
+    let entries = parse_entries(host, new)
+        .map_err(|e| anyhow!("internal error: edited text does not parse: {e}"))?;
+    for e in entries
+        .iter()
+        .filter(|e| e.transport == Transport::Stdio && e.shape.is_some())
+    {
         let (cmd, _) = e.cmd_and_args();
         if cmd.is_none() {
             continue;
         }
         if (op == Op::Wrap) != e.wrapped() {
-            bail!("internal error: server {} not {} after edit", e.label(), if op == Op::Wrap { "wrapped" } else { "unwrapped" });
+            bail!(
+                "internal error: server {} not {} after edit",
+                e.label(),
+                if op == Op::Wrap {
+                    "wrapped"
+                } else {
+                    "unwrapped"
+                }
+            );
         }
     }
     Ok(())
@@ -506,7 +567,11 @@ fn line_diff(old: &str, new: &str, name: &str) -> String {
     let mut t = vec![vec![0u32; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            t[i][j] = if a[i] == b[j] { t[i + 1][j + 1] + 1 } else { t[i + 1][j].max(t[i][j + 1]) };
+            t[i][j] = if a[i] == b[j] {
+                t[i + 1][j + 1] + 1
+            } else {
+                t[i + 1][j].max(t[i][j + 1])
+            };
         }
     }
     let mut out = format!("--- {name}\n+++ {name} (new)\n");
@@ -536,7 +601,11 @@ pub fn user_homes() -> Result<Vec<(String, u32, PathBuf)>> {
     let mut out = Vec::new();
     for line in passwd.lines() {
         let f: Vec<&str> = line.split(':').collect();
-        let (Some(name), Some(uid), Some(dir)) = (f.first(), f.get(2).and_then(|u| u.parse::<u32>().ok()), f.get(5)) else {
+        let (Some(name), Some(uid), Some(dir)) = (
+            f.first(),
+            f.get(2).and_then(|u| u.parse::<u32>().ok()),
+            f.get(5),
+        ) else {
             continue;
         };
         if (uid == 0 || (1000..60000).contains(&uid)) && Path::new(dir).is_dir() {
@@ -550,6 +619,8 @@ pub fn user_homes() -> Result<Vec<(String, u32, PathBuf)>> {
 /// edits a user's config, so that a symlink cannot steer it into someone else's file.
 pub fn owned_by(path: &Path, uid: u32, home: &Path) -> bool {
     use std::os::unix::fs::MetadataExt as _;
-    let (Ok(real), Ok(home)) = (std::fs::canonicalize(path), std::fs::canonicalize(home)) else { return false };
+    let (Ok(real), Ok(home)) = (std::fs::canonicalize(path), std::fs::canonicalize(home)) else {
+        return false;
+    };
     real.starts_with(&home) && std::fs::metadata(&real).is_ok_and(|m| m.uid() == uid)
 }

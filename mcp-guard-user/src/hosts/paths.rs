@@ -10,8 +10,14 @@ pub fn candidates(home: &Path, project_dirs: &[PathBuf]) -> Vec<(Host, PathBuf)>
     let h = |p: &str| home.join(p);
     let cline = "globalStorage/saoudrizwan.claude-dev/settings/cline_mcp_settings.json";
     let mut v = vec![
-        (Host::ClaudeDesktop, h(".config/Claude/claude_desktop_config.json")),
-        (Host::ClaudeDesktop, h(".config/claude/claude_desktop_config.json")),
+        (
+            Host::ClaudeDesktop,
+            h(".config/Claude/claude_desktop_config.json"),
+        ),
+        (
+            Host::ClaudeDesktop,
+            h(".config/claude/claude_desktop_config.json"),
+        ),
         (Host::ClaudeCode, h(".claude.json")),
         (Host::Cursor, h(".cursor/mcp.json")),
         (Host::VsCode, h(".config/Code/User/mcp.json")),

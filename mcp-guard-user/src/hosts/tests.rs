@@ -24,7 +24,10 @@ fn wraps_and_unwraps_json_args_shapes() {
 fn escapes_names_and_keeps_raw_command_text() {
     let t = "{\"mcpServers\": {\"we\\\"ird\": {\"command\": \"np\\u0078\"}}}";
     let (w, _) = wrap_text(Host::Cursor, t, BIN).unwrap();
-    assert!(w.contains(r#""--name", "we\"ird", "--", "np\u0078""#), "{w}");
+    assert!(
+        w.contains(r#""--name", "we\"ird", "--", "np\u0078""#),
+        "{w}"
+    );
     assert_eq!(unwrap_text(Host::Cursor, &w).unwrap().0, t);
 }
 
@@ -51,7 +54,10 @@ fn toml_inline_table_and_no_args() {
 fn opencode_combined_command() {
     let t = r#"{"mcp": {"s": {"type": "local", "command": ["bun", "x", "srv"]}}}"#;
     let (w, _) = wrap_text(Host::OpenCode, t, BIN).unwrap();
-    assert!(w.contains(r#"["/opt/mcp-guard", "wrap", "--name", "s", "--", "bun", "x", "srv"]"#), "{w}");
+    assert!(
+        w.contains(r#"["/opt/mcp-guard", "wrap", "--name", "s", "--", "bun", "x", "srv"]"#),
+        "{w}"
+    );
     assert_eq!(unwrap_text(Host::OpenCode, &w).unwrap().0, t);
 }
 

@@ -34,14 +34,21 @@ pub fn apply(edit: &Edit) -> Result<()> {
     }
     let meta = fs::metadata(&path).with_context(|| format!("{shown}: cannot stat"))?;
     let mode = meta.permissions().mode() & 0o7777;
-    let dir = path.parent().context("config file has no parent directory")?;
+    let dir = path
+        .parent()
+        .context("config file has no parent directory")?;
 
     let bak = backup_path(&path);
     if !bak.exists() {
-        write_new(&bak, edit.old.as_bytes(), mode, &meta).with_context(|| format!("{}: cannot write backup", bak.display()))?;
+        write_new(&bak, edit.old.as_bytes(), mode, &meta)
+            .with_context(|| format!("{}: cannot write backup", bak.display()))?;
     }
 
-    let fname = path.file_name().context("config file has no name")?.to_string_lossy().into_owned();
+    let fname = path
+        .file_name()
+        .context("config file has no name")?
+        .to_string_lossy()
+        .into_owned();
     let tmp = dir.join(format!(".{fname}.mcp-guard.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp); // a leftover from a crashed run of this pid
     if let Err(e) = write_new(&tmp, edit.new.as_bytes(), mode, &meta) {
@@ -52,12 +59,18 @@ pub fn apply(edit: &Edit) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("{shown}: cannot replace"));
     }
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("{}: cannot fsync", dir.display()))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("{}: cannot fsync", dir.display()))?;
     Ok(())
 }
 
 fn write_new(p: &Path, data: &[u8], mode: u32, orig: &fs::Metadata) -> Result<()> {
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(p)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(p)?;
     f.write_all(data)?;
     if (orig.uid(), orig.gid()) != (f.metadata()?.uid(), f.metadata()?.gid()) {
         std::os::unix::fs::fchown(&f, Some(orig.uid()), Some(orig.gid()))

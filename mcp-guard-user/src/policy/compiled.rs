@@ -587,21 +587,36 @@ impl Policy {
                     for p in &r.redact {
                         match Regex::new(p.get_ref()) {
                             Ok(re) => extra.push(re),
-                            Err(e) => ctx.err(p.span().start, &format!("invalid redact regex: {e}")),
+                            Err(e) => {
+                                ctx.err(p.span().start, &format!("invalid redact regex: {e}"))
+                            }
                         }
                     }
-                    responses = crate::redact::Responses::new(r.redact_builtin.unwrap_or(true), extra, r.max_bytes.unwrap_or(0));
+                    responses = crate::redact::Responses::new(
+                        r.redact_builtin.unwrap_or(true),
+                        extra,
+                        r.max_bytes.unwrap_or(0),
+                    );
                 }
                 if let Some(o) = raw.observer {
                     let o = o.into_inner();
-                    observer = Observer { unwrapped: o.unwrapped.unwrap_or_default(), denied: o.denied.unwrap_or_default() };
+                    observer = Observer {
+                        unwrapped: o.unwrapped.unwrap_or_default(),
+                        denied: o.denied.unwrap_or_default(),
+                    };
                 }
             } else {
                 if let Some(r) = &raw.responses {
-                    ctx.err(r.span().start, "`[responses]` may only be set in the main policy file, not in a drop-in");
+                    ctx.err(
+                        r.span().start,
+                        "`[responses]` may only be set in the main policy file, not in a drop-in",
+                    );
                 }
                 if let Some(o) = &raw.observer {
-                    ctx.err(o.span().start, "`[observer]` may only be set in the main policy file, not in a drop-in");
+                    ctx.err(
+                        o.span().start,
+                        "`[observer]` may only be set in the main policy file, not in a drop-in",
+                    );
                 }
                 if let Some(d) = &raw.default {
                     ctx.err(

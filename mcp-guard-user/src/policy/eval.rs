@@ -672,14 +672,19 @@ impl Policy {
         }
         let (mut denied, mut could_allow) = (false, false);
         self.index.each_candidate(q.method, q.server, q.tool, |i| {
-            let Some(r) = self.rules.get(i as usize) else { return };
+            let Some(r) = self.rules.get(i as usize) else {
+                return;
+            };
             match r.action {
-                RuleAction::Deny if r.args.is_empty() && r.check_with(q, self, false).is_ok() => denied = true,
+                RuleAction::Deny if r.args.is_empty() && r.check_with(q, self, false).is_ok() => {
+                    denied = true
+                }
                 RuleAction::Allow if r.check_with(q, self, false).is_ok() => could_allow = true,
                 _ => {}
             }
         });
-        denied || (!could_allow && self.default == Action::Deny && ACTING_METHODS.contains(&q.method))
+        denied
+            || (!could_allow && self.default == Action::Deny && ACTING_METHODS.contains(&q.method))
     }
 
     fn matched(&self, q: &Query<'_>) -> Matched {
@@ -748,7 +753,10 @@ impl Policy {
             would_deny: monitor && verdict == Action::Deny,
             audit: m.audit.map(|i| rule(i).id.clone()),
             rate_limited,
-            record_arguments: decider.into_iter().chain(m.audit).any(|i| rule(i).record_arguments),
+            record_arguments: decider
+                .into_iter()
+                .chain(m.audit)
+                .any(|i| rule(i).record_arguments),
             policy_sha256: self.sha256.clone(),
         }
     }

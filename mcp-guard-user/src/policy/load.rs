@@ -154,7 +154,10 @@ impl Env {
 /// do not exist are included (creating one changes the policy).
 pub fn standalone_candidates(flag: Option<&Path>) -> Vec<PathBuf> {
     let env = Env::current();
-    if let Some(p) = flag.map(Path::to_path_buf).or_else(|| env.policy.clone().map(PathBuf::from)) {
+    if let Some(p) = flag
+        .map(Path::to_path_buf)
+        .or_else(|| env.policy.clone().map(PathBuf::from))
+    {
         return vec![p.clone(), p.join("policy.toml"), p.join("policy.d")];
     }
     let mut out = Vec::new();

@@ -24,9 +24,9 @@ pub mod path;
 mod raw;
 
 pub use compiled::{Observer, Policy, Rate, Rule};
-pub use raw::Reaction;
 pub use eval::{Ancestor, Decision, Explanation, Limiter, Principal, Query, Request, RuleReport};
 pub use load::{SYSTEM_DIR, Source, dropins, standalone, standalone_candidates};
+pub use raw::Reaction;
 
 /// The policy used when none is configured.
 pub const BUILTIN: &str = include_str!("../../../policies/default.toml");

@@ -1376,10 +1376,16 @@ fn check_loader(text: &str) -> Result<(), TestCaseError> {
 #[test]
 fn check_and_explain_exit_codes() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    assert_eq!(cmd::check(&[dir.join("demo.toml"), dir.join("production-locked.toml")]).unwrap(), 0);
+    assert_eq!(
+        cmd::check(&[dir.join("demo.toml"), dir.join("production-locked.toml")]).unwrap(),
+        0
+    );
     let bad = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bad.path(), "[[rule]]\nid='x'\n").unwrap();
-    assert_eq!(cmd::check(&[dir.join("demo.toml"), bad.path().to_path_buf()]).unwrap(), 1);
+    assert_eq!(
+        cmd::check(&[dir.join("demo.toml"), bad.path().to_path_buf()]).unwrap(),
+        1
+    );
     let args = |tool: &str| cmd::ExplainArgs {
         policy: dir.join("demo.toml"),
         user: None,
@@ -1394,5 +1400,11 @@ fn check_and_explain_exit_codes() {
     };
     assert_eq!(cmd::explain(&args("write_file")).unwrap(), 1);
     assert_eq!(cmd::explain(&args("read_file")).unwrap(), 0);
-    assert!(cmd::explain(&cmd::ExplainArgs { args: Some("{".into()), ..args("x") }).is_err());
+    assert!(
+        cmd::explain(&cmd::ExplainArgs {
+            args: Some("{".into()),
+            ..args("x")
+        })
+        .is_err()
+    );
 }

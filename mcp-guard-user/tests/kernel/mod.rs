@@ -12,7 +12,10 @@ pub fn observer_or_skip() -> Option<Observer> {
     } else {
         match object_path() {
             Ok(path) => {
-                return Some(Observer::load(&path).unwrap_or_else(|err| panic!("{:#}", anyhow::Error::from(err))));
+                return Some(
+                    Observer::load(&path)
+                        .unwrap_or_else(|err| panic!("{:#}", anyhow::Error::from(err))),
+                );
             }
             Err(why) => why,
         }
@@ -30,7 +33,8 @@ fn object_path() -> Result<PathBuf, String> {
         Ok(path) => return Ok(path),
         Err(err) => err,
     };
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mcp-guard-ebpf/target/bpfel-unknown-none/release/mcp-guard-ebpf");
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mcp-guard-ebpf/target/bpfel-unknown-none/release/mcp-guard-ebpf");
     if std::env::var_os(observer::OBJECT_ENV).is_none() && built.is_file() {
         return Ok(built);
     }

@@ -24,7 +24,10 @@ pub struct FileId {
 
 impl FileId {
     pub fn of(meta: &std::fs::Metadata) -> FileId {
-        FileId { dev: meta.dev(), ino: meta.ino() }
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
     }
 }
 
@@ -43,7 +46,13 @@ pub struct Cursor {
 impl Cursor {
     /// The start of the file `file`.
     pub fn start(file: FileId) -> Cursor {
-        Cursor { v: VERSION, file, offset: 0, seq: 0, hash: String::new() }
+        Cursor {
+            v: VERSION,
+            file,
+            offset: 0,
+            seq: 0,
+            hash: String::new(),
+        }
     }
 }
 
@@ -70,29 +79,51 @@ pub fn load(path: &Path) -> Result<Option<Cursor>, Error> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(Error::Cursor { path: path.to_path_buf(), source }),
+        Err(source) => {
+            return Err(Error::Cursor {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     };
-    let cursor: Cursor = serde_json::from_slice(&text)
-        .map_err(|e| Error::CursorFormat { path: path.to_path_buf(), reason: e.to_string() })?;
+    let cursor: Cursor = serde_json::from_slice(&text).map_err(|e| Error::CursorFormat {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     if cursor.v != VERSION {
-        return Err(Error::CursorFormat { path: path.to_path_buf(), reason: format!("unknown version {}", cursor.v) });
+        return Err(Error::CursorFormat {
+            path: path.to_path_buf(),
+            reason: format!("unknown version {}", cursor.v),
+        });
     }
     Ok(Some(cursor))
 }
 
 /// Replaces the cursor at `path` with `cursor`, durably.
 pub fn save(path: &Path, cursor: &Cursor) -> Result<(), Error> {
-    let err = |source| Error::Cursor { path: path.to_path_buf(), source };
+    let err = |source| Error::Cursor {
+        path: path.to_path_buf(),
+        source,
+    };
     let tmp = with_suffix(path, ".tmp");
     let mut body = serde_json::to_vec(cursor).map_err(|e| err(std::io::Error::other(e)))?;
     body.push(b'\n');
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
     f.write_all(&body).map_err(err)?;
     f.sync_all().map_err(err)?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(err)?;
     // The rename is durable once the directory is.
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     Ok(())
 }
@@ -111,8 +142,14 @@ pub fn lock(path: &Path) -> Result<Lock, Error> {
         .truncate(false)
         .mode(0o600)
         .open(&lock_path)
-        .map_err(|source| Error::Cursor { path: lock_path.clone(), source })?;
-    let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|_| Error::CursorBusy { path: path.to_path_buf() })?;
+        .map_err(|source| Error::Cursor {
+            path: lock_path.clone(),
+            source,
+        })?;
+    let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |_| Error::CursorBusy {
+            path: path.to_path_buf(),
+        },
+    )?;
     Ok(Lock { _held: held })
 }

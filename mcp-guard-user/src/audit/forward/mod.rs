@@ -127,7 +127,10 @@ pub struct Args {
 /// --follow), 1 when the SIEM could not be reached or failed (the cursor keeps what was
 /// committed, a later run resumes there).
 pub fn run(args: &Args) -> anyhow::Result<i32> {
-    let cursor_path = args.cursor.clone().unwrap_or_else(|| cursor::default_path(&args.file));
+    let cursor_path = args
+        .cursor
+        .clone()
+        .unwrap_or_else(|| cursor::default_path(&args.file));
     let _lock = cursor::lock(&cursor_path)?;
     let saved = cursor::load(&cursor_path)?;
     let mut exclude = cursor::companions(&cursor_path).to_vec();
@@ -135,7 +138,9 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
     let poll = Duration::from_millis(args.poll_ms.max(1));
     let source = loop {
         match Source::open(&args.file, saved.as_ref(), &exclude) {
-            Err(Error::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound && args.follow => {
+            Err(Error::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && args.follow =>
+            {
                 std::thread::sleep(poll);
             }
             res => break res?,
@@ -202,7 +207,9 @@ impl Forwarder {
                     }
                 }
                 let wait = match self.inflight.front() {
-                    Some((_, at)) => (*at + self.settle).saturating_duration_since(Instant::now()).min(self.poll),
+                    Some((_, at)) => (*at + self.settle)
+                        .saturating_duration_since(Instant::now())
+                        .min(self.poll),
                     None => self.poll,
                 };
                 std::thread::sleep(wait.max(Duration::from_millis(1)));
@@ -214,7 +221,12 @@ impl Forwarder {
                     let e = self.fail(e)?;
                     if !self.follow {
                         self.save(true)?;
-                        eprintln!("mcp-guard: {}: {}; a later run resumes after seq {}", self.target, chain(&e), self.committed.seq);
+                        eprintln!(
+                            "mcp-guard: {}: {}; a later run resumes after seq {}",
+                            self.target,
+                            chain(&e),
+                            self.committed.seq
+                        );
                         return Ok(1);
                     }
                     tracing::warn!(error = %chain(&e), target = %self.target, retry_in = ?backoff, "SIEM unreachable; will resend from the last committed record");
@@ -227,7 +239,9 @@ impl Forwarder {
 
     /// Sends a batch and waits for the peer's acknowledgement.
     fn send(&mut self, batch: &[Entry]) -> Result<(), Error> {
-        let Some(last) = batch.last().map(|e| e.pos.clone()) else { return Ok(()) };
+        let Some(last) = batch.last().map(|e| e.pos.clone()) else {
+            return Ok(());
+        };
         if batch.iter().all(|e| e.record.is_none()) {
             self.inflight.push_back((last, Instant::now()));
             return Ok(());
@@ -248,7 +262,8 @@ impl Forwarder {
                 Format::Json => self.header.message(&rec.value, &rec.bytes),
                 Format::Ocsf => {
                     let event = ocsf::event(&rec.value, &self.header.hostname);
-                    self.header.message(&rec.value, event.to_string().as_bytes())
+                    self.header
+                        .message(&rec.value, event.to_string().as_bytes())
                 }
             };
             sink.send(&msg)?;
@@ -262,7 +277,11 @@ impl Forwarder {
     /// Commits the batches acknowledged at least `settle` ago, if the connection is still up.
     fn commit_settled(&mut self) -> Result<(), Error> {
         let now = Instant::now();
-        let due = self.inflight.iter().take_while(|(_, at)| now >= *at + self.settle).count();
+        let due = self
+            .inflight
+            .iter()
+            .take_while(|(_, at)| now >= *at + self.settle)
+            .count();
         if due == 0 {
             return Ok(());
         }
@@ -286,14 +305,20 @@ impl Forwarder {
 
     /// Saves the committed position if it moved (at most every [`SAVE_INTERVAL`] unless `now`).
     fn save(&mut self, now: bool) -> Result<(), Error> {
-        if self.saved.as_ref() == Some(&self.committed) || (self.saved.is_none() && self.committed.offset == 0) {
+        if self.saved.as_ref() == Some(&self.committed)
+            || (self.saved.is_none() && self.committed.offset == 0)
+        {
             return Ok(());
         }
         if !now && self.saved_at.is_some_and(|at| at.elapsed() < SAVE_INTERVAL) {
             return Ok(());
         }
         cursor::save(&self.cursor_path, &self.committed)?;
-        tracing::debug!(seq = self.committed.seq, offset = self.committed.offset, "cursor saved");
+        tracing::debug!(
+            seq = self.committed.seq,
+            offset = self.committed.offset,
+            "cursor saved"
+        );
         self.saved = Some(self.committed.clone());
         self.saved_at = Some(Instant::now());
         Ok(())

@@ -13,8 +13,18 @@ const CATEGORY_UID: u64 = 6;
 
 /// Record fields carried over into OCSF attributes in full; every other field goes to
 /// `unmapped` under its own name.
-const MAPPED: &[&str] =
-    &["seq", "time", "id", "session", "method", "tool", "request_id", "decision", "reason", "protocol"];
+const MAPPED: &[&str] = &[
+    "seq",
+    "time",
+    "id",
+    "session",
+    "method",
+    "tool",
+    "request_id",
+    "decision",
+    "reason",
+    "protocol",
+];
 
 /// The OCSF event for the record `rec`; `hostname` is the device the log was written on.
 pub fn event(rec: &Value, hostname: &str) -> Value {
@@ -45,12 +55,18 @@ pub fn event(rec: &Value, hostname: &str) -> Value {
     ev.insert("activity_id".into(), json!(activity_id));
     ev.insert("activity_name".into(), json!(activity_name));
     ev.insert("type_uid".into(), json!(CLASS_UID * 100 + activity_id));
-    ev.insert("type_name".into(), json!(format!("API Activity: {activity_name}")));
+    ev.insert(
+        "type_name".into(),
+        json!(format!("API Activity: {activity_name}")),
+    );
     if let Some(ms) = s("time").and_then(epoch_ms) {
         ev.insert("time".into(), json!(ms));
     }
     ev.insert("severity_id".into(), json!(severity_id));
-    ev.insert("severity".into(), json!(["", "Informational", "Low", "Medium", "High"][severity_id]));
+    ev.insert(
+        "severity".into(),
+        json!(["", "Informational", "Low", "Medium", "High"][severity_id]),
+    );
     ev.insert("status_id".into(), json!(status_id));
     ev.insert("status".into(), json!(status));
     if let Some(reason) = s("reason") {
@@ -80,14 +96,21 @@ pub fn event(rec: &Value, hostname: &str) -> Value {
     if let Some(r) = resource(rec) {
         ev.insert("resources".into(), json!([r]));
     }
-    ev.insert("device".into(), json!({ "hostname": hostname, "type_id": 0, "type": "Unknown" }));
+    ev.insert(
+        "device".into(),
+        json!({ "hostname": hostname, "type_id": 0, "type": "Unknown" }),
+    );
     let mut metadata = json!({
         "version": VERSION,
         "product": { "name": "mcp-guard", "vendor_name": "mcp-guard", "version": env!("CARGO_PKG_VERSION") },
         "profiles": ["security_control", "host"],
         "log_name": "audit",
     });
-    for (to, from) in [("uid", "id"), ("correlation_uid", "session"), ("original_time", "time")] {
+    for (to, from) in [
+        ("uid", "id"),
+        ("correlation_uid", "session"),
+        ("original_time", "time"),
+    ] {
         if let Some(v) = s(from) {
             metadata[to] = json!(v);
         }
@@ -98,7 +121,12 @@ pub fn event(rec: &Value, hostname: &str) -> Value {
     ev.insert("metadata".into(), metadata);
     let unmapped: Map<String, Value> = rec
         .as_object()
-        .map(|o| o.iter().filter(|(k, _)| !MAPPED.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| !MAPPED.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
         .unwrap_or_default();
     ev.insert("unmapped".into(), Value::Object(unmapped));
     Value::Object(ev)
@@ -115,8 +143,10 @@ fn activity(kind: &str, method: Option<&str>) -> (u64, String) {
 }
 
 fn is_read(method: &str) -> bool {
-    matches!(method, "resources/read" | "prompts/get" | "roots/list" | "ping" | "server/discover")
-        || method.ends_with("/list")
+    matches!(
+        method,
+        "resources/read" | "prompts/get" | "roots/list" | "ping" | "server/discover"
+    ) || method.ends_with("/list")
         || method.ends_with("/templates/list")
 }
 
@@ -156,15 +186,22 @@ fn actor(rec: &Value) -> Value {
             user.insert("name".into(), json!(name));
         }
         if let Some(groups) = p.get("groups").and_then(Value::as_array) {
-            let groups: Vec<Value> =
-                groups.iter().filter_map(Value::as_u64).map(|g| json!({ "uid": g.to_string() })).collect();
+            let groups: Vec<Value> = groups
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|g| json!({ "uid": g.to_string() }))
+                .collect();
             user.insert("groups".into(), Value::Array(groups));
         }
         actor.insert("user".into(), Value::Object(user));
     }
     let from_server = rec.get("direction").and_then(Value::as_str) == Some("server_to_client")
         && rec.get("kind").and_then(Value::as_str) != Some("response");
-    let who = if from_server { rec.get("server") } else { rec.get("agent_host") };
+    let who = if from_server {
+        rec.get("server")
+    } else {
+        rec.get("agent_host")
+    };
     if let Some(p) = who.and_then(process) {
         actor.insert("process".into(), p);
     }
@@ -191,9 +228,15 @@ fn process(p: &Value) -> Option<Value> {
     }
     if let Some(exe) = o.get("exe").and_then(Value::as_str) {
         let name = exe.rsplit('/').next().unwrap_or(exe);
-        out.insert("file".into(), json!({ "path": exe, "name": name, "type_id": 1, "type": "Regular File" }));
+        out.insert(
+            "file".into(),
+            json!({ "path": exe, "name": name, "type_id": 1, "type": "Regular File" }),
+        );
     }
-    let argv = o.get("cmdline").or_else(|| o.get("argv")).and_then(Value::as_array);
+    let argv = o
+        .get("cmdline")
+        .or_else(|| o.get("argv"))
+        .and_then(Value::as_array);
     if let Some(argv) = argv {
         let words: Vec<&str> = argv.iter().filter_map(Value::as_str).collect();
         out.insert("cmd_line".into(), json!(words.join(" ")));

@@ -42,7 +42,10 @@ pub struct Line {
 struct Head {
     seq: u64,
     hash: String,
-    #[expect(dead_code, reason = "only its presence is checked: files without it are not audit logs")]
+    #[expect(
+        dead_code,
+        reason = "only its presence is checked: files without it are not audit logs"
+    )]
     kind: String,
 }
 
@@ -54,14 +57,27 @@ struct LogFile {
 
 impl LogFile {
     fn open(path: &Path) -> Result<LogFile, Error> {
-        let err = |source| Error::Read { path: path.to_path_buf(), source };
+        let err = |source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(err)?;
         let id = FileId::of(&file.metadata().map_err(err)?);
-        Ok(LogFile { id, file, name: path.to_path_buf() })
+        Ok(LogFile {
+            id,
+            file,
+            name: path.to_path_buf(),
+        })
     }
 
     fn len(&self) -> Result<u64, Error> {
-        self.file.metadata().map(|m| m.len()).map_err(|source| Error::Read { path: self.name.clone(), source })
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|source| Error::Read {
+                path: self.name.clone(),
+                source,
+            })
     }
 }
 
@@ -83,7 +99,11 @@ pub struct Source {
 impl Source {
     /// Opens the log at `path` for reading from `cursor` (from the start without one).
     /// `exclude`: files next to the log that are not rotated logs (the cursor's).
-    pub fn open(path: &Path, cursor: Option<&Cursor>, exclude: &[PathBuf]) -> Result<Source, Error> {
+    pub fn open(
+        path: &Path,
+        cursor: Option<&Cursor>,
+        exclude: &[PathBuf],
+    ) -> Result<Source, Error> {
         let live = LogFile::open(path)?;
         let mut src = Source {
             path: path.to_path_buf(),
@@ -107,7 +127,8 @@ impl Source {
         // The log was rotated since the cursor was saved. Records keep their seq across
         // rotation, so the rotated files to read are those that hold later records.
         let mut rotated = rotated_files(path, exclude)?;
-        rotated.retain(|(f, first)| f.id != live.id && (f.id == cursor.file || *first > cursor.seq));
+        rotated
+            .retain(|(f, first)| f.id != live.id && (f.id == cursor.file || *first > cursor.seq));
         let mut resume_in = None;
         for (f, _) in &rotated {
             if f.id == cursor.file && ends_at(f, cursor)? {
@@ -123,7 +144,11 @@ impl Source {
             _ => {
                 let live_first = first_seq(&live)?;
                 match live_first {
-                    Some(first) if first <= cursor.seq && rotated.is_empty() && !contains(&live, cursor)? => {
+                    Some(first)
+                        if first <= cursor.seq
+                            && rotated.is_empty()
+                            && !contains(&live, cursor)? =>
+                    {
                         tracing::warn!(path = %path.display(), cursor_seq = cursor.seq, "the cursor's file is gone and the log starts over: reading the new log from its start");
                     }
                     _ => {
@@ -150,7 +175,11 @@ impl Source {
 
     /// Goes back to `to`, a position read before and not yet [`Source::forget_before`].
     pub fn rewind(&mut self, to: &Cursor) -> Result<(), Error> {
-        let idx = self.files.iter().position(|f| f.id == to.file).ok_or(Error::LostFile)?;
+        let idx = self
+            .files
+            .iter()
+            .position(|f| f.id == to.file)
+            .ok_or(Error::LostFile)?;
         self.cur = idx;
         self.pos = to.clone();
         Ok(())
@@ -167,11 +196,19 @@ impl Source {
 
     /// Up to `max_records` lines (about `max_bytes`), following rotation; empty when there
     /// is nothing new.
-    pub fn next_batch(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<Entry>, Error> {
+    pub fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, Error> {
         let mut out = Vec::new();
         let mut bytes = 0;
         loop {
-            let read = self.read_lines(max_records - out.len(), max_bytes.saturating_sub(bytes), &mut out)?;
+            let read = self.read_lines(
+                max_records - out.len(),
+                max_bytes.saturating_sub(bytes),
+                &mut out,
+            )?;
             bytes += read;
             if out.len() >= max_records || bytes >= max_bytes || read > 0 {
                 return Ok(out);
@@ -196,7 +233,11 @@ impl Source {
         }
         self.cur += 1;
         let (seq, hash) = (self.pos.seq, std::mem::take(&mut self.pos.hash));
-        self.pos = Cursor { seq, hash, ..Cursor::start(self.files[self.cur].id) };
+        self.pos = Cursor {
+            seq,
+            hash,
+            ..Cursor::start(self.files[self.cur].id)
+        };
         Ok(())
     }
 
@@ -208,7 +249,12 @@ impl Source {
             let id = match std::fs::metadata(&self.path) {
                 Ok(m) => FileId::of(&m),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                Err(source) => return Err(Error::Read { path: self.path.clone(), source }),
+                Err(source) => {
+                    return Err(Error::Read {
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
             };
             if id == current.id {
                 if current.len()? < self.pos.offset {
@@ -221,7 +267,11 @@ impl Source {
             }
             let new = match LogFile::open(&self.path) {
                 Ok(f) => f,
-                Err(Error::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(Error::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Ok(false);
+                }
                 Err(e) => return Err(e),
             };
             tracing::info!(path = %self.path.display(), "log rotated; finishing the old file first");
@@ -246,15 +296,26 @@ impl Source {
 
     /// Reads the complete lines after the position in the current file into `out`;
     /// returns the bytes consumed.
-    fn read_lines(&mut self, max_records: usize, max_bytes: usize, out: &mut Vec<Entry>) -> Result<usize, Error> {
+    fn read_lines(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<usize, Error> {
         let f = &self.files[self.cur];
-        let err = |source| Error::Read { path: f.name.clone(), source };
+        let err = |source| Error::Read {
+            path: f.name.clone(),
+            source,
+        };
         let mut buf = vec![0u8; CHUNK];
         let mut filled = 0;
         // Ends of the complete lines read (just past their newline).
         let mut ends = Vec::new();
         loop {
-            let n = f.file.read_at(&mut buf[filled..], self.pos.offset + filled as u64).map_err(err)?;
+            let n = f
+                .file
+                .read_at(&mut buf[filled..], self.pos.offset + filled as u64)
+                .map_err(err)?;
             filled += n;
             let mut start = ends.last().copied().unwrap_or(0);
             while let Some(nl) = memchr::memchr(b'\n', &buf[start..filled]) {
@@ -288,7 +349,10 @@ impl Source {
         let parsed = serde_json::from_slice::<Value>(line)
             .ok()
             .and_then(|v| Head::deserialize(&v).ok().map(|h| (v, h)));
-        let mut pos = Cursor { offset: self.pos.offset + end, ..self.pos.clone() };
+        let mut pos = Cursor {
+            offset: self.pos.offset + end,
+            ..self.pos.clone()
+        };
         let record = match parsed {
             None => {
                 if !line.iter().all(u8::is_ascii_whitespace) {
@@ -305,7 +369,11 @@ impl Source {
                     Some(through) if head.seq <= through => None,
                     _ => {
                         self.skip_through = None;
-                        Some(Line { bytes: line.to_vec(), value, seq: head.seq })
+                        Some(Line {
+                            bytes: line.to_vec(),
+                            value,
+                            seq: head.seq,
+                        })
                     }
                 }
             }
@@ -317,10 +385,18 @@ impl Source {
 /// The files next to the log named `<log name>.*` that are audit logs, with the seq of
 /// their first record.
 fn rotated_files(path: &Path, exclude: &[PathBuf]) -> Result<Vec<(LogFile, u64)>, Error> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return Ok(Vec::new()) };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
     let prefix = format!("{name}.");
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::Read { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let p = entry.path();
@@ -344,13 +420,17 @@ fn rotated_files(path: &Path, exclude: &[PathBuf]) -> Result<Vec<(LogFile, u64)>
 /// The seq of a file's first record; `None` if its first line is not a record.
 fn first_seq(f: &LogFile) -> Result<Option<u64>, Error> {
     let mut line = Vec::new();
-    let err = |source| Error::Read { path: f.name.clone(), source };
+    let err = |source| Error::Read {
+        path: f.name.clone(),
+        source,
+    };
     // Reading elsewhere is by offset (pread); the file position is this function's own.
     (&f.file).seek(SeekFrom::Start(0)).map_err(err)?;
     let mut reader = std::io::Read::take(BufReader::new(&f.file), 16 << 20);
-    reader.read_until(b'\n', &mut line)
-        .map_err(err)?;
-    Ok(serde_json::from_slice::<Head>(line.trim_ascii()).ok().map(|h| h.seq))
+    reader.read_until(b'\n', &mut line).map_err(err)?;
+    Ok(serde_json::from_slice::<Head>(line.trim_ascii())
+        .ok()
+        .map(|h| h.seq))
 }
 
 /// Whether the record that ends at the cursor's offset in `f` is the cursor's.
@@ -361,13 +441,18 @@ fn ends_at(f: &LogFile, cursor: &Cursor) -> Result<bool, Error> {
     if f.len()? < cursor.offset {
         return Ok(false);
     }
-    let err = |source| Error::Read { path: f.name.clone(), source };
+    let err = |source| Error::Read {
+        path: f.name.clone(),
+        source,
+    };
     let mut want = 64 * 1024u64;
     loop {
         let from = cursor.offset.saturating_sub(want);
         let mut buf = vec![0u8; usize::try_from(cursor.offset - from).unwrap_or(usize::MAX)];
         f.file.read_exact_at(&mut buf, from).map_err(err)?;
-        let Some(body) = buf.strip_suffix(b"\n") else { return Ok(false) };
+        let Some(body) = buf.strip_suffix(b"\n") else {
+            return Ok(false);
+        };
         match body.iter().rposition(|&b| b == b'\n') {
             Some(nl) => return Ok(is_cursors(&body[nl + 1..], cursor)),
             None if from == 0 => return Ok(is_cursors(body, cursor)),
@@ -383,10 +468,18 @@ fn is_cursors(line: &[u8], cursor: &Cursor) -> bool {
 
 /// Whether the file holds the record the cursor points after.
 fn contains(f: &LogFile, cursor: &Cursor) -> Result<bool, Error> {
-    (&f.file).seek(SeekFrom::Start(0)).map_err(|source| Error::Read { path: f.name.clone(), source })?;
+    (&f.file)
+        .seek(SeekFrom::Start(0))
+        .map_err(|source| Error::Read {
+            path: f.name.clone(),
+            source,
+        })?;
     let r = BufReader::new(&f.file);
     for line in r.split(b'\n') {
-        let line = line.map_err(|source| Error::Read { path: f.name.clone(), source })?;
+        let line = line.map_err(|source| Error::Read {
+            path: f.name.clone(),
+            source,
+        })?;
         if let Ok(h) = serde_json::from_slice::<Head>(&line)
             && h.seq == cursor.seq
             && h.hash == cursor.hash

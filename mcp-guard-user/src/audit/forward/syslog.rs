@@ -98,7 +98,11 @@ impl Header {
         let pri = u16::from(self.facility.code()) * 8 + Severity::of(rec) as u16;
         let time = str_field("time");
         // RFC 5424 timestamps are RFC 3339 with at most 6 fractional digits: the record's.
-        let time = if humantime::parse_rfc3339(time).is_ok() && time.len() <= 32 { time } else { "-" };
+        let time = if humantime::parse_rfc3339(time).is_ok() && time.len() <= 32 {
+            time
+        } else {
+            "-"
+        };
         let seq = rec.get("seq").and_then(Value::as_u64).unwrap_or_default();
         let mut out = Vec::with_capacity(payload.len() + 200);
         out.extend_from_slice(
@@ -121,7 +125,11 @@ impl Header {
 
 /// A header field: printable US-ASCII, at most `max` characters; `-` when empty.
 fn header_field(s: &str, max: usize) -> String {
-    let v: String = s.chars().filter(|c| c.is_ascii_graphic()).take(max).collect();
+    let v: String = s
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(max)
+        .collect();
     if v.is_empty() { "-".into() } else { v }
 }
 
@@ -146,7 +154,9 @@ pub fn octet_counted(msg: &[u8]) -> Vec<u8> {
 
 /// This machine's host name, for the HOSTNAME field.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Where messages go.
@@ -173,13 +183,18 @@ impl std::str::FromStr for Target {
             format!("`{s}`: expected unix:PATH, udp://HOST:PORT or tcp://HOST:PORT")
         })?;
         let addr = addr.trim_end_matches('/');
-        if addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
             return Err(format!("`{s}`: expected HOST:PORT after {scheme}://"));
         }
         match scheme {
             "udp" => Ok(Target::Udp(addr.to_string())),
             "tcp" => Ok(Target::Tcp(addr.to_string())),
-            other => Err(format!("`{s}`: unknown scheme `{other}` (unix, udp or tcp)")),
+            other => Err(format!(
+                "`{s}`: unknown scheme `{other}` (unix, udp or tcp)"
+            )),
         }
     }
 }
@@ -208,7 +223,10 @@ static OVERSIZE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 impl Transport {
     /// Connects to `target`.
     pub fn connect(target: &Target) -> Result<Transport, Error> {
-        let err = |source| Error::Connect { target: target.to_string(), source };
+        let err = |source| Error::Connect {
+            target: target.to_string(),
+            source,
+        };
         match target {
             Target::Unix(path) => {
                 let dgram = UnixDatagram::unbound().map_err(err)?;
@@ -252,8 +270,13 @@ impl Transport {
             Transport::UnixDatagram(s) => match s.send(msg) {
                 Ok(_) => Ok(()),
                 Err(e) if e.raw_os_error() == Some(nix::libc::EMSGSIZE) => {
-                    tracing::warn!(bytes = msg.len(), "message too large for the unix datagram socket; sent truncated");
-                    s.send(&msg[..msg.len().min(UDP_MAX)]).map(drop).map_err(err)
+                    tracing::warn!(
+                        bytes = msg.len(),
+                        "message too large for the unix datagram socket; sent truncated"
+                    );
+                    s.send(&msg[..msg.len().min(UDP_MAX)])
+                        .map(drop)
+                        .map_err(err)
                 }
                 Err(e) => Err(err(e)),
             },
@@ -275,7 +298,10 @@ impl Transport {
             // it is computed from), so the connection itself is checked while waiting.
             self.check_alive()?;
             if Instant::now() >= deadline {
-                return Err(Error::NotAcked { bytes: unacked, after: timeout });
+                return Err(Error::NotAcked {
+                    bytes: unacked,
+                    after: timeout,
+                });
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
@@ -318,11 +344,20 @@ fn udp_sized(msg: &[u8]) -> &[u8] {
     if msg.len() > UDP_SAFE_SIZE {
         let n = OVERSIZE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if n.is_power_of_two() || n == 0 {
-            tracing::warn!(bytes = msg.len(), safe = UDP_SAFE_SIZE, count = n + 1, "UDP syslog message over the safe size: receivers may truncate or drop it");
+            tracing::warn!(
+                bytes = msg.len(),
+                safe = UDP_SAFE_SIZE,
+                count = n + 1,
+                "UDP syslog message over the safe size: receivers may truncate or drop it"
+            );
         }
     }
     if msg.len() > UDP_MAX {
-        tracing::warn!(bytes = msg.len(), max = UDP_MAX, "UDP syslog message truncated to the largest datagram");
+        tracing::warn!(
+            bytes = msg.len(),
+            max = UDP_MAX,
+            "UDP syslog message truncated to the largest datagram"
+        );
         return &msg[..UDP_MAX];
     }
     msg

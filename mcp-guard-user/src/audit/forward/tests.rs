@@ -18,7 +18,12 @@ fn sample(seq: usize) -> (Value, &'static str) {
 }
 
 fn header() -> Header {
-    Header { facility: Facility::Authpriv, hostname: "host1".into(), app_name: "mcp-guard".into(), procid: "42".into() }
+    Header {
+        facility: Facility::Authpriv,
+        hostname: "host1".into(),
+        app_name: "mcp-guard".into(),
+        procid: "42".into(),
+    }
 }
 
 #[test]
@@ -38,19 +43,33 @@ fn severity_follows_decision_and_kind() {
     assert_eq!(Severity::of(&sample(3).0), Severity::Info);
     assert_eq!(Severity::of(&sample(6).0), Severity::Info);
     assert_eq!(Severity::of(&json!({"kind": "gap"})), Severity::Alert);
-    assert_eq!(Severity::of(&json!({"kind": "malformed", "decision": "deny"})), Severity::Warning);
+    assert_eq!(
+        Severity::of(&json!({"kind": "malformed", "decision": "deny"})),
+        Severity::Warning
+    );
     assert_eq!(Severity::of(&json!({"kind": "recovery"})), Severity::Notice);
     // local0 (16) * 8 + info (6)
-    let h = Header { facility: Facility::Local0, ..header() };
+    let h = Header {
+        facility: Facility::Local0,
+        ..header()
+    };
     assert!(h.message(&sample(3).0, b"x").starts_with(b"<134>1 "));
 }
 
 #[test]
 fn header_fields_are_sanitized_and_sd_values_escaped() {
-    let h = Header { hostname: "bad host\u{e9}".into(), app_name: String::new(), ..header() };
-    let rec = json!({"seq": 7, "time": "yesterday", "kind": "a kind", "session": "s\"]\\", "id": "i"});
+    let h = Header {
+        hostname: "bad host\u{e9}".into(),
+        app_name: String::new(),
+        ..header()
+    };
+    let rec =
+        json!({"seq": 7, "time": "yesterday", "kind": "a kind", "session": "s\"]\\", "id": "i"});
     let msg = String::from_utf8(h.message(&rec, b"{}")).unwrap();
-    assert_eq!(msg, r#"<86>1 - badhost - 42 akind [mcpguard@32473 seq="7" session="s\"\]\\" id="i"] {}"#);
+    assert_eq!(
+        msg,
+        r#"<86>1 - badhost - 42 akind [mcpguard@32473 seq="7" session="s\"\]\\" id="i"] {}"#
+    );
 }
 
 #[test]
@@ -62,11 +81,30 @@ fn octet_counting_counts_bytes_not_characters() {
 #[test]
 fn target_urls_parse() {
     assert_eq!("unix:/dev/log".parse(), Ok(Target::Unix("/dev/log".into())));
-    assert_eq!("unix:///run/x.sock".parse(), Ok(Target::Unix("/run/x.sock".into())));
-    assert_eq!("udp://siem.example:514".parse(), Ok(Target::Udp("siem.example:514".into())));
-    assert_eq!("tcp://127.0.0.1:6514".parse(), Ok(Target::Tcp("127.0.0.1:6514".into())));
-    assert_eq!("tcp://[::1]:514".parse(), Ok(Target::Tcp("[::1]:514".into())));
-    for bad in ["unix:", "tcp://host", "tcp://:514", "http://h:1", "h:514", "udp://h:99999"] {
+    assert_eq!(
+        "unix:///run/x.sock".parse(),
+        Ok(Target::Unix("/run/x.sock".into()))
+    );
+    assert_eq!(
+        "udp://siem.example:514".parse(),
+        Ok(Target::Udp("siem.example:514".into()))
+    );
+    assert_eq!(
+        "tcp://127.0.0.1:6514".parse(),
+        Ok(Target::Tcp("127.0.0.1:6514".into()))
+    );
+    assert_eq!(
+        "tcp://[::1]:514".parse(),
+        Ok(Target::Tcp("[::1]:514".into()))
+    );
+    for bad in [
+        "unix:",
+        "tcp://host",
+        "tcp://:514",
+        "http://h:1",
+        "h:514",
+        "udp://h:99999",
+    ] {
         assert!(bad.parse::<Target>().is_err(), "{bad}");
     }
 }
@@ -105,8 +143,23 @@ fn ocsf_keeps_every_unmapped_field() {
         assert_eq!(ev["type_uid"], 600300 + ev["activity_id"].as_u64().unwrap());
         for (k, v) in rec.as_object().unwrap() {
             let kept = ev["unmapped"].get(k) == Some(v);
-            let mapped = ["seq", "time", "id", "session", "method", "tool", "request_id", "decision", "reason", "protocol"];
-            assert!(kept || mapped.contains(&k.as_str()), "seq {}: field {k} lost", rec["seq"]);
+            let mapped = [
+                "seq",
+                "time",
+                "id",
+                "session",
+                "method",
+                "tool",
+                "request_id",
+                "decision",
+                "reason",
+                "protocol",
+            ];
+            assert!(
+                kept || mapped.contains(&k.as_str()),
+                "seq {}: field {k} lost",
+                rec["seq"]
+            );
         }
     }
 }
@@ -116,15 +169,33 @@ fn cursor_is_saved_atomically_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl.cursor");
     assert_eq!(cursor::load(&path).unwrap(), None);
-    let c = Cursor { offset: 1234, seq: 9, hash: "ab".into(), ..Cursor::start(FileId { dev: 1, ino: 2 }) };
+    let c = Cursor {
+        offset: 1234,
+        seq: 9,
+        hash: "ab".into(),
+        ..Cursor::start(FileId { dev: 1, ino: 2 })
+    };
     cursor::save(&path, &c).unwrap();
-    let c2 = Cursor { offset: 2000, seq: 10, ..c.clone() };
+    let c2 = Cursor {
+        offset: 2000,
+        seq: 10,
+        ..c.clone()
+    };
     cursor::save(&path, &c2).unwrap();
     assert_eq!(cursor::load(&path).unwrap(), Some(c2));
-    assert!(!cursor::companions(&path)[0].exists(), "temporary file left behind");
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(
+        !cursor::companions(&path)[0].exists(),
+        "temporary file left behind"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     std::fs::write(&path, b"{\"v\":1,\"dev\":1").unwrap();
-    assert!(matches!(cursor::load(&path), Err(super::Error::CursorFormat { .. })));
+    assert!(matches!(
+        cursor::load(&path),
+        Err(super::Error::CursorFormat { .. })
+    ));
 }
 
 #[test]
@@ -132,7 +203,10 @@ fn a_cursor_is_used_by_one_forwarder_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c");
     let held = cursor::lock(&path).unwrap();
-    assert!(matches!(cursor::lock(&path), Err(super::Error::CursorBusy { .. })));
+    assert!(matches!(
+        cursor::lock(&path),
+        Err(super::Error::CursorBusy { .. })
+    ));
     drop(held);
     cursor::lock(&path).unwrap();
 }
@@ -142,7 +216,11 @@ fn line(seq: u64) -> String {
 }
 
 fn append(path: &Path, seqs: std::ops::RangeInclusive<u64>) {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
     for s in seqs {
         f.write_all(line(s).as_bytes()).unwrap();
     }
@@ -156,7 +234,11 @@ fn drain(src: &mut Source) -> (Vec<u64>, Cursor) {
         if batch.is_empty() {
             return (seqs, src.position().clone());
         }
-        seqs.extend(batch.iter().filter_map(|e| e.record.as_ref().map(|r| r.seq)));
+        seqs.extend(
+            batch
+                .iter()
+                .filter_map(|e| e.record.as_ref().map(|r| r.seq)),
+        );
     }
 }
 
@@ -165,16 +247,31 @@ fn source_resumes_after_the_cursor_and_passes_over_torn_lines() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
     append(&log, 1..=3);
-    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"{\"seq\":4,\"kin\n").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(b"{\"seq\":4,\"kin\n")
+        .unwrap();
     append(&log, 4..=5);
     let mut src = Source::open(&log, None, &[]).unwrap();
     let (seqs, pos) = drain(&mut src);
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
     assert_eq!((pos.seq, pos.hash.as_str()), (5, "h5"));
     // An unterminated last line waits for its newline.
-    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"{\"seq\":6,\"kind\":\"x\",").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(b"{\"seq\":6,\"kind\":\"x\",")
+        .unwrap();
     assert_eq!(drain(&mut src).0, Vec::<u64>::new());
-    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"\"hash\":\"h6\"}\n").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(b"\"hash\":\"h6\"}\n")
+        .unwrap();
     append(&log, 7..=8);
     let (seqs, _) = drain(&mut src);
     assert_eq!(seqs, [6, 7, 8]);
@@ -210,7 +307,13 @@ fn source_resumes_in_the_rotated_file_the_cursor_names() {
     let log = dir.path().join("audit.jsonl");
     append(&log, 1..=5);
     let mut src = Source::open(&log, None, &[]).unwrap();
-    let at3 = src.next_batch(3, 1 << 20).unwrap().last().unwrap().pos.clone();
+    let at3 = src
+        .next_batch(3, 1 << 20)
+        .unwrap()
+        .last()
+        .unwrap()
+        .pos
+        .clone();
     drop(src);
     // Two rotations while the forwarder was stopped.
     std::fs::rename(&log, dir.path().join("audit.jsonl.1-5")).unwrap();
@@ -229,16 +332,28 @@ fn source_without_the_cursors_file_skips_what_was_sent() {
     let log = dir.path().join("audit.jsonl");
     append(&log, 1..=5);
     let mut src = Source::open(&log, None, &[]).unwrap();
-    let at3 = src.next_batch(3, 1 << 20).unwrap().last().unwrap().pos.clone();
+    let at3 = src
+        .next_batch(3, 1 << 20)
+        .unwrap()
+        .last()
+        .unwrap()
+        .pos
+        .clone();
     drop(src);
     // The log was copied to a new file (new inode), and grew.
     let copy = dir.path().join("copy");
     std::fs::copy(&log, &copy).unwrap();
     std::fs::rename(&copy, &log).unwrap();
     append(&log, 6..=6);
-    assert_eq!(drain(&mut Source::open(&log, Some(&at3), &[]).unwrap()).0, [4, 5, 6]);
+    assert_eq!(
+        drain(&mut Source::open(&log, Some(&at3), &[]).unwrap()).0,
+        [4, 5, 6]
+    );
     // A new log that starts over is read from its start.
     std::fs::remove_file(&log).unwrap();
     append(&log, 1..=2);
-    assert_eq!(drain(&mut Source::open(&log, Some(&at3), &[]).unwrap()).0, [1, 2]);
+    assert_eq!(
+        drain(&mut Source::open(&log, Some(&at3), &[]).unwrap()).0,
+        [1, 2]
+    );
 }
