@@ -144,6 +144,11 @@ pub struct Wrap {
     /// beside it with the extension `.pub`) [default: audit.key beside the audit log].
     #[arg(long)]
     pub audit_key: Option<PathBuf>,
+    /// Copy the signed chain head to this file (appending, at most once a second, and when
+    /// the log is closed), so `audit verify --checkpoint FILE` sees a log cut short. Keep it
+    /// where the log's writer can only append (`chattr +a`) or away from the log.
+    #[arg(long, env = "MCP_GUARD_AUDIT_CHECKPOINT", value_name = "FILE")]
+    pub audit_checkpoint: Option<PathBuf>,
     /// How often the policy files are checked for changes, in milliseconds (a policy that
     /// loads replaces the one in force; one that does not is reported and ignored); 0: never.
     #[arg(long, default_value_t = 2000)]
@@ -204,13 +209,7 @@ pub enum PolicyCommand {
 pub enum AuditCommand {
     /// Check audit logs: hash chain, sequence, signatures. FILEs are one chain, oldest
     /// first (rotated files before the live one). Exit 1 at the first bad record.
-    Verify {
-        /// The public key to check signatures with [default: the key next to the log].
-        #[arg(long)]
-        key: Option<PathBuf>,
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
+    Verify(crate::audit::verify::Args),
     /// Send audit records to a SIEM (syslog RFC 5424, JSON or OCSF), resuming from a cursor.
     Forward(crate::audit::forward::Args),
 }

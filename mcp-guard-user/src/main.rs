@@ -25,9 +25,7 @@ fn main() -> ExitCode {
         Command::Wrap(w) => wrap(w),
         Command::Policy(PolicyCommand::Check { files }) => mcp_guard::policy::cmd::check(&files),
         Command::Policy(PolicyCommand::Explain(a)) => mcp_guard::policy::cmd::explain(&a),
-        Command::Audit(AuditCommand::Verify { key, files }) => {
-            audit::verify::run(key.as_deref(), &files)
-        }
+        Command::Audit(AuditCommand::Verify(args)) => audit::verify::run(&args),
         Command::Audit(AuditCommand::Forward(args)) => audit::forward::run(&args),
         Command::Hosts(HostsCommand::Scan { project, all_users }) => {
             hosts_scan(&project, all_users)
@@ -124,6 +122,7 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
         audit_opts: audit::Options {
             max_bytes: w.audit_max_bytes,
             key: w.audit_key,
+            checkpoint: w.audit_checkpoint,
         },
         durability,
         max_message: w.max_message,

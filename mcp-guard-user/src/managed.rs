@@ -122,11 +122,11 @@ pub async fn read_frame(
     max: usize,
 ) -> Result<Option<(u8, Vec<u8>)>, Error> {
     let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    // The end of the stream is clean only between frames; inside one it is an error.
+    if r.read(&mut len[..1]).await? == 0 {
+        return Ok(None);
     }
+    r.read_exact(&mut len[1..]).await?;
     let len = u32::from_le_bytes(len) as usize;
     if len == 0 {
         return Err(Error::Malformed("empty frame"));
@@ -134,10 +134,18 @@ pub async fn read_frame(
     if len > max.min(MAX_FRAME) {
         return Err(Error::TooLarge(len));
     }
-    let mut buf = vec![0; len];
-    r.read_exact(&mut buf).await?;
-    let kind = buf.remove(0);
-    Ok(Some((kind, buf)))
+    let mut kind = [0u8; 1];
+    r.read_exact(&mut kind).await?;
+    // Memory follows the bytes that arrive, not the length a peer claims.
+    let mut buf = Vec::with_capacity((len - 1).min(1 << 16));
+    let got = (&mut *r)
+        .take((len - 1) as u64)
+        .read_to_end(&mut buf)
+        .await?;
+    if got != len - 1 {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(Some((kind[0], buf)))
 }
 
 fn put(out: &mut Vec<u8>, kind: u8, a: usize, b: usize, bytes: &[u8]) {
@@ -397,6 +405,187 @@ mod tests {
             }
         );
         assert_eq!(cap_frames(frames.clone(), data, 100), frames);
+    }
+
+    /// A reader that hands out `data` in pieces ending at `cuts`, one piece per read, as a
+    /// socket may (the pieces are always ready: no read waits).
+    struct Pieces {
+        data: Vec<u8>,
+        cuts: Vec<usize>,
+        pos: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let pos = self.pos;
+            let end = self
+                .cuts
+                .iter()
+                .copied()
+                .find(|&c| c > pos)
+                .unwrap_or(self.data.len())
+                .min(self.data.len());
+            let n = (end - pos).min(buf.remaining());
+            buf.put_slice(&self.data[pos..pos + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Every frame of the stream, as the daemon or the shim reads them.
+    async fn read_all(r: &mut (impl AsyncRead + Unpin)) -> Result<Vec<(u8, Vec<u8>)>, Error> {
+        let mut out = Vec::new();
+        while let Some(f) = read_frame(r, MAX_FRAME).await? {
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    /// One frame of each type, in both directions' order.
+    fn conversation() -> (Vec<u8>, Vec<(u8, Vec<u8>)>) {
+        let hello = serde_json::to_vec(&Hello {
+            v: 1,
+            name: "fs".into(),
+            server_pid: 42,
+            policy: None,
+            policy_origin: None,
+            resumed: false,
+        })
+        .unwrap();
+        let data = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n{\"b\":2}\r\n";
+        let frames = [
+            Frame::Line {
+                msg: 0..40,
+                raw: 0..41,
+            },
+            Frame::Line {
+                msg: 41..48,
+                raw: 41..50,
+            },
+        ];
+        let judge = encode_judge(7, Direction::ToServer, data, &frames);
+        let plan = encode_plan(
+            7,
+            &[
+                Act::Forward(0..41),
+                Act::ToClient(b"{\"error\":1}\n".to_vec()),
+            ],
+        );
+        let end = serde_json::to_vec(&End {
+            exit_code: Some(0),
+            signal: None,
+        })
+        .unwrap();
+        let want = vec![(HELLO, hello), (JUDGE, judge), (PLAN, plan), (END, end)];
+        let mut stream = Vec::new();
+        for (kind, payload) in &want {
+            frame(&mut stream, *kind, payload);
+        }
+        (stream, want)
+    }
+
+    #[test]
+    fn frames_split_across_reads_at_every_byte_boundary_are_read_whole() {
+        let (stream, want) = conversation();
+        block_on(async {
+            for cut in 0..=stream.len() {
+                let mut r = Pieces {
+                    data: stream.clone(),
+                    cuts: vec![cut],
+                    pos: 0,
+                };
+                assert_eq!(read_all(&mut r).await.unwrap(), want, "cut at {cut}");
+            }
+            // And every frame in two cuts at once: one byte, then the rest, everywhere.
+            for cut in 0..stream.len() {
+                let mut r = Pieces {
+                    data: stream.clone(),
+                    cuts: vec![cut, cut + 1],
+                    pos: 0,
+                };
+                assert_eq!(
+                    read_all(&mut r).await.unwrap(),
+                    want,
+                    "cuts at {cut}, {}",
+                    cut + 1
+                );
+            }
+            let mut r = Pieces {
+                data: stream.clone(),
+                cuts: (1..stream.len()).collect(),
+                pos: 0,
+            };
+            assert_eq!(read_all(&mut r).await.unwrap(), want, "one byte per read");
+        });
+        let j = decode_judge(&want[1].1).unwrap();
+        assert_eq!(j.frames.len(), 2);
+        let (seq, acts) = decode_plan(&want[2].1, j.data.len()).unwrap();
+        assert_eq!((seq, acts.len()), (7, 2));
+    }
+
+    #[test]
+    fn many_frames_in_one_read_are_each_read() {
+        let (one, want) = conversation();
+        let stream: Vec<u8> = std::iter::repeat_n(one, 250).flatten().collect();
+        let got = block_on(async {
+            let mut r = Pieces {
+                data: stream.clone(),
+                cuts: Vec::new(),
+                pos: 0,
+            };
+            read_all(&mut r).await.unwrap()
+        });
+        assert_eq!(got.len(), 1000);
+        assert!(got.chunks(4).all(|c| c == want.as_slice()));
+        // Over a real socket: everything written at once, read as the daemon reads.
+        let got = block_on(async {
+            let (mut a, mut b) = tokio::net::UnixStream::pair().unwrap();
+            let writer = async move {
+                tokio::io::AsyncWriteExt::write_all(&mut a, &stream)
+                    .await
+                    .unwrap();
+            };
+            let (_, got) = tokio::join!(writer, read_all(&mut b));
+            got.unwrap()
+        });
+        assert_eq!(got.len(), 1000);
+    }
+
+    #[test]
+    fn a_stream_cut_inside_a_frame_is_an_error_and_oversized_frames_are_refused_unread() {
+        let (stream, _) = conversation();
+        let first = 4 + u32::from_le_bytes(stream[..4].try_into().unwrap()) as usize;
+        block_on(async {
+            // Cut inside the length or the payload: an error, not a short frame or a clean end.
+            for end in 1..first {
+                let mut r = &stream[..end];
+                assert!(read_frame(&mut r, MAX_FRAME).await.is_err(), "cut at {end}");
+            }
+            let mut r = &[0u8, 0, 0, 0][..];
+            assert!(matches!(
+                read_frame(&mut r, MAX_FRAME).await,
+                Err(Error::Malformed(_))
+            ));
+            let mut big = Vec::new();
+            frame(&mut big, JUDGE, &[0; 100]);
+            let mut r = &big[..];
+            assert!(matches!(
+                read_frame(&mut r, 50).await,
+                Err(Error::TooLarge(101))
+            ));
+        });
     }
 
     #[test]

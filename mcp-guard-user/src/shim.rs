@@ -267,6 +267,9 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         .unwrap_or_else(|| opts.audit.with_file_name("audit.key"));
     own.add_family(&key);
     own.add_family(&key.with_extension("pub"));
+    if let Some(c) = &opts.audit_opts.checkpoint {
+        own.add_family(c);
+    }
     if let crate::policy::Chosen::File(p) = &opts.policy_source {
         own.add_family(p);
         own.add_dir(&p.join("policy.d"));

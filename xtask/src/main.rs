@@ -183,7 +183,7 @@ fn fuzz(root: &Path, target: Option<&str>, seconds: u32) -> Result<()> {
     }
     let targets = match target {
         Some(t) => vec![t],
-        None => vec!["policy_loader", "jsonrpc_framing"],
+        None => vec!["policy_loader", "jsonrpc_framing", "managed_wire"],
     };
     for t in targets {
         // cargo-fuzz passes -Z flags; the stable toolchain accepts them with RUSTC_BOOTSTRAP.

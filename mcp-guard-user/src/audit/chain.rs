@@ -314,10 +314,27 @@ impl PublicKey {
             path: path.to_path_buf(),
             source,
         })?;
-        let key = unhex::<32>(&text).ok_or_else(|| Error::PublicFormat {
+        PublicKey::from_hex(&text).ok_or_else(|| Error::PublicFormat {
             path: path.to_path_buf(),
-        })?;
-        Ok(PublicKey(UnparsedPublicKey::new(&ED25519, key)))
+        })
+    }
+
+    /// A key from its 64 hex digits.
+    pub fn from_hex(text: &[u8]) -> Option<PublicKey> {
+        Some(PublicKey(UnparsedPublicKey::new(
+            &ED25519,
+            unhex::<32>(text)?,
+        )))
+    }
+
+    /// The key's 32 bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+
+    /// The key, 64 hex digits.
+    pub fn hex(&self) -> String {
+        hex(self.0.as_ref())
     }
 
     /// Whether `sig` (hex) signs the chain head `hash` (hex).
@@ -384,13 +401,18 @@ impl Head {
     }
 }
 
-/// The open head file, shared by the writers of one log in this process.
+/// The open head file, shared by the writers of one log in this process, and the
+/// checkpoint file the heads are copied to, if there is one.
 pub(crate) struct HeadFile {
     file: File,
+    checkpoint: Option<super::checkpoint::Checkpoint>,
 }
 
 impl HeadFile {
-    pub fn open(log: &Path) -> io::Result<HeadFile> {
+    pub fn open(
+        log: &Path,
+        checkpoint: Option<super::checkpoint::Checkpoint>,
+    ) -> io::Result<HeadFile> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -398,7 +420,21 @@ impl HeadFile {
             .truncate(false)
             .mode(0o600)
             .open(Head::path(log))?;
-        Ok(HeadFile { file })
+        Ok(HeadFile { file, checkpoint })
+    }
+
+    /// Writes a checkpoint that waits, once it is due.
+    pub fn tick(&self) {
+        if let Some(c) = &self.checkpoint {
+            c.tick();
+        }
+    }
+
+    /// Writes a checkpoint that waits (the log is being closed).
+    pub fn flush(&self) {
+        if let Some(c) = &self.checkpoint {
+            c.flush();
+        }
     }
 
     /// Records `head` unless the file already names a later record (another process's).
@@ -422,6 +458,10 @@ impl HeadFile {
         f.seek(SeekFrom::Start(0))?;
         f.write_all(line.as_bytes())?;
         f.set_len(line.len() as u64)?;
+        drop(f);
+        if let Some(c) = &self.checkpoint {
+            c.offer(head);
+        }
         Ok(())
     }
 }

@@ -28,6 +28,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use tokio::sync::oneshot;
 
 pub mod chain;
+pub mod checkpoint;
 pub mod forward;
 mod record;
 pub mod verify;
@@ -53,6 +54,8 @@ pub enum Error {
     Write { path: PathBuf, reason: String },
     #[error(transparent)]
     Key(#[from] chain::Error),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::Error),
     #[error("the audit writer has stopped")]
     Stopped,
 }
@@ -65,6 +68,9 @@ pub struct Options {
     /// The signing key (PKCS#8, created if missing); its public half goes next to it with
     /// the extension `.pub`. Default: `audit.key` in the log's directory.
     pub key: Option<PathBuf>,
+    /// Where signed chain heads are copied, at most every [`checkpoint::INTERVAL`], to be
+    /// kept away from the log (see [`checkpoint`]). None: no checkpoints.
+    pub checkpoint: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -72,6 +78,7 @@ impl Default for Options {
         Options {
             max_bytes: DEFAULT_MAX_BYTES,
             key: None,
+            checkpoint: None,
         }
     }
 }
@@ -114,6 +121,8 @@ pub struct Audit {
     /// thread's new record would cost the next waiter an `fdatasync` of its own.
     written: Arc<AtomicU64>,
     path: Arc<PathBuf>,
+    /// The head file (and its checkpoint file), flushed when the log is closed.
+    head_file: Arc<chain::HeadFile>,
 }
 
 type Done = Arc<OnceLock<Result<u64, String>>>;
@@ -203,10 +212,15 @@ impl Audit {
         let file = writer::open_log(path).map_err(err)?;
         let key = opts.key.clone().unwrap_or_else(|| dir.join("audit.key"));
         let signer = Arc::new(chain::Signer::load_or_create(&key)?);
-        let head_file = Arc::new(chain::HeadFile::open(path).map_err(err)?);
+        let checkpoint = opts
+            .checkpoint
+            .as_deref()
+            .map(|c| checkpoint::Checkpoint::open(c, &signer))
+            .transpose()?;
+        let head_file = Arc::new(chain::HeadFile::open(path, checkpoint).map_err(err)?);
         let written = Arc::new(AtomicU64::new(0));
         let (sync, thread, head) = match durability {
-            Durability::PageCache => (None, None, writer::HeadSink::Now(head_file)),
+            Durability::PageCache => (None, None, writer::HeadSink::Now(head_file.clone())),
             Durability::Durable => {
                 let (stop, stopped) = mpsc::sync_channel(0);
                 let pending = Arc::new(Mutex::new(None));
@@ -217,7 +231,7 @@ impl Audit {
                     state: Mutex::new(SyncState::default()),
                     synced: Condvar::new(),
                     head: pending.clone(),
-                    head_file,
+                    head_file: head_file.clone(),
                 });
                 let flusher = syncer.clone();
                 let thread = std::thread::Builder::new()
@@ -249,6 +263,7 @@ impl Audit {
             sync,
             written,
             path: Arc::new(path.to_path_buf()),
+            head_file,
         };
         let thread = WriterThread(thread);
         // A log a crash left torn is sealed now, not at the first decision.
@@ -375,6 +390,8 @@ impl Audit {
         if let Some(t) = thread.0 {
             let _ = t.join();
         }
+        // The last head is checkpointed whatever the interval: what was written is seen.
+        self.head_file.flush();
     }
 }
 
@@ -405,6 +422,9 @@ impl Syncer {
     fn run(&self, stop: mpsc::Receiver<()>) {
         while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(FLUSH_INTERVAL) {
             let _ = self.sync_to(self.written.load(Ordering::Acquire));
+            // A head held back by the checkpoint interval goes out once due, even when
+            // no more records come.
+            self.head_file.tick();
         }
         let _ = self.sync_to(self.written.load(Ordering::Acquire));
     }

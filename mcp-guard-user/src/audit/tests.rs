@@ -103,6 +103,7 @@ fn child() {
             let opts = Options {
                 max_bytes: 100_000,
                 key: None,
+                checkpoint: None,
             };
             let (audit, _thread) = Audit::open_with(&path, Durability::Durable, &opts).unwrap();
             let rt = rt();
@@ -413,6 +414,7 @@ fn rotation_keeps_one_chain_across_files() {
     let opts = Options {
         max_bytes: 4000,
         key: None,
+        checkpoint: None,
     };
     let (a, ta) = Audit::open_with(&path, Durability::Durable, &opts).unwrap();
     let (b, tb) = Audit::open_with(&path, Durability::PageCache, &opts).unwrap();

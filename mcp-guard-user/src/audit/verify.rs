@@ -32,30 +32,321 @@ pub enum Error {
     NoFiles,
 }
 
-/// Verifies `files` as one chain; prints `FILE...: OK, N records ...` or the first bad
-/// record as `FILE:LINE: seq S: PROBLEM: detail`. Exit status 0 or 1.
-pub fn run(key: Option<&Path>, files: &[PathBuf]) -> anyhow::Result<i32> {
+/// Where trusted public keys are kept (`*.pub`, 64 hex digits each): a directory only root
+/// can write, so the writer of a log cannot replace the key its signatures are checked with.
+pub const TRUSTED_KEYS_DIR: &str = "/etc/mcp-guard/trusted-keys";
+/// The daemon's public key (beside its signing key, where users cannot write): trusted too.
+pub const SYSTEM_KEY: &str = "/var/lib/mcp-guard/audit.pub";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The public key to check signatures with [default: a trusted key that signed the log
+    /// (from /etc/mcp-guard/trusted-keys/ or $MCP_GUARD_TRUSTED_KEYS, or the daemon's
+    /// /var/lib/mcp-guard/audit.pub), else the key pinned in an append-only --checkpoint,
+    /// else audit.pub beside the first FILE, which shows only that the log is self-consistent].
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Exit 1 unless the key is trusted (--key, a trusted key, or pinned in an append-only
+    /// checkpoint), even when the chain is whole.
+    #[arg(long)]
+    pub require_trusted_key: bool,
+    /// A forwarder's cursor: the log must reach the record it names, with the hash it names
+    /// [default: the last FILE's `.cursor`, when there is one].
+    #[arg(long, value_name = "FILE")]
+    pub cursor: Option<PathBuf>,
+    /// A checkpoint file (`wrap --audit-checkpoint`): the log must hold every signed head
+    /// it names, and be signed with the key it pinned.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Vec<PathBuf>,
+    /// The last seq a witness holds (a SIEM, another copy): the log must reach it.
+    #[arg(long, value_name = "SEQ")]
+    pub expect_seq: Option<u64>,
+    /// The `hash` of that record, as the witness holds it.
+    #[arg(long, value_name = "HASH", requires = "expect_seq")]
+    pub expect_hash: Option<String>,
+    /// The log: rotated files first, the live one last.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// Where the key that checked the signatures came from, which says what an OK is worth.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// `--key FILE`.
+    Given(PathBuf),
+    /// A trusted key ([`TRUSTED_KEYS_DIR`], [`SYSTEM_KEY`]).
+    Trusted(PathBuf),
+    /// Pinned at first use in an append-only checkpoint file.
+    Pinned(PathBuf),
+    /// `audit.pub` beside the log: whoever can write the log can replace it.
+    Beside(PathBuf),
+}
+
+impl KeySource {
+    /// Whether the log's writer could not have chosen the key.
+    pub fn trusted(&self) -> bool {
+        !matches!(self, KeySource::Beside(_))
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            KeySource::Given(p)
+            | KeySource::Trusted(p)
+            | KeySource::Pinned(p)
+            | KeySource::Beside(p) => p,
+        }
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Given(p) => write!(f, "key {} (given with --key)", p.display()),
+            KeySource::Trusted(p) => write!(f, "key {} (trusted)", p.display()),
+            KeySource::Pinned(p) => write!(
+                f,
+                "key pinned at first use in the append-only checkpoint {}",
+                p.display()
+            ),
+            KeySource::Beside(p) => write!(
+                f,
+                "self-consistent only: signed by the key beside the log ({}), which whoever can write the log can replace; \
+                 give --key, or put the key in {TRUSTED_KEYS_DIR}/, to show it is authentic",
+                p.display()
+            ),
+        }
+    }
+}
+
+/// Something outside the log that saw a record: the log must reach it, and agree.
+#[derive(Debug, Clone)]
+pub struct Witness {
+    pub seq: u64,
+    /// The record's `hash`, when the witness knows it.
+    pub hash: Option<String>,
+    /// Who saw it, for messages (`checkpoint FILE:LINE`).
+    pub source: String,
+    /// The witness, for the summary (`checkpoint FILE`).
+    pub label: String,
+}
+
+/// Verifies `args.files` as one chain; prints `FILE...: OK, N records ...; KEY` or the
+/// first bad record as `FILE:LINE: seq S: PROBLEM: detail`. Exit status 0 or 1.
+pub fn run(args: &Args) -> anyhow::Result<i32> {
+    let files = &args.files;
     let first = files.first().ok_or(Error::NoFiles)?;
-    let key_path = match key {
-        Some(k) => k.to_path_buf(),
-        None => first
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .join("audit.pub"),
-    };
-    let public = PublicKey::read(&key_path)?;
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    match check(&public, &key_path, files)? {
-        Verdict::Ok(summary) => {
-            println!("{}: OK, {summary}", names.join(" "));
+    let mut checkpoints = Vec::new();
+    for path in &args.checkpoint {
+        match super::checkpoint::read(path) {
+            Ok(c) => checkpoints.push((path.clone(), c)),
+            Err(super::checkpoint::Error::Malformed { path, line, why }) => {
+                println!(
+                    "{}:{line}: malformed: not a checkpoint line: {why}",
+                    path.display()
+                );
+                return Ok(1);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (public, source) = choose_key(args.key.as_deref(), first, files, &checkpoints)?;
+    let mut witnesses = Vec::new();
+    for (path, c) in &checkpoints {
+        if let Some((line, pinned)) = &c.key
+            && !pinned.eq_ignore_ascii_case(&public.hex())
+        {
+            println!(
+                "{}:{line}: wrong key: the checkpoint pinned the key {pinned} at first use; the log is checked with {}",
+                path.display(),
+                source.path().display()
+            );
+            return Ok(1);
+        }
+        for (line, h) in &c.heads {
+            if !public.verifies(h.hash.as_bytes(), h.sig.as_bytes()) {
+                println!(
+                    "{}:{line}: seq {}: wrong key: the checkpoint's signature does not verify with {}",
+                    path.display(),
+                    h.seq,
+                    source.path().display()
+                );
+                return Ok(1);
+            }
+            witnesses.push(Witness {
+                seq: h.seq,
+                hash: Some(h.hash.clone()),
+                source: format!("checkpoint {}:{line}", path.display()),
+                label: format!("checkpoint {}", path.display()),
+            });
+        }
+    }
+    let cursor = args.cursor.clone().or_else(|| {
+        let c = super::forward::cursor::default_path(files.last().unwrap_or(first));
+        c.is_file().then_some(c)
+    });
+    if let Some(path) = cursor
+        && let Some(c) = super::forward::cursor::load(&path)?
+        && c.seq > 0
+    {
+        witnesses.push(Witness {
+            seq: c.seq,
+            hash: Some(c.hash),
+            source: format!("the forwarder's cursor {}", path.display()),
+            label: format!("cursor {}", path.display()),
+        });
+    }
+    if let Some(seq) = args.expect_seq {
+        witnesses.push(Witness {
+            seq,
+            hash: args.expect_hash.clone(),
+            source: "--expect-seq".into(),
+            label: "--expect-seq".into(),
+        });
+    }
+    match check_witnessed(&public, source.path(), files, &witnesses)? {
+        Verdict::Ok(summary) if source.trusted() || !args.require_trusted_key => {
+            println!("{}: OK, {summary}; {source}", names.join(" "));
             Ok(0)
+        }
+        Verdict::Ok(summary) => {
+            println!(
+                "{}: untrusted key: the chain is whole ({summary}), but {source}",
+                names.join(" ")
+            );
+            Ok(1)
         }
         Verdict::Bad(finding) => {
             println!("{finding}");
             Ok(1)
         }
     }
+}
+
+/// The key to check with, and where it came from: `--key`; else a trusted key that is the
+/// key beside the log or that made the log's first signature; else a key pinned in an
+/// append-only checkpoint; else the key beside the log.
+fn choose_key(
+    given: Option<&Path>,
+    first: &Path,
+    files: &[PathBuf],
+    checkpoints: &[(PathBuf, super::checkpoint::Contents)],
+) -> anyhow::Result<(PublicKey, KeySource)> {
+    if let Some(k) = given {
+        return Ok((PublicKey::read(k)?, KeySource::Given(k.to_path_buf())));
+    }
+    let beside = first
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("audit.pub");
+    let beside_key = match PublicKey::read(&beside) {
+        Ok(k) => Some(k),
+        Err(super::chain::Error::ReadPublic { source, .. })
+            if source.kind() == io::ErrorKind::NotFound =>
+        {
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let trusted = trusted_keys();
+    if let Some(b) = &beside_key
+        && let Some(i) = trusted.iter().position(|(_, k)| k.bytes() == b.bytes())
+    {
+        let (path, key) = trusted.into_iter().nth(i).ok_or(Error::NoFiles)?;
+        return Ok((key, KeySource::Trusted(path)));
+    }
+    if let Some((hash, sig)) = first_signature(files)
+        && let Some(i) = trusted.iter().position(|(_, k)| k.verifies(&hash, &sig))
+    {
+        let (path, key) = trusted.into_iter().nth(i).ok_or(Error::NoFiles)?;
+        return Ok((key, KeySource::Trusted(path)));
+    }
+    for (path, c) in checkpoints {
+        if c.append_only
+            && let Some(key) = c
+                .key
+                .as_ref()
+                .and_then(|(_, hex)| PublicKey::from_hex(hex.as_bytes()))
+        {
+            return Ok((key, KeySource::Pinned(path.clone())));
+        }
+    }
+    match beside_key {
+        Some(k) => Ok((k, KeySource::Beside(beside))),
+        // Named in the error: no key is no pass.
+        None => Err(PublicKey::read(&beside)
+            .err()
+            .map_or_else(|| anyhow::anyhow!("no public key"), anyhow::Error::from)),
+    }
+}
+
+/// The trusted keys: `*.pub` in `$MCP_GUARD_TRUSTED_KEYS` or [`TRUSTED_KEYS_DIR`], and
+/// [`SYSTEM_KEY`]; each only if it and its directory are root's and writable by no one else.
+fn trusted_keys() -> Vec<(PathBuf, PublicKey)> {
+    let dir = std::env::var_os("MCP_GUARD_TRUSTED_KEYS")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from(TRUSTED_KEYS_DIR), PathBuf::from);
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "pub"))
+                .collect()
+        })
+        .unwrap_or_default();
+    paths.sort();
+    paths.push(PathBuf::from(SYSTEM_KEY));
+    paths
+        .into_iter()
+        .filter(|p| p.exists())
+        .filter_map(|p| {
+            if let Err(why) = root_only(&p) {
+                tracing::warn!(key = %p.display(), why, "not trusting this key");
+                return None;
+            }
+            match PublicKey::read(&p) {
+                Ok(k) => Some((p, k)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "not trusting this key");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// The file (symlinks followed) and its directory belong to root and no one else can write them.
+fn root_only(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let real = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+    let dir = real.parent().unwrap_or(Path::new("/"));
+    for p in [real.as_path(), dir] {
+        let m = std::fs::metadata(p).map_err(|e| e.to_string())?;
+        if m.uid() != 0 || m.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{} is not root's alone (uid {}, mode {:o})",
+                p.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The hash and signature of the first signed record of the first file.
+fn first_signature(files: &[PathBuf]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let reader = BufReader::new(File::open(files.first()?).ok()?);
+    for line in reader.split(b'\n') {
+        let line = line.ok()?;
+        if let Some(parts) = Line::split(&line)
+            && let Some(sig) = parts.sig
+        {
+            return Some((parts.hash.to_vec(), sig.to_vec()));
+        }
+    }
+    None
 }
 
 /// What verification found.
@@ -79,6 +370,9 @@ pub struct Summary {
     pub rotations: u64,
     /// The head file's `seq`, when there was one and it checked out.
     pub head: Option<u64>,
+    /// Witnesses that agree: label, the latest seq it saw, and whether that seq comes
+    /// before the files given (then it could not be checked).
+    pub witnessed: Vec<(String, u64, bool)>,
     /// Line of the last record in the last file.
     last_line: u64,
 }
@@ -122,9 +416,18 @@ impl fmt::Display for Summary {
             )?;
         }
         match self.head {
-            Some(seq) => write!(f, ", signed head at seq {seq}"),
-            None => write!(f, ", no head file: the end of the log is not checked"),
+            Some(seq) => write!(f, ", signed head at seq {seq}")?,
+            None => write!(f, ", no head file: the end of the log is not checked")?,
         }
+        for (i, (label, seq, before)) in self.witnessed.iter().enumerate() {
+            f.write_str(if i == 0 { "; agrees with " } else { ", " })?;
+            write!(f, "{label} (seq {seq}")?;
+            if *before {
+                f.write_str(", before these files: not checked")?;
+            }
+            f.write_str(")")?;
+        }
+        Ok(())
     }
 }
 
@@ -161,10 +464,12 @@ pub enum Problem {
     Inserted,
     /// `seq` goes back, or jumps to one that comes later.
     Reordered,
-    /// The log ends before its signed head, its last record is unsigned, or a rotated
-    /// file ends before its name says.
+    /// The log ends before its signed head or before a record a witness (cursor,
+    /// checkpoint, `--expect-seq`) saw, its last record is unsigned, or a rotated file ends
+    /// before its name says.
     Truncated,
-    /// The first signature does not verify with the key.
+    /// The first signature does not verify with the key (or a checkpoint's does not, or a
+    /// checkpoint pinned another key).
     WrongKey,
     /// The last line is incomplete and was not sealed (the log was not reopened since).
     Torn,
@@ -268,11 +573,21 @@ struct Previous {
 
 /// Checks `files` as one chain with `key` (named `key_path` in messages).
 pub fn check(key: &PublicKey, key_path: &Path, files: &[PathBuf]) -> Result<Verdict, Error> {
-    let verdict = check_with(key, key_path, files, false)?;
+    check_witnessed(key, key_path, files, &[])
+}
+
+/// [`check`], and the log must reach, and agree with, what each witness saw.
+pub fn check_witnessed(
+    key: &PublicKey,
+    key_path: &Path,
+    files: &[PathBuf],
+    witnesses: &[Witness],
+) -> Result<Verdict, Error> {
+    let verdict = check_with(key, key_path, files, witnesses, false)?;
     match &verdict {
         // A signature failed: go again over all of them to name the first bad record.
         Verdict::Bad(f) if f.problem == Problem::Edited && f.detail.starts_with(SIG_FAILED) => {
-            check_with(key, key_path, files, true)
+            check_with(key, key_path, files, witnesses, true)
         }
         _ => Ok(verdict),
     }
@@ -284,6 +599,7 @@ fn check_with(
     key: &PublicKey,
     key_path: &Path,
     files: &[PathBuf],
+    witnesses: &[Witness],
     all_sigs: bool,
 ) -> Result<Verdict, Error> {
     let workers = std::thread::available_parallelism()
@@ -313,7 +629,7 @@ fn check_with(
                 }
             });
         }
-        let mut checker = Checker::new(files, tx, &stop, all_sigs);
+        let mut checker = Checker::new(files, tx, &stop, all_sigs, witnesses);
         let res = checker.run();
         drop(checker);
         res
@@ -395,6 +711,32 @@ fn check_with(
     } else {
         summary.head = None;
     }
+    // A record something outside the log saw: a log that ends before it was cut short,
+    // whatever its head file says (the head file lives beside the log, and can be forged
+    // from an earlier record by whoever can write the log).
+    if let Some(w) = witnesses.iter().max_by_key(|w| w.seq)
+        && w.seq > summary.last_seq
+    {
+        return Ok(Verdict::Bad(Finding {
+            file: files[last_file].clone(),
+            line: summary.last_line,
+            seq: Some(summary.last_seq),
+            problem: Problem::Truncated,
+            detail: format!(
+                "the log ends at seq {}, but {} saw seq {}",
+                summary.last_seq, w.source, w.seq
+            ),
+            pos: (last_file, u64::MAX),
+        }));
+    }
+    for w in witnesses {
+        let before = summary.records == 0 || w.seq < summary.first_seq;
+        match summary.witnessed.iter_mut().find(|(l, _, _)| *l == w.label) {
+            Some(entry) if entry.1 < w.seq => *entry = (w.label.clone(), w.seq, before),
+            Some(_) => {}
+            None => summary.witnessed.push((w.label.clone(), w.seq, before)),
+        }
+    }
     Ok(Verdict::Ok(summary))
 }
 
@@ -410,6 +752,8 @@ struct Checker<'a> {
     last: Option<Link>,
     before: Option<Link>,
     head: Option<Head>,
+    /// What witnesses saw, by seq.
+    witnesses: std::collections::HashMap<u64, Vec<&'a Witness>>,
     summary: Summary,
     file: usize,
 }
@@ -420,10 +764,16 @@ impl<'a> Checker<'a> {
         sigs: mpsc::SyncSender<Vec<SigJob>>,
         stop: &'a AtomicBool,
         all_sigs: bool,
+        witnesses: &'a [Witness],
     ) -> Checker<'a> {
         let head = files
             .last()
             .and_then(|f| Head::read(&Head::path(f)).ok().flatten());
+        let mut by_seq: std::collections::HashMap<u64, Vec<&Witness>> =
+            std::collections::HashMap::new();
+        for w in witnesses {
+            by_seq.entry(w.seq).or_default().push(w);
+        }
         Checker {
             files,
             sigs: Some(sigs),
@@ -434,6 +784,7 @@ impl<'a> Checker<'a> {
             last: None,
             before: None,
             head,
+            witnesses: by_seq,
             summary: Summary::default(),
             file: 0,
         }
@@ -652,6 +1003,29 @@ impl<'a> Checker<'a> {
                 malformed: Some((
                     Problem::Edited,
                     "the record differs from the signed head that names its seq".into(),
+                )),
+                content_ok: true,
+                prev: fields.prev.to_string(),
+                kind_rotated: false,
+            });
+        }
+        let differs = self.witnesses.get(&fields.seq).and_then(|ws| {
+            ws.iter().find(|w| {
+                w.hash
+                    .as_deref()
+                    .is_some_and(|h| !h.eq_ignore_ascii_case(&hash))
+            })
+        });
+        if let Some(w) = differs {
+            return Err(Suspect {
+                line: line_no,
+                seq: Some(fields.seq),
+                malformed: Some((
+                    Problem::Edited,
+                    format!(
+                        "the record differs from the one {} saw: the log was rewritten from here or before",
+                        w.source
+                    ),
                 )),
                 content_ok: true,
                 prev: fields.prev.to_string(),

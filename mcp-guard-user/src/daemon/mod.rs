@@ -99,6 +99,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     let opts = audit::Options {
         max_bytes: audit::DEFAULT_MAX_BYTES,
         key: Some(cfg.audit_key.clone()),
+        checkpoint: None,
     };
     let (audit, writer) = Audit::open_with(&cfg.audit, cfg.durability, &opts)?;
     std::fs::create_dir_all(&cfg.run_dir)
