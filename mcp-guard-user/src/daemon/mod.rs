@@ -1028,7 +1028,13 @@ impl Daemon {
         })
     }
 
+    /// Kills `tgid`; true only if it was alive to be killed: a process that already exited
+    /// (a zombie waiting for its parent accepts the signal) is not counted as killed.
     fn kill(&mut self, tgid: u32) -> bool {
+        if !procs::alive(tgid) {
+            tracing::info!(pid = tgid, "not killed: it had already exited");
+            return false;
+        }
         match kill(Pid::from_raw(tgid as i32), Signal::SIGKILL) {
             Ok(()) => {
                 self.counters.killed += 1;
