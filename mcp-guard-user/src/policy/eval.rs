@@ -495,6 +495,19 @@ impl Test {
                     return Tri::Unknown;
                 };
                 let home = p.and_then(|p| p.home.as_deref());
+                let tri = |b: Option<bool>| match b {
+                    Some(true) => Tri::Yes,
+                    Some(false) => Tri::No,
+                    None => Tri::Unknown,
+                };
+                if let Some(fixed) = fixed
+                    && !q.follow_links
+                    && path::is_normal(s)
+                {
+                    // Absolute and normal, and the file system is not consulted: the text is
+                    // the only reading (no allocation on this, the common, path).
+                    return tri(path::under_any(&[s], fixed));
+                }
                 let bases = path::Bases {
                     cwd: q.cwd,
                     roots: q.roots,
@@ -504,11 +517,7 @@ impl Test {
                     return Tri::Unknown;
                 };
                 if let Some(fixed) = fixed {
-                    return match path::under_any(&readings, fixed) {
-                        Some(true) => Tri::Yes,
-                        Some(false) => Tri::No,
-                        None => Tri::Unknown,
-                    };
+                    return tri(path::under_any(&readings, fixed));
                 }
                 let mut known: Vec<Cow<'_, str>> = Vec::with_capacity(roots.len());
                 let mut unknown_root = false;

@@ -176,9 +176,10 @@ fn walk(path: &str) -> Option<String> {
 
 /// Whether every reading in `paths` is inside one of `roots` (`Some(true)`), none is
 /// (`Some(false)`), or they disagree (`None`). Each is compared exactly and folded.
-pub fn under_any<R: AsRef<str>>(paths: &[String], roots: &[R]) -> Option<bool> {
+pub fn under_any<P: AsRef<str>, R: AsRef<str>>(paths: &[P], roots: &[R]) -> Option<bool> {
     let (mut yes, mut no) = (false, false);
     for p in paths {
+        let p = p.as_ref();
         let exact = roots.iter().any(|r| is_under(p, r.as_ref()));
         let fp = fold(p);
         let folded = roots.iter().any(|r| is_under(&fp, &fold(r.as_ref())));
