@@ -71,6 +71,9 @@ pub struct Counters {
     /// Records not written because the session's audit budget was used up.
     #[serde(skip_serializing_if = "is_zero")]
     pub unrecorded: u64,
+    /// Secrets replaced in what the server sent the host.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub redactions: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -697,14 +700,58 @@ impl Session {
     }
 
     fn message(&mut self, dir: Direction, m: &Message<'_>, bytes: usize) -> Judged {
-        match m.kind {
+        let mut j = match m.kind {
             Kind::Notification => {
                 self.counters.notifications += 1;
                 Judged::pass(dir)
             }
             Kind::Request => self.request(dir, m, bytes),
             Kind::Response => self.response(dir, m, bytes),
+        };
+        if dir == Direction::ToClient && j.pass {
+            self.redact(m, &mut j);
         }
+        j
+    }
+
+    /// Secrets in anything the server sends the host (a result, an error's message and
+    /// data, a notification, a request of its own) are replaced before it is forwarded;
+    /// the message is then rebuilt (its id kept as sent), else forwarded as received.
+    fn redact(&mut self, m: &Message<'_>, j: &mut Judged) {
+        let limits = self.policy.responses();
+        let text = match &j.replace {
+            Some(line) => std::str::from_utf8(line).unwrap_or_default(),
+            None => m.raw,
+        };
+        if !limits.may_redact(text) {
+            return;
+        }
+        let Ok(serde_json::Value::Object(mut body)) =
+            serde_json::from_str::<serde_json::Value>(text)
+        else {
+            return;
+        };
+        body.remove("id");
+        let mut body = serde_json::Value::Object(body);
+        let n = limits.redact(&mut body);
+        if n == 0 {
+            return;
+        }
+        self.counters.redactions += u64::from(n);
+        if let Some(o) = j.record.as_mut().and_then(|r| r.outcome.as_mut()) {
+            o.redactions += n;
+        } else if let Some(r) = j.record.as_mut() {
+            r.redactions = Some(n);
+        }
+        let rest = body.to_string();
+        j.replace = Some(match m.id {
+            // `{` + `"id":<as sent>` + the rest of the object, so the id stays what was sent.
+            Some(id) if rest.len() > 2 => {
+                format!("{{\"id\":{},{}", id.get(), &rest[1..]).into_bytes()
+            }
+            Some(id) => format!("{{\"id\":{}}}", id.get()).into_bytes(),
+            None => rest.into_bytes(),
+        });
     }
 
     /// Which table tracks the requests travelling `dir` (and which run of overflow).
@@ -1085,18 +1132,12 @@ impl Session {
                     replace: None,
                 };
             }
-            let redact = m.result.is_some_and(|r| limits.may_redact(r.get()));
             let filter = p.method == "tools/list";
-            if (redact || filter)
+            if filter
                 && let Some(mut result) = m
                     .result
                     .and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok())
             {
-                let redactions = if redact {
-                    limits.redact(&mut result)
-                } else {
-                    0
-                };
                 let mut hidden = if filter && !m.is_error() {
                     self.pin_tools(&mut result)
                 } else {
@@ -1105,13 +1146,8 @@ impl Session {
                 if filter && !m.is_error() {
                     hidden.extend(self.hide_tools(&mut result));
                 }
-                if let Some(o) = rec.outcome.as_mut() {
-                    o.redactions = redactions;
-                }
                 if !hidden.is_empty() {
                     rec.detail = Some(serde_json::json!({ "hidden_tools": hidden }));
-                }
-                if redactions > 0 || !hidden.is_empty() {
                     replace = response_line(id, &result);
                 }
             }
@@ -1647,3 +1683,6 @@ mod differential;
 
 #[cfg(test)]
 mod flight_tests;
+
+#[cfg(test)]
+mod redaction;

@@ -1,36 +1,272 @@
-//! Secrets in responses: replaced before they reach the host, and counted.
+//! Secrets in what a server sends the host: replaced before they reach it, and counted.
+//!
+//! Every string of every server-to-client message is scanned (results, errors, notifications,
+//! the server's requests), with a rule set modelled on gitleaks': provider tokens with fixed
+//! prefixes, key blocks from their first line (a block cut by `head` is still a key),
+//! credentials in assignments (`AWS_SECRET_ACCESS_KEY="..."`, `"SecretAccessKey": "..."`,
+//! `password=...` when the value looks random), URLs with passwords. Base64 runs (a
+//! resource `blob`, an image's `data`, an encoded line in a text) are decoded and scanned
+//! too: one that hides a secret is replaced whole.
 
 use std::sync::LazyLock;
 
-use regex::Regex;
+use base64::Engine as _;
+use regex::{Regex, RegexSet};
 use serde_json::Value;
 
 use crate::identity::REDACTED;
 
-/// Common credentials: cloud keys, GitHub, Slack and OpenAI-style tokens, JWTs, private keys.
-static BUILTIN: LazyLock<Vec<Regex>> = LazyLock::new(|| {
-    [
-        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----",
-        r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
-        r"(?i)aws_secret_access_key\s*[=:]\s*[A-Za-z0-9/+=]{40}",
-        r"\bgh[pousr]_[A-Za-z0-9]{20,}\b",
+/// One kind of secret. `group` is the capture that holds the secret itself (0: the whole
+/// match); `entropy` is the least Shannon entropy, in bits per character, the secret must
+/// have (for rules that also match ordinary words).
+struct Rule {
+    re: Regex,
+    group: usize,
+    entropy: Option<f64>,
+}
+
+/// (name, pattern, group, entropy)
+const RULES: &[(&str, &str, usize, Option<f64>)] = &[
+    // Key blocks, from the BEGIN line to the END line or, cut short, to the end of the text.
+    (
+        "private-key",
+        r"-----BEGIN[ A-Z0-9_-]*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END[ A-Z0-9_-]*PRIVATE KEY(?: BLOCK)?-----|\z)",
+        0,
+        None,
+    ),
+    (
+        "putty-key",
+        r"PuTTY-User-Key-File-\d+:[\s\S]*?(?:Private-MAC: *[0-9a-fA-F]+|\z)",
+        0,
+        None,
+    ),
+    (
+        "age-secret-key",
+        r"AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}",
+        0,
+        None,
+    ),
+    // Cloud.
+    (
+        "aws-access-key-id",
+        r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
+        0,
+        None,
+    ),
+    (
+        "aws-secret-access-key",
+        r#"(?i)secret_?access_?key[\\"'\s]*(?:[:=]|=>)[\\"'\s]*([A-Za-z0-9/+=]{40})"#,
+        1,
+        None,
+    ),
+    (
+        "aws-session-token",
+        r#"(?i)(?:session_?token|security_?token)[\\"'\s]*(?:[:=]|=>)[\\"'\s]*([A-Za-z0-9/+=]{100,})"#,
+        1,
+        None,
+    ),
+    ("gcp-api-key", r"\bAIza[0-9A-Za-z_-]{35}\b", 0, None),
+    ("gcp-oauth-secret", r"\bGOCSPX-[A-Za-z0-9_-]{28}\b", 0, None),
+    (
+        "azure-storage-key",
+        r"(?i)AccountKey=([A-Za-z0-9+/=]{40,})",
+        1,
+        None,
+    ),
+    (
+        "digitalocean-token",
+        r"\bdo[opr]_v1_[a-f0-9]{64}\b",
+        0,
+        None,
+    ),
+    (
+        "heroku-api-key",
+        r#"(?i)heroku[a-z0-9_ .,-]{0,25}[\\"'\s]*(?:[:=]|=>)[\\"'\s]*([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"#,
+        1,
+        None,
+    ),
+    (
+        "hashicorp-vault-token",
+        r"\bhv[sb]\.[A-Za-z0-9_-]{24,}",
+        0,
+        None,
+    ),
+    ("databricks-token", r"\bdapi[a-f0-9]{32}(?:-\d)?\b", 0, None),
+    ("pulumi-token", r"\bpul-[a-f0-9]{40}\b", 0, None),
+    // Code hosting and packages.
+    ("github-token", r"\bgh[pousr]_[A-Za-z0-9]{20,}\b", 0, None),
+    (
+        "github-fine-grained-token",
         r"\bgithub_pat_[A-Za-z0-9_]{20,}\b",
-        r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
-        r"\bAIza[0-9A-Za-z_-]{35}\b",
-        r"\bsk-[A-Za-z0-9_-]{20,}",
-        r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+",
-    ]
-    .iter()
-    .map(|p| Regex::new(p).expect("static regex"))
-    .collect()
+        0,
+        None,
+    ),
+    (
+        "gitlab-token",
+        r"\bgl(?:pat|ptt|dt|rt|cbt|oas)-[A-Za-z0-9_-]{20,}",
+        0,
+        None,
+    ),
+    ("npm-token", r"\bnpm_[A-Za-z0-9]{36}\b", 0, None),
+    (
+        "pypi-token",
+        r"\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}",
+        0,
+        None,
+    ),
+    (
+        "docker-hub-token",
+        r"\bdckr_pat_[A-Za-z0-9_-]{27,}",
+        0,
+        None,
+    ),
+    // Messaging, payments, SaaS.
+    ("slack-token", r"\bxox[abposre]-[A-Za-z0-9-]{10,}", 0, None),
+    (
+        "slack-webhook",
+        r"https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9+/]{20,}",
+        0,
+        None,
+    ),
+    (
+        "discord-webhook",
+        r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_-]{60,}",
+        0,
+        None,
+    ),
+    (
+        "telegram-bot-token",
+        r"\b\d{8,10}:AA[0-9A-Za-z_-]{33}\b",
+        0,
+        None,
+    ),
+    (
+        "stripe-key",
+        r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{24,}\b",
+        0,
+        None,
+    ),
+    (
+        "square-token",
+        r"\b(?:sq0atp|sq0csp|EAAA)[0-9A-Za-z_-]{22,}\b",
+        0,
+        None,
+    ),
+    (
+        "shopify-token",
+        r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b",
+        0,
+        None,
+    ),
+    ("twilio-api-key", r"\bSK[0-9a-fA-F]{32}\b", 0, None),
+    (
+        "sendgrid-api-key",
+        r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\b",
+        0,
+        None,
+    ),
+    ("mailgun-key", r"\bkey-[0-9a-zA-Z]{32}\b", 0, None),
+    ("linear-api-key", r"\blin_api_[A-Za-z0-9]{40}\b", 0, None),
+    (
+        "postman-api-key",
+        r"\bPMAK-[a-f0-9]{24}-[a-f0-9]{34}\b",
+        0,
+        None,
+    ),
+    (
+        "sentry-token",
+        r"\bsntry[su]_[A-Za-z0-9_=+/-]{40,}",
+        0,
+        None,
+    ),
+    ("huggingface-token", r"\bhf_[A-Za-z]{34}\b", 0, None),
+    (
+        "doppler-token",
+        r"\bdp\.(?:st|ct|sa|scim|audit)\.[A-Za-z0-9_-]{40,}",
+        0,
+        None,
+    ),
+    // AI providers.
+    (
+        "openai-or-anthropic-key",
+        r"\bsk-(?:ant-|proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}",
+        0,
+        None,
+    ),
+    ("groq-key", r"\bgsk_[A-Za-z0-9]{48,}\b", 0, None),
+    // Tokens in general.
+    (
+        "jwt",
+        r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
+        0,
+        None,
+    ),
+    (
+        "url-password",
+        r#"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@"'<>]+:([^\s@/"'<>]{3,})@"#,
+        1,
+        None,
+    ),
+    (
+        "generic-credential",
+        r#"(?i)(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|auth[_-]?key|client[_-]?secret|private[_-]?key|credentials?)[A-Za-z0-9_-]*[\\"'\s]*(?:[:=]|=>)[\\"'\s]*([^\s"'\\,;<>]{8,})"#,
+        1,
+        Some(3.0),
+    ),
+];
+
+static BUILTIN: LazyLock<Vec<Rule>> = LazyLock::new(|| {
+    RULES
+        .iter()
+        .map(|&(_id, p, group, entropy)| Rule {
+            re: Regex::new(p).expect("static regex"),
+            group,
+            entropy,
+        })
+        .collect()
 });
 
-/// Markers of the built-in patterns as they appear in raw JSON text (escapes included), to
-/// skip parsing the responses that cannot contain one.
-static BUILTIN_HINT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"PRIVATE KEY-----|AKIA|ASIA|(?i:aws_secret_access_key)|gh[pousr]_|github_pat_|xox[abposr]-|AIza|sk-|eyJ[A-Za-z0-9_-]{8,}\.eyJ")
-        .expect("static regex")
+/// The same patterns over a message's raw JSON text, for the quick decision whether to
+/// parse it at all; plus long base64 runs, which may hide any of them.
+static HINT: LazyLock<RegexSet> = LazyLock::new(|| {
+    RegexSet::new(RULES.iter().map(|r| r.1).chain([BASE64_RUN])).expect("static regex set")
 });
+
+/// A run of base64 (or base64url) long enough to hide a secret.
+const BASE64_RUN: &str = r"[A-Za-z0-9+/_-]{24,}={0,2}";
+
+static BASE64: LazyLock<Regex> = LazyLock::new(|| Regex::new(BASE64_RUN).expect("static regex"));
+
+/// Whether a value found after a credential-like name is a secret rather than a word, a
+/// placeholder (`${API_KEY}`, `<token>`, `********`) or code (`next_token(&mut lexer)`):
+/// random enough, and mixing character classes.
+fn looks_random(v: &str, min_entropy: f64) -> bool {
+    // A name of the next assignment (`api_key:`), a placeholder, or a call.
+    if v.starts_with(['$', '<', '{', '%', '*']) || v.ends_with([':', '=']) || v.contains(['(', ')'])
+    {
+        return false;
+    }
+    let classes = [
+        v.bytes().any(|b| b.is_ascii_lowercase()),
+        v.bytes().any(|b| b.is_ascii_uppercase()),
+        v.bytes().any(|b| b.is_ascii_digit()),
+        v.bytes().any(|b| !b.is_ascii_alphanumeric()),
+    ];
+    classes.iter().filter(|&&c| c).count() >= 2
+        && v.bytes().any(|b| !b.is_ascii_alphabetic())
+        && entropy(v) >= min_entropy
+}
+
+/// Shannon entropy of `s`, in bits per character.
+fn entropy(s: &str) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    let mut n = 0f64;
+    for c in s.chars() {
+        *counts.entry(c).or_insert(0f64) += 1.0;
+        n += 1.0;
+    }
+    counts.values().map(|&k| -(k / n) * (k / n).log2()).sum()
+}
 
 /// The `[responses]` section of a policy.
 #[derive(Debug, Default)]
@@ -55,28 +291,27 @@ impl Responses {
         Responses::new(true, Vec::new(), 0)
     }
 
-    /// Whether `raw` (a response's JSON text) may hold something to redact.
+    /// Whether `raw` (a message's JSON text) may hold something to redact. Never false for
+    /// a message [`Responses::redact`] would change: the built-in patterns are searched in
+    /// the raw text too, a JSON escape other than the common ones (which could spell a
+    /// pattern's letters) means yes, and so does any long base64 run.
     pub fn may_redact(&self, raw: &str) -> bool {
-        !self.extra.is_empty() || (self.builtin && BUILTIN_HINT.is_match(raw))
+        if !self.extra.is_empty() {
+            return true;
+        }
+        if !self.builtin {
+            return false;
+        }
+        unusual_escape(raw) || HINT.is_match(raw)
     }
 
-    /// Replaces every match in every string of `v`; returns how many were replaced.
+    /// Replaces every secret in every string of `v`; returns how many were replaced.
     pub fn redact(&self, v: &mut Value) -> u32 {
         match v {
             Value::String(s) => {
-                let mut n = 0;
-                let patterns = self
-                    .builtin
-                    .then_some(&*BUILTIN)
-                    .into_iter()
-                    .flatten()
-                    .chain(&self.extra);
-                for re in patterns {
-                    let found = re.find_iter(s).count() as u32;
-                    if found > 0 {
-                        *s = re.replace_all(s, REDACTED).into_owned();
-                        n += found;
-                    }
+                let (out, n) = self.redact_text(s, true);
+                if n > 0 {
+                    *s = out;
                 }
                 n
             }
@@ -85,6 +320,141 @@ impl Responses {
             _ => 0,
         }
     }
+
+    /// `text` with its secrets replaced, and how many; base64 runs in it are decoded and
+    /// scanned when `decode` (one level: what a decoded run holds is not decoded again).
+    fn redact_text(&self, text: &str, decode: bool) -> (String, u32) {
+        let mut out = text.to_string();
+        let mut n = 0;
+        if self.builtin {
+            for rule in BUILTIN.iter() {
+                let (next, k) = apply(rule, &out);
+                if k > 0 {
+                    out = next;
+                    n += k;
+                }
+            }
+        }
+        for re in &self.extra {
+            let k = re.find_iter(&out).count() as u32;
+            if k > 0 {
+                out = re.replace_all(&out, REDACTED).into_owned();
+                n += k;
+            }
+        }
+        if decode && self.builtin {
+            let (next, k) = self.redact_base64(&out);
+            if k > 0 {
+                out = next;
+                n += k;
+            }
+        }
+        (out, n)
+    }
+
+    /// Base64 runs that decode to text holding a secret are replaced: by the encoding of the
+    /// redacted text when it was valid UTF-8 (the string stays what it was, a blob), else by
+    /// the marker.
+    fn redact_base64(&self, text: &str) -> (String, u32) {
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        let mut n = 0;
+        for m in BASE64.find_iter(text) {
+            let run = m.as_str();
+            // Hex digests and identifiers are not base64 of text: it mixes cases.
+            if !(run.bytes().any(|b| b.is_ascii_uppercase())
+                && run.bytes().any(|b| b.is_ascii_lowercase()))
+            {
+                continue;
+            }
+            let Some(bytes) = decode_base64(run) else {
+                continue;
+            };
+            let decoded = String::from_utf8_lossy(&bytes);
+            let (clean, k) = self.redact_text(&decoded, false);
+            if k == 0 {
+                continue;
+            }
+            n += k;
+            out.push_str(&text[last..m.start()]);
+            if std::str::from_utf8(&bytes).is_ok() {
+                out.push_str(&base64::engine::general_purpose::STANDARD.encode(clean.as_bytes()));
+            } else {
+                out.push_str(REDACTED);
+            }
+            last = m.end();
+        }
+        if n == 0 {
+            return (String::new(), 0);
+        }
+        out.push_str(&text[last..]);
+        (out, n)
+    }
+}
+
+/// Standard or URL-safe base64, padded or not.
+fn decode_base64(run: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let trimmed = run.trim_end_matches('=');
+    [
+        STANDARD.decode(run),
+        STANDARD_NO_PAD.decode(trimmed),
+        URL_SAFE.decode(run),
+        URL_SAFE_NO_PAD.decode(trimmed),
+    ]
+    .into_iter()
+    .find_map(Result::ok)
+}
+
+/// Replaces what `rule` finds in `text` (its secret group, or the whole match). A value a
+/// rule's entropy test rejects is searched again as text (`"credential": "api_key: ..."`:
+/// the first name's value holds the next name).
+fn apply(rule: &Rule, text: &str) -> (String, u32) {
+    let mut out = String::new();
+    let mut last = 0;
+    let mut n = 0;
+    let mut at = 0;
+    while let Some(caps) = rule.re.captures_at(text, at) {
+        let whole = caps.get(0).map_or(at..at, |m| m.range());
+        let Some(m) = caps.get(rule.group) else {
+            at = whole.end.max(at + 1);
+            continue;
+        };
+        if rule
+            .entropy
+            .is_some_and(|min| !looks_random(m.as_str(), min))
+        {
+            at = m.start().max(whole.start + 1);
+            continue;
+        }
+        out.push_str(&text[last..m.start()]);
+        out.push_str(REDACTED);
+        last = m.end();
+        at = m.end().max(at + 1);
+        n += 1;
+    }
+    if n == 0 {
+        return (String::new(), 0);
+    }
+    out.push_str(&text[last..]);
+    (out, n)
+}
+
+/// A JSON escape other than `\n`, `\r`, `\t`, `\"`, `\\` and `\/`: it may spell a
+/// pattern's letters (`\u0041KIA`), so the raw text cannot be trusted to show them.
+fn unusual_escape(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while let Some(j) = memchr::memchr(b'\\', &b[i..]) {
+        let k = i + j + 1;
+        match b.get(k) {
+            Some(b'n' | b'r' | b't' | b'"' | b'\\') => i = k + 1,
+            // `\/` splits a base64 or key text the raw scan would otherwise see whole.
+            Some(_) => return true,
+            None => return false,
+        }
+    }
+    false
 }
 
 #[cfg(test)]

@@ -73,6 +73,10 @@ pub struct Record {
     /// Refused (or would be) because a rule's rate was exceeded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limited: Option<bool>,
+    /// Secrets replaced in a server's request to the host (a response counts them in
+    /// `outcome.redactions`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redactions: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,6 +134,7 @@ impl Record {
             would_deny: None,
             audit_rule: None,
             rate_limited: None,
+            redactions: None,
             method: None,
             tool: None,
             request_id: None,
