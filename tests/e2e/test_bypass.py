@@ -7,6 +7,7 @@ only the answer.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pwd
@@ -281,3 +282,76 @@ def test_every_spelling_the_server_follows_is_judged_like_the_place_it_reaches()
             session.close()
     assert denied_plain > 100, f"too few denied places to compare ({denied_plain})"
     assert not misses, f"{len(misses)} of {compared} attacks got through:\n" + "\n".join(misses[:60])
+
+
+# --------------------------------------------------------------------------
+# Redaction: what an honest server reads out of files
+# --------------------------------------------------------------------------
+
+def _secrets() -> list[dict]:
+    return json.loads((harness.ROOT / "mcp-guard-user/tests/fixtures/secrets.json").read_text())
+
+
+def test_secrets_read_by_the_real_filesystem_server_never_reach_the_host(tmp_path, make_guard):
+    """The server reads files holding real-format secrets: as text, as base64
+    (`read_media_file`), the head of a key file, and an `edit_file` dry-run diff. The host
+    sees none of the secrets; without the guard it sees all of them."""
+    root = harness.fresh_dir(tmp_path / "files")
+    corpus = _secrets()
+    for i, e in enumerate(corpus):
+        (root / f"s{i}.txt").write_text(e["line"] + "\n")
+    server = harness.filesystem_server(root)
+
+    def session(guard) -> list[tuple[str, bytes]]:
+        argv = guard.argv(server) if guard else server.argv
+        peer = RawPeer(argv, env=harness.process_env(server))
+        out = []
+        try:
+            _open(peer)
+            rid = 100
+            for i, e in enumerate(corpus):
+                path = str(root / f"s{i}.txt")
+                calls = [("read_text_file", {"path": path}), ("read_media_file", {"path": path}),
+                         ("edit_file", {"path": path, "edits": [{"oldText": e["line"].splitlines()[0], "newText": "x"}], "dryRun": True})]
+                if e["block"]:
+                    calls.append(("read_text_file", {"path": path, "head": 4}))
+                for tool, args in calls:
+                    rid += 1
+                    peer.send(json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                                          "params": {"name": tool, "arguments": args}}).encode())
+                    line, _ = peer.recv_response(rid, timeout=30)
+                    out.append((f"{e['kind']} via {tool}{' head' if 'head' in args else ''}", line))
+            peer.close()
+        finally:
+            peer.kill()
+        return out
+
+    def strings(v):
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, list):
+            for x in v:
+                yield from strings(x)
+        elif isinstance(v, dict):
+            for x in v.values():
+                yield from strings(x)
+
+    def leaked(e: dict, line: bytes) -> bool:
+        """In any string of the answer, or in what one decodes to (read_media_file's blob)."""
+        for s in strings(json.loads(line)):
+            if e["secret"] in s:
+                return True
+            try:
+                if e["secret"] in base64.b64decode(s, validate=True).decode("utf-8", "replace"):
+                    return True
+            except ValueError:
+                pass
+        return False
+
+    by_kind = {e["kind"]: e for e in corpus}
+    direct = session(None)
+    shown = [what for what, line in direct if leaked(by_kind[what.split(" via ")[0]], line)]
+    assert len(shown) >= len(corpus) * 3, f"the server did not show the secrets ({len(shown)})"
+    guarded = session(make_guard())
+    leaks = [what for what, line in guarded if leaked(by_kind[what.split(" via ")[0]], line)]
+    assert not leaks, f"{len(leaks)} of {len(guarded)} answers leak:\n" + "\n".join(leaks)
