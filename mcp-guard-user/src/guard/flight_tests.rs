@@ -4,28 +4,8 @@ use super::*;
 use crate::frame::Framer;
 
 fn session(limits: Limits) -> Session {
-    let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
-    let ctx = Arc::new(Context {
-        session: "s".into(),
-        transport: "stdio-shim",
-        policy_sha256: "p".into(),
-        mode: "enforce",
-        principal: raw("{}"),
-        agent_host: raw("{}"),
-        chain: raw("[]"),
-        server: raw("{}"),
-    });
-    let policy = Policy::parse(
+    let mut s = super::tests::session_with(
         "default = \"allow\"\n[[rule]]\nid = \"no-secret\"\ntool = \"secret\"\naction = \"deny\"\n",
-        "t",
-    )
-    .unwrap();
-    let mut s = Session::new(
-        "fs".into(),
-        Arc::new(policy),
-        ctx,
-        1 << 20,
-        Subject::default(),
     );
     s.set_limits(limits);
     s

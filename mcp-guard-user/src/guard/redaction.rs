@@ -119,25 +119,7 @@ fn channels(x: &str) -> Vec<(&'static str, Option<Value>, Value)> {
 }
 
 fn open_session() -> Session {
-    let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
-    let ctx = Arc::new(Context {
-        session: "s".into(),
-        transport: "stdio-shim",
-        policy_sha256: "p".into(),
-        mode: "enforce",
-        principal: raw("{}"),
-        agent_host: raw("{}"),
-        chain: raw("[]"),
-        server: raw("{}"),
-    });
-    let policy = Policy::parse("default = \"allow\"\n", "t").unwrap();
-    Session::new(
-        "fs".into(),
-        Arc::new(policy),
-        ctx,
-        1 << 24,
-        Subject::default(),
-    )
+    super::tests::session_with("default = \"allow\"\n")
 }
 
 /// What the host receives when the server sends `msg` (after `request`, if any).
@@ -150,7 +132,7 @@ fn to_host(request: Option<&Value>, msg: &Value) -> Vec<u8> {
         .chain([(Direction::ToClient, msg)])
     {
         let line = format!("{line}\n");
-        let mut f = Framer::new(1 << 24);
+        let mut f = Framer::new(1 << 20);
         f.spare(line.len())[..line.len()].copy_from_slice(line.as_bytes());
         f.filled(line.len());
         let mut frames = Vec::new();

@@ -15,6 +15,11 @@ action = "deny"
 "#;
 
 pub(super) fn session() -> Session {
+    session_with(POLICY)
+}
+
+/// A session with server `fs` under `policy` (messages up to 1 MiB).
+pub(super) fn session_with(policy: &str) -> Session {
     let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
     let ctx = Arc::new(Context {
         session: "s".into(),
@@ -28,7 +33,7 @@ pub(super) fn session() -> Session {
     });
     Session::new(
         "fs".into(),
-        Arc::new(Policy::parse(POLICY, "t").unwrap()),
+        Arc::new(Policy::parse(policy, "t").unwrap()),
         ctx,
         1 << 20,
         Subject::default(),
