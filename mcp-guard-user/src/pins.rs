@@ -159,8 +159,10 @@ pub struct Checked {
 pub enum Block {
     /// The definition changed since it was pinned.
     Changed,
-    /// The tool was not in the server's first listing and is not approved (or was never listed).
+    /// The tool was not in the server's first listing and is not approved.
     Added,
+    /// The server never listed the tool: there is no definition to check it against.
+    Unlisted,
     /// The server's program changed since it was pinned.
     Program,
     /// The store cannot be read.
@@ -173,6 +175,7 @@ impl Block {
         match self {
             Block::Changed => "pinned-tool-changed",
             Block::Added => "pinned-tool-added",
+            Block::Unlisted => "unlisted-tool",
             Block::Program => "pinned-server-changed",
             Block::Unavailable => "pins-unavailable",
         }
@@ -185,6 +188,9 @@ impl Block {
             }
             Block::Added => {
                 "the tool is new since the server was pinned; review and approve it with `mcp-guard pins approve`"
+            }
+            Block::Unlisted => {
+                "the server never listed this tool, so there is no pinned definition to check it against"
             }
             Block::Program => {
                 "the server's program changed since it was pinned; review and approve it with `mcp-guard pins approve`"
@@ -503,7 +509,7 @@ impl Pins {
             return None;
         }
         match s.tools.get(tool) {
-            None => Some(Block::Added),
+            None => Some(Block::Unlisted),
             Some(p) if p.sha256.is_none() => Some(Block::Added),
             Some(p) if p.pending.is_some() => Some(Block::Changed),
             Some(_) => None,

@@ -191,10 +191,9 @@ fn a_tool_added_after_the_first_listing_is_withheld_until_approved() {
     let (code, msg) = call_error(&mut shim, "3", "read_fi1e").expect("refused");
     assert_eq!(code, -32080);
     assert!(msg.contains("pinned-tool-added"), "{msg}");
-    assert!(
-        call_error(&mut shim, "4", "never_listed").is_some(),
-        "a tool the server never listed is not trusted either"
-    );
+    let (_, msg) = call_error(&mut shim, "4", "never_listed")
+        .expect("a tool the server never listed is not trusted either");
+    assert!(msg.contains("unlisted-tool"), "{msg}");
     assert!(call_error(&mut shim, "5", "read_file").is_none());
 
     let added = alerts(d, "tool_added");
