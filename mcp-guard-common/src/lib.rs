@@ -51,8 +51,23 @@ pub mod config {
     /// Most bytes of one read or write captured; the rest is reported as cut.
     /// `0` means [`super::MAX_CAPTURE`].
     pub const MAX_CAPTURE: u32 = 0;
+    /// Offset of `child_pid` in `sched_process_fork` records (`pid_t`). The offsets below
+    /// differ between kernels (6.1 has `char[16]` comms where later kernels have
+    /// `__data_loc`): user space reads them from the tracepoints' `format` files at load.
+    /// `0`: not set yet, the program does nothing.
+    pub const FORK_CHILD_PID: u32 = 1;
+    /// Offset of `filename` (`__data_loc char[]`) in `sched_process_exec` records.
+    pub const EXEC_FILENAME: u32 = 2;
+    /// Offset of `old_pid` (`pid_t`) in `sched_process_exec` records.
+    pub const EXEC_OLD_PID: u32 = 3;
+    /// Offset of `group_dead` (`bool`) in `sched_process_exit` records, or [`ABSENT`]
+    /// (kernels before 6.5 do not have it: the thread-group leader's exit stands for the
+    /// process's).
+    pub const EXIT_GROUP_DEAD: u32 = 4;
     /// Number of entries.
-    pub const LEN: u32 = 1;
+    pub const LEN: u32 = 5;
+    /// The kernel has no such field.
+    pub const ABSENT: u32 = u32::MAX;
 }
 
 /// Payload bytes in one [`DataEvent`] chunk.

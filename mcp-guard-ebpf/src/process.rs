@@ -14,18 +14,18 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use core::ptr::addr_of_mut;
-use mcp_guard_common::{ExecEvent, ExitEvent, FILENAME_LEN, Watch, fd_key, kind, watch};
+use mcp_guard_common::{ExecEvent, ExitEvent, FILENAME_LEN, Watch, config, fd_key, kind, watch};
 
-use crate::{EVENTS, FDS, WATCHED, lost, mark_watched};
+use crate::{CONFIG, EVENTS, FDS, WATCHED, lost, mark_watched};
 
-/// `field:pid_t child_pid; offset:20; size:4; signed:1;` (sched_process_fork/format)
-const FORK_CHILD_PID: usize = 20;
-/// `field:__data_loc char[] filename; offset:8; size:4; signed:0;` (sched_process_exec/format)
-const EXEC_FILENAME: usize = 8;
-/// `field:pid_t old_pid; offset:16; size:4; signed:1;` (sched_process_exec/format)
-const EXEC_OLD_PID: usize = 16;
-/// `field:bool group_dead; offset:32; size:1; signed:0;` (sched_process_exit/format)
-const EXIT_GROUP_DEAD: usize = 32;
+/// A record field's offset, as user space read it from this kernel's tracepoint `format`
+/// file (`mcp_guard_common::config`); an error when it is not set.
+fn offset(index: u32) -> Result<usize, u32> {
+    match CONFIG.get(index) {
+        Some(&o) if o != 0 && o != config::ABSENT => Ok(o as usize),
+        _ => Err(1),
+    }
+}
 
 /// The current task's (tid, tgid).
 fn current() -> (u32, u32) {
@@ -50,8 +50,8 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     let Some(parent) = (unsafe { WATCHED.get(tgid) }).copied() else {
         return Ok(0);
     };
-    // SAFETY: offset and type from the format file cited at the constant.
-    let child: i32 = unsafe { ctx.read_at(FORK_CHILD_PID) }.map_err(|_| 1u32)?;
+    // SAFETY: offset and type from this kernel's format file, checked at load.
+    let child: i32 = unsafe { ctx.read_at(offset(config::FORK_CHILD_PID)?) }.map_err(|_| 1u32)?;
     let flags = (parent.flags & !watch::HOST) | watch::CAPTURE;
     mark_watched(child as u32, true);
     // For a new thread `child` is a tid; exit removes it again.
@@ -86,8 +86,9 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     if watched.is_some() {
         // A non-leader thread that execs takes the leader's pid; its old tid entry
         // would otherwise outlive it.
-        // SAFETY: offset and type from the format file cited at the constant.
-        let old_pid: i32 = unsafe { ctx.read_at(EXEC_OLD_PID) }.map_err(|_| 1u32)?;
+        // SAFETY: offset and type from this kernel's format file, checked at load.
+        let old_pid: i32 =
+            unsafe { ctx.read_at(offset(config::EXEC_OLD_PID)?) }.map_err(|_| 1u32)?;
         if old_pid as u32 != tgid {
             let _ = WATCHED.remove(old_pid as u32);
         }
@@ -112,8 +113,8 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     };
     let (ppid, flags) = watched.map_or((0, 0), |w| (w.parent, w.flags));
     // __data_loc: low 16 bits are the string's offset from the record start.
-    // SAFETY: offset and type from the format file cited at the constant.
-    let loc: u32 = unsafe { ctx.read_at(EXEC_FILENAME) }.map_err(|_| 1u32)?;
+    // SAFETY: offset and type from this kernel's format file, checked at load.
+    let loc: u32 = unsafe { ctx.read_at(offset(config::EXEC_FILENAME)?) }.map_err(|_| 1u32)?;
     let filename = unsafe { ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize) };
 
     let uid_gid = bpf_get_current_uid_gid();
@@ -160,9 +161,14 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     if pid != tgid {
         let _ = WATCHED.remove(pid);
     }
-    // SAFETY: offset and type from the format file cited at the constant.
-    let group_dead: u8 = unsafe { ctx.read_at(EXIT_GROUP_DEAD) }.map_err(|_| 1u32)?;
-    if group_dead != 0 && WATCHED.remove(tgid).is_ok() {
+    let group_dead = match CONFIG.get(config::EXIT_GROUP_DEAD) {
+        // No such field on this kernel: the leader's exit stands for the process's.
+        Some(&config::ABSENT) => pid == tgid,
+        // SAFETY: offset and type from this kernel's format file, checked at load.
+        Some(&o) if o != 0 => unsafe { ctx.read_at::<u8>(o as usize) }.map_err(|_| 1u32)? != 0,
+        _ => return Err(1),
+    };
+    if group_dead && WATCHED.remove(tgid).is_ok() {
         mark_watched(tgid, false);
         // SAFETY: a helper without arguments.
         let ktime_ns = unsafe { bpf_ktime_get_ns() };

@@ -114,6 +114,14 @@ pub enum Error {
     RingSize(u32),
     #[error("failed to configure the kernel programs")]
     Config(#[source] MapError),
+    #[error(
+        "tracepoint {event} on this kernel ({kernel}): {why}; the observer cannot read its records"
+    )]
+    Format {
+        event: &'static str,
+        kernel: String,
+        why: String,
+    },
     #[error("the event stream was already taken")]
     EventsTaken,
     #[error("failed to wait on the event ring buffer")]
@@ -209,6 +217,10 @@ impl Observer {
             0,
         )
         .map_err(Error::Config)?;
+        // The record layouts of this kernel, before any program runs.
+        for (index, value) in format::offsets(Path::new(TRACEFS))? {
+            cfg.set(index, value, 0).map_err(Error::Config)?;
+        }
         for name in SCHED_PROGRAMS {
             let program: &mut TracePoint = program(&mut ebpf, name)?;
             program
@@ -642,5 +654,232 @@ mod tests {
             err.to_string(),
             "no eBPF object found (tried /usr/lib/mcp-guard/mcp-guard-ebpf.o, /opt/x.o)"
         );
+    }
+}
+
+/// The fields the programs read from the `sched` tracepoints' records, found in this
+/// kernel's `format` files: their offsets differ between kernels (Debian 12's 6.1 has
+/// `char parent_comm[16]` where 6.18 has `__data_loc char[]`, so `child_pid` moves from 44
+/// to 20). Each field is checked for the type and size the programs read.
+pub mod format {
+    use std::path::Path;
+
+    use mcp_guard_common::config;
+
+    use super::Error;
+
+    /// What a program reads: (config index, tracepoint, field, size, `__data_loc`, required).
+    const FIELDS: &[(u32, &str, &str, usize, bool, bool)] = &[
+        (
+            config::FORK_CHILD_PID,
+            "sched_process_fork",
+            "child_pid",
+            4,
+            false,
+            true,
+        ),
+        (
+            config::EXEC_FILENAME,
+            "sched_process_exec",
+            "filename",
+            4,
+            true,
+            true,
+        ),
+        (
+            config::EXEC_OLD_PID,
+            "sched_process_exec",
+            "old_pid",
+            4,
+            false,
+            true,
+        ),
+        (
+            config::EXIT_GROUP_DEAD,
+            "sched_process_exit",
+            "group_dead",
+            1,
+            false,
+            false,
+        ),
+    ];
+
+    /// One `field:` line of a format file: its declaration, offset and size.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Field {
+        pub decl: String,
+        pub offset: usize,
+        pub size: usize,
+    }
+
+    /// The fields of a format file, by name.
+    pub fn parse(text: &str) -> Vec<(String, Field)> {
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let mut decl = None;
+            let (mut offset, mut size) = (None, None);
+            for part in line.trim().split(';') {
+                let part = part.trim();
+                if let Some(d) = part.strip_prefix("field:") {
+                    decl = Some(d.trim().to_string());
+                } else if let Some(o) = part.strip_prefix("offset:") {
+                    offset = o.trim().parse().ok();
+                } else if let Some(s) = part.strip_prefix("size:") {
+                    size = s.trim().parse().ok();
+                }
+            }
+            if let (Some(decl), Some(offset), Some(size)) = (decl, offset, size) {
+                // The name is the declaration's last word, without an array suffix.
+                let name = decl.rsplit([' ', '*']).next().unwrap_or_default();
+                let name = name.split('[').next().unwrap_or_default().to_string();
+                out.push((name, Field { decl, offset, size }));
+            }
+        }
+        out
+    }
+
+    /// The config entries for this kernel, read from tracefs at `tracefs`.
+    pub fn offsets(tracefs: &Path) -> Result<Vec<(u32, u32)>, Error> {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let read = |event: &'static str| {
+            let path = tracefs.join("events/sched").join(event).join("format");
+            std::fs::read_to_string(&path).map_err(|e| Error::Format {
+                event,
+                kernel: kernel.clone(),
+                why: format!("cannot read {}: {e}", path.display()),
+            })
+        };
+        offsets_in(&kernel, read)
+    }
+
+    /// [`offsets`] over format texts from `read`.
+    pub fn offsets_in(
+        kernel: &str,
+        read: impl Fn(&'static str) -> Result<String, Error>,
+    ) -> Result<Vec<(u32, u32)>, Error> {
+        let mut out = Vec::new();
+        for &(index, event, name, size, data_loc, required) in FIELDS {
+            let fields = parse(&read(event)?);
+            let bad = |why: String| Error::Format {
+                event,
+                kernel: kernel.to_string(),
+                why,
+            };
+            let Some((_, f)) = fields.iter().find(|(n, _)| n == name) else {
+                if required {
+                    return Err(bad(format!("no field `{name}`")));
+                }
+                out.push((index, config::ABSENT));
+                continue;
+            };
+            if f.size != size || f.decl.starts_with("__data_loc") != data_loc {
+                let want = if data_loc { "a __data_loc" } else { "a plain" };
+                return Err(bad(format!(
+                    "field `{name}` is `{}` of {} bytes, not {want} field of {size}",
+                    f.decl, f.size
+                )));
+            }
+            // Past the common header, and within what a record can hold.
+            if f.offset < 8 || f.offset > 4096 {
+                return Err(bad(format!("field `{name}` at offset {}", f.offset)));
+            }
+            out.push((index, f.offset as u32));
+        }
+        Ok(out)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        const COMMON: &str = "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;\n\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n";
+
+        /// Debian 12's 6.1 and this machine's 6.18, as their format files say.
+        fn kernel(v: &str, event: &str) -> String {
+            let body = match (v, event) {
+                ("6.1", "sched_process_fork") => {
+                    "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n"
+                }
+                ("6.1", "sched_process_exit") => {
+                    "\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:int prio;\toffset:28;\tsize:4;\tsigned:1;\n"
+                }
+                (_, "sched_process_exec") => {
+                    "\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:0;\n\tfield:pid_t pid;\toffset:12;\tsize:4;\tsigned:1;\n\tfield:pid_t old_pid;\toffset:16;\tsize:4;\tsigned:1;\n"
+                }
+                ("6.18", "sched_process_fork") => {
+                    "\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n"
+                }
+                ("6.18", "sched_process_exit") => {
+                    "\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:int prio;\toffset:28;\tsize:4;\tsigned:1;\n\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n"
+                }
+                _ => unreachable!(),
+            };
+            format!("name: {event}\nID: 1\nformat:\n{COMMON}{body}\nprint fmt: \"...\"\n")
+        }
+
+        #[test]
+        fn offsets_follow_the_kernels_format_files() {
+            let of = |v: &'static str| offsets_in(v, |e| Ok(kernel(v, e))).unwrap();
+            assert_eq!(
+                of("6.1"),
+                [
+                    (config::FORK_CHILD_PID, 44),
+                    (config::EXEC_FILENAME, 8),
+                    (config::EXEC_OLD_PID, 16),
+                    (config::EXIT_GROUP_DEAD, config::ABSENT)
+                ]
+            );
+            assert_eq!(
+                of("6.18"),
+                [
+                    (config::FORK_CHILD_PID, 20),
+                    (config::EXEC_FILENAME, 8),
+                    (config::EXEC_OLD_PID, 16),
+                    (config::EXIT_GROUP_DEAD, 32)
+                ]
+            );
+        }
+
+        #[test]
+        fn a_missing_or_changed_field_is_an_error_naming_it() {
+            let no_child =
+                |e: &'static str| Ok(kernel("6.18", e).replace("child_pid", "child_tid"));
+            let err = offsets_in("9.9", no_child).unwrap_err().to_string();
+            assert!(
+                err.contains("sched_process_fork")
+                    && err.contains("child_pid")
+                    && err.contains("9.9"),
+                "{err}"
+            );
+            let fixed_filename = |e: &'static str| {
+                Ok(kernel("6.18", e).replace(
+                    "__data_loc char[] filename;\toffset:8;\tsize:4",
+                    "char filename[16];\toffset:8;\tsize:16",
+                ))
+            };
+            let err = offsets_in("9.9", fixed_filename).unwrap_err().to_string();
+            assert!(
+                err.contains("filename") && err.contains("__data_loc"),
+                "{err}"
+            );
+        }
+
+        #[test]
+        fn this_kernels_files_are_read_when_tracefs_is_there() {
+            let tracefs = Path::new(super::super::TRACEFS);
+            if !tracefs
+                .join("events/sched/sched_process_fork/format")
+                .exists()
+            {
+                eprintln!("skipping: no tracefs at {}", tracefs.display());
+                return;
+            }
+            let got = offsets(tracefs).unwrap();
+            assert_eq!(got.len(), 4);
+            assert!(got.iter().all(|&(_, o)| o != 0));
+        }
     }
 }
