@@ -34,6 +34,23 @@ pub const OBJECT_ENV: &str = "MCP_GUARD_BPF_OBJECT";
 pub const INSTALLED_OBJECT: &str = "/usr/lib/mcp-guard/mcp-guard-ebpf.o";
 /// File name looked for beside the running executable.
 pub const OBJECT_FILE_NAME: &str = "mcp-guard-ebpf.o";
+/// The oldest kernel the programs load on: `bpf_loop` (5.17) copies each payload.
+pub const MIN_KERNEL: (u32, u32) = (5, 17);
+
+/// Whether a kernel release (`6.1.0-27-amd64`) is `min` or later; an unreadable one is not.
+pub fn kernel_at_least(release: &str, min: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty());
+    let (Some(major), Some(minor)) = (
+        parts.next().and_then(|p| p.parse::<u32>().ok()),
+        parts.next().and_then(|p| p.parse::<u32>().ok()),
+    ) else {
+        return false;
+    };
+    (major, minor) >= min
+}
+
 /// Where tracefs is expected, and mounted when absent.
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -114,6 +131,8 @@ pub enum Error {
     RingSize(u32),
     #[error("failed to configure the kernel programs")]
     Config(#[source] MapError),
+    #[error("kernel {found} is older than {}.{}, the oldest the observer runs on (its programs need the bpf_loop helper)", MIN_KERNEL.0, MIN_KERNEL.1)]
+    KernelTooOld { found: String },
     #[error(
         "tracepoint {event} on this kernel ({kernel}): {why}; the observer cannot read its records"
     )]
@@ -190,6 +209,12 @@ impl Observer {
         let page = 4096;
         if !settings.ring_bytes.is_power_of_two() || settings.ring_bytes < page {
             return Err(Error::RingSize(settings.ring_bytes));
+        }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if !kernel_at_least(release.trim(), MIN_KERNEL) {
+            return Err(Error::KernelTooOld {
+                found: release.trim().to_string(),
+            });
         }
         ensure_tracefs()?;
         let bytes = std::fs::read(path).map_err(|source| Error::Read {
@@ -818,6 +843,22 @@ pub mod format {
                 _ => unreachable!(),
             };
             format!("name: {event}\nID: 1\nformat:\n{COMMON}{body}\nprint fmt: \"...\"\n")
+        }
+
+        #[test]
+        fn kernels_older_than_the_minimum_are_refused() {
+            use super::super::{MIN_KERNEL, kernel_at_least};
+            for (r, ok) in [
+                ("6.1.0-27-amd64", true),
+                ("6.18.2", true),
+                ("5.17.0", true),
+                ("5.15.0-91-generic", false),
+                ("4.18.0-553.el8", false),
+                ("", false),
+                ("x", false),
+            ] {
+                assert_eq!(kernel_at_least(r, MIN_KERNEL), ok, "{r}");
+            }
         }
 
         #[test]

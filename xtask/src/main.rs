@@ -8,6 +8,7 @@ mod demo;
 mod ebpf;
 mod peers;
 mod siem;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,6 +70,7 @@ fn main() -> Result<()> {
             ebpf::ensure_toolchain()?;
             siem::ensure_rsyslog()?;
             siem::ensure_systemd_analyze()?;
+            vm::ensure_vm()?;
             peers::ensure_peers(&root)
         }
         Cmd::BuildEbpf => {
@@ -162,6 +164,18 @@ fn test(root: &Path) -> Result<()> {
         .envs(env.iter().map(|(k, v)| (k, v)));
     if step("end-to-end tests (pytest)", &mut pytest).is_err() {
         failed.push("end-to-end tests");
+    }
+    // The same kernel tests and observer tests on Debian 12's own kernel, in a VM.
+    match env.iter().find(|(k, _)| *k == "MCP_GUARD_BPF_OBJECT") {
+        Some((_, object)) if root_user => {
+            println!("xtask: kernel matrix: Debian 12's 6.1 kernel in QEMU");
+            if let Err(e) = vm::run_matrix(root, object, &bin, &peers::venv_python(root)) {
+                println!("xtask: {e:#}");
+                failed.push("kernel matrix (6.1 VM)");
+            }
+        }
+        _ if in_ci => failed.push("kernel matrix (6.1 VM): needs root and the eBPF object"),
+        _ => println!("xtask: kernel matrix skipped (needs root and the eBPF object)"),
     }
     if !failed.is_empty() {
         bail!("failed: {}", failed.join(", "));
