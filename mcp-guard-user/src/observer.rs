@@ -34,7 +34,9 @@ pub const OBJECT_ENV: &str = "MCP_GUARD_BPF_OBJECT";
 pub const INSTALLED_OBJECT: &str = "/usr/lib/mcp-guard/mcp-guard-ebpf.o";
 /// File name looked for beside the running executable.
 pub const OBJECT_FILE_NAME: &str = "mcp-guard-ebpf.o";
-/// The oldest kernel the programs load on: `bpf_loop` (5.17) copies each payload.
+/// The oldest kernel release whose programs are known to load: `bpf_loop` (5.17) copies
+/// each payload. Older releases are tried anyway (distributions backport helpers) and,
+/// when the programs do not load, the error says why.
 pub const MIN_KERNEL: (u32, u32) = (5, 17);
 
 /// Whether a kernel release (`6.1.0-27-amd64`) is `min` or later; an unreadable one is not.
@@ -131,8 +133,12 @@ pub enum Error {
     RingSize(u32),
     #[error("failed to configure the kernel programs")]
     Config(#[source] MapError),
-    #[error("kernel {found} is older than {}.{}, the oldest the observer runs on (its programs need the bpf_loop helper)", MIN_KERNEL.0, MIN_KERNEL.1)]
-    KernelTooOld { found: String },
+    #[error("the eBPF programs do not load on kernel {found}, which is older than {}.{} (they need the bpf_loop helper; a distribution kernel that backports it loads them)", MIN_KERNEL.0, MIN_KERNEL.1)]
+    KernelTooOld {
+        found: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
     #[error(
         "tracepoint {event} on this kernel ({kernel}): {why}; the observer cannot read its records"
     )]
@@ -210,12 +216,6 @@ impl Observer {
         if !settings.ring_bytes.is_power_of_two() || settings.ring_bytes < page {
             return Err(Error::RingSize(settings.ring_bytes));
         }
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        if !kernel_at_least(release.trim(), MIN_KERNEL) {
-            return Err(Error::KernelTooOld {
-                found: release.trim().to_string(),
-            });
-        }
         ensure_tracefs()?;
         let bytes = std::fs::read(path).map_err(|source| Error::Read {
             path: path.to_owned(),
@@ -246,19 +246,31 @@ impl Observer {
         for (index, value) in format::offsets(Path::new(TRACEFS))? {
             cfg.set(index, value, 0).map_err(Error::Config)?;
         }
+        // A kernel before 5.17 (without a backported bpf_loop) fails here: say so.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let failed = |name: &'static str, source: ProgramError| {
+            if kernel_at_least(release.trim(), MIN_KERNEL) {
+                Error::Program { name, source }
+            } else {
+                Error::KernelTooOld {
+                    found: release.trim().to_string(),
+                    source: Box::new(source),
+                }
+            }
+        };
         for name in SCHED_PROGRAMS {
             let program: &mut TracePoint = program(&mut ebpf, name)?;
             program
                 .load()
                 .and_then(|()| program.attach("sched", name).map(drop))
-                .map_err(|source| Error::Program { name, source })?;
+                .map_err(|source| failed(name, source))?;
         }
         let name = DATA_PROGRAM;
         let program: &mut RawTracePoint = program(&mut ebpf, name)?;
         program
             .load()
             .and_then(|()| program.attach(name).map(drop))
-            .map_err(|source| Error::Program { name, source })?;
+            .map_err(|source| failed(name, source))?;
         let watched = take_map(&mut ebpf, WATCHED_MAP)?;
         let maybe_watched = take_map(&mut ebpf, MAYBE_WATCHED_MAP)?;
         let fds = take_map(&mut ebpf, FDS_MAP)?;
@@ -846,7 +858,7 @@ pub mod format {
         }
 
         #[test]
-        fn kernels_older_than_the_minimum_are_refused() {
+        fn kernel_releases_compare_by_major_and_minor() {
             use super::super::{MIN_KERNEL, kernel_at_least};
             for (r, ok) in [
                 ("6.1.0-27-amd64", true),
