@@ -123,7 +123,7 @@ pub fn run_matrix(root: &Path, object: &str, bin: &Path, python: &Path) -> Resul
     script += &format!("cd {}/mcp-guard-user\n", root.display());
     for exe in &exes {
         script += &format!(
-            "CI=true MCP_GUARD_BPF_OBJECT={object} {} --test-threads=1 || rc=1\n",
+            "TMPDIR=/run/e2e/tmp CI=true MCP_GUARD_BPF_OBJECT={object} {} --test-threads=1 || rc=1\n",
             exe.display()
         );
     }
@@ -145,8 +145,8 @@ pub fn run_matrix(root: &Path, object: &str, bin: &Path, python: &Path) -> Resul
             "--cpus",
             "2",
             "--disable-kvm",
-            "--rwdir",
-            "/tmp",
+            // Only the checkout is writable from the VM: the tests' temporary files stay
+            // in the VM's tmpfs, and nothing in this machine's /tmp is touched.
             "--rwdir",
         ])
         .arg(root)
