@@ -841,7 +841,7 @@ mod tests {
         );
         assert!(!c.first);
         assert_eq!(pins.blocked("s", "read_fi1e"), Some(Block::Added));
-        assert_eq!(pins.blocked("s", "never_listed"), Some(Block::Added));
+        assert_eq!(pins.blocked("s", "never_listed"), Some(Block::Unlisted));
         assert_eq!(
             pins.blocked("other", "anything"),
             None,
@@ -873,7 +873,7 @@ mod tests {
         assert_eq!(pins.load().unwrap().servers["s"].tools.len(), 1 + MAX_ADDED);
         assert_eq!(
             pins.blocked("s", "x4999"),
-            Some(Block::Added),
+            Some(Block::Unlisted),
             "not stored, still refused"
         );
     }
