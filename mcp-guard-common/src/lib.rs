@@ -64,8 +64,12 @@ pub mod config {
     /// (kernels before 6.5 do not have it: the thread-group leader's exit stands for the
     /// process's).
     pub const EXIT_GROUP_DEAD: u32 = 4;
+    /// [`super::Watch::flags`] given at exec to every process not watched yet (with
+    /// [`super::watch::PROBE`] set), so that a stdio MCP server is found by what it reads,
+    /// whoever started it. `0`: only children of agent hosts are watched.
+    pub const PROBE: u32 = 5;
     /// Number of entries.
-    pub const LEN: u32 = 5;
+    pub const LEN: u32 = 6;
     /// The kernel has no such field.
     pub const ABSENT: u32 = u32::MAX;
 }
@@ -124,6 +128,12 @@ pub mod watch {
     pub const GATE: u32 = 2;
     /// An agent host put there by user space: its children are watched.
     pub const HOST: u32 = 4;
+    /// Not known yet: a process the kernel watched at exec because probing is on
+    /// ([`super::config::PROBE`]). Nothing is captured until its first read of fd 0 that
+    /// returns something other than white space: if that starts with `{` (JSON), the
+    /// process is captured from that read on (`PROBE` becomes [`CAPTURE`]); anything else
+    /// ends the watch. Inherited at fork by children of a process that has only this bit.
+    pub const PROBE: u32 = 8;
 }
 
 /// A [`WATCHED_MAP`] value.

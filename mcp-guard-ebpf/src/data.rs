@@ -26,7 +26,7 @@ use mcp_guard_common::{
     origin, watch,
 };
 
-use crate::{CONFIG, EVENTS, FDS, WATCHED, lost, maybe_watched};
+use crate::{CONFIG, EVENTS, FDS, WATCHED, lost, mark_watched, maybe_watched};
 
 /// x86-64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 mod nr {
@@ -104,7 +104,7 @@ fn origin_of(tgid: u32, fd: u32, flags: u32) -> Option<u8> {
     match unsafe { FDS.get(fd_key(tgid, fd)) }.copied() {
         Some(origin::NONE) => None,
         Some(o) => Some(o),
-        None if fd <= 1 && flags & watch::CAPTURE != 0 => Some(fd as u8),
+        None if fd <= 1 && flags & (watch::CAPTURE | watch::PROBE) != 0 => Some(fd as u8),
         None => None,
     }
 }
@@ -118,9 +118,10 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     // SAFETY: copied out at once.
-    let Some(w) = (unsafe { WATCHED.get(tgid) }).copied() else {
+    let Some(mut w) = (unsafe { WATCHED.get(tgid) }).copied() else {
         return Ok(());
     };
+    let probing = w.flags & watch::PROBE != 0;
     let ret: i64 = ctx.arg(1);
     let regs: *const u64 = ctx.arg(0);
     let reg = |i: usize| -> Result<u64, i64> {
@@ -131,6 +132,8 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let direction = match number {
         nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG => dir::IN,
         nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG => dir::OUT,
+        // Not known yet: its sockets are its own business until it is found to speak MCP.
+        nr::CONNECT | nr::ACCEPT | nr::ACCEPT4 if probing => return Ok(()),
         nr::CONNECT | nr::ACCEPT | nr::ACCEPT4 => return socket(tgid, number, ret, &reg),
         nr::CLOSE | nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL if ret >= 0 => {
             return fd_table(tgid, w.flags, number, ret as u64, &reg);
@@ -170,6 +173,26 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
             Source::Iov { iov, count }
         }
     };
+    if probing {
+        // Only what it reads from its stdin says what a process not known yet is.
+        if o != origin::STDIN || direction != dir::IN {
+            return Ok(());
+        }
+        match first_byte(source, ret as u64) {
+            // JSON, an object or a batch: a possible server, captured from this read on.
+            Some(b'{' | b'[') => {
+                w.flags = (w.flags & !watch::PROBE) | watch::CAPTURE;
+                WATCHED.insert(tgid, w, 0).map_err(i64::from)?;
+            }
+            // Only white space so far: wait for more.
+            None => return Ok(()),
+            Some(_) => {
+                let _ = WATCHED.remove(tgid);
+                mark_watched(tgid, false);
+                return Ok(());
+            }
+        }
+    }
     let gate = direction == dir::IN && o == origin::STDIN && w.flags & watch::GATE != 0;
     let sent = send(tgid, tid, fd, direction, o, ret as u64, source, gate);
     if gate {
@@ -179,6 +202,48 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         unsafe { bpf_send_signal(if sent { SIGSTOP } else { SIGKILL }) };
     }
     Ok(())
+}
+
+/// The first byte other than JSON white space among the first bytes of what one read
+/// returned; `None` when they are all white space (or cannot be read).
+#[inline(always)]
+fn first_byte(source: Source, total: u64) -> Option<u8> {
+    const PEEK: usize = 16;
+    let (base, len) = match source {
+        Source::Buf(base) => (base, total),
+        Source::Iov { iov, count } => {
+            if count == 0 {
+                return None;
+            }
+            let at = iov as *const u64;
+            // SAFETY: user memory through the checked helper; `struct iovec` is two words.
+            let base = unsafe { aya_ebpf::helpers::bpf_probe_read_user(at) }.ok()?;
+            let len: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(at.add(1)) }.ok()?;
+            (base, if len < total { len } else { total })
+        }
+    };
+    // A whole window when it can be read; a read that ended near the end of a mapping
+    // falls back to its first byte.
+    // SAFETY: user memory through the checked helper.
+    let window: [u8; PEEK] = match unsafe {
+        aya_ebpf::helpers::bpf_probe_read_user(base as *const [u8; PEEK])
+    } {
+        Ok(w) => w,
+        Err(_) => {
+            let b: u8 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(base as *const u8) }.ok()?;
+            let mut w = [b' '; PEEK];
+            w[0] = b;
+            w
+        }
+    };
+    let mut i = 0;
+    while i < PEEK && (i as u64) < len {
+        match window[i] {
+            b' ' | b'\t' | b'\r' | b'\n' => i += 1,
+            b => return Some(b),
+        }
+    }
+    None
 }
 
 const EINPROGRESS: i64 = 115;

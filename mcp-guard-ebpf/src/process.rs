@@ -52,7 +52,12 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     };
     // SAFETY: offset and type from this kernel's format file, checked at load.
     let child: i32 = unsafe { ctx.read_at(offset(config::FORK_CHILD_PID)?) }.map_err(|_| 1u32)?;
-    let flags = (parent.flags & !watch::HOST) | watch::CAPTURE;
+    let flags = if parent.flags & (watch::HOST | watch::CAPTURE | watch::PROBE) == watch::PROBE {
+        // A process not known yet: its child shares its stdio and is probed the same way.
+        parent.flags
+    } else {
+        (parent.flags & !(watch::HOST | watch::PROBE)) | watch::CAPTURE
+    };
     mark_watched(child as u32, true);
     // For a new thread `child` is a tid; exit removes it again.
     WATCHED
@@ -79,7 +84,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     let (pid, tgid) = current();
-    // Every exec is reported, watched or not: user space looks for agent hosts.
+    // Every exec is reported, watched or not: user space looks for agent hosts, and
+    // stops probing a program whose stdio are not pipes or sockets.
     // SAFETY: the value is copied out at once; a concurrent remove can at worst
     // give a stale parent, never an invalid read.
     let watched = (unsafe { WATCHED.get(tgid) }).copied();
@@ -101,7 +107,7 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     // runs a new program now: capture it again from its first byte, before user space hears
     // of the exec. Its gate, if any, was left in place.
     let watched = match watched {
-        Some(w) if w.flags & (watch::HOST | watch::CAPTURE) == 0 => {
+        Some(w) if w.flags & (watch::HOST | watch::CAPTURE | watch::PROBE) == 0 => {
             let w = Watch {
                 parent: w.parent,
                 flags: w.flags | watch::CAPTURE,
@@ -109,6 +115,16 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, u32> {
             let _ = WATCHED.insert(tgid, w, 0);
             Some(w)
         }
+        // Probing on: whoever started it, a new program is watched until its first read
+        // of stdin says whether it speaks JSON. Marked first, as user space does.
+        None => match CONFIG.get(config::PROBE) {
+            Some(&flags) if flags & watch::PROBE != 0 => {
+                let w = Watch { parent: 0, flags };
+                mark_watched(tgid, true);
+                WATCHED.insert(tgid, w, 0).ok().map(|()| w)
+            }
+            _ => None,
+        },
         w => w,
     };
     let (ppid, flags) = watched.map_or((0, 0), |w| (w.parent, w.flags));

@@ -76,6 +76,9 @@ pub struct Settings {
     pub ring_bytes: u32,
     /// Most bytes of one read or write captured, at most [`MAX_CAPTURE`].
     pub max_capture: u32,
+    /// Watch flags every new program gets at exec (`watch::PROBE` and, for a gate,
+    /// `watch::GATE`); `0`: only what user space watches is watched.
+    pub probe: u32,
 }
 
 impl Default for Settings {
@@ -83,6 +86,7 @@ impl Default for Settings {
         Settings {
             ring_bytes: DEFAULT_RING_BYTES,
             max_capture: MAX_CAPTURE as u32,
+            probe: 0,
         }
     }
 }
@@ -195,6 +199,7 @@ fn candidates(env: Option<OsString>, exe: Option<&Path>) -> Vec<PathBuf> {
 pub struct Observer {
     // Owns the programs and their links.
     _ebpf: Ebpf,
+    config: Array<MapData, u32>,
     watched: HashMap<MapData, u32, Watch>,
     maybe_watched: Array<MapData, u8>,
     fds: HashMap<MapData, u64, u8>,
@@ -246,6 +251,8 @@ impl Observer {
         for (index, value) in format::offsets(Path::new(TRACEFS))? {
             cfg.set(index, value, 0).map_err(Error::Config)?;
         }
+        cfg.set(config::PROBE, settings.probe, 0)
+            .map_err(Error::Config)?;
         // A kernel before 5.17 (without a backported bpf_loop) fails here: say so.
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let failed = |name: &'static str, source: ProgramError| {
@@ -280,6 +287,7 @@ impl Observer {
         programs.push(DATA_PROGRAM);
         Ok(Self {
             _ebpf: ebpf,
+            config: cfg,
             watched,
             maybe_watched,
             fds,
@@ -302,6 +310,13 @@ impl Observer {
         self.watched
             .insert(tgid, Watch { parent: 0, flags }, 0)
             .map_err(|source| Error::Watch { tgid, source })
+    }
+
+    /// Changes the flags new programs get at exec ([`Settings::probe`]).
+    pub fn set_probe(&mut self, flags: u32) -> Result<(), Error> {
+        self.config
+            .set(config::PROBE, flags, 0)
+            .map_err(Error::Config)
     }
 
     /// Watches `tgid` as an agent host: not captured itself, its children are.

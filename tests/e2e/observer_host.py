@@ -12,7 +12,8 @@ sessions (how many to run at once, default 1), hold (seconds to stay connected a
 calls), start_gate (a file to wait for before the first call), then_gate and then_calls (a
 second round of calls, after another file appears), poke (a unix socket: before each call
 the host connects to it and writes a few bytes, local socket traffic beside the session),
-cpu (run the host and its servers on this CPU only). Prints one JSON line per session:
+cpu (run the host and its servers on this CPU only), rename (a new name the host gives
+itself with prctl(PR_SET_NAME) once its servers run, as hosts that name their threads do). Prints one JSON line per session:
 {"ok": [...], "errors": [...]}.
 """
 
@@ -69,6 +70,15 @@ async def over_http(spec: dict, out: list) -> None:
     out.append(result)
 
 
+def rename(name: str) -> None:
+    import ctypes
+
+    PR_SET_NAME = 15
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NAME)")
+
+
 def poke(path: str) -> None:
     import socket
 
@@ -87,6 +97,8 @@ async def one(spec: dict, out: list) -> None:
     result: dict = {"ok": [], "errors": []}
     try:
         async with harness.open_session(server, guard) as peer:
+            if spec.get("rename"):
+                rename(spec["rename"])
             for gate_key, calls_key in (("start_gate", "calls"), ("then_gate", "then_calls")):
                 gate = spec.get(gate_key)
                 while gate and not os.path.exists(gate):

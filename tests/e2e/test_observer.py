@@ -91,7 +91,11 @@ class Daemon:
             f'run_dir = "{self.run_dir}"\nbpf_object = "{os.environ["MCP_GUARD_BPF_OBJECT"]}"\n'
             f'hosts = ["{self.host_name}"]\nrescan_ms = 200\n'
             # Host configs of this test's own home only, never the machine's.
-            f'homes = ["{tmp / "home"}"]\n' + extra_config
+            f'homes = ["{tmp / "home"}"]\n'
+            # Only this test's host, unless the test is about finding servers without one;
+            # then the test filters what it reads to its own processes.
+            + ('' if 'detect =' in extra_config else 'detect = "hosts"\n')
+            + extra_config
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
@@ -122,13 +126,13 @@ class Daemon:
             proc.wait()
             return -9
 
-    def host(self, spec: dict[str, Any], **kw: Any) -> subprocess.Popen[str]:
-        """Starts the agent host: the SDK client under the watched name."""
+    def host(self, spec: dict[str, Any], exe: str | None = None, **kw: Any) -> subprocess.Popen[str]:
+        """Starts the agent host: the SDK client under the watched name, or as `exe`."""
         env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
         spec_file = self.dir / f"spec-{secrets.token_hex(4)}.json"
         spec_file.write_text(json.dumps(spec))
         p = subprocess.Popen(
-            [str(self.host_exe), str(HOST_SCRIPT), f"@{spec_file}"],
+            [exe or str(self.host_exe), str(HOST_SCRIPT), f"@{spec_file}"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -248,6 +252,133 @@ def test_unwrapped_filesystem_server_is_recorded_with_kernel_identity(daemon_fac
     assert alert[0]["detail"]["host"]["comm"] == d.host_name
     assert alert[0]["detail"]["user"] == "root"
     assert alert[0]["detail"]["action"] == "alert"
+
+
+DETECT_ANY = 'detect = "any"\n'
+
+
+def node_exe() -> str:
+    return os.path.realpath(subprocess.run(["sh", "-c", "command -v node"], capture_output=True, text=True).stdout.strip())
+
+
+def hosted_by(pid: int) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """The tools/call records of sessions whose agent host is `pid`: a daemon that detects
+    servers by content records every session on the machine; a test reads its own."""
+    return lambda recs: [r for r in calls(recs) if (r.get("agent_host") or {}).get("pid") == pid]
+
+
+def unwrapped_alerts(recs: list[dict[str, Any]], host_pid: int) -> list[dict[str, Any]]:
+    return [r for r in recs if (r.get("detail") or {}).get("alert") == "unwrapped_server"
+            and ((r["detail"].get("host") or {}).get("pid") == host_pid)]
+
+
+def test_an_unlisted_host_is_found_by_what_its_server_reads(daemon_factory, tmp_path: Path) -> None:
+    """A plain Python process using the official SDK (no listed name: a custom agent, a
+    script) drives the official `everything` server over stdio, unwrapped. The kernel finds
+    the server by its first read of stdin, the daemon its host at the other end of the pipe."""
+    d = daemon_factory(extra_config=DETECT_ANY)
+    host = d.host({"server": "everything", "calls": [["echo", {"message": "shadow"}]]}, exe=sys.executable)
+    out, _ = host.communicate(timeout=90)
+    assert json.loads(out.splitlines()[-1]) == {"ok": ["echo"], "errors": []}
+    got = d.wait_for("the echo record", hosted_by(host.pid))
+    r = got[0]
+    assert r["tool"] == "echo" and r["args_sha256"] == args_sha256({"message": "shadow"})
+    assert r["transport"] == "stdio-observed"
+    assert r["principal"]["user"] == "root" and r["principal"]["uid"] == os.getuid()
+    assert r["agent_host"]["exe"] == os.path.realpath(sys.executable)
+    assert r["agent_host"]["comm"] != d.host_name
+    assert r["server"]["exe"] == node_exe()
+    assert any(a.endswith("mcp-server-everything") for a in r["server"]["argv"])
+    alert = d.wait_for("the unwrapped alert", lambda recs: unwrapped_alerts(recs, host.pid))
+    assert alert[0]["detail"]["user"] == "root"
+    assert alert[0]["detail"]["host_kind"] is None
+    # The initialize exchange was seen too: the first read decided, and was kept.
+    sessions = {r["session"] for r in got}
+    assert any(x["kind"] == "request" and x.get("method") == "initialize" and x["session"] in sessions for x in d.records())
+
+
+def test_the_host_list_with_detect_hosts_is_a_gate(daemon_factory, tmp_path: Path) -> None:
+    """The other side of the test above: with `detect = "hosts"` the same unlisted host's
+    session is not recorded, and a listed one's is (its alert names the host kind)."""
+    d = daemon_factory()
+    unlisted = d.host({"server": "everything", "calls": [["echo", {"message": "a"}]]}, exe=sys.executable)
+    unlisted.communicate(timeout=90)
+    listed = d.host({"server": "everything", "calls": [["echo", {"message": "b"}]]})
+    listed.communicate(timeout=90)
+    d.wait_for("the listed host's record", hosted_by(listed.pid))
+    alert = d.wait_for("the listed host's alert", lambda recs: unwrapped_alerts(recs, listed.pid))
+    assert alert[0]["detail"]["host_kind"] == d.host_name
+    assert hosted_by(unlisted.pid)(d.records()) == []
+
+
+def test_a_host_renamed_after_it_started_its_server_is_recorded(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory(extra_config=DETECT_ANY)
+    host = d.host({"server": "everything", "rename": "renamed-" + secrets.token_hex(2),
+                   "calls": [["echo", {"message": "renamed"}]]}, exe=sys.executable)
+    out, _ = host.communicate(timeout=90)
+    assert json.loads(out.splitlines()[-1]) == {"ok": ["echo"], "errors": []}
+    got = d.wait_for("the echo record", hosted_by(host.pid))
+    assert got[0]["tool"] == "echo"
+
+
+LAUNCHER = r"""
+import os, socket, subprocess, sys
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(sys.argv[1])
+srv.listen(1)
+print("ready", flush=True)
+conn, _ = srv.accept()
+_, fds, _, _ = socket.recv_fds(conn, 16, 2)
+p = subprocess.Popen(sys.argv[2:], stdin=fds[0], stdout=fds[1])
+os.close(fds[0]); os.close(fds[1])
+conn.sendall(str(p.pid).encode())
+conn.close()
+p.wait()
+"""
+
+
+def test_a_server_that_is_not_its_hosts_descendant_is_recorded(daemon_factory, tmp_path: Path) -> None:
+    """A launcher the host did not start (as `systemd-run --pipe` or a container runtime
+    would be) gets the host's pipes over a unix socket and starts the server on them. The
+    server's host is the process at the other end of its stdin: this test's own process."""
+    import socket
+
+    d = daemon_factory(extra_config=DETECT_ANY)
+    sock = tmp_path / "launcher.sock"
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(sock), str(harness.NODE_BIN / "mcp-server-everything")],
+                                stdout=subprocess.PIPE, text=True)
+    d.hosts.append(launcher)
+    assert launcher.stdout is not None and launcher.stdout.readline().strip() == "ready"
+    to_server_r, to_server_w = os.pipe()
+    from_server_r, from_server_w = os.pipe()
+    with socket.socket(socket.AF_UNIX) as c:
+        c.connect(str(sock))
+        socket.send_fds(c, [b"x"], [to_server_r, from_server_w])
+        server_pid = int(c.recv(32))
+    os.close(to_server_r)
+    os.close(from_server_w)
+    with os.fdopen(to_server_w, "wb", buffering=0) as w, os.fdopen(from_server_r, "rb") as r:
+        def ask(msg: dict[str, Any]) -> dict[str, Any] | None:
+            w.write(json.dumps(msg).encode() + b"\n")
+            if "id" not in msg:
+                return None
+            while True:
+                line = r.readline()
+                assert line, "the server closed its stdout"
+                answer = json.loads(line)
+                if answer.get("id") == msg["id"]:
+                    return answer
+
+        init = ask({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "pipe-host", "version": "1"}}})
+        assert init and "result" in init
+        ask({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        echo = ask({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "handed"}}})
+        assert echo and "result" in echo
+        got = d.wait_for("the echo record", hosted_by(os.getpid()))
+    assert got[0]["tool"] == "echo"
+    assert got[0]["server"]["pid"] == server_pid
+    launcher.wait(timeout=30)
 
 
 def test_server_is_named_as_the_host_config_names_it(daemon_factory, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ const VNG_VENV: &str = "/opt/vng";
 /// The observer tests run in the VM (under emulation everything is about ten times
 /// slower): a session recorded with kernel identity, and a denied call stopped by the
 /// gate behind a wrapper script's banner.
-const E2E: &str = "unwrapped_filesystem_server_is_recorded or banner_or_a_wrapper_script";
+const E2E: &str = "unwrapped_filesystem_server_is_recorded or banner_or_a_wrapper_script or unlisted_host or not_its_hosts";
 
 /// Installs QEMU, Debian's generic kernel (it has the 9p modules virtme-ng needs),
 /// busybox (for virtme-ng's initramfs) and virtme-ng, skipping what is there; returns
@@ -83,6 +83,8 @@ fn kernel_test_binaries(root: &Path) -> Result<Vec<PathBuf>> {
             "kernel_exec",
             "--test",
             "kernel_data",
+            "--test",
+            "kernel_probe",
             "--no-run",
             "--message-format=json",
         ])
@@ -106,8 +108,10 @@ fn kernel_test_binaries(root: &Path) -> Result<Vec<PathBuf>> {
             exes.push(PathBuf::from(exe));
         }
     }
-    if exes.len() != 2 {
-        bail!("expected the kernel_exec and kernel_data test binaries, found {exes:?}");
+    if exes.len() != 3 {
+        bail!(
+            "expected the kernel_exec, kernel_data and kernel_probe test binaries, found {exes:?}"
+        );
     }
     Ok(exes)
 }
@@ -160,8 +164,18 @@ pub fn run_matrix(root: &Path, object: &str, bin: &Path, python: &Path) -> Resul
             ),
         )
         .stdout(Stdio::piped())
+        // Piped, not inherited: QEMU reopens its output through /proc/self/fd and
+        // truncates a log file the caller redirected it to.
+        .stderr(Stdio::piped())
         .spawn()
         .context("cannot start virtme-ng")?;
+    let errors = child.stderr.take().map(|err| {
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[vm] {line}");
+            }
+        })
+    });
     let mut result = None;
     let mut booted = None;
     if let Some(out) = child.stdout.take() {
@@ -176,6 +190,9 @@ pub fn run_matrix(root: &Path, object: &str, bin: &Path, python: &Path) -> Resul
         }
     }
     child.wait()?;
+    if let Some(t) = errors {
+        let _ = t.join();
+    }
     match (booted, result.as_deref()) {
         (Some(k), Some("0")) => {
             println!("xtask: kernel tests and observer tests passed on {k} (VM) as well");

@@ -49,6 +49,7 @@ pub struct Config {
     pub run_dir: PathBuf,
     pub bpf_object: Option<PathBuf>,
     pub hosts: Vec<String>,
+    pub detect: Detect,
     pub max_message: usize,
     pub ring_bytes: u32,
     pub rescan_ms: u64,
@@ -57,6 +58,17 @@ pub struct Config {
     pub host_configs: HostConfigs,
     /// Homes whose host configs are watched; empty: every user's (root and uid ≥ 1000).
     pub homes: Vec<PathBuf>,
+}
+
+/// `detect`: how stdio MCP sessions are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detect {
+    /// By what a process reads: every new program with pipes or sockets for stdin and
+    /// stdout is probed; the listed hosts' children are captured as well.
+    Any,
+    /// Only processes the listed agent hosts start.
+    Hosts,
 }
 
 /// `host_configs`: watch agent host configs for unwrapped stdio servers.
@@ -80,6 +92,7 @@ impl Default for Config {
             run_dir: PathBuf::from("/run/mcp-guard"),
             bpf_object: None,
             hosts: DEFAULT_HOSTS.iter().map(|s| s.to_string()).collect(),
+            detect: Detect::Any,
             max_message: DEFAULT_MAX_MESSAGE,
             ring_bytes: crate::observer::DEFAULT_RING_BYTES,
             rescan_ms: 2000,
@@ -99,6 +112,7 @@ struct Raw {
     run_dir: Option<PathBuf>,
     bpf_object: Option<PathBuf>,
     hosts: Option<Vec<String>>,
+    detect: Option<Detect>,
     max_message: Option<usize>,
     ring_bytes: Option<u32>,
     rescan_ms: Option<u64>,
@@ -169,6 +183,7 @@ impl Config {
             run_dir: raw.run_dir.unwrap_or(d.run_dir),
             bpf_object: raw.bpf_object,
             hosts,
+            detect: raw.detect.unwrap_or(d.detect),
             max_message,
             ring_bytes,
             rescan_ms: raw.rescan_ms.unwrap_or(d.rescan_ms),
@@ -197,6 +212,7 @@ mod tests {
         assert_eq!(c.audit_key, d.audit_key);
         assert_eq!(c.run_dir, d.run_dir);
         assert_eq!(c.hosts, d.hosts);
+        assert_eq!(c.detect, d.detect);
         assert_eq!(
             (c.max_message, c.ring_bytes, c.rescan_ms),
             (d.max_message, d.ring_bytes, d.rescan_ms)
@@ -211,6 +227,7 @@ mod tests {
             ("max_message = 10", "max_message"),
             ("ring_bytes = 5000", "ring_bytes"),
             ("durability = \"sometimes\"", "durability"),
+            ("detect = \"some\"", "detect"),
             ("colour = 1", "unknown field"),
         ] {
             let err = Config::parse(text, Path::new("c.toml"))

@@ -40,7 +40,7 @@ use crate::identity::{self, Link, Process};
 use crate::jsonrpc::{self, IdKey, Kind, Parsed};
 use crate::observer::{self, Data, Event, Observer, Settings};
 use crate::policy::{Ancestor, Policy, Reaction};
-use config::Config;
+use config::{Config, Detect};
 use mcp_guard_common::{origin, watch};
 
 /// Events handled per turn of the loop; their records share one signed write.
@@ -92,6 +92,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
         Settings {
             ring_bytes: cfg.ring_bytes,
             max_capture,
+            probe: probe_flags(&cfg, &policy),
         },
     )
     .with_context(|| format!("cannot load the eBPF object {}", object.display()))?;
@@ -419,6 +420,15 @@ fn unrecorded(pid: u32, p: &mut Proc, grace: Duration) -> Vec<serde_json::Value>
     alerts
 }
 
+/// The watch every new program gets at exec: probed, with `detect = "any"`, and gated as
+/// the policy says (a gate stops a reader only once it is found to read JSON).
+fn probe_flags(cfg: &Config, policy: &Policy) -> u32 {
+    match cfg.detect {
+        Detect::Any => watch::PROBE | gate_flag(policy),
+        Detect::Hosts => 0,
+    }
+}
+
 fn gate_flag(policy: &Policy) -> u32 {
     if policy.observer().denied == Reaction::Kill {
         watch::GATE
@@ -476,6 +486,7 @@ impl Daemon {
             "object": object,
             "programs": self.observer.programs,
             "hosts": self.cfg.hosts,
+            "detect": self.cfg.detect,
         }));
         self.records.extend([loaded, start]);
     }
@@ -515,6 +526,8 @@ impl Daemon {
         if !startup {
             return;
         }
+        let probed = all.clone();
+
         // Children of hosts, breadth first, so deeper descendants find their parent watched.
         let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
         for &(pid, ppid) in &all {
@@ -537,6 +550,8 @@ impl Daemon {
                 queue.push(c);
             }
         }
+        // After the hosts' trees, which are captured outright.
+        self.probe_existing(&probed);
     }
 
     /// For a process that started before the daemon: which of its descriptors carry the
@@ -583,6 +598,59 @@ impl Daemon {
         }));
     }
 
+    /// A program the kernel probes stops being probed unless both its stdin and stdout are
+    /// pipes or sockets: a server's stdio, not a terminal, a file or `/dev/null`. The
+    /// kernel leaves it alone anyway once it reads something that is not JSON; this spares
+    /// the ones that never read stdin the watched processes' per-call cost.
+    fn triage(&mut self, pid: u32) {
+        if procs::is_pipe_or_socket(pid, 0) && procs::is_pipe_or_socket(pid, 1) {
+            return;
+        }
+        if self
+            .observer
+            .watched(pid)
+            .is_some_and(|w| w.flags & watch::PROBE != 0)
+        {
+            let _ = self.observer.unwatch_tgid(pid);
+        }
+    }
+
+    /// At start-up, with `detect = "any"`: processes that started before the daemon, with
+    /// pipes or sockets for stdin and stdout, are probed as new ones are; what they read
+    /// next says whether they are servers. Descriptors they hold on the same pipes as
+    /// their stdin or stdout are followed as those.
+    fn probe_existing(&mut self, all: &[(u32, u32)]) {
+        let flags = probe_flags(&self.cfg, &self.policy);
+        if flags == 0 {
+            return;
+        }
+        let me = std::process::id();
+        for &(pid, _) in all {
+            if pid == me
+                || self.observer.watched(pid).is_some()
+                || !procs::is_pipe_or_socket(pid, 0)
+                || !procs::is_pipe_or_socket(pid, 1)
+            {
+                continue;
+            }
+            if self.observer.watch(pid, flags).is_err() {
+                continue;
+            }
+            self.late.insert(pid);
+            let (stdin, stdout) = (procs::pipe_inode(pid, 0), procs::pipe_inode(pid, 1));
+            for (fd, inode, write) in procs::pipe_fds(pid) {
+                let o = match (write, Some(inode)) {
+                    (false, i) if i == stdin => origin::STDIN,
+                    (true, i) if i == stdout => origin::STDOUT,
+                    _ => continue,
+                };
+                if fd > 1 {
+                    let _ = self.observer.set_fd(pid, fd, o);
+                }
+            }
+        }
+    }
+
     fn watch_host(&mut self, pid: u32, flags: u32) {
         let Ok(process) = Process::read(pid as i32) else {
             return;
@@ -599,9 +667,11 @@ impl Daemon {
         self.counters.events += 1;
         match event {
             Event::Exec(e) => {
-                if e.watch == 0 {
+                if e.watch & (watch::HOST | watch::CAPTURE) == 0 {
                     if procs::is_host(e.tgid, &self.cfg.hosts) {
                         self.watch_host(e.tgid, watch::HOST | gate_flag(&self.policy));
+                    } else if e.watch & watch::PROBE != 0 {
+                        self.triage(e.tgid);
                     }
                     return;
                 }
@@ -860,10 +930,14 @@ impl Daemon {
             return None;
         };
         frames.drain(..first);
-        let host = self.host_of(tgid);
+        // Under a listed host, that host; else whoever is at the other end of its stdin.
+        let listed = self.host_of(tgid);
+        let host = listed.or_else(|| procs::peer_of(tgid));
         let role = if procs::is_shim(tgid) {
             Role::Shim
-        } else if let Some(shim) = host.and_then(|h| procs::shim_above(tgid, h)) {
+        } else if let Some(shim) = listed.and_then(|h| procs::shim_above(tgid, h)) {
+            Role::Wrapped(shim)
+        } else if let Some(shim) = host.filter(|&h| listed.is_none() && procs::is_shim(h)) {
             Role::Wrapped(shim)
         } else {
             Role::Server
@@ -987,6 +1061,7 @@ impl Daemon {
                 "server": name,
                 "pid": pid,
                 "host": host_proc.as_ref().map(Link::short),
+                "host_kind": host.and_then(|h| procs::host_kind(h, &self.cfg.hosts)),
                 "user": user,
                 "uid": uid,
                 "action": reaction,
@@ -1197,10 +1272,16 @@ impl Daemon {
                     serde_json::json!({ "origin": self.policy.origin(), "rules": self.policy.len(), "reload": true, "policy_sha256": self.policy.sha256() }),
                 );
                 self.records.push(rec);
-                // Gates follow the new policy for hosts watched from now on.
+                // Gates follow the new policy for hosts watched, and programs started, from now on.
                 let flags = watch::HOST | gate_flag(&self.policy);
                 for &h in self.hosts.keys() {
                     let _ = self.observer.set_flags(h, flags);
+                }
+                if let Err(e) = self
+                    .observer
+                    .set_probe(probe_flags(&self.cfg, &self.policy))
+                {
+                    tracing::warn!(error = %e, "cannot update the probe's gate");
                 }
                 tracing::info!(origin = self.policy.origin(), "policy reloaded");
             }

@@ -34,6 +34,11 @@ pub fn is_host(pid: u32, hosts: &[String]) -> bool {
     names(pid).iter().any(|n| hosts.iter().any(|h| h == n))
 }
 
+/// Which of `hosts` names `pid`: the kind of agent host it is, for records and alerts.
+pub fn host_kind(pid: u32, hosts: &[String]) -> Option<String> {
+    names(pid).into_iter().find(|n| hosts.contains(n))
+}
+
 pub fn cmdline(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|raw| {
@@ -223,6 +228,41 @@ fn fd_target(pid: u32, fd: u32) -> String {
     std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
         .map(|t| t.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// The inode of the pipe descriptor `fd` of `pid` is, if it is a pipe.
+pub fn pipe_inode(pid: u32, fd: u32) -> Option<u64> {
+    fd_target(pid, fd)
+        .strip_prefix("pipe:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The process at the other end of `pid`'s stdin: its host. For a pipe, the nearest
+/// ancestor that holds the pipe open for writing (through wrappers such as `npx` or
+/// `sh -c`), else any process that does (one that handed its pipe to a server it did not
+/// start: `systemd-run --pipe`, a container runtime, descriptors passed over a socket).
+/// For anything else, its parent.
+pub fn peer_of(pid: u32) -> Option<u32> {
+    let parent_of = |p| parent(p).filter(|&q| q > 1);
+    let Some(inode) = pipe_inode(pid, 0) else {
+        return parent_of(pid);
+    };
+    let writes = |p: u32| pipe_fds(p).iter().any(|&(_, i, w)| i == inode && w);
+    let mut p = parent_of(pid);
+    for _ in 0..16 {
+        let Some(q) = p else { break };
+        if writes(q) {
+            return Some(q);
+        }
+        p = parent_of(q);
+    }
+    all()
+        .into_iter()
+        .map(|(p, _)| p)
+        .find(|&p| p != pid && p != std::process::id() && writes(p))
+        .or_else(|| parent_of(pid))
 }
 
 pub fn is_pipe(pid: u32, fd: u32) -> bool {

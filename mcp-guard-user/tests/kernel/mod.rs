@@ -6,14 +6,20 @@ use std::path::{Path, PathBuf};
 use mcp_guard::observer::{self, Observer};
 
 /// The loaded observer, or `None` after printing why the test cannot run here.
+#[allow(dead_code, reason = "not every kernel test binary uses it")]
 pub fn observer_or_skip() -> Option<Observer> {
+    observer_with_or_skip(observer::Settings::default())
+}
+
+/// [`observer_or_skip`], loaded with `settings`.
+pub fn observer_with_or_skip(settings: observer::Settings) -> Option<Observer> {
     let why = if !nix::unistd::geteuid().is_root() {
         "not root".to_owned()
     } else {
         match object_path() {
             Ok(path) => {
                 return Some(
-                    Observer::load(&path)
+                    Observer::load_with(&path, settings)
                         .unwrap_or_else(|err| panic!("{:#}", anyhow::Error::from(err))),
                 );
             }
