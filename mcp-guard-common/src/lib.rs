@@ -96,7 +96,34 @@ pub mod kind {
     pub const EXIT: u32 = 3;
     /// [`super::SocketEvent`].
     pub const SOCKET: u32 = 4;
+    /// [`super::UnfollowedEvent`].
+    pub const UNFOLLOWED: u32 = 5;
 }
+
+/// A captured process moved bytes on a captured descriptor with a system call whose bytes
+/// the kernel program cannot copy (they go from descriptor to descriptor, or into an array
+/// of message headers): `splice`, `tee`, `sendfile`, `copy_file_range`, `vmsplice`,
+/// `recvmmsg`, `sendmmsg`. What it moved is not seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnfollowedEvent {
+    /// Always [`kind::UNFOLLOWED`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub fd: u32,
+    /// The x86-64 system call number.
+    pub syscall: u32,
+    /// [`dir`] value: the captured descriptor was read from ([`dir::IN`]) or written to.
+    pub dir: u8,
+    /// What the descriptor carries: an [`origin`] value.
+    pub origin: u8,
+    /// 1: the kernel killed the process before the call returned to it (it read its stdin
+    /// unseen while gated: it cannot be judged).
+    pub killed: u8,
+    pub _pad: [u8; 5],
+}
+
+const _: () = assert!(core::mem::size_of::<UnfollowedEvent>() == 24);
 
 /// A watched process connected to, or accepted, a local socket (unix, or TCP on a
 /// loopback address); its reads and writes on `fd` are captured from now on.

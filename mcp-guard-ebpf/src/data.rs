@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use mcp_guard_common::{
-    CHUNK, DataHeader, MAX_CAPTURE, MAX_CHUNKS, SocketEvent, config, data, dir, fd_key, kind,
-    origin, watch,
+    CHUNK, DataHeader, MAX_CAPTURE, MAX_CHUNKS, SocketEvent, UnfollowedEvent, Watch, config, data,
+    dir, fd_key, kind, origin, watch,
 };
 
 use crate::{CONFIG, EVENTS, FDS, WATCHED, lost, mark_watched, maybe_watched};
@@ -46,6 +46,19 @@ mod nr {
     pub const RECVFROM: u64 = 45;
     pub const SENDMSG: u64 = 46;
     pub const RECVMSG: u64 = 47;
+    pub const PREAD64: u64 = 17;
+    pub const PWRITE64: u64 = 18;
+    pub const PREADV: u64 = 295;
+    pub const PWRITEV: u64 = 296;
+    pub const PREADV2: u64 = 327;
+    pub const PWRITEV2: u64 = 328;
+    pub const SENDFILE: u64 = 40;
+    pub const SPLICE: u64 = 275;
+    pub const TEE: u64 = 276;
+    pub const VMSPLICE: u64 = 278;
+    pub const RECVMMSG: u64 = 299;
+    pub const SENDMMSG: u64 = 307;
+    pub const COPY_FILE_RANGE: u64 = 326;
 }
 
 /// Offsets in x86-64 `struct pt_regs` (arch/x86/include/asm/ptrace.h).
@@ -98,14 +111,42 @@ enum Source {
 }
 
 /// What descriptor `fd` of a watched process carries, if it is captured.
+///
+/// A forked child shares its parent's descriptors: a copy of the stdio the parent moved to a
+/// high descriptor (dup to fd 5, then fork) is captured in the child too, from the
+/// parent's entry, until the child closes or replaces it.
 #[inline(always)]
-fn origin_of(tgid: u32, fd: u32, flags: u32) -> Option<u8> {
+fn origin_of(tgid: u32, fd: u32, w: &Watch) -> Option<u8> {
     // SAFETY: copied out at once.
     match unsafe { FDS.get(fd_key(tgid, fd)) }.copied() {
         Some(origin::NONE) => None,
         Some(o) => Some(o),
-        None if fd <= 1 && flags & (watch::CAPTURE | watch::PROBE) != 0 => Some(fd as u8),
-        None => None,
+        None if fd <= 1 && w.flags & (watch::CAPTURE | watch::PROBE) != 0 => Some(fd as u8),
+        None => inherited(fd, w),
+    }
+}
+
+/// The parent's stdio copy at `fd`, for a captured child.
+#[inline(always)]
+fn inherited(fd: u32, w: &Watch) -> Option<u8> {
+    if fd <= 1 || w.parent == 0 || w.flags & watch::CAPTURE == 0 {
+        return None;
+    }
+    // SAFETY: copied out at once.
+    match unsafe { FDS.get(fd_key(w.parent, fd)) }.copied() {
+        Some(o @ (origin::STDIN | origin::STDOUT)) => Some(o),
+        _ => None,
+    }
+}
+
+/// `fd` of `tgid` no longer carries what it did: it is forgotten, or marked as carrying
+/// nothing where a default (fds 0 and 1) or the parent's entry would otherwise apply.
+#[inline(always)]
+fn forget(tgid: u32, fd: u32, w: &Watch) {
+    if fd <= 1 || inherited(fd, w).is_some() {
+        let _ = FDS.insert(fd_key(tgid, fd), origin::NONE, 0);
+    } else {
+        let _ = FDS.remove(fd_key(tgid, fd));
     }
 }
 
@@ -130,13 +171,38 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     };
     let number = reg(regs::ORIG_AX)?;
     let direction = match number {
-        nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG => dir::IN,
-        nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG => dir::OUT,
+        // Positional variants: on a pipe or socket, preadv2/pwritev2 with offset -1 move
+        // bytes as read/write do (pread64 and friends fail there, and cost nothing).
+        nr::READ
+        | nr::READV
+        | nr::RECVFROM
+        | nr::RECVMSG
+        | nr::PREAD64
+        | nr::PREADV
+        | nr::PREADV2 => dir::IN,
+        nr::WRITE
+        | nr::WRITEV
+        | nr::SENDTO
+        | nr::SENDMSG
+        | nr::PWRITE64
+        | nr::PWRITEV
+        | nr::PWRITEV2 => dir::OUT,
+        nr::SPLICE
+        | nr::TEE
+        | nr::SENDFILE
+        | nr::COPY_FILE_RANGE
+        | nr::VMSPLICE
+        | nr::RECVMMSG
+        | nr::SENDMMSG
+            if ret > 0 && !probing =>
+        {
+            return unfollowed(tgid, &w, number, &reg);
+        }
         // Not known yet: its sockets are its own business until it is found to speak MCP.
         nr::CONNECT | nr::ACCEPT | nr::ACCEPT4 if probing => return Ok(()),
         nr::CONNECT | nr::ACCEPT | nr::ACCEPT4 => return socket(tgid, number, ret, &reg),
         nr::CLOSE | nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL if ret >= 0 => {
-            return fd_table(tgid, w.flags, number, ret as u64, &reg);
+            return fd_table(tgid, &w, number, ret as u64, &reg);
         }
         _ => return Ok(()),
     };
@@ -144,7 +210,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let fd = reg(regs::DI)? as u32;
-    let Some(o) = origin_of(tgid, fd, w.flags) else {
+    let Some(o) = origin_of(tgid, fd, &w) else {
         return Ok(());
     };
     let wanted = match o {
@@ -156,11 +222,15 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let source = match number {
-        nr::READ | nr::WRITE | nr::RECVFROM | nr::SENDTO => Source::Buf(reg(regs::SI)?),
-        nr::READV | nr::WRITEV => Source::Iov {
-            iov: reg(regs::SI)?,
-            count: reg(regs::DX)?,
-        },
+        nr::READ | nr::WRITE | nr::RECVFROM | nr::SENDTO | nr::PREAD64 | nr::PWRITE64 => {
+            Source::Buf(reg(regs::SI)?)
+        }
+        nr::READV | nr::WRITEV | nr::PREADV | nr::PWRITEV | nr::PREADV2 | nr::PWRITEV2 => {
+            Source::Iov {
+                iov: reg(regs::SI)?,
+                count: reg(regs::DX)?,
+            }
+        }
         _ => {
             let msg = reg(regs::SI)? as *const u8;
             // SAFETY: reads of user memory through the checked helper; a bad pointer is an error.
@@ -246,6 +316,61 @@ fn first_byte(source: Source, total: u64) -> Option<u8> {
     None
 }
 
+/// A captured process moved bytes on a captured descriptor without passing them through
+/// a buffer the program can read: user space is told which descriptor and how. Gated, a
+/// read of its stdin that nobody saw cannot be judged: the kernel kills it before the call
+/// returns (fail closed, as for a read it could not send).
+#[inline(always)]
+fn unfollowed(
+    tgid: u32,
+    w: &Watch,
+    number: u64,
+    reg: &impl Fn(usize) -> Result<u64, i64>,
+) -> Result<(), i64> {
+    // (descriptor read from, descriptor written to); u64::MAX: none.
+    let (from, to) = match number {
+        nr::SPLICE | nr::COPY_FILE_RANGE => (reg(regs::DI)?, reg(regs::DX)?),
+        nr::TEE => (reg(regs::DI)?, reg(regs::SI)?),
+        nr::SENDFILE => (reg(regs::SI)?, reg(regs::DI)?),
+        nr::SENDMMSG => (u64::MAX, reg(regs::DI)?),
+        // recvmmsg reads; vmsplice reads a pipe's read end, writes its write end: both
+        // are reported as reads, which is what can carry a request.
+        _ => (reg(regs::DI)?, u64::MAX),
+    };
+    let mut i = 0;
+    while i < 2 {
+        let (fd, direction) = if i == 0 { (from, dir::IN) } else { (to, dir::OUT) };
+        i += 1;
+        if fd > u32::MAX as u64 {
+            continue;
+        }
+        let fd = fd as u32;
+        let Some(o) = origin_of(tgid, fd, w) else {
+            continue;
+        };
+        let unseen_request = direction == dir::IN && o != origin::STDOUT;
+        let kill = unseen_request && o == origin::STDIN && w.flags & watch::GATE != 0;
+        if kill {
+            // SAFETY: a plain helper call on the current task.
+            unsafe { bpf_send_signal(SIGKILL) };
+        }
+        let event = UnfollowedEvent {
+            kind: kind::UNFOLLOWED,
+            tgid,
+            fd,
+            syscall: number as u32,
+            dir: direction,
+            origin: o,
+            killed: kill as u8,
+            _pad: [0; 5],
+        };
+        if EVENTS.output::<UnfollowedEvent>(&event, 0).is_err() {
+            lost();
+        }
+    }
+    Ok(())
+}
+
 const EINPROGRESS: i64 = 115;
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
@@ -325,18 +450,14 @@ fn socket(
 #[inline(always)]
 fn fd_table(
     tgid: u32,
-    flags: u32,
+    w: &Watch,
     number: u64,
     ret: u64,
     reg: &impl Fn(usize) -> Result<u64, i64>,
 ) -> Result<(), i64> {
     let fd = reg(regs::DI)? as u32;
     if number == nr::CLOSE {
-        if fd <= 1 {
-            let _ = FDS.insert(fd_key(tgid, fd), origin::NONE, 0);
-        } else {
-            let _ = FDS.remove(fd_key(tgid, fd));
-        }
+        forget(tgid, fd, w);
         return Ok(());
     }
     if number == nr::FCNTL {
@@ -349,17 +470,11 @@ fn fd_table(
     if new == fd {
         return Ok(());
     }
-    match origin_of(tgid, fd, flags) {
+    match origin_of(tgid, fd, w) {
         Some(o) => {
             let _ = FDS.insert(fd_key(tgid, new), o, 0);
         }
-        None => {
-            if new <= 1 {
-                let _ = FDS.insert(fd_key(tgid, new), origin::NONE, 0);
-            } else {
-                let _ = FDS.remove(fd_key(tgid, new));
-            }
-        }
+        None => forget(tgid, new, w),
     }
     Ok(())
 }

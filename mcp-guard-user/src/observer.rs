@@ -24,7 +24,7 @@ use aya::{
 };
 use mcp_guard_common::{
     CONFIG_MAP, DataHeader, EVENTS_MAP, ExecEvent, ExitEvent, FDS_MAP, LOST_MAP, MAX_CAPTURE,
-    MAYBE_WATCHED_MAP, WATCHED_MAP, Watch, config, data, fd_key, kind,
+    MAYBE_WATCHED_MAP, UnfollowedEvent, WATCHED_MAP, Watch, config, data, fd_key, kind,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -480,6 +480,40 @@ pub enum Event {
     Exit { tgid: u32 },
     Data(Data),
     Socket(Socket),
+    Unfollowed(Unfollowed),
+}
+
+/// A captured process moved bytes on a captured descriptor with a system call the kernel
+/// program cannot copy from (`splice`, `tee`, `sendfile`, `copy_file_range`, `vmsplice`,
+/// `recvmmsg`, `sendmmsg`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unfollowed {
+    pub tgid: u32,
+    pub fd: u32,
+    /// The x86-64 system call number; [`Unfollowed::call`] names it.
+    pub syscall: u32,
+    /// The descriptor was read from (true) or written to.
+    pub inbound: bool,
+    /// What the descriptor carries: a `mcp_guard_common::origin` value.
+    pub origin: u8,
+    /// The kernel killed the process before the call returned (a gated read of stdin).
+    pub killed: bool,
+}
+
+impl Unfollowed {
+    /// The system call's name.
+    pub fn call(&self) -> &'static str {
+        match self.syscall {
+            40 => "sendfile",
+            275 => "splice",
+            276 => "tee",
+            278 => "vmsplice",
+            299 => "recvmmsg",
+            307 => "sendmmsg",
+            326 => "copy_file_range",
+            _ => "unknown",
+        }
+    }
 }
 
 /// A watched process connected to (or accepted) a local socket; its data on `fd` is
@@ -580,6 +614,18 @@ impl Event {
                     accepted: raw.accepted != 0,
                     family: raw.family,
                     port: raw.port,
+                }))
+            }
+            kind::UNFOLLOWED if record.len() >= size_of::<UnfollowedEvent>() => {
+                // SAFETY: as above.
+                let raw = unsafe { record.as_ptr().cast::<UnfollowedEvent>().read_unaligned() };
+                Some(Self::Unfollowed(Unfollowed {
+                    tgid: raw.tgid,
+                    fd: raw.fd,
+                    syscall: raw.syscall,
+                    inbound: raw.dir == mcp_guard_common::dir::IN,
+                    origin: raw.origin,
+                    killed: raw.killed != 0,
                 }))
             }
             kind::DATA if record.len() >= size_of::<DataHeader>() => {

@@ -254,3 +254,183 @@ async fn stdio_moved_to_other_descriptors_is_followed() {
             .all(|d| d.fd >= 10 && d.origin == mcp_guard_common::origin::STDOUT)
     );
 }
+
+/// `preadv2`/`pwritev2` with offset -1 move bytes on a pipe as read/write do: captured the
+/// same way (a server cannot slip a request past by choosing another call).
+#[tokio::test]
+async fn positional_vectored_calls_on_a_pipe_are_captured() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut observer) = observer_or_skip() else {
+        return;
+    };
+    observer
+        .watch(std::process::id(), watch::HOST)
+        .expect("watch self");
+    let mut events = observer.events().expect("events");
+    let script = "import ctypes\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        class Iov(ctypes.Structure):\n  _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]\n\
+        buf = ctypes.create_string_buffer(100)\n\
+        iov = Iov(ctypes.cast(buf, ctypes.c_void_p), 100)\n\
+        libc.preadv2.argtypes = libc.pwritev2.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_int]\n\
+        n = libc.preadv2(0, ctypes.byref(iov), 1, -1, 0)\n\
+        assert n > 0, ctypes.get_errno()\n\
+        out = ctypes.create_string_buffer(b'answer:' + buf.raw[:n], 7 + n)\n\
+        iov = Iov(ctypes.cast(out, ctypes.c_void_p), 7 + n)\n\
+        assert libc.pwritev2(1, ctypes.byref(iov), 1, -1, 0) == 7 + n, ctypes.get_errno()\n";
+    let mut child = Command::new(PYTHON)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let message = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\"}\n";
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(message)
+        .expect("write");
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success(), "{output:?}");
+    let (inbound, outbound) = collect(&mut events, pid, message.len(), output.stdout.len()).await;
+    assert_eq!(joined(&inbound), message);
+    assert_eq!(joined(&outbound), output.stdout);
+}
+
+/// What the ring holds for `pid` until its `Unfollowed` event.
+async fn unfollowed_of(events: &mut Events, pid: u32) -> mcp_guard::observer::Unfollowed {
+    let found = async {
+        let mut batch = Vec::new();
+        loop {
+            batch.clear();
+            events.batch(&mut batch, 256).await.expect("read ring");
+            for event in batch.drain(..) {
+                if let Event::Unfollowed(u) = event
+                    && u.tgid == pid
+                {
+                    return u;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, found)
+        .await
+        .unwrap_or_else(|_| panic!("no unfollowed event from {pid} within {DEADLINE:?}"))
+}
+
+/// `splice` moves stdin's bytes to another pipe without passing them through memory the
+/// program can read. Gated, the reader is killed before the call returns: it never acts on
+/// what it read unseen.
+#[tokio::test]
+async fn splice_from_a_gated_stdin_kills_the_reader_before_it_returns() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut observer) = observer_or_skip() else {
+        return;
+    };
+    observer
+        .watch(std::process::id(), watch::HOST | watch::GATE)
+        .expect("watch self");
+    let mut events = observer.events().expect("events");
+    let script = "import os\nr, w = os.pipe()\nn = os.splice(0, w, 100)\nos.write(1, b'acted on:' + os.read(r, n))\n";
+    let mut child = Command::new(PYTHON)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\"}\n")
+        .expect("write");
+    let u = unfollowed_of(&mut events, pid).await;
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(
+        (u.call(), u.inbound, u.fd, u.killed),
+        ("splice", true, 0, true)
+    );
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&output.status),
+        Some(9),
+        "killed"
+    );
+    assert_eq!(output.stdout, b"", "it never acted on what it read");
+}
+
+/// `sendfile` to stdout: the answer is not seen, and that is said; nothing is killed (what a
+/// server writes cannot carry a request to it).
+#[tokio::test]
+async fn sendfile_to_stdout_is_reported_not_killed() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut observer) = observer_or_skip() else {
+        return;
+    };
+    observer
+        .watch(std::process::id(), watch::HOST | watch::GATE)
+        .expect("watch self");
+    let mut events = observer.events().expect("events");
+    let script =
+        "import os\nfd = os.open('/etc/hostname', os.O_RDONLY)\nos.sendfile(1, fd, 0, 4096)\n";
+    let child = Command::new(PYTHON)
+        .args(["-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success());
+    let u = unfollowed_of(&mut events, pid).await;
+    assert_eq!(
+        (u.call(), u.inbound, u.fd, u.killed),
+        ("sendfile", false, 1, false)
+    );
+}
+
+/// Stdin copied to a high descriptor, then a fork: the child reading that copy (not fd 0)
+/// is captured, as its parent would be.
+#[tokio::test]
+async fn a_forked_child_reading_its_parents_stdin_copy_is_captured() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut observer) = observer_or_skip() else {
+        return;
+    };
+    observer
+        .watch(std::process::id(), watch::HOST)
+        .expect("watch self");
+    let mut events = observer.events().expect("events");
+    let script = "import os\n\
+        i = os.dup(0); os.dup2(os.open('/dev/null', os.O_RDONLY), 0)\n\
+        pid = os.fork()\n\
+        if pid == 0:\n  b = os.read(i, 100); os.write(1, str(os.getpid()).encode() + b' ' + b); os._exit(0)\n\
+        os.waitpid(pid, 0)\n";
+    let mut child = Command::new(PYTHON)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let message = b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\"}\n";
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(message)
+        .expect("write");
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    let (grandchild, echoed) = text.split_once(' ').expect("pid and bytes");
+    assert_eq!(echoed.as_bytes(), message);
+    let grandchild: u32 = grandchild.parse().expect("pid");
+    let (inbound, _) = collect(&mut events, grandchild, message.len(), 0).await;
+    assert_eq!(joined(&inbound), message);
+    assert!(
+        inbound
+            .iter()
+            .all(|d| d.fd > 1 && d.origin == mcp_guard_common::origin::STDIN)
+    );
+}

@@ -596,6 +596,41 @@ def test_what_cannot_be_judged_is_treated_as_denied_under_kill(daemon_factory, t
         assert alert[0]["detail"]["killed"], alert
 
 
+SPLICE_SERVER = r"""
+import json, os, sys
+first = os.read(0, 65536)  # initialize, read as servers do
+req = json.loads(first)
+os.write(1, json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": {
+    "protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "splice", "version": "0"}}}).encode() + b"\n")
+r, w = os.pipe()
+n = os.splice(0, w, 65536)  # the next request, moved where the observer cannot copy it from
+call = json.loads(os.read(r, n))
+if call["params"]["name"] == "write_file":
+    open(call["params"]["arguments"]["path"], "w").write("x")
+"""
+
+
+def test_a_request_read_with_splice_is_not_acted_on_under_kill(daemon_factory, tmp_path: Path) -> None:
+    """A server that reads its stdin with splice(2) moves the bytes without passing them
+    through memory the kernel program can read: nothing to judge. Under `denied = "kill"`
+    the kernel kills it before the call returns, and the alert names the call."""
+    d = daemon_factory(DENY_WRITES + '\n[observer]\ndenied = "kill"\n')
+    (tmp_path / "raw_host.py").write_text(RAW_HOST)
+    (tmp_path / "splice_server.py").write_text(SPLICE_SERVER)
+    target = tmp_path / "written.txt"
+    init = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+    call = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                       "params": {"name": "write_file", "arguments": {"path": str(target), "content": "x"}}})
+    spec = tmp_path / "splice.json"
+    spec.write_text(json.dumps({"argv": [sys.executable, str(tmp_path / "splice_server.py")], "lines": [init, call]}))
+    subprocess.run([str(d.host_exe), str(tmp_path / "raw_host.py"), str(spec)], timeout=60, check=True)
+    assert not target.exists(), "the spliced call ran"
+    alert = d.wait_for("the unfollowed_io alert", lambda recs: alerts_named(recs, "unfollowed_io"))
+    detail = alert[0]["detail"]
+    assert (detail["call"], detail["direction"], detail["carries"], detail["killed"]) == ("splice", "read", "stdin", True)
+
+
 def test_wrapped_session_is_not_alerted_and_injection_is(daemon_factory, tmp_path: Path) -> None:
     d = daemon_factory()
     root = tmp_path / "root"

@@ -33,6 +33,9 @@ enum Cmd {
     Demo,
     /// Run every test: unit, integration, kernel (as root), and end to end with real MCP servers.
     Test,
+    /// Only the kernel matrix of `test`: the kernel tests and the observer's end-to-end tests
+    /// in a QEMU VM on Debian 12's 6.1 kernel (as root).
+    Vm,
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -84,6 +87,25 @@ fn main() -> Result<()> {
             demo::run(&root)
         }
         Cmd::Test => test(&root),
+        Cmd::Vm => {
+            if !nix_is_root() {
+                bail!("the kernel matrix loads eBPF programs in the VM: run it as root");
+            }
+            let object = ensure_ebpf(true)?;
+            peers::ensure_peers(&root)?;
+            step(
+                "cargo build",
+                Command::new(cargo())
+                    .current_dir(&root)
+                    .args(["build", "-p", "mcp-guard"]),
+            )?;
+            vm::run_matrix(
+                &root,
+                &object.display().to_string(),
+                &root.join("target/debug/mcp-guard"),
+                &peers::venv_python(&root),
+            )
+        }
         Cmd::Bench(BenchCmd::Shim(args)) => {
             peers::ensure_peers(&root)?;
             bench::bench_shim(&root, &args)

@@ -715,7 +715,53 @@ impl Daemon {
                 }
             }
             Event::Socket(s) => self.socket_opened(s),
+            Event::Unfollowed(u) => self.unfollowed(u),
         }
+    }
+
+    /// A captured process moved bytes the kernel could not copy (`splice` from its stdin,
+    /// `sendfile`, `recvmmsg`, ...). What it read from its host may have carried a request
+    /// nobody judged: under `denied = "kill"` that counts as denied, and the process is killed
+    /// (the kernel already killed a gated reader of its stdin). Writes are alerted.
+    fn unfollowed(&mut self, u: observer::Unfollowed) {
+        let role = self.procs.get(&u.tgid).map(|p| p.role);
+        // Shims read their stdin themselves, and judge it; the rest is no longer captured.
+        if matches!(role, Some(Role::Other | Role::Shim)) {
+            return;
+        }
+        let request_side = u.inbound && u.origin != origin::STDOUT;
+        let kill_mode = self.policy.observer().denied == Reaction::Kill;
+        if u.killed {
+            self.counters.killed += 1;
+        }
+        let killed = u.killed || (request_side && kill_mode && self.kill(u.tgid));
+        if let Some(p) = self.procs.get_mut(&u.tgid) {
+            p.killed |= killed;
+        }
+        let ctx = self
+            .procs
+            .get(&u.tgid)
+            .and_then(|p| p.session.as_ref())
+            .map(|s| s.guard.ctx().clone());
+        let carries = match u.origin {
+            origin::STDIN => "stdin",
+            origin::STDOUT => "stdout",
+            _ => "socket",
+        };
+        self.alert(
+            ctx.as_ref(),
+            serde_json::json!({
+                "alert": "unfollowed_io",
+                "pid": u.tgid,
+                "fd": u.fd,
+                "call": u.call(),
+                "direction": if u.inbound { "read" } else { "write" },
+                "carries": carries,
+                "action": if request_side && kill_mode { "kill" } else { "alert" },
+                "killed": killed,
+                "cmdline": identity::redact_args(&procs::cmdline(u.tgid)),
+            }),
+        );
     }
 
     /// Ends a process's session, if it had one.
