@@ -131,15 +131,23 @@ pub fn run_matrix(root: &Path, object: &str, bin: &Path, python: &Path) -> Resul
             exe.display()
         );
     }
-    // Unix sockets cannot be made on the 9p root: the tests' files go to a tmpfs.
+    // Unix sockets cannot be made on the 9p root: the tests' files go to a tmpfs. Under
+    // software emulation a test runs several times slower than on the host: a longer
+    // per-test timeout than pytest.ini's.
     script += &format!(
         "cd {root}/tests/e2e\nTMPDIR=/run/e2e/tmp MCP_GUARD_REQUIRE_KERNEL=1 MCP_GUARD_BIN={bin} MCP_GUARD_BPF_OBJECT={object} \
-         {python} -m pytest -q -p no:cacheprovider --basetemp=/run/e2e/pt test_observer.py -k '{E2E}' || rc=1\n\
+         {python} -m pytest -q -p no:cacheprovider --timeout 600 --basetemp=/run/e2e/pt test_observer.py -k '{E2E}' || rc=1\n\
          echo \"vm result: $rc\"\n",
         root = root.display(),
         bin = bin.display(),
         python = python.display(),
     );
+    // The script goes to the guest as a file in the checkout: passed inline it would ride on
+    // the kernel command line, which x86 cuts at 2048 bytes (the guest then waits forever).
+    let script_file = root.join("target/vm/run.sh");
+    std::fs::create_dir_all(script_file.parent().expect("a parent"))?;
+    std::fs::write(&script_file, &script)
+        .with_context(|| format!("cannot write {}", script_file.display()))?;
     let mut child = Command::new(Path::new(VNG_VENV).join("bin/vng"))
         .args(["--run"])
         .arg(&kernel)
@@ -155,7 +163,7 @@ pub fn run_matrix(root: &Path, object: &str, bin: &Path, python: &Path) -> Resul
         ])
         .arg(root)
         .arg("--")
-        .arg(&script)
+        .arg(format!("sh {}", script_file.display()))
         .env(
             "PATH",
             format!(

@@ -2,9 +2,11 @@
 //! run by `cargo xtask bench observer`. Every figure is printed next to a baseline
 //! measured in the same run:
 //!
-//! 1. Overhead on work the daemon does not watch: a tar + gzip pipeline and two
-//!    system-call loops (one-byte writes to /dev/null and into a drained pipe), without
-//!    the daemon and with it loaded (hosts set to a name no process has), alternating.
+//! 1. Overhead on work the daemon does not watch: a tar + gzip pipeline, two system-call
+//!    loops (one-byte writes to /dev/null and into a drained pipe) and an exec storm
+//!    (`/bin/true` started with pipes for stdin and stdout, so every one is probed), without
+//!    the daemon and with it loaded (hosts set to a name no process has, `detect = "any"`),
+//!    alternating.
 //! 2. One watched session at a fixed rate (default 20,000 requests/s of 1 KiB, host to
 //!    server, for 10 s): the daemon must count every message and lose none. Baseline:
 //!    the same session without the daemon.
@@ -81,6 +83,9 @@ pub struct RunArgs {
     /// One-byte write(2) calls per system-call loop.
     #[arg(long, default_value_t = 1_000_000)]
     pub syscalls: u64,
+    /// Programs started (fork, exec, exit) in the exec storm.
+    #[arg(long, default_value_t = 2_000)]
+    pub execs: u64,
     /// Watched session: requests per second, host to server.
     #[arg(long, default_value_t = 20_000)]
     pub rate: u64,

@@ -332,6 +332,23 @@ fn timed(count: u64, mut call: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(ns[ns.len() / 2])
 }
 
+/// µs per program started and waited for (fork, exec of `/bin/true`, exit), over `count`
+/// programs. stdin and stdout are pipes: what a server has, so the observer probes each.
+pub fn exec_storm(count: u64) -> Result<f64> {
+    let ns = timed(count, || {
+        let status = std::process::Command::new("/bin/true")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .status()
+            .context("starting /bin/true")?;
+        if !status.success() {
+            bail!("/bin/true failed: {status}");
+        }
+        Ok(())
+    })?;
+    Ok(ns / 1000.0)
+}
+
 /// ns per one-byte write(2) to /dev/null, over `count` calls, on a thread pinned to one CPU.
 pub fn writes_devnull(count: u64) -> Result<f64> {
     std::thread::spawn(move || -> Result<f64> {

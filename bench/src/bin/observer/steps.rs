@@ -312,6 +312,7 @@ struct Sample {
     workload_s: f64,
     devnull_ns: f64,
     pipe_ns: f64,
+    exec_us: f64,
 }
 
 fn measure_once(a: &RunArgs) -> Result<Sample> {
@@ -330,6 +331,7 @@ fn measure_once(a: &RunArgs) -> Result<Sample> {
         workload_s,
         devnull_ns: roles::writes_devnull(a.syscalls)?,
         pipe_ns: roles::writes_pipe(a.syscalls)?,
+        exec_us: roles::exec_storm(a.execs)?,
     })
 }
 
@@ -404,7 +406,7 @@ fn overhead(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
                 s
             };
             println!(
-                "  run {}/{} {:<15} workload {:.3} s, /dev/null {:.0} ns/write, pipe {:.0} ns/write",
+                "  run {}/{} {:<15} workload {:.3} s, /dev/null {:.0} ns/write, pipe {:.0} ns/write, exec {:.0} µs",
                 round + 1,
                 a.runs,
                 if with {
@@ -414,7 +416,8 @@ fn overhead(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
                 },
                 s.workload_s,
                 s.devnull_ns,
-                s.pipe_ns
+                s.pipe_ns,
+                s.exec_us
             );
             if with { on.push(s) } else { off.push(s) }
         }
@@ -483,6 +486,17 @@ fn overhead(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
             1,
             |s| s.pipe_ns,
             1.15,
+        ),
+        row(
+            format!(
+                "1d. exec storm: {} programs started with pipes for stdin and stdout (each probed), fork+exec+exit of /bin/true (10 blocks, median block), median of {} runs",
+                num(a.execs),
+                a.runs
+            ),
+            "µs/exec",
+            1,
+            |s| s.exec_us,
+            1.10,
         ),
     ]);
     Ok(())
