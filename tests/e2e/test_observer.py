@@ -631,6 +631,48 @@ def test_a_request_read_with_splice_is_not_acted_on_under_kill(daemon_factory, t
     assert (detail["call"], detail["direction"], detail["carries"], detail["killed"]) == ("splice", "read", "stdin", True)
 
 
+SELF_TRACER = r"""
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+PTRACE_TRACEME, PTRACE_CONT = 0, 7
+pid = os.fork()
+if pid == 0:
+    libc.ptrace(PTRACE_TRACEME, 0, None, None)
+    os.execv(sys.argv[1], sys.argv[1:])
+while True:
+    _, status = os.waitpid(pid, 0)
+    if not os.WIFSTOPPED(status):
+        sys.exit(0)
+    sig = os.WSTOPSIG(status)
+    # Swallows the stop a gate sends, and the trap at exec; passes anything else on.
+    libc.ptrace(PTRACE_CONT, pid, None, 0 if sig in (signal.SIGSTOP, signal.SIGTRAP) else sig)
+"""
+
+
+def test_a_traced_server_cannot_slip_its_gate(daemon_factory, tmp_path: Path) -> None:
+    """A server traced by its own helper: the tracer is told of the gate's SIGSTOP and lets
+    it go, so the server would run on before its read is judged. Under `denied = "kill"` a
+    traced reader is killed at its first gated read; the denied write never runs."""
+    d = daemon_factory(DENY_WRITES + '\n[observer]\ndenied = "kill"\n')
+    (tmp_path / "raw_host.py").write_text(RAW_HOST)
+    (tmp_path / "tracer.py").write_text(SELF_TRACER)
+    root = tmp_path / "root"
+    root.mkdir()
+    target = root / "x.txt"
+    server = harness.filesystem_server(root).argv
+    init = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+    call = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                       "params": {"name": "write_file", "arguments": {"path": str(target), "content": "x"}}})
+    argv = [sys.executable, str(tmp_path / "tracer.py"), *server]
+    spec = tmp_path / "traced.json"
+    spec.write_text(json.dumps({"argv": argv, "lines": [init, '{"jsonrpc":"2.0","method":"notifications/initialized"}', call]}))
+    subprocess.run([str(d.host_exe), str(tmp_path / "raw_host.py"), str(spec)], timeout=60, check=True)
+    assert not target.exists(), "the traced server ran the denied write"
+    alert = d.wait_for("the traced_server alert", lambda recs: alerts_named(recs, "traced_server"))
+    assert alert[0]["detail"]["killed"] is True
+
+
 def test_wrapped_session_is_not_alerted_and_injection_is(daemon_factory, tmp_path: Path) -> None:
     d = daemon_factory()
     root = tmp_path / "root"

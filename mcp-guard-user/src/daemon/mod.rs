@@ -809,6 +809,10 @@ impl Daemon {
             (origin::STDOUT, false) => Direction::ToClient,
             _ => return self.release(&d, false),
         };
+        let held = |p: &Proc| p.role != Role::Other && !p.killed;
+        if d.gated() && self.procs.get(&d.tgid).is_none_or(held) && self.traced(d.tgid) {
+            return self.release(&d, true);
+        }
         let max = self.cfg.max_message;
         let late = self.late.contains(&d.tgid);
         let p = self.procs.entry(d.tgid).or_insert_with(|| Proc {
@@ -889,6 +893,38 @@ impl Daemon {
         }
         let killed = self.procs.get(&d.tgid).is_some_and(|p| p.killed);
         self.release(&d, killed);
+    }
+
+    /// A gated reader that is being traced: the tracer is told of the gate's SIGSTOP and may
+    /// swallow it, so the process would act on what it read before it is judged. What cannot
+    /// be held cannot be judged: under `denied = "kill"` (the only mode with gates) it is
+    /// killed. True if it was.
+    fn traced(&mut self, tgid: u32) -> bool {
+        let Some(tracer) = procs::tracer(tgid) else {
+            return false;
+        };
+        let killed = self.kill(tgid);
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.killed |= killed;
+        }
+        let ctx = self
+            .procs
+            .get(&tgid)
+            .and_then(|p| p.session.as_ref())
+            .map(|s| s.guard.ctx().clone());
+        self.alert(
+            ctx.as_ref(),
+            serde_json::json!({
+                "alert": "traced_server",
+                "pid": tgid,
+                "tracer": tracer,
+                "tracer_cmdline": identity::redact_args(&procs::cmdline(tracer)),
+                "action": "kill",
+                "killed": killed,
+                "why": "a traced process can let its gate's SIGSTOP go: its reads cannot be held for judgement",
+            }),
+        );
+        killed
     }
 
     /// Lets a gated reader go on, unless it was killed.

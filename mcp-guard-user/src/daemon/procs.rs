@@ -274,6 +274,16 @@ pub fn is_pipe_or_socket(pid: u32, fd: u32) -> bool {
     t.starts_with("pipe:") || t.starts_with("socket:")
 }
 
+/// The pid of the process tracing `pid` (ptrace), if any.
+pub fn tracer(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&t| t != 0)
+}
+
 /// Whether `pid` runs: it exists and is not a zombie (exited, not yet reaped) or dead.
 pub fn alive(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
