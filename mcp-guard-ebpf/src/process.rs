@@ -58,6 +58,23 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     } else {
         (parent.flags & !(watch::HOST | watch::PROBE)) | watch::CAPTURE
     };
+    // The child's stdio are its parent's, unless the parent is a host (which gives its
+    // children pipes of their own): entries left by an earlier process with this pid
+    // (a stale "fd 0 carries nothing") must not outlive it.
+    let shares = parent.flags & watch::HOST == 0;
+    let mut fd = 0;
+    while fd < 2 {
+        // SAFETY: copied out at once.
+        match unsafe { FDS.get(fd_key(tgid, fd)) }.copied() {
+            Some(o) if shares => {
+                let _ = FDS.insert(fd_key(child as u32, fd), o, 0);
+            }
+            _ => {
+                let _ = FDS.remove(fd_key(child as u32, fd));
+            }
+        }
+        fd += 1;
+    }
     mark_watched(child as u32, true);
     // For a new thread `child` is a tid; exit removes it again.
     WATCHED
@@ -120,6 +137,9 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, u32> {
         None => match CONFIG.get(config::PROBE) {
             Some(&flags) if flags & watch::PROBE != 0 => {
                 let w = Watch { parent: 0, flags };
+                // Entries of an earlier process with this pid do not apply.
+                let _ = FDS.remove(fd_key(tgid, 0));
+                let _ = FDS.remove(fd_key(tgid, 1));
                 mark_watched(tgid, true);
                 WATCHED.insert(tgid, w, 0).ok().map(|()| w)
             }

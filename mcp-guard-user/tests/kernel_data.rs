@@ -434,3 +434,56 @@ async fn a_forked_child_reading_its_parents_stdin_copy_is_captured() {
             .all(|d| d.fd > 1 && d.origin == mcp_guard_common::origin::STDIN)
     );
 }
+
+/// A pid reused by a new watched process forked without exec: what the kernel knew of the
+/// old process's descriptors (its fd 0 closed: "carries nothing") does not apply to the
+/// new one, whose stdin is captured as its parent's is.
+#[tokio::test]
+async fn a_reused_pid_does_not_inherit_the_old_processes_descriptors() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut observer) = observer_or_skip() else {
+        return;
+    };
+    observer
+        .watch(std::process::id(), watch::HOST)
+        .expect("watch self");
+    let mut events = observer.events().expect("events");
+    let old = Command::new(PYTHON)
+        .args(["-c", "import os\nos.close(0)\n"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = old.id();
+    assert!(old.wait_with_output().expect("wait").status.success());
+    // A captured parent forks (no exec) until its child gets `pid` again; that child reads
+    // the stdin it shares with its parent.
+    let script = format!(
+        "import os, sys\n\
+         for _ in range(200):\n\
+         \x20 open('/proc/sys/kernel/ns_last_pid', 'w').write(str({pid} - 1))\n\
+         \x20 c = os.fork()\n\
+         \x20 if c == 0:\n\
+         \x20   if os.getpid() != {pid}: os._exit(3)\n\
+         \x20   os.write(1, os.read(0, 100)); os._exit(0)\n\
+         \x20 if os.waitstatus_to_exitcode(os.waitpid(c, 0)[1]) == 0: sys.exit(0)\n\
+         sys.exit('pid {pid} was not handed out again')\n"
+    );
+    let mut child = Command::new(PYTHON)
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let message = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n";
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(message)
+        .expect("write");
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(output.stdout, message);
+    let (inbound, _) = collect(&mut events, pid, message.len(), 0).await;
+    assert_eq!(joined(&inbound), message);
+}
