@@ -204,8 +204,17 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         Some(&o) if o != 0 => unsafe { ctx.read_at::<u8>(o as usize) }.map_err(|_| 1u32)? != 0,
         _ => return Err(1),
     };
-    if group_dead && WATCHED.remove(tgid).is_ok() {
-        mark_watched(tgid, false);
+    if !group_dead {
+        return Ok(0);
+    }
+    // SAFETY: copied out at once.
+    let Some(w) = (unsafe { WATCHED.get(tgid) }).copied() else {
+        return Ok(0);
+    };
+    let _ = WATCHED.remove(tgid);
+    mark_watched(tgid, false);
+    // A program still on probation never spoke: user space holds nothing for it.
+    if w.flags & watch::PROBE == 0 {
         // SAFETY: a helper without arguments.
         let ktime_ns = unsafe { bpf_ktime_get_ns() };
         let event = ExitEvent {

@@ -30,6 +30,8 @@ pub struct Spec<'a> {
     pub hosts: &'a [&'a str],
     /// `durable` or `page-cache`.
     pub durability: &'a str,
+    /// `any` (the default) or `hosts`.
+    pub detect: &'a str,
 }
 
 /// Memory of a process, from `/proc/PID/status`, in KiB.
@@ -79,13 +81,14 @@ impl Daemon {
             .collect::<Result<Vec<_>>>()?
             .join(", ");
         let config = format!(
-            "policy = {}\naudit = {}\naudit_key = {}\nrun_dir = {}\nbpf_object = {}\nhosts = [{hosts}]\ndurability = {}\n",
+            "policy = {}\naudit = {}\naudit_key = {}\nrun_dir = {}\nbpf_object = {}\nhosts = [{hosts}]\ndurability = {}\ndetect = {}\n",
             toml_path(&policy)?,
             toml_path(&dir.join("audit.jsonl"))?,
             toml_path(&dir.join("audit.key"))?,
             toml_path(&run_dir)?,
             toml_path(bpf_object)?,
             toml_str(spec.durability)?,
+            toml_str(spec.detect)?,
         );
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config)

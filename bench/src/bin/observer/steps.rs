@@ -282,6 +282,17 @@ impl<'a> Ctx<'a> {
     }
 
     fn daemon(&self, name: &str, policy: &str, hosts: &[&str], durability: &str) -> Result<Daemon> {
+        self.daemon_detecting(name, policy, hosts, durability, "any")
+    }
+
+    fn daemon_detecting(
+        &self,
+        name: &str,
+        policy: &str,
+        hosts: &[&str],
+        durability: &str,
+        detect: &str,
+    ) -> Result<Daemon> {
         Daemon::start(
             &self.mcp_guard,
             &self.bpf_object,
@@ -291,6 +302,7 @@ impl<'a> Ctx<'a> {
                 policy,
                 hosts,
                 durability,
+                detect,
             },
         )
         .with_context(|| format!("starting the daemon for `{name}`"))
@@ -422,6 +434,32 @@ fn overhead(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
             if with { on.push(s) } else { off.push(s) }
         }
     }
+    // The exec storm again with `detect = "hosts"` (nothing probed): what probing itself
+    // costs, against what the daemon costs every exec in any case (it reads /proc for each
+    // to find agent hosts).
+    let (mut plain, mut hosts_only) = (Vec::new(), Vec::new());
+    for round in 0..a.runs {
+        for with in [round % 2 == 0, round % 2 != 0] {
+            if with {
+                let d = ctx.daemon_detecting(
+                    &format!("exec-hosts-{round}"),
+                    ALLOW,
+                    &[NO_HOST],
+                    "page-cache",
+                    "hosts",
+                )?;
+                hosts_only.push(roles::exec_storm(a.execs)?);
+                d.stop()?;
+            } else {
+                plain.push(roles::exec_storm(a.execs)?);
+            }
+        }
+    }
+    println!(
+        "  exec storm with detect = \"hosts\": {:.0} µs/exec with daemon, {:.0} without (medians)",
+        median(&hosts_only),
+        median(&plain)
+    );
     let unjudged = if foreign.is_empty() {
         None
     } else {
@@ -499,6 +537,18 @@ fn overhead(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
             1.10,
         ),
     ]);
+    let (w, b) = (median(&hosts_only), median(&plain));
+    rows.push(Row {
+        measure: format!(
+            "1e. the same exec storm with detect = \"hosts\" (no probing; the daemon still reads /proc for every exec to find hosts), median of {} runs",
+            a.runs
+        ),
+        figure: format!("{w:.1} µs/exec with daemon"),
+        baseline: format!("{b:.1} µs/exec without"),
+        ratio: format!("{:.3}x", w / b),
+        target: "- (reference for 1d)".into(),
+        pass: None,
+    });
     Ok(())
 }
 
