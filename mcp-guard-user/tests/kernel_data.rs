@@ -14,16 +14,25 @@ use std::{
 };
 
 use kernel::observer_or_skip;
-use mcp_guard::observer::{Data, Event, Events};
+use mcp_guard::observer::{Data, Event, Events, Observer};
 use mcp_guard_common::watch;
 
 /// Not a PATH lookup: a shim on PATH would be the child instead of Python.
 const PYTHON: &str = "/usr/bin/python3";
-const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Each test loads its own programs and watches this same process: with flags of its own
 /// (a gate!) that would apply to the other tests' children too. One at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The observer with this process watched as an agent host with `flags`, and its events.
+fn watch_self(flags: u32) -> Option<(Observer, Events)> {
+    let mut observer = observer_or_skip()?;
+    observer
+        .watch(std::process::id(), flags)
+        .expect("watch self");
+    let events = observer.events().expect("events");
+    Some((observer, events))
+}
 
 /// Collects `pid`'s chunks until `want_in` bytes read and `want_out` bytes written
 /// arrived; returns (read, written).
@@ -33,35 +42,23 @@ async fn collect(
     want_in: usize,
     want_out: usize,
 ) -> (Vec<Data>, Vec<Data>) {
-    let found = async {
-        let (mut read, mut written) = (Vec::new(), Vec::new());
-        let bytes = |v: &Vec<Data>| v.iter().map(|d| d.payload.len()).sum::<usize>();
-        let mut batch = Vec::new();
-        while bytes(&read) < want_in || bytes(&written) < want_out {
-            batch.clear();
-            events
-                .batch(&mut batch, 256)
-                .await
-                .expect("read ring buffer");
-            for event in batch.drain(..) {
-                if let Event::Data(d) = event
-                    && d.tgid == pid
-                {
-                    if d.inbound {
-                        read.push(d)
-                    } else {
-                        written.push(d)
-                    }
-                }
+    let (mut read, mut written) = (Vec::new(), Vec::new());
+    let bytes = |v: &Vec<Data>| v.iter().map(|d| d.payload.len()).sum::<usize>();
+    let what = format!("{want_in}/{want_out} bytes from {pid}");
+    kernel::first_event(events, &what, |e| {
+        if let Event::Data(d) = e
+            && d.tgid == pid
+        {
+            if d.inbound {
+                read.push(d)
+            } else {
+                written.push(d)
             }
         }
-        (read, written)
-    };
-    tokio::time::timeout(DEADLINE, found)
-        .await
-        .unwrap_or_else(|_| {
-            panic!("fewer than {want_in}/{want_out} bytes from {pid} within {DEADLINE:?}")
-        })
+        (bytes(&read) >= want_in && bytes(&written) >= want_out).then_some(())
+    })
+    .await;
+    (read, written)
 }
 
 fn joined(chunks: &[Data]) -> Vec<u8> {
@@ -74,13 +71,9 @@ fn joined(chunks: &[Data]) -> Vec<u8> {
 #[tokio::test]
 async fn one_mebibyte_write_arrives_whole_in_ordered_chunks() {
     let _serial = SERIAL.lock().await;
-    let Some(mut observer) = observer_or_skip() else {
+    let Some((observer, mut events)) = watch_self(watch::HOST) else {
         return;
     };
-    observer
-        .watch(std::process::id(), watch::HOST)
-        .expect("watch self");
-    let mut events = observer.events().expect("events");
     // One write(2) of 1 MiB + newline on fd 1.
     let script = "import os,sys\nb=bytes((i*7)%251 for i in range(1<<20))+b'\\n'\nn=0\nwhile n<len(b): n+=os.write(1,b[n:])\n";
     let mut child = Command::new(PYTHON)
@@ -124,13 +117,9 @@ async fn one_mebibyte_write_arrives_whole_in_ordered_chunks() {
 #[tokio::test]
 async fn small_reads_and_vectored_writes_are_captured() {
     let _serial = SERIAL.lock().await;
-    let Some(mut observer) = observer_or_skip() else {
+    let Some((_observer, mut events)) = watch_self(watch::HOST) else {
         return;
     };
-    observer
-        .watch(std::process::id(), watch::HOST)
-        .expect("watch self");
-    let mut events = observer.events().expect("events");
     // Reads stdin 3 bytes at a time, echoes each read with writev of two iovecs.
     let script =
         "import os\nwhile True:\n  b=os.read(0,3)\n  if not b: break\n  os.writev(1,[b'<',b])\n";
@@ -158,13 +147,9 @@ async fn small_reads_and_vectored_writes_are_captured() {
 #[tokio::test]
 async fn gated_read_stops_the_reader_until_continued() {
     let _serial = SERIAL.lock().await;
-    let Some(mut observer) = observer_or_skip() else {
+    let Some((_observer, mut events)) = watch_self(watch::HOST | watch::GATE) else {
         return;
     };
-    observer
-        .watch(std::process::id(), watch::HOST | watch::GATE)
-        .expect("watch self");
-    let mut events = observer.events().expect("events");
     let script = "import os\nb=os.read(0,100)\nos.write(1,b'after:'+b)\n";
     let mut child = Command::new(PYTHON)
         .args(["-c", script])
@@ -206,13 +191,9 @@ async fn gated_read_stops_the_reader_until_continued() {
 #[tokio::test]
 async fn stdio_moved_to_other_descriptors_is_followed() {
     let _serial = SERIAL.lock().await;
-    let Some(mut observer) = observer_or_skip() else {
+    let Some((_observer, mut events)) = watch_self(watch::HOST) else {
         return;
     };
-    observer
-        .watch(std::process::id(), watch::HOST)
-        .expect("watch self");
-    let mut events = observer.events().expect("events");
     let script = "import os, fcntl\n\
         i = os.dup(0); o = fcntl.fcntl(1, 1030, 10)\n\
         os.dup2(os.open('/dev/null', os.O_RDONLY), 0); os.dup2(2, 1)\n\
@@ -260,13 +241,9 @@ async fn stdio_moved_to_other_descriptors_is_followed() {
 #[tokio::test]
 async fn positional_vectored_calls_on_a_pipe_are_captured() {
     let _serial = SERIAL.lock().await;
-    let Some(mut observer) = observer_or_skip() else {
+    let Some((_observer, mut events)) = watch_self(watch::HOST) else {
         return;
     };
-    observer
-        .watch(std::process::id(), watch::HOST)
-        .expect("watch self");
-    let mut events = observer.events().expect("events");
     let script = "import ctypes\n\
         libc = ctypes.CDLL(None, use_errno=True)\n\
         class Iov(ctypes.Structure):\n  _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]\n\
@@ -299,25 +276,17 @@ async fn positional_vectored_calls_on_a_pipe_are_captured() {
     assert_eq!(joined(&outbound), output.stdout);
 }
 
-/// What the ring holds for `pid` until its `Unfollowed` event.
+/// `pid`'s `Unfollowed` event.
 async fn unfollowed_of(events: &mut Events, pid: u32) -> mcp_guard::observer::Unfollowed {
-    let found = async {
-        let mut batch = Vec::new();
-        loop {
-            batch.clear();
-            events.batch(&mut batch, 256).await.expect("read ring");
-            for event in batch.drain(..) {
-                if let Event::Unfollowed(u) = event
-                    && u.tgid == pid
-                {
-                    return u;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(DEADLINE, found)
-        .await
-        .unwrap_or_else(|_| panic!("no unfollowed event from {pid} within {DEADLINE:?}"))
+    kernel::first_event(
+        events,
+        &format!("unfollowed event from {pid}"),
+        |e| match e {
+            Event::Unfollowed(u) if u.tgid == pid => Some(u),
+            _ => None,
+        },
+    )
+    .await
 }
 
 /// `splice` moves stdin's bytes to another pipe without passing them through memory the
@@ -326,13 +295,9 @@ async fn unfollowed_of(events: &mut Events, pid: u32) -> mcp_guard::observer::Un
 #[tokio::test]
 async fn splice_from_a_gated_stdin_kills_the_reader_before_it_returns() {
     let _serial = SERIAL.lock().await;
-    let Some(mut observer) = observer_or_skip() else {
+    let Some((_observer, mut events)) = watch_self(watch::HOST | watch::GATE) else {
         return;
     };
-    observer
-        .watch(std::process::id(), watch::HOST | watch::GATE)
-        .expect("watch self");
-    let mut events = observer.events().expect("events");
     let script = "import os\nr, w = os.pipe()\nn = os.splice(0, w, 100)\nos.write(1, b'acted on:' + os.read(r, n))\n";
     let mut child = Command::new(PYTHON)
         .args(["-c", script])
@@ -366,13 +331,9 @@ async fn splice_from_a_gated_stdin_kills_the_reader_before_it_returns() {
 #[tokio::test]
 async fn sendfile_to_stdout_is_reported_not_killed() {
     let _serial = SERIAL.lock().await;
-    let Some(mut observer) = observer_or_skip() else {
+    let Some((_observer, mut events)) = watch_self(watch::HOST | watch::GATE) else {
         return;
     };
-    observer
-        .watch(std::process::id(), watch::HOST | watch::GATE)
-        .expect("watch self");
-    let mut events = observer.events().expect("events");
     let script =
         "import os\nfd = os.open('/etc/hostname', os.O_RDONLY)\nos.sendfile(1, fd, 0, 4096)\n";
     let child = Command::new(PYTHON)
@@ -395,13 +356,9 @@ async fn sendfile_to_stdout_is_reported_not_killed() {
 #[tokio::test]
 async fn a_forked_child_reading_its_parents_stdin_copy_is_captured() {
     let _serial = SERIAL.lock().await;
-    let Some(mut observer) = observer_or_skip() else {
+    let Some((_observer, mut events)) = watch_self(watch::HOST) else {
         return;
     };
-    observer
-        .watch(std::process::id(), watch::HOST)
-        .expect("watch self");
-    let mut events = observer.events().expect("events");
     let script = "import os\n\
         i = os.dup(0); os.dup2(os.open('/dev/null', os.O_RDONLY), 0)\n\
         pid = os.fork()\n\
@@ -441,13 +398,9 @@ async fn a_forked_child_reading_its_parents_stdin_copy_is_captured() {
 #[tokio::test]
 async fn a_reused_pid_does_not_inherit_the_old_processes_descriptors() {
     let _serial = SERIAL.lock().await;
-    let Some(mut observer) = observer_or_skip() else {
+    let Some((_observer, mut events)) = watch_self(watch::HOST) else {
         return;
     };
-    observer
-        .watch(std::process::id(), watch::HOST)
-        .expect("watch self");
-    let mut events = observer.events().expect("events");
     let old = Command::new(PYTHON)
         .args(["-c", "import os\nos.close(0)\n"])
         .stdin(Stdio::piped())

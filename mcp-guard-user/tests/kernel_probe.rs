@@ -13,13 +13,12 @@ use std::{
     time::Duration,
 };
 
-use kernel::observer_with_or_skip;
+use kernel::{first_event, observer_with_or_skip};
 use mcp_guard::observer::{Event, Events, Observer, Settings};
 use mcp_guard_common::watch;
 
 /// Not a PATH lookup: a shim on PATH would be the child instead of Python.
 const PYTHON: &str = "/usr/bin/python3";
-const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Reads stdin one line at a time with `os.read`, answers `ok` after each: a stand-in for
 /// a server, so the test knows when each read has returned.
@@ -63,48 +62,30 @@ fn say(child: &mut Child, out: &mut BufReader<ChildStdout>, line: &[u8]) {
 /// What the ring holds for `pid`, up to the first data event from `until` (a later
 /// child's: the ring is one buffer, in order, so everything before it has arrived).
 async fn data_of(events: &mut Events, pid: u32, until: u32) -> Vec<Vec<u8>> {
-    let found = async {
-        let mut got = Vec::new();
-        let mut batch = Vec::new();
-        loop {
-            batch.clear();
-            events.batch(&mut batch, 256).await.expect("read ring");
-            for event in batch.drain(..) {
-                if let Event::Data(d) = event {
-                    if d.tgid == until {
-                        return got;
-                    }
-                    if d.tgid == pid {
-                        got.push(d.payload.to_vec());
-                    }
-                }
+    let mut got = Vec::new();
+    first_event(
+        events,
+        &format!("data from the sentinel {until}"),
+        |e| match e {
+            Event::Data(d) if d.tgid == until => Some(()),
+            Event::Data(d) if d.tgid == pid => {
+                got.push(d.payload.to_vec());
+                None
             }
-        }
-    };
-    tokio::time::timeout(DEADLINE, found)
-        .await
-        .unwrap_or_else(|_| panic!("no data from the sentinel {until} within {DEADLINE:?}"))
+            _ => None,
+        },
+    )
+    .await;
+    got
 }
 
 /// `pid`'s exec event.
 async fn exec_of(events: &mut Events, pid: u32) -> mcp_guard::observer::Exec {
-    let found = async {
-        let mut batch = Vec::new();
-        loop {
-            batch.clear();
-            events.batch(&mut batch, 256).await.expect("read ring");
-            for event in batch.drain(..) {
-                if let Event::Exec(e) = event
-                    && e.tgid == pid
-                {
-                    return e;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(DEADLINE, found)
-        .await
-        .unwrap_or_else(|_| panic!("no exec event from {pid} within {DEADLINE:?}"))
+    first_event(events, &format!("exec event from {pid}"), |e| match e {
+        Event::Exec(e) if e.tgid == pid => Some(e),
+        _ => None,
+    })
+    .await
 }
 
 /// A child that reads JSON, whose data ends [`data_of`].
@@ -179,58 +160,51 @@ async fn a_program_whose_first_read_is_something_else_is_left_alone() {
         &mut out,
         b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n",
     );
-    // The sentinel is gated: let it go once it stops.
-    let gated = tokio::task::spawn_blocking(|| {
-        let (mut s, mut out) = spawn_reader();
-        let pid = s.id();
-        let stdin = s.stdin.as_mut().expect("stdin");
-        stdin.write_all(b"{\"sentinel\":1}\n").expect("write");
-        for _ in 0..1000 {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat
-                .rsplit_once(") ")
-                .is_some_and(|(_, r)| r.starts_with('T'))
-            {
-                break;
+    // A sentinel that reads JSON first is gated: the gate works, and its gated read ends
+    // the wait. The gate applies to every program started meanwhile: any other that reads
+    // JSON first is let go at once.
+    let (mut s, mut s_out) = spawn_reader();
+    let spid = s.id();
+    s.stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"{\"sentinel\":1}\n")
+        .expect("write");
+    first_event(&mut events, "the sentinel's gated read", |e| match e {
+        Event::Data(d) => {
+            assert_ne!(
+                d.tgid, pid,
+                "a program that read something else was captured"
+            );
+            if d.gated() && d.tgid != spid {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(d.tgid as i32),
+                    nix::sys::signal::Signal::SIGCONT,
+                );
             }
-            std::thread::sleep(Duration::from_millis(10));
+            (d.gated() && d.tgid == spid).then_some(())
         }
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGCONT,
-        )
-        .expect("SIGCONT");
-        let mut answer = String::new();
-        out.read_line(&mut answer).expect("read");
-        assert_eq!(answer, "ok\n");
-        (s, pid)
-    });
-    let until = {
-        // The sentinel's pid is known only inside the task; its data ends the wait.
-        let found = async {
-            let mut batch = Vec::new();
-            loop {
-                batch.clear();
-                events.batch(&mut batch, 256).await.expect("read ring");
-                for event in batch.drain(..) {
-                    if let Event::Data(d) = event {
-                        assert_ne!(
-                            d.tgid, pid,
-                            "a program that read something else was captured"
-                        );
-                        if d.gated() {
-                            return d.tgid;
-                        }
-                    }
-                }
-            }
-        };
-        tokio::time::timeout(DEADLINE, found)
-            .await
-            .expect("the sentinel's gated read")
-    };
-    let (s, spid) = gated.await.expect("sentinel");
-    assert_eq!(until, spid);
+        _ => None,
+    })
+    .await;
+    for _ in 0..1000 {
+        let stat = std::fs::read_to_string(format!("/proc/{spid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with('T'))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(spid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .expect("SIGCONT");
+    let mut answer = String::new();
+    s_out.read_line(&mut answer).expect("read");
+    assert_eq!(answer, "ok\n");
     finish(child);
     finish(s);
 }

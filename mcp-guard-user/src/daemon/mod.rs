@@ -668,7 +668,16 @@ impl Daemon {
         match event {
             Event::Exec(e) => {
                 if e.watch & (watch::HOST | watch::CAPTURE) == 0 {
-                    if procs::is_host(e.tgid, &self.cfg.hosts) {
+                    // Every exec on the machine comes here. With detect = "any" the host list
+                    // is a label, and what the event says is enough to apply it (the rescan
+                    // finds the rest); with "hosts" it is the gate: /proc is read for each.
+                    let host = match self.cfg.detect {
+                        Detect::Any => {
+                            procs::is_host_exec(e.tgid, &e.comm, &e.filename, &self.cfg.hosts)
+                        }
+                        Detect::Hosts => procs::is_host(e.tgid, &self.cfg.hosts),
+                    };
+                    if host {
                         self.watch_host(e.tgid, watch::HOST | gate_flag(&self.policy));
                     } else if e.watch & watch::PROBE != 0 {
                         self.triage(e.tgid);
@@ -738,11 +747,7 @@ impl Daemon {
         if let Some(p) = self.procs.get_mut(&u.tgid) {
             p.killed |= killed;
         }
-        let ctx = self
-            .procs
-            .get(&u.tgid)
-            .and_then(|p| p.session.as_ref())
-            .map(|s| s.guard.ctx().clone());
+        let ctx = self.session_ctx(u.tgid);
         let carries = match u.origin {
             origin::STDIN => "stdin",
             origin::STDOUT => "stdout",
@@ -762,6 +767,12 @@ impl Daemon {
                 "cmdline": identity::redact_args(&procs::cmdline(u.tgid)),
             }),
         );
+    }
+
+    /// The context of `tgid`'s observed session, for alerts about it.
+    fn session_ctx(&self, tgid: u32) -> Option<Arc<Context>> {
+        let session = self.procs.get(&tgid)?.session.as_ref()?;
+        Some(session.guard.ctx().clone())
     }
 
     /// Ends a process's session, if it had one.
@@ -907,11 +918,7 @@ impl Daemon {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.killed |= killed;
         }
-        let ctx = self
-            .procs
-            .get(&tgid)
-            .and_then(|p| p.session.as_ref())
-            .map(|s| s.guard.ctx().clone());
+        let ctx = self.session_ctx(tgid);
         self.alert(
             ctx.as_ref(),
             serde_json::json!({

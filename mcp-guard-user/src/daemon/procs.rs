@@ -34,6 +34,21 @@ pub fn is_host(pid: u32, hosts: &[String]) -> bool {
     names(pid).iter().any(|n| hosts.iter().any(|h| h == n))
 }
 
+/// [`is_host`] for a program that just exec'd, from what the exec event says (its new
+/// comm and the path it was started by) without reading /proc, except for an interpreter,
+/// whose script is what names it. An exec that names the host otherwise (through argv[0]
+/// alone, or a symlink of another name) is found by the next rescan.
+pub fn is_host_exec(pid: u32, comm: &str, filename: &Path, hosts: &[String]) -> bool {
+    let file = filename
+        .file_name()
+        .map(|f| f.to_string_lossy())
+        .unwrap_or_default();
+    if hosts.iter().any(|h| h == comm || *h == file) {
+        return true;
+    }
+    is_interpreter(&file) && is_host(pid, hosts)
+}
+
 /// Which of `hosts` names `pid`: the kind of agent host it is, for records and alerts.
 pub fn host_kind(pid: u32, hosts: &[String]) -> Option<String> {
     names(pid).into_iter().find(|n| hosts.contains(n))
@@ -299,6 +314,27 @@ pub fn alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exec_names_a_host_by_comm_path_or_script() {
+        let hosts = vec!["claude".to_string(), "mcpg-x".to_string()];
+        let me = std::process::id();
+        assert!(is_host_exec(me, "claude", Path::new("/x/y"), &hosts));
+        assert!(is_host_exec(
+            me,
+            "other",
+            Path::new("/usr/bin/mcpg-x"),
+            &hosts
+        ));
+        assert!(!is_host_exec(me, "ls", Path::new("/usr/bin/ls"), &hosts));
+        // An interpreter is named by its script: this test's own argv has none of those.
+        assert!(!is_host_exec(
+            me,
+            "node",
+            Path::new("/usr/bin/node"),
+            &hosts
+        ));
+    }
 
     #[test]
     fn a_zombie_is_not_alive() {

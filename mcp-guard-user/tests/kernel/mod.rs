@@ -46,3 +46,31 @@ fn object_path() -> Result<PathBuf, String> {
     }
     Err(format!("{err}; build it with `cargo xtask build-ebpf`"))
 }
+
+/// How long a kernel test waits for an event.
+pub const EVENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads events until `pick` returns something, and returns it; panics naming `what` when
+/// nothing is picked within [`EVENT_DEADLINE`].
+#[allow(dead_code, reason = "not every kernel test binary uses it")]
+pub async fn first_event<T>(
+    events: &mut observer::Events,
+    what: &str,
+    mut pick: impl FnMut(observer::Event) -> Option<T>,
+) -> T {
+    let found = async {
+        let mut batch = Vec::new();
+        loop {
+            batch.clear();
+            events.batch(&mut batch, 256).await.expect("read ring");
+            for event in batch.drain(..) {
+                if let Some(t) = pick(event) {
+                    return t;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(EVENT_DEADLINE, found)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within {EVENT_DEADLINE:?}"))
+}
