@@ -139,6 +139,26 @@ fn main() -> Result<()> {
 }
 
 fn test(root: &Path) -> Result<()> {
+    // Style and lints first: seconds, where the tests take minutes.
+    step(
+        "cargo fmt --check",
+        Command::new(cargo())
+            .current_dir(root)
+            .args(["fmt", "--all", "--check"]),
+    )
+    .context("the tree is not formatted: run `cargo fmt --all`")?;
+    step(
+        "cargo clippy",
+        Command::new(cargo()).current_dir(root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )
+    .context("clippy found something: fix it, or allow it where it is with a reason")?;
     let root_user = nix_is_root();
     let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
     let mut env: Vec<(&str, String)> = Vec::new();
