@@ -503,14 +503,15 @@ pub struct Unfollowed {
 impl Unfollowed {
     /// The system call's name.
     pub fn call(&self) -> &'static str {
-        match self.syscall {
-            40 => "sendfile",
-            275 => "splice",
-            276 => "tee",
-            278 => "vmsplice",
-            299 => "recvmmsg",
-            307 => "sendmmsg",
-            326 => "copy_file_range",
+        use mcp_guard_common::nr;
+        match u64::from(self.syscall) {
+            nr::SENDFILE => "sendfile",
+            nr::SPLICE => "splice",
+            nr::TEE => "tee",
+            nr::VMSPLICE => "vmsplice",
+            nr::RECVMMSG => "recvmmsg",
+            nr::SENDMMSG => "sendmmsg",
+            nr::COPY_FILE_RANGE => "copy_file_range",
             _ => "unknown",
         }
     }

@@ -9,8 +9,7 @@ mod kernel;
 
 use std::{
     io::Write as _,
-    process::{Command, Stdio},
-    time::Duration,
+    process::{Child, Command, Stdio},
 };
 
 use kernel::observer_or_skip;
@@ -32,6 +31,16 @@ fn watch_self(flags: u32) -> Option<(Observer, Events)> {
         .expect("watch self");
     let events = observer.events().expect("events");
     Some((observer, events))
+}
+
+/// `python3 -c script` with pipes for stdin and stdout.
+fn python(script: &str) -> Child {
+    Command::new(PYTHON)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn")
 }
 
 /// Collects `pid`'s chunks until `want_in` bytes read and `want_out` bytes written
@@ -123,12 +132,7 @@ async fn small_reads_and_vectored_writes_are_captured() {
     // Reads stdin 3 bytes at a time, echoes each read with writev of two iovecs.
     let script =
         "import os\nwhile True:\n  b=os.read(0,3)\n  if not b: break\n  os.writev(1,[b'<',b])\n";
-    let mut child = Command::new(PYTHON)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = python(script);
     let pid = child.id();
     let message = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n";
     child
@@ -151,12 +155,7 @@ async fn gated_read_stops_the_reader_until_continued() {
         return;
     };
     let script = "import os\nb=os.read(0,100)\nos.write(1,b'after:'+b)\n";
-    let mut child = Command::new(PYTHON)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = python(script);
     let pid = child.id();
     child
         .stdin
@@ -167,21 +166,10 @@ async fn gated_read_stops_the_reader_until_continued() {
     let (chunks, _) = collect(&mut events, pid, 6, 0).await;
     assert!(chunks.last().expect("chunk").gated());
     // Stopped before returning from read: state T, nothing written yet.
-    let stopped = (0..100).any(|_| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(") ")
-            .map(|(_, r)| r.chars().next())
-            .unwrap_or_default();
-        std::thread::sleep(Duration::from_millis(10));
-        state == Some('T')
-    });
-    assert!(stopped, "the reader was not stopped");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGCONT,
-    )
-    .expect("SIGCONT");
+    assert!(
+        kernel::continue_when_stopped(pid),
+        "the reader was not stopped"
+    );
     let output = child.wait_with_output().expect("wait");
     assert_eq!(output.stdout, b"after:hello\n");
 }
@@ -255,12 +243,7 @@ async fn positional_vectored_calls_on_a_pipe_are_captured() {
         out = ctypes.create_string_buffer(b'answer:' + buf.raw[:n], 7 + n)\n\
         iov = Iov(ctypes.cast(out, ctypes.c_void_p), 7 + n)\n\
         assert libc.pwritev2(1, ctypes.byref(iov), 1, -1, 0) == 7 + n, ctypes.get_errno()\n";
-    let mut child = Command::new(PYTHON)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = python(script);
     let pid = child.id();
     let message = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\"}\n";
     child
@@ -299,12 +282,7 @@ async fn splice_from_a_gated_stdin_kills_the_reader_before_it_returns() {
         return;
     };
     let script = "import os\nr, w = os.pipe()\nn = os.splice(0, w, 100)\nos.write(1, b'acted on:' + os.read(r, n))\n";
-    let mut child = Command::new(PYTHON)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = python(script);
     let pid = child.id();
     child
         .stdin
@@ -364,12 +342,7 @@ async fn a_forked_child_reading_its_parents_stdin_copy_is_captured() {
         pid = os.fork()\n\
         if pid == 0:\n  b = os.read(i, 100); os.write(1, str(os.getpid()).encode() + b' ' + b); os._exit(0)\n\
         os.waitpid(pid, 0)\n";
-    let mut child = Command::new(PYTHON)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = python(script);
     let message = b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\"}\n";
     child
         .stdin
@@ -421,12 +394,7 @@ async fn a_reused_pid_does_not_inherit_the_old_processes_descriptors() {
          \x20 if os.waitstatus_to_exitcode(os.waitpid(c, 0)[1]) == 0: sys.exit(0)\n\
          sys.exit('pid {pid} was not handed out again')\n"
     );
-    let mut child = Command::new(PYTHON)
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = python(&script);
     let message = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n";
     child
         .stdin

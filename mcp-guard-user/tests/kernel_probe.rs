@@ -10,7 +10,6 @@ mod kernel;
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     process::{Child, ChildStdout, Command, Stdio},
-    time::Duration,
 };
 
 use kernel::{first_event, observer_with_or_skip};
@@ -187,21 +186,7 @@ async fn a_program_whose_first_read_is_something_else_is_left_alone() {
         _ => None,
     })
     .await;
-    for _ in 0..1000 {
-        let stat = std::fs::read_to_string(format!("/proc/{spid}/stat")).unwrap_or_default();
-        if stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, r)| r.starts_with('T'))
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(spid as i32),
-        nix::sys::signal::Signal::SIGCONT,
-    )
-    .expect("SIGCONT");
+    kernel::continue_when_stopped(spid);
     let mut answer = String::new();
     s_out.read_line(&mut answer).expect("read");
     assert_eq!(answer, "ok\n");

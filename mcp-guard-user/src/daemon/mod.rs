@@ -526,8 +526,6 @@ impl Daemon {
         if !startup {
             return;
         }
-        let probed = all.clone();
-
         // Children of hosts, breadth first, so deeper descendants find their parent watched.
         let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
         for &(pid, ppid) in &all {
@@ -551,7 +549,7 @@ impl Daemon {
             }
         }
         // After the hosts' trees, which are captured outright.
-        self.probe_existing(&probed);
+        self.probe_existing(&all);
     }
 
     /// For a process that started before the daemon: which of its descriptors carry the

@@ -74,3 +74,23 @@ pub async fn first_event<T>(
         .await
         .unwrap_or_else(|_| panic!("no {what} within {EVENT_DEADLINE:?}"))
 }
+
+/// Waits (up to 10 s) until `pid` is stopped (state `T`), as a gated reader is, and lets
+/// it go on with SIGCONT; false if it never stopped (it is sent SIGCONT anyway).
+#[allow(dead_code, reason = "not every kernel test binary uses it")]
+pub fn continue_when_stopped(pid: u32) -> bool {
+    let stopped = (0..1000).any(|_| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+        if state != Some('T') {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        state == Some('T')
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .expect("SIGCONT");
+    stopped
+}
