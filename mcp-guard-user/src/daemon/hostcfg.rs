@@ -5,64 +5,64 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::Daemon;
-use super::config::HostConfigs;
+use super::config::{Config, HostConfigs};
+use super::world::Procs;
 use crate::hosts::{self, Transport};
 
-#[derive(Default)]
-pub struct Watch {
+/// The name the config of agent host `host` (its user's files and its working directory's)
+/// gives the stdio server entry that launched `launched`. Policy rules name servers so.
+pub fn config_name(procs: &impl Procs, host: u32, launched: &[String]) -> Option<String> {
+    let uid = procs.principal(host)?.uid;
+    let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()?
+        .dir;
+    let cwd = procs.cwd(host).map(PathBuf::from);
+    hosts::scan(&home, &cwd.into_iter().collect::<Vec<_>>())
+        .into_iter()
+        .flat_map(|f| f.servers)
+        .find(|s| {
+            s.transport == Transport::Stdio
+                && s.command
+                    .as_deref()
+                    .is_some_and(|c| super::procs::launched_by(launched, c, &s.args))
+        })
+        .map(|s| s.name)
+}
+
+/// Checks the agent host configs of every user (or of the configured homes); runs on the
+/// scanner thread, away from the one that releases gated servers.
+pub struct Check {
+    mode: HostConfigs,
+    homes: Vec<PathBuf>,
     /// (file, server name, command) already reported.
     reported: HashSet<(PathBuf, String, String)>,
 }
 
-impl Daemon {
-    /// The name an agent host's config gives the server `pid` belongs to: the entry that
-    /// launched the host's child above (or at) `pid`. Policy rules name servers so.
-    pub(super) fn config_name(&self, pid: u32, host: u32) -> Option<String> {
-        // The host's direct child on the way up from `pid`.
-        let mut child = pid;
-        for _ in 0..64 {
-            let parent = super::procs::parent(child)?;
-            if parent == host {
-                break;
-            }
-            child = parent;
+impl Check {
+    pub fn new(cfg: &Config) -> Check {
+        Check {
+            mode: cfg.host_configs,
+            homes: cfg.homes.clone(),
+            reported: HashSet::new(),
         }
-        let cmdline = self
-            .launched
-            .get(&child)
-            .cloned()
-            .unwrap_or_else(|| super::procs::cmdline(child));
-        let uid = crate::identity::principal_of(host as i32)?.uid;
-        let home = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten()?
-            .dir;
-        let cwd = std::fs::read_link(format!("/proc/{host}/cwd")).ok();
-        hosts::scan(&home, &cwd.into_iter().collect::<Vec<_>>())
-            .into_iter()
-            .flat_map(|f| f.servers)
-            .find(|s| {
-                s.transport == Transport::Stdio
-                    && s.command
-                        .as_deref()
-                        .is_some_and(|c| super::procs::launched_by(&cmdline, c, &s.args))
-            })
-            .map(|s| s.name)
     }
 
-    pub(super) fn check_host_configs(&mut self) {
-        let mode = self.cfg.host_configs;
+    /// Alerts for stdio entries that do not launch through the shim, each once (and each
+    /// time one is wrapped again, with `host_configs = "rewrap"`).
+    pub fn run(&mut self) -> Vec<serde_json::Value> {
+        let mut alerts = Vec::new();
+        let mode = self.mode;
         if mode == HostConfigs::Off {
-            return;
+            return alerts;
         }
         // (home, owner uid when known)
-        let homes: Vec<(PathBuf, Option<u32>)> = if self.cfg.homes.is_empty() {
+        let homes: Vec<(PathBuf, Option<u32>)> = if self.homes.is_empty() {
             hosts::user_homes()
                 .map(|v| v.into_iter().map(|(_, uid, h)| (h, Some(uid))).collect())
                 .unwrap_or_default()
         } else {
-            self.cfg.homes.iter().map(|h| (h.clone(), None)).collect()
+            self.homes.iter().map(|h| (h.clone(), None)).collect()
         };
         let bin = std::env::current_exe()
             .map(|p| p.display().to_string())
@@ -79,13 +79,13 @@ impl Daemon {
                     continue;
                 }
                 let rewrapped = mode == HostConfigs::Rewrap
-                    && self.rewrap(&found.path, found.host, &bin, &home, uid);
+                    && rewrap(&found.path, found.host, &bin, &home, uid);
                 for (name, command) in unwrapped {
                     let key = (found.path.clone(), name.clone(), command.clone());
-                    if !rewrapped && !self.host_cfg.reported.insert(key) {
+                    if !rewrapped && !self.reported.insert(key) {
                         continue;
                     }
-                    self.alert(None, serde_json::json!({
+                    alerts.push(serde_json::json!({
                         "alert": if rewrapped { "host_config_rewrapped" } else { "host_config_unwrapped" },
                         "file": found.path,
                         "host": found.host.slug(),
@@ -95,27 +95,21 @@ impl Daemon {
                 }
             }
         }
+        alerts
     }
+}
 
-    /// Wraps a config's stdio entries again; false (and a warning) if it could not.
-    fn rewrap(
-        &self,
-        path: &Path,
-        host: hosts::Host,
-        bin: &str,
-        home: &Path,
-        uid: Option<u32>,
-    ) -> bool {
-        if uid.is_some_and(|u| !hosts::owned_by(path, u, home)) {
-            tracing::warn!(path = %path.display(), "host config outside its user's home or not theirs; not rewritten");
-            return false;
-        }
-        match hosts::wrap_file(path, host, bin).and_then(|edit| hosts::apply(&edit)) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot rewrap a host config");
-                false
-            }
+/// Wraps a config's stdio entries again; false (and a warning) if it could not.
+fn rewrap(path: &Path, host: hosts::Host, bin: &str, home: &Path, uid: Option<u32>) -> bool {
+    if uid.is_some_and(|u| !hosts::owned_by(path, u, home)) {
+        tracing::warn!(path = %path.display(), "host config outside its user's home or not theirs; not rewritten");
+        return false;
+    }
+    match hosts::wrap_file(path, host, bin).and_then(|edit| hosts::apply(&edit)) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot rewrap a host config");
+            false
         }
     }
 }

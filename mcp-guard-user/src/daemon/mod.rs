@@ -10,49 +10,44 @@
 //! read returns, before it runs again; the daemon judges the read and continues it, or
 //! kills it.
 //!
-//! One thread handles events, in ring-buffer order; another commits their records, one
-//! signed write per batch of events.
+//! The work is split in a core and drivers. [`core::Core`] decides: events in; records,
+//! alerts and kernel actions out, through the [`world::Kernel`] and [`world::Procs`]
+//! traits. The drivers here feed it: one thread handles ring-buffer events in order (and
+//! so releases gated readers); a scanner thread walks /proc for agent hosts and parses
+//! host configs every `rescan_ms`; another thread commits records, one signed write per
+//! batch of events.
 
 pub mod config;
+mod core;
 mod hostcfg;
 mod http;
 mod managed;
 mod procs;
 mod shimlog;
-mod sockets;
 pub mod status;
+pub(crate) mod world;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use serde_json::value::RawValue;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::audit::{self, Audit, Context, Record};
-use crate::frame::{Frame, Framer};
-use crate::guard::{Direction, Session, Subject};
-use crate::identity::{self, Link, Process};
-use crate::jsonrpc::{self, IdKey, Kind, Parsed};
-use crate::observer::{self, Data, Event, Observer, Settings};
-use crate::policy::{Ancestor, Policy, Reaction};
-use config::{Config, Detect};
-use mcp_guard_common::{origin, watch};
+pub use self::core::Counters;
+use self::core::{Core, Scan};
+use crate::audit::{self, Audit, Record};
+use crate::observer::{self, Observer, Settings};
+use crate::policy::Policy;
+use config::Config;
+use world::{LiveProcs, Procs as _};
 
 /// Events handled per turn of the loop; their records share one signed write.
 const BATCH: usize = 1024;
 /// Batches of records waiting for the committer before the event loop waits for it.
 const COMMIT_QUEUE: usize = 64;
-/// Requests a shim read from its host, remembered per shim for the injection check.
-const SHIM_MEMORY: usize = 4096;
 /// How long events already in the ring buffer are still handled after SIGTERM.
 const DRAIN_ON_STOP: Duration = Duration::from_millis(300);
-/// How long a shim has to record a request it read before the observer raises an alert.
-const RECORD_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the daemon until SIGTERM or SIGINT. Needs root.
 pub fn run(cfg: Config) -> anyhow::Result<i32> {
@@ -92,7 +87,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
         Settings {
             ring_bytes: cfg.ring_bytes,
             max_capture,
-            probe: probe_flags(&cfg, &policy),
+            probe: self::core::probe_flags(&cfg, &policy),
         },
     )
     .with_context(|| format!("cannot load the eBPF object {}", object.display()))?;
@@ -119,13 +114,15 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     let listener = managed::listen(&socket)?;
     let server = tokio::spawn(managed::serve(listener, shared.clone()));
 
-    let mut d = Daemon::new(cfg, obs, policy, committer);
+    let status_path = cfg.status_path();
+    let mut scans = Scanner::spawn(&cfg)?;
+    let mut d = Core::new(cfg, obs, LiveProcs, policy);
     d.managed = Some(shared);
     d.started(&object);
-    d.scan(true);
-    d.flush();
-    d.write_status();
-    tracing::info!(programs = ?d.observer.programs, "observer running");
+    d.start();
+    committer.send(d.take_records());
+    write_status(&status_path, &d);
+    tracing::info!(programs = ?d.kernel.programs, "observer running");
 
     let (mut term, mut int, mut hup) = (
         signal(SignalKind::terminate())?,
@@ -142,14 +139,22 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
                 for event in batch.drain(..) {
                     d.handle(event);
                 }
-                d.flush();
             }
-            _ = hup.recv() => d.reload(),
+            Some(scan) = scans.recv() => d.scanned(scan),
+            _ = hup.recv() => {
+                let loaded = load_enforced(&d.cfg).and_then(|e| Ok((e, load_policy(&d.cfg)?)));
+                d.reload(loaded);
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = tick.tick() => d.tick(),
+            _ = tick.tick() => {
+                d.tick();
+                write_status(&status_path, &d);
+            }
         }
+        committer.send(d.take_records());
     }
+    drop(scans);
     // What the kernel sent before the signal is still judged (gated readers continued),
     // for a bounded time: exec events of the whole machine never stop arriving.
     let drain_until = tokio::time::Instant::now() + DRAIN_ON_STOP;
@@ -167,19 +172,62 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     d.managed = None;
     tokio::time::sleep(Duration::from_millis(20)).await;
     d.stop();
-    let Daemon {
-        committer,
-        observer,
-        cfg,
-        ..
-    } = d;
+    committer.send(d.take_records());
+    let Core { kernel, .. } = d;
     // Detaches the programs: no process is stopped by a gate after this.
-    drop(observer);
+    drop(kernel);
     drop(events);
     committer.close();
     audit.close(writer);
-    let _ = std::fs::remove_file(cfg.status_path());
+    let _ = std::fs::remove_file(status_path);
     Ok(0)
+}
+
+fn write_status(path: &std::path::Path, d: &Core<Observer, LiveProcs>) {
+    if let Err(e) = status::write(path, &d.status()) {
+        tracing::warn!(error = %e, "cannot write the status file");
+    }
+}
+
+/// Walks /proc for agent hosts and checks host configs every `rescan_ms`, on its own
+/// thread: the event loop, which releases gated readers, never waits for either.
+struct Scanner {
+    rx: tokio::sync::mpsc::Receiver<Scan>,
+}
+
+impl Scanner {
+    fn spawn(cfg: &Config) -> anyhow::Result<Scanner> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let hosts = cfg.hosts.clone();
+        let every = Duration::from_millis(cfg.rescan_ms.max(100));
+        let mut configs = hostcfg::Check::new(cfg);
+        std::thread::Builder::new()
+            .name("observer-scan".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let me = LiveProcs.me();
+                    let scan = Scan {
+                        hosts: LiveProcs
+                            .pids()
+                            .into_iter()
+                            .filter(|&p| p != me && LiveProcs.is_host(p, &hosts))
+                            .collect(),
+                        alerts: configs.run(),
+                    };
+                    // The daemon is stopping when nobody receives.
+                    if tx.blocking_send(scan).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("cannot start the scanner thread")?;
+        Ok(Scanner { rx })
+    }
+
+    async fn recv(&mut self) -> Option<Scan> {
+        self.rx.recv().await
+    }
 }
 
 /// Commits batches of records on its own thread, so the event loop never waits on the disk.
@@ -213,6 +261,9 @@ impl Committer {
     }
 
     fn send(&self, records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
         if let Some(tx) = &self.tx
             && tx.send(records).is_err()
         {
@@ -225,1283 +276,5 @@ impl Committer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// What a watched process turned out to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// Not classified yet: no complete message seen.
-    Unknown,
-    /// Not MCP: no longer captured.
-    Other,
-    /// An `mcp-guard wrap` shim: its stdin is what the host sent.
-    Shim,
-    /// A server under a shim (the shim's tgid).
-    Wrapped(u32),
-    /// A server nobody wrapped: judged and recorded here.
-    Server,
-}
-
-/// One direction of a process's stdio.
-struct Stream {
-    framer: Framer,
-    /// Bytes were lost: drop everything up to the next newline.
-    resync: bool,
-    /// No byte seen yet.
-    fresh: bool,
-    /// Joined mid-stream: the first line may be the tail of a message.
-    late_head: bool,
-}
-
-impl Stream {
-    fn new(max: usize, joined_late: bool) -> Stream {
-        Stream {
-            framer: Framer::new(max),
-            resync: false,
-            fresh: true,
-            late_head: joined_late,
-        }
-    }
-}
-
-/// An MCP session the observer judges.
-struct Observed {
-    guard: Session,
-    name: String,
-    host: Option<Process>,
-    user: Option<String>,
-    uid: u32,
-    messages: u64,
-}
-
-struct Proc {
-    role: Role,
-    host: Option<u32>,
-    inbound: Stream,
-    outbound: Stream,
-    session: Option<Box<Observed>>,
-    /// Requests read from the host (shims only), for the injection check.
-    seen: HashSet<(String, IdKey)>,
-    seen_order: std::collections::VecDeque<(String, IdKey)>,
-    /// Shims only: the audit log it writes, and the requests from the host not yet found
-    /// recorded there.
-    log: Option<shimlog::ShimLog>,
-    unrecorded: std::collections::VecDeque<(String, String, Instant)>,
-    /// Wrapped servers only: the name and user `status` shows, read once.
-    label: Option<(String, Option<String>)>,
-    joined_late: bool,
-    killed: bool,
-    /// Bytes of lines before the first JSON-RPC message (a banner, a wrapper's echo), both
-    /// directions; past [`BANNER_LIMIT`] the process is taken for something else.
-    banner: usize,
-}
-
-/// How much a process may say before its first JSON-RPC message and still be classified
-/// as a server: a banner, a shell's `echo` before `exec`, a junk line a host sends first.
-const BANNER_LIMIT: usize = 64 << 10;
-
-/// What the daemon counts; `status.json` carries them under `counters`.
-#[derive(Default, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Counters {
-    pub events: u64,
-    pub bytes: u64,
-    pub messages: u64,
-    pub lost_kernel: u64,
-    pub lost_sequence: u64,
-    pub alerts: u64,
-    pub killed: u64,
-    pub sessions_seen: u64,
-}
-
-struct Daemon {
-    cfg: Config,
-    observer: Observer,
-    policy: Arc<Policy>,
-    /// The daemon's own context, for records about no one session.
-    ctx: Arc<Context>,
-    committer: Committer,
-    records: Vec<Record>,
-    hosts: HashMap<u32, Process>,
-    procs: HashMap<u32, Proc>,
-    /// Local socket connections of watched processes, by (tgid, fd).
-    conns: HashMap<(u32, u32), sockets::Conn>,
-    /// Processes that existed before the daemon: their streams are joined mid-way.
-    late: HashSet<u32>,
-    /// Next expected chunk sequence number, per CPU.
-    next_seq: HashMap<u32, u64>,
-    counters: Counters,
-    /// Losses already reported in a gap record.
-    reported_lost: (u64, u64),
-    started_at: SystemTime,
-    last_scan: Instant,
-    /// What managed shims' connections share (the enforced policy is swapped on reload).
-    managed: Option<Arc<managed::Shared>>,
-    /// Unwrapped host config entries already reported.
-    host_cfg: hostcfg::Watch,
-    /// Children of agent hosts: their command line at their first exec.
-    launched: HashMap<u32, Vec<String>>,
-}
-
-fn raw<T: serde::Serialize>(v: &T) -> Box<RawValue> {
-    serde_json::value::to_raw_value(v).unwrap_or_else(|_| jsonrpc::null_id().to_owned())
-}
-
-/// A denied request: its tool and the rule that denied it.
-type Denied = (Option<String>, Option<String>);
-
-/// Judges frames of an observed session; its records go to `records`. Returns the denied
-/// requests among them (tool, rule) and the session's context.
-fn judge_into(
-    s: &mut Observed,
-    dir: Direction,
-    data: &[u8],
-    frames: Vec<Frame>,
-    records: &mut Vec<Record>,
-    counters: &mut Counters,
-) -> (Vec<Denied>, Arc<Context>) {
-    s.messages += frames.len() as u64;
-    counters.messages += frames.len() as u64;
-    let plan = s.guard.judge(dir, data, frames);
-    // What the server is about to read and cannot be judged (over max_message, a bare `\r`,
-    // invalid JSON, a lenient envelope, pretty-printed or concatenated JSON) counts as
-    // denied: the server may act on it, and nobody could say it was allowed.
-    let denied = plan
-        .commit
-        .iter()
-        .filter(|r| {
-            (r.kind == "request" && r.would_deny == Some(true))
-                || (r.kind == "malformed" && r.direction == Some("client_to_server"))
-        })
-        .map(|r| match r.kind {
-            "malformed" => (
-                r.tool.clone(),
-                r.rule.as_ref().map(|k| format!("unjudgeable:{k}")),
-            ),
-            _ => (r.tool.clone(), r.rule.clone()),
-        })
-        .collect();
-    records.extend(plan.commit);
-    records.extend(plan.append);
-    (denied, s.guard.ctx().clone())
-}
-
-/// Alerts for the requests shim `pid` read from its host more than `grace` ago and did not
-/// record.
-fn unrecorded(pid: u32, p: &mut Proc, grace: Duration) -> Vec<serde_json::Value> {
-    let mut alerts = Vec::new();
-    let Some(log) = p.log.as_mut() else {
-        return alerts;
-    };
-    // The log is read only while a request waits for its record.
-    if p.unrecorded.is_empty() {
-        return alerts;
-    }
-    log.read_new(pid);
-    while let Some((method, id, at)) = p.unrecorded.front() {
-        if log.recorded(id) {
-            p.unrecorded.pop_front();
-            continue;
-        }
-        if at.elapsed() < grace {
-            break;
-        }
-        alerts.push(serde_json::json!({
-            "alert": "unrecorded_request",
-            "shim_pid": pid,
-            "method": method,
-            "request_id": id,
-            "audit": log.path(),
-            "why": "the shim read this request from the agent host, and its audit log has no record of it",
-        }));
-        p.unrecorded.pop_front();
-    }
-    alerts
-}
-
-/// The watch every new program gets at exec: probed, with `detect = "any"`, and gated as
-/// the policy says (a gate stops a reader only once it is found to read JSON).
-fn probe_flags(cfg: &Config, policy: &Policy) -> u32 {
-    match cfg.detect {
-        Detect::Any => watch::PROBE | gate_flag(policy),
-        Detect::Hosts => 0,
-    }
-}
-
-fn gate_flag(policy: &Policy) -> u32 {
-    if policy.observer().denied == Reaction::Kill {
-        watch::GATE
-    } else {
-        0
-    }
-}
-
-impl Daemon {
-    fn new(cfg: Config, observer: Observer, policy: Policy, committer: Committer) -> Daemon {
-        let policy = Arc::new(policy);
-        let me = std::process::id() as i32;
-        let ctx = Arc::new(Context {
-            session: audit::random_id().into(),
-            transport: "stdio-observed",
-            policy_sha256: policy.sha256().to_string(),
-            mode: crate::guard::mode_name(policy.mode()),
-            principal: raw(&identity::current_principal()),
-            agent_host: raw(&None::<Link>),
-            chain: raw(&identity::ancestry(me)
-                .iter()
-                .map(Link::short)
-                .collect::<Vec<_>>()),
-            server: raw(&serde_json::json!({ "name": "mcp-guard-daemon", "pid": me })),
-        });
-        Daemon {
-            cfg,
-            observer,
-            policy,
-            ctx,
-            committer,
-            records: Vec::new(),
-            hosts: HashMap::new(),
-            procs: HashMap::new(),
-            conns: HashMap::new(),
-            late: HashSet::new(),
-            next_seq: HashMap::new(),
-            counters: Counters::default(),
-            reported_lost: (0, 0),
-            started_at: SystemTime::now(),
-            last_scan: Instant::now(),
-            managed: None,
-            host_cfg: hostcfg::Watch::default(),
-            launched: HashMap::new(),
-        }
-    }
-
-    fn started(&mut self, object: &std::path::Path) {
-        let mut loaded = Record::new("policy_loaded", &self.ctx);
-        loaded.detail = Some(
-            serde_json::json!({ "origin": self.policy.origin(), "rules": self.policy.len(), "observer": self.policy.observer() }),
-        );
-        let mut start = Record::new("daemon_start", &self.ctx);
-        start.detail = Some(serde_json::json!({
-            "object": object,
-            "programs": self.observer.programs,
-            "hosts": self.cfg.hosts,
-            "detect": self.cfg.detect,
-        }));
-        self.records.extend([loaded, start]);
-    }
-
-    fn alert(&mut self, ctx: Option<&Arc<Context>>, detail: serde_json::Value) {
-        self.counters.alerts += 1;
-        tracing::warn!(%detail, "alert");
-        let mut rec = Record::new("alert", ctx.unwrap_or(&self.ctx));
-        rec.detail = Some(detail);
-        self.records.push(rec);
-    }
-
-    /// Sends the records of the events handled so far to the committer.
-    fn flush(&mut self) {
-        if !self.records.is_empty() {
-            self.committer.send(std::mem::take(&mut self.records));
-        }
-    }
-
-    /// Watches agent hosts: every process that matches the host list. At start-up also
-    /// their descendants, which started before the daemon and so are not watched yet.
-    fn scan(&mut self, startup: bool) {
-        let all = procs::all();
-        let flags = watch::HOST | gate_flag(&self.policy);
-        let mut found = Vec::new();
-        for &(pid, _) in &all {
-            if pid as i32 == std::process::id() as i32 || self.hosts.contains_key(&pid) {
-                continue;
-            }
-            if procs::is_host(pid, &self.cfg.hosts) {
-                found.push(pid);
-            }
-        }
-        for pid in found {
-            self.watch_host(pid, flags);
-        }
-        if !startup {
-            return;
-        }
-        // Children of hosts, breadth first, so deeper descendants find their parent watched.
-        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-        for &(pid, ppid) in &all {
-            children.entry(ppid).or_default().push(pid);
-        }
-        let mut queue: Vec<u32> = self.hosts.keys().copied().collect();
-        let child_flags = watch::CAPTURE | gate_flag(&self.policy);
-        while let Some(p) = queue.pop() {
-            for &c in children.get(&p).into_iter().flatten() {
-                if self.hosts.contains_key(&c) || self.late.contains(&c) {
-                    continue;
-                }
-                if let Err(e) = self.observer.watch(c, child_flags) {
-                    tracing::warn!(pid = c, error = %e, "cannot watch a host's child");
-                    continue;
-                }
-                self.map_stdio(c, p);
-                self.late.insert(c);
-                self.recover_gate(c);
-                queue.push(c);
-            }
-        }
-        // After the hosts' trees, which are captured outright.
-        self.probe_existing(&all);
-    }
-
-    /// For a process that started before the daemon: which of its descriptors carry the
-    /// pipes it shares with its parent (its stdio, wherever it moved them since), and
-    /// that fds 0 and 1 are not captured when they point elsewhere.
-    fn map_stdio(&mut self, pid: u32, parent: u32) {
-        let shared = procs::pipes(parent);
-        let mut found = [false; 2];
-        for (fd, inode, write) in procs::pipe_fds(pid) {
-            if !shared.contains(&inode) {
-                continue;
-            }
-            let o = if write { origin::STDOUT } else { origin::STDIN };
-            found[usize::from(write)] = true;
-            if fd > 1 {
-                let _ = self.observer.set_fd(pid, fd, o);
-            }
-        }
-        for fd in 0..2u32 {
-            if !procs::is_pipe_or_socket(pid, fd)
-                || (!found[fd as usize] && procs::is_pipe(pid, fd))
-            {
-                let _ = self.observer.set_fd(pid, fd, origin::NONE);
-            }
-        }
-    }
-
-    /// A host's child found stopped at start-up, with `denied = "kill"` in force, may be a
-    /// server a previous daemon stopped at a read it never judged (it died meanwhile).
-    /// Nothing can judge that read now: fail closed. (Agent hosts start their servers
-    /// without a terminal, so job control does not stop them.)
-    fn recover_gate(&mut self, pid: u32) {
-        if gate_flag(&self.policy) == 0 || procs::state(pid) != Some('T') {
-            return;
-        }
-        let killed = self.kill(pid);
-        self.alert(None, serde_json::json!({
-            "alert": "stopped_server_found",
-            "pid": pid,
-            "cmdline": identity::redact_args(&procs::cmdline(pid)),
-            "action": "kill",
-            "killed": killed,
-            "why": "stopped at start-up under denied = \"kill\": a read a previous daemon never judged",
-        }));
-    }
-
-    /// A program the kernel probes stops being probed unless both its stdin and stdout are
-    /// pipes or sockets: a server's stdio, not a terminal, a file or `/dev/null`. The
-    /// kernel leaves it alone anyway once it reads something that is not JSON; this spares
-    /// the ones that never read stdin the watched processes' per-call cost.
-    fn triage(&mut self, pid: u32) {
-        if procs::is_pipe_or_socket(pid, 0) && procs::is_pipe_or_socket(pid, 1) {
-            return;
-        }
-        if self
-            .observer
-            .watched(pid)
-            .is_some_and(|w| w.flags & watch::PROBE != 0)
-        {
-            let _ = self.observer.unwatch_tgid(pid);
-        }
-    }
-
-    /// At start-up, with `detect = "any"`: processes that started before the daemon, with
-    /// pipes or sockets for stdin and stdout, are probed as new ones are; what they read
-    /// next says whether they are servers. Descriptors they hold on the same pipes as
-    /// their stdin or stdout are followed as those.
-    fn probe_existing(&mut self, all: &[(u32, u32)]) {
-        let flags = probe_flags(&self.cfg, &self.policy);
-        if flags == 0 {
-            return;
-        }
-        let me = std::process::id();
-        for &(pid, _) in all {
-            if pid == me
-                || self.observer.watched(pid).is_some()
-                || !procs::is_pipe_or_socket(pid, 0)
-                || !procs::is_pipe_or_socket(pid, 1)
-            {
-                continue;
-            }
-            if self.observer.watch(pid, flags).is_err() {
-                continue;
-            }
-            self.late.insert(pid);
-            let (stdin, stdout) = (procs::pipe_inode(pid, 0), procs::pipe_inode(pid, 1));
-            for (fd, inode, write) in procs::pipe_fds(pid) {
-                let o = match (write, Some(inode)) {
-                    (false, i) if i == stdin => origin::STDIN,
-                    (true, i) if i == stdout => origin::STDOUT,
-                    _ => continue,
-                };
-                if fd > 1 {
-                    let _ = self.observer.set_fd(pid, fd, o);
-                }
-            }
-        }
-    }
-
-    fn watch_host(&mut self, pid: u32, flags: u32) {
-        let Ok(process) = Process::read(pid as i32) else {
-            return;
-        };
-        if let Err(e) = self.observer.watch(pid, flags) {
-            tracing::warn!(pid, error = %e, "cannot watch an agent host");
-            return;
-        }
-        tracing::info!(pid, comm = %process.comm, "watching agent host");
-        self.hosts.insert(pid, process);
-    }
-
-    fn handle(&mut self, event: Event) {
-        self.counters.events += 1;
-        match event {
-            Event::Exec(e) => {
-                if e.watch & (watch::HOST | watch::CAPTURE) == 0 {
-                    // Every exec on the machine comes here. With detect = "any" the host list
-                    // is a label, and what the event says is enough to apply it (the rescan
-                    // finds the rest); with "hosts" it is the gate: /proc is read for each.
-                    let host = match self.cfg.detect {
-                        Detect::Any => {
-                            procs::is_host_exec(e.tgid, &e.comm, &e.filename, &self.cfg.hosts)
-                        }
-                        Detect::Hosts => procs::is_host(e.tgid, &self.cfg.hosts),
-                    };
-                    if host {
-                        self.watch_host(e.tgid, watch::HOST | gate_flag(&self.policy));
-                    } else if e.watch & watch::PROBE != 0 {
-                        self.triage(e.tgid);
-                    }
-                    return;
-                }
-                // A watched process runs a new program: classify it afresh.
-                if let Some(p) = self.procs.remove(&e.tgid) {
-                    self.end(e.tgid, p, "exec");
-                }
-                // A host's own child: its command line as the host launched it names its
-                // entry in the host's config (later execs, `env` -> `node`, keep the first).
-                if self.hosts.contains_key(&e.ppid) && !self.launched.contains_key(&e.tgid) {
-                    self.launched.insert(e.tgid, procs::cmdline(e.tgid));
-                }
-                if e.watch & watch::GATE != 0 && procs::is_shim(e.tgid) {
-                    // Shims are judged by themselves; their reads need no gate.
-                    let _ = self.observer.set_flags(e.tgid, e.watch & !watch::GATE);
-                }
-            }
-            Event::Exit { tgid } => {
-                self.launched.remove(&tgid);
-                // Descriptor entries of processes that spoke (the kernel adds them as stdio
-                // moves); others age out of the LRU map. A scan per exit of every process
-                // would not keep up with a build.
-                if self.procs.contains_key(&tgid) || self.conns.keys().any(|(t, _)| *t == tgid) {
-                    self.observer.forget_fds(tgid);
-                }
-                self.hosts.remove(&tgid);
-                self.late.remove(&tgid);
-                if let Some(p) = self.procs.remove(&tgid) {
-                    self.end(tgid, p, "exit");
-                }
-                self.close_conns(tgid);
-            }
-            Event::Data(d) => {
-                // Every chunk takes a number from its CPU's sequence, whatever it carries:
-                // accounting for some kinds only would see the others as losses.
-                self.account(&d);
-                if d.origin == origin::SOCKET {
-                    self.socket_data(d);
-                } else {
-                    self.data(d);
-                }
-            }
-            Event::Socket(s) => self.socket_opened(s),
-            Event::Unfollowed(u) => self.unfollowed(u),
-        }
-    }
-
-    /// A captured process moved bytes the kernel could not copy (`splice` from its stdin,
-    /// `sendfile`, `recvmmsg`, ...). What it read from its host may have carried a request
-    /// nobody judged: under `denied = "kill"` that counts as denied, and the process is killed
-    /// (the kernel already killed a gated reader of its stdin). Writes are alerted.
-    fn unfollowed(&mut self, u: observer::Unfollowed) {
-        let role = self.procs.get(&u.tgid).map(|p| p.role);
-        // Shims read their stdin themselves, and judge it; the rest is no longer captured.
-        if matches!(role, Some(Role::Other | Role::Shim)) {
-            return;
-        }
-        let request_side = u.inbound && u.origin != origin::STDOUT;
-        let kill_mode = self.policy.observer().denied == Reaction::Kill;
-        if u.killed {
-            self.counters.killed += 1;
-        }
-        let killed = u.killed || (request_side && kill_mode && self.kill(u.tgid));
-        if let Some(p) = self.procs.get_mut(&u.tgid) {
-            p.killed |= killed;
-        }
-        let ctx = self.session_ctx(u.tgid);
-        let carries = match u.origin {
-            origin::STDIN => "stdin",
-            origin::STDOUT => "stdout",
-            _ => "socket",
-        };
-        self.alert(
-            ctx.as_ref(),
-            serde_json::json!({
-                "alert": "unfollowed_io",
-                "pid": u.tgid,
-                "fd": u.fd,
-                "call": u.call(),
-                "direction": if u.inbound { "read" } else { "write" },
-                "carries": carries,
-                "action": if request_side && kill_mode { "kill" } else { "alert" },
-                "killed": killed,
-                "cmdline": identity::redact_args(&procs::cmdline(u.tgid)),
-            }),
-        );
-    }
-
-    /// The context of `tgid`'s observed session, for alerts about it.
-    fn session_ctx(&self, tgid: u32) -> Option<Arc<Context>> {
-        let session = self.procs.get(&tgid)?.session.as_ref()?;
-        Some(session.guard.ctx().clone())
-    }
-
-    /// Ends a process's session, if it had one.
-    fn end(&mut self, tgid: u32, mut p: Proc, why: &str) {
-        // A shim that is gone has written all it will write.
-        for a in unrecorded(tgid, &mut p, Duration::ZERO) {
-            self.alert(None, a);
-        }
-        if let Some(s) = p.session {
-            let mut rec = Record::new("session_end", s.guard.ctx());
-            rec.detail = Some(serde_json::json!({
-                "reason": why,
-                "pid": tgid,
-                "messages": s.messages,
-                "killed": p.killed,
-                "counters": s.guard.counters,
-            }));
-            self.records.push(rec);
-        }
-    }
-
-    /// Follows the per-CPU chunk sequence. A jump means chunks were lost (the ring was full):
-    /// any stream may miss bytes, so every stream resynchronises at its next newline.
-    fn account(&mut self, d: &Data) {
-        let Some(expected) = self.next_seq.insert(d.cpu, d.seq + 1) else {
-            return;
-        };
-        if d.seq <= expected {
-            return;
-        }
-        self.counters.lost_sequence += d.seq - expected;
-        for p in self.procs.values_mut() {
-            p.inbound.resync = true;
-            p.outbound.resync = true;
-            p.inbound.framer = Framer::new(self.cfg.max_message);
-            p.outbound.framer = Framer::new(self.cfg.max_message);
-        }
-        self.resync_conns();
-    }
-
-    fn data(&mut self, d: Data) {
-        self.counters.bytes += d.payload.len() as u64;
-        let dir = match (d.origin, d.inbound) {
-            (origin::STDIN, true) => Direction::ToServer,
-            (origin::STDOUT, false) => Direction::ToClient,
-            _ => return self.release(&d, false),
-        };
-        let held = |p: &Proc| p.role != Role::Other && !p.killed;
-        if d.gated() && self.procs.get(&d.tgid).is_none_or(held) && self.traced(d.tgid) {
-            return self.release(&d, true);
-        }
-        let max = self.cfg.max_message;
-        let late = self.late.contains(&d.tgid);
-        let p = self.procs.entry(d.tgid).or_insert_with(|| Proc {
-            role: Role::Unknown,
-            host: None,
-            inbound: Stream::new(max, late),
-            outbound: Stream::new(max, late),
-            session: None,
-            seen: HashSet::new(),
-            seen_order: Default::default(),
-            log: None,
-            unrecorded: Default::default(),
-            label: None,
-            joined_late: late,
-            killed: false,
-            banner: 0,
-        });
-        if p.role == Role::Other || p.killed {
-            let killed = p.killed;
-            return self.release(&d, killed);
-        }
-        let stream = if dir == Direction::ToServer {
-            &mut p.inbound
-        } else {
-            &mut p.outbound
-        };
-        let mut payload = &d.payload[..];
-        if stream.resync {
-            match memchr::memchr(b'\n', payload) {
-                Some(i) => {
-                    stream.resync = false;
-                    payload = &payload[i + 1..];
-                }
-                None => payload = &[],
-            }
-        }
-        if !payload.is_empty() {
-            stream.fresh = false;
-            if let Some(spare) = stream.framer.spare(payload.len()).get_mut(..payload.len()) {
-                spare.copy_from_slice(payload);
-            }
-            stream.framer.filled(payload.len());
-        }
-        if d.incomplete() {
-            // The rest of this call's bytes were not captured: the line in progress is lost.
-            stream.resync = true;
-        }
-        if !d.last() {
-            return;
-        }
-        let mut frames = Vec::new();
-        while let Some(f) = stream.framer.next_frame() {
-            frames.push(f);
-        }
-        // Before the first message, a line in progress counts against the banner allowance:
-        // a program that prints a long line, or binary, is not buffered up to max_message.
-        if p.role == Role::Unknown && p.banner + stream.framer.pending() > BANNER_LIMIT {
-            return self.not_mcp(d);
-        }
-        if stream.late_head && !frames.is_empty() {
-            stream.late_head = false;
-            let whole = match &frames[0] {
-                Frame::Line { msg, .. } => {
-                    jsonrpc::parse(&stream.framer.data()[msg.clone()]).is_ok()
-                }
-                Frame::TooLong { .. } => false,
-            };
-            if !whole {
-                frames.remove(0);
-            }
-        }
-        if stream.resync {
-            stream.framer = Framer::new(max);
-        }
-        if !frames.is_empty() {
-            let data = stream.framer.data().to_vec();
-            self.frames(d.tgid, dir, &data, frames);
-        }
-        let killed = self.procs.get(&d.tgid).is_some_and(|p| p.killed);
-        self.release(&d, killed);
-    }
-
-    /// A gated reader that is being traced: the tracer is told of the gate's SIGSTOP and may
-    /// swallow it, so the process would act on what it read before it is judged. What cannot
-    /// be held cannot be judged: under `denied = "kill"` (the only mode with gates) it is
-    /// killed. True if it was.
-    fn traced(&mut self, tgid: u32) -> bool {
-        let Some(tracer) = procs::tracer(tgid) else {
-            return false;
-        };
-        let killed = self.kill(tgid);
-        if let Some(p) = self.procs.get_mut(&tgid) {
-            p.killed |= killed;
-        }
-        let ctx = self.session_ctx(tgid);
-        self.alert(
-            ctx.as_ref(),
-            serde_json::json!({
-                "alert": "traced_server",
-                "pid": tgid,
-                "tracer": tracer,
-                "tracer_cmdline": identity::redact_args(&procs::cmdline(tracer)),
-                "action": "kill",
-                "killed": killed,
-                "why": "a traced process can let its gate's SIGSTOP go: its reads cannot be held for judgement",
-            }),
-        );
-        killed
-    }
-
-    /// Lets a gated reader go on, unless it was killed.
-    fn release(&mut self, d: &Data, killed: bool) {
-        if d.gated() && !killed {
-            let _ = kill(Pid::from_raw(d.tgid as i32), Signal::SIGCONT);
-        }
-    }
-
-    fn not_mcp(&mut self, d: Data) {
-        if let Some(p) = self.procs.get_mut(&d.tgid) {
-            p.role = Role::Other;
-            p.inbound = Stream::new(0, false);
-            p.outbound = Stream::new(0, false);
-        }
-        if let Some(w) = self.observer.watched(d.tgid) {
-            let _ = self.observer.set_flags(d.tgid, w.flags & !watch::CAPTURE);
-        }
-        self.release(&d, false);
-    }
-
-    /// The nearest watched host above `pid`.
-    fn host_of(&self, pid: u32) -> Option<u32> {
-        let mut p = procs::parent(pid)?;
-        for _ in 0..64 {
-            if self.hosts.contains_key(&p) {
-                return Some(p);
-            }
-            if p <= 1 {
-                return None;
-            }
-            p = procs::parent(p)?;
-        }
-        None
-    }
-
-    fn frames(&mut self, tgid: u32, dir: Direction, data: &[u8], frames: Vec<Frame>) {
-        let role = self.procs.get(&tgid).map_or(Role::Other, |p| p.role);
-        let frames = if role == Role::Unknown {
-            match self.classify(tgid, data, frames) {
-                Some(f) => f,
-                None => return,
-            }
-        } else {
-            frames
-        };
-        let role = self.procs.get(&tgid).map_or(Role::Other, |p| p.role);
-        match role {
-            Role::Server => self.judge(tgid, dir, data, frames),
-            Role::Shim if dir == Direction::ToServer => self.remember(tgid, data, &frames),
-            Role::Wrapped(shim) if dir == Direction::ToServer => {
-                self.check_injection(tgid, shim, data, &frames)
-            }
-            _ => {}
-        }
-    }
-
-    /// Decides what `tgid` is from its first complete message; returns the frames left
-    /// to handle, or `None` when it is not MCP.
-    ///
-    /// Lines before the first JSON-RPC message are skipped, up to [`BANNER_LIMIT`] bytes in
-    /// all: a banner or a wrapper script's output does not turn capture off, and neither does
-    /// a junk line written first to the server's stdin.
-    fn classify(&mut self, tgid: u32, data: &[u8], mut frames: Vec<Frame>) -> Option<Vec<Frame>> {
-        let late = self.procs.get(&tgid).is_some_and(|p| p.joined_late);
-        let first = frames.iter().position(|f| match f {
-            Frame::Line { msg, .. } => jsonrpc::parse(&data[msg.clone()]).is_ok(),
-            Frame::TooLong { .. } => false,
-        });
-        let skipped: usize = frames[..first.unwrap_or(frames.len())]
-            .iter()
-            .map(|f| match f {
-                Frame::Line { raw, .. } => raw.len(),
-                Frame::TooLong { seen, .. } => *seen,
-            })
-            .sum();
-        let banner = self.procs.get_mut(&tgid).map(|p| {
-            p.banner += skipped;
-            p.banner
-        });
-        let Some(first) = first else {
-            if banner.is_none_or(|b| b > BANNER_LIMIT) {
-                self.not_mcp_pid(tgid);
-            }
-            return None;
-        };
-        frames.drain(..first);
-        // Under a listed host, that host; else whoever is at the other end of its stdin.
-        let listed = self.host_of(tgid);
-        let host = listed.or_else(|| procs::peer_of(tgid));
-        let role = if procs::is_shim(tgid) {
-            Role::Shim
-        } else if let Some(shim) = listed.and_then(|h| procs::shim_above(tgid, h)) {
-            Role::Wrapped(shim)
-        } else if let Some(shim) = host.filter(|&h| listed.is_none() && procs::is_shim(h)) {
-            Role::Wrapped(shim)
-        } else {
-            Role::Server
-        };
-        if matches!(role, Role::Shim | Role::Wrapped(_))
-            && let Some(w) = self.observer.watched(tgid)
-        {
-            let _ = self.observer.set_flags(tgid, w.flags & !watch::GATE);
-        }
-        if let Some(p) = self.procs.get_mut(&tgid) {
-            p.role = role;
-            p.host = host;
-            if matches!(role, Role::Wrapped(_)) {
-                p.label = Some((
-                    procs::server_name(&procs::cmdline(tgid)),
-                    identity::principal_of(tgid as i32).and_then(|u| u.user),
-                ));
-            }
-            // A managed shim's decisions are the daemon's own records: nothing to compare.
-            let managed = self
-                .managed
-                .as_ref()
-                .is_some_and(|m| m.live.lock().is_ok_and(|l| l.contains_key(&tgid)));
-            if role == Role::Shim && !p.joined_late && !managed {
-                p.log = shimlog::ShimLog::of(tgid);
-                if p.log.is_none() {
-                    tracing::warn!(
-                        pid = tgid,
-                        "cannot find the audit log of a shim; its records are not checked"
-                    );
-                }
-            }
-        }
-        if role == Role::Server {
-            self.open_session(tgid, host, late);
-        }
-        Some(frames)
-    }
-
-    fn not_mcp_pid(&mut self, tgid: u32) {
-        if let Some(p) = self.procs.get_mut(&tgid) {
-            p.role = Role::Other;
-        }
-        if let Some(w) = self.observer.watched(tgid) {
-            let _ = self.observer.set_flags(tgid, w.flags & !watch::CAPTURE);
-        }
-    }
-
-    /// Starts recording an unwrapped server's session, and raises its alert.
-    fn open_session(&mut self, tgid: u32, host: Option<u32>, late: bool) {
-        self.counters.sessions_seen += 1;
-        let pid = tgid as i32;
-        let process = Process::read(pid).ok();
-        let argv = procs::cmdline(tgid);
-        let name = host
-            .and_then(|h| self.config_name(tgid, h))
-            .unwrap_or_else(|| procs::server_name(&argv));
-        let principal = identity::principal_of(pid);
-        let host_proc = host.and_then(|h| {
-            self.hosts
-                .get(&h)
-                .cloned()
-                .or_else(|| Process::read(h as i32).ok())
-        });
-        let chain = identity::ancestry(pid);
-        let ctx = self.observed_ctx(
-            "stdio-observed",
-            &principal,
-            host_proc.as_ref(),
-            &chain,
-            serde_json::json!({
-                "name": name,
-                "pid": pid,
-                "exe": process.as_ref().and_then(|p| p.exe.clone()),
-                "argv": identity::redact_args(&argv),
-                "exec_id": process.as_ref().map(|p| p.exec_id.clone()),
-            }),
-        );
-        let uid = principal.as_ref().map_or(u32::MAX, |p| p.uid);
-        let mut subject = Subject {
-            principal: Some(crate::policy::Principal::from_uid(uid)),
-            ancestry: Some(
-                chain
-                    .iter()
-                    .map(|p| Ancestor {
-                        exe: p.exe.clone(),
-                        comm: p.comm.clone(),
-                    })
-                    .collect(),
-            ),
-            host_exe: host_proc.as_ref().and_then(|h| h.exe.clone()),
-            server_exe: process.as_ref().and_then(|p| p.exe.clone()),
-            cwd: std::fs::read_link(format!("/proc/{pid}/cwd"))
-                .ok()
-                .map(|p| p.display().to_string()),
-            roots: Vec::new(),
-        };
-        subject.roots = Subject::roots_from_argv(&argv, subject.cwd.as_deref());
-        let mut guard = Session::new(
-            name.clone(),
-            self.policy.clone(),
-            ctx.clone(),
-            self.cfg.max_message,
-            subject,
-        );
-        guard.set_limits(crate::guard::Limits::NONE);
-        let mut start = Record::new("session_start", &ctx);
-        start.detail = Some(serde_json::json!({
-            "observed": true,
-            "joined_late": late,
-            "agent_host": host_proc,
-            "chain": chain,
-        }));
-        self.records.push(start);
-        let reaction = self.policy.observer().unwrapped;
-        let user = principal.as_ref().and_then(|p| p.user.clone());
-        self.alert(
-            Some(&ctx),
-            serde_json::json!({
-                "alert": "unwrapped_server",
-                "server": name,
-                "pid": pid,
-                "host": host_proc.as_ref().map(Link::short),
-                "host_kind": host.and_then(|h| procs::host_kind(h, &self.cfg.hosts)),
-                "user": user,
-                "uid": uid,
-                "action": reaction,
-            }),
-        );
-        let killed = reaction == Reaction::Kill && self.kill(tgid);
-        if let Some(p) = self.procs.get_mut(&tgid) {
-            p.killed = killed;
-            p.session = Some(Box::new(Observed {
-                guard,
-                name,
-                host: host_proc,
-                user,
-                uid,
-                messages: 0,
-            }));
-        }
-    }
-
-    /// The context of a session the observer judges: who (from /proc), through which
-    /// transport, under the policy in force.
-    fn observed_ctx(
-        &self,
-        transport: &'static str,
-        principal: &Option<identity::Principal>,
-        host: Option<&Process>,
-        chain: &[Process],
-        server: serde_json::Value,
-    ) -> Arc<Context> {
-        Arc::new(Context {
-            session: audit::random_id().into(),
-            transport,
-            policy_sha256: self.policy.sha256().to_string(),
-            mode: crate::guard::mode_name(self.policy.mode()),
-            principal: raw(principal),
-            agent_host: raw(&host.map(Link::long)),
-            chain: raw(&chain.iter().map(Link::short).collect::<Vec<_>>()),
-            server: raw(&server),
-        })
-    }
-
-    /// Kills `tgid`; true only if it was alive to be killed: a process that already exited
-    /// (a zombie waiting for its parent accepts the signal) is not counted as killed.
-    fn kill(&mut self, tgid: u32) -> bool {
-        if !procs::alive(tgid) {
-            tracing::info!(pid = tgid, "not killed: it had already exited");
-            return false;
-        }
-        match kill(Pid::from_raw(tgid as i32), Signal::SIGKILL) {
-            Ok(()) => {
-                self.counters.killed += 1;
-                true
-            }
-            Err(e) => {
-                tracing::warn!(pid = tgid, error = %e, "cannot kill");
-                false
-            }
-        }
-    }
-
-    fn judge(&mut self, tgid: u32, dir: Direction, data: &[u8], frames: Vec<Frame>) {
-        let Some(p) = self.procs.get_mut(&tgid) else {
-            return;
-        };
-        let Some(s) = p.session.as_mut() else { return };
-        let (denied, ctx) = judge_into(s, dir, data, frames, &mut self.records, &mut self.counters);
-        if denied.is_empty() || dir != Direction::ToServer {
-            return;
-        }
-        let may_kill = !p.killed;
-        let killed = self.react_to_denied(&ctx, Some(tgid), may_kill, denied);
-        if let Some(p) = self.procs.get_mut(&tgid) {
-            p.killed |= killed;
-        }
-    }
-
-    /// Denied calls seen going into server `pid`: killed first if the policy says so and
-    /// `may_kill` (the record must not give the call time to run), then an alert each.
-    /// Returns whether it was killed.
-    fn react_to_denied(
-        &mut self,
-        ctx: &Arc<Context>,
-        pid: Option<u32>,
-        may_kill: bool,
-        denied: Vec<Denied>,
-    ) -> bool {
-        let reaction = self.policy.observer().denied;
-        let killed =
-            reaction == Reaction::Kill && may_kill && pid.is_some_and(|pid| self.kill(pid));
-        for (tool, rule) in denied {
-            self.alert(
-                Some(ctx),
-                serde_json::json!({
-                    "alert": "denied_call_observed",
-                    "pid": pid,
-                    "tool": tool,
-                    "rule": rule,
-                    "action": reaction,
-                    "killed": killed,
-                }),
-            );
-        }
-        killed
-    }
-
-    /// Requests (method and id) in `frames`.
-    fn requests(data: &[u8], frames: &[Frame]) -> Vec<(String, IdKey, Option<String>)> {
-        let mut out = Vec::new();
-        for f in frames {
-            let Frame::Line { msg, .. } = f else { continue };
-            let push = |m: &jsonrpc::Message<'_>, out: &mut Vec<_>| {
-                if m.kind == Kind::Request
-                    && let (Some(method), Some(id)) = (m.method.as_deref(), m.id)
-                {
-                    out.push((
-                        method.to_string(),
-                        IdKey::of(id),
-                        Some(crate::guard::recorded_id(id)),
-                    ));
-                }
-            };
-            match jsonrpc::parse(&data[msg.clone()]) {
-                Ok(Parsed::Single(m)) => push(&m, &mut out),
-                Ok(Parsed::Batch(items)) => items.iter().flatten().for_each(|m| push(m, &mut out)),
-                Err(_) => {}
-            }
-        }
-        out
-    }
-
-    fn remember(&mut self, shim: u32, data: &[u8], frames: &[Frame]) {
-        let Some(p) = self.procs.get_mut(&shim) else {
-            return;
-        };
-        for (method, id, text) in Self::requests(data, frames) {
-            if p.log.is_some()
-                && let Some(text) = text
-            {
-                p.unrecorded
-                    .push_back((method.clone(), text, Instant::now()));
-            }
-            let key = (method, id);
-            if p.seen.insert(key.clone()) {
-                p.seen_order.push_back(key);
-                if p.seen_order.len() > SHIM_MEMORY
-                    && let Some(old) = p.seen_order.pop_front()
-                {
-                    p.seen.remove(&old);
-                }
-            }
-        }
-    }
-
-    /// Every request a wrapped server reads must have come from its host through the shim.
-    fn check_injection(&mut self, server: u32, shim: u32, data: &[u8], frames: &[Frame]) {
-        let Some(sp) = self.procs.get(&shim) else {
-            // The shim's stdin was never seen (the daemon started later): nothing to compare.
-            return;
-        };
-        if sp.joined_late {
-            return;
-        }
-        let injected: Vec<_> = Self::requests(data, frames)
-            .into_iter()
-            .filter(|(m, id, _)| !sp.seen.contains(&(m.clone(), id.clone())))
-            .collect();
-        for (method, _, id) in injected {
-            self.alert(None, serde_json::json!({
-                "alert": "injected_message",
-                "server_pid": server,
-                "shim_pid": shim,
-                "method": method,
-                "request_id": id,
-                "why": "the wrapped server read a request its shim never received from the agent host",
-            }));
-        }
-    }
-
-    /// Every request a shim read from its host must appear in the shim's audit log within
-    /// [`RECORD_GRACE`]; one that does not is an alert (a shim that does not record, or a
-    /// fake one).
-    fn check_shim_records(&mut self) {
-        let mut alerts = Vec::new();
-        for (&pid, p) in self.procs.iter_mut() {
-            alerts.extend(unrecorded(pid, p, RECORD_GRACE));
-        }
-        for a in alerts {
-            self.alert(None, a);
-        }
-    }
-
-    fn reload(&mut self) {
-        match load_enforced(&self.cfg).and_then(|e| Ok((e, load_policy(&self.cfg)?))) {
-            Ok((enforced, p)) => {
-                if let Some(m) = &self.managed
-                    && let Ok(mut slot) = m.policy.write()
-                {
-                    *slot = Arc::new(enforced);
-                }
-                self.policy = Arc::new(p);
-                for p in self.procs.values_mut() {
-                    if let Some(s) = p.session.as_mut() {
-                        s.guard.set_policy(self.policy.clone());
-                    }
-                }
-                let mut rec = Record::new("policy_loaded", &self.ctx);
-                rec.detail = Some(
-                    serde_json::json!({ "origin": self.policy.origin(), "rules": self.policy.len(), "reload": true, "policy_sha256": self.policy.sha256() }),
-                );
-                self.records.push(rec);
-                // Gates follow the new policy for hosts watched, and programs started, from now on.
-                let flags = watch::HOST | gate_flag(&self.policy);
-                for &h in self.hosts.keys() {
-                    let _ = self.observer.set_flags(h, flags);
-                }
-                if let Err(e) = self
-                    .observer
-                    .set_probe(probe_flags(&self.cfg, &self.policy))
-                {
-                    tracing::warn!(error = %e, "cannot update the probe's gate");
-                }
-                tracing::info!(origin = self.policy.origin(), "policy reloaded");
-            }
-            Err(e) => {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "policy not reloaded; the one in force stays"
-                );
-                self.alert(None, serde_json::json!({ "alert": "policy_reload_failed", "error": format!("{e:#}") }));
-            }
-        }
-        self.flush();
-    }
-
-    fn tick(&mut self) {
-        if self.last_scan.elapsed() >= Duration::from_millis(self.cfg.rescan_ms.max(100)) {
-            self.last_scan = Instant::now();
-            self.scan(false);
-            // Exits the ring buffer could not report.
-            let gone: Vec<u32> = self
-                .procs
-                .keys()
-                .copied()
-                .filter(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-                .collect();
-            for pid in gone {
-                if let Some(p) = self.procs.remove(&pid) {
-                    self.end(pid, p, "exit");
-                }
-            }
-            self.hosts
-                .retain(|h, _| std::path::Path::new(&format!("/proc/{h}")).exists());
-            self.check_host_configs();
-        }
-        self.check_shim_records();
-        self.counters.lost_kernel = self.observer.lost();
-        let lost = (self.counters.lost_kernel, self.counters.lost_sequence);
-        if lost != self.reported_lost {
-            let mut rec = Record::new("gap", &self.ctx);
-            rec.detail = Some(serde_json::json!({
-                "source": "observer",
-                "why": "the kernel-to-daemon ring buffer was full; messages in this period may be missing",
-                "lost_events": lost.0 - self.reported_lost.0,
-                "lost_chunks": lost.1 - self.reported_lost.1,
-            }));
-            self.records.push(rec);
-            self.reported_lost = lost;
-        }
-        self.flush();
-        self.write_status();
-    }
-
-    fn write_status(&self) {
-        let sessions = self
-            .procs
-            .iter()
-            .filter_map(|(&pid, p)| {
-                let (server, host, user, wrapped) = match (&p.role, &p.session) {
-                    (Role::Server, Some(s)) => (
-                        s.name.clone(),
-                        s.host.as_ref().map(|h| h.comm.clone()),
-                        s.user.clone().or(Some(s.uid.to_string())),
-                        false,
-                    ),
-                    (Role::Wrapped(_), _) => {
-                        let (name, user) = p.label.clone()?;
-                        (
-                            name,
-                            p.host
-                                .and_then(|h| self.hosts.get(&h))
-                                .map(|h| h.comm.clone()),
-                            user,
-                            true,
-                        )
-                    }
-                    _ => return None,
-                };
-                Some(status::Session {
-                    pid,
-                    server,
-                    host,
-                    user,
-                    wrapped,
-                    messages: p.session.as_ref().map_or(0, |s| s.messages),
-                })
-            })
-            .chain(self.socket_sessions())
-            .chain(self.managed.iter().flat_map(|m| {
-                m.live
-                    .lock()
-                    .map(|l| l.values().cloned().collect::<Vec<_>>())
-                    .unwrap_or_default()
-            }))
-            .collect();
-        let st = status::Status {
-            pid: std::process::id(),
-            started: humantime::format_rfc3339_seconds(self.started_at).to_string(),
-            updated: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            programs: self
-                .observer
-                .programs
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            policy: self.policy.origin().to_string(),
-            policy_sha256: self.policy.sha256().to_string(),
-            audit: self.cfg.audit.clone(),
-            hosts: self
-                .hosts
-                .iter()
-                .map(|(&pid, p)| status::Host {
-                    pid,
-                    comm: p.comm.clone(),
-                })
-                .collect(),
-            sessions,
-            counters: self.counters,
-        };
-        if let Err(e) = status::write(&self.cfg.status_path(), &st) {
-            tracing::warn!(error = %e, "cannot write the status file");
-        }
-    }
-
-    fn stop(&mut self) {
-        let pids: Vec<u32> = self.procs.keys().copied().collect();
-        for pid in pids {
-            if let Some(p) = self.procs.remove(&pid) {
-                self.end(pid, p, "daemon_stopped");
-            }
-        }
-        let mut rec = Record::new("daemon_stop", &self.ctx);
-        rec.detail = Some(serde_json::to_value(self.counters).unwrap_or_default());
-        self.records.push(rec);
-        self.flush();
     }
 }

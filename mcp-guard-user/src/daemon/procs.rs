@@ -1,57 +1,15 @@
-//! What /proc says about processes: which are agent hosts, which are shims, what a
-//! server is called.
+//! What /proc says about processes, one file at a time, and how programs are named. How
+//! those answers combine (hosts, shims, the other end of a pipe) is in [`super::world::Procs`].
 
 use std::path::Path;
 
-/// The names a process goes by: its comm, its executable's file name, and, for an
-/// interpreter, its script's file name (`node /usr/bin/claude` is `claude`).
-pub fn names(pid: u32) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-        out.push(comm.trim_end().to_string());
-    }
-    if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe"))
-        && let Some(name) = exe.file_name()
-    {
-        out.push(
-            name.to_string_lossy()
-                .trim_end_matches(" (deleted)")
-                .to_string(),
-        );
-    }
-    let argv = cmdline(pid);
-    if let Some(first) = argv.first() {
-        out.push(base(first));
-    }
-    if let Some(script) = script_of(&argv) {
-        out.push(base(script));
-    }
-    out
-}
-
-/// Whether one of `pid`'s names is in `hosts`.
-pub fn is_host(pid: u32, hosts: &[String]) -> bool {
-    names(pid).iter().any(|n| hosts.iter().any(|h| h == n))
-}
-
-/// [`is_host`] for a program that just exec'd, from what the exec event says (its new
-/// comm and the path it was started by) without reading /proc, except for an interpreter,
-/// whose script is what names it. An exec that names the host otherwise (through argv[0]
-/// alone, or a symlink of another name) is found by the next rescan.
-pub fn is_host_exec(pid: u32, comm: &str, filename: &Path, hosts: &[String]) -> bool {
-    let file = filename
-        .file_name()
-        .map(|f| f.to_string_lossy())
-        .unwrap_or_default();
-    if hosts.iter().any(|h| h == comm || *h == file) {
-        return true;
-    }
-    is_interpreter(&file) && is_host(pid, hosts)
-}
-
-/// Which of `hosts` names `pid`: the kind of agent host it is, for records and alerts.
-pub fn host_kind(pid: u32, hosts: &[String]) -> Option<String> {
-    names(pid).into_iter().find(|n| hosts.contains(n))
+/// Every pid in /proc.
+pub fn pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .collect()
 }
 
 pub fn cmdline(pid: u32) -> Vec<String> {
@@ -65,27 +23,18 @@ pub fn cmdline(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The one-letter state of `pid` (`R`, `S`, `T` stopped, ...).
-pub fn state(pid: u32) -> Option<char> {
+/// The one-letter state of `pid` (`R`, `S`, `T` stopped, `Z` zombie, ...) and its parent.
+pub fn stat(pid: u32) -> Option<(char, u32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].chars().next()
+    parse_stat(&stat)
 }
 
-pub fn parent(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The comm may hold spaces and parentheses: fields start after the last `)`.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(1)?.parse().ok()
-}
-
-/// Every process: pid and parent.
-pub fn all() -> Vec<(u32, u32)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| Some((pid, parent(pid)?)))
-        .collect()
+/// The state and parent in a `/proc/PID/stat` line. The comm may hold spaces and
+/// parentheses: fields start after the last `)`.
+fn parse_stat(stat: &str) -> Option<(char, u32)> {
+    let mut rest = stat.get(stat.rfind(')')? + 2..)?.split(' ');
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.next()?.parse().ok()?))
 }
 
 /// Interpreters and launchers whose first non-option argument names the program.
@@ -94,7 +43,7 @@ const INTERPRETERS: &[&str] = &[
     "ruby", "java", "env", "sh", "bash",
 ];
 
-fn is_interpreter(arg: &str) -> bool {
+pub(super) fn is_interpreter(arg: &str) -> bool {
     let b = base(arg);
     INTERPRETERS.contains(&b.as_str())
         || (b.starts_with("python3.") && b[8..].chars().all(|c| c.is_ascii_digit()))
@@ -102,7 +51,7 @@ fn is_interpreter(arg: &str) -> bool {
 
 /// The program an interpreter runs: its first argument that is not an option
 /// (`-m module` counts as the module).
-fn script_of(argv: &[String]) -> Option<&String> {
+pub(super) fn script_of(argv: &[String]) -> Option<&String> {
     if !argv.first().is_some_and(|a| is_interpreter(a)) {
         return None;
     }
@@ -119,7 +68,7 @@ fn script_of(argv: &[String]) -> Option<&String> {
     None
 }
 
-fn base(arg: &str) -> String {
+pub(super) fn base(arg: &str) -> String {
     Path::new(arg)
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
@@ -156,33 +105,6 @@ pub fn launched_by(cmdline: &[String], command: &str, args: &[String]) -> bool {
     head.iter().any(|w| w == command || base(w) == want)
 }
 
-/// Whether `pid` is an `mcp-guard wrap` shim.
-pub fn is_shim(pid: u32) -> bool {
-    let argv = cmdline(pid);
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let named = exe
-        .as_deref()
-        .and_then(Path::file_name)
-        .is_some_and(|n| n == "mcp-guard")
-        || argv.first().is_some_and(|a| base(a) == "mcp-guard");
-    named && argv.get(1).is_some_and(|a| a == "wrap")
-}
-
-/// The nearest `mcp-guard wrap` above `pid`, if any, up to the first agent host.
-pub fn shim_above(pid: u32, host: u32) -> Option<u32> {
-    let mut p = parent(pid)?;
-    for _ in 0..64 {
-        if p == host || p <= 1 {
-            return None;
-        }
-        if is_shim(p) {
-            return Some(p);
-        }
-        p = parent(p)?;
-    }
-    None
-}
-
 /// The process listening on loopback TCP `port`, from /proc/net/tcp{,6} and the
 /// descriptors of every process.
 pub fn tcp_listener(port: u16) -> Option<u32> {
@@ -198,7 +120,7 @@ pub fn tcp_listener(port: u16) -> Option<u32> {
         })
     })?;
     let want = format!("socket:[{inode}]");
-    all().into_iter().map(|(pid, _)| pid).find(|pid| {
+    pids().into_iter().find(|pid| {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .map(|d| {
                 d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
@@ -206,14 +128,6 @@ pub fn tcp_listener(port: u16) -> Option<u32> {
             })
             .unwrap_or(false)
     })
-}
-
-/// The pipe inodes `pid` has open.
-pub fn pipes(pid: u32) -> std::collections::HashSet<u64> {
-    pipe_fds(pid)
-        .into_iter()
-        .map(|(_, inode, _)| inode)
-        .collect()
 }
 
 /// `pid`'s pipe descriptors: (fd, pipe inode, open for writing).
@@ -239,54 +153,19 @@ pub fn pipe_fds(pid: u32) -> Vec<(u32, u64, bool)> {
     .collect()
 }
 
-fn fd_target(pid: u32, fd: u32) -> String {
+pub fn fd_target(pid: u32, fd: u32) -> String {
     std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
         .map(|t| t.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 
-/// The inode of the pipe descriptor `fd` of `pid` is, if it is a pipe.
-pub fn pipe_inode(pid: u32, fd: u32) -> Option<u64> {
-    fd_target(pid, fd)
+/// The inode of a pipe, from what its descriptor points to (`pipe:[123]`).
+pub fn pipe_inode_of(target: &str) -> Option<u64> {
+    target
         .strip_prefix("pipe:[")?
         .strip_suffix(']')?
         .parse()
         .ok()
-}
-
-/// The process at the other end of `pid`'s stdin: its host. For a pipe, the nearest
-/// ancestor that holds the pipe open for writing (through wrappers such as `npx` or
-/// `sh -c`), else any process that does (one that handed its pipe to a server it did not
-/// start: `systemd-run --pipe`, a container runtime, descriptors passed over a socket).
-/// For anything else, its parent.
-pub fn peer_of(pid: u32) -> Option<u32> {
-    let parent_of = |p| parent(p).filter(|&q| q > 1);
-    let Some(inode) = pipe_inode(pid, 0) else {
-        return parent_of(pid);
-    };
-    let writes = |p: u32| pipe_fds(p).iter().any(|&(_, i, w)| i == inode && w);
-    let mut p = parent_of(pid);
-    for _ in 0..16 {
-        let Some(q) = p else { break };
-        if writes(q) {
-            return Some(q);
-        }
-        p = parent_of(q);
-    }
-    all()
-        .into_iter()
-        .map(|(p, _)| p)
-        .find(|&p| p != pid && p != std::process::id() && writes(p))
-        .or_else(|| parent_of(pid))
-}
-
-pub fn is_pipe(pid: u32, fd: u32) -> bool {
-    fd_target(pid, fd).starts_with("pipe:")
-}
-
-pub fn is_pipe_or_socket(pid: u32, fd: u32) -> bool {
-    let t = fd_target(pid, fd);
-    t.starts_with("pipe:") || t.starts_with("socket:")
 }
 
 /// The pid of the process tracing `pid` (ptrace), if any.
@@ -299,26 +178,24 @@ pub fn tracer(pid: u32) -> Option<u32> {
         .filter(|&t| t != 0)
 }
 
-/// Whether `pid` runs: it exists and is not a zombie (exited, not yet reaped) or dead.
-pub fn alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the command name, which is in parentheses and may hold any byte.
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    !matches!(state, Some("Z" | "X" | "x") | None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::world::{LiveProcs, Procs as _};
+
+    #[test]
+    fn stat_lines_with_odd_command_names_parse() {
+        assert_eq!(parse_stat("12 (a) b) S 7 12 12 0"), Some(('S', 7)));
+        assert_eq!(parse_stat("12 (x y) Z 1 0"), Some(('Z', 1)));
+        assert_eq!(parse_stat("12 (x"), None);
+    }
 
     #[test]
     fn an_exec_names_a_host_by_comm_path_or_script() {
         let hosts = vec!["claude".to_string(), "mcpg-x".to_string()];
         let me = std::process::id();
+        let is_host_exec =
+            |pid, comm, file, hosts: &[String]| LiveProcs.is_host_exec(pid, comm, file, hosts);
         assert!(is_host_exec(me, "claude", Path::new("/x/y"), &hosts));
         assert!(is_host_exec(
             me,
@@ -343,6 +220,7 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
+        let alive = |pid| LiveProcs.alive(pid);
         assert!(alive(pid));
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -436,11 +314,14 @@ mod tests {
     #[test]
     fn this_process_is_found_by_its_names_and_is_no_shim() {
         let me = std::process::id();
-        let names = names(me);
+        let names = LiveProcs.names(me);
         assert!(!names.is_empty());
-        assert!(is_host(me, &names[..1]));
-        assert!(!is_host(me, &["no-such-host".to_string()]));
-        assert!(!is_shim(me));
-        assert_eq!(parent(me), Some(nix::unistd::getppid().as_raw() as u32));
+        assert!(LiveProcs.is_host(me, &names[..1]));
+        assert!(!LiveProcs.is_host(me, &["no-such-host".to_string()]));
+        assert!(!LiveProcs.is_shim(me));
+        assert_eq!(
+            LiveProcs.parent(me),
+            Some(nix::unistd::getppid().as_raw() as u32)
+        );
     }
 }

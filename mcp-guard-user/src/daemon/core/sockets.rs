@@ -2,12 +2,12 @@
 //! HTTP/1.1 whose bodies are JSON-RPC (local Streamable HTTP), seen from the connecting
 //! (or accepting) watched process.
 
-use super::http::{self, HttpStream};
-use super::{Daemon, Observed, judge_into, procs};
+use super::super::http::{self, HttpStream};
+use super::{Core, Observed, judge_into};
 use crate::audit::Record;
+use crate::daemon::world::{Kernel, Procs};
 use crate::frame::{Frame, Framer};
 use crate::guard::{Direction, Session, Subject};
-use crate::identity::{self, Process};
 use crate::observer::{Data, Socket};
 use crate::policy::Ancestor;
 use mcp_guard_common::origin;
@@ -39,7 +39,7 @@ pub struct Conn {
 
 const AF_UNIX: u16 = 1;
 
-impl Daemon {
+impl<K: Kernel, P: Procs> Core<K, P> {
     /// After lost chunks: newline streams drop their partial line and skip to the next
     /// newline; HTTP streams start over (a message cut in the middle is not judged).
     pub(super) fn resync_conns(&mut self) {
@@ -124,7 +124,7 @@ impl Daemon {
                 Some(_) => Proto::Other,
             };
             if conn.proto == Proto::Other {
-                let _ = self.observer.set_fd(d.tgid, d.fd, origin::NONE);
+                let _ = self.kernel.set_fd(d.tgid, d.fd, origin::NONE);
                 return;
             }
         }
@@ -175,7 +175,7 @@ impl Daemon {
                         "no longer following a local HTTP connection"
                     );
                     conn.proto = Proto::Other;
-                    let _ = self.observer.set_fd(d.tgid, d.fd, origin::NONE);
+                    let _ = self.kernel.set_fd(d.tgid, d.fd, origin::NONE);
                 }
             }
             Proto::Unknown | Proto::Other => return,
@@ -215,7 +215,7 @@ impl Daemon {
         let server_pid = if accepted {
             Some(tgid)
         } else if port != 0 {
-            procs::tcp_listener(port)
+            self.sys.tcp_listener(port)
         } else {
             None
         };
@@ -226,7 +226,7 @@ impl Daemon {
         };
         let scheme = if proto == Proto::Http { "http" } else { "tcp" };
         let name = server_pid
-            .map(|p| procs::server_name(&procs::cmdline(p)))
+            .map(|p| crate::daemon::procs::server_name(&self.sys.cmdline(p)))
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("{scheme}://{address}"));
         // The client is the watched process when it connected; unknown when it accepted.
@@ -239,10 +239,10 @@ impl Daemon {
             }
         });
         let host_proc = host.and_then(|h| self.hosts.get(&h).cloned());
-        let server = server_pid.and_then(|p| Process::read(p as i32).ok());
-        let who = client.unwrap_or(tgid) as i32;
-        let principal = identity::principal_of(who);
-        let chain = identity::ancestry(who);
+        let server = server_pid.and_then(|p| self.sys.process(p));
+        let who = client.unwrap_or(tgid);
+        let principal = self.sys.principal(who);
+        let chain = self.sys.ancestry(who);
         self.counters.sessions_seen += 1;
         let ctx = self.observed_ctx(
             if proto == Proto::Http {
@@ -277,9 +277,7 @@ impl Daemon {
             ),
             host_exe: host_proc.as_ref().and_then(|h| h.exe.clone()),
             server_exe: server.as_ref().and_then(|p| p.exe.clone()),
-            cwd: server_pid
-                .and_then(|p| std::fs::read_link(format!("/proc/{p}/cwd")).ok())
-                .map(|p| p.display().to_string()),
+            cwd: server_pid.and_then(|p| self.sys.cwd(p)),
             roots: Vec::new(),
         };
         subject.roots = server
@@ -315,12 +313,12 @@ impl Daemon {
     }
 
     /// Counters as the status file shows them, for the sessions over sockets.
-    pub(super) fn socket_sessions(&self) -> Vec<super::status::Session> {
+    pub(super) fn socket_sessions(&self) -> Vec<crate::daemon::status::Session> {
         self.conns
             .values()
             .filter_map(|c| {
                 let s = c.session.as_ref()?;
-                Some(super::status::Session {
+                Some(crate::daemon::status::Session {
                     pid: c.server_pid.unwrap_or(0),
                     server: s.name.clone(),
                     host: s.host.as_ref().map(|h| h.comm.clone()),
