@@ -100,39 +100,26 @@ pub mod kind {
     pub const UNFOLLOWED: u32 = 5;
 }
 
-/// x86-64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl) the kernel programs
-/// act on; [`UnfollowedEvent::syscall`] carries one.
-pub mod nr {
-    pub const READ: u64 = 0;
-    pub const WRITE: u64 = 1;
-    pub const CLOSE: u64 = 3;
-    pub const DUP: u64 = 32;
-    pub const DUP2: u64 = 33;
-    pub const FCNTL: u64 = 72;
-    pub const CONNECT: u64 = 42;
-    pub const ACCEPT: u64 = 43;
-    pub const ACCEPT4: u64 = 288;
-    pub const DUP3: u64 = 292;
-    pub const READV: u64 = 19;
-    pub const WRITEV: u64 = 20;
-    pub const SENDTO: u64 = 44;
-    pub const RECVFROM: u64 = 45;
-    pub const SENDMSG: u64 = 46;
-    pub const RECVMSG: u64 = 47;
-    pub const PREAD64: u64 = 17;
-    pub const PWRITE64: u64 = 18;
-    pub const PREADV: u64 = 295;
-    pub const PWRITEV: u64 = 296;
-    pub const PREADV2: u64 = 327;
-    pub const PWRITEV2: u64 = 328;
-    pub const SENDFILE: u64 = 40;
-    pub const SPLICE: u64 = 275;
-    pub const TEE: u64 = 276;
-    pub const VMSPLICE: u64 = 278;
-    pub const RECVMMSG: u64 = 299;
-    pub const SENDMMSG: u64 = 307;
-    pub const COPY_FILE_RANGE: u64 = 326;
-}
+/// System call numbers and `struct pt_regs` offsets of the architecture the programs run
+/// on. The kernel programs are built for `bpf`, so they name it with
+/// `--cfg bpf_target_arch="..."` (xtask passes the host's); user space by its own target.
+#[cfg(any(target_arch = "x86_64", bpf_target_arch = "x86_64"))]
+#[path = "arch/x86_64.rs"]
+pub mod arch;
+#[cfg(any(target_arch = "aarch64", bpf_target_arch = "aarch64"))]
+#[path = "arch/aarch64.rs"]
+pub mod arch;
+#[cfg(not(any(
+    target_arch = "x86_64",
+    bpf_target_arch = "x86_64",
+    target_arch = "aarch64",
+    bpf_target_arch = "aarch64"
+)))]
+compile_error!(
+    "mcp-guard supports x86_64 and aarch64; build the eBPF crate with --cfg bpf_target_arch"
+);
+
+pub use arch::{nr, regs};
 
 /// A captured process moved bytes on a captured descriptor with a system call whose bytes
 /// the kernel program cannot copy (they go from descriptor to descriptor, or into an array
@@ -145,7 +132,7 @@ pub struct UnfollowedEvent {
     pub kind: u32,
     pub tgid: u32,
     pub fd: u32,
-    /// The x86-64 system call number: an [`nr`] value.
+    /// The system call number on this architecture: an [`nr`] value.
     pub syscall: u32,
     /// [`dir`] value: the captured descriptor was read from ([`dir::IN`]) or written to.
     pub dir: u8,

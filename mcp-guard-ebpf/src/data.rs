@@ -22,20 +22,11 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use mcp_guard_common::{
-    CHUNK, nr, DataHeader, MAX_CAPTURE, MAX_CHUNKS, SocketEvent, UnfollowedEvent, Watch, config, data,
-    dir, fd_key, kind, origin, watch,
+    CHUNK, DataHeader, MAX_CAPTURE, MAX_CHUNKS, SocketEvent, UnfollowedEvent, Watch, config, data,
+    dir, fd_key, kind, nr, origin, regs, watch,
 };
 
 use crate::{CONFIG, EVENTS, FDS, WATCHED, lost, mark_watched, maybe_watched};
-
-
-/// Offsets in x86-64 `struct pt_regs` (arch/x86/include/asm/ptrace.h).
-mod regs {
-    pub const DX: usize = 12;
-    pub const SI: usize = 13;
-    pub const DI: usize = 14;
-    pub const ORIG_AX: usize = 15;
-}
 
 /// `struct msghdr` (user ABI): `msg_iov` at 16, `msg_iovlen` at 24.
 const MSG_IOV: usize = 16;
@@ -137,7 +128,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         // SAFETY: `regs` is the tracepoint's `struct pt_regs *`; `i` is a field of it.
         unsafe { bpf_probe_read_kernel(regs.add(i)) }.map_err(i64::from)
     };
-    let number = reg(regs::ORIG_AX)?;
+    let number = reg(regs::NR)? & regs::NR_MASK;
     let direction = match number {
         // Positional variants: on a pipe or socket, preadv2/pwritev2 with offset -1 move
         // bytes as read/write do (pread64 and friends fail there, and cost nothing).
@@ -177,7 +168,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if ret <= 0 {
         return Ok(());
     }
-    let fd = reg(regs::DI)? as u32;
+    let fd = reg(regs::ARG0)? as u32;
     let Some(o) = origin_of(tgid, fd, &w) else {
         return Ok(());
     };
@@ -191,16 +182,16 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let source = match number {
         nr::READ | nr::WRITE | nr::RECVFROM | nr::SENDTO | nr::PREAD64 | nr::PWRITE64 => {
-            Source::Buf(reg(regs::SI)?)
+            Source::Buf(reg(regs::ARG1)?)
         }
         nr::READV | nr::WRITEV | nr::PREADV | nr::PWRITEV | nr::PREADV2 | nr::PWRITEV2 => {
             Source::Iov {
-                iov: reg(regs::SI)?,
-                count: reg(regs::DX)?,
+                iov: reg(regs::ARG1)?,
+                count: reg(regs::ARG2)?,
             }
         }
         _ => {
-            let msg = reg(regs::SI)? as *const u8;
+            let msg = reg(regs::ARG1)? as *const u8;
             // SAFETY: reads of user memory through the checked helper; a bad pointer is an error.
             let iov: u64 =
                 unsafe { aya_ebpf::helpers::bpf_probe_read_user(msg.add(MSG_IOV).cast()) }
@@ -263,17 +254,17 @@ fn first_byte(source: Source, total: u64) -> Option<u8> {
     // A whole window when it can be read; a read that ended near the end of a mapping
     // falls back to its first byte.
     // SAFETY: user memory through the checked helper.
-    let window: [u8; PEEK] = match unsafe {
-        aya_ebpf::helpers::bpf_probe_read_user(base as *const [u8; PEEK])
-    } {
-        Ok(w) => w,
-        Err(_) => {
-            let b: u8 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(base as *const u8) }.ok()?;
-            let mut w = [b' '; PEEK];
-            w[0] = b;
-            w
-        }
-    };
+    let window: [u8; PEEK] =
+        match unsafe { aya_ebpf::helpers::bpf_probe_read_user(base as *const [u8; PEEK]) } {
+            Ok(w) => w,
+            Err(_) => {
+                let b: u8 =
+                    unsafe { aya_ebpf::helpers::bpf_probe_read_user(base as *const u8) }.ok()?;
+                let mut w = [b' '; PEEK];
+                w[0] = b;
+                w
+            }
+        };
     let mut i = 0;
     while i < PEEK && (i as u64) < len {
         match window[i] {
@@ -297,17 +288,21 @@ fn unfollowed(
 ) -> Result<(), i64> {
     // (descriptor read from, descriptor written to); u64::MAX: none.
     let (from, to) = match number {
-        nr::SPLICE | nr::COPY_FILE_RANGE => (reg(regs::DI)?, reg(regs::DX)?),
-        nr::TEE => (reg(regs::DI)?, reg(regs::SI)?),
-        nr::SENDFILE => (reg(regs::SI)?, reg(regs::DI)?),
-        nr::SENDMMSG => (u64::MAX, reg(regs::DI)?),
+        nr::SPLICE | nr::COPY_FILE_RANGE => (reg(regs::ARG0)?, reg(regs::ARG2)?),
+        nr::TEE => (reg(regs::ARG0)?, reg(regs::ARG1)?),
+        nr::SENDFILE => (reg(regs::ARG1)?, reg(regs::ARG0)?),
+        nr::SENDMMSG => (u64::MAX, reg(regs::ARG0)?),
         // recvmmsg reads; vmsplice reads a pipe's read end, writes its write end: both
         // are reported as reads, which is what can carry a request.
-        _ => (reg(regs::DI)?, u64::MAX),
+        _ => (reg(regs::ARG0)?, u64::MAX),
     };
     let mut i = 0;
     while i < 2 {
-        let (fd, direction) = if i == 0 { (from, dir::IN) } else { (to, dir::OUT) };
+        let (fd, direction) = if i == 0 {
+            (from, dir::IN)
+        } else {
+            (to, dir::OUT)
+        };
         i += 1;
         if fd > u32::MAX as u64 {
             continue;
@@ -361,9 +356,9 @@ fn socket(
     let fd = if accepted {
         ret as u32
     } else {
-        reg(regs::DI)? as u32
+        reg(regs::ARG0)? as u32
     };
-    let addr = reg(regs::SI)? as *const u8;
+    let addr = reg(regs::ARG1)? as *const u8;
     // The peer's address: given to connect, filled in by accept (when asked for).
     let (mut family, mut port, mut local) = (0u16, 0u16, accepted);
     if !addr.is_null() {
@@ -423,13 +418,13 @@ fn fd_table(
     ret: u64,
     reg: &impl Fn(usize) -> Result<u64, i64>,
 ) -> Result<(), i64> {
-    let fd = reg(regs::DI)? as u32;
+    let fd = reg(regs::ARG0)? as u32;
     if number == nr::CLOSE {
         forget(tgid, fd, w);
         return Ok(());
     }
     if number == nr::FCNTL {
-        let cmd = reg(regs::SI)?;
+        let cmd = reg(regs::ARG1)?;
         if cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC {
             return Ok(());
         }

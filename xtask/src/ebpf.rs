@@ -63,10 +63,22 @@ pub fn ensure_toolchain() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the eBPF crate (release) and returns the path of the object file.
+/// Builds the eBPF crate (release) for this machine and returns the path of the object file.
 pub fn build_ebpf() -> anyhow::Result<PathBuf> {
+    build_for(std::env::consts::ARCH, None)
+}
+
+/// Builds the eBPF object for another architecture's kernels (its system call table and
+/// register layout) in its own target directory: that it builds is the check.
+pub fn build_ebpf_for(arch: &str) -> anyhow::Result<PathBuf> {
+    let dir = workspace_root().join(format!("target/ebpf-{arch}"));
+    build_for(arch, Some(&dir))
+}
+
+fn build_for(arch: &str, target_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let dir = workspace_root().join("mcp-guard-ebpf");
-    run(Command::new(CARGO)
+    let mut cargo = Command::new(CARGO);
+    cargo
         .args(["build", "--release", "--target", TARGET])
         .current_dir(&dir)
         .env("RUSTC", RUSTC)
@@ -75,7 +87,8 @@ pub fn build_ebpf() -> anyhow::Result<PathBuf> {
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             [
-                "--cfg=bpf_target_arch=\"x86_64\"",
+                // The system call table and register layout of the kernels it runs on.
+                &format!("--cfg=bpf_target_arch=\"{arch}\""),
                 "-Cdebuginfo=2",
                 "-Clink-arg=--btf",
             ]
@@ -85,9 +98,13 @@ pub fn build_ebpf() -> anyhow::Result<PathBuf> {
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
         .env_remove("RUSTC_WRAPPER")
-        .env_remove("CARGO_TARGET_DIR"))?;
-    let object = dir
-        .join("target")
+        .env_remove("CARGO_TARGET_DIR");
+    if let Some(t) = target_dir {
+        cargo.arg("--target-dir").arg(t);
+    }
+    run(&mut cargo)?;
+    let object = target_dir
+        .map_or_else(|| dir.join("target"), Path::to_path_buf)
         .join(TARGET)
         .join("release/mcp-guard-ebpf");
     if !object.is_file() {

@@ -147,6 +147,14 @@ fn test(root: &Path) -> Result<()> {
             .args(["fmt", "--all", "--check"]),
     )
     .context("the tree is not formatted: run `cargo fmt --all`")?;
+    // The eBPF crate is a workspace of its own.
+    step(
+        "cargo fmt --check (eBPF crate)",
+        Command::new(cargo())
+            .current_dir(root.join("mcp-guard-ebpf"))
+            .args(["fmt", "--check"]),
+    )
+    .context("the eBPF crate is not formatted: run `cargo fmt` in mcp-guard-ebpf")?;
     step(
         "cargo clippy",
         Command::new(cargo()).current_dir(root).args([
@@ -189,6 +197,11 @@ fn test(root: &Path) -> Result<()> {
             .args(["build", "--workspace", "--all-targets"]),
     )?;
     let mut failed = Vec::new();
+    let have_ebpf = env.iter().any(|(k, _)| *k == "MCP_GUARD_BPF_OBJECT");
+    if let Err(e) = check_aarch64(root, root_user, have_ebpf) {
+        println!("xtask: {e:#}");
+        failed.push("aarch64 build");
+    }
     let mut cargo_test = Command::new(cargo());
     cargo_test
         .current_dir(root)
@@ -256,6 +269,61 @@ fn fuzz(root: &Path, target: Option<&str>, seconds: u32) -> Result<()> {
                     &format!("-max_total_time={seconds}"),
                 ]),
         )?;
+    }
+    Ok(())
+}
+
+/// The other architecture the programs support: user space type-checks for it (with a
+/// cross C compiler for ring's build script) and the eBPF object builds with its system
+/// call table. Installs the rustup target and the compiler when root.
+fn check_aarch64(root: &Path, root_user: bool, with_ebpf: bool) -> Result<()> {
+    const TARGET: &str = "aarch64-unknown-linux-gnu";
+    const CC: &str = "aarch64-linux-gnu-gcc";
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(root)
+        .output()
+        .with_context(|| "cannot run rustup")?;
+    if !String::from_utf8_lossy(&installed.stdout).contains(TARGET) {
+        step(
+            "rustup target add",
+            Command::new("rustup")
+                .args(["target", "add", TARGET])
+                .current_dir(root),
+        )?;
+    }
+    if !Path::new("/usr/bin").join(CC).is_file() {
+        if !root_user {
+            bail!("{CC} is missing (apt-get install gcc-aarch64-linux-gnu)");
+        }
+        step(
+            "apt-get install gcc-aarch64-linux-gnu",
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "--no-install-recommends",
+                    "gcc-aarch64-linux-gnu",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    step(
+        "cargo check (aarch64)",
+        Command::new(cargo())
+            .current_dir(root)
+            .args([
+                "check",
+                "-p",
+                "mcp-guard",
+                "--all-targets",
+                "--target",
+                TARGET,
+            ])
+            .env("CC_aarch64_unknown_linux_gnu", CC),
+    )?;
+    if with_ebpf {
+        ebpf::build_ebpf_for("aarch64")?;
     }
     Ok(())
 }
