@@ -13,7 +13,9 @@ use std::time::Instant;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::audit::{Context, Outcome, Record, canonical_sha256};
+use crate::audit::{
+    Alert, Context, Decision, Flow, Kind as RecordKind, Outcome, Record, canonical_sha256,
+};
 use crate::frame::Frame;
 use crate::jsonrpc::{self, ErrorObject, IdKey, Kind, Malformed, Message, Parsed, code};
 use crate::policy::{Action, Ancestor, Limiter, Mode, Policy, Principal, Query};
@@ -28,10 +30,26 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// As logs name it.
     fn name(self) -> &'static str {
         match self {
             Direction::ToServer => "client_to_server",
             Direction::ToClient => "server_to_client",
+        }
+    }
+
+    /// The kind of record a request travelling this way gets.
+    fn request_kind(self) -> RecordKind {
+        match self {
+            Direction::ToServer => RecordKind::Request,
+            Direction::ToClient => RecordKind::ServerRequest,
+        }
+    }
+
+    fn flow(self) -> Flow {
+        match self {
+            Direction::ToServer => Flow::ClientToServer,
+            Direction::ToClient => Flow::ServerToClient,
         }
     }
 }
@@ -204,13 +222,12 @@ impl Session {
                 .into(),
         );
         tracing::warn!(method, "refused a request naming mcp-guard's own files");
-        let mut alert = self.record("alert");
+        let mut alert = self.alert(Alert::GuardFilesTargeted {
+            path: crate::identity::redact_text(&hit),
+        });
         alert.method = Some(method.to_string());
         alert.tool = tool.map(crate::identity::redact_text);
         alert.rule = Some(crate::own_files::RULE.into());
-        alert.detail = Some(
-            serde_json::json!({ "alert": "guard_files_targeted", "path": crate::identity::redact_text(&hit) }),
-        );
         self.alerts.push(alert);
     }
 }
@@ -425,16 +442,14 @@ impl Session {
         if !self.budget.alerted {
             self.budget.alerted = true;
             tracing::error!(server = %self.name, "the session used up its audit budget; refusing requests until it refills");
-            let mut alert = self.record("alert");
+            let mut alert = self.alert(Alert::AuditBudgetExceeded {
+                audit_burst: self.limits.audit_burst,
+                audit_rate: self.limits.audit_rate,
+            });
             alert.reason = Some(format!(
                 "the session wrote more than its audit budget ({} records, then {} a second); requests are refused and other records dropped until it refills",
                 self.limits.audit_burst, self.limits.audit_rate
             ));
-            alert.detail = Some(serde_json::json!({
-                "alert": "audit_budget_exceeded",
-                "audit_burst": self.limits.audit_burst,
-                "audit_rate": self.limits.audit_rate,
-            }));
             self.alerts.push(alert);
         }
         false
@@ -463,7 +478,14 @@ impl Session {
         &self.ctx
     }
 
-    fn record(&self, kind: &'static str) -> Record {
+    fn alert(&self, alert: Alert) -> Record {
+        Record {
+            protocol: self.protocol.clone(),
+            ..Record::alert(&self.ctx, &alert)
+        }
+    }
+
+    fn record(&self, kind: RecordKind) -> Record {
         Record {
             protocol: self.protocol.clone(),
             ..Record::new(kind, &self.ctx)
@@ -649,7 +671,7 @@ impl Session {
                     _ => {}
                 }
                 if let Some(r) = j.record.as_mut() {
-                    r.decision = Some("deny");
+                    r.decision = Some(Decision::Deny);
                     r.reason = Some("batch refused".into());
                     r.outcome = None;
                 }
@@ -781,13 +803,9 @@ impl Session {
         let refuse = |s: &mut Session, code: i64, rule: &str, why: String, recorded: bool| {
             s.counters.denied += 1;
             let record = (recorded && s.charge()).then(|| {
-                let mut rec = s.record(if dir == Direction::ToServer {
-                    "request"
-                } else {
-                    "server_request"
-                });
-                rec.direction = Some(dir.name());
-                rec.decision = Some("deny");
+                let mut rec = s.record(dir.request_kind());
+                rec.direction = Some(dir.flow());
+                rec.decision = Some(Decision::Deny);
                 rec.rule = Some(rule.to_string());
                 rec.reason = Some(why.clone());
                 rec.method = m.method.as_deref().map(crate::identity::redact_text);
@@ -868,14 +886,14 @@ impl Session {
             return;
         }
         let refused = std::mem::take(&mut self.overflow[run]);
-        let mut alert = self.record("alert");
-        alert.direction = Some(dir.name());
+        let mut alert = self.alert(Alert::InFlightLimit {
+            refused,
+            max_in_flight: max,
+        });
+        alert.direction = Some(dir.flow());
         alert.reason = Some(format!(
             "{refused} requests were refused while {max} were in flight"
         ));
-        alert.detail = Some(
-            serde_json::json!({ "alert": "in_flight_limit", "refused": refused, "max_in_flight": max }),
-        );
         self.push_alert(alert);
     }
 
@@ -949,15 +967,11 @@ impl Session {
             self.refuse_own_files(params, method, tool, &mut decision);
         }
         let id = m.id.unwrap_or(jsonrpc::null_id());
-        let mut rec = self.record(if dir == Direction::ToServer {
-            "request"
-        } else {
-            "server_request"
-        });
-        rec.direction = Some(dir.name());
+        let mut rec = self.record(dir.request_kind());
+        rec.direction = Some(dir.flow());
         rec.decision = Some(match decision.action {
-            Action::Allow => "allow",
-            Action::Deny => "deny",
+            Action::Allow => Decision::Allow,
+            Action::Deny => Decision::Deny,
         });
         rec.rule = Some(decision.rule.clone());
         rec.would_deny = decision.would_deny.then_some(true);
@@ -1022,7 +1036,7 @@ impl Session {
         self.counters.responses += 1;
         let id = m.id.unwrap_or(jsonrpc::null_id());
         let mut rec = self.response_record();
-        rec.direction = Some(dir.name());
+        rec.direction = Some(dir.flow());
         rec.request_id = Some(recorded_id(id));
         rec.bytes = Some(bytes);
         let table = match dir {
@@ -1047,7 +1061,7 @@ impl Session {
             };
         }
         if found.is_none() && resumed && dir == Direction::ToClient {
-            rec.decision = Some("allow");
+            rec.decision = Some(Decision::Allow);
             rec.reason = Some("answer to a request made before the guard daemon restarted".into());
             return Judged {
                 pass: true,
@@ -1061,7 +1075,7 @@ impl Session {
         }
         let Some(p) = found else {
             // Nobody asked: forwarding it would let one side inject answers into the other.
-            rec.decision = Some("deny");
+            rec.decision = Some(Decision::Deny);
             rec.reason = Some("response to no request in flight".into());
             tracing::warn!(
                 direction = dir.name(),
@@ -1078,7 +1092,7 @@ impl Session {
             };
         };
         let error_code = m.error_code();
-        rec.decision = Some("allow");
+        rec.decision = Some(Decision::Allow);
         rec.method = Some(p.method.clone());
         rec.tool = p.tool;
         rec.links = Some(p.record);
@@ -1119,7 +1133,7 @@ impl Session {
                     "the response ({bytes} bytes) is larger than the policy allows ({} bytes)",
                     limits.max_bytes
                 );
-                rec.decision = Some("deny");
+                rec.decision = Some(Decision::Deny);
                 rec.reason = Some(why.clone());
                 let error = error_line(id, code::RESPONSE_TOO_LARGE, &why, None);
                 return Judged {
@@ -1180,13 +1194,11 @@ impl Session {
             return;
         }
         tracing::warn!(server = %self.name, "the server's program changed since it was pinned; its tools are withheld");
-        let mut alert = self.record("alert");
+        let mut alert = self.alert(Alert::ServerBinaryChanged {
+            pinned: pinned.clone(),
+            seen: seen.clone(),
+        });
         alert.reason = Some("the server's program changed since it was pinned".into());
-        alert.detail = Some(serde_json::json!({
-            "alert": "server_binary_changed",
-            "pinned": pinned,
-            "seen": seen,
-        }));
         self.push_alert(alert);
     }
 
@@ -1267,9 +1279,8 @@ impl Session {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, path = %pins.path().display(), "tool pins unavailable; withholding the tool list");
-                let mut alert = self.record("alert");
+                let mut alert = self.alert(Alert::PinsUnavailable {});
                 alert.reason = Some(crate::identity::redact_text(&e.to_string()));
-                alert.detail = Some(serde_json::json!({ "alert": "pins_unavailable" }));
                 self.push_alert(alert);
                 let names: Vec<String> = tools.iter().filter_map(name_of).collect();
                 for n in &names {
@@ -1290,12 +1301,12 @@ impl Session {
         let mut withhold: HashSet<String> = HashSet::new();
         for c in &checked.changed {
             tracing::warn!(tool = %c.tool, server = %self.name, "tool definition changed since it was pinned; withheld");
-            let mut alert = self.record("alert");
+            let mut alert = self.alert(Alert::ToolDefinitionChanged {
+                pinned_sha256: c.pinned.clone(),
+                seen_sha256: c.seen.clone(),
+            });
             alert.tool = Some(crate::identity::redact_text(&c.tool));
             alert.reason = Some("the tool's definition changed since it was pinned".into());
-            alert.detail = Some(
-                serde_json::json!({ "alert": "tool_definition_changed", "pinned_sha256": c.pinned, "seen_sha256": c.seen }),
-            );
             self.push_alert(alert);
             withhold.insert(c.tool.clone());
         }
@@ -1307,7 +1318,10 @@ impl Session {
                 .map(|s| &s.name)
                 .filter(|n| *n != name && !checked.added.iter().any(|(a, _)| a == *n))
                 .find(|n| crate::pins::skeleton(n) == skeleton);
-            let mut alert = self.record("alert");
+            let mut alert = self.alert(Alert::ToolAdded {
+                seen_sha256: sha.clone(),
+                resembles: resembles.map(|r| crate::identity::redact_text(r)),
+            });
             alert.tool = Some(crate::identity::redact_text(name));
             alert.reason = Some(match resembles {
                 Some(r) => format!(
@@ -1316,21 +1330,14 @@ impl Session {
                 ),
                 None => "a tool was added since the server was pinned".into(),
             });
-            alert.detail = Some(serde_json::json!({
-                "alert": "tool_added",
-                "seen_sha256": sha,
-                "resembles": resembles.map(|r| crate::identity::redact_text(r)),
-            }));
             self.push_alert(alert);
             withhold.insert(name.clone());
         }
         for name in &dups {
             tracing::warn!(tool = %name, server = %self.name, "a tool listing names a tool more than once; withheld");
-            let mut alert = self.record("alert");
+            let mut alert = self.alert(Alert::DuplicateToolName { count: count[name] });
             alert.tool = Some(crate::identity::redact_text(name));
             alert.reason = Some("the listing names this tool more than once".into());
-            alert.detail =
-                Some(serde_json::json!({ "alert": "duplicate_tool_name", "count": count[name] }));
             self.push_alert(alert);
             withhold.insert(name.clone());
         }
@@ -1410,9 +1417,9 @@ impl Session {
         bytes: usize,
     ) -> Judged {
         self.counters.malformed += 1;
-        let mut rec = self.record("malformed");
-        rec.direction = Some(dir.name());
-        rec.decision = Some("deny");
+        let mut rec = self.record(RecordKind::Malformed);
+        rec.direction = Some(dir.flow());
+        rec.decision = Some(Decision::Deny);
         rec.rule = Some(m.kind().to_string());
         // Parser messages can quote the input; nothing credential-like reaches a record.
         rec.reason = Some(crate::identity::redact_text(&m.to_string()));
@@ -1550,8 +1557,8 @@ impl Session {
             out.extend(error_line(&p.id, code::SERVER_FAILED, why, None));
             out.push(b'\n');
             let mut rec = self.response_record();
-            rec.direction = Some(Direction::ToClient.name());
-            rec.decision = Some("deny");
+            rec.direction = Some(Direction::ToClient.flow());
+            rec.decision = Some(Decision::Deny);
             rec.reason = Some(why.to_string());
             rec.method = Some(p.method);
             rec.tool = p.tool;
@@ -1560,14 +1567,6 @@ impl Session {
             records.push(rec);
         }
         (out, records)
-    }
-}
-
-/// The name records give a policy mode.
-pub fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Enforce => "enforce",
-        Mode::Monitor => "monitor",
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Mutex, Notify};
 use tokio::time::{Instant, sleep_until};
 
-use crate::audit::{Audit, Context, Durability, Record};
+use crate::audit::{self, Alert, Audit, Context, Durability, Record};
 use crate::frame::{Frame, Framer};
 use crate::guard::{Act, Direction, Session, Subject};
 use crate::identity::{self, Process};
@@ -184,18 +184,18 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
     };
     let ctx = Arc::new(Context {
         session: crate::audit::random_id().into(),
-        transport: "stdio-shim",
+        transport: audit::Transport::Shim,
         policy_sha256: opts.policy.sha256().to_string(),
-        mode: crate::guard::mode_name(opts.policy.mode()),
+        mode: opts.policy.mode(),
         principal: raw(&principal),
         agent_host: raw(&host.as_ref().map(identity::Link::long)),
         chain: raw(&chain.iter().map(identity::Link::short).collect::<Vec<_>>()),
         server: server.describe(),
     });
-    let mut loaded = Record::new("policy_loaded", &ctx);
+    let mut loaded = Record::new(audit::Kind::PolicyLoaded, &ctx);
     loaded.detail =
         Some(serde_json::json!({ "origin": opts.policy.origin(), "rules": opts.policy.len() }));
-    let mut start = Record::new("session_start", &ctx);
+    let mut start = Record::new(audit::Kind::SessionStart, &ctx);
     // The full picture once per session; other records carry the short form.
     start.detail = Some(serde_json::json!({
         "policy": opts.policy.origin(),
@@ -416,7 +416,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         let _ = out.flush().await;
     }
     let ctx = session.borrow().ctx().clone();
-    let mut end = Record::new("session_end", &ctx);
+    let mut end = Record::new(audit::Kind::SessionEnd, &ctx);
     end.detail = Some(serde_json::json!({
         "exit_code": status.code(),
         "signal": status.signal(),
@@ -498,10 +498,10 @@ async fn reload(watch: &PolicyWatch, session: &RefCell<Session>, audit: &Audit) 
         Ok(policy) => {
             let ctx = Arc::new(Context {
                 policy_sha256: policy.sha256().to_string(),
-                mode: crate::guard::mode_name(policy.mode()),
+                mode: policy.mode(),
                 ..(*ctx).clone()
             });
-            let mut rec = Record::new("policy_loaded", &ctx);
+            let mut rec = Record::new(audit::Kind::PolicyLoaded, &ctx);
             rec.detail = Some(serde_json::json!({
                 "origin": policy.origin(),
                 "rules": policy.len(),
@@ -515,11 +515,13 @@ async fn reload(watch: &PolicyWatch, session: &RefCell<Session>, audit: &Audit) 
         }
         Err(e) => {
             tracing::error!(error = %e, "the changed policy does not load; the previous one stays in force");
-            let mut rec = Record::new("alert", &ctx);
-            rec.reason = Some(crate::identity::redact_text(&e.to_string()));
-            rec.detail = Some(
-                serde_json::json!({ "alert": "policy_reload_failed", "in_force": ctx.policy_sha256 }),
+            let mut rec = Record::alert(
+                &ctx,
+                &Alert::PolicyReloadFailed {
+                    in_force: ctx.policy_sha256.clone(),
+                },
             );
+            rec.reason = Some(crate::identity::redact_text(&e.to_string()));
             rec
         }
     };

@@ -12,9 +12,9 @@ fn ctx() -> Arc<Context> {
     let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
     Arc::new(Context {
         session: "s1".into(),
-        transport: "stdio-shim",
+        transport: mcp_guard::audit::Transport::Shim,
         policy_sha256: "00".into(),
-        mode: "enforce",
+        mode: mcp_guard::policy::Mode::Enforce,
         principal: raw(r#"{"uid":1000}"#),
         agent_host: raw(r#"{"pid":1}"#),
         chain: raw("[]"),
@@ -34,7 +34,7 @@ fn log(commits: usize, per: usize, opts: &Options) -> (tempfile::TempDir, PathBu
     for i in 0..commits {
         let recs = (0..per)
             .map(|j| {
-                let mut r = Record::new("request", &c);
+                let mut r = Record::new(mcp_guard::audit::Kind::Request, &c);
                 r.request_id = Some(format!("{i}.{j}"));
                 r
             })
@@ -510,7 +510,7 @@ fn a_log_cut_and_rewritten_with_its_own_key_disagrees_with_the_checkpoint() {
     for i in 0..2 {
         let recs = (0..3)
             .map(|j| {
-                let mut r = Record::new("request", &c);
+                let mut r = Record::new(mcp_guard::audit::Kind::Request, &c);
                 r.request_id = Some(format!("forged {i}.{j}"));
                 r
             })

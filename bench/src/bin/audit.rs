@@ -41,9 +41,9 @@ fn ctx() -> Result<Arc<Context>> {
     let raw = |s: &str| RawValue::from_string(s.to_string()).context("raw JSON");
     Ok(Arc::new(Context {
         session: mcp_guard::audit::random_id().into(),
-        transport: "stdio-shim",
+        transport: mcp_guard::audit::Transport::Shim,
         policy_sha256: "ab".repeat(32),
-        mode: "enforce",
+        mode: mcp_guard::policy::Mode::Enforce,
         principal: raw(r#"{"uid":1000,"euid":1000,"user":"alice","gid":1000,"groups":[1000,27]}"#)?,
         agent_host: raw(
             r#"{"pid":4242,"comm":"claude","exe":"/usr/bin/node","exec_id":"b00t:100:4242","cmdline":["claude"]}"#,
@@ -58,9 +58,9 @@ fn ctx() -> Result<Arc<Context>> {
 }
 
 fn record(ctx: &Arc<Context>, n: u64) -> Record {
-    let mut r = Record::new("request", ctx);
-    r.direction = Some("client_to_server");
-    r.decision = Some("allow");
+    let mut r = Record::new(mcp_guard::audit::Kind::Request, ctx);
+    r.direction = Some(mcp_guard::audit::Flow::ClientToServer);
+    r.decision = Some(mcp_guard::audit::Decision::Allow);
     r.rule = Some("default".into());
     r.method = Some("tools/call".into());
     r.tool = Some("read_text_file".into());

@@ -90,9 +90,9 @@ fn in_process(args: &Args) -> anyhow::Result<(Stats, Stats)> {
         |v: serde_json::Value| serde_json::value::to_raw_value(&v).map_err(anyhow::Error::from);
     let ctx = Arc::new(Context {
         session: "bench".into(),
-        transport: "stdio-managed",
+        transport: mcp_guard::audit::Transport::Managed,
         policy_sha256: policy.sha256().to_string(),
-        mode: "enforce",
+        mode: mcp_guard::policy::Mode::Enforce,
         principal: raw(serde_json::json!({"uid": 0}))?,
         agent_host: raw(serde_json::json!(null))?,
         chain: raw(serde_json::json!([]))?,

@@ -27,14 +27,19 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
 
+mod alert;
 pub mod chain;
 pub mod checkpoint;
 pub mod forward;
 mod record;
 pub mod verify;
 mod writer;
+pub use alert::Alert;
 pub use chain::{chain_hash, link};
-pub use record::{Context, Outcome, Record, SCHEMA_VERSION, canonical_sha256, random_id};
+pub use record::{
+    Context, Decision, Flow, Kind, Outcome, Record, SCHEMA_VERSION, Transport, canonical_sha256,
+    random_id,
+};
 
 /// Longest time an appended record stays only in the page cache (durable mode).
 pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);

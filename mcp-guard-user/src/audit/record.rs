@@ -8,19 +8,88 @@ use std::time::SystemTime;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::policy::{hex, sha256_hex};
+use crate::policy::{Mode, hex, sha256_hex};
 
 /// Version of the record format.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A request from the agent host, judged.
+    Request,
+    /// A request from the server to the agent host (sampling, elicitation, roots), judged.
+    ServerRequest,
+    Response,
+    /// A message that could not be judged (not JSON-RPC, too long, a bare `\r`, ...).
+    Malformed,
+    SessionStart,
+    SessionEnd,
+    PolicyLoaded,
+    Alert,
+    DaemonStart,
+    DaemonStop,
+    /// Records that were not written, and why (written by the log's writer or the observer).
+    Gap,
+    /// The log was rotated (first record of the new file).
+    Rotated,
+    /// The writer sealed a torn or unsigned tail it found.
+    Recovery,
+}
+
+impl std::fmt::Display for Kind {
+    /// As records spell it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(v.as_str().unwrap_or_default())
+    }
+}
+
+/// What was done with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+/// Which way a message travels, as records name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flow {
+    ClientToServer,
+    ServerToClient,
+}
+
+/// How the session's messages reach mcp-guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Transport {
+    /// `mcp-guard wrap`, deciding itself.
+    #[serde(rename = "stdio-shim")]
+    Shim,
+    /// `mcp-guard wrap` under the daemon, which decides.
+    #[serde(rename = "stdio-managed")]
+    Managed,
+    /// A stdio session the daemon sees in the kernel.
+    #[serde(rename = "stdio-observed")]
+    StdioObserved,
+    /// Newline JSON-RPC over a local socket the daemon sees.
+    #[serde(rename = "socket-observed")]
+    SocketObserved,
+    /// JSON-RPC bodies of local HTTP the daemon sees.
+    #[serde(rename = "http-observed")]
+    HttpObserved,
+}
 
 /// Who and what a session is about; the same on every decision record of the session.
 #[derive(Debug, Clone, Serialize)]
 pub struct Context {
     #[serde(skip)]
     pub session: Arc<str>,
-    pub transport: &'static str,
+    pub transport: Transport,
     pub policy_sha256: String,
-    pub mode: &'static str,
+    pub mode: Mode,
     pub principal: Box<RawValue>,
     pub agent_host: Box<RawValue>,
     /// Process ancestry above the shim, nearest first.
@@ -47,7 +116,7 @@ pub struct Record {
     pub seq: u64,
     pub time: String,
     pub id: String,
-    pub kind: &'static str,
+    pub kind: Kind,
     pub session: Arc<str>,
     /// The MCP protocol revision in use, once known (negotiated by `initialize`, or carried
     /// in each request's `_meta`).
@@ -57,9 +126,9 @@ pub struct Record {
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub ctx: Option<Arc<Context>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub direction: Option<&'static str>,
+    pub direction: Option<Flow>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub decision: Option<&'static str>,
+    pub decision: Option<Decision>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,12 +179,20 @@ impl Record {
     pub fn response(ctx: &Arc<Context>) -> Record {
         Record {
             ctx: None,
-            ..Record::new("response", ctx)
+            ..Record::new(Kind::Response, ctx)
+        }
+    }
+
+    /// An alert in the session `ctx`: what happened goes in `detail`, `alert` naming it.
+    pub fn alert(ctx: &Arc<Context>, alert: &super::Alert) -> Record {
+        Record {
+            detail: Some(serde_json::to_value(alert).unwrap_or_default()),
+            ..Record::new(Kind::Alert, ctx)
         }
     }
 
     /// A new record of `kind` in the session `ctx`, stamped now.
-    pub fn new(kind: &'static str, ctx: &Arc<Context>) -> Record {
+    pub fn new(kind: Kind, ctx: &Arc<Context>) -> Record {
         // Unique without a system call per record: the session id is random, the counter is not.
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Record {
@@ -173,9 +250,9 @@ mod tests {
         let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
         Arc::new(Context {
             session: "0123456789abcdef0123456789abcdef".into(),
-            transport: "stdio-shim",
+            transport: Transport::Shim,
             policy_sha256: "ab".repeat(32),
-            mode: "enforce",
+            mode: Mode::Enforce,
             principal: raw(
                 r#"{"uid":1000,"euid":1000,"user":"alice","gid":1000,"groups":[1000,27]}"#,
             ),
@@ -202,10 +279,10 @@ mod tests {
             r.prev = "00".repeat(32);
             serde_json::to_value(&r).unwrap()
         };
-        let mut req = Record::new("request", &ctx);
+        let mut req = Record::new(Kind::Request, &ctx);
         req.protocol = Some("2025-06-18".into());
-        req.direction = Some("client_to_server");
-        req.decision = Some("deny");
+        req.direction = Some(Flow::ClientToServer);
+        req.decision = Some(Decision::Deny);
         req.rule = Some("fs-no-writes".into());
         req.reason = Some("the filesystem server is read-only here".into());
         req.method = Some("tools/call".into());
@@ -214,8 +291,8 @@ mod tests {
         req.args_sha256 = Some("cd".repeat(32));
         req.bytes = Some(180);
         let mut resp = Record::response(&ctx);
-        resp.direction = Some("server_to_client");
-        resp.decision = Some("allow");
+        resp.direction = Some(Flow::ServerToClient);
+        resp.decision = Some(Decision::Allow);
         resp.method = Some("tools/call".into());
         resp.tool = Some("read_text_file".into());
         resp.request_id = Some("8".into());
@@ -244,7 +321,7 @@ mod tests {
             .collect();
         let props = schema["properties"].as_object().unwrap();
         let ctx = ctx();
-        let mut rec = serde_json::to_value(Record::new("request", &ctx)).unwrap();
+        let mut rec = serde_json::to_value(Record::new(Kind::Request, &ctx)).unwrap();
         rec["hash"] = "00".into();
         for key in &required {
             assert!(

@@ -9,9 +9,9 @@ fn ctx() -> Arc<Context> {
     let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
     Arc::new(Context {
         session: "s1".into(),
-        transport: "stdio-shim",
+        transport: crate::audit::Transport::Shim,
         policy_sha256: "00".into(),
-        mode: "enforce",
+        mode: crate::policy::Mode::Enforce,
         principal: raw(r#"{"uid":1000}"#),
         agent_host: raw(r#"{"pid":1}"#),
         chain: raw("[]"),
@@ -22,7 +22,7 @@ fn ctx() -> Arc<Context> {
 fn records(n: usize, ctx: &Arc<Context>) -> Vec<Record> {
     (0..n)
         .map(|i| {
-            let mut r = Record::new("request", ctx);
+            let mut r = Record::new(crate::audit::Kind::Request, ctx);
             r.request_id = Some(i.to_string());
             r
         })

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::chain::{Head, HeadFile, Signer, chain_hash, sibling, sync_dir};
-use super::{Record, SCHEMA_VERSION};
+use super::{Kind, Record, SCHEMA_VERSION};
 use crate::policy::sha256_hex;
 
 /// How far back from the end of the file the previous record is first looked for.
@@ -136,7 +136,7 @@ impl Writer {
                 tracing::warn!(path = %self.path.display(), offset, bytes = bytes.len(), "sealing a torn audit line");
                 out.push(b'\n');
                 notices.push(self.notice(
-                    "recovery",
+                    Kind::Recovery,
                     json!({
                         "reason": "torn",
                         "after_seq": self.last.seq,
@@ -149,7 +149,7 @@ impl Writer {
                 // so the log verifies without waiting for a commit.
                 tracing::info!(path = %self.path.display(), seq = self.last.seq, "sealing an unsigned audit tail");
                 notices.push(self.notice(
-                    "recovery",
+                    Kind::Recovery,
                     json!({ "reason": "unsigned", "after_seq": self.last.seq }),
                 ));
             }
@@ -158,7 +158,7 @@ impl Writer {
         }
         if let Some(gap) = &self.gap {
             let detail = json!({ "records_lost": gap.lost, "since": gap.since, "until": now(), "error": gap.error });
-            notices.push(self.notice("gap", detail));
+            notices.push(self.notice(Kind::Gap, detail));
         }
         if notices.is_empty() && records.is_empty() {
             self.started = true;
@@ -278,7 +278,7 @@ impl Writer {
     }
 
     /// A record the writer adds on its own.
-    fn notice(&self, kind: &'static str, detail: serde_json::Value) -> Notice {
+    fn notice(&self, kind: Kind, detail: serde_json::Value) -> Notice {
         Notice {
             v: SCHEMA_VERSION,
             seq: 0,
@@ -346,7 +346,7 @@ impl Writer {
             Err(e) => return Err(e),
         }
         let mut rec = self.notice(
-            "rotated",
+            Kind::Rotated,
             json!({ "previous": old_name, "first_seq": first, "last_seq": self.last.seq }),
         );
         let mut last = self.last.clone();
@@ -434,7 +434,7 @@ struct Notice {
     seq: u64,
     time: String,
     id: String,
-    kind: &'static str,
+    kind: Kind,
     session: Arc<str>,
     detail: serde_json::Value,
     prev: String,

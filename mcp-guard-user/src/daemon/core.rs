@@ -17,7 +17,7 @@ use super::managed;
 use super::shimlog;
 use super::status;
 use super::world::{Kernel, Procs};
-use crate::audit::{self, Context, Record};
+use crate::audit::{self, Alert, Context, Flow, Kind as RecordKind, Record};
 use crate::frame::{Frame, Framer};
 use crate::guard::{Direction, Session, Subject};
 use crate::identity::{self, Link, Process};
@@ -154,7 +154,7 @@ pub struct Scan {
     /// Agent hosts running now.
     pub hosts: Vec<u32>,
     /// Host-config alerts.
-    pub alerts: Vec<serde_json::Value>,
+    pub alerts: Vec<Alert>,
 }
 
 fn raw<T: serde::Serialize>(v: &T) -> Box<RawValue> {
@@ -184,11 +184,11 @@ fn judge_into(
         .commit
         .iter()
         .filter(|r| {
-            (r.kind == "request" && r.would_deny == Some(true))
-                || (r.kind == "malformed" && r.direction == Some("client_to_server"))
+            (r.kind == RecordKind::Request && r.would_deny == Some(true))
+                || (r.kind == RecordKind::Malformed && r.direction == Some(Flow::ClientToServer))
         })
         .map(|r| match r.kind {
-            "malformed" => (
+            RecordKind::Malformed => (
                 r.tool.clone(),
                 r.rule.as_ref().map(|k| format!("unjudgeable:{k}")),
             ),
@@ -202,7 +202,7 @@ fn judge_into(
 
 /// Alerts for the requests shim `pid` read from its host more than `grace` ago and did not
 /// record.
-fn unrecorded(pid: u32, p: &mut Proc, grace: Duration) -> Vec<serde_json::Value> {
+fn unrecorded(pid: u32, p: &mut Proc, grace: Duration) -> Vec<Alert> {
     let mut alerts = Vec::new();
     let Some(log) = p.log.as_mut() else {
         return alerts;
@@ -220,14 +220,13 @@ fn unrecorded(pid: u32, p: &mut Proc, grace: Duration) -> Vec<serde_json::Value>
         if at.elapsed() < grace {
             break;
         }
-        alerts.push(serde_json::json!({
-            "alert": "unrecorded_request",
-            "shim_pid": pid,
-            "method": method,
-            "request_id": id,
-            "audit": log.path(),
-            "why": "the shim read this request from the agent host, and its audit log has no record of it",
-        }));
+        alerts.push(Alert::UnrecordedRequest {
+            shim_pid: pid,
+            method: method.clone(),
+            request_id: id.clone(),
+            audit: log.path().to_path_buf(),
+            why: "the shim read this request from the agent host, and its audit log has no record of it",
+        });
         p.unrecorded.pop_front();
     }
     alerts
@@ -256,9 +255,9 @@ impl<K: Kernel, P: Procs> Core<K, P> {
         let me = sys.me();
         let ctx = Arc::new(Context {
             session: audit::random_id().into(),
-            transport: "stdio-observed",
+            transport: audit::Transport::StdioObserved,
             policy_sha256: policy.sha256().to_string(),
-            mode: crate::guard::mode_name(policy.mode()),
+            mode: policy.mode(),
             principal: raw(&identity::current_principal()),
             agent_host: raw(&None::<Link>),
             chain: raw(&sys.ancestry(me).iter().map(Link::short).collect::<Vec<_>>()),
@@ -286,11 +285,11 @@ impl<K: Kernel, P: Procs> Core<K, P> {
 
     /// The first records: the policy in force and what was loaded.
     pub fn started(&mut self, object: &std::path::Path) {
-        let mut loaded = Record::new("policy_loaded", &self.ctx);
+        let mut loaded = Record::new(audit::Kind::PolicyLoaded, &self.ctx);
         loaded.detail = Some(
             serde_json::json!({ "origin": self.policy.origin(), "rules": self.policy.len(), "observer": self.policy.observer() }),
         );
-        let mut start = Record::new("daemon_start", &self.ctx);
+        let mut start = Record::new(audit::Kind::DaemonStart, &self.ctx);
         start.detail = Some(serde_json::json!({
             "object": object,
             "programs": self.kernel.programs(),
@@ -300,12 +299,14 @@ impl<K: Kernel, P: Procs> Core<K, P> {
         self.records.extend([loaded, start]);
     }
 
-    fn alert(&mut self, ctx: Option<&Arc<Context>>, detail: serde_json::Value) {
+    /// Records `alert`, in the session `ctx` or the daemon's own; returns its record.
+    fn alert(&mut self, ctx: Option<&Arc<Context>>, alert: Alert) -> &mut Record {
         self.counters.alerts += 1;
-        tracing::warn!(%detail, "alert");
-        let mut rec = Record::new("alert", ctx.unwrap_or(&self.ctx));
-        rec.detail = Some(detail);
-        self.records.push(rec);
+        tracing::warn!(?alert, "alert");
+        self.records
+            .push(Record::alert(ctx.unwrap_or(&self.ctx), &alert));
+        let last = self.records.len() - 1;
+        &mut self.records[last]
     }
 
     /// The records of the events handled since the last call, for the committer.
@@ -391,14 +392,17 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             return;
         }
         let killed = self.kill(pid);
-        self.alert(None, serde_json::json!({
-            "alert": "stopped_server_found",
-            "pid": pid,
-            "cmdline": identity::redact_args(&self.sys.cmdline(pid)),
-            "action": "kill",
-            "killed": killed,
-            "why": "stopped at start-up under denied = \"kill\": a read a previous daemon never judged",
-        }));
+        let cmdline = identity::redact_args(&self.sys.cmdline(pid));
+        self.alert(
+            None,
+            Alert::StoppedServerFound {
+                pid,
+                cmdline,
+                action: "kill",
+                killed,
+                why: "stopped at start-up under denied = \"kill\": a read a previous daemon never judged",
+            },
+        );
     }
 
     /// A program the kernel probes stops being probed unless both its stdin and stdout are
@@ -558,19 +562,23 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             origin::STDOUT => "stdout",
             _ => "socket",
         };
+        let cmdline = identity::redact_args(&self.sys.cmdline(u.tgid));
         self.alert(
             ctx.as_ref(),
-            serde_json::json!({
-                "alert": "unfollowed_io",
-                "pid": u.tgid,
-                "fd": u.fd,
-                "call": u.call(),
-                "direction": if u.inbound { "read" } else { "write" },
-                "carries": carries,
-                "action": if request_side && kill_mode { "kill" } else { "alert" },
-                "killed": killed,
-                "cmdline": identity::redact_args(&self.sys.cmdline(u.tgid)),
-            }),
+            Alert::UnfollowedIo {
+                pid: u.tgid,
+                fd: u.fd,
+                call: u.call(),
+                direction: if u.inbound { "read" } else { "write" },
+                carries,
+                action: if request_side && kill_mode {
+                    "kill"
+                } else {
+                    "alert"
+                },
+                killed,
+                cmdline,
+            },
         );
     }
 
@@ -587,7 +595,7 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             self.alert(None, a);
         }
         if let Some(s) = p.session {
-            let mut rec = Record::new("session_end", s.guard.ctx());
+            let mut rec = Record::new(audit::Kind::SessionEnd, s.guard.ctx());
             rec.detail = Some(serde_json::json!({
                 "reason": why,
                 "pid": tgid,
@@ -724,17 +732,17 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             p.killed |= killed;
         }
         let ctx = self.session_ctx(tgid);
+        let tracer_cmdline = identity::redact_args(&self.sys.cmdline(tracer));
         self.alert(
             ctx.as_ref(),
-            serde_json::json!({
-                "alert": "traced_server",
-                "pid": tgid,
-                "tracer": tracer,
-                "tracer_cmdline": identity::redact_args(&self.sys.cmdline(tracer)),
-                "action": "kill",
-                "killed": killed,
-                "why": "a traced process can let its gate's SIGSTOP go: its reads cannot be held for judgement",
-            }),
+            Alert::TracedServer {
+                pid: tgid,
+                tracer,
+                tracer_cmdline,
+                action: "kill",
+                killed,
+                why: "a traced process can let its gate's SIGSTOP go: its reads cannot be held for judgement",
+            },
         );
         killed
     }
@@ -894,7 +902,7 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             host.and_then(|h| self.hosts.get(&h).cloned().or_else(|| self.sys.process(h)));
         let chain = self.sys.ancestry(pid);
         let ctx = self.observed_ctx(
-            "stdio-observed",
+            audit::Transport::StdioObserved,
             &principal,
             host_proc.as_ref(),
             &chain,
@@ -932,7 +940,7 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             subject,
         );
         guard.set_limits(crate::guard::Limits::NONE);
-        let mut start = Record::new("session_start", &ctx);
+        let mut start = Record::new(audit::Kind::SessionStart, &ctx);
         start.detail = Some(serde_json::json!({
             "observed": true,
             "joined_late": late,
@@ -942,18 +950,18 @@ impl<K: Kernel, P: Procs> Core<K, P> {
         self.records.push(start);
         let reaction = self.policy.observer().unwrapped;
         let user = principal.as_ref().and_then(|p| p.user.clone());
+        let host_kind = host.and_then(|h| self.sys.host_kind(h, &self.cfg.hosts));
         self.alert(
             Some(&ctx),
-            serde_json::json!({
-                "alert": "unwrapped_server",
-                "server": name,
-                "pid": pid,
-                "host": host_proc.as_ref().map(Link::short),
-                "host_kind": host.and_then(|h| self.sys.host_kind(h, &self.cfg.hosts)),
-                "user": user,
-                "uid": uid,
-                "action": reaction,
-            }),
+            Alert::UnwrappedServer {
+                server: name.clone(),
+                pid,
+                host: host_proc.as_ref().map(Link::short),
+                host_kind,
+                user: user.clone(),
+                uid,
+                action: reaction,
+            },
         );
         let killed = reaction == Reaction::Kill && self.kill(tgid);
         if let Some(p) = self.procs.get_mut(&tgid) {
@@ -993,7 +1001,7 @@ impl<K: Kernel, P: Procs> Core<K, P> {
     /// transport, under the policy in force.
     fn observed_ctx(
         &self,
-        transport: &'static str,
+        transport: audit::Transport,
         principal: &Option<identity::Principal>,
         host: Option<&Process>,
         chain: &[Process],
@@ -1003,7 +1011,7 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             session: audit::random_id().into(),
             transport,
             policy_sha256: self.policy.sha256().to_string(),
-            mode: crate::guard::mode_name(self.policy.mode()),
+            mode: self.policy.mode(),
             principal: raw(principal),
             agent_host: raw(&host.map(Link::long)),
             chain: raw(&chain.iter().map(Link::short).collect::<Vec<_>>()),
@@ -1062,14 +1070,13 @@ impl<K: Kernel, P: Procs> Core<K, P> {
         for (tool, rule) in denied {
             self.alert(
                 Some(ctx),
-                serde_json::json!({
-                    "alert": "denied_call_observed",
-                    "pid": pid,
-                    "tool": tool,
-                    "rule": rule,
-                    "action": reaction,
-                    "killed": killed,
-                }),
+                Alert::DeniedCallObserved {
+                    pid,
+                    tool,
+                    rule,
+                    action: reaction,
+                    killed,
+                },
             );
         }
         killed
@@ -1137,14 +1144,16 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             .filter(|(m, id, _)| !sp.seen.contains(&(m.clone(), id.clone())))
             .collect();
         for (method, _, id) in injected {
-            self.alert(None, serde_json::json!({
-                "alert": "injected_message",
-                "server_pid": server,
-                "shim_pid": shim,
-                "method": method,
-                "request_id": id,
-                "why": "the wrapped server read a request its shim never received from the agent host",
-            }));
+            self.alert(
+                None,
+                Alert::InjectedMessage {
+                    server_pid: server,
+                    shim_pid: shim,
+                    method,
+                    request_id: id,
+                    why: "the wrapped server read a request its shim never received from the agent host",
+                },
+            );
         }
     }
 
@@ -1177,7 +1186,7 @@ impl<K: Kernel, P: Procs> Core<K, P> {
                         s.guard.set_policy(self.policy.clone());
                     }
                 }
-                let mut rec = Record::new("policy_loaded", &self.ctx);
+                let mut rec = Record::new(audit::Kind::PolicyLoaded, &self.ctx);
                 rec.detail = Some(
                     serde_json::json!({ "origin": self.policy.origin(), "rules": self.policy.len(), "reload": true, "policy_sha256": self.policy.sha256() }),
                 );
@@ -1197,7 +1206,9 @@ impl<K: Kernel, P: Procs> Core<K, P> {
                     error = format!("{e:#}"),
                     "policy not reloaded; the one in force stays"
                 );
-                self.alert(None, serde_json::json!({ "alert": "policy_reload_failed", "error": format!("{e:#}") }));
+                let in_force = self.policy.sha256().to_string();
+                self.alert(None, Alert::PolicyReloadFailed { in_force })
+                    .reason = Some(identity::redact_text(&format!("{e:#}")));
             }
         }
     }
@@ -1220,7 +1231,7 @@ impl<K: Kernel, P: Procs> Core<K, P> {
         self.counters.lost_kernel = self.kernel.lost();
         let lost = (self.counters.lost_kernel, self.counters.lost_sequence);
         if lost != self.reported_lost {
-            let mut rec = Record::new("gap", &self.ctx);
+            let mut rec = Record::new(audit::Kind::Gap, &self.ctx);
             rec.detail = Some(serde_json::json!({
                 "source": "observer",
                 "why": "the kernel-to-daemon ring buffer was full; messages in this period may be missing",
@@ -1319,7 +1330,7 @@ impl<K: Kernel, P: Procs> Core<K, P> {
                 self.end(pid, p, "daemon_stopped");
             }
         }
-        let mut rec = Record::new("daemon_stop", &self.ctx);
+        let mut rec = Record::new(audit::Kind::DaemonStop, &self.ctx);
         rec.detail = Some(serde_json::to_value(self.counters).unwrap_or_default());
         self.records.push(rec);
     }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::{Config, HostConfigs};
 use super::world::Procs;
+use crate::audit::Alert;
 use crate::hosts::{self, Transport};
 
 /// The name the config of agent host `host` (its user's files and its working directory's)
@@ -50,7 +51,7 @@ impl Check {
 
     /// Alerts for stdio entries that do not launch through the shim, each once (and each
     /// time one is wrapped again, with `host_configs = "rewrap"`).
-    pub fn run(&mut self) -> Vec<serde_json::Value> {
+    pub fn run(&mut self) -> Vec<Alert> {
         let mut alerts = Vec::new();
         let mode = self.mode;
         if mode == HostConfigs::Off {
@@ -85,13 +86,23 @@ impl Check {
                     if !rewrapped && !self.reported.insert(key) {
                         continue;
                     }
-                    alerts.push(serde_json::json!({
-                        "alert": if rewrapped { "host_config_rewrapped" } else { "host_config_unwrapped" },
-                        "file": found.path,
-                        "host": found.host.slug(),
-                        "server": name,
-                        "command": crate::identity::redact_text(&command),
-                    }));
+                    let (file, host) = (found.path.clone(), found.host.slug());
+                    let command = crate::identity::redact_text(&command);
+                    alerts.push(if rewrapped {
+                        Alert::HostConfigRewrapped {
+                            file,
+                            host,
+                            server: name,
+                            command,
+                        }
+                    } else {
+                        Alert::HostConfigUnwrapped {
+                            file,
+                            host,
+                            server: name,
+                            command,
+                        }
+                    });
                 }
             }
         }

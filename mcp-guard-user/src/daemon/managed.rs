@@ -225,9 +225,9 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
         .map_err(|_| anyhow::anyhow!("policy lock poisoned"))?;
     let ctx = Arc::new(Context {
         session: audit::random_id().into(),
-        transport: "stdio-managed",
+        transport: audit::Transport::Managed,
         policy_sha256: policy.sha256().to_string(),
-        mode: crate::guard::mode_name(policy.mode()),
+        mode: policy.mode(),
         principal: raw(&principal),
         agent_host: raw(&host.as_ref().map(Link::long)),
         chain: raw(&chain.iter().map(Link::short).collect::<Vec<_>>()),
@@ -273,7 +273,7 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
     if hello.resumed {
         session.resume(RESUME_GRACE);
     }
-    let mut start = Record::new("session_start", &ctx);
+    let mut start = Record::new(audit::Kind::SessionStart, &ctx);
     start.detail = Some(serde_json::json!({
         "managed": true,
         "shim_pid": peer,
@@ -373,7 +373,7 @@ async fn serve_session(
                     signal: None,
                 });
                 let (errors, mut records) = session.abandon("the server exited before answering");
-                let mut rec = Record::new("session_end", session.ctx());
+                let mut rec = Record::new(audit::Kind::SessionEnd, session.ctx());
                 rec.detail = Some(
                     serde_json::json!({ "exit_code": end.exit_code, "signal": end.signal, "counters": session.counters }),
                 );
@@ -399,7 +399,7 @@ async fn serve_session(
         }
     }
     if !ended {
-        let mut rec = Record::new("session_end", session.ctx());
+        let mut rec = Record::new(audit::Kind::SessionEnd, session.ctx());
         rec.detail = Some(
             serde_json::json!({ "reason": "shim disconnected", "counters": session.counters }),
         );

@@ -23,9 +23,9 @@ pub(super) fn session_with(policy: &str) -> Session {
     let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
     let ctx = Arc::new(Context {
         session: "s".into(),
-        transport: "stdio-shim",
+        transport: crate::audit::Transport::Shim,
         policy_sha256: "p".into(),
-        mode: "enforce",
+        mode: crate::policy::Mode::Enforce,
         principal: raw("{}"),
         agent_host: raw("{}"),
         chain: raw("[]"),
@@ -153,7 +153,11 @@ fn a_batch_goes_whole_or_not_at_all() {
             (serde_json::Value::Null, code::INVALID_REQUEST)
         ]
     );
-    assert!(plan.commit.iter().all(|r| r.decision == Some("deny")));
+    assert!(
+        plan.commit
+            .iter()
+            .all(|r| r.decision == Some(crate::audit::Decision::Deny))
+    );
     // Nothing of the refused batch is left in flight.
     let (plan, _) = judge(
         &mut s,

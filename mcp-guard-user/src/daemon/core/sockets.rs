@@ -4,7 +4,7 @@
 
 use super::super::http::{self, HttpStream};
 use super::{Core, Observed, judge_into};
-use crate::audit::Record;
+use crate::audit::{self, Record};
 use crate::daemon::world::{Kernel, Procs};
 use crate::frame::{Frame, Framer};
 use crate::guard::{Direction, Session, Subject};
@@ -92,7 +92,7 @@ impl<K: Kernel, P: Procs> Core<K, P> {
 
     fn end_conn(&mut self, tgid: u32, c: Conn) {
         if let Some(s) = c.session {
-            let mut rec = Record::new("session_end", s.guard.ctx());
+            let mut rec = Record::new(audit::Kind::SessionEnd, s.guard.ctx());
             rec.detail = Some(
                 serde_json::json!({ "reason": "closed", "pid": tgid, "messages": s.messages, "counters": s.guard.counters }),
             );
@@ -246,9 +246,9 @@ impl<K: Kernel, P: Procs> Core<K, P> {
         self.counters.sessions_seen += 1;
         let ctx = self.observed_ctx(
             if proto == Proto::Http {
-                "http-observed"
+                audit::Transport::HttpObserved
             } else {
-                "socket-observed"
+                audit::Transport::SocketObserved
             },
             &principal,
             host_proc.as_ref(),
@@ -292,7 +292,7 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             subject,
         );
         guard.set_limits(crate::guard::Limits::NONE);
-        let mut start = Record::new("session_start", &ctx);
+        let mut start = Record::new(audit::Kind::SessionStart, &ctx);
         start.detail = Some(
             serde_json::json!({ "observed": true, "socket": { "pid": tgid, "fd": fd, "accepted": accepted }, "agent_host": host_proc }),
         );

@@ -976,7 +976,12 @@ fn a_rescan_watches_hosts_the_exec_events_missed_and_forgets_gone_ones() {
     let mut t = t("");
     t.core.scanned(Scan {
         hosts: vec![HOST, 999],
-        alerts: vec![json!({"alert": "host_config_unwrapped", "server": "x"})],
+        alerts: vec![Alert::HostConfigUnwrapped {
+            file: "/home/u/.claude.json".into(),
+            host: "claude-code",
+            server: "x".into(),
+            command: "npx".into(),
+        }],
     });
     assert!(t.core.hosts.contains_key(&HOST));
     assert!(!t.core.hosts.contains_key(&999), "not running");
@@ -1009,8 +1014,11 @@ fn a_failed_reload_keeps_the_policy_and_says_why() {
     t.core
         .reload(Err(anyhow::anyhow!("policy.toml:3:1: unknown key")));
     assert_eq!(t.core.policy.sha256(), before);
-    let alert = t.alerts("policy_reload_failed");
-    assert!(alert[0]["error"].as_str().unwrap().contains("unknown key"));
+    // The same shape as the shim's: the policy in force, and why in `reason`.
+    let alert = t.kinds("alert");
+    assert_eq!(alert[0]["detail"]["alert"], "policy_reload_failed");
+    assert_eq!(alert[0]["detail"]["in_force"], before.as_str());
+    assert!(alert[0]["reason"].as_str().unwrap().contains("unknown key"));
 }
 
 #[test]
