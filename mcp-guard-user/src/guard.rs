@@ -1674,6 +1674,9 @@ fn claims(params: &serde_json::Value) -> Option<serde_json::Value> {
     (!c.is_empty()).then_some(serde_json::Value::Object(c))
 }
 
+mod start;
+pub use start::{Parties, ServerInfo, Start, Started, raw as raw_field, start};
+
 #[cfg(test)]
 mod tests;
 

@@ -19,7 +19,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Mutex, Notify};
@@ -27,7 +26,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::audit::{self, Alert, Audit, Context, Durability, Record};
 use crate::frame::{Frame, Framer};
-use crate::guard::{Act, Direction, Session, Subject};
+use crate::guard::{self, Act, Direction, Session};
 use crate::identity::{self, Process};
 use crate::jsonrpc::code;
 use crate::managed::client::{Client, ConnectError};
@@ -169,89 +168,55 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
             }
         }
     };
+    let argv: Vec<String> = opts
+        .command
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let server = ServerIdentity {
         pid,
         name: opts.name.clone(),
-        argv: identity::redact_args(
-            &opts
-                .command
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>(),
-        ),
+        argv: argv.clone(),
         exe: RefCell::new(None),
         settled: std::cell::Cell::new(false),
     };
-    let ctx = Arc::new(Context {
-        session: crate::audit::random_id().into(),
+    let info = server.info();
+    let mut detail = serde_json::Map::new();
+    detail.insert("policy".into(), opts.policy.origin().into());
+    detail.insert("shim_pid".into(), me.into());
+    let (origin, rules) = (opts.policy.origin().to_string(), opts.policy.len());
+    let started = guard::start(guard::Start {
         transport: audit::Transport::Shim,
-        policy_sha256: opts.policy.sha256().to_string(),
-        mode: opts.policy.mode(),
-        principal: raw(&principal),
-        agent_host: raw(&host.as_ref().map(identity::Link::long)),
-        chain: raw(&chain.iter().map(identity::Link::short).collect::<Vec<_>>()),
-        server: server.describe(),
+        policy: Arc::new(opts.policy),
+        max_message: opts.max_message,
+        parties: guard::Parties {
+            principal: Some(principal),
+            host,
+            shim: Process::read(me).ok(),
+            chain,
+        },
+        server_exe: info.exe.clone(),
+        server: info,
+        cwd: std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()
+            .map(|p| p.display().to_string()),
+        argv,
+        detail,
     });
+    let (mut guard, ctx) = (started.session, started.ctx);
     let mut loaded = Record::new(audit::Kind::PolicyLoaded, &ctx);
-    loaded.detail =
-        Some(serde_json::json!({ "origin": opts.policy.origin(), "rules": opts.policy.len() }));
-    let mut start = Record::new(audit::Kind::SessionStart, &ctx);
-    // The full picture once per session; other records carry the short form.
-    start.detail = Some(serde_json::json!({
-        "policy": opts.policy.origin(),
-        "shim_pid": me,
-        "agent_host": host,
-        "chain": chain,
-    }));
-    if let Err(e) = audit.commit(vec![loaded, start]).await {
+    loaded.detail = Some(serde_json::json!({ "origin": origin, "rules": rules }));
+    if let Err(e) = audit.commit(vec![loaded, started.record]).await {
         // Fail closed: no session runs without its record.
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         let _ = child.wait().await;
         audit.close(audit_thread);
         return Err(e).context("cannot record the session start");
     }
-
-    let mut subject = Subject {
-        principal: Some(crate::policy::Principal::from_uid(principal.uid)),
-        // Above the server: the shim itself, then its ancestors.
-        ancestry: Some(
-            Process::read(me)
-                .ok()
-                .into_iter()
-                .chain(chain.iter().cloned())
-                .map(|p| crate::policy::Ancestor {
-                    exe: p.exe,
-                    comm: p.comm,
-                })
-                .collect(),
-        ),
-        host_exe: host.as_ref().and_then(|h| h.exe.clone()),
-        server_exe: server.exe.borrow().clone(),
-        cwd: std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .ok()
-            .map(|p| p.display().to_string()),
-        roots: Vec::new(),
-    };
-    subject.roots = Subject::roots_from_argv(
-        &opts
-            .command
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>(),
-        subject.cwd.as_deref(),
-    );
     // A managed shim judges locally only while the daemon is unreachable: fail closed.
-    let local_policy = match &remote {
-        Some(_) => daemon_down_policy()?,
-        None => opts.policy,
-    };
-    let mut guard = Session::new(
-        opts.name.clone(),
-        Arc::new(local_policy),
-        ctx.clone(),
-        opts.max_message,
-        subject,
-    );
+    if remote.is_some() {
+        guard.set_policy(Arc::new(daemon_down_policy()?));
+    }
     if remote.is_some() {
         // The daemon decided the requests in flight when it went away; their answers pass.
         guard.resume(Duration::from_secs(365 * 86400));
@@ -545,16 +510,16 @@ struct ServerIdentity {
 }
 
 impl ServerIdentity {
-    fn describe(&self) -> Box<RawValue> {
+    /// The server as records describe it, its executable read afresh.
+    fn info(&self) -> guard::ServerInfo {
         let p = Process::read(self.pid).ok();
         *self.exe.borrow_mut() = p.as_ref().and_then(|p| p.exe.clone());
-        raw(&serde_json::json!({
-            "name": self.name,
-            "pid": self.pid,
-            "exe": p.as_ref().and_then(|p| p.exe.clone()),
-            "argv": self.argv,
-            "exec_id": p.as_ref().map(|p| p.exec_id.clone()),
-        }))
+        guard::ServerInfo::new(
+            self.name.clone(),
+            Some(self.pid as u32),
+            p.as_ref(),
+            Some(&self.argv),
+        )
     }
 
     /// A script started through `#!/usr/bin/env node` is `env` when spawn returns and
@@ -574,7 +539,7 @@ impl ServerIdentity {
             let old = s.ctx().clone();
             s.set_server_exe(now.clone());
             s.set_ctx(Arc::new(Context {
-                server: self.describe(),
+                server: self.info().raw(),
                 ..(*old).clone()
             }));
         }
@@ -919,10 +884,6 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         (None, Some(s)) => 128 + s,
         (None, None) => 1,
     }
-}
-
-fn raw<T: serde::Serialize>(v: &T) -> Box<RawValue> {
-    serde_json::value::to_raw_value(v).unwrap_or_else(|_| crate::jsonrpc::null_id().to_owned())
 }
 
 /// The client side of stdio: non-blocking pipe or socket ends when possible, so reads and

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
-use serde_json::value::RawValue;
 
 use super::config::{Config, Detect};
 use super::managed;
@@ -19,11 +18,11 @@ use super::status;
 use super::world::{Kernel, Procs};
 use crate::audit::{self, Alert, Context, Flow, Kind as RecordKind, Record};
 use crate::frame::{Frame, Framer};
-use crate::guard::{Direction, Session, Subject};
+use crate::guard::{self, Direction, Session};
 use crate::identity::{self, Link, Process};
 use crate::jsonrpc::{self, IdKey, Kind, Parsed};
 use crate::observer::{self, Data, Event};
-use crate::policy::{Ancestor, Policy, Reaction};
+use crate::policy::{Policy, Reaction};
 use mcp_guard_common::{origin, watch};
 
 mod sockets;
@@ -157,10 +156,6 @@ pub struct Scan {
     pub alerts: Vec<Alert>,
 }
 
-fn raw<T: serde::Serialize>(v: &T) -> Box<RawValue> {
-    serde_json::value::to_raw_value(v).unwrap_or_else(|_| jsonrpc::null_id().to_owned())
-}
-
 /// A denied request: its tool and the rule that denied it.
 type Denied = (Option<String>, Option<String>);
 
@@ -258,10 +253,10 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             transport: audit::Transport::StdioObserved,
             policy_sha256: policy.sha256().to_string(),
             mode: policy.mode(),
-            principal: raw(&identity::current_principal()),
-            agent_host: raw(&None::<Link>),
-            chain: raw(&sys.ancestry(me).iter().map(Link::short).collect::<Vec<_>>()),
-            server: raw(&serde_json::json!({ "name": "mcp-guard-daemon", "pid": me })),
+            principal: guard::raw_field(&identity::current_principal()),
+            agent_host: guard::raw_field(&None::<Link>),
+            chain: guard::raw_field(&sys.ancestry(me).iter().map(Link::short).collect::<Vec<_>>()),
+            server: guard::raw_field(&serde_json::json!({ "name": "mcp-guard-daemon", "pid": me })),
         });
         Core {
             cfg,
@@ -901,55 +896,31 @@ impl<K: Kernel, P: Procs> Core<K, P> {
         let host_proc =
             host.and_then(|h| self.hosts.get(&h).cloned().or_else(|| self.sys.process(h)));
         let chain = self.sys.ancestry(pid);
-        let ctx = self.observed_ctx(
-            audit::Transport::StdioObserved,
-            &principal,
-            host_proc.as_ref(),
-            &chain,
-            serde_json::json!({
-                "name": name,
-                "pid": pid,
-                "exe": process.as_ref().and_then(|p| p.exe.clone()),
-                "argv": identity::redact_args(&argv),
-                "exec_id": process.as_ref().map(|p| p.exec_id.clone()),
-            }),
-        );
         let uid = principal.as_ref().map_or(u32::MAX, |p| p.uid);
-        let mut subject = Subject {
-            principal: Some(crate::policy::Principal::from_uid(uid)),
-            ancestry: Some(
-                chain
-                    .iter()
-                    .map(|p| Ancestor {
-                        exe: p.exe.clone(),
-                        comm: p.comm.clone(),
-                    })
-                    .collect(),
-            ),
-            host_exe: host_proc.as_ref().and_then(|h| h.exe.clone()),
+        let user = principal.as_ref().and_then(|p| p.user.clone());
+        let mut detail = serde_json::Map::new();
+        detail.insert("observed".into(), true.into());
+        detail.insert("joined_late".into(), late.into());
+        let started = guard::start(guard::Start {
+            transport: audit::Transport::StdioObserved,
+            policy: self.policy.clone(),
+            max_message: self.cfg.max_message,
+            parties: guard::Parties {
+                principal,
+                host: host_proc.clone(),
+                shim: None,
+                chain,
+            },
+            server: guard::ServerInfo::new(name.clone(), Some(pid), process.as_ref(), Some(&argv)),
             server_exe: process.as_ref().and_then(|p| p.exe.clone()),
             cwd: self.sys.cwd(pid),
-            roots: Vec::new(),
-        };
-        subject.roots = Subject::roots_from_argv(&argv, subject.cwd.as_deref());
-        let mut guard = Session::new(
-            name.clone(),
-            self.policy.clone(),
-            ctx.clone(),
-            self.cfg.max_message,
-            subject,
-        );
+            argv,
+            detail,
+        });
+        let (mut guard, ctx) = (started.session, started.ctx);
         guard.set_limits(crate::guard::Limits::NONE);
-        let mut start = Record::new(audit::Kind::SessionStart, &ctx);
-        start.detail = Some(serde_json::json!({
-            "observed": true,
-            "joined_late": late,
-            "agent_host": host_proc,
-            "chain": chain,
-        }));
-        self.records.push(start);
+        self.records.push(started.record);
         let reaction = self.policy.observer().unwrapped;
-        let user = principal.as_ref().and_then(|p| p.user.clone());
         let host_kind = host.and_then(|h| self.sys.host_kind(h, &self.cfg.hosts));
         self.alert(
             Some(&ctx),
@@ -995,28 +966,6 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             .cloned()
             .unwrap_or_else(|| self.sys.cmdline(child));
         self.sys.config_name(host, &cmdline)
-    }
-
-    /// The context of a session the observer judges: who (from /proc), through which
-    /// transport, under the policy in force.
-    fn observed_ctx(
-        &self,
-        transport: audit::Transport,
-        principal: &Option<identity::Principal>,
-        host: Option<&Process>,
-        chain: &[Process],
-        server: serde_json::Value,
-    ) -> Arc<Context> {
-        Arc::new(Context {
-            session: audit::random_id().into(),
-            transport,
-            policy_sha256: self.policy.sha256().to_string(),
-            mode: self.policy.mode(),
-            principal: raw(principal),
-            agent_host: raw(&host.map(Link::long)),
-            chain: raw(&chain.iter().map(Link::short).collect::<Vec<_>>()),
-            server: raw(&server),
-        })
     }
 
     /// Kills `tgid`; true only if it was alive to be killed: a process that already exited

@@ -10,12 +10,12 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::audit::{self, Audit, Context, Record};
-use crate::guard::{Session, Subject};
-use crate::identity::{self, Link, Process};
+use crate::audit::{self, Audit, Record};
+use crate::guard::{self, Session};
+use crate::identity::{self, Process};
 use crate::jsonrpc::code;
 use crate::managed::{self, End, Hello, Welcome};
-use crate::policy::{Ancestor, Policy};
+use crate::policy::Policy;
 
 /// How long a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -109,10 +109,6 @@ async fn refuse(stream: &mut UnixStream, why: String) -> anyhow::Result<()> {
     };
     send(stream, managed::WELCOME, &serde_json::to_vec(&w)?).await?;
     Ok(())
-}
-
-fn raw<T: serde::Serialize>(v: &T) -> Box<serde_json::value::RawValue> {
-    serde_json::value::to_raw_value(v).unwrap_or_else(|_| crate::jsonrpc::null_id().to_owned())
 }
 
 async fn commit(shared: &Shared, records: Vec<Record>) -> Result<(), String> {
@@ -223,48 +219,39 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
         .read()
         .map(|p| p.clone())
         .map_err(|_| anyhow::anyhow!("policy lock poisoned"))?;
-    let ctx = Arc::new(Context {
-        session: audit::random_id().into(),
+    let mut detail = serde_json::Map::new();
+    detail.insert("managed".into(), true.into());
+    detail.insert("shim_pid".into(), peer.into());
+    detail.insert("resumed".into(), hello.resumed.into());
+    detail.insert("shim_policy".into(), hello.policy_origin.clone().into());
+    detail.insert(
+        "shim_policy_sha256".into(),
+        restrictions.as_ref().map(|p| p.sha256().to_string()).into(),
+    );
+    let started = guard::start(guard::Start {
         transport: audit::Transport::Managed,
-        policy_sha256: policy.sha256().to_string(),
-        mode: policy.mode(),
-        principal: raw(&principal),
-        agent_host: raw(&host.as_ref().map(Link::long)),
-        chain: raw(&chain.iter().map(Link::short).collect::<Vec<_>>()),
-        server: raw(&serde_json::json!({
-            "name": hello.name,
-            "pid": server.pid,
-            "exe": server.exe,
-            "argv": server.cmdline,
-            "exec_id": server.exec_id,
-        })),
-    });
-    let mut subject = Subject {
-        principal: Some(crate::policy::Principal::from_uid(principal.uid)),
-        ancestry: Some(
-            me.iter()
-                .chain(chain.iter())
-                .map(|p| Ancestor {
-                    exe: p.exe.clone(),
-                    comm: p.comm.clone(),
-                })
-                .collect(),
+        policy: policy.clone(),
+        max_message: shared.max_message,
+        parties: guard::Parties {
+            principal: Some(principal.clone()),
+            host: host.clone(),
+            shim: me,
+            chain,
+        },
+        server: guard::ServerInfo::new(
+            hello.name.clone(),
+            Some(server.pid as u32),
+            Some(&server),
+            Some(&server.cmdline),
         ),
-        host_exe: host.as_ref().and_then(|h| h.exe.clone()),
         server_exe: server.exe.clone(),
         cwd: std::fs::read_link(format!("/proc/{}/cwd", server.pid))
             .ok()
             .map(|p| p.display().to_string()),
-        roots: Vec::new(),
-    };
-    subject.roots = Subject::roots_from_argv(&server.cmdline, subject.cwd.as_deref());
-    let mut session = Session::new(
-        hello.name.clone(),
-        policy.clone(),
-        ctx.clone(),
-        shared.max_message,
-        subject,
-    );
+        argv: server.cmdline.clone(),
+        detail,
+    });
+    let (mut session, ctx, start) = (started.session, started.ctx, started.record);
     session.set_pins(crate::pins::Pins::beside(&shared.audit_path));
     session.set_server_pid(server.pid);
     if let Some(r) = restrictions.clone() {
@@ -273,16 +260,6 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
     if hello.resumed {
         session.resume(RESUME_GRACE);
     }
-    let mut start = Record::new(audit::Kind::SessionStart, &ctx);
-    start.detail = Some(serde_json::json!({
-        "managed": true,
-        "shim_pid": peer,
-        "resumed": hello.resumed,
-        "shim_policy": hello.policy_origin,
-        "shim_policy_sha256": restrictions.as_ref().map(|p| p.sha256().to_string()),
-        "agent_host": host,
-        "chain": chain,
-    }));
     if let Err(e) = commit(&shared, vec![start]).await {
         return refuse(&mut stream, format!("the audit log cannot be written: {e}")).await;
     }

@@ -89,7 +89,7 @@ pub trait Procs {
     fn cwd(&self, pid: u32) -> Option<String>;
     fn process(&self, pid: u32) -> Option<Process>;
     fn principal(&self, pid: u32) -> Option<Principal>;
-    /// The process and its ancestors, nearest first.
+    /// Its parent and the parent's ancestors, nearest first.
     fn ancestry(&self, pid: u32) -> Vec<Process>;
     /// The audit log shim `pid` writes.
     fn shim_log(&self, pid: u32) -> Option<ShimLog>;

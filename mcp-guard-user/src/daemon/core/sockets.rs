@@ -7,9 +7,8 @@ use super::{Core, Observed, judge_into};
 use crate::audit::{self, Record};
 use crate::daemon::world::{Kernel, Procs};
 use crate::frame::{Frame, Framer};
-use crate::guard::{Direction, Session, Subject};
+use crate::guard::{self, Direction};
 use crate::observer::{Data, Socket};
-use crate::policy::Ancestor;
 use mcp_guard_common::origin;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,62 +242,45 @@ impl<K: Kernel, P: Procs> Core<K, P> {
         let who = client.unwrap_or(tgid);
         let principal = self.sys.principal(who);
         let chain = self.sys.ancestry(who);
+        let user = principal.as_ref().and_then(|p| p.user.clone());
+        let uid = principal.as_ref().map_or(u32::MAX, |p| p.uid);
         self.counters.sessions_seen += 1;
-        let ctx = self.observed_ctx(
-            if proto == Proto::Http {
+        let mut info = guard::ServerInfo::new(
+            name.clone(),
+            server_pid,
+            server.as_ref(),
+            server.as_ref().map(|p| p.cmdline.as_slice()),
+        );
+        info.address = Some(format!("{scheme}://{address}"));
+        let mut detail = serde_json::Map::new();
+        detail.insert("observed".into(), true.into());
+        detail.insert(
+            "socket".into(),
+            serde_json::json!({ "pid": tgid, "fd": fd, "accepted": accepted }),
+        );
+        let started = guard::start(guard::Start {
+            transport: if proto == Proto::Http {
                 audit::Transport::HttpObserved
             } else {
                 audit::Transport::SocketObserved
             },
-            &principal,
-            host_proc.as_ref(),
-            &chain,
-            serde_json::json!({
-                "name": name,
-                "address": format!("{scheme}://{address}"),
-                "pid": server_pid,
-                "exe": server.as_ref().and_then(|p| p.exe.clone()),
-                "argv": server.as_ref().map(|p| p.cmdline.clone()),
-                "exec_id": server.as_ref().map(|p| p.exec_id.clone()),
-            }),
-        );
-        let mut subject = Subject {
-            principal: principal
-                .as_ref()
-                .map(|p| crate::policy::Principal::from_uid(p.uid)),
-            ancestry: Some(
-                chain
-                    .iter()
-                    .map(|p| Ancestor {
-                        exe: p.exe.clone(),
-                        comm: p.comm.clone(),
-                    })
-                    .collect(),
-            ),
-            host_exe: host_proc.as_ref().and_then(|h| h.exe.clone()),
+            policy: self.policy.clone(),
+            max_message: self.cfg.max_message,
+            parties: guard::Parties {
+                principal,
+                host: host_proc.clone(),
+                shim: None,
+                chain,
+            },
+            server: info,
             server_exe: server.as_ref().and_then(|p| p.exe.clone()),
             cwd: server_pid.and_then(|p| self.sys.cwd(p)),
-            roots: Vec::new(),
-        };
-        subject.roots = server
-            .as_ref()
-            .map(|p| Subject::roots_from_argv(&p.cmdline, subject.cwd.as_deref()))
-            .unwrap_or_default();
-        let mut guard = Session::new(
-            name.clone(),
-            self.policy.clone(),
-            ctx.clone(),
-            self.cfg.max_message,
-            subject,
-        );
+            argv: server.map(|p| p.cmdline).unwrap_or_default(),
+            detail,
+        });
+        let mut guard = started.session;
         guard.set_limits(crate::guard::Limits::NONE);
-        let mut start = Record::new(audit::Kind::SessionStart, &ctx);
-        start.detail = Some(
-            serde_json::json!({ "observed": true, "socket": { "pid": tgid, "fd": fd, "accepted": accepted }, "agent_host": host_proc }),
-        );
-        self.records.push(start);
-        let user = principal.as_ref().and_then(|p| p.user.clone());
-        let uid = principal.as_ref().map_or(u32::MAX, |p| p.uid);
+        self.records.push(started.record);
         if let Some(c) = self.conns.get_mut(&(tgid, fd)) {
             c.server_pid = server_pid;
             c.session = Some(Box::new(Observed {

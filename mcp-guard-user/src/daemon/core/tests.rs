@@ -195,7 +195,7 @@ impl Procs for FakeProcs {
     }
     fn ancestry(&self, pid: u32) -> Vec<Process> {
         let mut out = Vec::new();
-        let mut p = Some(pid);
+        let mut p = self.parent(pid);
         while let Some(q) = p.filter(|&q| q > 1) {
             let Some(proc) = self.process(q) else { break };
             p = Some(proc.ppid as u32);
