@@ -113,22 +113,10 @@ static ENV: LazyLock<regex::Regex> = LazyLock::new(|| {
     regex::Regex::new(r"(?i)^([a-z_][a-z0-9_]*(?:token|secret|passw(?:or)?d|api_?key|auth|credential)[a-z0-9_]*)=.+$")
         .expect("static regex")
 });
-static VALUE: LazyLock<regex::Regex> = LazyLock::new(|| {
-    regex::Regex::new(concat!(
-        r"(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|xox[abposr]-[A-Za-z0-9-]{10,}",
-        r"|AKIA[0-9A-Z]{16}|sk-[A-Za-z0-9_-]{20,}|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+)"
-    ))
-    .expect("static regex")
-});
-static URL_PASS: LazyLock<regex::Regex> =
-    LazyLock::new(|| regex::Regex::new(r"(://[^/:@\s]+:)[^/@\s]+@").expect("static regex"));
-
-/// Free text (an error message, a reason) with credential-looking values replaced.
+/// Free text (an error message, a reason) with credential-looking values replaced, by the
+/// same rules as server responses ([`crate::redact`]).
 pub fn redact_text(text: &str) -> String {
-    let t = VALUE.replace_all(text, REDACTED);
-    URL_PASS
-        .replace_all(&t, format!("${{1}}{REDACTED}@"))
-        .into_owned()
+    crate::redact::text(text)
 }
 
 /// A JSON value as records keep it: strings that look like credentials, and the values of

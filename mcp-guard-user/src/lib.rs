@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod cli;
 pub mod daemon;
+pub mod digest;
 pub mod frame;
 pub mod guard;
 pub mod hosts;

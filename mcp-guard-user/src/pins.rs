@@ -710,7 +710,7 @@ fn hash_file(path: &Path, cache: &mut BTreeMap<String, String>) -> Option<String
             Err(_) => return None,
         }
     }
-    let h = crate::policy::hex(ctx.finish().as_ref());
+    let h = crate::digest::hex(ctx.finish().as_ref());
     cache.insert(key, h.clone());
     Some(h)
 }
@@ -997,13 +997,13 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         let exe = p.exe.clone().unwrap();
-        let want = crate::policy::sha256_hex(&std::fs::read(&exe).unwrap());
+        let want = crate::digest::sha256_hex(&std::fs::read(&exe).unwrap());
         assert_eq!(p.sha256.as_deref(), Some(want.as_str()));
         assert_eq!(
             p.script.as_deref(),
             Some(std::fs::canonicalize(&script).unwrap().to_str().unwrap())
         );
-        let want = crate::policy::sha256_hex(&std::fs::read(&script).unwrap());
+        let want = crate::digest::sha256_hex(&std::fs::read(&script).unwrap());
         assert_eq!(p.script_sha256.as_deref(), Some(want.as_str()));
         assert_eq!(cache.len(), 2, "both hashes cached");
         assert_eq!(

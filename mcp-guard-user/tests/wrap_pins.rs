@@ -514,7 +514,7 @@ fn another_official_server_under_a_pinned_name_is_held_back() {
         script.to_str().unwrap(),
         "node's script is the server's entry point: {program}"
     );
-    let want = mcp_guard::policy::sha256_hex(&std::fs::read(&script).unwrap());
+    let want = mcp_guard::digest::sha256_hex(&std::fs::read(&script).unwrap());
     assert_eq!(program["script_sha256"], want.as_str());
 
     // The same server again: nothing to say.

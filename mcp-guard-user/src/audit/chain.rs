@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::Deserialize;
 
-use crate::policy::hex;
+use crate::digest::hex;
 
 /// What a signature signs, before the chain head: keeps these signatures from meaning
 /// anything elsewhere.

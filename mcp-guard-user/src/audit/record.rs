@@ -8,7 +8,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::policy::{Mode, hex, sha256_hex};
+use crate::digest::{hex, sha256_hex};
+use crate::policy::Mode;
 
 /// Version of the record format.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -322,7 +322,7 @@ fn a_torn_last_line_is_sealed_with_a_recovery_record() {
     assert_eq!(rec["detail"]["torn"]["bytes"], torn.len());
     assert_eq!(
         rec["detail"]["torn"]["sha256"],
-        crate::policy::sha256_hex(torn)
+        crate::digest::sha256_hex(torn)
     );
     let s = ok(std::slice::from_ref(&path));
     assert_eq!((s.records, s.torn.len(), s.torn[0].1), (4, 1, 3), "{s}");

@@ -855,7 +855,7 @@ impl<'a> Checker<'a> {
                 match prev.as_mut().filter(|p| p.offset == torn.offset) {
                     Some(p)
                         if p.bytes.len() as u64 == torn.bytes
-                            && crate::policy::sha256_hex(&p.bytes) == torn.sha256 =>
+                            && crate::digest::sha256_hex(&p.bytes) == torn.sha256 =>
                     {
                         if let Some((last, before, signed)) = p.undo.take() {
                             self.last = last;

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::chain::{Head, HeadFile, Signer, chain_hash, sibling, sync_dir};
 use super::{Kind, Record, SCHEMA_VERSION};
-use crate::policy::sha256_hex;
+use crate::digest::sha256_hex;
 
 /// How far back from the end of the file the previous record is first looked for.
 const TAIL_WINDOW: u64 = 1 << 20;

@@ -17,7 +17,8 @@ use serde_json::Value;
 use toml::Spanned;
 
 use super::raw::{Ids, Patterns, RawAction, RawArg, RawDefault, RawMode, RawPolicy, RawRule};
-use super::{Action, Diagnostic, Diagnostics, Error, Mode, RuleAction, Source, path, sha256_hex};
+use super::{Action, Diagnostic, Diagnostics, Error, Mode, RuleAction, Source, path};
+use crate::digest::sha256_hex;
 
 /// A loaded, validated policy.
 #[derive(Debug)]

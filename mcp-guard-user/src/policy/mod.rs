@@ -13,7 +13,6 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use ring::digest;
 use serde::{Deserialize, Serialize};
 
 pub mod cmd;
@@ -200,22 +199,6 @@ impl Policy {
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
-}
-
-/// Lower-case hex SHA-256.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex(digest::digest(&digest::SHA256, data).as_ref())
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
 }
 
 #[cfg(test)]

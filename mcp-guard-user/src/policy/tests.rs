@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::digest::sha256_hex;
 
 fn req<'a>(server: &'a str, tool: &'a str) -> Request<'a> {
     Request {
