@@ -1,5 +1,6 @@
 //! The load driver: an MCP client over a child's stdio.
 
+use mcp_guard_bench::stats::percentile;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -365,8 +366,8 @@ impl Session {
         samples.sort_unstable();
         Ok(Latency {
             n: samples.len(),
-            p50_us: percentile(&samples, 50.0).as_secs_f64() * 1e6,
-            p99_us: percentile(&samples, 99.0).as_secs_f64() * 1e6,
+            p50_us: percentile(&samples, 0.5).as_secs_f64() * 1e6,
+            p99_us: percentile(&samples, 0.99).as_secs_f64() * 1e6,
         })
     }
 
@@ -567,14 +568,6 @@ pub fn run_target(target: &Target, w: &Workload, stderr_log: &Path) -> Result<Ru
             )))
         }
     }
-}
-
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn itoa_buf() -> [u8; 20] {

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::client::{Latency, percentile};
+use crate::client::Latency;
+use mcp_guard_bench::stats::percentile;
 
 pub fn measure(dir: &Path, iterations: usize) -> Result<Latency> {
     std::fs::create_dir_all(dir)?;
@@ -37,7 +38,7 @@ pub fn measure(dir: &Path, iterations: usize) -> Result<Latency> {
     samples.sort_unstable();
     Ok(Latency {
         n: samples.len(),
-        p50_us: percentile(&samples, 50.0).as_secs_f64() * 1e6,
-        p99_us: percentile(&samples, 99.0).as_secs_f64() * 1e6,
+        p50_us: percentile(&samples, 0.5).as_secs_f64() * 1e6,
+        p99_us: percentile(&samples, 0.99).as_secs_f64() * 1e6,
     })
 }

@@ -1,5 +1,6 @@
 //! All configurations, medians over runs, the table and the targets.
 
+use mcp_guard_bench::stats::median;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -148,29 +149,16 @@ struct Report {
     verdicts: Vec<Verdict>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn median_opt(v: impl Iterator<Item = Option<u64>>) -> Option<f64> {
     let v: Vec<f64> = v.flatten().map(|x| x as f64).collect();
-    (!v.is_empty()).then(|| median(v))
+    (!v.is_empty()).then(|| median(&v))
 }
 
 fn med_lat(rs: &[RunResult], f: impl Fn(&RunResult) -> Latency) -> Latency {
     Latency {
         n: rs.iter().map(|r| f(r).n).sum(),
-        p50_us: median(rs.iter().map(|r| f(r).p50_us).collect()),
-        p99_us: median(rs.iter().map(|r| f(r).p99_us).collect()),
+        p50_us: median(&rs.iter().map(|r| f(r).p50_us).collect::<Vec<_>>()),
+        p99_us: median(&rs.iter().map(|r| f(r).p99_us).collect::<Vec<_>>()),
     }
 }
 
@@ -178,8 +166,8 @@ fn med_thr(rs: &[RunResult], f: impl Fn(&RunResult) -> Throughput) -> Throughput
     Throughput {
         msgs: rs.iter().map(|r| f(r).msgs).sum(),
         secs: rs.iter().map(|r| f(r).secs).sum(),
-        msgs_per_s: median(rs.iter().map(|r| f(r).msgs_per_s).collect()),
-        mb_per_s: median(rs.iter().map(|r| f(r).mb_per_s).collect()),
+        msgs_per_s: median(&rs.iter().map(|r| f(r).msgs_per_s).collect::<Vec<_>>()),
+        mb_per_s: median(&rs.iter().map(|r| f(r).mb_per_s).collect::<Vec<_>>()),
     }
 }
 
@@ -412,8 +400,8 @@ pub fn run(a: &SuiteArgs) -> Result<()> {
 
     let fsync = Latency {
         n: fsyncs.iter().map(|f| f.n).sum(),
-        p50_us: median(fsyncs.iter().map(|f| f.p50_us).collect()),
-        p99_us: median(fsyncs.iter().map(|f| f.p99_us).collect()),
+        p50_us: median(&fsyncs.iter().map(|f| f.p50_us).collect::<Vec<_>>()),
+        p99_us: median(&fsyncs.iter().map(|f| f.p99_us).collect::<Vec<_>>()),
     };
     let summaries: Vec<Summary> = configs
         .iter()

@@ -3,6 +3,12 @@
 //!
 //! `cargo bench -p mcp-guard --bench policy`
 
+/// The percentile the other benchmarks report (`bench/src/stats.rs`).
+#[path = "../../bench/src/stats.rs"]
+#[allow(dead_code, unused_imports)] // `median` and its tests serve the other benchmarks.
+mod stats;
+use stats::percentile;
+
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -62,11 +68,6 @@ fn policy_text() -> String {
         }
     }
     t
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn main() {

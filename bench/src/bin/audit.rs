@@ -7,6 +7,7 @@
 //! 2. Latency: one writer paced at 1,000 commits/s; p50/p99 commit latency.
 //! 3. Verification: `mcp-guard audit verify` over the log just written, records/s.
 
+use mcp_guard_bench::stats::percentile;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -68,10 +69,6 @@ fn record(ctx: &Arc<Context>, n: u64) -> Record {
     r.args_sha256 = Some("cd".repeat(32));
     r.bytes = Some(180);
     r
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn us(d: Duration) -> String {

@@ -1,5 +1,6 @@
 //! The four measurements and the summary table.
 
+use mcp_guard_bench::stats::median;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -37,16 +38,6 @@ struct Row {
 
 fn verdict(pass: bool) -> &'static str {
     if pass { "PASS" } else { "MISSED" }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if !n.is_multiple_of(2) => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 fn mib(kib: u64) -> String {
