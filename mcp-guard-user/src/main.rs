@@ -105,7 +105,7 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
     };
     let durability = match w.durability {
         Some(d) => d,
-        None => Durability::from_env().map_err(anyhow::Error::msg)?,
+        None => Durability::from_env()?,
     };
     let name = w.name.unwrap_or_else(|| {
         let prog = PathBuf::from(&w.command[0]);

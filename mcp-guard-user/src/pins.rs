@@ -300,17 +300,22 @@ impl From<StoreV1> for Store {
     }
 }
 
+/// Why a pin store cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum StoreError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("unknown pin store version {0}")]
+    Version(Value),
+}
+
 /// Reads a store from its JSON, in either format.
-fn parse(bytes: &[u8]) -> Result<Store, String> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+fn parse(bytes: &[u8]) -> Result<Store, StoreError> {
+    let v: Value = serde_json::from_slice(bytes)?;
     match v.get("version").map(Value::as_u64) {
-        None => serde_json::from_value::<StoreV1>(v)
-            .map(Store::from)
-            .map_err(|e| e.to_string()),
-        Some(Some(n)) if n == u64::from(VERSION) => {
-            serde_json::from_value(v).map_err(|e| e.to_string())
-        }
-        Some(_) => Err(format!("unknown pin store version {}", v["version"])),
+        None => Ok(serde_json::from_value::<StoreV1>(v).map(Store::from)?),
+        Some(Some(n)) if n == u64::from(VERSION) => Ok(serde_json::from_value(v)?),
+        Some(_) => Err(StoreError::Version(v["version"].clone())),
     }
 }
 

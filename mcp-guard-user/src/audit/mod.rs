@@ -99,16 +99,20 @@ pub enum Durability {
 
 impl Durability {
     /// From `$MCP_GUARD_AUDIT_DURABILITY`, defaulting to durable.
-    pub fn from_env() -> Result<Durability, String> {
+    pub fn from_env() -> Result<Durability, UnknownDurability> {
         match std::env::var("MCP_GUARD_AUDIT_DURABILITY").as_deref() {
             Err(_) | Ok("") | Ok("durable") => Ok(Durability::Durable),
             Ok("page-cache") => Ok(Durability::PageCache),
-            Ok(other) => Err(format!(
-                "MCP_GUARD_AUDIT_DURABILITY: unknown value `{other}` (durable or page-cache)"
-            )),
+            Ok(other) => Err(UnknownDurability(other.to_string())),
         }
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("MCP_GUARD_AUDIT_DURABILITY: unknown value `{0}` (durable or page-cache)")]
+pub struct UnknownDurability(String);
+
+impl Durability {}
 
 /// A handle to the audit log. Records are written, and in durable mode synced, on the
 /// caller's thread: a commit is one read's worth of decisions, so one `fdatasync` covers

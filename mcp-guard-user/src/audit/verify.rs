@@ -302,7 +302,7 @@ fn trusted_keys() -> Vec<(PathBuf, PublicKey)> {
         .filter(|p| p.exists())
         .filter_map(|p| {
             if let Err(why) = root_only(&p) {
-                tracing::warn!(key = %p.display(), why, "not trusting this key");
+                tracing::warn!(key = %p.display(), %why, "not trusting this key");
                 return None;
             }
             match PublicKey::read(&p) {
@@ -316,20 +316,28 @@ fn trusted_keys() -> Vec<(PathBuf, PublicKey)> {
         .collect()
 }
 
+/// Why a key file is not trusted.
+#[derive(Debug, thiserror::Error)]
+enum NotRootOnly {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{} is not root's alone (uid {uid}, mode {mode:o})", path.display())]
+    Owner { path: PathBuf, uid: u32, mode: u32 },
+}
+
 /// The file (symlinks followed) and its directory belong to root and no one else can write them.
-fn root_only(path: &Path) -> Result<(), String> {
+fn root_only(path: &Path) -> Result<(), NotRootOnly> {
     use std::os::unix::fs::MetadataExt as _;
-    let real = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+    let real = std::fs::canonicalize(path)?;
     let dir = real.parent().unwrap_or(Path::new("/"));
     for p in [real.as_path(), dir] {
-        let m = std::fs::metadata(p).map_err(|e| e.to_string())?;
+        let m = std::fs::metadata(p)?;
         if m.uid() != 0 || m.mode() & 0o022 != 0 {
-            return Err(format!(
-                "{} is not root's alone (uid {}, mode {:o})",
-                p.display(),
-                m.uid(),
-                m.mode() & 0o7777
-            ));
+            return Err(NotRootOnly::Owner {
+                path: p.to_path_buf(),
+                uid: m.uid(),
+                mode: m.mode() & 0o7777,
+            });
         }
     }
     Ok(())

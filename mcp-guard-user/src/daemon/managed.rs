@@ -111,19 +111,22 @@ async fn refuse(stream: &mut UnixStream, why: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn commit(shared: &Shared, records: Vec<Record>) -> Result<(), String> {
+/// Why a managed session's records were not committed.
+#[derive(Debug, thiserror::Error)]
+enum CommitError {
+    #[error(transparent)]
+    Audit(#[from] audit::Error),
+    #[error("the audit task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+async fn commit(shared: &Shared, records: Vec<Record>) -> Result<(), CommitError> {
     if !shared.durable {
         // A page-cache write and a signature: cheaper here than a hop to another thread.
-        return shared
-            .audit
-            .commit_blocking(records)
-            .map_err(|e| e.to_string());
+        return Ok(shared.audit.commit_blocking(records)?);
     }
     let audit = shared.audit.clone();
-    match tokio::task::spawn_blocking(move || audit.commit_blocking(records)).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
+    Ok(tokio::task::spawn_blocking(move || audit.commit_blocking(records)).await??)
 }
 
 async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
@@ -333,7 +336,7 @@ async fn serve_session(
                         &j.data,
                         &j.frames,
                         code::AUDIT_UNAVAILABLE,
-                        &e,
+                        &e.to_string(),
                     ),
                 };
                 send(stream, managed::PLAN, &managed::encode_plan(j.seq, &acts)).await?;

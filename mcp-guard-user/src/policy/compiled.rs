@@ -202,6 +202,33 @@ struct Bucket {
     rest: Vec<u32>,
 }
 
+/// Why a pattern, a template or a rate in a policy cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ValueError {
+    #[error("invalid pattern `{pattern}`: {kind}")]
+    Pattern {
+        pattern: String,
+        kind: globset::ErrorKind,
+    },
+    #[error("invalid patterns: {0}")]
+    Patterns(globset::Error),
+    #[error("unclosed `${{` in `{0}`")]
+    UnclosedVariable(String),
+    #[error("unknown variable `${{{0}}}` (known: ${{user}}, ${{home}}, ${{uid}})")]
+    UnknownVariable(String),
+    #[error("`rate`: `{0}` is not `CALLS/INTERVAL` such as `10/minute` or `5/30s`")]
+    Rate(String),
+    #[error("`rate`: zero calls per interval; use `action = \"deny\"` instead")]
+    ZeroRate,
+}
+
+fn bad_pattern(pattern: &str, e: &globset::Error) -> ValueError {
+    ValueError::Pattern {
+        pattern: pattern.to_string(),
+        kind: e.kind().clone(),
+    }
+}
+
 /// Glob patterns of many rules in one set: one match finds every rule whose pattern matches.
 #[derive(Debug, Default)]
 struct GlobIndex {
@@ -210,15 +237,15 @@ struct GlobIndex {
 }
 
 impl GlobIndex {
-    fn finish(&mut self) -> Result<(), String> {
+    fn finish(&mut self) -> Result<(), ValueError> {
         if self.patterns.is_empty() {
             return Ok(());
         }
         let mut b = GlobSetBuilder::new();
         for (p, _) in &self.patterns {
-            b.add(Glob::new(p).map_err(|e| format!("invalid pattern `{p}`: {}", e.kind()))?);
+            b.add(Glob::new(p).map_err(|e| bad_pattern(p, &e))?);
         }
-        self.set = Some(b.build().map_err(|e| e.to_string())?);
+        self.set = Some(b.build().map_err(ValueError::Patterns)?);
         Ok(())
     }
 
@@ -271,7 +298,7 @@ impl Bucket {
         }
     }
 
-    fn finish(&mut self) -> Result<(), String> {
+    fn finish(&mut self) -> Result<(), ValueError> {
         self.tool_globs.finish()?;
         self.server_globs.finish()
     }
@@ -310,7 +337,7 @@ impl Index {
         }
     }
 
-    fn finish(&mut self) -> Result<(), String> {
+    fn finish(&mut self) -> Result<(), ValueError> {
         for b in self.methods.values_mut() {
             b.finish()?;
         }
@@ -319,7 +346,7 @@ impl Index {
 }
 
 impl Names {
-    fn compile(patterns: &[String], literal_separator: bool) -> Result<Names, String> {
+    fn compile(patterns: &[String], literal_separator: bool) -> Result<Names, ValueError> {
         let mut literals = Vec::new();
         let mut glob_source = Vec::new();
         let mut set = GlobSetBuilder::new();
@@ -331,7 +358,7 @@ impl Names {
                     let g = GlobBuilder::new(p)
                         .literal_separator(literal_separator)
                         .build()
-                        .map_err(|e| format!("invalid pattern `{p}`: {}", e.kind()))?;
+                        .map_err(|e| bad_pattern(p, &e))?;
                     set.add(g);
                     glob_source.push(p.clone());
                     any_glob = true;
@@ -339,7 +366,7 @@ impl Names {
             }
         }
         let globs = if any_glob {
-            Some(set.build().map_err(|e| format!("invalid patterns: {e}"))?)
+            Some(set.build().map_err(ValueError::Patterns)?)
         } else {
             None
         };
@@ -402,7 +429,7 @@ fn literal_forms(p: &str) -> Option<Vec<String>> {
 }
 
 impl Exes {
-    fn compile(patterns: &[String]) -> Result<Exes, String> {
+    fn compile(patterns: &[String]) -> Result<Exes, ValueError> {
         let (paths, names): (Vec<String>, Vec<String>) =
             patterns.iter().cloned().partition(|p| p.contains('/'));
         Ok(Exes {
@@ -425,7 +452,7 @@ impl Exes {
 }
 
 impl Template {
-    pub(super) fn parse(s: &str) -> Result<Template, String> {
+    pub(super) fn parse(s: &str) -> Result<Template, ValueError> {
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut rest = s;
@@ -438,16 +465,12 @@ impl Template {
             } else if let Some(t) = tail.strip_prefix("${") {
                 let end = t
                     .find('}')
-                    .ok_or_else(|| format!("unclosed `${{` in `{s}`"))?;
+                    .ok_or_else(|| ValueError::UnclosedVariable(s.to_string()))?;
                 let var = match &t[..end] {
                     "user" => Var::User,
                     "home" => Var::Home,
                     "uid" => Var::Uid,
-                    other => {
-                        return Err(format!(
-                            "unknown variable `${{{other}}}` (known: ${{user}}, ${{home}}, ${{uid}})"
-                        ));
-                    }
+                    other => return Err(ValueError::UnknownVariable(other.to_string())),
                 };
                 if !lit.is_empty() {
                     parts.push(Part::Lit(std::mem::take(&mut lit)));
@@ -653,12 +676,12 @@ impl Policy {
             index.insert(i, r);
         }
         // Every pattern here was compiled once already, as part of its rule.
-        index.finish().map_err(|message| {
+        index.finish().map_err(|e| {
             Error::Invalid(Diagnostics(vec![Diagnostic {
                 origin: sources.first().map(|s| s.name.clone()).unwrap_or_default(),
                 line: 1,
                 column: 1,
-                message,
+                message: e.to_string(),
             }]))
         })?;
         Ok(Policy {
@@ -1053,7 +1076,7 @@ impl Ctx<'_> {
                 match parse_rate(s.get_ref()) {
                     Ok(rate) => Some(rate),
                     Err(e) => {
-                        self.err(at, &e);
+                        self.err(at, &e.to_string());
                         None
                     }
                 }
@@ -1093,7 +1116,9 @@ impl Ctx<'_> {
         }
         let mut tests = Vec::new();
         let template = |ctx: &mut Self, at: usize, s: &str| -> Option<Template> {
-            Template::parse(s).map_err(|e| ctx.err(at, &e)).ok()
+            Template::parse(s)
+                .map_err(|e| ctx.err(at, &e.to_string()))
+                .ok()
         };
         let expect = |ctx: &mut Self, at: usize, v: Value| -> Option<Expect> {
             match v {
@@ -1257,12 +1282,12 @@ impl Ctx<'_> {
 }
 
 /// `N/second`, `N/minute`, `N/hour`, `N/day`, or `N/<duration>` such as `5/30s`.
-fn parse_rate(s: &str) -> Result<Rate, String> {
-    let bad = || format!("`rate`: `{s}` is not `CALLS/INTERVAL` such as `10/minute` or `5/30s`");
+fn parse_rate(s: &str) -> Result<Rate, ValueError> {
+    let bad = || ValueError::Rate(s.to_string());
     let (n, per) = s.split_once('/').ok_or_else(bad)?;
     let calls: u32 = n.trim().parse().map_err(|_| bad())?;
     if calls == 0 {
-        return Err("`rate`: zero calls per interval; use `action = \"deny\"` instead".into());
+        return Err(ValueError::ZeroRate);
     }
     let per_t = per.trim();
     let (dur, unit) = match per_t {

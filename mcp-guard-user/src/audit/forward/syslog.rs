@@ -168,33 +168,50 @@ pub enum Target {
     Tcp(String),
 }
 
-impl std::str::FromStr for Target {
-    type Err = String;
+/// Why a `--to` target cannot be used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("unix: needs a socket path, e.g. unix:/dev/log")]
+    NoPath,
+    #[error("`{0}`: expected unix:PATH, udp://HOST:PORT or tcp://HOST:PORT")]
+    NoScheme(String),
+    #[error("`{target}`: expected HOST:PORT after {scheme}://")]
+    NoPort { target: String, scheme: String },
+    #[error("`{target}`: unknown scheme `{scheme}` (unix, udp or tcp)")]
+    UnknownScheme { target: String, scheme: String },
+}
 
-    fn from_str(s: &str) -> Result<Target, String> {
+impl std::str::FromStr for Target {
+    type Err = TargetError;
+
+    fn from_str(s: &str) -> Result<Target, TargetError> {
         if let Some(p) = s.strip_prefix("unix:") {
             let p = p.strip_prefix("//").unwrap_or(p);
             if p.is_empty() {
-                return Err("unix: needs a socket path, e.g. unix:/dev/log".into());
+                return Err(TargetError::NoPath);
             }
             return Ok(Target::Unix(PathBuf::from(p)));
         }
-        let (scheme, addr) = s.split_once("://").ok_or_else(|| {
-            format!("`{s}`: expected unix:PATH, udp://HOST:PORT or tcp://HOST:PORT")
-        })?;
+        let (scheme, addr) = s
+            .split_once("://")
+            .ok_or_else(|| TargetError::NoScheme(s.to_string()))?;
         let addr = addr.trim_end_matches('/');
         if addr
             .rsplit_once(':')
             .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
         {
-            return Err(format!("`{s}`: expected HOST:PORT after {scheme}://"));
+            return Err(TargetError::NoPort {
+                target: s.to_string(),
+                scheme: scheme.to_string(),
+            });
         }
         match scheme {
             "udp" => Ok(Target::Udp(addr.to_string())),
             "tcp" => Ok(Target::Tcp(addr.to_string())),
-            other => Err(format!(
-                "`{s}`: unknown scheme `{other}` (unix, udp or tcp)"
-            )),
+            other => Err(TargetError::UnknownScheme {
+                target: s.to_string(),
+                scheme: other.to_string(),
+            }),
         }
     }
 }
