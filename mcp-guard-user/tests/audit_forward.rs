@@ -183,15 +183,38 @@ fn wait_for(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// What a stream collector received, and how many of its connections are still open.
+struct Received {
+    msgs: Mutex<Vec<Vec<u8>>>,
+    open: std::sync::atomic::AtomicUsize,
+}
+
+impl Received {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.msgs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every connection accepted so far has been closed by its sender: nothing more is
+    /// on its way.
+    fn all_closed(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+}
+
 /// Accepts connections on `listener` and collects the octet-counted messages of all of them.
 fn collect_stream<S: Read + Send + 'static>(
     mut accept: impl FnMut() -> Option<S> + Send + 'static,
-) -> Arc<Mutex<Vec<Vec<u8>>>> {
-    let msgs = Arc::new(Mutex::new(Vec::new()));
-    let out = msgs.clone();
+) -> Arc<Received> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let received = Arc::new(Received {
+        msgs: Mutex::new(Vec::new()),
+        open: Default::default(),
+    });
+    let out = received.clone();
     thread::spawn(move || {
         while let Some(mut conn) = accept() {
             let out = out.clone();
+            out.open.fetch_add(1, SeqCst);
             thread::spawn(move || {
                 let mut buf = Vec::new();
                 let mut chunk = vec![0u8; 65536];
@@ -207,17 +230,18 @@ fn collect_stream<S: Read + Send + 'static>(
                         if buf.len() < sp + 1 + len {
                             break;
                         }
-                        out.lock().unwrap().push(buf[sp + 1..sp + 1 + len].to_vec());
+                        out.lock().push(buf[sp + 1..sp + 1 + len].to_vec());
                         buf.drain(..sp + 1 + len);
                     }
                 }
+                out.open.fetch_sub(1, SeqCst);
             });
         }
     });
-    msgs
+    received
 }
 
-fn tcp_collector() -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
+fn tcp_collector() -> (u16, Arc<Received>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     (
@@ -294,9 +318,9 @@ fn unix_stream_socket_gets_octet_counted_frames() {
     );
     let want = log_lines(&log).len();
     wait_for(Duration::from_secs(5), "all frames", || {
-        msgs.lock().unwrap().len() >= want
+        msgs.lock().len() >= want
     });
-    assert_delivered(&msgs.lock().unwrap(), &log, 1);
+    assert_delivered(&msgs.lock(), &log, 1);
 }
 
 #[test]
@@ -319,11 +343,13 @@ fn a_second_run_sends_only_what_is_new() {
             .success()
     );
     let total = log_lines(&log).len();
-    wait_for(Duration::from_secs(5), "all frames", || {
-        msgs.lock().unwrap().len() >= total
-    });
-    thread::sleep(Duration::from_millis(200));
-    let got = msgs.lock().unwrap();
+    // Both runs have exited: once their connections are closed, all they sent is here.
+    wait_for(
+        Duration::from_secs(5),
+        "all frames, every connection closed",
+        || msgs.lock().len() >= total && msgs.all_closed(),
+    );
+    let got = msgs.lock();
     assert_eq!(
         got.len(),
         total,
@@ -374,9 +400,9 @@ fn unreachable_siem_fails_and_keeps_the_cursor() {
     assert!(forward(&args, &log).status.success());
     let want = log_lines(&log).len();
     wait_for(Duration::from_secs(5), "all frames", || {
-        msgs.lock().unwrap().len() >= want
+        msgs.lock().len() >= want
     });
-    assert_delivered(&msgs.lock().unwrap(), &log, 1);
+    assert_delivered(&msgs.lock(), &log, 1);
 }
 
 #[test]
@@ -397,10 +423,10 @@ fn ocsf_payload_is_an_api_activity_event() {
     );
     let lines = log_lines(&log);
     wait_for(Duration::from_secs(5), "all frames", || {
-        msgs.lock().unwrap().len() >= lines.len()
+        msgs.lock().len() >= lines.len()
     });
     let mut denied = 0;
-    for m in msgs.lock().unwrap().iter() {
+    for m in msgs.lock().iter() {
         let (seq, payload) = parse(m);
         let ev: Value = serde_json::from_slice(payload).unwrap();
         let rec: Value = serde_json::from_slice(&lines[&seq]).unwrap();
@@ -431,7 +457,7 @@ fn follow_finishes_a_rotated_log_then_reads_the_new_one() {
     let mut fwd = spawn_forward(&["--to", &to, "--settle-ms", "200"], &log);
     let first = log_lines(&log);
     wait_for(Duration::from_secs(10), "the first file", || {
-        msgs.lock().unwrap().len() >= first.len()
+        msgs.lock().len() >= first.len()
     });
     // A session still writing to the old file when it is renamed away, then a new file.
     let rotated = dir.path().join("audit.jsonl.1-x");
@@ -453,13 +479,16 @@ fn follow_finishes_a_rotated_log_then_reads_the_new_one() {
     };
     let mut want: Vec<String> = ids(&old).into_iter().chain(ids(&new)).collect();
     wait_for(Duration::from_secs(10), "both files", || {
-        msgs.lock().unwrap().len() >= want.len()
+        msgs.lock().len() >= want.len()
     });
-    thread::sleep(Duration::from_millis(300));
+    // Stopped (signal waits for it), and its connection closed: anything it sent twice is
+    // here now.
     fwd.signal(nix::sys::signal::Signal::SIGTERM);
+    wait_for(Duration::from_secs(10), "the connection closed", || {
+        msgs.all_closed()
+    });
     let mut got: Vec<String> = msgs
         .lock()
-        .unwrap()
         .iter()
         .map(|m| {
             serde_json::from_slice::<Value>(parse(m).1).unwrap()["id"]

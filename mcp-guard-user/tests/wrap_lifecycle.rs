@@ -155,14 +155,14 @@ fn sighup_to_the_shim_reaches_the_server() {
 
 #[test]
 fn closing_stdin_closes_the_servers_stdin_and_the_shim_exits_0() {
+    // A grace period no test outlives: a shim that waited for it would never exit here.
     let mut shim = Builder::new()
+        .shim_args(&["--shutdown-grace-ms", "3600000"])
         .server_args(&["--eof-file", "{dir}/eof", "--trap", "{dir}/trapped"])
         .spawn();
     shim.ping(1);
-    let t = Instant::now();
     shim.close_stdin();
-    assert_eq!(shim.exit_code(), 0);
-    let took = t.elapsed();
+    assert_eq!(shim.wait_within(DEADLINE).code(), Some(0));
     assert_eq!(
         std::fs::read_to_string(shim.path("eof")).unwrap_or_default(),
         "eof",
@@ -172,8 +172,6 @@ fn closing_stdin_closes_the_servers_stdin_and_the_shim_exits_0() {
         !shim.path("trapped").exists(),
         "the server was signalled although it exited on EOF"
     );
-    // The default grace is 2 s: the server exiting on its own must not wait for it.
-    assert!(took < Duration::from_millis(1900), "took {took:?}");
     assert_eq!(shim.read_to_eof(), b"");
     assert_eq!(session_end(&shim)["detail"]["exit_code"], 0);
     shim.verify_audit();
@@ -220,7 +218,6 @@ fn a_server_ignoring_eof_and_sigterm_gets_sigkill_after_both_grace_periods() {
         took >= Duration::from_millis(390),
         "SIGKILL came before two grace periods: {took:?}"
     );
-    assert!(took < Duration::from_secs(5), "escalation took {took:?}");
     assert!(
         wait_gone(server, DEADLINE),
         "the server {server} is still running"
@@ -627,8 +624,9 @@ fn a_request_whose_audit_record_cannot_be_written_gets_32085_and_is_not_forwarde
         ("1", -32085),
         "{v}"
     );
-    // Give a wrongly forwarded request time to be logged by the server.
-    std::thread::sleep(Duration::from_millis(200));
+    // The server has read and logged all it was sent once it has exited on EOF.
+    shim.close_stdin();
+    shim.wait();
     assert!(
         !shim.server_log_contains(b"unrecorded"),
         "forwarded without its audit record"
