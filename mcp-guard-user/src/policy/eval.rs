@@ -14,9 +14,7 @@
 //! `min_len`/`max_len` look at the value as a whole.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -26,6 +24,12 @@ use super::compiled::{
     ANY_PATH, ArgRule, Dynamic, Expect, NO_ESCAPE, Rate, Rule, Test, glob_escape, regex_escape,
 };
 use super::{ACTING_METHODS, Action, Mode, Policy, RuleAction, path};
+
+mod explain;
+mod limiter;
+
+use explain::describe;
+pub use limiter::Limiter;
 
 /// The user a request runs as, with what `${user}`, `${home}` and `${uid}` expand to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -613,69 +617,6 @@ impl Matched {
     }
 }
 
-/// Calls per rule, principal and tool, counted for rules with a `rate`. One per guard
-/// (a shim session, or the daemon); the policy asks it while deciding.
-#[derive(Debug, Default)]
-pub struct Limiter {
-    buckets: Mutex<HashMap<BucketKey, Bucket>>,
-}
-
-/// Rule id, principal uid, tool.
-type BucketKey = (String, Option<u32>, String);
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-/// More buckets than this and the full (idle) ones are dropped.
-const MAX_BUCKETS: usize = 10_000;
-
-impl Limiter {
-    pub fn new() -> Limiter {
-        Limiter::default()
-    }
-
-    /// Takes one call from the token bucket of (rule, uid, tool): `rate.calls` calls at
-    /// once, refilled evenly over `rate.per`. `false` when it is empty.
-    pub fn admit(
-        &self,
-        rule: &str,
-        uid: Option<u32>,
-        tool: &str,
-        rate: Rate,
-        now: Instant,
-    ) -> bool {
-        // A poisoned lock means another thread panicked mid-update: deny (fail closed).
-        let Ok(mut map) = self.buckets.lock() else {
-            return false;
-        };
-        let cap = f64::from(rate.calls);
-        let per_token = rate.per.as_secs_f64() / cap;
-        if map.len() >= MAX_BUCKETS {
-            map.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() / per_token < cap
-            });
-        }
-        let b = map
-            .entry((rule.to_string(), uid, tool.to_string()))
-            .or_insert(Bucket {
-                tokens: cap,
-                at: now,
-            });
-        let refill = now.saturating_duration_since(b.at).as_secs_f64() / per_token;
-        b.tokens = (b.tokens + refill).min(cap);
-        b.at = now.max(b.at);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 impl Policy {
     /// Decides one request without rate limits (see [`Policy::decide_limited`]). Deny wins
     /// over allow; the first-written matching rule of the winning action names the decision.
@@ -835,120 +776,6 @@ impl Policy {
         let d = compile();
         cache.insert(key, d.clone());
         d
-    }
-}
-
-/// Words for a failed condition, with the request's value.
-fn describe(miss: Miss, r: &Rule, q: &Query<'_>) -> String {
-    let unknown_note = "unknown (allow rules need it known)";
-    match miss {
-        Miss::Field(f, unknown) => {
-            let (name, pats, value): (&str, String, Option<String>) = match f {
-                Field::Method => ("method", show(&r.methods), Some(q.method.to_string())),
-                Field::Tool => ("tool", opt_show(&r.tool), q.tool.map(str::to_string)),
-                Field::Server => ("server", opt_show(&r.server), Some(q.server.to_string())),
-                Field::ServerExe => (
-                    "server_exe",
-                    opt_show(&r.server_exe),
-                    q.server_exe.map(str::to_string),
-                ),
-                Field::User => (
-                    "user",
-                    opt_show(&r.user),
-                    q.principal.and_then(|p| p.user.clone()),
-                ),
-                Field::Uid => (
-                    "uid",
-                    format!("{:?}", r.uid.as_deref().unwrap_or_default()),
-                    q.principal.map(|p| p.uid.to_string()),
-                ),
-                Field::Group => (
-                    "group",
-                    opt_show(&r.group),
-                    q.principal.map(|p| format!("{:?}", p.groups)),
-                ),
-                Field::Gid => (
-                    "gid",
-                    format!("{:?}", r.gid.as_deref().unwrap_or_default()),
-                    q.principal.map(|p| format!("{:?}", p.gids)),
-                ),
-                Field::HostExe => (
-                    "host_exe",
-                    opt_show(&r.host_exe),
-                    q.host_exe.map(str::to_string),
-                ),
-                Field::Ancestor => ("ancestor", opt_show(&r.ancestor), None),
-                Field::NotAncestor => ("not_ancestor", opt_show(&r.not_ancestor), None),
-            };
-            match (f, unknown, value) {
-                (_, true, _) => format!("{name} is {unknown_note}"),
-                (Field::Ancestor, ..) => format!("no ancestor matches {pats}"),
-                (Field::NotAncestor, ..) => {
-                    let hit = q.ancestry.unwrap_or_default().iter().find(|a| {
-                        r.not_ancestor
-                            .as_ref()
-                            .is_some_and(|e| e.matches(a.exe.as_deref(), Some(&a.comm)))
-                    });
-                    let who = hit.map_or(String::new(), |a| {
-                        format!(" (`{}`)", a.exe.as_deref().unwrap_or(&a.comm))
-                    });
-                    format!("an ancestor{who} matches {pats}")
-                }
-                (_, false, None) => format!("{name}: the request has none; the rule wants {pats}"),
-                (_, false, Some(v)) => format!("{name} `{v}` does not match {pats}"),
-            }
-        }
-        Miss::Arg(i, why) => {
-            let Some(a) = r.args.get(i) else {
-                return "argument constraint".into();
-            };
-            let ptr = if a.pointer.is_empty() {
-                "arguments"
-            } else {
-                a.pointer.as_str()
-            };
-            match why {
-                ArgMiss::Absent if q.arguments.is_none() => {
-                    format!("args `{ptr}`: the request has no arguments")
-                }
-                ArgMiss::Absent => format!("args `{ptr}`: absent"),
-                ArgMiss::Present => format!("args `{ptr}`: present, the rule wants it absent"),
-                ArgMiss::Test(t, unknown) => {
-                    let test = a.tests.get(t).map_or(String::new(), ToString::to_string);
-                    let not = if a.negate { "not " } else { "" };
-                    let value = q
-                        .arguments
-                        .and_then(|v| v.pointer(&a.pointer))
-                        .map(short)
-                        .unwrap_or_default();
-                    if unknown {
-                        format!(
-                            "args `{ptr}` = {value}: `{not}{test}` cannot be evaluated (wrong type, unresolvable path or unknown variable); allow rules fail closed"
-                        )
-                    } else {
-                        format!("args `{ptr}` = {value}: `{not}{test}` does not hold")
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn show<T: fmt::Display>(v: &T) -> String {
-    v.to_string()
-}
-
-fn opt_show<T: fmt::Display>(v: &Option<T>) -> String {
-    v.as_ref().map_or(String::new(), ToString::to_string)
-}
-
-/// A JSON value cut to a readable length.
-fn short(v: &Value) -> String {
-    let s = v.to_string();
-    if s.chars().count() > 80 {
-        format!("{}…", s.chars().take(80).collect::<String>())
-    } else {
-        s
     }
 }
 
