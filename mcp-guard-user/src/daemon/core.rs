@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::sys::signal::Signal;
 
 use super::config::{Config, Detect};
-use super::managed;
 use super::shimlog;
+use super::shims;
 use super::status;
 use super::world::{Kernel, Procs};
 use crate::audit::{self, Alert, Context, Flow, Kind as RecordKind, Record};
@@ -142,7 +142,7 @@ pub struct Core<K, P> {
     reported_lost: (u64, u64),
     started_at: SystemTime,
     /// What managed shims' connections share (the enforced policy is swapped on reload).
-    pub(super) managed: Option<Arc<managed::Shared>>,
+    pub(super) managed: Option<Arc<shims::Shared>>,
     /// Children of agent hosts: their command line at their first exec.
     launched: HashMap<u32, Vec<String>>,
 }

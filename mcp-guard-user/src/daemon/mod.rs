@@ -21,9 +21,9 @@ pub mod config;
 mod core;
 mod hostcfg;
 mod http;
-mod managed;
 mod procs;
 mod shimlog;
+mod shims;
 pub mod status;
 pub(crate) mod world;
 
@@ -101,7 +101,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&cfg.run_dir)
         .with_context(|| format!("cannot create {}", cfg.run_dir.display()))?;
     let committer = Committer::spawn(audit.clone())?;
-    let shared = Arc::new(managed::Shared {
+    let shared = Arc::new(shims::Shared {
         policy: std::sync::RwLock::new(Arc::new(load_enforced(&cfg)?)),
         audit: audit.clone(),
         max_message: cfg.max_message,
@@ -111,8 +111,8 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
         per_user: Default::default(),
     });
     let socket = cfg.run_dir.join(crate::managed::SOCKET_NAME);
-    let listener = managed::listen(&socket)?;
-    let server = tokio::spawn(managed::serve(listener, shared.clone()));
+    let listener = shims::listen(&socket)?;
+    let server = tokio::spawn(shims::serve(listener, shared.clone()));
 
     let status_path = cfg.status_path();
     let mut scans = Scanner::spawn(&cfg)?;
