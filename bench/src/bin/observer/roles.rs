@@ -139,6 +139,10 @@ pub struct HostRateArgs {
     /// The daemon's status file: wait to be listed as a host before starting the server.
     #[arg(long)]
     pub status: Option<PathBuf>,
+    /// A unix socket to connect to: one JSON-RPC notification line is written to it after
+    /// each request, so socket and stdio chunks interleave in the kernel's sequence.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
 }
 
 /// What `host-rate` prints, one JSON line.
@@ -154,6 +158,9 @@ pub struct RateReport {
     pub paced: u64,
     pub paced_secs: f64,
     pub bytes: u64,
+    /// Lines written to `--socket`.
+    #[serde(default)]
+    pub socket_lines: u64,
 }
 
 /// Counts the server's answer lines; the first one (to `initialize`) is signalled.
@@ -192,6 +199,14 @@ pub fn host_rate(a: &HostRateArgs) -> Result<()> {
         .write_all(INITIALIZED)
         .context("sending notifications/initialized")?;
 
+    let mut socket = match &a.socket {
+        Some(p) => Some(
+            std::os::unix::net::UnixStream::connect(p)
+                .with_context(|| format!("connecting to {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut socket_lines = 0u64;
     let total = (a.rate as f64 * a.secs).round() as u64;
     let mut buf = Vec::with_capacity(a.size.max(256));
     let mut bytes = (INITIALIZE.len() + INITIALIZED.len()) as u64;
@@ -204,6 +219,14 @@ pub fn host_rate(a: &HostRateArgs) -> Result<()> {
             request(&mut buf, sent, a.size);
             to_server.write_all(&buf).context("sending a request")?;
             bytes += buf.len() as u64;
+            if let Some(s) = socket.as_mut() {
+                let line = format!(
+                    "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{{\"progressToken\":\"b\",\"progress\":{sent}}}}}\n"
+                );
+                s.write_all(line.as_bytes())
+                    .context("writing to the socket")?;
+                socket_lines += 1;
+            }
         }
         if sent < total {
             let next = Duration::from_secs_f64(sent as f64 / a.rate as f64);
@@ -229,6 +252,7 @@ pub fn host_rate(a: &HostRateArgs) -> Result<()> {
         paced: sent,
         paced_secs,
         bytes,
+        socket_lines,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

@@ -547,7 +547,7 @@ fn overhead(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
 // 2. A watched session at a fixed rate
 // ---------------------------------------------------------------------------------
 
-fn host_rate(ctx: &Ctx, status: Option<&Path>) -> Result<RateReport> {
+fn host_rate(ctx: &Ctx, status: Option<&Path>, socket: Option<&Path>) -> Result<RateReport> {
     let a = ctx.a;
     // The baseline runs the same program under its own name, so no daemon could watch it.
     let program = if status.is_some() {
@@ -566,6 +566,9 @@ fn host_rate(ctx: &Ctx, status: Option<&Path>) -> Result<RateReport> {
     ]);
     if let Some(s) = status {
         cmd.arg("--status").arg(s);
+    }
+    if let Some(s) = socket {
+        cmd.arg("--socket").arg(s);
     }
     let out = output_within(
         &mut cmd,
@@ -591,7 +594,7 @@ fn session(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
         a.size,
         a.secs
     );
-    let base = host_rate(ctx, None).context("the session without the daemon")?;
+    let base = host_rate(ctx, None, None).context("the session without the daemon")?;
     let base_rate = base.paced as f64 / base.paced_secs;
     println!(
         "  without daemon: {:.0} requests/s, {} answers to {} requests",
@@ -599,21 +602,36 @@ fn session(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
         num(base.responses),
         num(base.requests)
     );
-    let mut modes = vec!["page-cache"];
+    // (audit durability, socket lines mixed in): the last is the mix that once made the
+    // daemon drop stdio messages for gaps that were not there.
+    let mut modes = vec![("page-cache", false)];
     if !a.no_durable {
-        modes.push("durable");
+        modes.push(("durable", false));
     }
-    for durability in modes {
-        let mut d = ctx.daemon(&format!("session-{durability}"), ALLOW, &[HOST], durability)?;
+    modes.push(("page-cache", true));
+    for (durability, mixed) in modes {
+        let name = format!("session-{durability}{}", if mixed { "-mixed" } else { "" });
+        let mut d = ctx.daemon(&name, ALLOW, &[HOST], durability)?;
+        let sink = if mixed {
+            Some(Sink::start(&ctx.work().join(format!("{name}.sock")))?)
+        } else {
+            None
+        };
         let cpu0 = cpu_secs(d.pid())?;
         let t0 = Instant::now();
-        let r = host_rate(ctx, Some(d.status_path()))
-            .with_context(|| format!("the session with the daemon ({durability})"))?;
+        let r = host_rate(
+            ctx,
+            Some(d.status_path()),
+            sink.as_ref().map(|s| s.path.as_path()),
+        )
+        .with_context(|| format!("the session with the daemon ({name})"))?;
+        let received = sink.map(Sink::stop).transpose()?.unwrap_or(0);
         // Daemon CPU while the host ran (start-up wait, handshake and paced phase).
         let cpu = cpu_secs(d.pid())? - cpu0;
         let wall = t0.elapsed().as_secs_f64();
         let host_done = Instant::now();
-        let expected = r.requests + r.notifications + r.responses;
+        // Each socket line is one message of the host's socket session.
+        let expected = r.requests + r.notifications + r.responses + r.socket_lines;
         // How far behind the daemon was: until it has counted every message (or stops
         // counting); status.json is rewritten every 0.5 s.
         let caught_up = d
@@ -633,9 +651,19 @@ fn session(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
             && c.lost_sequence == 0
             && c.messages >= expected
             && complete
-            && rate_ok;
+            && rate_ok
+            && received == r.socket_lines;
+        let mix = if mixed {
+            format!(
+                ", with a unix-socket line after each request ({} sent, {} received)",
+                num(r.socket_lines),
+                num(received)
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "  with daemon ({durability}): {rate:.0} requests/s; daemon counted {} of {} messages, lost {} (kernel) / {} (sequence), {} sessions; daemon CPU {:.2} s ({:.0}% of one CPU), peak RSS {}; {}",
+            "  with daemon ({durability}{mix}): {rate:.0} requests/s; daemon counted {} of {} messages, lost {} (kernel) / {} (sequence), {} sessions; daemon CPU {:.2} s ({:.0}% of one CPU), peak RSS {}; {}",
             num(c.messages),
             num(expected),
             c.lost_kernel,
@@ -653,7 +681,7 @@ fn session(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
         );
         rows.push(Row {
             measure: format!(
-                "2. watched session, {} req/s × {} B for {} s host→server, each answered; audit {durability}",
+                "2. watched session, {} req/s × {} B for {} s host→server, each answered; audit {durability}{mix}",
                 num(a.rate),
                 a.size,
                 a.secs
@@ -677,6 +705,46 @@ fn session(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
         d.stop()?;
     }
     Ok(())
+}
+
+/// A unix socket that takes and counts lines until stopped.
+struct Sink {
+    path: PathBuf,
+    thread: std::thread::JoinHandle<std::io::Result<u64>>,
+}
+
+impl Sink {
+    fn start(path: &Path) -> Result<Sink> {
+        let _ = std::fs::remove_file(path);
+        let l = std::os::unix::net::UnixListener::bind(path)
+            .with_context(|| format!("binding {}", path.display()))?;
+        let thread = std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            let (conn, _) = l.accept()?;
+            let mut r = std::io::BufReader::new(conn);
+            let mut line = Vec::new();
+            let mut n = 0;
+            while r.read_until(b'\n', &mut line)? > 0 {
+                n += 1;
+                line.clear();
+            }
+            Ok(n)
+        });
+        Ok(Sink {
+            path: path.to_path_buf(),
+            thread,
+        })
+    }
+
+    /// Lines received; the host has exited, so its end is closed.
+    fn stop(self) -> Result<u64> {
+        let n = self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the socket sink panicked"))??;
+        let _ = std::fs::remove_file(&self.path);
+        Ok(n)
+    }
 }
 
 // ---------------------------------------------------------------------------------
