@@ -63,6 +63,8 @@ macro_rules! table {
             ("recvmmsg", RECVMMSG),
             ("sendmmsg", SENDMMSG),
             ("copy_file_range", COPY_FILE_RANGE),
+            ("io_uring_setup", IO_URING_SETUP),
+            ("pidfd_getfd", PIDFD_GETFD),
         ]
     }};
 }

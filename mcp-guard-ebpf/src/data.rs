@@ -157,6 +157,11 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         {
             return unfollowed(tgid, &w, number, &reg);
         }
+        // Channels the program cannot see into: a ring that reads and writes any descriptor
+        // (stdin included) without read(2), or another process's descriptor taken over.
+        nr::IO_URING_SETUP | nr::PIDFD_GETFD if ret >= 0 && !probing => {
+            return unfollowed_channel(tgid, &w, number, ret as u32);
+        }
         // Not known yet: its sockets are its own business until it is found to speak MCP.
         nr::CONNECT | nr::ACCEPT | nr::ACCEPT4 if probing => return Ok(()),
         nr::CONNECT | nr::ACCEPT | nr::ACCEPT4 => return socket(tgid, number, ret, &reg),
@@ -330,6 +335,32 @@ fn unfollowed(
         if EVENTS.output::<UnfollowedEvent>(&event, 0).is_err() {
             lost();
         }
+    }
+    Ok(())
+}
+
+/// A captured process opened a way to move bytes the program cannot follow (`fd` is the
+/// ring or the descriptor taken): what comes through it may be a request nobody judged, as
+/// from stdin. Gated, the process is killed before the call returns.
+#[inline(always)]
+fn unfollowed_channel(tgid: u32, w: &Watch, number: u64, fd: u32) -> Result<(), i64> {
+    let kill = w.flags & watch::GATE != 0;
+    if kill {
+        // SAFETY: a plain helper call on the current task.
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
+    let event = UnfollowedEvent {
+        kind: kind::UNFOLLOWED,
+        tgid,
+        fd,
+        syscall: number as u32,
+        dir: dir::IN,
+        origin: origin::STDIN,
+        killed: kill as u8,
+        _pad: [0; 5],
+    };
+    if EVENTS.output::<UnfollowedEvent>(&event, 0).is_err() {
+        lost();
     }
     Ok(())
 }

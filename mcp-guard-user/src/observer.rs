@@ -512,6 +512,8 @@ impl Unfollowed {
             nr::RECVMMSG => "recvmmsg",
             nr::SENDMMSG => "sendmmsg",
             nr::COPY_FILE_RANGE => "copy_file_range",
+            nr::IO_URING_SETUP => "io_uring_setup",
+            nr::PIDFD_GETFD => "pidfd_getfd",
             _ => "unknown",
         }
     }

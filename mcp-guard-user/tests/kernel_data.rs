@@ -304,6 +304,61 @@ async fn splice_from_a_gated_stdin_kills_the_reader_before_it_returns() {
     assert_eq!(output.stdout, b"", "it never acted on what it read");
 }
 
+/// An io_uring ring reads and writes any descriptor, stdin included, without read(2): a gated
+/// process that sets one up is killed before the call returns, and that is said.
+#[tokio::test]
+async fn io_uring_setup_by_a_gated_process_kills_it_before_it_returns() {
+    let _serial = SERIAL.lock().await;
+    let Some((_observer, mut events)) = watch_self(watch::HOST | watch::GATE) else {
+        return;
+    };
+    let script = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nparams = ctypes.create_string_buffer(120)\nfd = libc.syscall(425, 8, params)\nos.write(1, b'ring %d' % fd)\n";
+    let child = python(script);
+    let pid = child.id();
+    let output = child.wait_with_output().expect("wait");
+    let u = unfollowed_of(&mut events, pid).await;
+    assert_eq!(
+        (u.call(), u.inbound, u.origin, u.killed),
+        (
+            "io_uring_setup",
+            true,
+            mcp_guard_common::origin::STDIN,
+            true
+        )
+    );
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&output.status),
+        Some(9),
+        "killed"
+    );
+    assert_eq!(output.stdout, b"", "it never used the ring");
+}
+
+/// `pidfd_getfd` takes over another process's descriptor (its stdin, say): reported; without
+/// a gate nothing is killed here (the daemon kills under `denied = "kill"`).
+#[tokio::test]
+async fn pidfd_getfd_is_reported() {
+    let _serial = SERIAL.lock().await;
+    let Some((_observer, mut events)) = watch_self(watch::HOST) else {
+        return;
+    };
+    let script = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\npfd = os.pidfd_open(os.getpid())\nfd = libc.syscall(438, pfd, 0, 0)\nassert fd >= 0, ctypes.get_errno()\nos.write(1, b'took %d' % fd)\n";
+    let child = python(script);
+    let pid = child.id();
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success(), "{output:?}");
+    let u = unfollowed_of(&mut events, pid).await;
+    assert_eq!(
+        (u.call(), u.inbound, u.killed),
+        ("pidfd_getfd", true, false)
+    );
+    assert_eq!(
+        format!("took {}", u.fd).as_bytes(),
+        output.stdout.as_slice(),
+        "the event names the descriptor taken"
+    );
+}
+
 /// `sendfile` to stdout: the answer is not seen, and that is said; nothing is killed (what a
 /// server writes cannot carry a request to it).
 #[tokio::test]

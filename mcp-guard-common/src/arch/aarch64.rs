@@ -33,6 +33,9 @@ pub mod nr {
     pub const VMSPLICE: u64 = 75;
     pub const RECVMMSG: u64 = 243;
     pub const SENDMMSG: u64 = 269;
+    /// Numbered alike on every architecture from here on.
+    pub const IO_URING_SETUP: u64 = 425;
+    pub const PIDFD_GETFD: u64 = 438;
     pub const COPY_FILE_RANGE: u64 = 285;
 }
 

@@ -32,6 +32,9 @@ pub mod nr {
     pub const VMSPLICE: u64 = 278;
     pub const RECVMMSG: u64 = 299;
     pub const SENDMMSG: u64 = 307;
+    /// Numbered alike on every architecture from here on.
+    pub const IO_URING_SETUP: u64 = 425;
+    pub const PIDFD_GETFD: u64 = 438;
     pub const COPY_FILE_RANGE: u64 = 326;
 }
 

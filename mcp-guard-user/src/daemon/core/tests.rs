@@ -753,6 +753,24 @@ fn a_splice_from_stdin_under_kill_kills_the_reader() {
 }
 
 #[test]
+fn an_io_uring_ring_under_kill_kills_the_server() {
+    let mut t = t(&kill_mode(DENY_WRITES));
+    t.host_and_server();
+    t.core.handle(Event::Unfollowed(Unfollowed {
+        tgid: SERVER,
+        fd: 5,
+        syscall: mcp_guard_common::nr::IO_URING_SETUP as u32,
+        inbound: true,
+        origin: origin::STDIN,
+        killed: false,
+    }));
+    assert_eq!(t.signals(SERVER), [Signal::SIGKILL]);
+    let alert = t.alerts("unfollowed_io");
+    assert_eq!(alert[0]["call"], "io_uring_setup");
+    assert_eq!(alert[0]["killed"], true);
+}
+
+#[test]
 fn a_kernel_kill_is_counted_and_not_repeated() {
     let mut t = t(&kill_mode(DENY_WRITES));
     t.host_and_server();
