@@ -121,12 +121,21 @@ compile_error!(
 
 pub use arch::{nr, regs};
 
+/// The contract between the kernel programs and user space: the layouts of the events and
+/// map values in this file, the map names and the meaning of their bits. Raise it with any
+/// change to those; the object carries it in [`ABI_SECTION`] and user space refuses an
+/// object whose number is not its own.
+pub const ABI_VERSION: u32 = 1;
+
+/// The ELF section of the eBPF object that holds [`ABI_VERSION`], 4 bytes little-endian.
+pub const ABI_SECTION: &str = "mcp_guard_abi";
+
 /// A captured process moved bytes on a captured descriptor with a system call whose bytes
 /// the kernel program cannot copy (they go from descriptor to descriptor, or into an array
 /// of message headers): `splice`, `tee`, `sendfile`, `copy_file_range`, `vmsplice`,
 /// `recvmmsg`, `sendmmsg`. What it moved is not seen.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct UnfollowedEvent {
     /// Always [`kind::UNFOLLOWED`].
     pub kind: u32,
@@ -149,7 +158,7 @@ const _: () = assert!(core::mem::size_of::<UnfollowedEvent>() == 24);
 /// A watched process connected to, or accepted, a local socket (unix, or TCP on a
 /// loopback address); its reads and writes on `fd` are captured from now on.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SocketEvent {
     /// Always [`kind::SOCKET`].
     pub kind: u32,
@@ -186,7 +195,7 @@ pub mod watch {
 
 /// A [`WATCHED_MAP`] value.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Watch {
     /// tgid of the watched process that forked this one, `0` when user space put it there.
     pub parent: u32,
@@ -202,7 +211,7 @@ pub const fn fd_key(tgid: u32, fd: u32) -> u64 {
 /// A process finished `execve`: `sched/sched_process_exec`. Sent for every process, so
 /// user space sees agent hosts start.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ExecEvent {
     /// Always [`kind::EXEC`].
     pub kind: u32,
@@ -230,7 +239,7 @@ const _: () = assert!(core::mem::align_of::<ExecEvent>() == 8);
 
 /// A watched process ended (its last thread exited): `sched/sched_process_exit`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ExitEvent {
     /// Always [`kind::EXIT`].
     pub kind: u32,
@@ -263,7 +272,7 @@ pub mod data {
 /// One chunk of the data of one system call on a watched descriptor; `len` payload
 /// bytes follow it in the same ring record.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct DataHeader {
     /// Always [`kind::DATA`].
     pub kind: u32,

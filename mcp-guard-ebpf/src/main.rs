@@ -12,6 +12,13 @@ use aya_ebpf::{
 };
 use mcp_guard_common::{Watch, config};
 
+/// The contract this object was built to (`mcp_guard_common::ABI_VERSION`), for user space
+/// to check before it loads anything. Only read from the ELF file, never by a program.
+#[unsafe(link_section = "mcp_guard_abi")]
+#[unsafe(no_mangle)]
+#[used]
+static MCP_GUARD_ABI: [u8; 4] = mcp_guard_common::ABI_VERSION.to_le_bytes();
+
 /// Watched processes: tgid (or tid of a thread a watched process created) -> its
 /// [`Watch`]. Named by `mcp_guard_common::WATCHED_MAP`.
 #[map]

@@ -23,8 +23,9 @@ use aya::{
     programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use mcp_guard_common::{
-    CONFIG_MAP, DataHeader, EVENTS_MAP, ExecEvent, ExitEvent, FDS_MAP, LOST_MAP, MAX_CAPTURE,
-    MAYBE_WATCHED_MAP, UnfollowedEvent, WATCHED_MAP, Watch, config, data, fd_key, kind,
+    ABI_SECTION, ABI_VERSION, CONFIG_MAP, DataHeader, EVENTS_MAP, ExecEvent, ExitEvent, FDS_MAP,
+    LOST_MAP, MAX_CAPTURE, MAYBE_WATCHED_MAP, UnfollowedEvent, WATCHED_MAP, Watch, config, data,
+    fd_key, kind,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -110,6 +111,16 @@ pub enum Error {
         // Boxed: EbpfError alone would make every Result of this module large.
         #[source]
         source: Box<EbpfError>,
+    },
+    #[error(
+        "eBPF object {} was built for another mcp-guard ({}), this one needs ABI {want}: install the object built with this binary (`cargo xtask build-ebpf`)",
+        path.display(),
+        match found { Some(v) => format!("ABI {v}"), None => "no ABI section".into() }
+    )]
+    Abi {
+        path: PathBuf,
+        found: Option<u32>,
+        want: u32,
     },
     #[error("eBPF object has no map `{name}`")]
     MissingMap { name: &'static str },
@@ -226,6 +237,7 @@ impl Observer {
             path: path.to_owned(),
             source,
         })?;
+        check_abi(path, &bytes)?;
         // One byte per possible pid (32768 to 4194304): the system-call path's first test.
         let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
             .ok()
@@ -393,6 +405,27 @@ impl Observer {
 }
 
 /// The program `name` of the object, as the kind `T` it must be.
+/// The ABI version an eBPF object carries in its [`ABI_SECTION`], if it is an ELF file with
+/// one.
+pub fn object_abi(bytes: &[u8]) -> Option<u32> {
+    use object::{Object as _, ObjectSection as _};
+    let file = object::File::parse(bytes).ok()?;
+    let data = file.section_by_name(ABI_SECTION)?.data().ok()?;
+    Some(u32::from_le_bytes(data.get(..4)?.try_into().ok()?))
+}
+
+/// Refuses an object built for another version of the shared types and maps.
+fn check_abi(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    match object_abi(bytes) {
+        Some(v) if v == ABI_VERSION => Ok(()),
+        found => Err(Error::Abi {
+            path: path.to_owned(),
+            found,
+            want: ABI_VERSION,
+        }),
+    }
+}
+
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, Error>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
@@ -586,31 +619,26 @@ pub struct Exec {
     pub filename: PathBuf,
 }
 
+/// The `T` at the start of a ring buffer record, if the record is long enough; records
+/// are not aligned for `T`.
+fn read<T: bytemuck::Pod>(record: &[u8]) -> Option<T> {
+    record
+        .get(..size_of::<T>())
+        .map(bytemuck::pod_read_unaligned)
+}
+
 impl Event {
     /// Decodes one ring buffer record; `None` for a kind or size this build does
     /// not know, which is skipped rather than failing the stream.
     fn decode(record: &[u8]) -> Option<Self> {
-        let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
+        let kind: u32 = read(record)?;
         match kind {
-            kind::EXEC if record.len() >= size_of::<ExecEvent>() => {
-                // SAFETY: length checked; ExecEvent is plain integers and byte arrays,
-                // valid for any bits; read_unaligned needs no alignment.
-                let raw = unsafe { record.as_ptr().cast::<ExecEvent>().read_unaligned() };
-                Some(Self::Exec(Exec::from(&raw)))
-            }
-            kind::EXIT if record.len() >= size_of::<ExitEvent>() => {
-                // SAFETY: as above.
-                let raw = unsafe { record.as_ptr().cast::<ExitEvent>().read_unaligned() };
-                Some(Self::Exit { tgid: raw.tgid })
-            }
-            kind::SOCKET if record.len() >= size_of::<mcp_guard_common::SocketEvent>() => {
-                // SAFETY: as above.
-                let raw = unsafe {
-                    record
-                        .as_ptr()
-                        .cast::<mcp_guard_common::SocketEvent>()
-                        .read_unaligned()
-                };
+            kind::EXEC => Some(Self::Exec(Exec::from(&read::<ExecEvent>(record)?))),
+            kind::EXIT => Some(Self::Exit {
+                tgid: read::<ExitEvent>(record)?.tgid,
+            }),
+            kind::SOCKET => {
+                let raw: mcp_guard_common::SocketEvent = read(record)?;
                 Some(Self::Socket(Socket {
                     tgid: raw.tgid,
                     fd: raw.fd,
@@ -619,9 +647,8 @@ impl Event {
                     port: raw.port,
                 }))
             }
-            kind::UNFOLLOWED if record.len() >= size_of::<UnfollowedEvent>() => {
-                // SAFETY: as above.
-                let raw = unsafe { record.as_ptr().cast::<UnfollowedEvent>().read_unaligned() };
+            kind::UNFOLLOWED => {
+                let raw: UnfollowedEvent = read(record)?;
                 Some(Self::Unfollowed(Unfollowed {
                     tgid: raw.tgid,
                     fd: raw.fd,
@@ -631,9 +658,8 @@ impl Event {
                     killed: raw.killed != 0,
                 }))
             }
-            kind::DATA if record.len() >= size_of::<DataHeader>() => {
-                // SAFETY: as above.
-                let h = unsafe { record.as_ptr().cast::<DataHeader>().read_unaligned() };
+            kind::DATA => {
+                let h: DataHeader = read(record)?;
                 let payload = record
                     .get(size_of::<DataHeader>()..size_of::<DataHeader>() + h.len as usize)?;
                 Some(Self::Data(Data {
@@ -730,6 +756,66 @@ mod tests {
         assert_eq!(Event::decode(&99u32.to_ne_bytes()), None);
         assert_eq!(Event::decode(&kind::EXEC.to_ne_bytes()), None);
         assert_eq!(Event::decode(&[1, 0]), None);
+    }
+
+    /// The object this tree builds: `$MCP_GUARD_BPF_OBJECT`, else where `cargo xtask
+    /// build-ebpf` puts it. Under CI a missing object is a failure, not a skip.
+    fn built_object() -> Option<Vec<u8>> {
+        let path = std::env::var_os(OBJECT_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../mcp-guard-ebpf/target/bpfel-unknown-none/release/mcp-guard-ebpf")
+            });
+        match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("no eBPF object at {}: {e}", path.display())
+            }
+            Err(_) => None,
+        }
+    }
+
+    #[test]
+    fn the_built_object_carries_this_abi() {
+        let Some(bytes) = built_object() else {
+            eprintln!("skipping: no eBPF object built");
+            return;
+        };
+        assert_eq!(object_abi(&bytes), Some(ABI_VERSION));
+        assert!(check_abi(Path::new("x.o"), &bytes).is_ok());
+    }
+
+    #[test]
+    fn an_object_of_another_abi_or_none_is_refused() {
+        use object::{Object as _, ObjectSection as _};
+        // A real object with its ABI number changed in place.
+        if let Some(mut bytes) = built_object() {
+            let file = object::File::parse(&bytes[..]).unwrap();
+            let (at, _) = file
+                .section_by_name(ABI_SECTION)
+                .unwrap()
+                .file_range()
+                .unwrap();
+            let at = at as usize;
+            bytes[at..at + 4].copy_from_slice(&(ABI_VERSION + 1).to_le_bytes());
+            let e = check_abi(Path::new("/old/obj"), &bytes).unwrap_err();
+            assert!(matches!(e, Error::Abi { found: Some(v), .. } if v == ABI_VERSION + 1));
+            let shown = e.to_string();
+            assert!(
+                shown.contains("/old/obj") && shown.contains(&format!("ABI {}", ABI_VERSION + 1)),
+                "{shown}"
+            );
+        }
+        // Not an ELF file, and an ELF file without the section (this test binary).
+        let e = check_abi(Path::new("junk"), b"\x7fELF garbage").unwrap_err();
+        assert!(matches!(e, Error::Abi { found: None, .. }));
+        assert!(e.to_string().contains("no ABI section"), "{e}");
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(matches!(
+            check_abi(Path::new("me"), &me),
+            Err(Error::Abi { found: None, .. })
+        ));
     }
 
     #[test]
