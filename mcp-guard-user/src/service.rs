@@ -90,7 +90,7 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<i32> {
     t.copy(&bin, BIN, 0o755)?;
     let object = match &args.bpf_object {
         Some(o) => Some(o.clone()),
-        None => match crate::observer::find_object() {
+        None => match crate::ebpf::find_object() {
             Ok(o) => Some(o),
             Err(e) => {
                 println!(
@@ -102,7 +102,7 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<i32> {
         },
     };
     if let Some(o) = object {
-        t.copy(&o, crate::observer::INSTALLED_OBJECT, 0o644)?;
+        t.copy(&o, crate::ebpf::INSTALLED_OBJECT, 0o644)?;
     }
     t.write(UNIT_FILE, UNIT.as_bytes(), 0o644)?;
     t.config(CONFIG_FILE, CONFIG)?;
@@ -135,12 +135,7 @@ pub fn uninstall(args: &UninstallArgs) -> anyhow::Result<i32> {
         code = run_systemctl(&[vec!["disable", "--now", UNIT_NAME]])?;
     }
     // Removed by hand too, for the hosts where systemctl did not run.
-    for file in [
-        UNIT_FILE,
-        WANTS_LINK,
-        BIN,
-        crate::observer::INSTALLED_OBJECT,
-    ] {
+    for file in [UNIT_FILE, WANTS_LINK, BIN, crate::ebpf::INSTALLED_OBJECT] {
         t.remove(file)?;
     }
     match fs::remove_dir(t.path(LIB_DIR)) {
@@ -480,7 +475,7 @@ mod tests {
         assert!(CONFIG.contains(&format!("policy = \"{POLICY_FILE}\"")));
         assert!(CONFIG.contains(&format!("audit_key = \"{KEY_FILE}\"")));
         assert!(CONFIG.contains(&format!("audit = \"{LOG_DIR}/audit.jsonl\"")));
-        assert!(crate::observer::INSTALLED_OBJECT.starts_with(LIB_DIR));
+        assert!(crate::ebpf::INSTALLED_OBJECT.starts_with(LIB_DIR));
         assert!(POLICY_DIR.starts_with(ETC_DIR) && KEY_FILE.starts_with(STATE_DIR));
     }
 

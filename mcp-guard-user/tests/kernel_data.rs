@@ -13,7 +13,7 @@ use std::{
 };
 
 use kernel::observer_or_skip;
-use mcp_guard::observer::{Data, Event, Events, Observer};
+use mcp_guard::ebpf::{Data, Event, Events, Observer};
 use mcp_guard_common::watch;
 
 /// Not a PATH lookup: a shim on PATH would be the child instead of Python.
@@ -260,7 +260,7 @@ async fn positional_vectored_calls_on_a_pipe_are_captured() {
 }
 
 /// `pid`'s `Unfollowed` event.
-async fn unfollowed_of(events: &mut Events, pid: u32) -> mcp_guard::observer::Unfollowed {
+async fn unfollowed_of(events: &mut Events, pid: u32) -> mcp_guard::ebpf::Unfollowed {
     kernel::first_event(
         events,
         &format!("unfollowed event from {pid}"),

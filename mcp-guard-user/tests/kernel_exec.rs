@@ -20,7 +20,7 @@ use std::{
 };
 
 use kernel::observer_or_skip;
-use mcp_guard::observer::{Event, Events, Exec};
+use mcp_guard::ebpf::{Event, Events, Exec};
 
 const DEADLINE: Duration = Duration::from_secs(5);
 /// `nobody`: the child runs as someone else, so uid/gid are really read.

@@ -13,7 +13,7 @@ use std::{
 };
 
 use kernel::{first_event, observer_with_or_skip};
-use mcp_guard::observer::{Event, Events, Observer, Settings};
+use mcp_guard::ebpf::{Event, Events, Observer, Settings};
 use mcp_guard_common::watch;
 
 /// Not a PATH lookup: a shim on PATH would be the child instead of Python.
@@ -79,7 +79,7 @@ async fn data_of(events: &mut Events, pid: u32, until: u32) -> Vec<Vec<u8>> {
 }
 
 /// `pid`'s exec event.
-async fn exec_of(events: &mut Events, pid: u32) -> mcp_guard::observer::Exec {
+async fn exec_of(events: &mut Events, pid: u32) -> mcp_guard::ebpf::Exec {
     first_event(events, &format!("exec event from {pid}"), |e| match e {
         Event::Exec(e) if e.tgid == pid => Some(e),
         _ => None,

@@ -94,7 +94,7 @@ impl Default for Config {
             hosts: DEFAULT_HOSTS.iter().map(|s| s.to_string()).collect(),
             detect: Detect::Any,
             max_message: DEFAULT_MAX_MESSAGE,
-            ring_bytes: crate::observer::DEFAULT_RING_BYTES,
+            ring_bytes: crate::ebpf::DEFAULT_RING_BYTES,
             rescan_ms: 2000,
             host_configs: HostConfigs::Alert,
             homes: Vec::new(),

@@ -17,11 +17,11 @@ use super::shims;
 use super::status;
 use super::world::{Kernel, Procs};
 use crate::audit::{self, Alert, Context, Flow, Kind as RecordKind, Record};
+use crate::ebpf::{self, Data, Event};
 use crate::frame::{Frame, Framer};
 use crate::guard::{self, Direction, Session};
 use crate::identity::{self, Link, Process};
 use crate::jsonrpc::{self, IdKey, Kind, Parsed};
-use crate::observer::{self, Data, Event};
 use crate::policy::{Policy, Reaction};
 use mcp_guard_common::{origin, watch};
 
@@ -536,7 +536,7 @@ impl<K: Kernel, P: Procs> Core<K, P> {
     /// `sendfile`, `recvmmsg`, ...). What it read from its host may have carried a request
     /// nobody judged: under `denied = "kill"` that counts as denied, and the process is killed
     /// (the kernel already killed a gated reader of its stdin). Writes are alerted.
-    fn unfollowed(&mut self, u: observer::Unfollowed) {
+    fn unfollowed(&mut self, u: ebpf::Unfollowed) {
         let role = self.procs.get(&u.tgid).map(|p| p.role);
         // Shims read their stdin themselves, and judge it; the rest is no longer captured.
         if matches!(role, Some(Role::Other | Role::Shim)) {

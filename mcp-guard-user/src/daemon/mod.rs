@@ -37,7 +37,7 @@ use tokio::signal::unix::{SignalKind, signal};
 pub use self::core::Counters;
 use self::core::{Core, Scan};
 use crate::audit::{self, Audit, Record};
-use crate::observer::{self, Observer, Settings};
+use crate::ebpf::{self, Observer, Settings};
 use crate::policy::Policy;
 use config::Config;
 use world::{LiveProcs, Procs as _};
@@ -79,7 +79,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     let policy = load_policy(&cfg)?;
     let object = match &cfg.bpf_object {
         Some(p) => p.clone(),
-        None => observer::find_object()?,
+        None => ebpf::find_object()?,
     };
     let max_capture = (cfg.max_message + 2).min(mcp_guard_common::MAX_CAPTURE) as u32;
     let mut obs = Observer::load_with(

@@ -13,20 +13,20 @@ use nix::sys::signal::Signal;
 
 use super::procs::{self, base, is_interpreter, script_of};
 use super::shimlog::ShimLog;
+use crate::ebpf::{self, Observer};
 use crate::identity::{self, Principal, Process};
-use crate::observer::{self, Observer};
 
 /// The kernel side: watch flags per process, descriptor roles, signals.
 pub trait Kernel {
-    fn watch(&mut self, tgid: u32, flags: u32) -> Result<(), observer::Error>;
+    fn watch(&mut self, tgid: u32, flags: u32) -> Result<(), ebpf::Error>;
     /// The watch flags of `tgid`, if watched.
     fn watched(&self, tgid: u32) -> Option<u32>;
-    fn set_flags(&mut self, tgid: u32, flags: u32) -> Result<bool, observer::Error>;
-    fn set_fd(&mut self, tgid: u32, fd: u32, origin: u8) -> Result<(), observer::Error>;
+    fn set_flags(&mut self, tgid: u32, flags: u32) -> Result<bool, ebpf::Error>;
+    fn set_fd(&mut self, tgid: u32, fd: u32, origin: u8) -> Result<(), ebpf::Error>;
     fn forget_fds(&mut self, tgid: u32);
-    fn unwatch(&mut self, tgid: u32) -> Result<(), observer::Error>;
+    fn unwatch(&mut self, tgid: u32) -> Result<(), ebpf::Error>;
     /// The watch every new program gets at exec.
-    fn set_probe(&mut self, flags: u32) -> Result<(), observer::Error>;
+    fn set_probe(&mut self, flags: u32) -> Result<(), ebpf::Error>;
     /// Events the kernel could not put in the ring buffer.
     fn lost(&self) -> u64;
     /// The programs attached.
@@ -35,25 +35,25 @@ pub trait Kernel {
 }
 
 impl Kernel for Observer {
-    fn watch(&mut self, tgid: u32, flags: u32) -> Result<(), observer::Error> {
+    fn watch(&mut self, tgid: u32, flags: u32) -> Result<(), ebpf::Error> {
         Observer::watch(self, tgid, flags)
     }
     fn watched(&self, tgid: u32) -> Option<u32> {
         Observer::watched(self, tgid).map(|w| w.flags)
     }
-    fn set_flags(&mut self, tgid: u32, flags: u32) -> Result<bool, observer::Error> {
+    fn set_flags(&mut self, tgid: u32, flags: u32) -> Result<bool, ebpf::Error> {
         Observer::set_flags(self, tgid, flags)
     }
-    fn set_fd(&mut self, tgid: u32, fd: u32, origin: u8) -> Result<(), observer::Error> {
+    fn set_fd(&mut self, tgid: u32, fd: u32, origin: u8) -> Result<(), ebpf::Error> {
         Observer::set_fd(self, tgid, fd, origin)
     }
     fn forget_fds(&mut self, tgid: u32) {
         Observer::forget_fds(self, tgid)
     }
-    fn unwatch(&mut self, tgid: u32) -> Result<(), observer::Error> {
+    fn unwatch(&mut self, tgid: u32) -> Result<(), ebpf::Error> {
         Observer::unwatch_tgid(self, tgid)
     }
-    fn set_probe(&mut self, flags: u32) -> Result<(), observer::Error> {
+    fn set_probe(&mut self, flags: u32) -> Result<(), ebpf::Error> {
         Observer::set_probe(self, flags)
     }
     fn lost(&self) -> u64 {

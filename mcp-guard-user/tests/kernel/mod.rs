@@ -3,16 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use mcp_guard::observer::{self, Observer};
+use mcp_guard::ebpf::{self, Observer};
 
 /// The loaded observer, or `None` after printing why the test cannot run here.
 #[allow(dead_code, reason = "not every kernel test binary uses it")]
 pub fn observer_or_skip() -> Option<Observer> {
-    observer_with_or_skip(observer::Settings::default())
+    observer_with_or_skip(ebpf::Settings::default())
 }
 
 /// [`observer_or_skip`], loaded with `settings`.
-pub fn observer_with_or_skip(settings: observer::Settings) -> Option<Observer> {
+pub fn observer_with_or_skip(settings: ebpf::Settings) -> Option<Observer> {
     let why = if !nix::unistd::geteuid().is_root() {
         "not root".to_owned()
     } else {
@@ -35,13 +35,13 @@ pub fn observer_with_or_skip(settings: observer::Settings) -> Option<Observer> {
 
 /// `$MCP_GUARD_BPF_OBJECT`, the observer's usual places, then the eBPF crate's own build.
 fn object_path() -> Result<PathBuf, String> {
-    let err = match observer::find_object() {
+    let err = match ebpf::find_object() {
         Ok(path) => return Ok(path),
         Err(err) => err,
     };
     let built = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../mcp-guard-ebpf/target/bpfel-unknown-none/release/mcp-guard-ebpf");
-    if std::env::var_os(observer::OBJECT_ENV).is_none() && built.is_file() {
+    if std::env::var_os(ebpf::OBJECT_ENV).is_none() && built.is_file() {
         return Ok(built);
     }
     Err(format!("{err}; build it with `cargo xtask build-ebpf`"))
@@ -54,9 +54,9 @@ pub const EVENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1
 /// nothing is picked within [`EVENT_DEADLINE`].
 #[allow(dead_code, reason = "not every kernel test binary uses it")]
 pub async fn first_event<T>(
-    events: &mut observer::Events,
+    events: &mut ebpf::Events,
     what: &str,
-    mut pick: impl FnMut(observer::Event) -> Option<T>,
+    mut pick: impl FnMut(ebpf::Event) -> Option<T>,
 ) -> T {
     let found = async {
         let mut batch = Vec::new();

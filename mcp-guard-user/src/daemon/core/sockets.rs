@@ -6,9 +6,9 @@ use super::super::http::{self, HttpStream};
 use super::{Core, Observed, judge_into};
 use crate::audit::{self, Record};
 use crate::daemon::world::{Kernel, Procs};
+use crate::ebpf::{Data, Socket};
 use crate::frame::{Frame, Framer};
 use crate::guard::{self, Direction};
-use crate::observer::{Data, Socket};
 use mcp_guard_common::origin;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::ebpf::{Exec, Socket, Unfollowed};
 use crate::identity::Principal;
-use crate::observer::{Exec, Socket, Unfollowed};
 use mcp_guard_common::data;
 
 /// What the programs would be told, and which signals were sent.
@@ -25,28 +25,28 @@ struct FakeKernel {
 }
 
 impl Kernel for FakeKernel {
-    fn watch(&mut self, tgid: u32, flags: u32) -> Result<(), observer::Error> {
+    fn watch(&mut self, tgid: u32, flags: u32) -> Result<(), ebpf::Error> {
         self.watched.insert(tgid, flags);
         Ok(())
     }
     fn watched(&self, tgid: u32) -> Option<u32> {
         self.watched.get(&tgid).copied()
     }
-    fn set_flags(&mut self, tgid: u32, flags: u32) -> Result<bool, observer::Error> {
+    fn set_flags(&mut self, tgid: u32, flags: u32) -> Result<bool, ebpf::Error> {
         Ok(self.watched.insert(tgid, flags).is_some())
     }
-    fn set_fd(&mut self, tgid: u32, fd: u32, origin: u8) -> Result<(), observer::Error> {
+    fn set_fd(&mut self, tgid: u32, fd: u32, origin: u8) -> Result<(), ebpf::Error> {
         self.fds.insert((tgid, fd), origin);
         Ok(())
     }
     fn forget_fds(&mut self, tgid: u32) {
         self.forgotten.push(tgid);
     }
-    fn unwatch(&mut self, tgid: u32) -> Result<(), observer::Error> {
+    fn unwatch(&mut self, tgid: u32) -> Result<(), ebpf::Error> {
         self.watched.remove(&tgid);
         Ok(())
     }
-    fn set_probe(&mut self, flags: u32) -> Result<(), observer::Error> {
+    fn set_probe(&mut self, flags: u32) -> Result<(), ebpf::Error> {
         self.probe = flags;
         Ok(())
     }
