@@ -318,33 +318,14 @@ fn unfollowed(
         };
         let unseen_request = direction == dir::IN && o != origin::STDOUT;
         let kill = unseen_request && o == origin::STDIN && w.flags & watch::GATE != 0;
-        if kill {
-            // SAFETY: a plain helper call on the current task.
-            unsafe { bpf_send_signal(SIGKILL) };
-        }
-        let event = UnfollowedEvent {
-            kind: kind::UNFOLLOWED,
-            tgid,
-            fd,
-            syscall: number as u32,
-            dir: direction,
-            origin: o,
-            killed: kill as u8,
-            _pad: [0; 5],
-        };
-        if EVENTS.output::<UnfollowedEvent>(&event, 0).is_err() {
-            lost();
-        }
+        report_unfollowed(tgid, fd, number, direction, o, kill);
     }
     Ok(())
 }
 
-/// A captured process opened a way to move bytes the program cannot follow (`fd` is the
-/// ring or the descriptor taken): what comes through it may be a request nobody judged, as
-/// from stdin. Gated, the process is killed before the call returns.
+/// Kills the calling process first when `kill`, then reports what it did.
 #[inline(always)]
-fn unfollowed_channel(tgid: u32, w: &Watch, number: u64, fd: u32) -> Result<(), i64> {
-    let kill = w.flags & watch::GATE != 0;
+fn report_unfollowed(tgid: u32, fd: u32, number: u64, direction: u8, o: u8, kill: bool) {
     if kill {
         // SAFETY: a plain helper call on the current task.
         unsafe { bpf_send_signal(SIGKILL) };
@@ -354,14 +335,23 @@ fn unfollowed_channel(tgid: u32, w: &Watch, number: u64, fd: u32) -> Result<(), 
         tgid,
         fd,
         syscall: number as u32,
-        dir: dir::IN,
-        origin: origin::STDIN,
+        dir: direction,
+        origin: o,
         killed: kill as u8,
         _pad: [0; 5],
     };
     if EVENTS.output::<UnfollowedEvent>(&event, 0).is_err() {
         lost();
     }
+}
+
+/// A captured process opened a way to move bytes the program cannot follow (`fd` is the
+/// ring or the descriptor taken): what comes through it may be a request nobody judged, as
+/// from stdin. Gated, the process is killed before the call returns.
+#[inline(always)]
+fn unfollowed_channel(tgid: u32, w: &Watch, number: u64, fd: u32) -> Result<(), i64> {
+    let kill = w.flags & watch::GATE != 0;
+    report_unfollowed(tgid, fd, number, dir::IN, origin::STDIN, kill);
     Ok(())
 }
 

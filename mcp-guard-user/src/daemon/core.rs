@@ -236,8 +236,11 @@ pub(super) fn probe_flags(cfg: &Config, policy: &Policy) -> u32 {
     }
 }
 
+/// Gates hold a reader until its bytes are judged: needed to kill a server before it acts
+/// on a denied call, and before it acts at all when unwrapped servers are killed on sight.
 fn gate_flag(policy: &Policy) -> u32 {
-    if policy.observer().denied == Reaction::Kill {
+    let o = policy.observer();
+    if o.denied == Reaction::Kill || o.unwrapped == Reaction::Kill {
         watch::GATE
     } else {
         0
@@ -885,7 +888,6 @@ impl<K: Kernel, P: Procs> Core<K, P> {
 
     /// Starts recording an unwrapped server's session, and raises its alert.
     fn open_session(&mut self, tgid: u32, host: Option<u32>, late: bool) {
-        self.counters.sessions_seen += 1;
         let pid = tgid;
         let process = self.sys.process(pid);
         let argv = self.sys.cmdline(tgid);
@@ -901,25 +903,32 @@ impl<K: Kernel, P: Procs> Core<K, P> {
         let mut detail = serde_json::Map::new();
         detail.insert("observed".into(), true.into());
         detail.insert("joined_late".into(), late.into());
-        let started = guard::start(guard::Start {
-            transport: audit::Transport::StdioObserved,
-            policy: self.policy.clone(),
-            max_message: self.cfg.max_message,
-            parties: guard::Parties {
-                principal,
-                host: host_proc.clone(),
-                shim: None,
-                chain,
+        let (session, ctx) = self.observe(
+            guard::Start {
+                transport: audit::Transport::StdioObserved,
+                policy: self.policy.clone(),
+                max_message: self.cfg.max_message,
+                parties: guard::Parties {
+                    principal,
+                    host: host_proc.clone(),
+                    shim: None,
+                    chain,
+                },
+                server: guard::ServerInfo::new(
+                    name.clone(),
+                    Some(pid),
+                    process.as_ref(),
+                    Some(&argv),
+                ),
+                server_exe: process.as_ref().and_then(|p| p.exe.clone()),
+                cwd: self.sys.cwd(pid),
+                argv,
+                detail,
             },
-            server: guard::ServerInfo::new(name.clone(), Some(pid), process.as_ref(), Some(&argv)),
-            server_exe: process.as_ref().and_then(|p| p.exe.clone()),
-            cwd: self.sys.cwd(pid),
-            argv,
-            detail,
-        });
-        let (mut guard, ctx) = (started.session, started.ctx);
-        guard.set_limits(crate::guard::Limits::NONE);
-        self.records.push(started.record);
+            host_proc.clone(),
+            user.clone(),
+            uid,
+        );
         let reaction = self.policy.observer().unwrapped;
         let host_kind = host.and_then(|h| self.sys.host_kind(h, &self.cfg.hosts));
         self.alert(
@@ -937,15 +946,34 @@ impl<K: Kernel, P: Procs> Core<K, P> {
         let killed = reaction == Reaction::Kill && self.kill(tgid);
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.killed = killed;
-            p.session = Some(Box::new(Observed {
-                guard,
-                name,
-                host: host_proc,
-                user,
-                uid,
-                messages: 0,
-            }));
+            p.session = Some(session);
         }
+    }
+
+    /// Starts a session the observer judges (in monitor mode, without limits: it refuses
+    /// nothing) and records its start.
+    fn observe(
+        &mut self,
+        start: guard::Start,
+        host: Option<Process>,
+        user: Option<String>,
+        uid: u32,
+    ) -> (Box<Observed>, Arc<Context>) {
+        self.counters.sessions_seen += 1;
+        let name = start.server.name.clone();
+        let started = guard::start(start);
+        let mut guard = started.session;
+        guard.set_limits(crate::guard::Limits::NONE);
+        self.records.push(started.record);
+        let observed = Observed {
+            guard,
+            name,
+            host,
+            user,
+            uid,
+            messages: 0,
+        };
+        (Box::new(observed), started.ctx)
     }
 
     /// The name the agent host's config gives the server `pid` belongs to: the entry that

@@ -244,7 +244,6 @@ impl<K: Kernel, P: Procs> Core<K, P> {
         let chain = self.sys.ancestry(who);
         let user = principal.as_ref().and_then(|p| p.user.clone());
         let uid = principal.as_ref().map_or(u32::MAX, |p| p.uid);
-        self.counters.sessions_seen += 1;
         let mut info = guard::ServerInfo::new(
             name.clone(),
             server_pid,
@@ -258,39 +257,34 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             "socket".into(),
             serde_json::json!({ "pid": tgid, "fd": fd, "accepted": accepted }),
         );
-        let started = guard::start(guard::Start {
-            transport: if proto == Proto::Http {
-                audit::Transport::HttpObserved
-            } else {
-                audit::Transport::SocketObserved
+        let (session, _) = self.observe(
+            guard::Start {
+                transport: if proto == Proto::Http {
+                    audit::Transport::HttpObserved
+                } else {
+                    audit::Transport::SocketObserved
+                },
+                policy: self.policy.clone(),
+                max_message: self.cfg.max_message,
+                parties: guard::Parties {
+                    principal,
+                    host: host_proc.clone(),
+                    shim: None,
+                    chain,
+                },
+                server: info,
+                server_exe: server.as_ref().and_then(|p| p.exe.clone()),
+                cwd: server_pid.and_then(|p| self.sys.cwd(p)),
+                argv: server.map(|p| p.cmdline).unwrap_or_default(),
+                detail,
             },
-            policy: self.policy.clone(),
-            max_message: self.cfg.max_message,
-            parties: guard::Parties {
-                principal,
-                host: host_proc.clone(),
-                shim: None,
-                chain,
-            },
-            server: info,
-            server_exe: server.as_ref().and_then(|p| p.exe.clone()),
-            cwd: server_pid.and_then(|p| self.sys.cwd(p)),
-            argv: server.map(|p| p.cmdline).unwrap_or_default(),
-            detail,
-        });
-        let mut guard = started.session;
-        guard.set_limits(crate::guard::Limits::NONE);
-        self.records.push(started.record);
+            host_proc,
+            user,
+            uid,
+        );
         if let Some(c) = self.conns.get_mut(&(tgid, fd)) {
             c.server_pid = server_pid;
-            c.session = Some(Box::new(Observed {
-                guard,
-                name,
-                host: host_proc,
-                user,
-                uid,
-                messages: 0,
-            }));
+            c.session = Some(session);
         }
     }
 

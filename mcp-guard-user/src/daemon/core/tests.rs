@@ -717,11 +717,21 @@ fn an_oversized_request_is_unjudgeable() {
 }
 
 #[test]
-fn unwrapped_kill_kills_on_sight() {
+fn unwrapped_kill_kills_on_sight_before_the_first_read_returns() {
     let policy = "default = \"allow\"\n[observer]\nunwrapped = \"kill\"\n";
     let mut t = t(policy);
-    t.host_and_server();
-    t.initialize(SERVER);
+    // Reads are gated, so the server is held at its first message and never continued.
+    t.exec(HOST, 50, 0);
+    assert_eq!(t.core.kernel.watched[&HOST], watch::HOST | watch::GATE);
+    t.core
+        .kernel
+        .watched
+        .insert(SERVER, watch::CAPTURE | watch::GATE);
+    t.exec(SERVER, HOST, watch::CAPTURE | watch::GATE);
+    t.gated_read(
+        SERVER,
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#,
+    );
     assert_eq!(t.signals(SERVER), [Signal::SIGKILL]);
     assert_eq!(t.alerts("unwrapped_server")[0]["action"], "kill");
 }
