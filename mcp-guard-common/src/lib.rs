@@ -187,7 +187,7 @@ pub mod watch {
     pub const HOST: u32 = 4;
     /// Not known yet: a process the kernel watched at exec because probing is on
     /// ([`super::config::PROBE`]). Nothing is captured until its first read of fd 0 that
-    /// returns something other than white space: if that starts with `{` (JSON), the
+    /// returns something other than white space: if that starts with `{` or `[` (JSON), the
     /// process is captured from that read on (`PROBE` becomes [`CAPTURE`]); anything else
     /// ends the watch. Inherited at fork by children of a process that has only this bit.
     pub const PROBE: u32 = 8;

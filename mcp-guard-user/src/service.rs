@@ -1,5 +1,5 @@
 //! `mcp-guard service install | uninstall`: puts the daemon on a host as a systemd system
-//! service, in the paths of DESIGN.md "Paths (FHS)", and takes it off again.
+//! service, in the FHS paths the README lists, and takes it off again.
 //!
 //! Every path is made under `--root` (default `/`), so packagers and tests can stage an
 //! install; systemctl runs only for `/` on a host booted with systemd. What an admin owns

@@ -39,9 +39,9 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
-    /// Fuzz the policy loader and the framing/JSON-RPC parser with cargo-fuzz (libFuzzer).
+    /// Fuzz the policy loader, the framing/JSON-RPC parser and the managed wire with cargo-fuzz (libFuzzer).
     Fuzz {
-        /// `policy_loader` or `jsonrpc_framing`; both when omitted.
+        /// `policy_loader`, `jsonrpc_framing` or `managed_wire`; all three when omitted.
         target: Option<String>,
         /// How long to fuzz each target.
         #[arg(long, default_value_t = 60)]

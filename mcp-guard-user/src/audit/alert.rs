@@ -1,5 +1,5 @@
 //! Every alert mcp-guard raises, and what each one carries. An alert record's `detail` is
-//! one of these, with `alert` naming it; the README's alert table and the SIEM rules key on
+//! one of these, with `alert` naming it; the README's lists of alerts and SIEM rules key on
 //! those names and fields.
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! Where each host keeps its config on Linux (see docs in HOSTS.md).
+//! Where each host keeps its config on Linux, as each host documents it.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,5 @@
-//! A compiled policy: its rules, their patterns and templates, and how it is shown
-//! (`policy show`). [`index`] finds the few rules that can match a request; [`validate`]
+//! A compiled policy: its rules, their patterns and templates, and how they are written
+//! back as text (diagnostics, `policy explain`). [`index`] finds the few rules that can match a request; [`validate`]
 //! turns raw rules into these, or into diagnostics with line and column.
 //!
 //! Rules are indexed by method, then by exact tool name, then by exact server name; rules

@@ -1,9 +1,10 @@
 //! Policy: which server may be asked which method and tool, by whom, with which arguments.
 //!
-//! `raw.rs` is the file schema (serde), `compiled.rs` validates it into indexed rules,
-//! `eval.rs` decides requests, `path.rs` normalizes paths for `path_under`, `load.rs` finds
-//! and reads files, `cmd.rs` is `mcp-guard policy check | explain`. The language is
-//! described in `README.md` beside this file.
+//! `raw.rs` is the file schema (serde), `compiled/validate.rs` turns it into the rules of
+//! `compiled.rs`, indexed by `compiled/index.rs`; `eval.rs` decides requests, `path.rs`
+//! reads paths every way a server may, `load.rs` finds and reads files, `cmd.rs` is
+//! `mcp-guard policy check | explain`. The language is described in the project's README
+//! (*Policy*).
 //!
 //! Deny wins over allow whatever the order. The default applies, when no allow or deny rule
 //! matches, to the methods that act (calling a tool, reading a resource, getting a prompt,
