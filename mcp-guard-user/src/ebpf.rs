@@ -404,7 +404,6 @@ impl Observer {
     }
 }
 
-/// The program `name` of the object, as the kind `T` it must be.
 /// The ABI version an eBPF object carries in its [`ABI_SECTION`], if it is an ELF file with
 /// one.
 pub fn object_abi(bytes: &[u8]) -> Option<u32> {
@@ -426,6 +425,7 @@ fn check_abi(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     }
 }
 
+/// The program `name` of the object, as the kind `T` it must be.
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, Error>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
@@ -711,14 +711,7 @@ mod tests {
     use mcp_guard_common::{COMM_LEN, FILENAME_LEN};
 
     fn record(event: &ExecEvent) -> Vec<u8> {
-        // SAFETY: ExecEvent has no padding, so all of its bytes are initialised.
-        unsafe {
-            std::slice::from_raw_parts(
-                (event as *const ExecEvent).cast::<u8>(),
-                size_of::<ExecEvent>(),
-            )
-        }
-        .to_vec()
+        bytemuck::bytes_of(event).to_vec()
     }
 
     #[test]
