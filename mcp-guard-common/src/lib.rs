@@ -125,7 +125,7 @@ pub use arch::{nr, regs};
 /// map values in this file, the map names and the meaning of their bits. Raise it with any
 /// change to those; the object carries it in [`ABI_SECTION`] and user space refuses an
 /// object whose number is not its own.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// The ELF section of the eBPF object that holds [`ABI_VERSION`], 4 bytes little-endian.
 pub const ABI_SECTION: &str = "mcp_guard_abi";
@@ -203,6 +203,64 @@ pub struct Watch {
     pub flags: u32,
 }
 
+/// Name of the one-entry array holding this kernel's [`Layout`], which user space reads
+/// from the kernel's BTF (`/sys/kernel/btf/vmlinux`) at load.
+pub const LAYOUT_MAP: &str = "LAYOUT";
+
+/// Byte offsets of the kernel structure fields the programs follow from a task to the
+/// file behind one of its descriptors: `task->files->fdt->fd[n]->f_inode`, and the
+/// inode's identity (`i_mode`, `i_ino`, `i_sb->s_dev`). They differ between kernels and
+/// builds, so they come from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Layout {
+    /// `task_struct.files` (pointer).
+    pub task_files: u32,
+    /// `files_struct.fdt` (pointer).
+    pub files_fdt: u32,
+    /// `fdtable.max_fds` (`unsigned int`).
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd` (pointer to an array of pointers).
+    pub fdt_fd: u32,
+    /// `file.f_inode` (pointer).
+    pub file_inode: u32,
+    /// `inode.i_mode` (`umode_t`, 16 bits).
+    pub inode_mode: u32,
+    /// `inode.i_ino` (`unsigned long`).
+    pub inode_ino: u32,
+    /// `inode.i_sb` (pointer).
+    pub inode_sb: u32,
+    /// `super_block.s_dev` (`dev_t`, 32 bits).
+    pub sb_dev: u32,
+    /// Non-zero once the offsets above are set; until then descriptors are followed by
+    /// number only.
+    pub known: u32,
+}
+
+/// Which pipe or socket an open descriptor is: its inode's device and number. Two
+/// descriptors with one `FileId` are one channel, whatever their numbers or how they were
+/// obtained (dup, `/proc/self/fd/N`, `/dev/stdin`, `SCM_RIGHTS`). All zero: none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FileId {
+    /// The kernel's `s_dev` of the inode's file system (pipefs, sockfs).
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// Name of the map from tgid to the [`Stdio`] of a captured process: the pipes or sockets
+/// its stdin and stdout were when it started. Written by the kernel only.
+pub const STDIO_MAP: &str = "STDIO";
+
+/// A [`STDIO_MAP`] value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Stdio {
+    pub stdin: FileId,
+    pub stdout: FileId,
+}
+
 /// The key of [`FDS_MAP`].
 pub const fn fd_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
@@ -255,6 +313,8 @@ pub mod dir {
     pub const IN: u8 = 0;
     /// write, writev, sendto, sendmsg.
     pub const OUT: u8 = 1;
+    /// Handed to another process (`SCM_RIGHTS`): only in an [`super::UnfollowedEvent`].
+    pub const PASS: u8 = 2;
 }
 
 /// Bits of [`DataHeader::flags`].
@@ -308,3 +368,7 @@ const _: () = assert!(core::mem::align_of::<DataHeader>() == 8);
 unsafe impl aya::Pod for ExecEvent {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Watch {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Layout {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Stdio {}

@@ -26,7 +26,7 @@ use mcp_guard_common::{
     dir, fd_key, kind, nr, origin, regs, watch,
 };
 
-use crate::{CONFIG, EVENTS, FDS, WATCHED, lost, mark_watched, maybe_watched};
+use crate::{CONFIG, EVENTS, FDS, WATCHED, files, lost, mark_watched, maybe_watched};
 
 /// `struct msghdr` (user ABI): `msg_iov` at 16, `msg_iovlen` at 24.
 const MSG_IOV: usize = 16;
@@ -69,13 +69,34 @@ enum Source {
     Iov { iov: u64, count: u64 },
 }
 
-/// What descriptor `fd` of a watched process carries, if it is captured.
+/// What descriptor `fd` of a watched process carries, used in `direction`, if it is
+/// captured: by its number ([`origin_by_number`]), else by what it is (the process's stdin
+/// or stdout pipe reached through another descriptor: `/proc/self/fd/0` reopened, a copy
+/// received over a socket).
+#[inline(always)]
+fn origin_of(tgid: u32, fd: u32, w: &Watch, direction: u8) -> Option<u8> {
+    if let Some(o) = origin_by_number(tgid, fd, w) {
+        return Some(o);
+    }
+    if w.flags & (watch::CAPTURE | watch::PROBE) == 0 {
+        return None;
+    }
+    files::origin_by_file(tgid, fd, direction, || {
+        (
+            origin_by_number(tgid, 0, w) == Some(origin::STDIN),
+            origin_by_number(tgid, 1, w) == Some(origin::STDOUT),
+        )
+    })
+}
+
+/// What descriptor `fd` of a watched process carries by its number, as dup, close and
+/// fork moved stdio.
 ///
 /// A forked child shares its parent's descriptors: a copy of the stdio the parent moved to a
 /// high descriptor (dup to fd 5, then fork) is captured in the child too, from the
 /// parent's entry, until the child closes or replaces it.
 #[inline(always)]
-fn origin_of(tgid: u32, fd: u32, w: &Watch) -> Option<u8> {
+fn origin_by_number(tgid: u32, fd: u32, w: &Watch) -> Option<u8> {
     // SAFETY: copied out at once.
     match unsafe { FDS.get(fd_key(tgid, fd)) }.copied() {
         Some(origin::NONE) => None,
@@ -174,7 +195,10 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let fd = reg(regs::ARG0)? as u32;
-    let Some(o) = origin_of(tgid, fd, &w) else {
+    if number == nr::SENDMSG && w.flags & watch::CAPTURE != 0 {
+        passes_stdio(tgid, &w, reg(regs::ARG1)?);
+    }
+    let Some(o) = origin_of(tgid, fd, &w, direction) else {
         return Ok(());
     };
     let wanted = match o {
@@ -313,7 +337,7 @@ fn unfollowed(
             continue;
         }
         let fd = fd as u32;
-        let Some(o) = origin_of(tgid, fd, w) else {
+        let Some(o) = origin_of(tgid, fd, w, direction) else {
             continue;
         };
         let unseen_request = direction == dir::IN && o != origin::STDOUT;
@@ -321,6 +345,83 @@ fn unfollowed(
         report_unfollowed(tgid, fd, number, direction, o, kill);
     }
     Ok(())
+}
+
+/// `struct msghdr`: `msg_control` at 32, `msg_controllen` at 40; `struct cmsghdr`:
+/// `cmsg_len` (8 bytes), `cmsg_level`, `cmsg_type`, then the data, 8-byte aligned.
+const MSG_CONTROL: u64 = 32;
+const MSG_CONTROLLEN: u64 = 40;
+const CMSG_HEADER: u64 = 16;
+const SOL_SOCKET: u32 = 1;
+const SCM_RIGHTS: u32 = 1;
+/// Control messages and descriptors per message looked at; a message with more is taken
+/// to carry stdio (it cannot be checked in bounded time).
+const MAX_CMSGS: u64 = 3;
+const MAX_PASSED: u64 = 8;
+
+/// A captured process sent descriptors over a unix socket (`SCM_RIGHTS`) in the `sendmsg`
+/// whose `struct msghdr` is at `msg`: if one is its stdin, another process can read what
+/// the host sends without being captured. Reported as an unfollowed channel; gated, the
+/// sender is killed before the call returns.
+#[inline(always)]
+fn passes_stdio(tgid: u32, w: &Watch, msg: u64) {
+    let user = |at: u64| -> Option<u64> {
+        // SAFETY: user memory through the checked helper.
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user(at as *const u64) }.ok()
+    };
+    let (Some(control), Some(len)) = (user(msg + MSG_CONTROL), user(msg + MSG_CONTROLLEN)) else {
+        return;
+    };
+    if control == 0 || len < CMSG_HEADER {
+        return;
+    }
+    let mut at = 0u64;
+    let mut passed = None;
+    let mut i = 0;
+    while i < MAX_CMSGS + 1 {
+        i += 1;
+        if at + CMSG_HEADER > len {
+            break;
+        }
+        if i > MAX_CMSGS {
+            passed = Some(u32::MAX);
+            break;
+        }
+        let (Some(cmsg_len), Some(kind)) = (user(control + at), user(control + at + 8)) else {
+            return;
+        };
+        if cmsg_len < CMSG_HEADER {
+            break;
+        }
+        if kind as u32 == SOL_SOCKET && (kind >> 32) as u32 == SCM_RIGHTS {
+            let n = (cmsg_len - CMSG_HEADER) / 4;
+            if n > MAX_PASSED {
+                passed = Some(u32::MAX);
+                break;
+            }
+            let mut j = 0;
+            while j < MAX_PASSED {
+                if j >= n {
+                    break;
+                }
+                let at = control + at + CMSG_HEADER + j * 4;
+                // SAFETY: user memory through the checked helper.
+                let Ok(fd) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(at as *const u32) })
+                else {
+                    return;
+                };
+                if origin_of(tgid, fd, w, dir::IN) == Some(origin::STDIN) {
+                    passed = Some(fd);
+                }
+                j += 1;
+            }
+        }
+        at += (cmsg_len + 7) & !7;
+    }
+    if let Some(fd) = passed {
+        let kill = w.flags & watch::GATE != 0;
+        report_unfollowed(tgid, fd, nr::SENDMSG, dir::PASS, origin::STDIN, kill);
+    }
 }
 
 /// Kills the calling process first when `kill`, then reports what it did.
@@ -454,7 +555,8 @@ fn fd_table(
     if new == fd {
         return Ok(());
     }
-    match origin_of(tgid, fd, w) {
+    // A copy of a descriptor followed by what it is needs no entry: it is the same file.
+    match origin_by_number(tgid, fd, w) {
         Some(o) => {
             let _ = FDS.insert(fd_key(tgid, new), o, 0);
         }

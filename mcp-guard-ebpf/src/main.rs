@@ -4,6 +4,7 @@
 #![no_main]
 
 mod data;
+mod files;
 mod process;
 
 use aya_ebpf::{

@@ -16,7 +16,7 @@ use aya_ebpf::{
 use core::ptr::addr_of_mut;
 use mcp_guard_common::{ExecEvent, ExitEvent, FILENAME_LEN, Watch, config, fd_key, kind, watch};
 
-use crate::{CONFIG, EVENTS, FDS, WATCHED, lost, mark_watched};
+use crate::{CONFIG, EVENTS, FDS, WATCHED, files, lost, mark_watched};
 
 /// A record field's offset, as user space read it from this kernel's tracepoint `format`
 /// file (`mcp_guard_common::config`); an error when it is not set.
@@ -75,6 +75,7 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
         }
         fd += 1;
     }
+    files::forked(tgid, child as u32, shares);
     mark_watched(child as u32, true);
     // For a new thread `child` is a tid; exit removes it again.
     WATCHED
@@ -148,6 +149,11 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, u32> {
         w => w,
     };
     let (ppid, flags) = watched.map_or((0, 0), |w| (w.parent, w.flags));
+    // The new program's stdin and stdout, as files: reaching them through any other
+    // descriptor later is reading or writing them all the same.
+    if flags & (watch::CAPTURE | watch::PROBE) != 0 && flags & watch::HOST == 0 {
+        files::remember(tgid, true, true);
+    }
     // __data_loc: low 16 bits are the string's offset from the record start.
     // SAFETY: offset and type from this kernel's format file, checked at load.
     let loc: u32 = unsafe { ctx.read_at(offset(config::EXEC_FILENAME)?) }.map_err(|_| 1u32)?;
@@ -207,6 +213,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     if !group_dead {
         return Ok(0);
     }
+    files::forget(tgid);
     // SAFETY: copied out at once.
     let Some(w) = (unsafe { WATCHED.get(tgid) }).copied() else {
         return Ok(0);

@@ -24,10 +24,12 @@ use aya::{
 };
 use mcp_guard_common::{
     ABI_SECTION, ABI_VERSION, CONFIG_MAP, DataHeader, EVENTS_MAP, ExecEvent, ExitEvent, FDS_MAP,
-    LOST_MAP, MAX_CAPTURE, MAYBE_WATCHED_MAP, UnfollowedEvent, WATCHED_MAP, Watch, config, data,
-    fd_key, kind,
+    LAYOUT_MAP, LOST_MAP, Layout, MAX_CAPTURE, MAYBE_WATCHED_MAP, UnfollowedEvent, WATCHED_MAP,
+    Watch, config, data, fd_key, kind,
 };
 use tokio::io::{Interest, unix::AsyncFd};
+
+pub mod btf;
 
 /// Environment variable naming the eBPF object; when set, no other path is tried.
 pub const OBJECT_ENV: &str = "MCP_GUARD_BPF_OBJECT";
@@ -218,6 +220,9 @@ pub struct Observer {
     events: Option<RingBuf<MapData>>,
     /// The names of the attached programs.
     pub programs: Vec<&'static str>,
+    /// The kernel's structure layout was read from its BTF: a captured process's stdin and
+    /// stdout are followed through any descriptor, not only by number.
+    pub follows_files: bool,
 }
 
 impl Observer {
@@ -265,6 +270,23 @@ impl Observer {
         }
         cfg.set(config::PROBE, settings.probe, 0)
             .map_err(Error::Config)?;
+        // Without the structure layout, descriptors are followed by number only: stdin
+        // reopened through /proc/self/fd/0 or received over a socket is not seen.
+        let follows_files = match btf::layout() {
+            Ok(layout) => {
+                // Borrowed, not taken: the map must stay open for the programs to load.
+                let name = LAYOUT_MAP;
+                let map = ebpf.map_mut(name).ok_or(Error::MissingMap { name })?;
+                let mut map: Array<&mut MapData, Layout> =
+                    Array::try_from(map).map_err(|source| Error::Map { name, source })?;
+                map.set(0, layout, 0).map_err(Error::Config)?;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no kernel structure layout: stdio reached through another descriptor (/proc/self/fd, SCM_RIGHTS) is not followed");
+                false
+            }
+        };
         // A kernel before 5.17 (without a backported bpf_loop) fails here: say so.
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let failed = |name: &'static str, source: ProgramError| {
@@ -306,6 +328,7 @@ impl Observer {
             lost,
             events: Some(events),
             programs,
+            follows_files,
         })
     }
 
@@ -527,6 +550,9 @@ pub struct Unfollowed {
     pub syscall: u32,
     /// The descriptor was read from (true) or written to.
     pub inbound: bool,
+    /// The descriptor was handed to another process (`SCM_RIGHTS`); `inbound` is true,
+    /// since whoever receives it can read what the host sends.
+    pub passed: bool,
     /// What the descriptor carries: a `mcp_guard_common::origin` value.
     pub origin: u8,
     /// The kernel killed the process before the call returned (a gated read of stdin).
@@ -547,6 +573,7 @@ impl Unfollowed {
             nr::COPY_FILE_RANGE => "copy_file_range",
             nr::IO_URING_SETUP => "io_uring_setup",
             nr::PIDFD_GETFD => "pidfd_getfd",
+            nr::SENDMSG => "sendmsg",
             _ => "unknown",
         }
     }
@@ -653,7 +680,8 @@ impl Event {
                     tgid: raw.tgid,
                     fd: raw.fd,
                     syscall: raw.syscall,
-                    inbound: raw.dir == mcp_guard_common::dir::IN,
+                    inbound: raw.dir != mcp_guard_common::dir::OUT,
+                    passed: raw.dir == mcp_guard_common::dir::PASS,
                     origin: raw.origin,
                     killed: raw.killed != 0,
                 }))

@@ -463,3 +463,151 @@ async fn a_reused_pid_does_not_inherit_the_old_processes_descriptors() {
     let (inbound, _) = collect(&mut events, pid, message.len(), 0).await;
     assert_eq!(joined(&inbound), message);
 }
+
+/// `script` with `message` written to its stdin; its output once it exited.
+fn run_with_input(script: &str, message: &[u8]) -> (u32, std::process::Output) {
+    let mut child = python(script);
+    let pid = child.id();
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(message)
+        .expect("write");
+    (pid, child.wait_with_output().expect("wait"))
+}
+
+/// A process can reach its stdin and stdout through descriptors no dup made: reopened by
+/// path (`/proc/self/fd/0`, `/dev/stdin`, `/proc/thread-self/fd/0`), with fds 0 and 1
+/// pointed at /dev/null. The pipes are what is captured, whatever descriptor moves them.
+#[tokio::test]
+async fn stdio_reopened_by_path_is_captured_as_the_same_pipes() {
+    let _serial = SERIAL.lock().await;
+    let Some((observer, mut events)) = watch_self(watch::HOST) else {
+        return;
+    };
+    assert!(observer.follows_files, "this kernel's BTF was read");
+    for (input, output) in [
+        ("/proc/self/fd/0", "/proc/self/fd/1"),
+        ("/dev/stdin", "/dev/stdout"),
+        ("/proc/thread-self/fd/0", "/proc/thread-self/fd/1"),
+    ] {
+        let script = format!(
+            "import os\n\
+             i = os.open('{input}', os.O_RDONLY); o = os.open('{output}', os.O_WRONLY)\n\
+             nul = os.open('/dev/null', os.O_RDWR); os.dup2(nul, 0); os.dup2(nul, 1)\n\
+             b = os.read(i, 100)\n\
+             os.write(o, b'answer:' + b)\n"
+        );
+        let message = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\"}\n";
+        let (pid, out) = run_with_input(&script, message);
+        assert!(out.status.success(), "{input}: {out:?}");
+        let (inbound, outbound) = collect(&mut events, pid, message.len(), out.stdout.len()).await;
+        assert_eq!(joined(&inbound), message, "{input}");
+        assert_eq!(joined(&outbound), out.stdout, "{output}");
+        assert!(
+            inbound
+                .iter()
+                .all(|d| d.fd > 1 && d.origin == mcp_guard_common::origin::STDIN),
+            "{input}: read through the reopened descriptor"
+        );
+        assert!(
+            outbound
+                .iter()
+                .all(|d| d.fd > 1 && d.origin == mcp_guard_common::origin::STDOUT),
+            "{output}"
+        );
+    }
+}
+
+/// Gated, a read of stdin through a reopened descriptor stops the reader as a read of fd 0
+/// does: it cannot act on a request before it is judged.
+#[tokio::test]
+async fn a_gated_read_through_a_reopened_stdin_stops_the_reader() {
+    let _serial = SERIAL.lock().await;
+    let Some((_observer, mut events)) = watch_self(watch::HOST | watch::GATE) else {
+        return;
+    };
+    let script = "import os\n\
+        i = os.open('/proc/self/fd/0', os.O_RDONLY)\n\
+        os.dup2(os.open('/dev/null', os.O_RDONLY), 0)\n\
+        b = os.read(i, 100)\n\
+        os.write(1, b'after:' + b)\n";
+    let mut child = python(script);
+    let pid = child.id();
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"hello\n")
+        .expect("write");
+    let (chunks, _) = collect(&mut events, pid, 6, 0).await;
+    assert!(chunks.last().expect("chunk").gated());
+    assert!(
+        kernel::continue_when_stopped(pid),
+        "the reader was not stopped"
+    );
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.stdout, b"after:hello\n");
+}
+
+/// Stdin handed over a unix socket (`SCM_RIGHTS`): whoever receives it could read the
+/// host's requests uncaptured. The passing is reported; the receiver, when captured (here
+/// the same process), is captured reading it.
+#[tokio::test]
+async fn stdin_passed_over_a_unix_socket_is_reported_and_followed() {
+    let _serial = SERIAL.lock().await;
+    let Some((_observer, mut events)) = watch_self(watch::HOST) else {
+        return;
+    };
+    let script = "import os, socket\n\
+        a, b = socket.socketpair()\n\
+        socket.send_fds(a, [b'x'], [0])\n\
+        _, fds, _, _ = socket.recv_fds(b, 10, 1)\n\
+        os.dup2(os.open('/dev/null', os.O_RDONLY), 0)\n\
+        os.write(1, b'answer:' + os.read(fds[0], 100))\n";
+    let message = b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\"}\n";
+    let (pid, out) = run_with_input(script, message);
+    assert!(out.status.success(), "{out:?}");
+    // The report and the data come in one pass: the passing precedes the read.
+    let (mut passing, mut inbound) = (None, Vec::new());
+    kernel::first_event(&mut events, "the passing and the read", |e| {
+        match e {
+            Event::Unfollowed(u) if u.tgid == pid => passing = Some(u),
+            Event::Data(d) if d.tgid == pid && d.inbound => inbound.push(d),
+            _ => {}
+        }
+        (passing.is_some() && joined(&inbound).len() >= message.len()).then_some(())
+    })
+    .await;
+    let u = passing.expect("reported");
+    assert_eq!(
+        (u.call(), u.passed, u.inbound, u.fd, u.killed),
+        ("sendmsg", true, true, 0, false)
+    );
+    assert_eq!(joined(&inbound), message);
+    assert!(inbound.iter().all(|d| d.fd > 1));
+}
+
+/// Gated, a process that hands its stdin to another is killed before `sendmsg` returns:
+/// the receiver never gets it.
+#[tokio::test]
+async fn a_gated_process_passing_its_stdin_is_killed_before_it_returns() {
+    let _serial = SERIAL.lock().await;
+    let Some((_observer, mut events)) = watch_self(watch::HOST | watch::GATE) else {
+        return;
+    };
+    let script = "import os, socket\n\
+        a, b = socket.socketpair()\n\
+        socket.send_fds(a, [b'x'], [os.dup(0)])\n\
+        os.write(1, b'passed')\n";
+    let (pid, out) = run_with_input(script, b"");
+    let u = unfollowed_of(&mut events, pid).await;
+    assert_eq!((u.call(), u.passed, u.killed), ("sendmsg", true, true));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "killed"
+    );
+    assert_eq!(out.stdout, b"", "it never went on");
+}

@@ -631,6 +631,91 @@ def test_a_request_read_with_splice_is_not_acted_on_under_kill(daemon_factory, t
     assert (detail["call"], detail["direction"], detail["carries"], detail["killed"]) == ("splice", "read", "stdin", True)
 
 
+# Waits for the server's answer to initialize before the call, and for the server to end
+# after it (killed, or 10 s), so that a slow machine (the emulated VM) does not end the
+# session before the server has read anything.
+PATIENT_HOST = r"""
+import json, subprocess, sys
+init, call = json.loads(open(sys.argv[1]).read())["lines"]
+srv = subprocess.Popen(json.loads(open(sys.argv[1]).read())["argv"], stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+srv.stdin.write(init.encode() + b"\n"); srv.stdin.flush()
+srv.stdout.readline()
+try:
+    srv.stdin.write(call.encode() + b"\n"); srv.stdin.flush()
+except BrokenPipeError:
+    pass
+try:
+    srv.wait(timeout=10)
+except subprocess.TimeoutExpired:
+    srv.kill(); srv.wait()
+"""
+
+REOPEN_SERVER = r"""
+import json, os, socket, sys
+how = sys.argv[1]
+
+def serve(fd):
+    # Reads requests from `fd`, never from fd 0, which points at /dev/null by now.
+    os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
+    buf = b""
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            req = json.loads(line)
+            if req.get("method") == "initialize":
+                os.write(1, json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": {
+                    "protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "reopen", "version": "0"}}}).encode() + b"\n")
+            elif req.get("method") == "tools/call" and req["params"]["name"] == "write_file":
+                open(req["params"]["arguments"]["path"], "w").write("x")
+
+if how == "scm":
+    # Stdin handed to a helper over a unix socket; the helper serves.
+    a, b = socket.socketpair()
+    if os.fork() == 0:
+        _, fds, _, _ = socket.recv_fds(b, 10, 1)
+        serve(fds[0])
+        os._exit(0)
+    socket.send_fds(a, [b"x"], [0])
+    os.wait()
+else:
+    serve(os.open({"proc": "/proc/self/fd/0", "dev": "/dev/stdin"}[how], os.O_RDONLY))
+"""
+
+
+@pytest.mark.parametrize("how", ["proc", "dev", "scm"])
+def test_stdin_reached_through_another_descriptor_is_judged_under_kill(daemon_factory, tmp_path: Path, how: str) -> None:
+    """A server that reads its requests through another descriptor of its stdin pipe
+    (reopened as /proc/self/fd/0 or /dev/stdin, or handed to a helper over a unix socket)
+    is read from the same pipe: captured, judged, and under `denied = "kill"` killed before
+    the denied call runs."""
+    d = daemon_factory(DENY_WRITES + '\n[observer]\ndenied = "kill"\n')
+    (tmp_path / "patient_host.py").write_text(PATIENT_HOST)
+    (tmp_path / "reopen_server.py").write_text(REOPEN_SERVER)
+    target = tmp_path / "written.txt"
+    init = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+    call = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                       "params": {"name": "write_file", "arguments": {"path": str(target), "content": "x"}}})
+    spec = tmp_path / "reopen.json"
+    spec.write_text(json.dumps({"argv": [sys.executable, str(tmp_path / "reopen_server.py"), how], "lines": [init, call]}))
+    subprocess.run([str(d.host_exe), str(tmp_path / "patient_host.py"), str(spec)], timeout=120, check=True)
+    assert not target.exists(), f"the call read through another descriptor ({how}) ran"
+    if how == "scm":
+        alert = d.wait_for("the unfollowed_io alert", lambda recs: alerts_named(recs, "unfollowed_io"))
+        detail = alert[0]["detail"]
+        assert (detail["call"], detail["direction"], detail["carries"], detail["killed"]) == ("sendmsg", "pass", "stdin", True)
+    else:
+        alert = d.wait_for("the denied-call alert", lambda recs: alerts_named(recs, "denied_call_observed"))
+        detail = alert[0]["detail"]
+        assert (detail["tool"], detail["killed"]) == ("write_file", True), detail
+
+
 SELF_TRACER = r"""
 import ctypes, os, signal, sys
 libc = ctypes.CDLL(None, use_errno=True)

@@ -567,7 +567,11 @@ impl<K: Kernel, P: Procs> Core<K, P> {
                 pid: u.tgid,
                 fd: u.fd,
                 call: u.call(),
-                direction: if u.inbound { "read" } else { "write" },
+                direction: match (u.passed, u.inbound) {
+                    (true, _) => "pass",
+                    (false, true) => "read",
+                    (false, false) => "write",
+                },
                 carries,
                 action: if request_side && kill_mode {
                     "kill"

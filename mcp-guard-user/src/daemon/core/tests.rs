@@ -744,6 +744,7 @@ fn unfollowed(tgid: u32, origin: u8, inbound: bool, killed: bool) -> Event {
         fd: 0,
         syscall: mcp_guard_common::nr::SPLICE as u32,
         inbound,
+        passed: false,
         origin,
         killed,
     })
@@ -771,6 +772,7 @@ fn an_io_uring_ring_under_kill_kills_the_server() {
         fd: 5,
         syscall: mcp_guard_common::nr::IO_URING_SETUP as u32,
         inbound: true,
+        passed: false,
         origin: origin::STDIN,
         killed: false,
     }));
@@ -778,6 +780,31 @@ fn an_io_uring_ring_under_kill_kills_the_server() {
     let alert = t.alerts("unfollowed_io");
     assert_eq!(alert[0]["call"], "io_uring_setup");
     assert_eq!(alert[0]["killed"], true);
+}
+
+#[test]
+fn stdin_passed_to_another_process_under_kill_kills_the_sender() {
+    let mut t = t(&kill_mode(DENY_WRITES));
+    t.host_and_server();
+    t.core.handle(Event::Unfollowed(Unfollowed {
+        tgid: SERVER,
+        fd: 3,
+        syscall: mcp_guard_common::nr::SENDMSG as u32,
+        inbound: true,
+        passed: true,
+        origin: origin::STDIN,
+        killed: false,
+    }));
+    assert_eq!(t.signals(SERVER), [Signal::SIGKILL]);
+    let alert = t.alerts("unfollowed_io");
+    assert_eq!(
+        (
+            &alert[0]["call"],
+            &alert[0]["direction"],
+            &alert[0]["carries"]
+        ),
+        (&"sendmsg".into(), &"pass".into(), &"stdin".into())
+    );
 }
 
 #[test]
