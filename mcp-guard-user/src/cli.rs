@@ -43,6 +43,10 @@ pub enum Command {
         /// Configuration file [default: /etc/mcp-guard/config.toml, or built-in defaults if absent].
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Check the configuration, the policy and the eBPF object, print what would be
+        /// used, and exit (0: all good, 1: the first problem found, named) without starting.
+        #[arg(long)]
+        check_config: bool,
     },
     /// What the running daemon sees: programs, agent hosts, sessions, events, losses.
     /// Exit 3 when no daemon runs.
@@ -54,6 +58,43 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the manual pages or the shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// `man` (mcp-guard.1 and one page per subcommand) or `completions` (bash, zsh,
+        /// fish).
+        what: Generated,
+        /// Directory to write into (created).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// What `mcp-guard generate` writes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Generated {
+    Man,
+    Completions,
+}
+
+/// Writes the manual pages or completions for this command line into `out`.
+pub fn generate(what: Generated, out: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(out)?;
+    let mut cmd = Cli::command();
+    match what {
+        Generated::Man => clap_mangen::generate_to(cmd, out),
+        Generated::Completions => {
+            for shell in [
+                clap_complete::Shell::Bash,
+                clap_complete::Shell::Zsh,
+                clap_complete::Shell::Fish,
+            ] {
+                clap_complete::generate_to(shell, &mut cmd, "mcp-guard", out)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

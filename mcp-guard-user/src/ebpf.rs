@@ -185,13 +185,73 @@ impl fmt::Display for Paths<'_> {
     }
 }
 
-/// Finds the eBPF object: `$MCP_GUARD_BPF_OBJECT` alone when set, else
-/// [`INSTALLED_OBJECT`], else [`OBJECT_FILE_NAME`] beside the current executable.
-pub fn find_object() -> Result<PathBuf, Error> {
+/// The eBPF object this binary carries, when it was built with one
+/// (`MCP_GUARD_EMBED_BPF`, as `cargo xtask package` does).
+#[cfg(embedded_bpf)]
+pub const EMBEDDED: Option<&[u8]> = Some(include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/mcp-guard-ebpf.o"
+)));
+/// The eBPF object this binary carries: none in this build.
+#[cfg(not(embedded_bpf))]
+pub const EMBEDDED: Option<&[u8]> = None;
+
+/// Where the eBPF object comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    /// The one built into this binary.
+    Embedded,
+    File(PathBuf),
+}
+
+impl fmt::Display for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Object::Embedded => f.write_str("the eBPF object built into this binary"),
+            Object::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Object {
+    /// The object's bytes.
+    pub fn bytes(&self) -> Result<std::borrow::Cow<'static, [u8]>, Error> {
+        match self {
+            Object::Embedded => EMBEDDED
+                .map(std::borrow::Cow::Borrowed)
+                .ok_or(Error::NotFound { tried: Vec::new() }),
+            Object::File(path) => {
+                std::fs::read(path)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|source| Error::Read {
+                        path: path.clone(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// A name for messages and paths in errors.
+    fn path(&self) -> PathBuf {
+        match self {
+            Object::Embedded => PathBuf::from("(built in)"),
+            Object::File(p) => p.clone(),
+        }
+    }
+}
+
+/// Finds the eBPF object: `$MCP_GUARD_BPF_OBJECT` alone when set, else the one built into
+/// this binary, else [`INSTALLED_OBJECT`], else [`OBJECT_FILE_NAME`] beside the current
+/// executable.
+pub fn find_object() -> Result<Object, Error> {
+    let env = std::env::var_os(OBJECT_ENV).filter(|v| !v.is_empty());
+    if env.is_none() && EMBEDDED.is_some() {
+        return Ok(Object::Embedded);
+    }
     let exe = std::env::current_exe().ok();
-    let tried = candidates(std::env::var_os(OBJECT_ENV), exe.as_deref());
+    let tried = candidates(env, exe.as_deref());
     match tried.iter().find(|path| path.is_file()) {
-        Some(path) => Ok(path.clone()),
+        Some(path) => Ok(Object::File(path.clone())),
         None => Err(Error::NotFound { tried }),
     }
 }
@@ -233,15 +293,18 @@ impl Observer {
 
     /// Loads the object at `path` and attaches its programs. Needs root.
     pub fn load_with(path: &Path, settings: Settings) -> Result<Self, Error> {
+        Self::load_object(&Object::File(path.to_owned()), settings)
+    }
+
+    /// Loads `object` and attaches its programs. Needs root.
+    pub fn load_object(object: &Object, settings: Settings) -> Result<Self, Error> {
+        let path = &object.path();
         let page = 4096;
         if !settings.ring_bytes.is_power_of_two() || settings.ring_bytes < page {
             return Err(Error::RingSize(settings.ring_bytes));
         }
         ensure_tracefs()?;
-        let bytes = std::fs::read(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = object.bytes()?;
         check_abi(path, &bytes)?;
         // One byte per possible pid (32768 to 4194304): the system-call path's first test.
         let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
@@ -437,6 +500,11 @@ pub fn object_abi(bytes: &[u8]) -> Option<u32> {
 }
 
 /// Refuses an object built for another version of the shared types and maps.
+/// Checks that `object` was built for this binary (its ABI), without loading it.
+pub fn check_object(object: &Object, bytes: &[u8]) -> Result<(), Error> {
+    check_abi(&object.path(), bytes)
+}
+
 fn check_abi(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     match object_abi(bytes) {
         Some(v) if v == ABI_VERSION => Ok(()),

@@ -36,7 +36,13 @@ fn main() -> ExitCode {
         Command::Pins(PinsCommand::Approve { server, tool, pins }) => {
             pins_approve(pins, &server, tool.as_deref())
         }
-        Command::Daemon { config } => daemon(config.as_deref()),
+        Command::Daemon {
+            config,
+            check_config,
+        } => daemon(config.as_deref(), check_config),
+        Command::Generate { what, out } => mcp_guard::cli::generate(what, &out)
+            .map(|()| 0)
+            .map_err(|e| anyhow::anyhow!("cannot write into {}: {e}", out.display())),
         Command::Status { config, json } => mcp_guard::daemon::status::run(config.as_deref(), json),
         Command::Service(mcp_guard::cli::ServiceCommand::Install(a)) => {
             mcp_guard::service::install(&a)
@@ -54,8 +60,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn daemon(config: Option<&std::path::Path>) -> anyhow::Result<i32> {
+fn daemon(config: Option<&std::path::Path>, check: bool) -> anyhow::Result<i32> {
     let cfg = mcp_guard::daemon::config::Config::load(config)?;
+    if check {
+        return mcp_guard::daemon::check(&cfg);
+    }
     mcp_guard::daemon::run(cfg)
 }
 

@@ -15,8 +15,6 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::audit::chain::Signer;
-
 /// The systemd unit, as shipped.
 pub const UNIT: &str = include_str!("../../config/mcp-guard.service");
 /// The daemon configuration installed when there is none.
@@ -35,6 +33,8 @@ const POLICY_FILE: &str = "/etc/mcp-guard/policy.toml";
 const POLICY_DIR: &str = "/etc/mcp-guard/policy.d";
 const LOG_DIR: &str = "/var/log/mcp-guard";
 const STATE_DIR: &str = "/var/lib/mcp-guard";
+/// Made by the daemon at its first start, never here.
+#[cfg(test)]
 const KEY_FILE: &str = "/var/lib/mcp-guard/audit.key";
 
 /// `mcp-guard service install`.
@@ -76,6 +76,21 @@ pub struct UninstallArgs {
 pub fn install(args: &InstallArgs) -> anyhow::Result<i32> {
     let t = Target::new(&args.root)?;
     let upgrade = t.path(BIN).exists();
+    // A daemon without its eBPF object cannot start: refuse before installing anything.
+    let object = match &args.bpf_object {
+        Some(o) => Some(o.clone()),
+        // This program carries its own: nothing to install beside it.
+        None if args.bin.is_none() && crate::ebpf::EMBEDDED.is_some() => None,
+        None => match crate::ebpf::find_object() {
+            Ok(crate::ebpf::Object::File(o)) => Some(o),
+            Ok(crate::ebpf::Object::Embedded) => None,
+            Err(e) => bail!(
+                "{e}: the daemon needs its eBPF object; build a binary that carries it \
+                 (`cargo xtask package`, or `MCP_GUARD_EMBED_BPF=OBJECT cargo build`), or give \
+                 --bpf-object FILE (`cargo xtask build-ebpf` builds it)"
+            ),
+        },
+    };
 
     t.dir(ETC_DIR, 0o755)?;
     t.dir(POLICY_DIR, 0o755)?;
@@ -88,26 +103,15 @@ pub fn install(args: &InstallArgs) -> anyhow::Result<i32> {
         None => std::env::current_exe().context("cannot find this program's path; give --bin")?,
     };
     t.copy(&bin, BIN, 0o755)?;
-    let object = match &args.bpf_object {
-        Some(o) => Some(o.clone()),
-        None => match crate::ebpf::find_object() {
-            Ok(o) => Some(o),
-            Err(e) => {
-                println!(
-                    "{e}: none installed, and the daemon needs one: build it with \
-                     `cargo xtask build-ebpf` and run this again with --bpf-object FILE"
-                );
-                None
-            }
-        },
-    };
     if let Some(o) = object {
         t.copy(&o, crate::ebpf::INSTALLED_OBJECT, 0o644)?;
     }
     t.write(UNIT_FILE, UNIT.as_bytes(), 0o644)?;
     t.config(CONFIG_FILE, CONFIG)?;
     t.config(POLICY_FILE, crate::policy::BUILTIN)?;
-    t.key(KEY_FILE)?;
+    // The signing key is made by the daemon at its first start, on the host it signs for:
+    // a key made here could end up in a staged tree, and every host installed from it
+    // would share it.
 
     let mut start = vec![vec!["daemon-reload"]];
     if upgrade {
@@ -407,30 +411,6 @@ impl Target {
             }
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
-    }
-
-    /// Creates the audit signing key (mode 0600, public half beside it as `.pub`) with the
-    /// code the daemon and the shim use, or checks the one in place without changing it.
-    fn key(&self, abs: &str) -> anyhow::Result<()> {
-        let path = self.path(abs);
-        let public = path.with_extension("pub");
-        let existed = path.exists();
-        let had_public = public.exists();
-        Signer::load_or_create(&path).context("installing the audit signing key")?;
-        if existed {
-            println!("kept {} (signing key)", path.display());
-        } else {
-            self.chown(&path)?;
-            println!("created {} (signing key, 0600)", path.display());
-        }
-        if !had_public {
-            self.chown(&public)?;
-            println!(
-                "created {} (its public half: keep a copy elsewhere)",
-                public.display()
-            );
-        }
-        Ok(())
     }
 
     fn remove(&self, abs: &str) -> anyhow::Result<()> {

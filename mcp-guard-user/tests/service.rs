@@ -119,21 +119,15 @@ fn install_creates_every_path_with_its_owner_and_mode() {
         ("usr/lib/systemd/system/mcp-guard.service", 0o644),
         ("etc/mcp-guard/config.toml", 0o644),
         ("etc/mcp-guard/policy.toml", 0o644),
-        ("var/lib/mcp-guard/audit.key", 0o600),
     ];
     for (rel, mode) in files {
         assert_entry(r, rel, false, mode);
     }
-    // The public half, beside the key, readable (its directory is root's alone).
-    let public = fs::metadata(r.join("var/lib/mcp-guard/audit.pub")).unwrap();
-    assert_eq!(public.mode() & 0o7777, 0o644);
-    assert_eq!((public.uid(), public.gid()), owner());
-    let hex = fs::read_to_string(r.join("var/lib/mcp-guard/audit.pub")).unwrap();
-    assert_eq!(
-        hex.trim().len(),
-        64,
-        "an Ed25519 public key in hex: {hex:?}"
-    );
+    // No signing key in a staged tree: every host installed from it would share it. The
+    // daemon makes its own at first start.
+    for key in ["var/lib/mcp-guard/audit.key", "var/lib/mcp-guard/audit.pub"] {
+        assert!(!r.join(key).exists(), "{key} made at install");
+    }
 
     // The shipped contents, byte for byte.
     let same = |rel: &str, want: &Path| {
@@ -188,17 +182,15 @@ fn install_creates_every_path_with_its_owner_and_mode() {
 }
 
 #[test]
-fn install_without_an_ebpf_object_says_so_and_succeeds() {
+fn install_without_an_ebpf_object_is_refused_and_installs_nothing() {
     let root = staging_root();
-    let out = install(root.path(), &[]);
-    assert!(out.contains("--bpf-object FILE"), "{out}");
+    let out = run(&["install", "--root", root.path().to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("--bpf-object FILE"), "{}", text(&out));
     assert!(
-        !root
-            .path()
-            .join("usr/lib/mcp-guard/mcp-guard-ebpf.o")
-            .exists()
+        fs::read_dir(root.path()).unwrap().next().is_none(),
+        "something was installed"
     );
-    assert!(root.path().join("usr/bin/mcp-guard").is_file());
 }
 
 #[test]
@@ -213,7 +205,16 @@ fn installed_unit_passes_systemd_analyze_verify() {
     let root = staging_root();
     let work = tempfile::tempdir().unwrap();
     let bin_stub = stand_in(work.path(), "mcp-guard", "#!/bin/sh\n");
-    install(root.path(), &["--bin", bin_stub.to_str().unwrap()]);
+    let o = stand_in(work.path(), "o", "object");
+    install(
+        root.path(),
+        &[
+            "--bin",
+            bin_stub.to_str().unwrap(),
+            "--bpf-object",
+            o.to_str().unwrap(),
+        ],
+    );
     let r = root.path();
 
     // `--root` makes systemd-analyze load units and check Exec*= binaries inside the staging
@@ -303,6 +304,9 @@ fn reinstall_keeps_what_the_admin_owns_and_replaces_the_rest() {
     .unwrap();
     fs::write(r.join("var/log/mcp-guard/audit.jsonl"), "{\"seq\":1}\n").unwrap();
     fs::write(r.join("var/lib/mcp-guard/pins.json"), "{}").unwrap();
+    // What the daemon made at its first start.
+    fs::write(r.join("var/lib/mcp-guard/audit.key"), "key").unwrap();
+    fs::write(r.join("var/lib/mcp-guard/audit.pub"), "pub").unwrap();
     // A unit edited in place is put back (changes belong in drop-ins).
     let unit = r.join("usr/lib/systemd/system/mcp-guard.service");
     fs::write(&unit, "[Service]\nExecStart=/bin/false\n").unwrap();
@@ -396,6 +400,8 @@ fn uninstall_keeps_config_log_and_key_and_purge_removes_them() {
         ],
     );
     fs::write(r.join("var/log/mcp-guard/audit.jsonl"), "{\"seq\":1}\n").unwrap();
+    fs::write(r.join("var/lib/mcp-guard/audit.key"), "key").unwrap();
+    fs::write(r.join("var/lib/mcp-guard/audit.pub"), "pub").unwrap();
     let kept = [
         "etc/mcp-guard/config.toml",
         "etc/mcp-guard/policy.toml",
@@ -448,8 +454,20 @@ fn other_users_cannot_write_the_policy_the_key_or_the_audit_log() {
     let r = root.path();
     let work = tempfile::tempdir().unwrap();
     let b = stand_in(work.path(), "bin", "#!/bin/sh\n");
-    install(r, &["--bin", b.to_str().unwrap()]);
+    let o = stand_in(work.path(), "o", "object");
+    install(
+        r,
+        &[
+            "--bin",
+            b.to_str().unwrap(),
+            "--bpf-object",
+            o.to_str().unwrap(),
+        ],
+    );
+    // The key as the daemon makes it at first start.
     let key = r.join("var/lib/mcp-guard/audit.key");
+    fs::write(&key, "key").unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
     let key_bytes = fs::read(&key).unwrap();
     let as_nobody = |script: &str| {
         Command::new("runuser")

@@ -6,6 +6,7 @@ mod bench_managed;
 mod bench_observer;
 mod demo;
 mod ebpf;
+mod package;
 mod peers;
 mod siem;
 mod vm;
@@ -33,6 +34,14 @@ enum Cmd {
     Demo,
     /// Run every test: unit, integration, kernel (as root), and end to end with real MCP servers.
     Test,
+    /// Build the Debian package: target/debian/mcp-guard_<version>_<arch>.deb (the binary
+    /// carries its eBPF object; units, default configuration, man pages, completions).
+    Package {
+        /// Then install it, start the daemon, remove and purge it, checking each step (root;
+        /// refuses a host where mcp-guard is installed).
+        #[arg(long)]
+        test: bool,
+    },
     /// Only the kernel matrix of `test`: the kernel tests and the observer's end-to-end tests
     /// in a QEMU VM on Debian 12's 6.1 kernel (as root).
     Vm,
@@ -87,6 +96,13 @@ fn main() -> Result<()> {
             demo::run(&root)
         }
         Cmd::Test => test(&root),
+        Cmd::Package { test } => {
+            let deb = package::package(&root)?;
+            if test {
+                package::test_package(&deb)?;
+            }
+            Ok(())
+        }
         Cmd::Vm => {
             if !nix_is_root() {
                 bail!("the kernel matrix loads eBPF programs in the VM: run it as root");
@@ -219,6 +235,15 @@ fn test(root: &Path) -> Result<()> {
         .envs(env.iter().map(|(k, v)| (k, v)));
     if step("end-to-end tests (pytest)", &mut pytest).is_err() {
         failed.push("end-to-end tests");
+    }
+    // The package as an admin installs it: dpkg -i, first start, dpkg -r, dpkg -P.
+    if root_user {
+        if let Err(e) = package::package(root).and_then(|deb| package::test_package(&deb)) {
+            println!("xtask: {e:#}");
+            failed.push("package");
+        }
+    } else if in_ci {
+        failed.push("package: needs root");
     }
     // The same kernel tests and observer tests on Debian 12's own kernel, in a VM.
     match env.iter().find(|(k, _)| *k == "MCP_GUARD_BPF_OBJECT") {

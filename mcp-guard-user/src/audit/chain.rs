@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -213,6 +213,14 @@ impl Signer {
             path: path.to_path_buf(),
             source,
         };
+        // Its directory too, on a first start (root's alone: 0700).
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(err)?;
+        }
         let rng = ring::rand::SystemRandom::new();
         let der = Ed25519KeyPair::generate_pkcs8(&rng)
             .map_err(|_| err(io::Error::other("no randomness")))?;

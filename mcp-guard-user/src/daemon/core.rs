@@ -282,7 +282,7 @@ impl<K: Kernel, P: Procs> Core<K, P> {
     }
 
     /// The first records: the policy in force and what was loaded.
-    pub fn started(&mut self, object: &std::path::Path) {
+    pub fn started(&mut self, object: &str) {
         let mut loaded = Record::new(audit::Kind::PolicyLoaded, &self.ctx);
         loaded.detail = Some(
             serde_json::json!({ "origin": self.policy.origin(), "rules": self.policy.len(), "observer": self.policy.observer() }),

@@ -63,11 +63,52 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
     rt.block_on(serve(cfg))
 }
 
+/// `mcp-guard daemon --check-config`: what a start would use, checked without starting.
+pub fn check(cfg: &Config) -> anyhow::Result<i32> {
+    let policy = load_enforced(cfg)?;
+    println!(
+        "policy: {} ({} rules, sha256 {})",
+        policy.origin(),
+        policy.len(),
+        policy.sha256()
+    );
+    let object = match &cfg.bpf_object {
+        Some(p) => ebpf::Object::File(p.clone()),
+        None => ebpf::find_object()?,
+    };
+    let bytes = object.bytes()?;
+    ebpf::check_object(&object, &bytes)?;
+    println!("eBPF object: {object} ({} bytes)", bytes.len());
+    println!(
+        "audit log: {} (signing key {})",
+        cfg.audit.display(),
+        cfg.audit_key.display()
+    );
+    println!("configuration: ok");
+    Ok(0)
+}
+
 /// The system policy as written: what managed shims enforce.
+///
+/// No policy file at the default path (a first start, nothing configured yet) means the
+/// built-in default, and the log says so (the `policy_loaded` record names its origin,
+/// `built-in`); a policy file named in the configuration must exist.
 fn load_enforced(cfg: &Config) -> anyhow::Result<Policy> {
     let dropins = cfg.policy.with_file_name("policy.d");
-    Policy::load_with_dropins(&cfg.policy, &dropins)
-        .with_context(|| format!("cannot load the policy {}", cfg.policy.display()))
+    let fix = || {
+        format!(
+            "cannot load the policy {}: fix it (`mcp-guard policy check {0}` says where), or point `policy` in the configuration at another file",
+            cfg.policy.display()
+        )
+    };
+    if cfg.policy == Config::default().policy && !cfg.policy.exists() {
+        tracing::warn!(
+            path = %cfg.policy.display(),
+            "no policy installed: running on the built-in default policy"
+        );
+        return Policy::builtin_with_dropins(&dropins).with_context(fix);
+    }
+    Policy::load_with_dropins(&cfg.policy, &dropins).with_context(fix)
 }
 
 /// The system policy in monitor mode: what the observer judges with.
@@ -78,11 +119,11 @@ fn load_policy(cfg: &Config) -> anyhow::Result<Policy> {
 async fn serve(cfg: Config) -> anyhow::Result<i32> {
     let policy = load_policy(&cfg)?;
     let object = match &cfg.bpf_object {
-        Some(p) => p.clone(),
+        Some(p) => ebpf::Object::File(p.clone()),
         None => ebpf::find_object()?,
     };
     let max_capture = (cfg.max_message + 2).min(mcp_guard_common::MAX_CAPTURE) as u32;
-    let mut obs = Observer::load_with(
+    let mut obs = Observer::load_object(
         &object,
         Settings {
             ring_bytes: cfg.ring_bytes,
@@ -90,7 +131,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
             probe: self::core::probe_flags(&cfg, &policy),
         },
     )
-    .with_context(|| format!("cannot load the eBPF object {}", object.display()))?;
+    .with_context(|| format!("cannot load {object}"))?;
     let mut events = obs.events()?;
     let opts = audit::Options {
         max_bytes: audit::DEFAULT_MAX_BYTES,
@@ -118,7 +159,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     let mut scans = Scanner::spawn(&cfg)?;
     let mut d = Core::new(cfg, obs, LiveProcs, policy);
     d.managed = Some(shared);
-    d.started(&object);
+    d.started(&object.to_string());
     d.start();
     committer.send(d.take_records());
     write_status(&status_path, &d);
@@ -276,5 +317,28 @@ impl Committer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A first start with nothing installed runs on the built-in policy, and says so; a
+    /// policy named elsewhere must exist.
+    #[test]
+    fn no_policy_at_the_default_path_means_the_built_in_one() {
+        let cfg = Config::default();
+        if cfg.policy.exists() {
+            eprintln!("skipped: {} is installed here", cfg.policy.display());
+        } else {
+            assert_eq!(load_enforced(&cfg).expect("built-in").origin(), "built-in");
+        }
+        let named = Config {
+            policy: std::path::PathBuf::from("/nonexistent/policy.toml"),
+            ..Config::default()
+        };
+        let err = format!("{:#}", load_enforced(&named).expect_err("missing"));
+        assert!(err.contains("/nonexistent/policy.toml"), "{err}");
     }
 }

@@ -120,7 +120,20 @@ impl Policy {
 
     /// A main file and the drop-ins of a directory, merged in order.
     pub fn load_with_dropins(main: &Path, dropin_dir: &Path) -> Result<Policy, Error> {
-        let mut sources = vec![Source::read(main)?];
+        Self::with_dropins(Source::read(main)?, dropin_dir)
+    }
+
+    /// The built-in default policy, and the drop-ins in `dropin_dir`.
+    pub fn builtin_with_dropins(dropin_dir: &Path) -> Result<Policy, Error> {
+        let builtin = Source {
+            name: "built-in".into(),
+            text: BUILTIN.into(),
+        };
+        Self::with_dropins(builtin, dropin_dir)
+    }
+
+    fn with_dropins(main: Source, dropin_dir: &Path) -> Result<Policy, Error> {
+        let mut sources = vec![main];
         for p in dropins(dropin_dir)? {
             sources.push(Source::read(&p)?);
         }

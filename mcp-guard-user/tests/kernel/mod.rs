@@ -1,7 +1,7 @@
 //! What the kernel tests share: the real eBPF object, or a skip that says why (a failure
 //! under `MCP_GUARD_REQUIRE_KERNEL=1`, which CI sets).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mcp_guard::ebpf::{self, Observer};
 
@@ -16,10 +16,10 @@ pub fn observer_with_or_skip(settings: ebpf::Settings) -> Option<Observer> {
     let why = if !nix::unistd::geteuid().is_root() {
         "not root".to_owned()
     } else {
-        match object_path() {
-            Ok(path) => {
+        match object() {
+            Ok(object) => {
                 return Some(
-                    Observer::load_with(&path, settings)
+                    Observer::load_object(&object, settings)
                         .unwrap_or_else(|err| panic!("{:#}", anyhow::Error::from(err))),
                 );
             }
@@ -34,15 +34,15 @@ pub fn observer_with_or_skip(settings: ebpf::Settings) -> Option<Observer> {
 }
 
 /// `$MCP_GUARD_BPF_OBJECT`, the observer's usual places, then the eBPF crate's own build.
-fn object_path() -> Result<PathBuf, String> {
+fn object() -> Result<ebpf::Object, String> {
     let err = match ebpf::find_object() {
-        Ok(path) => return Ok(path),
+        Ok(object) => return Ok(object),
         Err(err) => err,
     };
     let built = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../mcp-guard-ebpf/target/bpfel-unknown-none/release/mcp-guard-ebpf");
     if std::env::var_os(ebpf::OBJECT_ENV).is_none() && built.is_file() {
-        return Ok(built);
+        return Ok(ebpf::Object::File(built));
     }
     Err(format!("{err}; build it with `cargo xtask build-ebpf`"))
 }
