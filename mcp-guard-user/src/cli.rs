@@ -48,6 +48,9 @@ pub enum Command {
         #[arg(long)]
         check_config: bool,
     },
+    /// What the guard decides, as it happens: the records of an audit log, one line each
+    /// (`-f` to follow, filters, `-o json`).
+    Events(crate::events::Args),
     /// What the running daemon sees: programs, agent hosts, sessions, events, losses.
     /// Exit 3 when no daemon runs.
     Status {

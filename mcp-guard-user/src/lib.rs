@@ -5,6 +5,7 @@ pub mod cli;
 pub mod daemon;
 pub mod digest;
 pub mod ebpf;
+pub mod events;
 pub mod frame;
 pub mod guard;
 pub mod hosts;

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             config,
             check_config,
         } => daemon(config.as_deref(), check_config),
+        Command::Events(a) => mcp_guard::events::run(&a),
         Command::Generate { what, out } => mcp_guard::cli::generate(what, &out)
             .map(|()| 0)
             .map_err(|e| anyhow::anyhow!("cannot write into {}: {e}", out.display())),

@@ -40,6 +40,11 @@ fi
 
 const POSTRM: &str = r#"#!/bin/sh
 set -e
+if [ "$1" = remove ] || [ "$1" = purge ]; then
+    # The daemon's socket outlives a stopped daemon on purpose (managed shims fail closed
+    # until it is back); removed with the package, it is gone for good.
+    rm -rf /run/mcp-guard
+fi
 if [ "$1" = purge ]; then
     # The audit log, the signing key, cursors and pins, and local policy: what purge means.
     rm -rf /var/log/mcp-guard /var/lib/mcp-guard /etc/mcp-guard
@@ -253,9 +258,14 @@ fn du_kib(dir: &Path) -> Result<u64> {
 /// purges the package, checking what each leaves. Root only; refuses a host where
 /// mcp-guard is already installed.
 pub fn test_package(deb: &Path) -> Result<()> {
-    let present = ["/usr/bin/mcp-guard", "/etc/mcp-guard", "/var/lib/mcp-guard"]
-        .iter()
-        .find(|p| Path::new(p).exists());
+    let present = [
+        "/usr/bin/mcp-guard",
+        "/etc/mcp-guard",
+        "/var/lib/mcp-guard",
+        "/run/mcp-guard",
+    ]
+    .iter()
+    .find(|p| Path::new(p).exists());
     if let Some(p) = present {
         bail!(
             "{p} exists: the package test installs and purges mcp-guard, so it runs only where it is not installed"
@@ -264,6 +274,7 @@ pub fn test_package(deb: &Path) -> Result<()> {
     let result = install_and_run(deb);
     // Whatever happened, the host is left as it was.
     let _ = Command::new("dpkg").args(["-P", "mcp-guard"]).output();
+    let _ = fs::remove_dir_all("/run/mcp-guard");
     result
 }
 
@@ -335,8 +346,10 @@ fn install_and_run(deb: &Path) -> Result<()> {
     )?;
 
     run("dpkg -r", Command::new("dpkg").args(["-r", "mcp-guard"]))?;
-    if Path::new("/usr/bin/mcp-guard").exists() {
-        bail!("dpkg -r left /usr/bin/mcp-guard");
+    for gone in ["/usr/bin/mcp-guard", "/run/mcp-guard"] {
+        if Path::new(gone).exists() {
+            bail!("dpkg -r left {gone}");
+        }
     }
     for kept in [
         "/etc/mcp-guard/config.toml",
