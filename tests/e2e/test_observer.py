@@ -490,6 +490,54 @@ def test_denied_call_kills_the_server_before_it_runs(daemon_factory, tmp_path: P
     assert len([r for r in calls(d.records()) if r["tool"] == "list_directory"]) == n
 
 
+def _metrics(port: int) -> str:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert r.status == 200
+        return r.read().decode()
+
+
+def test_metrics_endpoint_counts_decisions_and_alerts(daemon_factory, tmp_path: Path) -> None:
+    """`metrics = ADDR`: the Prometheus text endpoint's decision counter for the denied tool
+    moves when the call is made, and the alert counter with it."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = daemon_factory(DENY_WRITES, extra_config=f'metrics = "127.0.0.1:{port}"\n')
+    before = _metrics(port)
+    assert "mcp_guard_audit_commit_seconds" in before, before
+    assert 'tool="write_file"' not in before, before
+    root = tmp_path / "root"
+    root.mkdir()
+    d.run_host({"server": "filesystem", "root": str(root),
+                "calls": [["write_file", {"path": str(root / "f.txt"), "content": "x"}]]})
+    d.wait_for("the denied-call alert", lambda recs: alerts_named(recs, "denied_call_observed"))
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        after = _metrics(port)
+        lines = [l for l in after.splitlines() if l.startswith("mcp_guard_decisions_total{") and 'tool="write_file"' in l]
+        alerts = [l for l in after.splitlines() if l.startswith('mcp_guard_alerts_total{alert="denied_call_observed"}')]
+        if lines and alerts:
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.2)
+    assert float(lines[0].rsplit(" ", 1)[1]) >= 1, lines
+    assert float(alerts[0].rsplit(" ", 1)[1]) >= 1, alerts
+    status = _metrics_status(port)
+    assert status == 404
+
+
+def _metrics_status(port: int) -> int:
+    import urllib.error
+    import urllib.request
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
+    except urllib.error.HTTPError as e:
+        return e.code
+    return 200
+
+
 SINK = r"""
 import os, socket, sys
 s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(64)

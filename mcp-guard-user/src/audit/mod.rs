@@ -114,6 +114,13 @@ pub struct UnknownDurability(String);
 
 impl Durability {}
 
+/// Told of what the log writes, for metrics: every batch written, and how long each
+/// commit took to be on disk.
+pub trait Tap: Send + Sync {
+    fn written(&self, records: &[Record]);
+    fn committed(&self, took: std::time::Duration);
+}
+
 /// A handle to the audit log. Records are written, and in durable mode synced, on the
 /// caller's thread: a commit is one read's worth of decisions, so one `fdatasync` covers
 /// them all (group commit), and no other thread has to be woken and waited for. A flusher
@@ -132,6 +139,7 @@ pub struct Audit {
     path: Arc<PathBuf>,
     /// The head file (and its checkpoint file), flushed when the log is closed.
     head_file: Arc<chain::HeadFile>,
+    tap: Arc<OnceLock<Arc<dyn Tap>>>,
 }
 
 type Done = Arc<OnceLock<Result<u64, String>>>;
@@ -273,6 +281,7 @@ impl Audit {
             written,
             path: Arc::new(path.to_path_buf()),
             head_file,
+            tap: Arc::default(),
         };
         let thread = WriterThread(thread);
         // A log a crash left torn is sealed now, not at the first decision.
@@ -289,6 +298,25 @@ impl Audit {
         Ok((audit, thread))
     }
 
+    /// Tells `tap` of every write and commit from now on (once; later taps are ignored).
+    pub fn set_tap(&self, tap: Arc<dyn Tap>) {
+        let _ = self.tap.set(tap);
+    }
+
+    /// Writes and syncs `records` as a commit, timing it for the tap.
+    fn commit_now(&self, records: Vec<Record>) -> Result<(), String> {
+        let start = std::time::Instant::now();
+        let res = self
+            .write(records, true)
+            .and_then(|generation| self.sync(generation));
+        if res.is_ok()
+            && let Some(t) = self.tap.get()
+        {
+            t.committed(start.elapsed());
+        }
+        res
+    }
+
     /// Appends `records` and waits until they are committed.
     pub async fn commit(&self, records: Vec<Record>) -> Result<(), Error> {
         self.submit(records).wait().await
@@ -301,12 +329,10 @@ impl Audit {
         if records.is_empty() {
             return Ok(());
         }
-        self.write(records, true)
-            .and_then(|generation| self.sync(generation))
-            .map_err(|reason| Error::Write {
-                path: self.path.to_path_buf(),
-                reason,
-            })
+        self.commit_now(records).map_err(|reason| Error::Write {
+            path: self.path.to_path_buf(),
+            reason,
+        })
     }
 
     pub fn submit(&self, records: Vec<Record>) -> Ticket {
@@ -316,9 +342,7 @@ impl Audit {
                 path: self.path.clone(),
             };
         }
-        let res = self
-            .write(records, true)
-            .and_then(|generation| self.sync(generation));
+        let res = self.commit_now(records);
         Ticket::ready(res, &self.path)
     }
 
@@ -382,6 +406,11 @@ impl Audit {
             .write(&mut batch, sign)
             .map(|()| self.written.fetch_add(1, Ordering::AcqRel) + 1)
             .map_err(|e| e.to_string());
+        if res.is_ok()
+            && let Some(t) = self.tap.get()
+        {
+            t.written(&batch);
+        }
         for d in waiting {
             let _ = d.set(res.clone());
         }

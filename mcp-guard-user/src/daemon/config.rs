@@ -58,6 +58,8 @@ pub struct Config {
     pub host_configs: HostConfigs,
     /// Homes whose host configs are watched; empty: every user's (root and uid ≥ 1000).
     pub homes: Vec<PathBuf>,
+    /// Where the Prometheus metrics are served (`metrics = "127.0.0.1:9464"`); none: off.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// `detect`: how stdio MCP sessions are found.
@@ -98,6 +100,7 @@ impl Default for Config {
             rescan_ms: 2000,
             host_configs: HostConfigs::Alert,
             homes: Vec::new(),
+            metrics: None,
         }
     }
 }
@@ -118,6 +121,7 @@ struct Raw {
     rescan_ms: Option<u64>,
     host_configs: Option<HostConfigs>,
     homes: Option<Vec<PathBuf>>,
+    metrics: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +179,14 @@ impl Config {
             )));
         }
         let hosts = raw.hosts.unwrap_or(d.hosts);
+        let metrics = match raw.metrics.as_deref() {
+            None | Some("") => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                invalid(format!(
+                    "metrics: `{a}` is not an address and port (e.g. 127.0.0.1:9464)"
+                ))
+            })?),
+        };
         Ok(Config {
             policy: raw.policy.unwrap_or(d.policy),
             audit: raw.audit.unwrap_or(d.audit),
@@ -189,6 +201,7 @@ impl Config {
             rescan_ms: raw.rescan_ms.unwrap_or(d.rescan_ms),
             host_configs: raw.host_configs.unwrap_or(d.host_configs),
             homes: raw.homes.unwrap_or(d.homes),
+            metrics,
         })
     }
 

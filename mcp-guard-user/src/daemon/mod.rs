@@ -21,6 +21,7 @@ pub mod config;
 mod core;
 mod hostcfg;
 mod http;
+pub mod metrics;
 mod procs;
 mod shimlog;
 mod shims;
@@ -141,6 +142,20 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     let (audit, writer) = Audit::open_with(&cfg.audit, cfg.durability, &opts)?;
     std::fs::create_dir_all(&cfg.run_dir)
         .with_context(|| format!("cannot create {}", cfg.run_dir.display()))?;
+    // Metrics count what the log writes: one source for both.
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot serve metrics on {addr} (`metrics` in the configuration)")
+            })?;
+            let m = metrics::Metrics::new();
+            audit.set_tap(m.clone());
+            tokio::spawn(metrics::serve(listener, m.clone()));
+            tracing::info!(%addr, "serving metrics");
+            Some(m)
+        }
+        None => None,
+    };
     let committer = Committer::spawn(audit.clone())?;
     let shared = Arc::new(shims::Shared {
         policy: std::sync::RwLock::new(Arc::new(load_enforced(&cfg)?)),
@@ -162,7 +177,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     d.started(&object.to_string());
     d.start();
     committer.send(d.take_records());
-    write_status(&status_path, &d);
+    write_status(&status_path, &d, metrics.as_deref());
     tracing::info!(programs = ?d.kernel.programs, "observer running");
 
     let (mut term, mut int, mut hup) = (
@@ -190,7 +205,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
             _ = int.recv() => break,
             _ = tick.tick() => {
                 d.tick();
-                write_status(&status_path, &d);
+                write_status(&status_path, &d, metrics.as_deref());
             }
         }
         committer.send(d.take_records());
@@ -224,8 +239,17 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn write_status(path: &std::path::Path, d: &Core<Observer, LiveProcs>) {
-    if let Err(e) = status::write(path, &d.status()) {
+fn write_status(
+    path: &std::path::Path,
+    d: &Core<Observer, LiveProcs>,
+    metrics: Option<&metrics::Metrics>,
+) {
+    let status = d.status();
+    if let Some(m) = metrics {
+        let c = &status.counters;
+        m.update(status.sessions.len(), c.lost_kernel + c.lost_sequence);
+    }
+    if let Err(e) = status::write(path, &status) {
         tracing::warn!(error = %e, "cannot write the status file");
     }
 }
