@@ -133,6 +133,8 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
             max_bytes: w.audit_max_bytes,
             key: w.audit_key,
             checkpoint: w.audit_checkpoint,
+            // A shim's own log keeps every rotated file (the daemon's is configured).
+            retention: audit::Retention::default(),
         },
         durability,
         max_message: w.max_message,

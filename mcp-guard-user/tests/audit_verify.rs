@@ -223,8 +223,7 @@ fn rotated_files_verify_as_one_chain_and_a_missing_one_is_a_deletion() {
         2,
         &Options {
             max_bytes: 3000,
-            key: None,
-            checkpoint: None,
+            ..Options::default()
         },
     );
     let mut rotated: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.path())

@@ -76,6 +76,17 @@ pub struct Options {
     /// Where signed chain heads are copied, at most every [`checkpoint::INTERVAL`], to be
     /// kept away from the log (see [`checkpoint`]). None: no checkpoints.
     pub checkpoint: Option<PathBuf>,
+    /// Which rotated files are kept; by default all.
+    pub retention: Retention,
+}
+
+/// Which rotated files (`<log>.<first seq>-<last seq>`) are kept after a rotation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest this many; 0: no limit.
+    pub keep_files: usize,
+    /// None older than this (by modification time); None: no limit.
+    pub keep_age: Option<std::time::Duration>,
 }
 
 impl Default for Options {
@@ -84,6 +95,7 @@ impl Default for Options {
             max_bytes: DEFAULT_MAX_BYTES,
             key: None,
             checkpoint: None,
+            retention: Retention::default(),
         }
     }
 }
@@ -268,6 +280,7 @@ impl Audit {
             file,
             signer,
             opts.max_bytes,
+            opts.retention,
             head,
             on_reopen,
         );

@@ -102,8 +102,7 @@ fn child() {
         "forever" => {
             let opts = Options {
                 max_bytes: 100_000,
-                key: None,
-                checkpoint: None,
+                ..Options::default()
             };
             let (audit, _thread) = Audit::open_with(&path, Durability::Durable, &opts).unwrap();
             let rt = rt();
@@ -407,14 +406,51 @@ fn rotated_files(dir: &Path) -> Vec<PathBuf> {
     files.into_iter().map(|(_, p)| p).collect()
 }
 
+/// Retention: past `keep_files`, the oldest rotated files go; the newest and the live file
+/// stay and still verify as one chain from where they start.
+#[test]
+fn retention_removes_the_oldest_rotated_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let opts = Options {
+        max_bytes: 4000,
+        retention: Retention {
+            keep_files: 2,
+            keep_age: None,
+        },
+        ..Options::default()
+    };
+    let (a, ta) = Audit::open_with(&path, Durability::PageCache, &opts).unwrap();
+    let c = ctx();
+    rt().block_on(async {
+        for _ in 0..60 {
+            a.commit(records(2, &c)).await.unwrap();
+        }
+    });
+    a.close(ta);
+    let mut files = rotated_files(dir.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    files.push(path.clone());
+    let s = ok(&files);
+    assert!(s.rotations >= 2, "{s}");
+    // An age limit removes every rotated file older than it.
+    let old = Retention {
+        keep_files: 0,
+        keep_age: Some(std::time::Duration::ZERO),
+    };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    writer::prune(&path, &old);
+    assert!(rotated_files(dir.path()).is_empty());
+    assert!(path.exists(), "the live file stays");
+}
+
 #[test]
 fn rotation_keeps_one_chain_across_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let opts = Options {
         max_bytes: 4000,
-        key: None,
-        checkpoint: None,
+        ..Options::default()
     };
     let (a, ta) = Audit::open_with(&path, Durability::Durable, &opts).unwrap();
     let (b, tb) = Audit::open_with(&path, Durability::PageCache, &opts).unwrap();

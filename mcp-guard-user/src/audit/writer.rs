@@ -60,6 +60,8 @@ pub(crate) struct Writer {
     first_seq: Option<u64>,
     signer: Arc<Signer>,
     max_bytes: u64,
+    /// What rotated files are kept (see [`super::Retention`]).
+    retention: super::Retention,
     head: HeadSink,
     gap: Option<Gap>,
     /// Has written (or sealed) at least once since it was opened.
@@ -76,6 +78,7 @@ impl Writer {
         file: File,
         signer: Arc<Signer>,
         max_bytes: u64,
+        retention: super::Retention,
         head: HeadSink,
         on_reopen: Option<Arc<super::Syncer>>,
     ) -> Writer {
@@ -87,6 +90,7 @@ impl Writer {
             first_seq: None,
             signer,
             max_bytes,
+            retention,
             head,
             gap: None,
             started: false,
@@ -387,6 +391,7 @@ impl Writer {
             s.replace(self.file.try_clone()?);
         }
         self.publish_head(out.strip_suffix(b"\n").unwrap_or(&out));
+        prune(&self.path, &self.retention);
         Ok(())
     }
 }
@@ -424,6 +429,61 @@ fn append_line(
     out.extend_from_slice(b"\"}\n");
     last.hash = super::chain::link(&hash, sig.as_ref().map(|s| s.as_bytes()));
     Ok(())
+}
+
+/// Removes rotated files (`<log>.<first>-<last>`) beyond `retention`: the oldest past the
+/// count, and any older than the age. The live file is never touched.
+pub(super) fn prune(path: &Path, retention: &super::Retention) {
+    if retention.keep_files == 0 && retention.keep_age.is_none() {
+        return;
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    // (first seq, path, modified)
+    let mut rotated: Vec<(u64, PathBuf, Option<std::time::SystemTime>)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let (first, last) = file.strip_prefix(&prefix)?.split_once('-')?;
+            let first: u64 = first.parse().ok()?;
+            last.parse::<u64>().ok()?;
+            let modified = e.metadata().ok().and_then(|m| m.modified().ok());
+            Some((first, e.path(), modified))
+        })
+        .collect();
+    rotated.sort_by_key(|(first, _, _)| *first);
+    let excess = if retention.keep_files > 0 {
+        rotated.len().saturating_sub(retention.keep_files)
+    } else {
+        0
+    };
+    let now = std::time::SystemTime::now();
+    for (i, (_, file, modified)) in rotated.iter().enumerate() {
+        let too_old = match (retention.keep_age, modified) {
+            (Some(age), Some(m)) => now.duration_since(*m).is_ok_and(|d| d > age),
+            _ => false,
+        };
+        if i < excess || too_old {
+            match std::fs::remove_file(file) {
+                Ok(()) => {
+                    tracing::info!(path = %file.display(), "rotated audit log removed (retention)")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %file.display(), error = %e, "cannot remove a rotated audit log")
+                }
+            }
+        }
+    }
 }
 
 /// A record the writer writes on its own (`recovery`, `gap`, `rotated`): the fields every

@@ -60,6 +60,12 @@ pub struct Config {
     pub homes: Vec<PathBuf>,
     /// Where the Prometheus metrics are served (`metrics = "127.0.0.1:9464"`); none: off.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The audit log is rotated past this size (bytes; 0: never).
+    pub max_bytes: u64,
+    /// Rotated audit logs kept: the newest `keep_rotated` (0: all), none older than
+    /// `keep_days` days (0: no age limit).
+    pub keep_rotated: usize,
+    pub keep_days: u64,
 }
 
 /// `detect`: how stdio MCP sessions are found.
@@ -101,6 +107,9 @@ impl Default for Config {
             host_configs: HostConfigs::Alert,
             homes: Vec::new(),
             metrics: None,
+            max_bytes: crate::audit::DEFAULT_MAX_BYTES,
+            keep_rotated: 10,
+            keep_days: 0,
         }
     }
 }
@@ -122,6 +131,9 @@ struct Raw {
     host_configs: Option<HostConfigs>,
     homes: Option<Vec<PathBuf>>,
     metrics: Option<String>,
+    max_bytes: Option<u64>,
+    keep_rotated: Option<usize>,
+    keep_days: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +214,19 @@ impl Config {
             host_configs: raw.host_configs.unwrap_or(d.host_configs),
             homes: raw.homes.unwrap_or(d.homes),
             metrics,
+            max_bytes: raw.max_bytes.unwrap_or(d.max_bytes),
+            keep_rotated: raw.keep_rotated.unwrap_or(d.keep_rotated),
+            keep_days: raw.keep_days.unwrap_or(d.keep_days),
         })
+    }
+
+    /// What rotated audit logs are kept.
+    pub fn retention(&self) -> crate::audit::Retention {
+        crate::audit::Retention {
+            keep_files: self.keep_rotated,
+            keep_age: (self.keep_days > 0)
+                .then(|| std::time::Duration::from_secs(self.keep_days * 86400)),
+        }
     }
 
     /// The status file `mcp-guard status` reads.
@@ -232,6 +256,10 @@ mod tests {
         );
         assert_eq!(c.durability, d.durability);
         assert_eq!((c.host_configs, c.homes), (d.host_configs, d.homes));
+        assert_eq!(
+            (c.max_bytes, c.keep_rotated, c.keep_days, c.metrics),
+            (d.max_bytes, d.keep_rotated, d.keep_days, d.metrics)
+        );
     }
 
     #[test]
@@ -242,6 +270,8 @@ mod tests {
             ("durability = \"sometimes\"", "durability"),
             ("detect = \"some\"", "detect"),
             ("colour = 1", "unknown field"),
+            ("metrics = \"localhost\"", "metrics"),
+            ("keep_rotated = -1", "keep_rotated"),
         ] {
             let err = Config::parse(text, Path::new("c.toml"))
                 .expect_err(text)

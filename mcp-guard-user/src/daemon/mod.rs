@@ -135,7 +135,8 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
     .with_context(|| format!("cannot load {object}"))?;
     let mut events = obs.events()?;
     let opts = audit::Options {
-        max_bytes: audit::DEFAULT_MAX_BYTES,
+        max_bytes: cfg.max_bytes,
+        retention: cfg.retention(),
         key: Some(cfg.audit_key.clone()),
         checkpoint: None,
     };
