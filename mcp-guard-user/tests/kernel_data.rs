@@ -611,3 +611,34 @@ async fn a_gated_process_passing_its_stdin_is_killed_before_it_returns() {
     );
     assert_eq!(out.stdout, b"", "it never went on");
 }
+
+/// Fork without exec, then dup2 onto fd 0 of a descriptor the kernel never saw made (stdin
+/// reopened by path in the parent): the child's fd 0 is known to carry "nothing" by number,
+/// and is still captured, as the pipe it is.
+#[tokio::test]
+async fn a_forked_child_dup2ing_a_reopened_stdin_onto_fd_0_is_captured() {
+    let _serial = SERIAL.lock().await;
+    let Some((_observer, mut events)) = watch_self(watch::HOST) else {
+        return;
+    };
+    let script = "import os\n\
+        i = os.open('/proc/self/fd/0', os.O_RDONLY)\n\
+        os.dup2(os.open('/dev/null', os.O_RDONLY), 0)\n\
+        pid = os.fork()\n\
+        if pid == 0:\n  os.dup2(i, 0); b = os.read(0, 100); os.write(1, str(os.getpid()).encode() + b' ' + b); os._exit(0)\n\
+        os.waitpid(pid, 0)\n";
+    let message = b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\"}\n";
+    let (_, out) = run_with_input(script, message);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let (child, echoed) = text.split_once(' ').expect("pid and bytes");
+    assert_eq!(echoed.as_bytes(), message);
+    let child: u32 = child.parse().expect("pid");
+    let (inbound, _) = collect(&mut events, child, message.len(), 0).await;
+    assert_eq!(joined(&inbound), message);
+    assert!(
+        inbound
+            .iter()
+            .all(|d| d.fd == 0 && d.origin == mcp_guard_common::origin::STDIN)
+    );
+}
