@@ -150,11 +150,16 @@ async fn small_reads_and_vectored_writes_are_captured() {
 
 #[tokio::test]
 async fn gated_read_stops_the_reader_until_continued() {
+    gated_read_stops("import os\nb=os.read(0,100)\nos.write(1,b'after:'+b)\n").await;
+}
+
+/// Runs `script` gated, with `hello` on its stdin: its read returns data and stops it (state
+/// T, nothing written yet) until continued; then it writes `after:` and what it read.
+async fn gated_read_stops(script: &str) {
     let _serial = SERIAL.lock().await;
     let Some((_observer, mut events)) = watch_self(watch::HOST | watch::GATE) else {
         return;
     };
-    let script = "import os\nb=os.read(0,100)\nos.write(1,b'after:'+b)\n";
     let mut child = python(script);
     let pid = child.id();
     child
@@ -165,7 +170,6 @@ async fn gated_read_stops_the_reader_until_continued() {
         .expect("write");
     let (chunks, _) = collect(&mut events, pid, 6, 0).await;
     assert!(chunks.last().expect("chunk").gated());
-    // Stopped before returning from read: state T, nothing written yet.
     assert!(
         kernel::continue_when_stopped(pid),
         "the reader was not stopped"
@@ -524,31 +528,14 @@ async fn stdio_reopened_by_path_is_captured_as_the_same_pipes() {
 /// does: it cannot act on a request before it is judged.
 #[tokio::test]
 async fn a_gated_read_through_a_reopened_stdin_stops_the_reader() {
-    let _serial = SERIAL.lock().await;
-    let Some((_observer, mut events)) = watch_self(watch::HOST | watch::GATE) else {
-        return;
-    };
-    let script = "import os\n\
-        i = os.open('/proc/self/fd/0', os.O_RDONLY)\n\
-        os.dup2(os.open('/dev/null', os.O_RDONLY), 0)\n\
-        b = os.read(i, 100)\n\
-        os.write(1, b'after:' + b)\n";
-    let mut child = python(script);
-    let pid = child.id();
-    child
-        .stdin
-        .as_mut()
-        .expect("stdin")
-        .write_all(b"hello\n")
-        .expect("write");
-    let (chunks, _) = collect(&mut events, pid, 6, 0).await;
-    assert!(chunks.last().expect("chunk").gated());
-    assert!(
-        kernel::continue_when_stopped(pid),
-        "the reader was not stopped"
-    );
-    let output = child.wait_with_output().expect("wait");
-    assert_eq!(output.stdout, b"after:hello\n");
+    gated_read_stops(
+        "import os\n\
+         i = os.open('/proc/self/fd/0', os.O_RDONLY)\n\
+         os.dup2(os.open('/dev/null', os.O_RDONLY), 0)\n\
+         b = os.read(i, 100)\n\
+         os.write(1, b'after:' + b)\n",
+    )
+    .await;
 }
 
 /// Stdin handed over a unix socket (`SCM_RIGHTS`): whoever receives it could read the

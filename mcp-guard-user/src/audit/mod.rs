@@ -548,4 +548,4 @@ pub fn default_path() -> Option<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

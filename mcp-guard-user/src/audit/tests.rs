@@ -5,7 +5,8 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-fn ctx() -> Arc<Context> {
+/// A context for records in tests (server `t`).
+pub(crate) fn ctx() -> Arc<Context> {
     let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
     Arc::new(Context {
         session: "s1".into(),

@@ -196,24 +196,10 @@ mod tests {
     use super::*;
     use crate::audit::Tap as _;
 
-    fn ctx() -> Arc<crate::audit::Context> {
-        let raw = |s: &str| serde_json::value::RawValue::from_string(s.to_string()).unwrap();
-        Arc::new(crate::audit::Context {
-            session: "s1".into(),
-            transport: crate::audit::Transport::Shim,
-            policy_sha256: "00".into(),
-            mode: crate::policy::Mode::Enforce,
-            principal: raw(r#"{"uid":1000}"#),
-            agent_host: raw(r#"{"pid":1}"#),
-            chain: raw("[]"),
-            server: raw(r#"{"name":"fs"}"#),
-        })
-    }
-
     #[test]
     fn decisions_alerts_and_losses_are_counted() {
         let m = Metrics::new();
-        let ctx = ctx();
+        let ctx = crate::audit::tests::ctx();
         let deny = || {
             let mut r = Record::new(Kind::Request, &ctx);
             r.decision = Some(crate::audit::Decision::Deny);
@@ -234,7 +220,7 @@ mod tests {
         let text = m.render();
         assert!(
             text.contains(
-                "mcp_guard_decisions_total{server=\"fs\",tool=\"write_file\",decision=\"deny\"} 2"
+                "mcp_guard_decisions_total{server=\"t\",tool=\"write_file\",decision=\"deny\"} 2"
             ),
             "{text}"
         );
