@@ -176,6 +176,9 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         | nr::SENDMMSG
             if ret > 0 && !probing =>
         {
+            if number == nr::SENDMMSG && w.flags & watch::CAPTURE != 0 {
+                passes_stdio_mmsg(tgid, &w, reg(regs::ARG1)?, ret as u64);
+            }
             return unfollowed(tgid, &w, number, &reg);
         }
         // Channels the program cannot see into: a ring that reads and writes any descriptor
@@ -365,15 +368,61 @@ const MAX_PASSED: u64 = 8;
 /// sender is killed before the call returns.
 #[inline(always)]
 fn passes_stdio(tgid: u32, w: &Watch, msg: u64) {
+    if let Some(fd) = stdio_passed(tgid, w, msg) {
+        let kill = w.flags & watch::GATE != 0;
+        report_unfollowed(tgid, fd, nr::SENDMSG, dir::PASS, origin::STDIN, kill);
+    }
+}
+
+/// `sendmmsg`: the first message is looked into as `sendmsg`'s is; any of the next ones
+/// (up to [`MAX_MMSG`]) that carries control data, or more messages than that, counts as
+/// passing stdio (fail closed: their descriptors are not checked one by one). Messages
+/// without control data (a resolver's parallel DNS queries) pass.
+#[inline(always)]
+fn passes_stdio_mmsg(tgid: u32, w: &Watch, vec: u64, sent: u64) {
+    let mut passed = stdio_passed(tgid, w, vec);
+    if sent > MAX_MMSG {
+        passed = Some(u32::MAX);
+    }
+    let mut k = 1;
+    while k < MAX_MMSG && passed.is_none() {
+        if k >= sent {
+            break;
+        }
+        let at = vec + k * MMSGHDR + MSG_CONTROLLEN;
+        // SAFETY: user memory through the checked helper.
+        match unsafe { aya_ebpf::helpers::bpf_probe_read_user(at as *const u64) } {
+            Ok(0) => {}
+            _ => passed = Some(u32::MAX),
+        }
+        k += 1;
+    }
+    if let Some(fd) = passed {
+        let kill = w.flags & watch::GATE != 0;
+        report_unfollowed(tgid, fd, nr::SENDMMSG, dir::PASS, origin::STDIN, kill);
+    }
+}
+
+/// `struct mmsghdr`: a `struct msghdr` (56 bytes) and `msg_len`, padded to 64.
+const MMSGHDR: u64 = 64;
+/// Messages of one `sendmmsg` looked at.
+const MAX_MMSG: u64 = 16;
+
+/// The descriptor of stdin among those the message at `msg` passes (`u32::MAX` when they
+/// cannot all be checked), if any.
+#[inline(always)]
+fn stdio_passed(tgid: u32, w: &Watch, msg: u64) -> Option<u32> {
     let user = |at: u64| -> Option<u64> {
         // SAFETY: user memory through the checked helper.
         unsafe { aya_ebpf::helpers::bpf_probe_read_user(at as *const u64) }.ok()
     };
+    // The kernel just read all of this: what cannot be read now was unmapped under it.
+    const UNCHECKED: Option<u32> = Some(u32::MAX);
     let (Some(control), Some(len)) = (user(msg + MSG_CONTROL), user(msg + MSG_CONTROLLEN)) else {
-        return;
+        return UNCHECKED;
     };
     if control == 0 || len < CMSG_HEADER {
-        return;
+        return None;
     }
     let mut at = 0u64;
     let mut passed = None;
@@ -388,7 +437,7 @@ fn passes_stdio(tgid: u32, w: &Watch, msg: u64) {
             break;
         }
         let (Some(cmsg_len), Some(kind)) = (user(control + at), user(control + at + 8)) else {
-            return;
+            return UNCHECKED;
         };
         if cmsg_len < CMSG_HEADER {
             break;
@@ -408,7 +457,7 @@ fn passes_stdio(tgid: u32, w: &Watch, msg: u64) {
                 // SAFETY: user memory through the checked helper.
                 let Ok(fd) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(at as *const u32) })
                 else {
-                    return;
+                    return UNCHECKED;
                 };
                 if origin_of(tgid, fd, w, dir::IN) == Some(origin::STDIN) {
                     passed = Some(fd);
@@ -418,10 +467,7 @@ fn passes_stdio(tgid: u32, w: &Watch, msg: u64) {
         }
         at += (cmsg_len + 7) & !7;
     }
-    if let Some(fd) = passed {
-        let kill = w.flags & watch::GATE != 0;
-        report_unfollowed(tgid, fd, nr::SENDMSG, dir::PASS, origin::STDIN, kill);
-    }
+    passed
 }
 
 /// Kills the calling process first when `kill`, then reports what it did.

@@ -629,3 +629,50 @@ async fn a_forked_child_dup2ing_a_reopened_stdin_onto_fd_0_is_captured() {
             .all(|d| d.fd == 0 && d.origin == mcp_guard_common::origin::STDIN)
     );
 }
+
+/// `sendmmsg` on a socket the kernel does not capture: a batch of plain messages (a
+/// resolver's parallel queries) goes by; stdin passed in the second message of a batch kills
+/// a gated sender before the call returns.
+#[tokio::test]
+async fn sendmmsg_passing_stdin_in_a_later_message_kills_a_gated_sender() {
+    let _serial = SERIAL.lock().await;
+    let Some((_observer, mut events)) = watch_self(watch::HOST | watch::GATE) else {
+        return;
+    };
+    let script = "import ctypes, os, socket, struct, sys\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        class Iov(ctypes.Structure):\n  _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]\n\
+        class Msg(ctypes.Structure):\n  _fields_ = [('name', ctypes.c_void_p), ('namelen', ctypes.c_uint), ('iov', ctypes.POINTER(Iov)), ('iovlen', ctypes.c_size_t), ('control', ctypes.c_void_p), ('controllen', ctypes.c_size_t), ('flags', ctypes.c_int)]\n\
+        class MMsg(ctypes.Structure):\n  _fields_ = [('hdr', Msg), ('len', ctypes.c_uint)]\n\
+        a, b = socket.socketpair()\n\
+        buf = ctypes.create_string_buffer(b'x'); iov = Iov(ctypes.cast(buf, ctypes.c_void_p), 1)\n\
+        cm = ctypes.create_string_buffer(struct.pack('QiiI', 20, 1, 1, 0) + bytes(4), 24)\n\
+        msgs = (MMsg * 2)()\n\
+        for m in msgs:\n  m.hdr.iov = ctypes.pointer(iov); m.hdr.iovlen = 1\n\
+        if sys.argv[1] == 'pass':\n  msgs[1].hdr.control = ctypes.cast(cm, ctypes.c_void_p); msgs[1].hdr.controllen = 24\n\
+        n = libc.sendmmsg(a.fileno(), msgs, 2, 0)\n\
+        assert n == 2, ctypes.get_errno()\n\
+        os.write(1, b'sent')\n";
+    let run = |how: &str| {
+        Command::new(PYTHON)
+            .args(["-c", script, how])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let plain = run("plain").wait_with_output().expect("wait");
+    assert!(plain.status.success(), "{plain:?}");
+    assert_eq!(plain.stdout, b"sent", "plain messages go by");
+    let passing = run("pass");
+    let pid = passing.id();
+    let out = passing.wait_with_output().expect("wait");
+    let u = unfollowed_of(&mut events, pid).await;
+    assert_eq!((u.call(), u.passed, u.killed), ("sendmmsg", true, true));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "killed"
+    );
+    assert_eq!(out.stdout, b"", "it never went on");
+}
