@@ -121,6 +121,13 @@ pub enum HostsCommand {
         /// Every user's home directory (root and uids from 1000, from /etc/passwd); needs root.
         #[arg(long)]
         all_users: bool,
+        /// Print what was found as JSON (one array of config files, each with its servers).
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 when any stdio server is not wrapped, or a config cannot be read (for CI and
+        /// device management).
+        #[arg(long)]
+        check: bool,
     },
     /// Rewrite stdio server entries to launch through `mcp-guard wrap --name NAME --`.
     Wrap(HostsEdit),

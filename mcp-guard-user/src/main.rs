@@ -27,9 +27,12 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Explain(a)) => mcp_guard::policy::cmd::explain(&a),
         Command::Audit(AuditCommand::Verify(args)) => audit::verify::run(&args),
         Command::Audit(AuditCommand::Forward(args)) => audit::forward::run(&args),
-        Command::Hosts(HostsCommand::Scan { project, all_users }) => {
-            hosts_scan(&project, all_users)
-        }
+        Command::Hosts(HostsCommand::Scan {
+            project,
+            all_users,
+            json,
+            check,
+        }) => hosts_scan(&project, all_users, json, check),
         Command::Hosts(HostsCommand::Wrap(e)) => hosts_edit(&e, true),
         Command::Hosts(HostsCommand::Unwrap(e)) => hosts_edit(&e, false),
         Command::Pins(PinsCommand::List { pins }) => pins_list(pins),
@@ -254,7 +257,12 @@ fn projects(given: &[PathBuf]) -> Vec<PathBuf> {
     }
 }
 
-fn hosts_scan(project: &[PathBuf], all_users: bool) -> anyhow::Result<i32> {
+fn hosts_scan(
+    project: &[PathBuf],
+    all_users: bool,
+    json: bool,
+    check: bool,
+) -> anyhow::Result<i32> {
     use mcp_guard::hosts::Transport;
     let mut found = Vec::new();
     for (user, home) in homes(all_users)? {
@@ -269,6 +277,42 @@ fn hosts_scan(project: &[PathBuf], all_users: bool) -> anyhow::Result<i32> {
                 .map(|f| (user.clone(), f)),
         );
     }
+    let transport = |t: &Transport| match t {
+        Transport::Stdio => "stdio",
+        Transport::Remote => "remote",
+        Transport::Unknown => "unknown",
+    };
+    // Not clean: a stdio server that is not wrapped, or a config that could not be read.
+    let unclean = found.iter().any(|(_, f)| {
+        f.error.is_some()
+            || f.servers
+                .iter()
+                .any(|s| matches!(s.transport, Transport::Stdio) && !s.wrapped)
+    });
+    let code = i32::from(check && unclean);
+    if json {
+        let out: Vec<serde_json::Value> = found
+            .iter()
+            .map(|(user, f)| {
+                serde_json::json!({
+                    "user": user.as_ref().map(|(name, _)| name),
+                    "path": f.path,
+                    "host": f.host.slug(),
+                    "error": f.error.as_ref().map(|e| e.to_string()),
+                    "servers": f.servers.iter().map(|s| serde_json::json!({
+                        "name": s.name,
+                        "transport": transport(&s.transport),
+                        "wrapped": s.wrapped,
+                        "command": s.command,
+                        "url": s.url,
+                        "scope": s.scope,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(code);
+    }
     if found.is_empty() {
         println!("no agent host config found");
     }
@@ -281,11 +325,7 @@ fn hosts_scan(project: &[PathBuf], all_users: bool) -> anyhow::Result<i32> {
             println!("  cannot read: {e}");
         }
         for s in &f.servers {
-            let transport = match s.transport {
-                Transport::Stdio => "stdio",
-                Transport::Remote => "remote",
-                Transport::Unknown => "unknown",
-            };
+            let transport = transport(&s.transport);
             let state = match s.transport {
                 Transport::Stdio if s.wrapped => "wrapped",
                 Transport::Stdio => "NOT WRAPPED",
@@ -307,7 +347,7 @@ fn hosts_scan(project: &[PathBuf], all_users: bool) -> anyhow::Result<i32> {
             );
         }
     }
-    Ok(0)
+    Ok(code)
 }
 
 fn hosts_edit(e: &HostsEdit, wrap: bool) -> anyhow::Result<i32> {

@@ -21,6 +21,22 @@ fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
 
+/// (config path, wrapped) of every stdio server `scan --json` reports.
+fn scanned_stdio(home: &Path) -> Vec<(String, bool)> {
+    let out = run(home, &["scan", "--json"]);
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).expect("scan --json");
+    let mut stdio = Vec::new();
+    for f in found.as_array().expect("an array") {
+        for s in f["servers"].as_array().expect("servers") {
+            if s["transport"] == "stdio" {
+                let path = f["path"].as_str().expect("path").to_string();
+                stdio.push((path, s["wrapped"].as_bool().expect("wrapped")));
+            }
+        }
+    }
+    stdio
+}
+
 #[test]
 fn wrap_then_unwrap_through_the_cli_restores_every_byte() {
     let home = tempfile::tempdir().unwrap();
@@ -53,6 +69,20 @@ fn wrap_then_unwrap_through_the_cli_restores_every_byte() {
     let scan = run(home.path(), &["scan"]);
     assert!(scan.status.success(), "{}", text(&scan));
     assert!(text(&scan).contains("NOT WRAPPED"), "{}", text(&scan));
+    let check = run(home.path(), &["scan", "--check"]);
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "unwrapped servers fail --check"
+    );
+    let stdio = scanned_stdio(home.path());
+    for (_, at) in &files {
+        assert!(
+            stdio.iter().any(|(path, _)| path.ends_with(at)),
+            "{at} has stdio servers: {stdio:?}"
+        );
+    }
+    assert!(stdio.iter().all(|(_, wrapped)| !wrapped), "{stdio:?}");
 
     let dry = run(
         home.path(),
@@ -87,6 +117,13 @@ fn wrap_then_unwrap_through_the_cli_restores_every_byte() {
     }
     let scan = run(home.path(), &["scan"]);
     assert!(!text(&scan).contains("NOT WRAPPED"), "{}", text(&scan));
+    let check = run(home.path(), &["scan", "--check"]);
+    assert!(check.status.success(), "all wrapped: {}", text(&check));
+    assert!(
+        scanned_stdio(home.path())
+            .iter()
+            .all(|(_, wrapped)| *wrapped)
+    );
     let wrapped: Vec<Vec<u8>> = files
         .iter()
         .map(|(_, at)| std::fs::read(home.path().join(at)).unwrap())
