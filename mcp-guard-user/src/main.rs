@@ -350,6 +350,40 @@ fn hosts_scan(
     Ok(code)
 }
 
+/// `--bin` as hosts will run it: a bare name is looked up on PATH (as a shell would now;
+/// hosts often run servers with a smaller PATH, so the config gets the absolute path), a
+/// path is made absolute; either way it must be an executable file.
+fn resolve_bin(b: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let bare = b.components().count() == 1 && !b.to_string_lossy().contains('/');
+    let path = if bare {
+        std::env::var_os("PATH")
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join(b))
+                    .find(|c| c.is_absolute() && executable(c))
+            })
+            .with_context(|| {
+                format!(
+                    "--bin {}: not found on PATH; give its path (every config would name it)",
+                    b.display()
+                )
+            })?
+    } else {
+        std::path::absolute(b)?
+    };
+    if !executable(&path) {
+        anyhow::bail!(
+            "--bin {}: not an executable file (every config would launch it)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 fn hosts_edit(e: &HostsEdit, wrap: bool) -> anyhow::Result<i32> {
     use mcp_guard::hosts::{self, Host};
     let only = match &e.host {
@@ -361,6 +395,7 @@ fn hosts_edit(e: &HostsEdit, wrap: bool) -> anyhow::Result<i32> {
     };
     // Hosts often start servers with a minimal PATH: name this program absolutely.
     let bin = match &e.bin {
+        Some(b) if wrap => resolve_bin(b)?,
         Some(b) => std::path::absolute(b)?,
         None => std::env::current_exe().context("cannot find this program's path")?,
     };

@@ -84,13 +84,10 @@ fn wrap_then_unwrap_through_the_cli_restores_every_byte() {
     }
     assert!(stdio.iter().all(|(_, wrapped)| !wrapped), "{stdio:?}");
 
-    let dry = run(
-        home.path(),
-        &["wrap", "--dry-run", "--bin", "/usr/local/bin/mcp-guard"],
-    );
+    let dry = run(home.path(), &["wrap", "--dry-run", "--bin", bin()]);
     assert!(dry.status.success(), "{}", text(&dry));
     assert!(
-        text(&dry).contains("/usr/local/bin/mcp-guard"),
+        text(&dry).contains(bin()),
         "a diff is shown: {}",
         text(&dry)
     );
@@ -102,14 +99,11 @@ fn wrap_then_unwrap_through_the_cli_restores_every_byte() {
         );
     }
 
-    let wrap = run(home.path(), &["wrap", "--bin", "/usr/local/bin/mcp-guard"]);
+    let wrap = run(home.path(), &["wrap", "--bin", bin()]);
     assert!(wrap.status.success(), "{}", text(&wrap));
     for (_, at) in &files {
         let now = std::fs::read_to_string(home.path().join(at)).unwrap();
-        assert!(
-            now.contains("/usr/local/bin/mcp-guard"),
-            "{at} not wrapped:\n{now}"
-        );
+        assert!(now.contains(bin()), "{at} not wrapped:\n{now}");
         assert!(
             home.path().join(format!("{at}.mcp-guard.bak")).exists(),
             "no backup of {at}"
@@ -128,7 +122,7 @@ fn wrap_then_unwrap_through_the_cli_restores_every_byte() {
         .iter()
         .map(|(_, at)| std::fs::read(home.path().join(at)).unwrap())
         .collect();
-    let again = run(home.path(), &["wrap", "--bin", "/usr/local/bin/mcp-guard"]);
+    let again = run(home.path(), &["wrap", "--bin", bin()]);
     assert!(again.status.success());
     for ((_, at), before) in files.iter().zip(&wrapped) {
         assert_eq!(
@@ -147,6 +141,41 @@ fn wrap_then_unwrap_through_the_cli_restores_every_byte() {
             "{at} not restored"
         );
     }
+}
+
+/// `--bin` names what every config will launch: a name is looked up on PATH and written
+/// absolute; something that does not exist or cannot run is refused, and nothing changes.
+#[test]
+fn bin_is_resolved_and_must_be_an_executable() {
+    let home = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hosts");
+    let config = home.path().join(".cursor/mcp.json");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::copy(fixtures.join("cursor.json"), &config).unwrap();
+    let before = std::fs::read(&config).unwrap();
+    for bad in ["mcp-guard-nowhere", "./mcp-guard", "/nonexistent/mcp-guard"] {
+        let out = run(home.path(), &["wrap", "--bin", bad]);
+        assert!(!out.status.success(), "{bad}: {}", text(&out));
+        assert!(text(&out).contains("--bin"), "{bad}: {}", text(&out));
+        assert_eq!(
+            std::fs::read(&config).unwrap(),
+            before,
+            "{bad} changed the config"
+        );
+    }
+    // A bare name found on PATH is written as its absolute path.
+    let dir = Path::new(bin()).parent().unwrap();
+    let name = Path::new(bin()).file_name().unwrap().to_str().unwrap();
+    let out = Command::new(bin())
+        .args(["hosts", "wrap", "--bin", name])
+        .env("HOME", home.path())
+        .env("PATH", dir)
+        .current_dir(home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let now = std::fs::read_to_string(&config).unwrap();
+    assert!(now.contains(&format!("\"{}\"", bin())), "{now}");
 }
 
 #[test]
@@ -216,10 +245,7 @@ fn all_users_edits_each_home_as_its_owner_would() {
     std::os::unix::fs::symlink(&files[0].1, &trap).unwrap();
 
     let root = tempfile::tempdir().unwrap();
-    let wrap = run(
-        root.path(),
-        &["wrap", "--all-users", "--bin", "/usr/bin/mcp-guard"],
-    );
+    let wrap = run(root.path(), &["wrap", "--all-users", "--bin", bin()]);
     assert_eq!(
         wrap.status.code(),
         Some(1),
@@ -234,7 +260,7 @@ fn all_users_edits_each_home_as_its_owner_would() {
     for (uid, path) in &files {
         let now = std::fs::read_to_string(path).unwrap();
         assert!(
-            now.contains("/usr/bin/mcp-guard") && now.contains("\"wrap\""),
+            now.contains(bin()) && now.contains("\"wrap\""),
             "{}: {now}",
             path.display()
         );
