@@ -140,6 +140,8 @@ pub struct HostsEdit {
     /// Only this host (claude-desktop, claude-code, cursor, vscode, zed, codex, ...).
     #[arg(long)]
     pub host: Option<String>,
+    /// Project directories whose files (`.mcp.json`, `.cursor/`, `.vscode/`, `.gemini/`) are
+    /// edited too. Never by default: they are usually checked in and shared with a team.
     #[arg(long)]
     pub project: Vec<PathBuf>,
     /// Print what would change, as a diff, and change nothing.

@@ -404,10 +404,12 @@ fn hosts_edit(e: &HostsEdit, wrap: bool) -> anyhow::Result<i32> {
     let mut changed = 0;
     let mut found = Vec::new();
     for (user, home) in homes(e.all_users)? {
+        // Project files only when named: run inside a repository, its checked-in files are
+        // the team's, not this user's to rewrite unasked.
         let projects = if e.all_users {
             Vec::new()
         } else {
-            projects(&e.project)
+            e.project.clone()
         };
         found.extend(
             hosts::scan(&home, &projects)

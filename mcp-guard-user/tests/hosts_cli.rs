@@ -178,6 +178,43 @@ fn bin_is_resolved_and_must_be_an_executable() {
     assert!(now.contains(&format!("\"{}\"", bin())), "{now}");
 }
 
+/// Run inside a repository, `wrap` leaves its checked-in project files alone unless
+/// `--project` names it; `scan` still reports them.
+#[test]
+fn project_files_are_edited_only_with_project() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hosts");
+    let team = repo.join(".mcp.json");
+    std::fs::copy(fixtures.join("project_mcp.json"), &team).unwrap();
+    let before = std::fs::read(&team).unwrap();
+    let in_repo = |args: &[&str]| {
+        Command::new(bin())
+            .arg("hosts")
+            .args(args)
+            .env("HOME", home.path())
+            .current_dir(&repo)
+            .output()
+            .unwrap()
+    };
+    let scan = in_repo(&["scan"]);
+    assert!(text(&scan).contains(".mcp.json"), "{}", text(&scan));
+    let wrap = in_repo(&["wrap", "--bin", bin()]);
+    assert!(wrap.status.success(), "{}", text(&wrap));
+    assert_eq!(
+        std::fs::read(&team).unwrap(),
+        before,
+        "a team file was edited unasked"
+    );
+    let wrap = in_repo(&["wrap", "--bin", bin(), "--project", "."]);
+    assert!(wrap.status.success(), "{}", text(&wrap));
+    assert!(
+        std::fs::read_to_string(&team).unwrap().contains(bin()),
+        "--project wraps it"
+    );
+}
+
 #[test]
 fn an_unparsable_config_is_left_alone_with_a_clear_error() {
     let home = tempfile::tempdir().unwrap();
