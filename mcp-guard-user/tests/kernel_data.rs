@@ -263,6 +263,16 @@ async fn positional_vectored_calls_on_a_pipe_are_captured() {
     assert_eq!(joined(&outbound), output.stdout);
 }
 
+/// The process was killed (SIGKILL) before it wrote anything: it never acted.
+fn assert_killed_before_acting(output: &std::process::Output, what: &str) {
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&output.status),
+        Some(9),
+        "killed"
+    );
+    assert_eq!(output.stdout, b"", "{what}");
+}
+
 /// `pid`'s `Unfollowed` event.
 async fn unfollowed_of(events: &mut Events, pid: u32) -> mcp_guard::ebpf::Unfollowed {
     kernel::first_event(
@@ -300,12 +310,7 @@ async fn splice_from_a_gated_stdin_kills_the_reader_before_it_returns() {
         (u.call(), u.inbound, u.fd, u.killed),
         ("splice", true, 0, true)
     );
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&output.status),
-        Some(9),
-        "killed"
-    );
-    assert_eq!(output.stdout, b"", "it never acted on what it read");
+    assert_killed_before_acting(&output, "it never acted on what it read");
 }
 
 /// An io_uring ring reads and writes any descriptor, stdin included, without read(2): a gated
@@ -330,12 +335,7 @@ async fn io_uring_setup_by_a_gated_process_kills_it_before_it_returns() {
             true
         )
     );
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&output.status),
-        Some(9),
-        "killed"
-    );
-    assert_eq!(output.stdout, b"", "it never used the ring");
+    assert_killed_before_acting(&output, "it never used the ring");
 }
 
 /// `pidfd_getfd` takes over another process's descriptor (its stdin, say): reported; without
@@ -591,12 +591,7 @@ async fn a_gated_process_passing_its_stdin_is_killed_before_it_returns() {
     let (pid, out) = run_with_input(script, b"");
     let u = unfollowed_of(&mut events, pid).await;
     assert_eq!((u.call(), u.passed, u.killed), ("sendmsg", true, true));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(9),
-        "killed"
-    );
-    assert_eq!(out.stdout, b"", "it never went on");
+    assert_killed_before_acting(&out, "it never went on");
 }
 
 /// Fork without exec, then dup2 onto fd 0 of a descriptor the kernel never saw made (stdin
@@ -669,10 +664,5 @@ async fn sendmmsg_passing_stdin_in_a_later_message_kills_a_gated_sender() {
     let out = passing.wait_with_output().expect("wait");
     let u = unfollowed_of(&mut events, pid).await;
     assert_eq!((u.call(), u.passed, u.killed), ("sendmmsg", true, true));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(9),
-        "killed"
-    );
-    assert_eq!(out.stdout, b"", "it never went on");
+    assert_killed_before_acting(&out, "it never went on");
 }
