@@ -5,18 +5,18 @@
 
 use std::path::PathBuf;
 
-fn main() {
+fn main() -> Result<(), String> {
     println!("cargo::rerun-if-env-changed=MCP_GUARD_EMBED_BPF");
     println!("cargo::rustc-check-cfg=cfg(embedded_bpf)");
     let Some(object) = std::env::var_os("MCP_GUARD_EMBED_BPF").filter(|v| !v.is_empty()) else {
-        return;
+        return Ok(());
     };
     let object = PathBuf::from(object);
     println!("cargo::rerun-if-changed={}", object.display());
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    if let Err(e) = std::fs::copy(&object, out.join("mcp-guard-ebpf.o")) {
-        // A named object that cannot be read is a broken build, not a build without one.
-        panic!("MCP_GUARD_EMBED_BPF={}: {e}", object.display());
-    }
+    let out = std::env::var_os("OUT_DIR").ok_or("OUT_DIR is not set (run through cargo)")?;
+    // A named object that cannot be read is a broken build, not a build without one.
+    std::fs::copy(&object, PathBuf::from(out).join("mcp-guard-ebpf.o"))
+        .map_err(|e| format!("MCP_GUARD_EMBED_BPF={}: {e}", object.display()))?;
     println!("cargo::rustc-cfg=embedded_bpf");
+    Ok(())
 }

@@ -53,6 +53,22 @@ fn install(root: &Path, extra: &[&str]) -> String {
     text(&out)
 }
 
+/// Installs under `root` with stand-ins for the binary and the eBPF object.
+fn install_stand_ins(root: &Path) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let b = stand_in(work.path(), "bin", "#!/bin/sh\n");
+    let o = stand_in(work.path(), "o", "object");
+    install(
+        root,
+        &[
+            "--bin",
+            b.to_str().unwrap(),
+            "--bpf-object",
+            o.to_str().unwrap(),
+        ],
+    )
+}
+
 fn uninstall(root: &Path, extra: &[&str]) -> String {
     let mut args = vec!["uninstall", "--root", root.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -387,18 +403,7 @@ fn reinstall_keeps_what_the_admin_owns_and_replaces_the_rest() {
 fn uninstall_keeps_config_log_and_key_and_purge_removes_them() {
     let root = staging_root();
     let r = root.path();
-    let work = tempfile::tempdir().unwrap();
-    let b = stand_in(work.path(), "bin", "#!/bin/sh\n");
-    let o = stand_in(work.path(), "o", "object");
-    install(
-        r,
-        &[
-            "--bin",
-            b.to_str().unwrap(),
-            "--bpf-object",
-            o.to_str().unwrap(),
-        ],
-    );
+    install_stand_ins(r);
     fs::write(r.join("var/log/mcp-guard/audit.jsonl"), "{\"seq\":1}\n").unwrap();
     fs::write(r.join("var/lib/mcp-guard/audit.key"), "key").unwrap();
     fs::write(r.join("var/lib/mcp-guard/audit.pub"), "pub").unwrap();
@@ -452,18 +457,7 @@ fn other_users_cannot_write_the_policy_the_key_or_the_audit_log() {
     }
     let root = staging_root();
     let r = root.path();
-    let work = tempfile::tempdir().unwrap();
-    let b = stand_in(work.path(), "bin", "#!/bin/sh\n");
-    let o = stand_in(work.path(), "o", "object");
-    install(
-        r,
-        &[
-            "--bin",
-            b.to_str().unwrap(),
-            "--bpf-object",
-            o.to_str().unwrap(),
-        ],
-    );
+    install_stand_ins(r);
     // The key as the daemon makes it at first start.
     let key = r.join("var/lib/mcp-guard/audit.key");
     fs::write(&key, "key").unwrap();

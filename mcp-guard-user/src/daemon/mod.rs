@@ -73,10 +73,7 @@ pub fn check(cfg: &Config) -> anyhow::Result<i32> {
         policy.len(),
         policy.sha256()
     );
-    let object = match &cfg.bpf_object {
-        Some(p) => ebpf::Object::File(p.clone()),
-        None => ebpf::find_object()?,
-    };
+    let object = bpf_object(cfg)?;
     let bytes = object.bytes()?;
     ebpf::check_object(&object, &bytes)?;
     println!("eBPF object: {object} ({} bytes)", bytes.len());
@@ -87,6 +84,14 @@ pub fn check(cfg: &Config) -> anyhow::Result<i32> {
     );
     println!("configuration: ok");
     Ok(0)
+}
+
+/// The eBPF object: `bpf_object` in the configuration, else the usual places.
+fn bpf_object(cfg: &Config) -> Result<ebpf::Object, ebpf::Error> {
+    match &cfg.bpf_object {
+        Some(p) => Ok(ebpf::Object::File(p.clone())),
+        None => ebpf::find_object(),
+    }
 }
 
 /// The system policy as written: what managed shims enforce.
@@ -119,10 +124,7 @@ fn load_policy(cfg: &Config) -> anyhow::Result<Policy> {
 
 async fn serve(cfg: Config) -> anyhow::Result<i32> {
     let policy = load_policy(&cfg)?;
-    let object = match &cfg.bpf_object {
-        Some(p) => ebpf::Object::File(p.clone()),
-        None => ebpf::find_object()?,
-    };
+    let object = bpf_object(&cfg)?;
     let max_capture = (cfg.max_message + 2).min(mcp_guard_common::MAX_CAPTURE) as u32;
     let mut obs = Observer::load_object(
         &object,
