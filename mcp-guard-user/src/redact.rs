@@ -226,6 +226,11 @@ static BUILTIN: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         .collect()
 });
 
+/// The built-in patterns as one automaton: a text is read once to learn which rules can
+/// match in it, and only those are run for their captures.
+static BUILTIN_SET: LazyLock<RegexSet> =
+    LazyLock::new(|| RegexSet::new(RULES.iter().map(|r| r.1)).expect("static regex set"));
+
 /// The same patterns over a message's raw JSON text, for the quick decision whether to
 /// parse it at all; plus long base64 runs, which may hide any of them.
 static HINT: LazyLock<RegexSet> = LazyLock::new(|| {
@@ -309,7 +314,11 @@ impl Responses {
         if !self.builtin {
             return false;
         }
-        unusual_escape(raw) || HINT.is_match(raw)
+        // Without escapes, each string's text is its bytes in the raw line, so a pattern
+        // that matches the one matches the other; with any escape (`\n` included) the two
+        // differ (`password\n= ...` reads as a newline, not as `\` and `n`), so the
+        // strings are parsed and read one by one.
+        memchr::memchr(b'\\', raw.as_bytes()).is_some() || HINT.is_match(raw)
     }
 
     /// Replaces every secret in every string of `v`; returns how many were replaced.
@@ -334,8 +343,8 @@ impl Responses {
         let mut out = text.to_string();
         let mut n = 0;
         if self.builtin {
-            for rule in BUILTIN.iter() {
-                let (next, k) = apply(rule, &out);
+            for i in BUILTIN_SET.matches(text).iter() {
+                let (next, k) = apply(&BUILTIN[i], &out);
                 if k > 0 {
                     out = next;
                     n += k;
@@ -399,18 +408,26 @@ impl Responses {
     }
 }
 
-/// Standard or URL-safe base64, padded or not.
+/// Standard or URL-safe base64, padded or not: decoded once, with the alphabet the run
+/// uses (a run of letters and digits only reads the same in both). A run mixing both
+/// alphabets' extra characters is neither.
 fn decode_base64(run: &str) -> Option<Vec<u8>> {
-    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    let trimmed = run.trim_end_matches('=');
-    [
-        STANDARD.decode(run),
-        STANDARD_NO_PAD.decode(trimmed),
-        URL_SAFE.decode(run),
-        URL_SAFE_NO_PAD.decode(trimmed),
-    ]
-    .into_iter()
-    .find_map(Result::ok)
+    use base64::alphabet::{STANDARD, URL_SAFE};
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const CONFIG: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const STD: GeneralPurpose = GeneralPurpose::new(&STANDARD, CONFIG);
+    const URL: GeneralPurpose = GeneralPurpose::new(&URL_SAFE, CONFIG);
+    // Padding says nothing the length does not: it is dropped, so a wrong count of `=`
+    // does not hide a run.
+    let run = run.trim_end_matches('=');
+    let url = run.bytes().any(|b| b == b'-' || b == b'_');
+    if url {
+        URL.decode(run)
+    } else {
+        STD.decode(run)
+    }
+    .ok()
 }
 
 /// Replaces what `rule` finds in `text` (its secret group, or the whole match). A value a
@@ -447,23 +464,6 @@ fn apply(rule: &Rule, text: &str) -> (String, u32) {
     (out, n)
 }
 
-/// A JSON escape other than `\n`, `\r`, `\t`, `\"`, `\\` and `\/`: it may spell a
-/// pattern's letters (`\u0041KIA`), so the raw text cannot be trusted to show them.
-fn unusual_escape(raw: &str) -> bool {
-    let b = raw.as_bytes();
-    let mut i = 0;
-    while let Some(j) = memchr::memchr(b'\\', &b[i..]) {
-        let k = i + j + 1;
-        match b.get(k) {
-            Some(b'n' | b'r' | b't' | b'"' | b'\\') => i = k + 1,
-            // `\/` splits a base64 or key text the raw scan would otherwise see whole.
-            Some(_) => return true,
-            None => return false,
-        }
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,6 +496,46 @@ mod tests {
         assert!(!r.may_redact(r#"{"content":[{"type":"text","text":"hello"}]}"#));
         let off = Responses::new(false, Vec::new(), 0);
         assert!(!off.may_redact("AKIAABCDEFGHIJKLMNOP"));
+    }
+
+    /// `may_redact` is a shortcut: it must say yes for every message `redact` would change.
+    /// Escapes are where the raw text and the strings differ.
+    #[test]
+    fn the_raw_shortcut_misses_nothing_an_escape_hides() {
+        let r = Responses::standard();
+        for text in [
+            r"password\n= Xy7#kd9!qZ",
+            r"password\t:\tXy7#kd9!qZ",
+            r"\u0041KIAABCDEFGHIJKLMNOP",
+            r"AKIAABCDEFGHIJKLM\u004eOP",
+            r"token\r\n=\\\\Xy7#kd9!qZ",
+            r"ghp\/abcdefghijklmnopqrstuvwxyz0123",
+        ] {
+            let raw = format!(r#"{{"content":[{{"type":"text","text":"{text}"}}]}}"#);
+            let mut v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+            let n = r.redact(&mut v);
+            assert!(n == 0 || r.may_redact(&raw), "{raw}: {n} secrets, no parse");
+        }
+        let mut v: serde_json::Value =
+            serde_json::from_str(r#"["password\n= Xy7#kd9!qZ"]"#).unwrap();
+        assert_eq!(r.redact(&mut v), 1, "{v}");
+    }
+
+    /// Base64 runs are read whatever their padding and alphabet.
+    #[test]
+    fn base64_hides_nothing_by_padding_or_alphabet() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let secret = "key AKIAABCDEFGHIJKLMNOP here?>>";
+        let r = Responses::standard();
+        for run in [
+            STANDARD.encode(secret),
+            format!("{}=", STANDARD.encode(secret)),
+            STANDARD.encode(secret).trim_end_matches('=').to_string(),
+            URL_SAFE_NO_PAD.encode(secret),
+        ] {
+            let mut v = serde_json::json!([format!("blob {run} end")]);
+            assert_eq!(r.redact(&mut v), 1, "{run}");
+        }
     }
 
     #[test]
