@@ -1,9 +1,9 @@
 //! `mcp-guard events`: what the guard decides, as it happens, one line per event.
 //!
 //! Reads an audit log (the daemon's, a shim's) and prints its records, compact or as
-//! JSON, filtered; `-f` follows the log as it grows and across rotation. Responses are
-//! left out unless asked for (`--kind response`): their request's line says what was
-//! decided.
+//! JSON, filtered; `-f` follows the log as it grows and across rotation. Responses and
+//! seals are left out unless asked for (`--kind response`, `--kind seal`): a request's line
+//! says what was decided, and a seal only signs the chain.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal, Seek, Write};
@@ -59,7 +59,7 @@ impl Args {
         let kind = text(r, &["kind"]);
         let kind_ok = match &self.kind {
             Some(k) => kind == *k,
-            None => kind != "response",
+            None => kind != "response" && kind != "seal",
         };
         let eq = |want: &Option<String>, got: &[String]| {
             want.as_ref().is_none_or(|w| got.iter().any(|g| g == w))

@@ -138,6 +138,7 @@ fn wrap(w: Wrap) -> anyhow::Result<i32> {
             checkpoint: w.audit_checkpoint,
             // A shim's own log keeps every rotated file (the daemon's is configured).
             retention: audit::Retention::default(),
+            sign_commits: w.audit_sign_commits,
         },
         durability,
         max_message: w.max_message,

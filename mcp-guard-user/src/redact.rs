@@ -215,11 +215,19 @@ const RULES: &[(&str, &str, usize, Option<f64>)] = &[
     ),
 ];
 
+/// A rule's pattern as compiled: word boundaries are ASCII ones. Secrets are ASCII, so a
+/// token right after a non-ASCII letter (`éAKIA...`) still starts at a boundary; and a
+/// Unicode boundary would stop the lazy DFA at the first non-ASCII byte, leaving a slow
+/// engine to read the rest of the text.
+fn pattern(p: &str) -> String {
+    p.replace(r"\b", r"(?-u:\b)")
+}
+
 static BUILTIN: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     RULES
         .iter()
         .map(|&(_id, p, group, entropy)| Rule {
-            re: Regex::new(p).expect("static regex"),
+            re: Regex::new(&pattern(p)).expect("static regex"),
             group,
             entropy,
         })
@@ -229,12 +237,18 @@ static BUILTIN: LazyLock<Vec<Rule>> = LazyLock::new(|| {
 /// The built-in patterns as one automaton: a text is read once to learn which rules can
 /// match in it, and only those are run for their captures.
 static BUILTIN_SET: LazyLock<RegexSet> =
-    LazyLock::new(|| RegexSet::new(RULES.iter().map(|r| r.1)).expect("static regex set"));
+    LazyLock::new(|| RegexSet::new(RULES.iter().map(|r| pattern(r.1))).expect("static regex set"));
 
 /// The same patterns over a message's raw JSON text, for the quick decision whether to
 /// parse it at all; plus long base64 runs, which may hide any of them.
 static HINT: LazyLock<RegexSet> = LazyLock::new(|| {
-    RegexSet::new(RULES.iter().map(|r| r.1).chain([BASE64_RUN])).expect("static regex set")
+    RegexSet::new(
+        RULES
+            .iter()
+            .map(|r| pattern(r.1))
+            .chain([BASE64_RUN.to_string()]),
+    )
+    .expect("static regex set")
 });
 
 /// A run of base64 (or base64url) long enough to hide a secret.
@@ -536,6 +550,16 @@ mod tests {
             let mut v = serde_json::json!([format!("blob {run} end")]);
             assert_eq!(r.redact(&mut v), 1, "{run}");
         }
+    }
+
+    /// A token right after a non-ASCII letter is still a token.
+    #[test]
+    fn a_secret_glued_to_a_non_ascii_letter_is_found() {
+        let r = Responses::standard();
+        let raw = r#"["éAKIAABCDEFGHIJKLMNOP", "ключ:ghp_abcdefghijklmnopqrstuvwxyz0123"]"#;
+        let mut v: serde_json::Value = serde_json::from_str(raw).unwrap();
+        assert!(r.may_redact(raw));
+        assert_eq!(r.redact(&mut v), 2, "{v}");
     }
 
     #[test]

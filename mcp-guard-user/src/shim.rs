@@ -206,7 +206,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
     let (mut guard, ctx) = (started.session, started.ctx);
     let mut loaded = Record::new(audit::Kind::PolicyLoaded, &ctx);
     loaded.detail = Some(serde_json::json!({ "origin": origin, "rules": rules }));
-    if let Err(e) = audit.commit(vec![loaded, started.record]).await {
+    if let Err(e) = audit.commit_signed(vec![loaded, started.record]) {
         // Fail closed: no session runs without its record.
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         let _ = child.wait().await;
@@ -388,7 +388,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         "counters": session.borrow().counters,
     }));
     records.push(end);
-    if let Err(e) = audit.commit(records).await {
+    if let Err(e) = audit.commit_signed(records) {
         tracing::error!(error = %e, "cannot record the session end");
     }
     audit.close(audit_thread);

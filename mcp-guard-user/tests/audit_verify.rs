@@ -22,11 +22,16 @@ fn ctx() -> Arc<Context> {
     })
 }
 
-/// A log of `commits` commits of `per` records each, in a fresh directory.
+/// A log of `commits` commits of `per` records each, in a fresh directory, each commit
+/// signed on its own (`sign_commits`: no seal records, so lines are where the tests say).
 fn log(commits: usize, per: usize, opts: &Options) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let (audit, thread) = Audit::open_with(&path, Durability::PageCache, opts).unwrap();
+    let opts = Options {
+        sign_commits: true,
+        ..opts.clone()
+    };
+    let (audit, thread) = Audit::open_with(&path, Durability::PageCache, &opts).unwrap();
     let c = ctx();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -500,8 +505,11 @@ fn a_log_cut_and_rewritten_with_its_own_key_disagrees_with_the_checkpoint() {
     let (_d, path, _away, checkpoint) = log_with_checkpoint(4, 3);
     cut_and_forge_head(&path, 6);
     // The log's writer still holds audit.key: it writes new records 7-12 and signs them.
-    let (audit, thread) =
-        Audit::open_with(&path, Durability::PageCache, &Options::default()).unwrap();
+    let opts = Options {
+        sign_commits: true,
+        ..Options::default()
+    };
+    let (audit, thread) = Audit::open_with(&path, Durability::PageCache, &opts).unwrap();
     let c = ctx();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -720,4 +728,38 @@ fn a_checkpoint_pinned_to_another_key_refuses_the_log() {
     );
     let err = res.err().expect("another key must be refused").to_string();
     assert!(err.contains("pinned another public key"), "{err}");
+}
+
+/// The default layout: records unsigned, `seal` records signing the chain head. The log
+/// verifies; without its last seal it is a log cut short.
+#[test]
+fn a_sealed_log_verifies_and_without_its_last_seal_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let (audit, thread) =
+        Audit::open_with(&path, Durability::Durable, &Options::default()).unwrap();
+    let c = ctx();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for i in 0..5 {
+        let mut r = Record::new(mcp_guard::audit::Kind::Request, &c);
+        r.request_id = Some(i.to_string());
+        rt.block_on(audit.commit(vec![r])).unwrap();
+    }
+    audit.close(thread);
+    let l = lines(&path);
+    let seals = l.iter().filter(|l| l.contains(r#""kind":"seal""#)).count();
+    assert!(seals >= 1 && l.last().unwrap().contains(r#""kind":"seal""#));
+    let (code, out) = verify(None, &[&path]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("{} records", 5 + seals))
+            && out.contains(&format!("{seals} signatures")),
+        "{out}"
+    );
+    rewrite(&path, &l[..l.len() - 1]);
+    let (code, out) = verify(None, &[&path]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("truncated"), "{out}");
 }

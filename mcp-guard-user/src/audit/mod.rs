@@ -2,16 +2,19 @@
 //! decisions act.
 //!
 //! Records are appended under an exclusive `flock` (several shims may share one file), each
-//! chained to the one before it in the file ([`chain`]); the last record of every write
-//! carries an Ed25519 signature over the chain head. The write, and in durable mode the
+//! chained to the one before it in the file ([`chain`]). The write, and in durable mode the
 //! `fdatasync`, happen on the caller's thread. Concurrent committers in one process share
-//! writes (one signature for all the records waiting) and all committers share syncs: one
-//! that finds its records already covered by another's `fdatasync` (in progress or done)
-//! does not sync again (group commit).
+//! writes and all committers share syncs: one that finds its records already covered by
+//! another's `fdatasync` (in progress or done) does not sync again (group commit).
+//!
+//! Signing is off that path: a sealer thread appends a signed `seal` record over the chain
+//! head once the log has been quiet for [`SEAL_IDLE`], and at the latest [`SEAL_WITHIN`]
+//! after the first record it covers (in durable mode it syncs it, and with it everything
+//! written before, then records the head). An Ed25519 signature costs tens of microseconds;
+//! under load one covers hundreds of records.
 //!
 //! Only commits (decisions, which wait for their record) wait for `fdatasync`. Appended
-//! observations (responses) are written at once and made durable by the next commit, or
-//! within [`FLUSH_INTERVAL`] when no commit comes.
+//! observations (responses) are written at once and made durable by the next commit or seal.
 //!
 //! The writer also keeps `<log>.head` (the last signed chain head, so `verify` sees a cut
 //! off end), seals a line torn by a crash with a `recovery` record, accounts for records
@@ -22,8 +25,8 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -41,8 +44,15 @@ pub use record::{
     random_id,
 };
 
-/// Longest time an appended record stays only in the page cache (durable mode).
-pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// Longest time a record stays without a signature over it (and, in durable mode, an
+/// appended record only in the page cache).
+pub const SEAL_WITHIN: Duration = Duration::from_millis(10);
+
+/// How long the log must be quiet before its head is sealed early.
+pub const SEAL_IDLE: Duration = Duration::from_millis(1);
+
+/// How often an idle sealer looks at the head file (a checkpoint held back by its interval).
+const TICK: Duration = Duration::from_millis(200);
 
 /// Size past which the log is rotated, by default.
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
@@ -78,6 +88,10 @@ pub struct Options {
     pub checkpoint: Option<PathBuf>,
     /// Which rotated files are kept; by default all.
     pub retention: Retention,
+    /// Sign the last record of every commit before the commit returns, as well as sealing
+    /// (an Ed25519 signature per commit: tens of microseconds on its path). By default
+    /// commits are covered by a seal within [`SEAL_WITHIN`].
+    pub sign_commits: bool,
 }
 
 /// Which rotated files (`<log>.<first seq>-<last seq>`) are kept after a rotation.
@@ -96,6 +110,7 @@ impl Default for Options {
             key: None,
             checkpoint: None,
             retention: Retention::default(),
+            sign_commits: false,
         }
     }
 }
@@ -135,22 +150,25 @@ pub trait Tap: Send + Sync {
 
 /// A handle to the audit log. Records are written, and in durable mode synced, on the
 /// caller's thread: a commit is one read's worth of decisions, so one `fdatasync` covers
-/// them all (group commit), and no other thread has to be woken and waited for. A flusher
-/// thread makes appended records durable within [`FLUSH_INTERVAL`].
+/// them all (group commit), and no other thread has to be woken and waited for. The
+/// sealer thread signs what was written (see the module's documentation).
 #[derive(Clone)]
 pub struct Audit {
     writer: Arc<Mutex<writer::Writer>>,
     /// Records waiting for the writer: whoever writes next writes them all in one go.
     queue: Arc<(Mutex<Queue>, Condvar)>,
-    /// Durable mode: the file to `fdatasync` and the flusher's stop signal.
-    sync: Option<(Arc<Syncer>, mpsc::SyncSender<()>)>,
+    /// Durable mode: the file to `fdatasync`.
+    sync: Option<Arc<Syncer>>,
+    sealer: Arc<Sealer>,
+    /// Sign every commit on its own ([`Options::sign_commits`]).
+    sign_commits: bool,
+    /// Dropped with the last handle: stops the sealer.
+    _alive: Arc<Alive>,
     /// Generation of the last successful write (0: none yet). A commit waits until a sync
     /// has covered its own write's generation, not until nothing is unsynced: otherwise one
     /// thread's new record would cost the next waiter an `fdatasync` of its own.
     written: Arc<AtomicU64>,
     path: Arc<PathBuf>,
-    /// The head file (and its checkpoint file), flushed when the log is closed.
-    head_file: Arc<chain::HeadFile>,
     tap: Arc<OnceLock<Arc<dyn Tap>>>,
 }
 
@@ -158,7 +176,7 @@ type Done = Arc<OnceLock<Result<u64, String>>>;
 
 struct Queued {
     records: Vec<Record>,
-    /// A commit: the write that carries it is signed.
+    /// The write that carries these records ends with a signature.
     sign: bool,
     done: Done,
 }
@@ -208,7 +226,7 @@ impl Ticket {
     }
 }
 
-/// The sync thread (durable mode); joined by [`Audit::close`].
+/// The sealer thread; joined by [`Audit::close`].
 pub struct WriterThread(Option<std::thread::JoinHandle<()>>);
 
 impl Audit {
@@ -248,10 +266,9 @@ impl Audit {
             .transpose()?;
         let head_file = Arc::new(chain::HeadFile::open(path, checkpoint).map_err(err)?);
         let written = Arc::new(AtomicU64::new(0));
-        let (sync, thread, head) = match durability {
-            Durability::PageCache => (None, None, writer::HeadSink::Now(head_file.clone())),
+        let (sync, head) = match durability {
+            Durability::PageCache => (None, writer::HeadSink::Now(head_file.clone())),
             Durability::Durable => {
-                let (stop, stopped) = mpsc::sync_channel(0);
                 let pending = Arc::new(Mutex::new(None));
                 let syncer = Arc::new(Syncer {
                     file: Mutex::new(file.try_clone().map_err(err)?),
@@ -262,19 +279,9 @@ impl Audit {
                     head: pending.clone(),
                     head_file: head_file.clone(),
                 });
-                let flusher = syncer.clone();
-                let thread = std::thread::Builder::new()
-                    .name("audit-flush".into())
-                    .spawn(move || flusher.run(stopped))
-                    .map_err(err)?;
-                (
-                    Some((syncer, stop)),
-                    Some(thread),
-                    writer::HeadSink::AfterSync(pending),
-                )
+                (Some(syncer), writer::HeadSink::AfterSync(pending))
             }
         };
-        let on_reopen = sync.as_ref().map(|(s, _)| s.clone());
         let mut writer = writer::Writer::new(
             path.to_path_buf(),
             file,
@@ -282,24 +289,43 @@ impl Audit {
             opts.max_bytes,
             opts.retention,
             head,
-            on_reopen,
+            sync.clone(),
         );
         if let Err(e) = writer.tidy() {
             tracing::warn!(error = %e, path = %path.display(), "cannot tidy up after an interrupted rotation");
         }
+        let writer = Arc::new(Mutex::new(writer));
+        let sealer = Arc::new(Sealer {
+            writer: writer.clone(),
+            sync: sync.clone(),
+            written: written.clone(),
+            head_file: head_file.clone(),
+            path: path.to_path_buf(),
+            state: Mutex::new(SealState::default()),
+            wake: Condvar::new(),
+        });
+        let thread = {
+            let sealer = sealer.clone();
+            std::thread::Builder::new()
+                .name("audit-seal".into())
+                .spawn(move || sealer.run())
+                .map_err(err)?
+        };
         let audit = Audit {
-            writer: Arc::new(Mutex::new(writer)),
+            writer,
             queue: Arc::new((Mutex::new(Queue::default()), Condvar::new())),
             sync,
+            _alive: Arc::new(Alive(sealer.clone())),
+            sealer,
+            sign_commits: opts.sign_commits,
             written,
             path: Arc::new(path.to_path_buf()),
-            head_file,
             tap: Arc::default(),
         };
-        let thread = WriterThread(thread);
-        // A log a crash left torn is sealed now, not at the first decision.
+        let thread = WriterThread(Some(thread));
+        // A log a crash left torn, or unsigned, is sealed now, not at the first decision.
         if let Err(reason) = audit
-            .write(Vec::new(), true)
+            .write(Vec::new(), false)
             .and_then(|generation| audit.sync(generation))
         {
             audit.close(thread);
@@ -316,11 +342,12 @@ impl Audit {
         let _ = self.tap.set(tap);
     }
 
-    /// Writes and syncs `records` as a commit, timing it for the tap.
-    fn commit_now(&self, records: Vec<Record>) -> Result<(), String> {
+    /// Writes and syncs `records` as a commit, timing it for the tap; signed on its own
+    /// when `sign`.
+    fn commit_now(&self, records: Vec<Record>, sign: bool) -> Result<(), String> {
         let start = std::time::Instant::now();
         let res = self
-            .write(records, true)
+            .write(records, sign || self.sign_commits)
             .and_then(|generation| self.sync(generation));
         if res.is_ok()
             && let Some(t) = self.tap.get()
@@ -335,6 +362,20 @@ impl Audit {
         self.submit(records).wait().await
     }
 
+    /// Commits `records` with a signature of their own, not waiting for a seal: for records
+    /// off the hot path (a session's or the daemon's start and end), so that they are signed
+    /// even when nothing can be written after them (a full disk).
+    pub fn commit_signed(&self, records: Vec<Record>) -> Result<(), Error> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.commit_now(records, true)
+            .map_err(|reason| Error::Write {
+                path: self.path.to_path_buf(),
+                reason,
+            })
+    }
+
     /// Writes `records` now; the ticket tells when they are committed.
     /// [`Audit::commit`] for a thread outside any runtime: returns once the records are
     /// written, signed and (in durable mode) on disk.
@@ -342,10 +383,11 @@ impl Audit {
         if records.is_empty() {
             return Ok(());
         }
-        self.commit_now(records).map_err(|reason| Error::Write {
-            path: self.path.to_path_buf(),
-            reason,
-        })
+        self.commit_now(records, false)
+            .map_err(|reason| Error::Write {
+                path: self.path.to_path_buf(),
+                reason,
+            })
     }
 
     pub fn submit(&self, records: Vec<Record>) -> Ticket {
@@ -355,12 +397,12 @@ impl Audit {
                 path: self.path.clone(),
             };
         }
-        let res = self.commit_now(records);
+        let res = self.commit_now(records, false);
         Ticket::ready(res, &self.path)
     }
 
-    /// Writes `records` without waiting for `fdatasync`: the next commit, or the sync
-    /// thread within [`FLUSH_INTERVAL`], makes them durable.
+    /// Writes `records` without waiting for `fdatasync`: the next commit, or the seal
+    /// within [`SEAL_WITHIN`], makes them durable.
     pub fn append(&self, records: Vec<Record>) {
         if records.is_empty() {
             return;
@@ -373,15 +415,15 @@ impl Audit {
     /// Makes the write of generation `generation` durable (durable mode).
     fn sync(&self, generation: u64) -> Result<(), String> {
         match &self.sync {
-            Some((syncer, _)) => syncer.sync_to(generation),
+            Some(syncer) => syncer.sync_to(generation),
             None => Ok(()),
         }
     }
 
-    /// Writes `records` together with whatever other threads queued meanwhile: one write,
-    /// one signature for all of them. A thread that finds a write under way queues its
-    /// records and sleeps until they are written (by that thread's next round, or by itself
-    /// if it is first in line when the writer is free).
+    /// Writes `records` together with whatever other threads queued meanwhile, in one
+    /// write. A thread that finds a write under way queues its records and sleeps until they
+    /// are written (by that thread's next round, or by itself if it is first in line when
+    /// the writer is free).
     fn write(&self, records: Vec<Record>, sign: bool) -> Result<u64, String> {
         let done: Done = Arc::default();
         let (queue, written) = &*self.queue;
@@ -419,10 +461,13 @@ impl Audit {
             .write(&mut batch, sign)
             .map(|()| self.written.fetch_add(1, Ordering::AcqRel) + 1)
             .map_err(|e| e.to_string());
-        if res.is_ok()
-            && let Some(t) = self.tap.get()
-        {
-            t.written(&batch);
+        if res.is_ok() {
+            if !batch.is_empty() {
+                self.sealer.wrote();
+            }
+            if let Some(t) = self.tap.get() {
+                t.written(&batch);
+            }
         }
         for d in waiting {
             let _ = d.set(res.clone());
@@ -435,14 +480,128 @@ impl Audit {
         res
     }
 
-    /// Waits for what was written to be synced, and stops the sync thread.
+    /// Seals and syncs what was written, and stops the sealer (once every handle is
+    /// closed or dropped).
     pub fn close(self, thread: WriterThread) {
-        drop(self.sync);
+        drop(self);
         if let Some(t) = thread.0 {
             let _ = t.join();
         }
+    }
+}
+
+/// Stops the sealer when the last [`Audit`] handle goes.
+struct Alive(Arc<Sealer>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        let mut st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.stop = true;
+        drop(st);
+        self.0.wake.notify_all();
+    }
+}
+
+#[derive(Default)]
+struct SealState {
+    /// When the first record no signature covers yet was written.
+    unsealed_since: Option<Instant>,
+    /// When the last record was written.
+    last_write: Option<Instant>,
+    /// After a failed seal: not again before this.
+    retry_at: Option<Instant>,
+    stop: bool,
+}
+
+/// Signs the chain head when the log goes quiet, and at the latest [`SEAL_WITHIN`] after
+/// the first record it covers.
+struct Sealer {
+    writer: Arc<Mutex<writer::Writer>>,
+    sync: Option<Arc<Syncer>>,
+    written: Arc<AtomicU64>,
+    head_file: Arc<chain::HeadFile>,
+    path: PathBuf,
+    state: Mutex<SealState>,
+    wake: Condvar,
+}
+
+impl Sealer {
+    /// Records were written: the sealer is woken only by the first of a quiet spell.
+    fn wrote(&self) {
+        let now = Instant::now();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.last_write = Some(now);
+        if st.unsealed_since.is_none() {
+            st.unsealed_since = Some(now);
+            drop(st);
+            self.wake.notify_one();
+        }
+    }
+
+    fn run(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if st.stop {
+                // Sealed once more below, whether or not anything waits.
+                break;
+            }
+            let Some(since) = st.unsealed_since else {
+                st = self
+                    .wake
+                    .wait_timeout(st, TICK)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                // A head held back by the checkpoint interval goes out once due, even
+                // when no more records come.
+                if st.unsealed_since.is_none() {
+                    self.head_file.tick();
+                }
+                continue;
+            };
+            let quiet = st.last_write.unwrap_or(since) + SEAL_IDLE;
+            let due = quiet
+                .min(since + SEAL_WITHIN)
+                .max(st.retry_at.unwrap_or(since));
+            let now = Instant::now();
+            if now < due {
+                st = self
+                    .wake
+                    .wait_timeout(st, due - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
+            st.unsealed_since = None;
+            drop(st);
+            let sealed = self.seal();
+            st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.retry_at = None;
+            if !sealed {
+                st.unsealed_since.get_or_insert(since);
+                st.retry_at = Some(Instant::now() + TICK);
+            }
+        }
+        drop(st);
+        self.seal();
         // The last head is checkpointed whatever the interval: what was written is seen.
         self.head_file.flush();
+    }
+
+    /// Appends the seal (when the last record is unsigned) and, in durable mode, syncs it.
+    fn seal(&self) -> bool {
+        let res = self.writer.lock().unwrap_or_else(|p| p.into_inner()).seal();
+        match res {
+            Ok(()) => {
+                let generation = self.written.fetch_add(1, Ordering::AcqRel) + 1;
+                self.sync
+                    .as_ref()
+                    .is_none_or(|s| s.sync_to(generation).is_ok())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %self.path.display(), "cannot seal the audit log");
+                false
+            }
+        }
     }
 }
 
@@ -469,17 +628,6 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    /// The flusher: syncs appended records every [`FLUSH_INTERVAL`] until told to stop.
-    fn run(&self, stop: mpsc::Receiver<()>) {
-        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(FLUSH_INTERVAL) {
-            let _ = self.sync_to(self.written.load(Ordering::Acquire));
-            // A head held back by the checkpoint interval goes out once due, even when
-            // no more records come.
-            self.head_file.tick();
-        }
-        let _ = self.sync_to(self.written.load(Ordering::Acquire));
-    }
-
     /// Follows the log to its new file (after a rotation, which synced the old one).
     fn replace(&self, file: File) {
         *self.file.lock().unwrap_or_else(|p| p.into_inner()) = file;

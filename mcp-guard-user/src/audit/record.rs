@@ -37,6 +37,9 @@ pub enum Kind {
     Rotated,
     /// The writer sealed a torn or unsigned tail it found.
     Recovery,
+    /// A signature over the chain head, written within [`super::SEAL_WITHIN`] of the
+    /// records it covers.
+    Seal,
 }
 
 impl std::fmt::Display for Kind {

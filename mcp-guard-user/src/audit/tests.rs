@@ -55,6 +55,21 @@ fn ok(files: &[PathBuf]) -> verify::Summary {
     }
 }
 
+/// How many `seal` records `files` hold (they come when the log goes quiet, so their
+/// number depends on timing).
+fn seals(files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains(r#""kind":"seal""#))
+                .count() as u64
+        })
+        .sum()
+}
+
 fn bad(files: &[PathBuf]) -> verify::Finding {
     match verify(files) {
         Verdict::Ok(s) => panic!("verify passed: {s}"),
@@ -182,23 +197,77 @@ fn committed_records_form_one_verifiable_signed_chain() {
     });
     audit.close(thread);
     let s = ok(std::slice::from_ref(&path));
-    // Commits are signed; appended records are covered by the next commit's signature.
-    assert_eq!((s.records, s.signatures, s.head), (6, 2, Some(6)), "{s}");
+    // Records are written unsigned; seals sign the chain head, the last when the log closes.
+    let n = seals(std::slice::from_ref(&path));
+    assert!(n >= 1, "{s}");
+    assert_eq!(
+        (s.records, s.signatures, s.head),
+        (6 + n, n, Some(6 + n)),
+        "{s}"
+    );
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&path), 0o600);
     assert_eq!(mode(path.parent().unwrap()), 0o700);
     assert_eq!(mode(&path.parent().unwrap().join("audit.key")), 0o600);
     let public = std::fs::read_to_string(path.parent().unwrap().join("audit.pub")).unwrap();
     assert_eq!(public.trim().len(), 64, "{public}");
-    // Each write's last line carries the signature, after the hash.
+    // Only seals carry a signature, after the hash; the log ends with one.
     let text = std::fs::read_to_string(&path).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
+    for line in text.lines() {
+        let seal = line.contains(r#""kind":"seal""#);
+        assert_eq!(line.contains("\",\"sig\":\""), seal, "{line}");
+    }
+    let last = text.lines().last().unwrap();
     assert!(
-        lines[2].contains("\",\"sig\":\"") && lines[2].ends_with("\"}"),
-        "{}",
-        lines[2]
+        last.contains(r#""kind":"seal""#) && last.ends_with("\"}"),
+        "{last}"
     );
-    assert!(!lines[1].contains("\"sig\""));
+}
+
+/// A signature follows every record within the bound the module documents, however the
+/// log is used: quiet (sealed once idle), or written to without a pause (sealed at the
+/// latest `SEAL_WITHIN` after the first record it covers), and also in durable mode.
+#[test]
+fn records_are_sealed_within_the_bound_while_the_log_stays_open() {
+    for durability in [Durability::PageCache, Durability::Durable] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (audit, thread) = Audit::open(&path, durability).unwrap();
+        let c = ctx();
+        let last_is_seal = || {
+            let text = std::fs::read_to_string(&path).unwrap();
+            text.lines().last().unwrap().contains(r#""kind":"seal""#)
+        };
+        // Quiet: one commit, then nothing.
+        rt().block_on(audit.commit(records(1, &c))).unwrap();
+        let t0 = Instant::now();
+        while !last_is_seal() {
+            assert!(t0.elapsed() < Duration::from_secs(2), "never sealed");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // Busy: a commit every 100 µs for 100 ms; no stretch of records without a seal
+        // may be older than the bound (with slack for a loaded machine).
+        let start = Instant::now();
+        rt().block_on(async {
+            while start.elapsed() < Duration::from_millis(100) {
+                audit.commit(records(1, &c)).await.unwrap();
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let seals_written = text
+            .lines()
+            .filter(|l| l.contains(r#""kind":"seal""#))
+            .count();
+        // 100 ms of writes with a 10 ms bound: at least 5 seals, not one per record.
+        let records_written = text.lines().count();
+        assert!(
+            seals_written >= 5 && seals_written * 4 < records_written,
+            "{seals_written} seals in {records_written} lines"
+        );
+        audit.close(thread);
+        ok(&[path]);
+    }
 }
 
 #[test]
@@ -244,7 +313,10 @@ fn two_writers_on_one_file_keep_one_chain() {
     });
     a.close(ta);
     b.close(tb);
-    assert_eq!(ok(&[path]).records, 100);
+    assert_eq!(
+        ok(std::slice::from_ref(&path)).records,
+        100 + seals(&[path])
+    );
 }
 
 #[test]
@@ -265,9 +337,10 @@ fn concurrent_threads_share_writes_and_keep_one_chain() {
         }
     });
     audit.close(thread);
-    let s = ok(&[path]);
-    assert_eq!(s.records, 400);
-    assert!(s.signatures <= 400 && s.signatures > 0, "{s}");
+    let s = ok(std::slice::from_ref(&path));
+    let n = seals(&[path]);
+    assert_eq!(s.records, 400 + n);
+    assert!(s.signatures == n && n > 0, "{s}");
 }
 
 #[test]
@@ -286,7 +359,10 @@ fn concurrent_processes_keep_one_chain() {
     for mut c in children {
         assert!(c.wait().unwrap().success());
     }
-    assert_eq!(ok(&[path]).records, 1 + 3 * 200);
+    assert_eq!(
+        ok(std::slice::from_ref(&path)).records,
+        1 + 3 * 200 + seals(&[path])
+    );
 }
 
 #[test]
@@ -309,15 +385,17 @@ fn a_torn_last_line_is_sealed_with_a_recovery_record() {
     audit.close(thread);
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 5);
+    // Two records and the seal written when that log was closed, the torn bytes, the
+    // recovery record, the new record and its seal.
+    assert_eq!(lines.len(), 7, "{text}");
     assert_eq!(
-        lines[2].as_bytes(),
+        lines[3].as_bytes(),
         torn,
         "the torn bytes stay, on their own line"
     );
-    let rec: serde_json::Value = serde_json::from_str(lines[3]).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(lines[4]).unwrap();
     assert_eq!(rec["kind"], "recovery");
-    assert_eq!(rec["seq"], 3, "the torn record's seq is not consumed");
+    assert_eq!(rec["seq"], 4, "the torn record's seq is not consumed");
     assert_eq!(rec["detail"]["torn"]["offset"], offset);
     assert_eq!(rec["detail"]["torn"]["bytes"], torn.len());
     assert_eq!(
@@ -325,10 +403,14 @@ fn a_torn_last_line_is_sealed_with_a_recovery_record() {
         crate::digest::sha256_hex(torn)
     );
     let s = ok(std::slice::from_ref(&path));
-    assert_eq!((s.records, s.torn.len(), s.torn[0].1), (4, 1, 3), "{s}");
+    assert_eq!((s.records, s.torn.len(), s.torn[0].1), (6, 1, 4), "{s}");
     assert!(s.to_string().contains("1 torn line sealed at"), "{s}");
     // The same torn bytes anywhere else are not accepted.
-    let moved = [lines[0], lines[2], lines[1], lines[3], lines[4]].join("\n") + "\n";
+    let moved = [
+        lines[0], lines[1], lines[3], lines[2], lines[4], lines[5], lines[6],
+    ]
+    .join("\n")
+        + "\n";
     std::fs::write(&path, moved).unwrap();
     assert!(matches!(verify(&[path]), Verdict::Bad(_)));
 }
@@ -354,10 +436,8 @@ fn a_write_cut_short_after_complete_records_is_sealed() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(
-        (last["kind"].as_str(), last["detail"]["reason"].as_str()),
-        (Some("recovery"), Some("unsigned"))
-    );
+    assert_eq!(last["kind"].as_str(), Some("seal"), "{last}");
+    assert_eq!(last["detail"]["after_seq"], 5, "{last}");
     assert_eq!(ok(&[path]).records, 6);
 }
 
@@ -475,7 +555,7 @@ fn rotation_keeps_one_chain_across_files() {
     }
     files.push(path.clone());
     let s = ok(&files);
-    assert_eq!(s.records, 90 + s.rotations, "{s}");
+    assert_eq!(s.records, 90 + s.rotations + seals(&files), "{s}");
     assert_eq!(s.rotations as usize, files.len() - 1);
     // The live file alone verifies (it continues from the rotated one), as does a rotated file.
     ok(std::slice::from_ref(&path));

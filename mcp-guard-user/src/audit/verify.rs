@@ -545,7 +545,12 @@ impl<'a> Checker<'a> {
                 last.line,
                 Some(last.seq),
                 Problem::Truncated,
-                "the last record is not signed: the end of a write is missing".into(),
+                format!(
+                    "the last record is not signed: the log was cut after its last seal, or \
+                     its writer stopped within {} ms of writing it (the next writer to open \
+                     the log seals it; verify again then)",
+                    super::SEAL_WITHIN.as_millis()
+                ),
             )));
         }
         let mut summary = std::mem::take(&mut self.summary);

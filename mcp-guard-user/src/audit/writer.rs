@@ -66,6 +66,8 @@ pub(crate) struct Writer {
     gap: Option<Gap>,
     /// Has written (or sealed) at least once since it was opened.
     started: bool,
+    /// The file's last record, as far as this writer knows, carries no signature.
+    unsigned: bool,
     /// Session of the records the writer writes itself: the last one it was given.
     session: Arc<str>,
     /// Told the new file when the log was replaced (rotation) so it syncs the right one.
@@ -94,16 +96,28 @@ impl Writer {
             head,
             gap: None,
             started: false,
+            unsigned: false,
             session: super::random_id().into(),
             on_reopen,
         }
     }
 
-    /// Appends `records` (possibly none: then only a torn tail or a gap is dealt with).
-    /// Appends `records`; the last line of the write is signed when `sign` is set (commits)
-    /// or when the write carries a notice. Unsigned records are covered by the next signed
-    /// one through the chain.
+    /// Appends `records` (possibly none: then only a torn tail or a gap is dealt with),
+    /// unsigned unless `sign` or the write carries a notice: they are covered by the next
+    /// signature through the chain (see [`Writer::seal`]).
     pub fn write(&mut self, records: &mut [Record], sign: bool) -> io::Result<()> {
+        self.write_or_seal(records, sign)
+    }
+
+    /// Signs the chain head: appends a signed `seal` record when the file's last record is
+    /// unsigned (whoever wrote it), else does nothing.
+    pub fn seal(&mut self) -> io::Result<()> {
+        self.write_or_seal(&mut [], true)
+    }
+
+    /// Writes `records`, the last line signed when `sign` is set; with no records, `sign`
+    /// seals an unsigned tail.
+    fn write_or_seal(&mut self, records: &mut [Record], sign: bool) -> io::Result<()> {
         let res = self.try_write(records, sign);
         if let Err(e) = &res {
             self.known_end = None;
@@ -130,6 +144,7 @@ impl Writer {
         if self.known_end != Some(start) {
             let scan = read_tail(&mut self.file, start)?;
             self.last = scan.last;
+            self.unsigned = scan.unsigned;
             if start == 0 {
                 self.first_seq = None;
             }
@@ -148,21 +163,21 @@ impl Writer {
                     }),
                 ));
             } else if scan.unsigned && !self.started {
-                // Found at start-up: a writer died after records it had not signed yet (or
-                // another process's appended records await its next commit). Seal them now
-                // so the log verifies without waiting for a commit.
+                // Found at start-up: a writer died before it sealed its last records (or
+                // another process's await its sealer). Sealed now, so the log verifies
+                // without waiting.
                 tracing::info!(path = %self.path.display(), seq = self.last.seq, "sealing an unsigned audit tail");
-                notices.push(self.notice(
-                    Kind::Recovery,
-                    json!({ "reason": "unsigned", "after_seq": self.last.seq }),
-                ));
+                notices.push(self.notice(Kind::Seal, json!({ "after_seq": self.last.seq })));
             }
-            // Later, an unsigned tail needs no seal: the next signed record covers it
-            // through the chain.
+            // Later, an unsigned tail needs no seal of its own: the sealer's next seal
+            // covers it through the chain.
         }
         if let Some(gap) = &self.gap {
             let detail = json!({ "records_lost": gap.lost, "since": gap.since, "until": now(), "error": gap.error });
             notices.push(self.notice(Kind::Gap, detail));
+        }
+        if sign && records.is_empty() && notices.is_empty() && self.unsigned {
+            notices.push(self.notice(Kind::Seal, json!({ "after_seq": self.last.seq })));
         }
         if notices.is_empty() && records.is_empty() {
             self.started = true;
@@ -206,6 +221,7 @@ impl Writer {
             self.first_seq = Some(self.last.seq + 1);
         }
         self.last = last;
+        self.unsigned = signer.is_none();
         self.gap = None;
         self.started = true;
         self.publish_head(out.rsplit(|&b| b == b'\n').nth(1).unwrap_or_default());
@@ -334,6 +350,20 @@ impl Writer {
             Some(s) => s,
             None => first_seq(&mut self.file)?,
         };
+        // The old file ends signed, so it verifies on its own.
+        if self.unsigned {
+            let mut seal = self.notice(Kind::Seal, json!({ "after_seq": self.last.seq }));
+            let mut last = self.last.clone();
+            let mut out = Vec::with_capacity(512);
+            append_line(&mut out, &mut last, Some(&self.signer), |seq, prev| {
+                seal.seq = seq;
+                seal.prev = prev.to_string();
+                serde_json::to_vec(&seal)
+            })?;
+            self.file.write_all(&out)?;
+            self.last = last;
+            self.unsigned = false;
+        }
         // Whatever any writer put in the old file is on disk before it is renamed.
         self.file.sync_data()?;
         let name = self
@@ -387,6 +417,7 @@ impl Writer {
         self.known_end = Some(out.len() as u64);
         self.first_seq = Some(last.seq);
         self.last = last;
+        self.unsigned = false;
         if let Some(s) = &self.on_reopen {
             s.replace(self.file.try_clone()?);
         }

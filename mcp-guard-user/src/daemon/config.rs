@@ -66,6 +66,9 @@ pub struct Config {
     /// `keep_days` days (0: no age limit).
     pub keep_rotated: usize,
     pub keep_days: u64,
+    /// Sign every decision's record before the decision takes effect, rather than within
+    /// `audit::SEAL_WITHIN` (see `audit::Options::sign_commits`).
+    pub sign_commits: bool,
 }
 
 /// `detect`: how stdio MCP sessions are found.
@@ -110,6 +113,7 @@ impl Default for Config {
             max_bytes: crate::audit::DEFAULT_MAX_BYTES,
             keep_rotated: 10,
             keep_days: 0,
+            sign_commits: false,
         }
     }
 }
@@ -134,6 +138,7 @@ struct Raw {
     max_bytes: Option<u64>,
     keep_rotated: Option<usize>,
     keep_days: Option<u64>,
+    sign_commits: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +222,7 @@ impl Config {
             max_bytes: raw.max_bytes.unwrap_or(d.max_bytes),
             keep_rotated: raw.keep_rotated.unwrap_or(d.keep_rotated),
             keep_days: raw.keep_days.unwrap_or(d.keep_days),
+            sign_commits: raw.sign_commits.unwrap_or(d.sign_commits),
         })
     }
 

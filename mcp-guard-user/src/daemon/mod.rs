@@ -141,6 +141,7 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
         retention: cfg.retention(),
         key: Some(cfg.audit_key.clone()),
         checkpoint: None,
+        sign_commits: cfg.sign_commits,
     };
     let (audit, writer) = Audit::open_with(&cfg.audit, cfg.durability, &opts)?;
     std::fs::create_dir_all(&cfg.run_dir)
