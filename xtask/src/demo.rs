@@ -126,6 +126,10 @@ pub fn run(root: &Path) -> Result<()> {
                 .map(|v| v.to_string().trim_matches('"').to_string())
                 .unwrap_or_default()
         };
+        // Seals only sign the chain; `verify` below counts them.
+        if s("/kind") == "seal" {
+            continue;
+        }
         println!(
             "#{:<2} {:<14} {:<8} rule={:<14} method={:<12} tool={:<15} user={} host={} server={}",
             s("/seq"),
@@ -293,7 +297,7 @@ fn observer(bin: &Path, object: &Path, server: &Path, policy: &Path, work: &Path
                     .map(|v| v.to_string().trim_matches('"').to_string())
                     .unwrap_or_default()
             };
-            if s("/kind") == "response" {
+            if matches!(s("/kind").as_str(), "response" | "seal") {
                 continue;
             }
             println!(
