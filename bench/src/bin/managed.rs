@@ -22,9 +22,11 @@ use mcp_guard::managed::{self, Hello, Welcome};
 struct Args {
     #[arg(long)]
     socket: PathBuf,
-    #[arg(long, default_value_t = 20_000)]
+    /// Decisions timed. Each is answered too, so a run writes two records per decision:
+    /// (warmup + iterations) × 2 stays inside a session's audit budget (10,000 at once).
+    #[arg(long, default_value_t = 4_000)]
     iterations: usize,
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 500)]
     warmup: usize,
 }
 
@@ -57,6 +59,18 @@ fn judge_payload(seq: u64) -> Vec<u8> {
         raw: 0..line.len(),
     }];
     managed::encode_judge(seq, Direction::ToServer, line.as_bytes(), &frames)
+}
+
+/// The server's answer to request `id`, as the shim sends it to be judged (frame `seq`).
+fn answer_payload(seq: u64, id: u64) -> Vec<u8> {
+    let line = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"ok\"}}]}}}}\n"
+    );
+    let frames = [Frame::Line {
+        msg: 0..line.len() - 1,
+        raw: 0..line.len(),
+    }];
+    managed::encode_judge(seq, Direction::ToClient, line.as_bytes(), &frames)
 }
 
 struct Stats {
@@ -99,6 +113,8 @@ fn in_process(args: &Args) -> anyhow::Result<(Stats, Stats)> {
         server: raw(serde_json::json!({"name": "bench"}))?,
     });
     let mut session = Session::new("bench".into(), policy, ctx, 4 << 20, Subject::default());
+    // The calls are never answered here: no in-flight bound, no audit budget.
+    session.set_limits(mcp_guard::guard::Limits::NONE);
     let (mut only, mut with_commit) = (Vec::new(), Vec::new());
     for i in 0..(args.warmup + args.iterations) {
         let line = format!(
@@ -168,6 +184,16 @@ fn run(args: &Args, server_pid: u32) -> anyhow::Result<()> {
         }
         if i >= args.warmup {
             daemon.push(dt);
+        }
+        // Answered, untimed, as a session goes on (requests in flight are bounded).
+        send(
+            &mut s,
+            managed::JUDGE,
+            &answer_payload(i as u64 + 1, i as u64 + 1),
+        )?;
+        let (kind, _) = read_frame(&mut s)?;
+        if kind != managed::PLAN {
+            bail!("expected a plan for the answer, got frame type {kind}");
         }
     }
 
