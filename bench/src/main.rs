@@ -1,7 +1,7 @@
 //! `mcp-bench`: load driver and report for the mcp-guard stdio shim benchmark.
 //!
 //! `mcp-bench suite ...` runs every configuration (direct, a zero-logic relay, the
-//! wrapped shim with page-cache and durable audit, a third-party stdio proxy) against the
+//! wrapped shim with page-cache and durable audit, third-party stdio proxies: FastMCP, mcp-firewall) against the
 //! native echo server (`mcp-bench-echo`) and prints one table with the targets judged.
 //! `cargo xtask bench shim` builds everything and calls it.
 

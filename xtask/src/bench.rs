@@ -1,5 +1,5 @@
 //! `cargo xtask bench shim`: builds the shim and the bench crate in release, installs the
-//! third-party proxy (pinned) into `.peers/bench/`, and runs `mcp-bench suite`, which
+//! third-party proxies (pinned) into `.peers/bench/`, and runs `mcp-bench suite`, which
 //! prints the comparison table and judges the targets.
 
 use std::ffi::OsString;
@@ -8,16 +8,46 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// The third-party stdio proxy: FastMCP's `fastmcp run mcp.json` (PyPI), pinned with its
-/// whole dependency tree in `bench/peers/fastmcp-requirements.txt`.
-const FASTMCP_VERSION: &str = "2.14.7";
+/// A third-party stdio proxy from PyPI, pinned with its whole dependency tree in
+/// `bench/peers/<key>-requirements.txt` and installed into
+/// `.peers/bench/<key>-<version>/`.
+struct Peer {
+    /// The row's key in `mcp-bench suite` (`--peer <key>=<exe>`, `--only <key>`).
+    key: &'static str,
+    /// Human name, for messages and the label.
+    name: &'static str,
+    version: &'static str,
+    /// The console script in the venv's `bin/`.
+    exe: &'static str,
+    /// What the row runs, after the name and version in the table's label.
+    what: &'static str,
+}
+
+const PEERS: &[Peer] = &[
+    // `fastmcp run mcp.json --transport stdio`: a proxy server for an `mcpServers` file.
+    Peer {
+        key: "fastmcp",
+        name: "FastMCP",
+        version: "2.14.7",
+        exe: "fastmcp",
+        what: "proxy (Python)",
+    },
+    // `mcp-firewall wrap --config FILE -- CMD`: a policy proxy with an audit log.
+    Peer {
+        key: "mcp-firewall",
+        name: "mcp-firewall",
+        version: "0.1.0",
+        exe: "mcp-firewall",
+        what: "wrap (Python)",
+    },
+];
 
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct ShimArgs {
-    /// One repetition instead of three (about 25 s instead of about 75 s).
+    /// One repetition instead of three (about 1 min instead of about 3 min).
     #[arg(long)]
     pub quick: bool,
-    /// Skip the third-party proxy row (no Python environment is installed).
+    /// Skip the third-party proxy rows (no Python environment is installed).
     #[arg(long)]
     pub no_peer: bool,
     /// Exit non-zero when a target fails.
@@ -44,22 +74,26 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Installs FastMCP into `.peers/bench/fastmcp-<version>/` once; later calls find the
-/// stamp and do nothing. Returns the `fastmcp` executable.
-fn install_fastmcp(root: &Path) -> Result<PathBuf> {
+/// Installs `peer` into `.peers/bench/<key>-<version>/` once; later calls find the stamp
+/// (a copy of the requirements file) and do nothing. Returns the peer's executable.
+fn install_peer(root: &Path, peer: &Peer) -> Result<PathBuf> {
     let dir = root
         .join(".peers/bench")
-        .join(format!("fastmcp-{FASTMCP_VERSION}"));
-    let bin = dir.join("bin/fastmcp");
+        .join(format!("{}-{}", peer.key, peer.version));
+    let bin = dir.join("bin").join(peer.exe);
     let stamp = dir.join(".mcp-bench-installed");
-    let reqs = root.join("bench/peers/fastmcp-requirements.txt");
+    let reqs = root
+        .join("bench/peers")
+        .join(format!("{}-requirements.txt", peer.key));
     let want =
         std::fs::read_to_string(&reqs).with_context(|| format!("reading {}", reqs.display()))?;
     if bin.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
         return Ok(bin);
     }
     eprintln!(
-        "installing FastMCP {FASTMCP_VERSION} into {}",
+        "installing {} {} into {}",
+        peer.name,
+        peer.version,
         dir.display()
     );
     if dir.exists() {
@@ -80,6 +114,9 @@ fn install_fastmcp(root: &Path) -> Result<PathBuf> {
             "-r",
         ])
         .arg(&reqs))?;
+    if !bin.is_file() {
+        bail!("{} was not installed by {}", bin.display(), reqs.display());
+    }
     std::fs::write(&stamp, want)?;
     Ok(bin)
 }
@@ -107,15 +144,25 @@ pub fn bench_shim(root: &Path, args: &ShimArgs) -> Result<()> {
         .arg("--work-dir")
         .arg(target_dir(root).join("bench/shim"));
     if !args.no_peer {
-        match install_fastmcp(root) {
-            Ok(bin) => {
-                suite
-                    .arg("--fastmcp")
-                    .arg(bin)
-                    .arg("--fastmcp-label")
-                    .arg(format!("FastMCP {FASTMCP_VERSION} proxy (Python)"));
+        for peer in PEERS {
+            match install_peer(root, peer) {
+                Ok(bin) => {
+                    let mut spec = OsString::from(format!("{}=", peer.key));
+                    spec.push(bin);
+                    suite
+                        .arg("--peer")
+                        .arg(spec)
+                        .arg("--peer-label")
+                        .arg(format!(
+                            "{}={} {} {}",
+                            peer.key, peer.name, peer.version, peer.what
+                        ));
+                }
+                Err(e) => eprintln!(
+                    "warning: {} {} unavailable, row skipped: {e:#}",
+                    peer.name, peer.version
+                ),
             }
-            Err(e) => eprintln!("warning: third-party proxy unavailable, row skipped: {e:#}"),
         }
     }
     if args.quick {

@@ -60,7 +60,7 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// The stdio shim: round trips and throughput, direct vs wrapped vs a third-party proxy.
+    /// The stdio shim: round trips and throughput, direct vs byte relay vs wrapped vs third-party proxies.
     Shim(bench::ShimArgs),
     /// The audit log: durable records/s with group commit, commit latency, verification speed.
     Audit {

@@ -9,8 +9,9 @@
 //!
 //! Signing is off that path: a sealer thread appends a signed `seal` record over the chain
 //! head once the log has been quiet for [`SEAL_IDLE`], and at the latest [`SEAL_WITHIN`]
-//! after the first record it covers (in durable mode it syncs it, and with it everything
-//! written before, then records the head). An Ed25519 signature costs tens of microseconds;
+//! after the first record it covers (in durable mode the next commit's `fdatasync` makes
+//! it durable, or the sealer's own within another [`SEAL_WITHIN`]; the head file then
+//! names it). An Ed25519 signature costs tens of microseconds;
 //! under load one covers hundreds of records.
 //!
 //! Only commits (decisions, which wait for their record) wait for `fdatasync`. Appended
@@ -573,7 +574,7 @@ impl Sealer {
             }
             st.unsealed_since = None;
             drop(st);
-            let sealed = self.seal();
+            let sealed = self.seal(false);
             st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.retry_at = None;
             if !sealed {
@@ -582,20 +583,25 @@ impl Sealer {
             }
         }
         drop(st);
-        self.seal();
+        self.seal(true);
         // The last head is checkpointed whatever the interval: what was written is seen.
         self.head_file.flush();
     }
 
-    /// Appends the seal (when the last record is unsigned) and, in durable mode, syncs it.
-    fn seal(&self) -> bool {
+    /// Appends the seal (when the last record is unsigned).
+    ///
+    /// In durable mode the seal is synced by the next commit's `fdatasync` when one comes
+    /// within [`SEAL_WITHIN`] (on a busy log the sealer does not sync in the commits' way),
+    /// else by the sealer itself; when closing, at once.
+    fn seal(&self, closing: bool) -> bool {
         let res = self.writer.lock().unwrap_or_else(|p| p.into_inner()).seal();
         match res {
             Ok(()) => {
                 let generation = self.written.fetch_add(1, Ordering::AcqRel) + 1;
-                self.sync
-                    .as_ref()
-                    .is_none_or(|s| s.sync_to(generation).is_ok())
+                self.sync.as_ref().is_none_or(|s| {
+                    (!closing && s.covered_within(generation, SEAL_WITHIN))
+                        || s.sync_to(generation).is_ok()
+                })
             }
             Err(e) => {
                 tracing::error!(error = %e, path = %self.path.display(), "cannot seal the audit log");
@@ -631,6 +637,25 @@ impl Syncer {
     /// Follows the log to its new file (after a rotation, which synced the old one).
     fn replace(&self, file: File) {
         *self.file.lock().unwrap_or_else(|p| p.into_inner()) = file;
+    }
+
+    /// Waits up to `timeout` for another thread's `fdatasync` to cover `generation`;
+    /// whether one did.
+    fn covered_within(&self, generation: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while st.synced < generation {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = self
+                .synced
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
     }
 
     /// Syncs until the write of generation `generation` is on disk (one `fdatasync` covers

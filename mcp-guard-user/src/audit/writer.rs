@@ -134,8 +134,7 @@ impl Writer {
     }
 
     fn try_write(&mut self, records: &mut [Record], sign: bool) -> io::Result<()> {
-        let lock = self.lock()?;
-        let start = self.file.metadata()?.len();
+        let (lock, start) = self.lock()?;
         if let Some(first) = records.first() {
             self.session = first.session.clone();
         }
@@ -240,7 +239,7 @@ impl Writer {
     /// still the live file (linked, not yet replaced), or a new file never moved into place.
     /// Under the lock, so no rotation is under way.
     pub fn tidy(&mut self) -> io::Result<()> {
-        let _lock = self.lock()?;
+        let (_lock, _) = self.lock()?;
         let Some(name) = self
             .path
             .file_name()
@@ -274,13 +273,16 @@ impl Writer {
 
     /// Takes the log's `flock`, first following the path to a new file if another writer
     /// rotated (or someone removed) the one we hold.
-    fn lock(&mut self) -> io::Result<Flock<File>> {
+    /// Returns the lock and the file's length under it.
+    fn lock(&mut self) -> io::Result<(Flock<File>, u64)> {
         loop {
             let lock = Flock::lock(self.file.try_clone()?, FlockArg::LockExclusive)
                 .map_err(|(_, e)| io::Error::from(e))?;
             let ours = self.file.metadata()?;
             match std::fs::metadata(&self.path) {
-                Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => return Ok(lock),
+                Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => {
+                    return Ok((lock, ours.len()));
+                }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     tracing::warn!(path = %self.path.display(), "the audit log was removed; starting a new one");
