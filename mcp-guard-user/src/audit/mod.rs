@@ -187,6 +187,8 @@ struct Queued {
 struct Queue {
     waiting: Vec<Queued>,
     writing: bool,
+    /// Threads asleep until a write is done (woken only when there are any).
+    sleepers: usize,
 }
 
 /// A commit on its way to disk.
@@ -443,7 +445,9 @@ impl Audit {
             if !q.writing {
                 break;
             }
+            q.sleepers += 1;
             q = written.wait(q).unwrap_or_else(|p| p.into_inner());
+            q.sleepers -= 1;
         }
         q.writing = true;
         let queued = std::mem::take(&mut q.waiting);
@@ -473,8 +477,13 @@ impl Audit {
         for d in waiting {
             let _ = d.set(res.clone());
         }
-        queue.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
-        written.notify_all();
+        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.writing = false;
+        let sleepers = q.sleepers;
+        drop(q);
+        if sleepers > 0 {
+            written.notify_all();
+        }
         if let Err(e) = &res {
             tracing::error!(error = %e, path = %self.path.display(), "audit write failed");
         }

@@ -72,6 +72,16 @@ pub(crate) struct Writer {
     session: Arc<str>,
     /// Told the new file when the log was replaced (rotation) so it syncs the right one.
     on_reopen: Option<Arc<super::Syncer>>,
+    /// A descriptor of `file` kept for `flock` between writes (not made and closed for
+    /// each), and which `file` it belongs to.
+    lock_handle: Option<File>,
+    file_generation: u64,
+}
+
+/// The log's `flock`, held; given back with [`Writer::unlock`].
+struct Locked {
+    lock: Flock<File>,
+    file_generation: u64,
 }
 
 impl Writer {
@@ -99,6 +109,8 @@ impl Writer {
             unsigned: false,
             session: super::random_id().into(),
             on_reopen,
+            lock_handle: None,
+            file_generation: 0,
         }
     }
 
@@ -134,7 +146,7 @@ impl Writer {
     }
 
     fn try_write(&mut self, records: &mut [Record], sign: bool) -> io::Result<()> {
-        let (lock, start) = self.lock()?;
+        let (locked, start) = self.lock()?;
         if let Some(first) = records.first() {
             self.session = first.session.clone();
         }
@@ -231,7 +243,7 @@ impl Writer {
             // The records are written; only the file goes on growing.
             tracing::warn!(error = %e, path = %self.path.display(), "cannot rotate the audit log");
         }
-        drop(lock);
+        self.unlock(locked);
         Ok(())
     }
 
@@ -274,14 +286,22 @@ impl Writer {
     /// Takes the log's `flock`, first following the path to a new file if another writer
     /// rotated (or someone removed) the one we hold.
     /// Returns the lock and the file's length under it.
-    fn lock(&mut self) -> io::Result<(Flock<File>, u64)> {
+    fn lock(&mut self) -> io::Result<(Locked, u64)> {
         loop {
-            let lock = Flock::lock(self.file.try_clone()?, FlockArg::LockExclusive)
+            let handle = match self.lock_handle.take() {
+                Some(h) => h,
+                None => self.file.try_clone()?,
+            };
+            let lock = Flock::lock(handle, FlockArg::LockExclusive)
                 .map_err(|(_, e)| io::Error::from(e))?;
             let ours = self.file.metadata()?;
             match std::fs::metadata(&self.path) {
                 Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => {
-                    return Ok((lock, ours.len()));
+                    let locked = Locked {
+                        lock,
+                        file_generation: self.file_generation,
+                    };
+                    return Ok((locked, ours.len()));
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -290,13 +310,29 @@ impl Writer {
                 Err(e) => return Err(e),
             }
             drop(lock);
-            self.file = open_log(&self.path)?;
+            self.replace_file(open_log(&self.path)?);
             self.known_end = None;
             self.first_seq = None;
             if let Some(s) = &self.on_reopen {
                 s.replace(self.file.try_clone()?);
             }
         }
+    }
+
+    /// Releases the lock, keeping its descriptor for the next one if the file is the same.
+    fn unlock(&mut self, locked: Locked) {
+        if let Ok(handle) = locked.lock.unlock()
+            && locked.file_generation == self.file_generation
+        {
+            self.lock_handle = Some(handle);
+        }
+    }
+
+    /// Makes `file` the log (the lock's kept descriptor belongs to the old one).
+    fn replace_file(&mut self, file: File) {
+        self.file = file;
+        self.lock_handle = None;
+        self.file_generation += 1;
     }
 
     /// A record the writer adds on its own.
@@ -415,7 +451,7 @@ impl Writer {
         };
         sync_dir(&self.path);
         tracing::info!(path = %self.path.display(), rotated = %old.display(), "audit log rotated");
-        self.file = new;
+        self.replace_file(new);
         self.known_end = Some(out.len() as u64);
         self.first_seq = Some(last.seq);
         self.last = last;
