@@ -254,7 +254,45 @@ static HINT: LazyLock<RegexSet> = LazyLock::new(|| {
 /// A run of base64 (or base64url) long enough to hide a secret.
 const BASE64_RUN: &str = r"[A-Za-z0-9+/_-]{24,}={0,2}";
 
-static BASE64: LazyLock<Regex> = LazyLock::new(|| Regex::new(BASE64_RUN).expect("static regex"));
+/// The built-in patterns over bytes, Unicode off (any byte is a character): for decoded
+/// base64 that is not text, where only whether a rule matches counts (the run is replaced
+/// whole).
+static BUILTIN_BYTES: LazyLock<regex::bytes::RegexSet> = LazyLock::new(|| {
+    regex::bytes::RegexSetBuilder::new(RULES.iter().map(|r| r.1))
+        .unicode(false)
+        .build()
+        .expect("static regex set")
+});
+
+/// The shortest base64 run looked into (`BASE64_RUN`'s count).
+const BASE64_MIN: usize = 24;
+
+/// The runs `BASE64_RUN` matches, found by a plain scan: the longest runs of the base64
+/// and base64url alphabets at least [`BASE64_MIN`] long, with up to two `=` after them.
+fn base64_runs(text: &str) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let b = text.as_bytes();
+    let alphabet = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'_' | b'-');
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < b.len() {
+            if !alphabet(b[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < b.len() && alphabet(b[i]) {
+                i += 1;
+            }
+            if i - start < BASE64_MIN {
+                continue;
+            }
+            let pad = b[i..].iter().take(2).take_while(|&&c| c == b'=').count();
+            i += pad;
+            return Some(start..i);
+        }
+        None
+    })
+}
 
 /// Whether a value found after a credential-like name is a secret rather than a word, a
 /// placeholder (`${API_KEY}`, `<token>`, `********`) or code (`next_token(&mut lexer)`):
@@ -382,6 +420,22 @@ impl Responses {
         (out, n)
     }
 
+    /// How many secrets decoded bytes that are not text hold (0: none). Read as bytes, so
+    /// binary around a secret hides nothing; a rule that also needs the value to look random
+    /// (or a policy pattern) is judged on the text the bytes spell, invalid sequences
+    /// replaced.
+    fn secrets_in_binary(&self, bytes: &[u8]) -> u32 {
+        let hits = BUILTIN_BYTES.matches(bytes);
+        let exact = hits.iter().filter(|&i| RULES[i].3.is_none()).count() as u32;
+        if exact > 0 {
+            return exact;
+        }
+        if hits.matched_any() || !self.extra.is_empty() {
+            return self.redact_text(&String::from_utf8_lossy(bytes), false).1;
+        }
+        0
+    }
+
     /// Base64 runs that decode to text holding a secret are replaced: by the encoding of the
     /// redacted text when it was valid UTF-8 (the string stays what it was, a blob), else by
     /// the marker.
@@ -389,8 +443,8 @@ impl Responses {
         let mut out = String::with_capacity(text.len());
         let mut last = 0;
         let mut n = 0;
-        for m in BASE64.find_iter(text) {
-            let run = m.as_str();
+        for m in base64_runs(text) {
+            let run = &text[m.clone()];
             // Hex digests and identifiers are not base64 of text: it mixes cases.
             if !(run.bytes().any(|b| b.is_ascii_uppercase())
                 && run.bytes().any(|b| b.is_ascii_lowercase()))
@@ -400,19 +454,24 @@ impl Responses {
             let Some(bytes) = decode_base64(run) else {
                 continue;
             };
-            let decoded = String::from_utf8_lossy(&bytes);
-            let (clean, k) = self.redact_text(&decoded, false);
+            let (k, clean) = match std::str::from_utf8(&bytes) {
+                Ok(decoded) => {
+                    let (clean, k) = self.redact_text(decoded, false);
+                    (k, Some(clean))
+                }
+                Err(_) => (self.secrets_in_binary(&bytes), None),
+            };
             if k == 0 {
                 continue;
             }
             n += k;
-            out.push_str(&text[last..m.start()]);
-            if std::str::from_utf8(&bytes).is_ok() {
-                out.push_str(&base64::engine::general_purpose::STANDARD.encode(clean.as_bytes()));
-            } else {
-                out.push_str(REDACTED);
+            out.push_str(&text[last..m.start]);
+            match clean {
+                Some(clean) => out
+                    .push_str(&base64::engine::general_purpose::STANDARD.encode(clean.as_bytes())),
+                None => out.push_str(REDACTED),
             }
-            last = m.end();
+            last = m.end;
         }
         if n == 0 {
             return (String::new(), 0);
@@ -533,6 +592,39 @@ mod tests {
         let mut v: serde_json::Value =
             serde_json::from_str(r#"["password\n= Xy7#kd9!qZ"]"#).unwrap();
         assert_eq!(r.redact(&mut v), 1, "{v}");
+    }
+
+    /// The plain scan finds exactly the runs the pattern does.
+    #[test]
+    fn the_base64_scan_agrees_with_the_pattern() {
+        let re = Regex::new(BASE64_RUN).unwrap();
+        let mut runner = proptest::test_runner::TestRunner::default();
+        let strat = proptest::string::string_regex("[A-Za-z0-9+/_=. -]{0,120}").unwrap();
+        runner
+            .run(&strat, |text| {
+                let want: Vec<_> = re.find_iter(&text).map(|m| m.range()).collect();
+                let got: Vec<_> = base64_runs(&text).collect();
+                proptest::prop_assert_eq!(got, want, "{}", text);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// A secret in base64 of binary data is found: the bytes around it hide nothing.
+    #[test]
+    fn a_secret_inside_encoded_binary_is_found() {
+        use base64::engine::general_purpose::STANDARD;
+        let r = Responses::standard();
+        let mut blob = vec![0xff, 0xfe, 0x00, 0x89];
+        blob.extend_from_slice(b"AKIAABCDEFGHIJKLMNOP");
+        blob.extend_from_slice(&[0xc3, 0x28, 0xa0, 0xa1]);
+        let mut v = serde_json::json!([STANDARD.encode(&blob)]);
+        assert_eq!(r.redact(&mut v), 1, "{v}");
+        assert_eq!(v[0], REDACTED);
+        // Random-looking binary without a secret stays.
+        let noise: Vec<u8> = (0..600u32).map(|i| (i * 7919 % 251) as u8 | 0x80).collect();
+        let mut v = serde_json::json!([STANDARD.encode(&noise)]);
+        assert_eq!(r.redact(&mut v), 0, "{v}");
     }
 
     /// Base64 runs are read whatever their padding and alphabet.
