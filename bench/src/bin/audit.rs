@@ -97,10 +97,19 @@ fn fsync_baseline(dir: &Path, secs: f64) -> Result<f64> {
     Ok(rate)
 }
 
-/// A fresh log at `path`: the log and its head file from an earlier run removed.
+/// A fresh log at `path`: the log, its head file and the files it was rotated into by an
+/// earlier run removed.
 fn fresh(path: &Path) {
     let _ = std::fs::remove_file(path);
-    let _ = std::fs::remove_file(path.with_extension("jsonl.head"));
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn throughput(
@@ -167,12 +176,33 @@ fn paced(dir: &Path, count: usize) -> Result<Vec<Duration>> {
     Ok(lat)
 }
 
+/// Verifies the log with the files it was rotated into (`<log>.<first>-<last>`, oldest
+/// first): the whole chain written, not only what the live file kept.
 fn verify(bin: &Path, log: &Path) -> Result<(f64, u64)> {
-    let lines = std::fs::read_to_string(log)?.lines().count() as u64;
+    let name = log
+        .file_name()
+        .map(|n| format!("{}.", n.to_string_lossy()))
+        .unwrap_or_default();
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(log.parent().unwrap_or(Path::new(".")))?
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let rest = path.file_name()?.to_str()?.strip_prefix(&name)?.to_string();
+            let (first, last) = rest.split_once('-')?;
+            last.parse::<u64>().ok()?;
+            Some((first.parse().ok()?, path))
+        })
+        .collect();
+    files.sort();
+    let mut files: Vec<PathBuf> = files.into_iter().map(|(_, p)| p).collect();
+    files.push(log.to_path_buf());
+    let mut lines = 0;
+    for f in &files {
+        lines += std::fs::read_to_string(f)?.lines().count() as u64;
+    }
     let start = Instant::now();
     let out = std::process::Command::new(bin)
         .args(["audit", "verify"])
-        .arg(log)
+        .args(&files)
         .output()?;
     let secs = start.elapsed().as_secs_f64();
     if !out.status.success() {
