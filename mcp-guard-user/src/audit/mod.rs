@@ -490,9 +490,10 @@ impl Audit {
         res
     }
 
-    /// Seals and syncs what was written, and stops the sealer (once every handle is
-    /// closed or dropped).
+    /// Seals and syncs what was written, and stops the sealer (other handles still alive
+    /// write unsealed from now on: close the log when the session is over).
     pub fn close(self, thread: WriterThread) {
+        self.sealer.stop();
         drop(self);
         if let Some(t) = thread.0 {
             let _ = t.join();
@@ -505,10 +506,7 @@ struct Alive(Arc<Sealer>);
 
 impl Drop for Alive {
     fn drop(&mut self) {
-        let mut st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.stop = true;
-        drop(st);
-        self.0.wake.notify_all();
+        self.0.stop();
     }
 }
 
@@ -536,6 +534,14 @@ struct Sealer {
 }
 
 impl Sealer {
+    /// Tells the thread to seal once more and end.
+    fn stop(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.stop = true;
+        drop(st);
+        self.wake.notify_all();
+    }
+
     /// Records were written: the sealer is woken only by the first of a quiet spell.
     fn wrote(&self) {
         let now = Instant::now();
