@@ -451,16 +451,25 @@ impl Responses {
             {
                 continue;
             }
-            let Some(bytes) = decode_base64(run) else {
-                continue;
+            let (mut k, mut clean) = match decode_base64(run) {
+                Some(bytes) => match std::str::from_utf8(&bytes) {
+                    Ok(decoded) => {
+                        let (clean, k) = self.redact_text(decoded, false);
+                        (k, Some(clean))
+                    }
+                    Err(_) => (self.secrets_in_binary(&bytes), None),
+                },
+                None => (0, None),
             };
-            let (k, clean) = match std::str::from_utf8(&bytes) {
-                Ok(decoded) => {
-                    let (clean, k) = self.redact_text(decoded, false);
-                    (k, Some(clean))
-                }
-                Err(_) => (self.secrets_in_binary(&bytes), None),
-            };
+            if k == 0 {
+                // Read otherwise: a secret found that way replaces the run whole.
+                k = other_readings(run)
+                    .filter_map(decode_base64)
+                    .map(|bytes| self.secrets_in_binary(&bytes))
+                    .find(|&k| k > 0)
+                    .unwrap_or(0);
+                clean = None;
+            }
             if k == 0 {
                 continue;
             }
@@ -481,19 +490,49 @@ impl Responses {
     }
 }
 
+/// The other ways a run can be read, each a stretch of it that decodes on its own: from its
+/// second, third and fourth character (characters glued in front shift every 4-character
+/// group, and what they encode with them), and, when the run mixes the two alphabets' extra
+/// characters (`+/` and `-_`), each stretch in one alphabet, from each of its first four
+/// characters.
+fn other_readings(run: &str) -> impl Iterator<Item = &str> {
+    let run = run.trim_end_matches('=');
+    let mixed = run.contains(['+', '/']) && run.contains(['-', '_']);
+    let stretches: Vec<&str> = if mixed {
+        run.split(['-', '_'])
+            .chain(run.split(['+', '/']))
+            .filter(|s| s.len() >= BASE64_MIN)
+            .collect()
+    } else {
+        vec![run]
+    };
+    stretches.into_iter().flat_map(move |s| {
+        (usize::from(!mixed)..4)
+            .filter(move |&shift| s.len() >= BASE64_MIN + shift)
+            .map(move |shift| &s[shift..])
+    })
+}
+
 /// Standard or URL-safe base64, padded or not: decoded once, with the alphabet the run
 /// uses (a run of letters and digits only reads the same in both). A run mixing both
-/// alphabets' extra characters is neither.
+/// alphabets' extra characters is neither. Leniently, as a reader would: a last character
+/// with bits to spare, or one left over (a length of 4n+1), does not stop it.
 fn decode_base64(run: &str) -> Option<Vec<u8>> {
     use base64::alphabet::{STANDARD, URL_SAFE};
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    const CONFIG: GeneralPurposeConfig =
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
     const STD: GeneralPurpose = GeneralPurpose::new(&STANDARD, CONFIG);
     const URL: GeneralPurpose = GeneralPurpose::new(&URL_SAFE, CONFIG);
     // Padding says nothing the length does not: it is dropped, so a wrong count of `=`
     // does not hide a run.
     let run = run.trim_end_matches('=');
+    let run = if run.len() % 4 == 1 {
+        &run[..run.len() - 1]
+    } else {
+        run
+    };
     let url = run.bytes().any(|b| b == b'-' || b == b'_');
     if url {
         URL.decode(run)
@@ -625,6 +664,33 @@ mod tests {
         let noise: Vec<u8> = (0..600u32).map(|i| (i * 7919 % 251) as u8 | 0x80).collect();
         let mut v = serde_json::json!([STANDARD.encode(&noise)]);
         assert_eq!(r.redact(&mut v), 0, "{v}");
+    }
+
+    /// A run that does not read as plain base64 (characters glued before or after it, the
+    /// two alphabets mixed) is read every other way a reader could.
+    #[test]
+    fn base64_hides_nothing_by_misalignment_or_mixed_alphabets() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let secret = "aws key AKIAABCDEFGHIJKLMNOP for prod, do not share???";
+        let std = STANDARD.encode(secret);
+        let url = URL_SAFE_NO_PAD.encode(secret);
+        // Both alphabets' extra characters are in play (`???` encodes to `Pz8/`).
+        assert!(std.contains('/') && url.contains('_'), "{std} {url}");
+        let r = Responses::standard();
+        for run in [
+            format!("x{std}"),
+            format!("xy{std}"),
+            format!("xyz{std}"),
+            format!("{std}A"),
+            format!("{std}-"),
+            format!("_{std}"),
+            format!("{url}+"),
+            format!("Q{url}"),
+        ] {
+            let mut v = serde_json::json!([format!("see {run} here")]);
+            assert!(r.redact(&mut v) >= 1, "{run}: {v}");
+            assert!(!v[0].as_str().unwrap().contains(&std[4..]), "{v}");
+        }
     }
 
     /// Base64 runs are read whatever their padding and alphabet.
