@@ -54,11 +54,7 @@ fn judge_payload(seq: u64) -> Vec<u8> {
     let line = format!(
         "{{\"jsonrpc\":\"2.0\",\"id\":{seq},\"method\":\"tools/call\",\"params\":{{\"name\":\"read_file\",\"arguments\":{{\"path\":\"/srv/data/report-{seq}.txt\"}}}}}}\n"
     );
-    let frames = [Frame::Line {
-        msg: 0..line.len() - 1,
-        raw: 0..line.len(),
-    }];
-    managed::encode_judge(seq, Direction::ToServer, line.as_bytes(), &frames)
+    line_payload(seq, Direction::ToServer, &line)
 }
 
 /// The server's answer to request `id`, as the shim sends it to be judged (frame `seq`).
@@ -66,11 +62,16 @@ fn answer_payload(seq: u64, id: u64) -> Vec<u8> {
     let line = format!(
         "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"ok\"}}]}}}}\n"
     );
+    line_payload(seq, Direction::ToClient, &line)
+}
+
+/// A JUDGE frame of one newline-ended line.
+fn line_payload(seq: u64, dir: Direction, line: &str) -> Vec<u8> {
     let frames = [Frame::Line {
         msg: 0..line.len() - 1,
         raw: 0..line.len(),
     }];
-    managed::encode_judge(seq, Direction::ToClient, line.as_bytes(), &frames)
+    managed::encode_judge(seq, dir, line.as_bytes(), &frames)
 }
 
 struct Stats {

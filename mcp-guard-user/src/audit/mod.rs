@@ -369,24 +369,20 @@ impl Audit {
     /// off the hot path (a session's or the daemon's start and end), so that they are signed
     /// even when nothing can be written after them (a full disk).
     pub fn commit_signed(&self, records: Vec<Record>) -> Result<(), Error> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        self.commit_now(records, true)
-            .map_err(|reason| Error::Write {
-                path: self.path.to_path_buf(),
-                reason,
-            })
+        self.commit_here(records, true)
     }
 
-    /// Writes `records` now; the ticket tells when they are committed.
     /// [`Audit::commit`] for a thread outside any runtime: returns once the records are
-    /// written, signed and (in durable mode) on disk.
+    /// written and (in durable mode) on disk.
     pub fn commit_blocking(&self, records: Vec<Record>) -> Result<(), Error> {
+        self.commit_here(records, false)
+    }
+
+    fn commit_here(&self, records: Vec<Record>, sign: bool) -> Result<(), Error> {
         if records.is_empty() {
             return Ok(());
         }
-        self.commit_now(records, false)
+        self.commit_now(records, sign)
             .map_err(|reason| Error::Write {
                 path: self.path.to_path_buf(),
                 reason,

@@ -319,6 +319,18 @@ impl Writer {
         }
     }
 
+    /// `notice` as the next line of the chain, signed, and the chain's end after it.
+    fn signed_line(&self, mut notice: Notice) -> io::Result<(Vec<u8>, Tail)> {
+        let mut last = self.last.clone();
+        let mut out = Vec::with_capacity(1024);
+        append_line(&mut out, &mut last, Some(&self.signer), |seq, prev| {
+            notice.seq = seq;
+            notice.prev = prev.to_string();
+            serde_json::to_vec(&notice)
+        })?;
+        Ok((out, last))
+    }
+
     /// Releases the lock, keeping its descriptor for the next one if the file is the same.
     fn unlock(&mut self, locked: Locked) {
         if let Ok(handle) = locked.lock.unlock()
@@ -390,14 +402,8 @@ impl Writer {
         };
         // The old file ends signed, so it verifies on its own.
         if self.unsigned {
-            let mut seal = self.notice(Kind::Seal, json!({ "after_seq": self.last.seq }));
-            let mut last = self.last.clone();
-            let mut out = Vec::with_capacity(512);
-            append_line(&mut out, &mut last, Some(&self.signer), |seq, prev| {
-                seal.seq = seq;
-                seal.prev = prev.to_string();
-                serde_json::to_vec(&seal)
-            })?;
+            let seal = self.notice(Kind::Seal, json!({ "after_seq": self.last.seq }));
+            let (out, last) = self.signed_line(seal)?;
             self.file.write_all(&out)?;
             self.last = last;
             self.unsigned = false;
@@ -417,17 +423,11 @@ impl Writer {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && same_file(&old, &self.file) => {}
             Err(e) => return Err(e),
         }
-        let mut rec = self.notice(
+        let rec = self.notice(
             Kind::Rotated,
             json!({ "previous": old_name, "first_seq": first, "last_seq": self.last.seq }),
         );
-        let mut last = self.last.clone();
-        let mut out = Vec::with_capacity(1024);
-        append_line(&mut out, &mut last, Some(&self.signer), |seq, prev| {
-            rec.seq = seq;
-            rec.prev = prev.to_string();
-            serde_json::to_vec(&rec)
-        })?;
+        let (out, last) = self.signed_line(rec)?;
         let tmp = sibling(&self.path, &format!(".new-{}", super::random_id()));
         let made = (|| {
             let mut f = OpenOptions::new()
