@@ -398,6 +398,7 @@ class AuditKind:
     REQUEST = "request"
     RESPONSE = "response"
     SESSION_END = "session_end"
+    SEAL = "seal"
 
 
 ALLOW = "allow"

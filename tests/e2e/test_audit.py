@@ -67,12 +67,15 @@ def test_audit_identifies_principal_server_and_agent_host(tmp_path, make_guard):
     assert field_of(start, AuditField.AGENT_PID) == os.getpid(), start
     assert field_of(start, AuditField.AGENT_EXE) == os.path.realpath(sys.executable), start
 
-    # every record belongs to the session; every decision record carries the identity, and
-    # every response record links to the request record that has it
+    # every record belongs to the session; every decision record carries the identity,
+    # every response record links to the request record that has it, and seals (which only
+    # sign the chain) are signed
     by_id = {r["id"]: r for r in records}
     for r in records:
         assert r["session"] == start["session"], r
-        if r["kind"] == AuditKind.RESPONSE:
+        if r["kind"] == AuditKind.SEAL:
+            assert r.get("sig") and "server" not in r, r
+        elif r["kind"] == AuditKind.RESPONSE:
             linked = by_id[r["links"]]
             assert field_of(linked, AuditField.SERVER_NAME) == "filesystem", (r, linked)
         else:
