@@ -254,15 +254,9 @@ static HINT: LazyLock<RegexSet> = LazyLock::new(|| {
 /// A run of base64 (or base64url) long enough to hide a secret.
 const BASE64_RUN: &str = r"[A-Za-z0-9+/_-]{24,}={0,2}";
 
-/// The built-in patterns over bytes, Unicode off (any byte is a character): for decoded
-/// base64 that is not text, where only whether a rule matches counts (the run is replaced
-/// whole).
-static BUILTIN_BYTES: LazyLock<regex::bytes::RegexSet> = LazyLock::new(|| {
-    regex::bytes::RegexSetBuilder::new(RULES.iter().map(|r| r.1))
-        .unicode(false)
-        .build()
-        .expect("static regex set")
-});
+/// Fewer characters than any rule matches (`pwd=` and 8 characters of value; a URL with
+/// a password: `a://b:ccc@`).
+const SECRET_MIN: usize = 10;
 
 /// The shortest base64 run looked into (`BASE64_RUN`'s count).
 const BASE64_MIN: usize = 24;
@@ -394,7 +388,9 @@ impl Responses {
     fn redact_text(&self, text: &str, decode: bool) -> (String, u32) {
         let mut out = text.to_string();
         let mut n = 0;
-        if self.builtin {
+        // Whether any rule matches is one forward pass that can stop early; which ones is a
+        // slower, overlapping pass, made only when some do.
+        if self.builtin && BUILTIN_SET.is_match(text) {
             for i in BUILTIN_SET.matches(text).iter() {
                 let (next, k) = apply(&BUILTIN[i], &out);
                 if k > 0 {
@@ -420,20 +416,20 @@ impl Responses {
         (out, n)
     }
 
-    /// How many secrets decoded bytes that are not text hold (0: none). Read as bytes, so
-    /// binary around a secret hides nothing; a rule that also needs the value to look random
-    /// (or a policy pattern) is judged on the text the bytes spell, invalid sequences
-    /// replaced.
+    /// How many secrets decoded bytes hold (0: none), whatever surrounds them: every
+    /// stretch of printable ASCII (tabs and line breaks included) long enough to hold one is
+    /// searched as text, by every rule and policy pattern. A secret is such a stretch, so
+    /// binary around it hides nothing; random binary has few such stretches, so it costs
+    /// one pass over the bytes. (A policy pattern that matches fewer than [`SECRET_MIN`]
+    /// characters is not looked for inside binary.)
     fn secrets_in_binary(&self, bytes: &[u8]) -> u32 {
-        let hits = BUILTIN_BYTES.matches(bytes);
-        let exact = hits.iter().filter(|&i| RULES[i].3.is_none()).count() as u32;
-        if exact > 0 {
-            return exact;
-        }
-        if hits.matched_any() || !self.extra.is_empty() {
-            return self.redact_text(&String::from_utf8_lossy(bytes), false).1;
-        }
-        0
+        let printable = |b: &u8| matches!(b, b' '..=b'~' | b'\t' | b'\n' | b'\r');
+        bytes
+            .split(|b| !printable(b))
+            .filter(|s| s.len() >= SECRET_MIN)
+            .filter_map(|s| std::str::from_utf8(s).ok())
+            .map(|s| self.redact_text(s, false).1)
+            .sum()
     }
 
     /// Base64 runs that decode to text holding a secret are replaced: by the encoding of the
