@@ -172,7 +172,7 @@ impl Edit {
         self.old == self.new
     }
 
-    /// A unified-style line diff of old and new (for `--dry-run`).
+    /// A unified diff of old and new (for `--dry-run`), named by the file's path.
     pub fn diff(&self) -> String {
         line_diff(&self.old, &self.new, &self.path.display().to_string())
     }
@@ -556,39 +556,17 @@ fn splice(text: &str, mut splices: Vec<(Range<usize>, String)>) -> Result<String
     Ok(out)
 }
 
+/// A unified diff of `old` into `new` for the file `name` (three lines of context), which
+/// `git apply --unsafe-paths -p0` (or `patch`) applies; empty when they are the same.
 fn line_diff(old: &str, new: &str, name: &str) -> String {
-    let a: Vec<&str> = old.lines().collect();
-    let b: Vec<&str> = new.lines().collect();
-    if a == b && old == new {
+    if old == new {
         return String::new();
     }
-    // LCS table; config files are small.
-    let (n, m) = (a.len(), b.len());
-    let mut t = vec![vec![0u32; m + 1]; n + 1];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            t[i][j] = if a[i] == b[j] {
-                t[i + 1][j + 1] + 1
-            } else {
-                t[i + 1][j].max(t[i][j + 1])
-            };
-        }
-    }
-    let mut out = format!("--- {name}\n+++ {name} (new)\n");
-    let (mut i, mut j) = (0, 0);
-    while i < n || j < m {
-        if i < n && j < m && a[i] == b[j] {
-            i += 1;
-            j += 1;
-        } else if j < m && (i == n || t[i][j + 1] >= t[i + 1][j]) {
-            out.push_str(&format!("{:>5} +{}\n", j + 1, b[j]));
-            j += 1;
-        } else {
-            out.push_str(&format!("{:>5} -{}\n", i + 1, a[i]));
-            i += 1;
-        }
-    }
-    out
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(name, name)
+        .to_string()
 }
 
 #[cfg(test)]

@@ -72,5 +72,45 @@ fn empty_file_has_no_servers_and_slugs_round_trip() {
 #[test]
 fn diff_shows_changed_lines() {
     let d = line_diff("a\nb\nc\n", "a\nB\nc\n", "f");
-    assert!(d.contains("-b") && d.contains("+B"), "{d}");
+    assert!(d.contains("\n-b\n") && d.contains("\n+B\n"), "{d}");
+    assert!(d.starts_with("--- f\n+++ f\n@@ -1,3 +1,3 @@\n"), "{d}");
+    assert_eq!(line_diff("same\n", "same\n", "f"), "");
+}
+
+/// The dry-run diff is a real unified diff: `git apply` turns the old file into the new one
+/// (and back), CRLF files and a last line without a newline included.
+#[test]
+fn the_dry_run_diff_applies_with_git() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "{\n  \"mcpServers\": {\n    \"fs\": {\n      \"command\": \"npx\",\n      \"args\": [\"-y\", \"@modelcontextprotocol/server-filesystem\", \"/srv\"]\n    }\n  }\n}\n",
+            "{\n  \"mcpServers\": {\n    \"fs\": {\n      \"command\": \"/usr/bin/mcp-guard\",\n      \"args\": [\"wrap\", \"--name\", \"fs\", \"--\", \"npx\", \"-y\", \"@modelcontextprotocol/server-filesystem\", \"/srv\"]\n    }\n  }\n}\n",
+        ),
+        ("a\r\nb\r\nc\r\n", "a\r\nB\r\nc\r\n"),
+        ("x\ny", "x\nz"),
+    ];
+    for (i, (old, new)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("config-{i}.json"));
+        std::fs::write(&file, old).unwrap();
+        let patch = dir.path().join(format!("config-{i}.patch"));
+        std::fs::write(&patch, line_diff(old, new, &file.display().to_string())).unwrap();
+        let apply = |reverse: bool| {
+            let mut cmd = std::process::Command::new("git");
+            cmd.args(["apply", "--unsafe-paths", "-p0"]);
+            if reverse {
+                cmd.arg("--reverse");
+            }
+            let out = cmd.arg(&patch).current_dir(dir.path()).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        apply(false);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), *new, "case {i}");
+        apply(true);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), *old, "case {i}");
+    }
 }
