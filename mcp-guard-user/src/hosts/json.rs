@@ -21,6 +21,7 @@ pub(crate) fn entries(host: Host, text: &str) -> Result<Vec<RawEntry>, String> {
         Some(Value::Object(o)) => o,
         Some(_) => return Err("cannot parse: top level is not a JSON object".into()),
     };
+    unique_keys(text, &root)?;
     let mut containers: Vec<(Option<String>, &Object)> = Vec::new();
     if let Some(o) = root.get_object(host.servers_key()) {
         containers.push((None, o));
@@ -28,23 +29,49 @@ pub(crate) fn entries(host: Host, text: &str) -> Result<Vec<RawEntry>, String> {
     if host == Host::ClaudeCode
         && let Some(projects) = root.get_object("projects")
     {
+        unique_keys(text, projects)?;
         for p in &projects.properties {
             if let Value::Object(po) = &p.value
                 && let Some(m) = po.get_object("mcpServers")
             {
+                unique_keys(text, po)?;
                 containers.push((Some(p.name.as_str().to_string()), m));
             }
         }
     }
     let mut out = Vec::new();
     for (scope, obj) in containers {
+        unique_keys(text, obj)?;
         for prop in &obj.properties {
             if let Value::Object(entry) = &prop.value {
+                unique_keys(text, entry)?;
+                if let Some(Value::Object(inner)) = entry.get("command").map(|p| &p.value) {
+                    unique_keys(text, inner)?;
+                }
                 out.push(entry_of(host, text, prop, entry, scope.clone()));
             }
         }
     }
     Ok(out)
+}
+
+/// An object the hosts' config is read from must not name a key twice: JSON readers
+/// disagree on which one counts (hosts built on JavaScript or Python take the last, this
+/// parser's lookup the first), so a second `command`, server or `mcpServers` could make the
+/// file read as wrapped here while the host runs something else. Such a file is an error,
+/// left for its owner to fix.
+fn unique_keys(text: &str, o: &Object) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for p in &o.properties {
+        let name = p.name.as_str();
+        if !seen.insert(name) {
+            let line = text[..p.range.start].matches('\n').count() + 1;
+            return Err(format!(
+                "key `{name}` appears twice in one object (line {line}): hosts read the last one; remove one"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn str_of(v: &Value) -> Option<String> {

@@ -114,3 +114,28 @@ fn the_dry_run_diff_applies_with_git() {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), *old, "case {i}");
     }
 }
+
+/// A key named twice where the config is read (a second `command`, server, `args` or
+/// `mcpServers`) is an error: hosts read the last one, a lookup here would read the first.
+#[test]
+fn a_key_named_twice_where_hosts_read_is_an_error() {
+    let wrapped =
+        r#"{"command": "/usr/bin/mcp-guard", "args": ["wrap", "--name", "fs", "--", "npx", "srv"]"#;
+    for text in [
+        format!(r#"{{"mcpServers": {{"fs": {wrapped}, "command": "npx"}}}}}}"#),
+        format!(r#"{{"mcpServers": {{"fs": {wrapped}, "args": ["srv"]}}}}}}"#),
+        format!(r#"{{"mcpServers": {{"fs": {wrapped}}}, "fs": {{"command": "npx"}}}}}}"#),
+        format!(
+            r#"{{"mcpServers": {{"fs": {wrapped}}}}},
+"mcpServers": {{"fs": {{"command": "npx"}}}}}}"#
+        ),
+    ] {
+        let err = json::entries(Host::Cursor, &text).unwrap_err();
+        assert!(
+            err.contains("appears twice") && err.contains("line "),
+            "{err}\n{text}"
+        );
+    }
+    let ok = format!(r#"{{"mcpServers": {{"fs": {wrapped}}}}}}}"#);
+    assert_eq!(json::entries(Host::Cursor, &ok).unwrap().len(), 1);
+}
