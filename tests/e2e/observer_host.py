@@ -12,7 +12,9 @@ sessions (how many to run at once, default 1), hold (seconds to stay connected a
 calls), start_gate (a file to wait for before the first call), then_gate and then_calls (a
 second round of calls, after another file appears), poke (a unix socket: before each call
 the host connects to it and writes a few bytes, local socket traffic beside the session),
-cpu (run the host and its servers on this CPU only), rename (a new name the host gives
+cpu (run the host and its servers on this CPU only), exec_pause (seconds each server's
+process stays forked, still under the host's name, before it runs the server, as a busy
+host's children do), rename (a new name the host gives
 itself with prctl(PR_SET_NAME) once its servers run, as hosts that name their threads do). Prints one JSON line per session:
 {"ok": [...], "errors": [...]}.
 """
@@ -120,9 +122,25 @@ async def one(spec: dict, out: list) -> None:
     out.append(result)
 
 
+def pause_before_exec(seconds: float) -> None:
+    """Every process the SDK starts waits `seconds` between fork and exec."""
+    import asyncio
+    import time
+
+    loop = asyncio.get_running_loop()
+    spawn = loop.subprocess_exec
+
+    async def paused(*args, **kwargs):
+        return await spawn(*args, preexec_fn=lambda: time.sleep(seconds), **kwargs)
+
+    loop.subprocess_exec = paused
+
+
 async def main(spec: dict) -> None:
     if "cpu" in spec:
         os.sched_setaffinity(0, {spec["cpu"]})
+    if spec.get("exec_pause"):
+        pause_before_exec(spec["exec_pause"])
     out: list = []
     async with anyio.create_task_group() as tg:
         for _ in range(spec.get("sessions", 1)):

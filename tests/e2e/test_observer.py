@@ -254,6 +254,25 @@ def test_unwrapped_filesystem_server_is_recorded_with_kernel_identity(daemon_fac
     assert alert[0]["detail"]["action"] == "alert"
 
 
+def test_a_hosts_child_seen_before_it_execs_stays_the_hosts_server(daemon_factory, tmp_path: Path) -> None:
+    """Between fork and exec a host's child carries the host's name. The daemon's rescan
+    (every 200 ms here) finds it then; it must stay the host's captured child, not become a
+    host of its own, or the server it execs is watched as a host and its traffic is lost."""
+    d = daemon_factory()
+    root = tmp_path / "root"
+    root.mkdir()
+    args = {"path": str(root)}
+    results = d.run_host({"server": "filesystem", "root": str(root), "exec_pause": 1.0,
+                          "calls": [["list_directory", args]]})
+    assert results == [{"ok": ["list_directory"], "errors": []}]
+    got = d.wait_for("the tools/call record", calls)
+    assert got[0]["args_sha256"] == args_sha256(args)
+    assert got[0]["server"]["name"] == "mcp-server-filesystem"
+    assert got[0]["agent_host"]["comm"] == d.host_name
+    hosts = [line for line in d.log.read_text().splitlines() if "watching agent host" in line]
+    assert len(hosts) == 1, hosts
+
+
 DETECT_ANY = 'detect = "any"\n'
 
 

@@ -15,7 +15,7 @@ const VNG_VENV: &str = "/opt/vng";
 /// The observer tests run in the VM (under emulation everything is about ten times
 /// slower): a session recorded with kernel identity, and a denied call stopped by the
 /// gate behind a wrapper script's banner.
-const E2E: &str = "unwrapped_filesystem_server_is_recorded or banner_or_a_wrapper_script or unlisted_host or not_its_hosts or another_descriptor";
+const E2E: &str = "unwrapped_filesystem_server_is_recorded or banner_or_a_wrapper_script or unlisted_host or not_its_hosts or another_descriptor or seen_before_it_execs";
 
 /// Installs QEMU, Debian's generic kernel (it has the 9p modules virtme-ng needs),
 /// busybox (for virtme-ng's initramfs) and virtme-ng, skipping what is there; returns

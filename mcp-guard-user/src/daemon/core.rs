@@ -327,6 +327,17 @@ impl<K: Kernel, P: Procs> Core<K, P> {
                 found.push(pid);
             }
         }
+        // A host's fork that has not exec'd is its child, captured below with the others.
+        let copies: Vec<u32> = found
+            .iter()
+            .copied()
+            .filter(|&pid| {
+                self.sys
+                    .forked_copy_of(pid)
+                    .is_some_and(|parent| found.contains(&parent))
+            })
+            .collect();
+        found.retain(|pid| !copies.contains(pid));
         for pid in found {
             self.watch_host(pid, flags);
         }
@@ -1230,9 +1241,19 @@ impl<K: Kernel, P: Procs> Core<K, P> {
         self.hosts.retain(|&h, _| self.sys.exists(h));
         let flags = watch::HOST | gate_flag(&self.policy);
         for pid in scan.hosts {
-            if !self.hosts.contains_key(&pid) && self.sys.exists(pid) {
-                self.watch_host(pid, flags);
+            if self.hosts.contains_key(&pid) || !self.sys.exists(pid) {
+                continue;
             }
+            // A watched process's fork before it execs goes by its parent's names: making it
+            // a host would watch the server it is about to exec as a host, and not capture it.
+            if self
+                .sys
+                .forked_copy_of(pid)
+                .is_some_and(|parent| self.kernel.watched(parent).is_some())
+            {
+                continue;
+            }
+            self.watch_host(pid, flags);
         }
         for a in scan.alerts {
             self.alert(None, a);

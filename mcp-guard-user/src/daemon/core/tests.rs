@@ -1046,6 +1046,48 @@ fn a_rescan_watches_hosts_the_exec_events_missed_and_forgets_gone_ones() {
     assert!(t.core.hosts.is_empty());
 }
 
+/// A host's fork, seen by /proc before it execs, carries the host's names.
+fn fork_of_host(m: &mut FakeProcs, pid: u32) {
+    let host = m.procs[&HOST].clone();
+    m.procs.insert(pid, FakeProc { ppid: HOST, ..host });
+}
+
+#[test]
+fn a_hosts_fork_that_has_not_execd_stays_its_child_on_rescan() {
+    let mut t = t("");
+    t.core.start();
+    fork_of_host(&mut t.core.sys, 300);
+    t.core.kernel.watched.insert(300, watch::CAPTURE);
+    t.core.scanned(Scan {
+        hosts: vec![HOST, 300],
+        alerts: vec![],
+    });
+    assert!(t.core.hosts.contains_key(&HOST));
+    assert!(
+        !t.core.hosts.contains_key(&300),
+        "the fork is the host's child"
+    );
+    assert_eq!(t.core.kernel.watched[&300], watch::CAPTURE);
+    // Once it runs another program, the same name makes it a host (a nested host).
+    t.core.sys.procs.get_mut(&300).unwrap().cmdline = vec!["/usr/bin/claude".into(), "-p".into()];
+    t.core.scanned(Scan {
+        hosts: vec![300],
+        alerts: vec![],
+    });
+    assert!(t.core.hosts.contains_key(&300));
+}
+
+#[test]
+fn a_hosts_fork_found_at_start_up_is_captured_as_its_child() {
+    let mut m = machine();
+    fork_of_host(&mut m, 300);
+    let mut t = with("", Config::default(), m);
+    t.core.start();
+    assert!(t.core.hosts.contains_key(&HOST));
+    assert!(!t.core.hosts.contains_key(&300));
+    assert_eq!(t.core.kernel.watched[&300] & watch::CAPTURE, watch::CAPTURE);
+}
+
 #[test]
 fn a_reload_swaps_the_policy_and_the_gates() {
     let mut t = t(DENY_WRITES);
