@@ -111,6 +111,7 @@ pub fn compact(r: &Value, colour: bool) -> String {
         ("alert", _) => (format!("ALERT {alert}"), "1;33"),
         (_, "deny") => ("deny".to_string(), "1;31"),
         (_, "allow") => ("allow".to_string(), "32"),
+        (_, "ask") => ("ask".to_string(), "1;35"),
         _ => (kind.clone(), "2"),
     };
     let verdict = if colour {

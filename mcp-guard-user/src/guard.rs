@@ -339,6 +339,8 @@ pub struct Session {
     overflow: [u64; 2],
     /// The ids of the requests of the batch being judged that will be in flight if it passes.
     batch_keys: Vec<IdKey>,
+    /// Calls held for the person's approval.
+    asks: ask::Asks,
     pub counters: Counters,
 }
 
@@ -415,6 +417,7 @@ impl Session {
             budget: Budget::new(&Limits::default()),
             overflow: [0; 2],
             batch_keys: Vec::new(),
+            asks: ask::Asks::new(),
             counters: Counters::default(),
         }
     }
@@ -542,6 +545,7 @@ impl Session {
         frames: impl IntoIterator<Item = Frame>,
     ) -> Plan {
         let mut plan = Plan::default();
+        self.expire(Instant::now(), &mut plan.acts);
         for frame in frames {
             match frame {
                 Frame::TooLong { prefix, seen } => {
@@ -561,7 +565,13 @@ impl Session {
             }
         }
         plan.commit.append(&mut self.alerts);
+        plan.acts.append(&mut self.asks.queued);
         plan
+    }
+
+    /// When a held call times out: the caller judges an empty read by then.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.asks.deadline()
     }
 
     fn line(&mut self, dir: Direction, msg: &[u8], raw: Range<usize>, plan: &mut Plan) {
@@ -725,6 +735,12 @@ impl Session {
         let mut j = match m.kind {
             Kind::Notification => {
                 self.counters.notifications += 1;
+                if dir == Direction::ToServer
+                    && !self.asks.is_empty()
+                    && m.method.as_deref() == Some("notifications/cancelled")
+                {
+                    self.withdraw(m);
+                }
                 Judged::pass(dir)
             }
             Kind::Request => self.request(dir, m, bytes),
@@ -797,8 +813,9 @@ impl Session {
     ) -> Option<Judged> {
         let batch = self.batch_keys.len();
         let max = self.limits.max_in_flight;
+        let held = dir == Direction::ToServer && self.asks.holds(key);
         let (table, run) = self.in_flight(dir);
-        let live = table.contains_key(key);
+        let live = table.contains_key(key) || held;
         let full = max > 0 && table.len() + batch >= max;
         let refuse = |s: &mut Session, code: i64, rule: &str, why: String, recorded: bool| {
             s.counters.denied += 1;
@@ -913,6 +930,9 @@ impl Session {
         .and_then(serde_json::Value::as_str);
         if method == "initialize" {
             self.learn_protocol(field("protocolVersion"));
+            if dir == Direction::ToServer {
+                self.asks.supported = ask::can_ask(field("capabilities"));
+            }
         }
         self.learn_protocol(field("_meta").and_then(|m| m.get(META_CLAIMS[0])));
         // Arguments for the calls that have them; the whole params otherwise (so a rule can
@@ -972,6 +992,7 @@ impl Session {
         rec.decision = Some(match decision.action {
             Action::Allow => Decision::Allow,
             Action::Deny => Decision::Deny,
+            Action::Ask => Decision::Ask,
         });
         rec.rule = Some(decision.rule.clone());
         rec.would_deny = decision.would_deny.then_some(true);
@@ -979,6 +1000,14 @@ impl Session {
         rec.rate_limited = decision.rate_limited.then_some(true);
         if decision.would_deny {
             rec.reason = decision.message.clone();
+        }
+        if decision.would_ask {
+            // Monitor mode cannot hold a call; nobody would have been asked.
+            rec.would_deny = Some(true);
+            rec.reason = Some(format!(
+                "monitor mode: rule `{}` would hold this call for the approval of the person at the host",
+                decision.rule
+            ));
         }
         rec.method = Some(method.to_string());
         rec.tool = tool.map(crate::identity::redact_text);
@@ -1010,7 +1039,11 @@ impl Session {
                     replace: None,
                 }
             }
-            Action::Deny => {
+            // Only a host can be asked; a server's request to the host has nobody to ask.
+            Action::Ask if dir == Direction::ToServer => {
+                self.ask(m, key, &decision, rec, arguments)
+            }
+            Action::Deny | Action::Ask => {
                 self.counters.denied += 1;
                 let message = match &decision.message {
                     Some(msg) => format!("denied by mcp-guard rule `{}`: {msg}", decision.rule),
@@ -1034,6 +1067,11 @@ impl Session {
 
     fn response(&mut self, dir: Direction, m: &Message<'_>, bytes: usize) -> Judged {
         self.counters.responses += 1;
+        if dir == Direction::ToServer
+            && let Some(j) = self.answer(m)
+        {
+            return j;
+        }
         let id = m.id.unwrap_or(jsonrpc::null_id());
         let mut rec = self.response_record();
         rec.direction = Some(dir.flow());
@@ -1553,6 +1591,7 @@ impl Session {
         self.end_overflow(Direction::ToServer);
         self.end_overflow(Direction::ToClient);
         let mut records = std::mem::take(&mut self.alerts);
+        self.abandon_asks(why, &mut out, &mut records);
         for (_, p) in pending {
             out.extend(error_line(&p.id, code::SERVER_FAILED, why, None));
             out.push(b'\n');
@@ -1674,6 +1713,7 @@ fn claims(params: &serde_json::Value) -> Option<serde_json::Value> {
     (!c.is_empty()).then_some(serde_json::Value::Object(c))
 }
 
+mod ask;
 mod start;
 pub use start::{Parties, ServerInfo, Start, Started, raw as raw_field, start};
 
@@ -1688,3 +1728,6 @@ mod flight_tests;
 
 #[cfg(test)]
 mod redaction;
+
+#[cfg(test)]
+mod ask_tests;

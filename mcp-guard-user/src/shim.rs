@@ -255,6 +255,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
     let server_out = child.stdout.take().context("server stdout")?;
     let client_out: Sink = Mutex::new(Some(stdout()));
     let client_gone = Notify::new();
+    let asks = AskClock::default();
     // The pumps borrow the session and the audit handle; they end with this block.
     let status = {
         let shared = Shared {
@@ -263,6 +264,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
             server_in: &server_in,
             client_out: &client_out,
             client_gone: &client_gone,
+            asks: &asks,
             server: &server,
             remote: remote.as_ref(),
         };
@@ -270,6 +272,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
         let mut inbound = pin!(shared.pump(Direction::ToServer, stdin(), opts.max_message));
         let mut outbound =
             pin!(shared.pump(Direction::ToClient, Box::pin(server_out), opts.max_message));
+        let mut expiry = pin!(shared.expire_asks());
         let (mut term, mut int, mut hup) = (
             signal(SignalKind::terminate())?,
             signal(SignalKind::interrupt())?,
@@ -325,6 +328,7 @@ async fn session(opts: Options) -> anyhow::Result<i32> {
                     escalate = None;
                     drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
                 }
+                _ = &mut expiry => {}
                 _ = term.recv() => forward(pid, Signal::SIGTERM),
                 _ = int.recv() => forward(pid, Signal::SIGINT),
                 _ = hup.recv() => forward(pid, Signal::SIGHUP),
@@ -577,7 +581,20 @@ struct Shared<'a> {
     server_in: &'a Sink,
     client_out: &'a Sink,
     client_gone: &'a Notify,
+    asks: &'a AskClock,
 }
+
+/// Wakes the timer of calls held for approval (`action = "ask"`).
+#[derive(Default)]
+struct AskClock {
+    /// The host was asked at least once in this session.
+    asked: std::cell::Cell<bool>,
+    wake: Notify,
+}
+
+/// How often a managed shim has the daemon look at its held calls' deadlines, once the
+/// host has been asked (the daemon holds them and has no clock of its own per session).
+const MANAGED_ASK_TICK: Duration = Duration::from_secs(1);
 
 impl Shared<'_> {
     /// Reads `dir`'s input until end of input, judging each read's worth of messages.
@@ -756,6 +773,10 @@ impl Shared<'_> {
                     if let Some(cur) = run.take() {
                         self.send(own, &data[cur]).await;
                     }
+                    if memchr::memmem::find(&line, b"\"mcp-guard-ask-").is_some() {
+                        self.asks.asked.set(true);
+                        self.asks.wake.notify_one();
+                    }
                     self.send(self.client_out, &line).await;
                 }
                 Act::ToServer(line) => {
@@ -770,6 +791,29 @@ impl Shared<'_> {
             self.send(own, &data[cur]).await;
         }
         self.audit.append(append);
+    }
+
+    /// Refuses held calls whose time is up: an empty read is judged when the first one
+    /// is due (here, from the session's deadline; managed, every [`MANAGED_ASK_TICK`]).
+    async fn expire_asks(&self) {
+        loop {
+            let due = match self.remote {
+                Some(_) if self.asks.asked.get() => Some(Instant::now() + MANAGED_ASK_TICK),
+                Some(_) => None,
+                None => self.session.borrow().next_deadline().map(Instant::from_std),
+            };
+            match due {
+                None => self.asks.wake.notified().await,
+                Some(at) => {
+                    tokio::select! {
+                        _ = sleep_until(at) => {}
+                        _ = self.asks.wake.notified() => continue,
+                    }
+                }
+            }
+            let batch = self.prepare(Direction::ToServer, &[], Vec::new());
+            self.carry_out(Direction::ToServer, batch).await;
+        }
     }
 
     async fn send(&self, sink: &Sink, bytes: &[u8]) {

@@ -40,6 +40,9 @@ pub enum Kind {
     /// A signature over the chain head, written within [`super::SEAL_WITHIN`] of the
     /// records it covers.
     Seal,
+    /// How the person at the host answered a call held by an `ask` rule (linked to the
+    /// request's record).
+    Approval,
 }
 
 impl std::fmt::Display for Kind {
@@ -56,6 +59,8 @@ impl std::fmt::Display for Kind {
 pub enum Decision {
     Allow,
     Deny,
+    /// Held for the person's approval; an `approval` record follows with the outcome.
+    Ask,
 }
 
 /// Which way a message travels, as records name it.

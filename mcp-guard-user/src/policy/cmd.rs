@@ -74,7 +74,7 @@ pub fn check(files: &[PathBuf]) -> anyhow::Result<i32> {
 }
 
 /// Prints the decision, the rule that made it and why each other rule did not match.
-/// 0 when the request would be forwarded, 1 when denied.
+/// 0 when the request would be forwarded, 1 when denied or held for approval.
 pub fn explain(args: &ExplainArgs) -> anyhow::Result<i32> {
     let policy = Policy::load(&args.policy)?;
     let principal = match &args.user {
@@ -164,7 +164,8 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<i32> {
     }
     Ok(match d.action {
         Action::Allow => 0,
-        Action::Deny => 1,
+        // Held for a person's approval: not forwarded on the policy's word alone.
+        Action::Deny | Action::Ask => 1,
     })
 }
 

@@ -82,6 +82,23 @@ pub struct Rule {
     pub(super) rate: Option<Rate>,
     /// Records of the calls this rule decides (or audits) keep their arguments in clear.
     pub record_arguments: bool,
+    /// `action = "ask"`: how the person is asked.
+    pub ask: Option<Ask>,
+}
+
+/// How an `ask` rule's approval works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    /// No answer within this long is a refusal.
+    pub timeout: Duration,
+    /// An approved (tool, arguments) passes again for the rest of the session.
+    pub remember_session: bool,
+}
+
+impl Ask {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Longest a call may be held: a host's request times out long before.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 }
 
 /// Calls per interval, per principal and tool.

@@ -166,6 +166,10 @@ pub struct Decision {
     pub mode: Mode,
     /// Monitor mode: the policy would have denied this (`rule` says which rule).
     pub would_deny: bool,
+    /// Monitor mode: the policy would have asked the person (`rule` says which rule).
+    pub would_ask: bool,
+    /// `action` is `Ask`: how to ask.
+    pub ask: Option<super::compiled::Ask>,
     /// The first audit rule that matched: record this request with emphasis.
     pub audit: Option<String>,
     /// Denied (or would be) because a rule's `rate` was exceeded.
@@ -596,6 +600,7 @@ fn json_eq(a: &Value, b: &Value) -> bool {
 #[derive(Default)]
 struct Matched {
     deny: Option<u32>,
+    ask: Option<u32>,
     allow: Option<u32>,
     audit: Option<u32>,
     rated: Vec<u32>,
@@ -607,6 +612,7 @@ impl Matched {
             RuleAction::Deny => &mut self.deny,
             RuleAction::Allow => &mut self.allow,
             RuleAction::Audit => &mut self.audit,
+            RuleAction::Ask => &mut self.ask,
         };
         if slot.is_none_or(|j| i < j) {
             *slot = Some(i);
@@ -668,7 +674,9 @@ impl Policy {
                 RuleAction::Deny if r.args.is_empty() && r.check_with(q, self, false).is_ok() => {
                     denied = true
                 }
-                RuleAction::Allow if r.check_with(q, self, false).is_ok() => could_allow = true,
+                RuleAction::Allow | RuleAction::Ask if r.check_with(q, self, false).is_ok() => {
+                    could_allow = true
+                }
                 _ => {}
             }
         });
@@ -725,6 +733,9 @@ impl Policy {
                 .clone()
                 .unwrap_or_else(|| format!("rate limit of {rate} exceeded"));
             (Action::Deny, rule(i).id.clone(), Some(msg))
+        } else if let Some(i) = m.ask {
+            decider = Some(i);
+            (Action::Ask, rule(i).id.clone(), rule(i).message.clone())
         } else if let Some(i) = m.allow {
             decider = Some(i);
             (Action::Allow, rule(i).id.clone(), rule(i).message.clone())
@@ -740,6 +751,10 @@ impl Policy {
             message,
             mode: self.mode,
             would_deny: monitor && verdict == Action::Deny,
+            would_ask: monitor && verdict == Action::Ask,
+            ask: (verdict == Action::Ask && !monitor)
+                .then(|| decider.and_then(|i| rule(i).ask))
+                .flatten(),
             audit: m.audit.map(|i| rule(i).id.clone()),
             rate_limited,
             record_arguments: decider

@@ -23,7 +23,7 @@ mod load;
 pub mod path;
 mod raw;
 
-pub use compiled::{Observer, Policy, Rate, Rule};
+pub use compiled::{Ask, Observer, Policy, Rate, Rule};
 pub use eval::{Ancestor, Decision, Explanation, Limiter, Principal, Query, Request, RuleReport};
 pub use load::{Chosen, SYSTEM_DIR, Source, chosen, dropins, standalone};
 pub use raw::Reaction;
@@ -104,6 +104,8 @@ impl fmt::Display for Diagnostics {
 pub enum Action {
     Allow,
     Deny,
+    /// Held until the person at the agent host approves it (`action = "ask"`).
+    Ask,
 }
 
 impl fmt::Display for Action {
@@ -111,6 +113,7 @@ impl fmt::Display for Action {
         f.write_str(match self {
             Action::Allow => "allow",
             Action::Deny => "deny",
+            Action::Ask => "ask",
         })
     }
 }
@@ -123,6 +126,7 @@ pub enum RuleAction {
     Allow,
     Deny,
     Audit,
+    Ask,
 }
 
 impl fmt::Display for RuleAction {
@@ -131,6 +135,7 @@ impl fmt::Display for RuleAction {
             RuleAction::Allow => "allow",
             RuleAction::Deny => "deny",
             RuleAction::Audit => "audit",
+            RuleAction::Ask => "ask",
         })
     }
 }

@@ -74,6 +74,7 @@ pub enum RawAction {
     Allow,
     Deny,
     Audit,
+    Ask,
 }
 
 /// One `[[rule]]`.
@@ -101,6 +102,11 @@ pub struct RawRule {
     /// Keep the call's arguments in clear (credentials redacted) in its audit record.
     #[serde(default)]
     pub record_arguments: bool,
+    /// `action = "ask"`: how long the person has to answer (`90s`, `2m`; default 60 s).
+    pub timeout: Option<Spanned<String>>,
+    /// `action = "ask"`: `"call"` (default: each approval is for one call) or `"session"`
+    /// (an approved tool with the same arguments passes again in the same session).
+    pub remember: Option<Spanned<String>>,
 }
 
 /// One `[[rule.args]]`: a JSON pointer and what the value there must satisfy.

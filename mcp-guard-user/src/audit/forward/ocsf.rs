@@ -88,6 +88,13 @@ pub fn event(rec: &Value, hostname: &str) -> Value {
             ev.insert("disposition_id".into(), json!(2));
             ev.insert("disposition".into(), json!("Blocked"));
         }
+        Some("ask") => {
+            // Held for a person's approval; the `approval` record says how it ended.
+            ev.insert("action_id".into(), json!(99));
+            ev.insert("action".into(), json!("Held for approval"));
+            ev.insert("disposition_id".into(), json!(99));
+            ev.insert("disposition".into(), json!("Held for approval"));
+        }
         _ => {}
     }
     ev.insert("message".into(), json!(message(rec)));
@@ -168,6 +175,7 @@ fn message(rec: &Value) -> String {
     match (s("decision"), s("rule")) {
         (Some("deny"), Some(r)) => m.push_str(&format!(" denied by rule {r}")),
         (Some("allow"), Some(r)) => m.push_str(&format!(" allowed by rule {r}")),
+        (Some("ask"), Some(r)) => m.push_str(&format!(" held for approval by rule {r}")),
         _ => {}
     }
     m

@@ -11,6 +11,8 @@ use toml::Spanned;
 use crate::policy::raw::{Ids, Patterns, RawAction, RawArg, RawRule};
 use crate::policy::{Diagnostic, RuleAction, Source, path};
 
+use super::Ask;
+
 use super::*;
 
 /// Compiling one file: where errors go.
@@ -156,7 +158,9 @@ impl Ctx<'_> {
             RawAction::Allow => RuleAction::Allow,
             RawAction::Deny => RuleAction::Deny,
             RawAction::Audit => RuleAction::Audit,
+            RawAction::Ask => RuleAction::Ask,
         };
+        let ask = self.ask(action, &r.timeout, &r.remember);
         let methods = match &r.method {
             Some(_) => self.names("method", &r.method, false).flatten(),
             None => Names::compile(&["tools/call".to_string()], false).ok(),
@@ -220,7 +224,59 @@ impl Ctx<'_> {
             args,
             rate,
             record_arguments: r.record_arguments,
+            ask,
         })
+    }
+
+    /// An ask rule's `timeout` and `remember`, which no other rule may have.
+    fn ask(
+        &mut self,
+        action: RuleAction,
+        timeout: &Option<Spanned<String>>,
+        remember: &Option<Spanned<String>>,
+    ) -> Option<Ask> {
+        if action != RuleAction::Ask {
+            for (name, field) in [("timeout", timeout), ("remember", remember)] {
+                if let Some(f) = field {
+                    self.err(
+                        f.span().start,
+                        &format!("`{name}` is for `action = \"ask\"` rules only"),
+                    );
+                }
+            }
+            return None;
+        }
+        let mut ask = Ask {
+            timeout: Ask::DEFAULT_TIMEOUT,
+            remember_session: false,
+        };
+        if let Some(t) = timeout {
+            match humantime::parse_duration(t.get_ref()) {
+                Ok(d) if !d.is_zero() && d <= Ask::MAX_TIMEOUT => ask.timeout = d,
+                Ok(_) => self.err(
+                    t.span().start,
+                    "`timeout`: more than zero and at most 1h (the host's own request times out)",
+                ),
+                Err(e) => self.err(
+                    t.span().start,
+                    &format!(
+                        "`timeout`: `{}` is not a duration such as `90s` or `2m`: {e}",
+                        t.get_ref()
+                    ),
+                ),
+            }
+        }
+        if let Some(m) = remember {
+            match m.get_ref().as_str() {
+                "call" => {}
+                "session" => ask.remember_session = true,
+                other => self.err(
+                    m.span().start,
+                    &format!("`remember`: `{other}` is not `call` or `session`"),
+                ),
+            }
+        }
+        Some(ask)
     }
 
     pub(super) fn arg(&mut self, a: RawArg, at: usize) -> Option<ArgRule> {

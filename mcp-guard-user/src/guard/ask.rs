@@ -1,0 +1,444 @@
+//! `action = "ask"`: a call held until the person at the agent host approves it.
+//!
+//! The held request is not forwarded. The host gets an `elicitation/create` request of
+//! the guard's own (an id no peer can guess) naming the server, the tool, the rule and the
+//! salient arguments; its answer never reaches the server. `accept` forwards the held
+//! bytes, exactly as received, once; `decline`, `cancel`, an error answer, or no answer
+//! within the rule's timeout refuses the call with `-32080`. Each outcome is an `approval`
+//! record linked to the request's, committed before it takes effect.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+
+use super::{Act, Direction, Judged, Pending, Session, error_line, recorded_id};
+use crate::audit::{Decision, Kind as RecordKind, Record};
+use crate::jsonrpc::{IdKey, Message, code};
+use crate::policy::Decision as Verdict;
+
+/// A call waiting for the person's answer.
+pub(super) struct Held {
+    /// The request as received: what is forwarded if approved.
+    line: Vec<u8>,
+    /// The request's id, as sent.
+    id: Box<RawValue>,
+    key: IdKey,
+    /// The request record's id.
+    record: String,
+    rule: String,
+    tool: Option<String>,
+    args_sha256: Option<String>,
+    remember: bool,
+    asked: Instant,
+    deadline: Instant,
+    /// The elicitation request's id, as sent to the host.
+    ask_id: String,
+}
+
+/// The asks of one session.
+#[derive(Default)]
+pub(super) struct Asks {
+    /// By the elicitation request's id.
+    held: HashMap<IdKey, Held>,
+    /// Makes the elicitation ids of this session unguessable by the server.
+    nonce: String,
+    next: u64,
+    /// The host declared it can show a form (`capabilities.elicitation`).
+    pub(super) supported: bool,
+    /// (tool, arguments digest) approved with `remember = "session"`.
+    remembered: std::collections::HashSet<(String, String)>,
+    /// Messages for the host that no frame's act carries (closing a withdrawn question).
+    pub(super) queued: Vec<Act>,
+}
+
+/// How an ask ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Approved,
+    Declined,
+    Cancelled,
+    Timeout,
+    /// The host cannot be asked: it did not declare the elicitation capability.
+    Unsupported,
+    /// The host answered the elicitation with an error.
+    Failed,
+    /// The host withdrew the call (`notifications/cancelled`) while it was held.
+    Withdrawn,
+}
+
+impl Outcome {
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Approved => "approved",
+            Outcome::Declined => "declined",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Timeout => "timeout",
+            Outcome::Unsupported => "unsupported",
+            Outcome::Failed => "failed",
+            Outcome::Withdrawn => "withdrawn",
+        }
+    }
+
+    fn why(self) -> &'static str {
+        match self {
+            Outcome::Approved => "approved by the person at the host",
+            Outcome::Declined => "the person at the host declined it",
+            Outcome::Cancelled => "the person at the host cancelled the approval",
+            Outcome::Timeout => "nobody approved it in time",
+            Outcome::Unsupported => {
+                "it needs a person's approval and the host cannot ask (it did not declare the elicitation capability)"
+            }
+            Outcome::Failed => "the host could not ask the person (its answer was an error)",
+            Outcome::Withdrawn => "the host withdrew the call",
+        }
+    }
+}
+
+/// Whether an `initialize` request's capabilities let the guard ask with a form: an
+/// `elicitation` object, empty (form only) or naming `form`.
+pub(super) fn can_ask(capabilities: Option<&serde_json::Value>) -> bool {
+    match capabilities.and_then(|c| c.get("elicitation")) {
+        Some(serde_json::Value::Object(e)) => e.is_empty() || e.contains_key("form"),
+        _ => false,
+    }
+}
+
+impl Asks {
+    pub(super) fn new() -> Asks {
+        let mut nonce = [0u8; 8];
+        // Without the system's randomness the ids are still unique, only guessable.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
+        Asks {
+            nonce: nonce.iter().map(|b| format!("{b:02x}")).collect(),
+            ..Asks::default()
+        }
+    }
+
+    /// A held call's request id is in flight: no other request may reuse it.
+    pub(super) fn holds(&self, key: &IdKey) -> bool {
+        self.held.values().any(|h| h.key == *key)
+    }
+
+    /// When the first held call times out.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.held.values().map(|h| h.deadline).min()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+impl Session {
+    /// A request the policy says to ask about (`rec` is its record, decision `ask`):
+    /// passed when approved earlier in the session with `remember = "session"`, refused
+    /// when the host cannot be asked, else held and the host asked.
+    pub(super) fn ask(
+        &mut self,
+        m: &Message<'_>,
+        key: IdKey,
+        decision: &Verdict,
+        mut rec: Record,
+        arguments: Option<&serde_json::Value>,
+    ) -> Judged {
+        let id = m.id.unwrap_or(crate::jsonrpc::null_id());
+        let ask = decision.ask.unwrap_or(crate::policy::Ask {
+            timeout: crate::policy::Ask::DEFAULT_TIMEOUT,
+            remember_session: false,
+        });
+        let digest = rec.args_sha256.clone().unwrap_or_default();
+        let tool = rec.tool.clone().unwrap_or_default();
+        if ask.remember_session && self.asks.remembered.contains(&(tool.clone(), digest)) {
+            rec.decision = Some(Decision::Allow);
+            rec.reason = Some(format!(
+                "approved earlier in this session (rule `{}`, remember = \"session\")",
+                decision.rule
+            ));
+            let pending = Pending {
+                record: rec.id.clone(),
+                method: m.method.as_deref().unwrap_or_default().to_string(),
+                tool: rec.tool.clone(),
+                since: Instant::now(),
+                id: id.to_owned(),
+            };
+            self.batch_keys.push(key.clone());
+            return Judged {
+                pass: true,
+                record: Some(rec),
+                durable: true,
+                track: Some((key, pending)),
+                error: None,
+                reply_to: Direction::ToClient,
+                replace: None,
+            };
+        }
+        let now = Instant::now();
+        self.asks.next += 1;
+        let ask_id = format!("mcp-guard-ask-{}-{}", self.asks.nonce, self.asks.next);
+        let held = Held {
+            line: m.raw.as_bytes().to_vec(),
+            id: id.to_owned(),
+            key,
+            record: rec.id.clone(),
+            rule: decision.rule.clone(),
+            tool: rec.tool.clone(),
+            args_sha256: rec.args_sha256.clone(),
+            remember: ask.remember_session,
+            asked: now,
+            deadline: now + ask.timeout,
+            ask_id: ask_id.clone(),
+        };
+        if !self.asks.supported {
+            self.counters.denied += 1;
+            let outcome = self.outcome(&held, Outcome::Unsupported);
+            let error = self.refusal_of(&held, Outcome::Unsupported);
+            rec.reason = Some(Outcome::Unsupported.why().to_string());
+            // After the request's own record, in the same commit.
+            self.alerts.push(outcome);
+            return Judged {
+                pass: false,
+                record: Some(rec),
+                durable: true,
+                track: None,
+                error: Some(error),
+                reply_to: Direction::ToClient,
+                replace: None,
+            };
+        }
+        let request = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": ask_id,
+            "method": "elicitation/create",
+            "params": {
+                "message": self.question(&held, decision.message.as_deref(), arguments, ask.timeout),
+                "requestedSchema": {"type": "object", "properties": {}},
+            },
+        });
+        rec.reason = Some(format!(
+            "held for the approval of the person at the host (elicitation {ask_id}, timeout {}s)",
+            ask.timeout.as_secs()
+        ));
+        rec.detail = Some(serde_json::json!({ "elicitation": ask_id }));
+        self.asks.held.insert(IdKey::Str(ask_id), held);
+        Judged {
+            pass: false,
+            record: Some(rec),
+            durable: true,
+            track: None,
+            error: Some(request.to_string().into_bytes()),
+            reply_to: Direction::ToClient,
+            replace: None,
+        }
+    }
+
+    /// What the person is asked: the server, the tool, the rule and its message, and the
+    /// arguments (credentials and secrets redacted, long values cut).
+    fn question(
+        &self,
+        held: &Held,
+        message: Option<&str>,
+        arguments: Option<&serde_json::Value>,
+        timeout: Duration,
+    ) -> String {
+        let mut q = format!(
+            "mcp-guard: allow the call of `{}` on the MCP server `{}`?\nRule `{}`",
+            held.tool.as_deref().unwrap_or("?"),
+            self.name,
+            held.rule
+        );
+        if let Some(msg) = message {
+            q.push_str(": ");
+            q.push_str(&crate::identity::redact_text(msg));
+        }
+        q.push('\n');
+        if let Some(serde_json::Value::Object(args)) = arguments.map(crate::identity::redact_json) {
+            let mut args = serde_json::Value::Object(args);
+            self.policy.responses().redact(&mut args);
+            if let serde_json::Value::Object(args) = args {
+                for (k, v) in args.iter().take(12) {
+                    let v = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    let cut: String = v.chars().take(200).collect();
+                    let more = if cut.len() < v.len() { "…" } else { "" };
+                    q.push_str(&format!("  {k}: {cut}{more}\n"));
+                }
+            }
+        }
+        q.push_str(&format!(
+            "Accept runs this call once, as shown. Decline, cancel or no answer within {}s refuses it.",
+            timeout.as_secs()
+        ));
+        q
+    }
+
+    /// The host's answer to one of the guard's elicitations, or `None` for any other
+    /// response. Never forwarded: the server did not ask.
+    pub(super) fn answer(&mut self, m: &Message<'_>) -> Option<Judged> {
+        let id = m.id?;
+        let held = self.asks.held.remove(&IdKey::of(id))?;
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            action: String,
+        }
+        let outcome = match m.result.map(|r| serde_json::from_str::<Answer>(r.get())) {
+            Some(Ok(a)) if a.action == "accept" => Outcome::Approved,
+            Some(Ok(a)) if a.action == "decline" => Outcome::Declined,
+            Some(Ok(a)) if a.action == "cancel" => Outcome::Cancelled,
+            _ => Outcome::Failed,
+        };
+        let record = self.outcome(&held, outcome);
+        if outcome != Outcome::Approved {
+            self.counters.denied += 1;
+            let error = self.refusal_of(&held, outcome);
+            return Some(Judged {
+                pass: false,
+                record: Some(record),
+                durable: true,
+                track: None,
+                error: Some(error),
+                reply_to: Direction::ToClient,
+                replace: None,
+            });
+        }
+        if held.remember
+            && let (Some(t), Some(d)) = (&held.tool, &held.args_sha256)
+        {
+            self.asks.remembered.insert((t.clone(), d.clone()));
+        }
+        self.pending.insert(
+            held.key.clone(),
+            Pending {
+                record: held.record.clone(),
+                method: "tools/call".into(),
+                tool: held.tool.clone(),
+                since: Instant::now(),
+                id: held.id.clone(),
+            },
+        );
+        // The held bytes go to the server: the answer's own refusal slot carries them.
+        Some(Judged {
+            pass: false,
+            record: Some(record),
+            durable: true,
+            track: None,
+            error: Some(held.line),
+            reply_to: Direction::ToServer,
+            replace: None,
+        })
+    }
+
+    /// The host withdrew a request (`notifications/cancelled`): if it is held, it is
+    /// dropped, and the host told to close the question.
+    pub(super) fn withdraw(&mut self, m: &Message<'_>) -> Option<()> {
+        let request = m.params_value.as_ref()?.get("requestId")?;
+        let raw = RawValue::from_string(request.to_string()).ok()?;
+        let key = IdKey::of(&raw);
+        let ask = self
+            .asks
+            .held
+            .iter()
+            .find(|(_, h)| h.key == key)
+            .map(|(k, _)| k.clone())?;
+        let held = self.asks.held.remove(&ask)?;
+        let record = self.outcome(&held, Outcome::Withdrawn);
+        self.alerts.push(record);
+        self.asks.queued.push(Act::ToClient(cancel_line(
+            &held.ask_id,
+            "the call was cancelled",
+        )));
+        Some(())
+    }
+
+    /// Held calls past their deadline: refused, and the host told to close the question.
+    pub(super) fn expire(&mut self, now: Instant, acts: &mut Vec<Act>) {
+        if self.asks.is_empty() {
+            return;
+        }
+        let due: Vec<IdKey> = self
+            .asks
+            .held
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            let Some(held) = self.asks.held.remove(&k) else {
+                continue;
+            };
+            self.counters.denied += 1;
+            let record = self.outcome(&held, Outcome::Timeout);
+            self.alerts.push(record);
+            acts.push(Act::ToClient(cancel_line(&held.ask_id, "timed out")));
+            let mut e = self.refusal_of(&held, Outcome::Timeout);
+            e.push(b'\n');
+            acts.push(Act::ToClient(e));
+        }
+    }
+
+    /// Held calls when the session ends: refused, recorded.
+    pub(super) fn abandon_asks(&mut self, why: &str, out: &mut Vec<u8>, records: &mut Vec<Record>) {
+        for (_, held) in std::mem::take(&mut self.asks.held) {
+            out.extend(error_line(&held.id, code::SERVER_FAILED, why, None));
+            out.push(b'\n');
+            let mut rec = self.outcome(&held, Outcome::Cancelled);
+            rec.reason = Some(format!("still held when the session ended: {why}"));
+            records.push(rec);
+        }
+    }
+
+    /// The `approval` record of an outcome, linked to the request's record.
+    fn outcome(&self, held: &Held, outcome: Outcome) -> Record {
+        let mut rec = self.record(RecordKind::Approval);
+        rec.direction = Some(Direction::ToServer.flow());
+        rec.decision = Some(if outcome == Outcome::Approved {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        });
+        rec.rule = Some(held.rule.clone());
+        rec.reason = Some(outcome.why().to_string());
+        rec.method = Some("tools/call".into());
+        rec.tool = held.tool.clone();
+        rec.request_id = Some(recorded_id(&held.id));
+        rec.args_sha256 = held.args_sha256.clone();
+        rec.links = Some(held.record.clone());
+        rec.detail = Some(serde_json::json!({
+            "outcome": outcome.name(),
+            "elicitation": held.ask_id,
+            "waited_ms": held.asked.elapsed().as_millis() as u64,
+            "remember": if held.remember { "session" } else { "call" },
+        }));
+        rec
+    }
+
+    /// The error the host gets for a refused held call.
+    fn refusal_of(&self, held: &Held, outcome: Outcome) -> Vec<u8> {
+        let message = format!(
+            "refused by mcp-guard rule `{}`: {}",
+            held.rule,
+            outcome.why()
+        );
+        let data = serde_json::json!({ "mcp_guard": {
+            "rule": held.rule,
+            "record": held.record,
+            "approval": outcome.name(),
+        }});
+        error_line(&held.id, code::DENIED, &message, Some(data))
+    }
+}
+
+/// `notifications/cancelled` for the guard's own elicitation, so the host closes it.
+fn cancel_line(ask_id: &str, reason: &str) -> Vec<u8> {
+    let mut line = serde_json::json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/cancelled",
+        "params": { "requestId": ask_id, "reason": reason },
+    })
+    .to_string()
+    .into_bytes();
+    line.push(b'\n');
+    line
+}
