@@ -14,7 +14,9 @@ second round of calls, after another file appears), poke (a unix socket: before 
 the host connects to it and writes a few bytes, local socket traffic beside the session),
 cpu (run the host and its servers on this CPU only), exec_pause (seconds each server's
 process stays forked, still under the host's name, before it runs the server, as a busy
-host's children do), rename (a new name the host gives
+host's children do), elicit (the person's answer to an elicitation: accept, decline or
+cancel; without it the host declares no elicitation capability), elicit_delay (seconds
+before answering), rename (a new name the host gives
 itself with prctl(PR_SET_NAME) once its servers run, as hosts that name their threads do). Prints one JSON line per session:
 {"ok": [...], "errors": [...]}.
 """
@@ -89,6 +91,20 @@ def poke(path: str) -> None:
         s.sendall(b"hello\n")
 
 
+def person(spec: dict) -> dict:
+    """The session's elicitation callback, as the spec's `elicit` answers."""
+    if not spec.get("elicit"):
+        return {}
+    from mcp import types
+
+    async def answer(context, params):
+        await anyio.sleep(spec.get("elicit_delay", 0))
+        action = spec["elicit"]
+        return types.ElicitResult(action=action, content={} if action == "accept" else None)
+
+    return {"elicitation_callback": answer}
+
+
 async def one(spec: dict, out: list) -> None:
     if spec.get("url"):
         return await over_http(spec, out)
@@ -98,7 +114,7 @@ async def one(spec: dict, out: list) -> None:
     guard = Wrap(spec["wrap"]) if spec.get("wrap") else None
     result: dict = {"ok": [], "errors": []}
     try:
-        async with harness.open_session(server, guard) as peer:
+        async with harness.open_session(server, guard, **person(spec)) as peer:
             if spec.get("rename"):
                 rename(spec["rename"])
             for gate_key, calls_key in (("start_gate", "calls"), ("then_gate", "then_calls")):

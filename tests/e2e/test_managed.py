@@ -113,6 +113,43 @@ def test_managed_decisions_are_the_daemons(daemon, world: Path) -> None:
     assert not calls(audit_records(shim_audit))
 
 
+ASK_WRITES = """default = "allow"
+
+[[rule]]
+id = "ask-writes"
+tool = "write_file"
+action = "ask"
+timeout = "1s"
+"""
+
+
+@pytest.mark.parametrize("answer,delay,written,outcome", [
+    ("accept", 0, True, "approved"),
+    ("decline", 0, False, "declined"),
+    ("accept", 4, False, "timeout"),
+])
+def test_managed_ask_is_the_daemons_and_the_shim_carries_it(daemon, world: Path, answer: str, delay: float,
+                                                            written: bool, outcome: str) -> None:
+    """The daemon decides `ask` and holds the call; the shim carries the elicitation to the
+    host and its answer back; the daemon's clock (driven by the shim) refuses a late one."""
+    d = daemon(ASK_WRITES)
+    root = world / "root"
+    root.mkdir()
+    target = root / "x.txt"
+    results = run_client({"server": "filesystem", "root": str(root), "wrap": wrap_argv(d),
+                          "elicit": answer, "elicit_delay": delay,
+                          "calls": [["write_file", {"path": str(target), "content": "x"}]]})
+    assert target.exists() == written, results
+    if not written:
+        assert "ask-writes" in results[0]["errors"][0], results
+    recs = managed_records(d)
+    req = [r for r in calls(recs) if r["tool"] == "write_file"]
+    assert req and req[0]["decision"] == "ask", harness.describe(recs)
+    appr = [r for r in recs if r["kind"] == "approval"]
+    assert [a["detail"]["outcome"] for a in appr] == [outcome], harness.describe(recs)
+    assert appr[0]["links"] == req[0]["id"]
+
+
 def test_own_policy_only_adds_denials(daemon, world: Path) -> None:
     d = daemon()
     root = world / "root"
