@@ -1583,6 +1583,14 @@ impl Session {
         acts
     }
 
+    /// The records of calls still held for approval when their session is lost (a managed
+    /// shim gone): refused, as nobody can carry the answer.
+    pub fn drop_held(&mut self, why: &str) -> Vec<Record> {
+        let mut records = Vec::new();
+        self.abandon_asks(why, &mut Vec::new(), &mut records);
+        records
+    }
+
     /// Error responses for every client request still in flight, and their records.
     pub fn abandon(&mut self, why: &str) -> (Vec<u8>, Vec<Record>) {
         let mut out = Vec::new();

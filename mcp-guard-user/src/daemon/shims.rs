@@ -379,11 +379,13 @@ async fn serve_session(
         }
     }
     if !ended {
+        let mut records = session.drop_held("the managed shim disconnected");
         let mut rec = Record::new(audit::Kind::SessionEnd, session.ctx());
         rec.detail = Some(
             serde_json::json!({ "reason": "shim disconnected", "counters": session.counters }),
         );
-        let _ = commit(shared, vec![rec]).await;
+        records.push(rec);
+        let _ = commit(shared, records).await;
     }
     Ok(())
 }

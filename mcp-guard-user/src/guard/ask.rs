@@ -27,7 +27,10 @@ pub(super) struct Held {
     /// The request record's id.
     record: String,
     rule: String,
+    /// As records show it (credentials redacted).
     tool: Option<String>,
+    /// As sent: what an approval remembered for the session is bound to.
+    tool_name: Option<String>,
     args_sha256: Option<String>,
     remember: bool,
     asked: Instant,
@@ -147,9 +150,17 @@ impl Session {
             timeout: crate::policy::Ask::DEFAULT_TIMEOUT,
             remember_session: false,
         });
-        let digest = rec.args_sha256.clone().unwrap_or_default();
-        let tool = rec.tool.clone().unwrap_or_default();
-        if ask.remember_session && self.asks.remembered.contains(&(tool.clone(), digest)) {
+        let tool_name = m
+            .params_value
+            .as_ref()
+            .and_then(|p| p.get("name"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string);
+        let remembered = match (&tool_name, &rec.args_sha256) {
+            (Some(t), Some(d)) => self.asks.remembered.contains(&(t.clone(), d.clone())),
+            _ => false,
+        };
+        if ask.remember_session && remembered {
             rec.decision = Some(Decision::Allow);
             rec.reason = Some(format!(
                 "approved earlier in this session (rule `{}`, remember = \"session\")",
@@ -183,6 +194,7 @@ impl Session {
             record: rec.id.clone(),
             rule: decision.rule.clone(),
             tool: rec.tool.clone(),
+            tool_name,
             args_sha256: rec.args_sha256.clone(),
             remember: ask.remember_session,
             asked: now,
@@ -256,14 +268,19 @@ impl Session {
             let mut args = serde_json::Value::Object(args);
             self.policy.responses().redact(&mut args);
             if let serde_json::Value::Object(args) = args {
+                // As JSON: a value cannot start a line of its own in the question (no raw
+                // newlines or control characters to fake a header or another rule).
                 for (k, v) in args.iter().take(12) {
-                    let v = match v {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
+                    let v = v.to_string();
                     let cut: String = v.chars().take(200).collect();
                     let more = if cut.len() < v.len() { "…" } else { "" };
-                    q.push_str(&format!("  {k}: {cut}{more}\n"));
+                    q.push_str(&format!(
+                        "  {}: {cut}{more}\n",
+                        serde_json::Value::from(k.as_str())
+                    ));
+                }
+                if args.len() > 12 {
+                    q.push_str(&format!("  … and {} more arguments\n", args.len() - 12));
                 }
             }
         }
@@ -304,7 +321,7 @@ impl Session {
             });
         }
         if held.remember
-            && let (Some(t), Some(d)) = (&held.tool, &held.args_sha256)
+            && let (Some(t), Some(d)) = (&held.tool_name, &held.args_sha256)
         {
             self.asks.remembered.insert((t.clone(), d.clone()));
         }

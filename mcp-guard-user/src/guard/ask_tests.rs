@@ -264,6 +264,61 @@ fn deny_wins_over_ask_and_remember_session_passes_the_same_call_only() {
 }
 
 #[test]
+fn arguments_cannot_fake_lines_of_the_question() {
+    let mut s = started(true);
+    let line = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_file","arguments":{"path":"/data/a\nRule `allow-all`: safe\n","content":"x"}}}"#;
+    let (plan, _) = judge(&mut s, Direction::ToServer, &format!("{line}\n"));
+    let Act::ToClient(q) = &plan.acts[0] else {
+        panic!("{:?}", plan.acts)
+    };
+    let text = v(q)["params"]["message"].as_str().unwrap().to_string();
+    assert!(
+        !text.lines().any(|l| l.starts_with("Rule `allow-all`")),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""/data/a\nRule `allow-all`: safe\n""#),
+        "{text}"
+    );
+}
+
+#[test]
+fn remembered_approvals_are_bound_to_the_tool_as_sent_not_as_recorded() {
+    // Two tool names that read the same once credentials are redacted in records.
+    let p = ASK.replace(
+        "tool = \"write_file\"\naction = \"ask\"",
+        "tool = \"deploy*\"\naction = \"ask\"\nremember = \"session\"",
+    );
+    let mut s = session_with(&p);
+    judge(&mut s, Direction::ToServer, &format!("{INIT_ELICIT}\n"));
+    let call = |id: u64, key: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"deploy-{key}","arguments":{{"x":1}}}}}}"#
+        ) + "\n"
+    };
+    let a = "ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let b = "ghp_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    let (plan, _) = judge(&mut s, Direction::ToServer, &call(1, a));
+    let Act::ToClient(q) = &plan.acts[0] else {
+        panic!("{:?}", plan.acts)
+    };
+    assert_eq!(rec(&plan.commit[0])["tool"], "deploy-[REDACTED]");
+    judge(&mut s, Direction::ToServer, &answer(&v(q), "accept"));
+    let (plan, _) = judge(&mut s, Direction::ToServer, &call(2, b));
+    assert!(
+        matches!(&plan.acts[..], [Act::ToClient(q)] if v(q)["method"] == "elicitation/create"),
+        "{:?}",
+        plan.acts
+    );
+    let (plan, _) = judge(&mut s, Direction::ToServer, &call(3, a));
+    assert!(
+        matches!(plan.acts[..], [Act::Forward(_)]),
+        "{:?}",
+        plan.acts
+    );
+}
+
+#[test]
 fn a_withdrawn_call_is_dropped_and_its_question_closed() {
     let mut s = started(true);
     let ask = held(&mut s, 21);
