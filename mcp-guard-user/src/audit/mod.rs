@@ -607,7 +607,9 @@ impl Sealer {
     fn seal(&self, closing: bool) -> bool {
         let res = self.writer.lock().unwrap_or_else(|p| p.into_inner()).seal();
         match res {
-            Ok(()) => {
+            // Nothing to seal (another writer's seal, or a signed commit, came first).
+            Ok(false) => true,
+            Ok(true) => {
                 let generation = self.written.fetch_add(1, Ordering::AcqRel) + 1;
                 self.sync.as_ref().is_none_or(|s| {
                     (!closing && s.covered_within(generation, SEAL_WITHIN))

@@ -118,18 +118,18 @@ impl Writer {
     /// unsigned unless `sign` or the write carries a notice: they are covered by the next
     /// signature through the chain (see [`Writer::seal`]).
     pub fn write(&mut self, records: &mut [Record], sign: bool) -> io::Result<()> {
-        self.write_or_seal(records, sign)
+        self.write_or_seal(records, sign).map(|_| ())
     }
 
     /// Signs the chain head: appends a signed `seal` record when the file's last record is
-    /// unsigned (whoever wrote it), else does nothing.
-    pub fn seal(&mut self) -> io::Result<()> {
+    /// unsigned (whoever wrote it), else does nothing. Whether anything was written.
+    pub fn seal(&mut self) -> io::Result<bool> {
         self.write_or_seal(&mut [], true)
     }
 
     /// Writes `records`, the last line signed when `sign` is set; with no records, `sign`
     /// seals an unsigned tail.
-    fn write_or_seal(&mut self, records: &mut [Record], sign: bool) -> io::Result<()> {
+    fn write_or_seal(&mut self, records: &mut [Record], sign: bool) -> io::Result<bool> {
         let res = self.try_write(records, sign);
         if let Err(e) = &res {
             self.known_end = None;
@@ -145,7 +145,8 @@ impl Writer {
         res
     }
 
-    fn try_write(&mut self, records: &mut [Record], sign: bool) -> io::Result<()> {
+    /// Whether anything was written.
+    fn try_write(&mut self, records: &mut [Record], sign: bool) -> io::Result<bool> {
         let (locked, start) = self.lock()?;
         if let Some(first) = records.first() {
             self.session = first.session.clone();
@@ -192,7 +193,8 @@ impl Writer {
         }
         if notices.is_empty() && records.is_empty() {
             self.started = true;
-            return Ok(());
+            self.unlock(locked);
+            return Ok(false);
         }
         let mut last = self.last.clone();
         let total = notices.len() + records.len();
@@ -244,7 +246,7 @@ impl Writer {
             tracing::warn!(error = %e, path = %self.path.display(), "cannot rotate the audit log");
         }
         self.unlock(locked);
-        Ok(())
+        Ok(true)
     }
 
     /// Removes what a rotation cut short by a crash left behind: a rotated name that is
