@@ -36,6 +36,17 @@ const LAYOUT: &[(Host, &str, &str)] = &[
     (Host::Zed, "zed.jsonc", ".config/zed/settings.json"),
     (Host::Codex, "codex.toml", ".codex/config.toml"),
     (Host::Continue, "continue.yaml", ".continue/config.yaml"),
+    (
+        Host::Continue,
+        "continue_block.yaml",
+        ".continue/mcpServers/postgres.yaml",
+    ),
+    (
+        Host::Continue,
+        "continue_block.json",
+        ".continue/mcpServers/filesystem.json",
+    ),
+    (Host::Goose, "goose.yaml", ".config/goose/config.yaml"),
     (Host::LmStudio, "lmstudio.json", ".lmstudio/mcp.json"),
     (
         Host::OpenCode,
@@ -144,14 +155,62 @@ fn scan_finds_every_host_and_server() {
     assert_eq!(srv(Host::LmStudio, "hf").transport, Transport::Stdio);
     assert_eq!(srv(Host::Cursor, "linear").transport, Transport::Remote);
 
-    let yaml = get(Host::Continue);
-    assert!(yaml.error.as_deref().unwrap().contains("YAML"), "{yaml:?}");
-    assert!(yaml.servers.is_empty());
+    let at = |rel: &str| {
+        found
+            .iter()
+            .find(|f| f.path.ends_with(rel))
+            .unwrap_or_else(|| panic!("{rel} not found"))
+    };
+    let cont = at(".continue/config.yaml");
+    assert!(cont.error.is_none(), "{cont:?}");
+    let names: Vec<(&str, Transport)> = cont
+        .servers
+        .iter()
+        .map(|s| (s.name.as_str(), s.transport))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("SQLite MCP", Transport::Stdio),
+            ("Playwright", Transport::Stdio),
+            ("Memory", Transport::Stdio),
+            ("Time", Transport::Stdio),
+            ("Docs", Transport::Remote),
+            ("Events", Transport::Remote)
+        ]
+    );
+    assert_eq!(cont.servers[2].command.as_deref(), Some("uvx"));
+    assert_eq!(
+        cont.servers[0].args,
+        ["-y", "mcp-sqlite", "/home/alice/db.sqlite"]
+    );
+    let block = at(".continue/mcpServers/postgres.yaml");
+    assert_eq!(block.servers[0].name, "postgres");
+    let json = at(".continue/mcpServers/filesystem.json");
+    assert_eq!(json.format, hosts::Format::Json);
+    assert_eq!(json.servers[1].transport, Transport::Remote);
+    let goose = get(Host::Goose);
+    let kinds: Vec<(&str, Transport)> = goose
+        .servers
+        .iter()
+        .map(|s| (s.name.as_str(), s.transport))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("developer", Transport::Unknown),
+            ("github", Transport::Stdio),
+            ("fetch", Transport::Stdio),
+            ("memory", Transport::Stdio),
+            ("remote-tools", Transport::Remote),
+            ("api", Transport::Remote)
+        ]
+    );
 }
 
 #[test]
 fn wrap_unwrap_round_trip_every_fixture() {
-    for (host, fx, _) in LAYOUT.iter().filter(|(h, ..)| *h != Host::Continue) {
+    for (host, fx, _) in LAYOUT {
         let text = fs::read_to_string(fixtures().join(fx)).unwrap();
         let (wrapped, changes) =
             hosts::wrap_text(*host, &text, BIN).unwrap_or_else(|e| panic!("{fx}: {e:#}"));
@@ -259,13 +318,16 @@ fn unparsable_file_is_an_error_naming_the_file_and_untouched() {
     assert_eq!(fs::read(&p).unwrap(), before);
     let f = hosts::scan_file(&p, Host::Cursor);
     assert!(f.error.unwrap().contains("mcp.json"));
-    // YAML is refused with a clear message
+    // Broken YAML: the same, with the parser's line and column.
     let y = dir.path().join("config.yaml");
-    fs::copy(fixtures().join("continue.yaml"), &y).unwrap();
+    fs::write(&y, "mcpServers:\n  - name: a\n    command: [npx\n").unwrap();
     let err = hosts::wrap_file(&y, Host::Continue, BIN)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("YAML") && err.contains("config.yaml"), "{err}");
+    assert!(
+        err.contains("cannot parse as YAML") && err.contains("config.yaml") && err.contains("line"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -27,6 +27,8 @@ const EXPECTED: &[&str] = &[
     "node/node_modules/.bin/mcp-server-everything",
     "node/node_modules/.bin/mcp-server-filesystem",
     "node/node_modules/.bin/mcp-server-memory",
+    // The YAML reader the host-config tests check edits against (Continue reads with it).
+    "node/node_modules/yaml/package.json",
     "venv/bin/python",
     "venv/bin/mcp-server-time",
     "venv/bin/mcp-server-git",

@@ -93,6 +93,7 @@ fn arr(a: &Array) -> ArgsArr {
     ArgsArr {
         open: a.range.start + 1,
         elems: a.elements.iter().map(spanned).collect(),
+        sep: ", ".into(),
     }
 }
 

@@ -12,6 +12,7 @@ mod json;
 mod paths;
 mod toml;
 mod write;
+mod yaml;
 
 use std::fmt;
 use std::ops::Range;
@@ -190,9 +191,12 @@ pub(crate) struct Spanned {
 
 #[derive(Debug, Clone)]
 pub(crate) struct ArgsArr {
-    /// Byte index just after the `[`.
+    /// Byte index just after the `[` (a YAML block sequence: its first `-`).
     pub open: usize,
     pub elems: Vec<Spanned>,
+    /// What goes between two items: `, `, or a YAML block sequence's line break,
+    /// indentation and `- `.
+    pub sep: String,
 }
 
 #[derive(Debug, Clone)]
@@ -279,11 +283,9 @@ fn parse_entries(host: Host, text: &str) -> std::result::Result<Vec<RawEntry>, S
     match host.format() {
         Format::Json | Format::Jsonc => json::entries(host, text),
         Format::Toml => toml::entries(host, text),
-        Format::Yaml => Err(format!(
-            "{} keeps its servers in YAML, which mcp-guard does not edit; wrap them by hand \
-             (command: mcp-guard, args: [wrap, --name, NAME, --, CMD, ARGS...])",
-            host
-        )),
+        // A Continue block file may be JSON copied from another host.
+        Format::Yaml if yaml::is_json(text) => json::entries(host, text),
+        Format::Yaml => yaml::entries(host, text),
     }
 }
 
@@ -315,6 +317,15 @@ pub fn scan_file(path: &Path, host: Host) -> Found {
     match std::fs::read_to_string(path) {
         Err(e) => found.error = Some(format!("{}: cannot read: {e}", path.display())),
         Ok(text) => match parse_entries(host, &text) {
+            _ if found.format == Format::Yaml && yaml::is_json(&text) => {
+                found.format = Format::Json;
+                match parse_entries(host, &text) {
+                    Ok(entries) => {
+                        found.servers = entries.iter().map(RawEntry::to_server).collect()
+                    }
+                    Err(e) => found.error = Some(format!("{}: {e}", path.display())),
+                }
+            }
             Ok(entries) => found.servers = entries.iter().map(RawEntry::to_server).collect(),
             Err(e) => found.error = Some(format!("{}: {e}", path.display())),
         },
@@ -372,14 +383,14 @@ pub fn wrap_text(host: Host, text: &str, bin: &str) -> Result<(String, Vec<Strin
             continue;
         }
         let Some(shape) = &e.shape else { continue };
-        let prefix = |raw_cmd: &str| {
-            format!(
-                "{}, {}, {}, {}, {raw_cmd}",
-                enc("wrap"),
-                enc("--name"),
-                enc(&e.name),
-                enc("--")
-            )
+        let yaml = host.format() == Format::Yaml && !yaml::is_json(text);
+        let prefix = |raw_cmd: &str, value: &str, sep: &str| {
+            let moved = if yaml {
+                yaml::movable(raw_cmd, value, sep == ", ")
+            } else {
+                raw_cmd.to_string()
+            };
+            [enc("wrap"), enc("--name"), enc(&e.name), enc("--"), moved].join(sep)
         };
         match shape {
             Shape::Separate {
@@ -388,15 +399,16 @@ pub fn wrap_text(host: Host, text: &str, bin: &str) -> Result<(String, Vec<Strin
                 absent_insert,
                 ..
             } => {
-                if cmd.value.is_none() {
+                let Some(value) = &cmd.value else {
                     continue;
-                }
-                let p = prefix(&text[cmd.range.clone()]);
+                };
+                let sep = args.as_ref().map_or(", ", |a| a.sep.as_str());
+                let p = prefix(&text[cmd.range.clone()], value, sep);
                 splices.push((cmd.range.clone(), enc(bin)));
                 match args {
                     Some(a) if !a.elems.is_empty() => {
                         let at = a.elems[0].range.start;
-                        splices.push((at..at, format!("{p}, ")));
+                        splices.push((at..at, format!("{p}{sep}")));
                     }
                     Some(a) => splices.push((a.open..a.open, p)),
                     None => {
@@ -602,3 +614,6 @@ pub fn owned_by(path: &Path, uid: u32, home: &Path) -> bool {
     };
     real.starts_with(&home) && std::fs::metadata(&real).is_ok_and(|m| m.uid() == uid)
 }
+
+#[cfg(test)]
+mod yaml_tests;

@@ -90,6 +90,7 @@ fn entry_of(text: &str, name: &str, t: &dyn TableLike, inline: bool) -> RawEntry
                 ArgsArr {
                     open: sp.start + 1,
                     elems,
+                    sep: ", ".into(),
                 },
                 sp,
             ))

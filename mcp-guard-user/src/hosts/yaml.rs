@@ -1,0 +1,451 @@
+//! YAML hosts (Goose, Continue): saphyr-parser's events carry source spans, from which a
+//! small tree is built; only the spans of the command scalar and the start of the `args`
+//! sequence are edited, so comments, quoting, key order and block or flow style stay as
+//! they are.
+//!
+//! - Goose, `~/.config/goose/config.yaml`: `extensions:` is a map of extensions;
+//!   `type: stdio` ones have `cmd`, `args`, `envs`; `sse` / `streamable_http` ones a
+//!   `uri`; `builtin`, `platform`, `frontend`, `inline_python` run inside Goose.
+//! - Continue, `config.yaml` and block files in `.continue/mcpServers/`: `mcpServers:` is
+//!   a list of `{name, command, args, env}` (`type: sse` / `streamable-http` with `url`);
+//!   a block file copied from another host may have a `mcpServers:` map instead.
+
+use std::ops::Range;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+
+use super::{ArgsArr, Host, RawEntry, Shape, Spanned, Transport};
+
+/// A node of the document, with byte ranges into the text.
+#[derive(Debug)]
+enum Node {
+    Scalar {
+        value: String,
+        style: ScalarStyle,
+        range: Range<usize>,
+    },
+    Seq {
+        /// Flow (`[a, b]`) rather than block (`- a`).
+        flow: bool,
+        /// The `[`, or the first `-`.
+        start: usize,
+        /// Just after the `]` (flow).
+        end: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        flow: bool,
+        entries: Vec<(Node, Node)>,
+    },
+    /// An alias, or a tagged node: not read.
+    Other,
+}
+
+impl Node {
+    fn str(&self) -> Option<&str> {
+        match self {
+            Node::Scalar { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    /// The value under `key` in a map.
+    fn get(&self, key: &str) -> Option<&(Node, Node)> {
+        match self {
+            Node::Map { entries, .. } => entries.iter().find(|(k, _)| k.str() == Some(key)),
+            _ => None,
+        }
+    }
+
+    fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(|(_, v)| v.str())
+    }
+}
+
+/// Byte offsets of the parser's character positions.
+struct Offsets(Vec<usize>);
+
+impl Offsets {
+    fn new(text: &str) -> Offsets {
+        let mut v: Vec<usize> = text.char_indices().map(|(b, _)| b).collect();
+        v.push(text.len());
+        Offsets(v)
+    }
+
+    fn at(&self, chars: usize) -> usize {
+        self.0.get(chars).copied().unwrap_or(usize::MAX)
+    }
+
+    fn range(&self, span: &Span) -> Range<usize> {
+        self.at(span.start.index())..self.at(span.end.index())
+    }
+}
+
+/// A collection being read, and for a map the key waiting for its value.
+struct Open {
+    node: Node,
+    key: Option<Node>,
+}
+
+/// Builds the tree of the first document.
+fn tree(text: &str) -> Result<Option<Node>, String> {
+    let offsets = Offsets::new(text);
+    let mut parser = Parser::new_from_str(text);
+    let mut stack: Vec<Open> = Vec::new();
+    while let Some(ev) = parser.next_event() {
+        let (ev, span) = ev.map_err(|e| format!("cannot parse as YAML: {e}"))?;
+        let r = offsets.range(&span);
+        let node = match ev {
+            Event::SequenceStart(_, Some(_)) | Event::MappingStart(_, Some(_)) => {
+                // A tagged collection: skipped whole, read as nothing.
+                skip(&mut parser)?;
+                Node::Other
+            }
+            Event::SequenceStart(..) => {
+                let node = Node::Seq {
+                    flow: r.end > r.start,
+                    start: r.start,
+                    end: r.end,
+                    items: Vec::new(),
+                };
+                stack.push(Open { node, key: None });
+                continue;
+            }
+            Event::MappingStart(..) => {
+                let node = Node::Map {
+                    flow: r.end > r.start,
+                    entries: Vec::new(),
+                };
+                stack.push(Open { node, key: None });
+                continue;
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let mut done = stack.pop().ok_or("unbalanced YAML events")?.node;
+                if let Node::Seq { end, .. } = &mut done {
+                    *end = r.end;
+                }
+                done
+            }
+            Event::Scalar(value, style, _, None) => Node::Scalar {
+                value: value.into_owned(),
+                style,
+                range: r.start..scalar_end(text, &r, style),
+            },
+            Event::Scalar(..) | Event::Alias(_) => Node::Other,
+            _ => continue,
+        };
+        let Some(open) = stack.last_mut() else {
+            // The first document's root: what follows it is not read.
+            return Ok(Some(node));
+        };
+        match &mut open.node {
+            Node::Seq { items, .. } => items.push(node),
+            Node::Map { entries, .. } => match open.key.take() {
+                None => open.key = Some(node),
+                Some(k) => entries.push((k, node)),
+            },
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Where a scalar starting at `r.start` ends: the parser's span may run on over the
+/// blanks and comment that follow it.
+fn scalar_end(text: &str, r: &Range<usize>, style: ScalarStyle) -> usize {
+    let b = text.as_bytes();
+    let close = |quote: u8| {
+        let mut i = r.start + 1;
+        while i < b.len() {
+            match b[i] {
+                b'\\' if quote == b'"' => i += 2,
+                q if q == quote && quote == b'\'' && b.get(i + 1) == Some(&b'\'') => i += 2,
+                q if q == quote => return i + 1,
+                _ => i += 1,
+            }
+        }
+        r.end
+    };
+    match style {
+        ScalarStyle::DoubleQuoted => close(b'"'),
+        ScalarStyle::SingleQuoted => close(b'\''),
+        ScalarStyle::Plain => {
+            let span = text.get(r.clone()).unwrap_or_default();
+            // A comment starts at a `#` after a blank; a plain scalar cannot hold one.
+            let cut = span
+                .char_indices()
+                .find(|&(i, c)| c == '#' && i > 0 && span[..i].ends_with([' ', '\t']))
+                .map_or(span.len(), |(i, _)| i);
+            r.start + span[..cut].trim_end().len()
+        }
+        _ => r.end,
+    }
+}
+
+/// Consumes the events of a collection whose start was just read.
+fn skip(parser: &mut Parser<'_, saphyr_parser::StrInput<'_>>) -> Result<(), String> {
+    let mut depth = 1usize;
+    while depth > 0 {
+        let Some(ev) = parser.next_event() else {
+            return Err("unbalanced YAML events".into());
+        };
+        match ev.map_err(|e| format!("cannot parse as YAML: {e}"))?.0 {
+            Event::SequenceStart(..) | Event::MappingStart(..) => depth += 1,
+            Event::SequenceEnd | Event::MappingEnd => depth -= 1,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The server entries of a Goose or Continue config.
+pub(crate) fn entries(host: Host, text: &str) -> Result<Vec<RawEntry>, String> {
+    let root = match tree(text)? {
+        None => return Ok(Vec::new()), // empty file
+        Some(n @ Node::Map { .. }) => n,
+        Some(Node::Scalar { value, .. }) if value.is_empty() => return Ok(Vec::new()),
+        Some(_) => return Err("cannot parse: top level is not a YAML mapping".into()),
+    };
+    unique_keys(text, &root)?;
+    let key = match host {
+        Host::Goose => "extensions",
+        _ => "mcpServers",
+    };
+    let mut out = Vec::new();
+    let container = root.get(key).map(|(_, v)| v);
+    match container {
+        Some(m @ Node::Map { entries, .. }) => {
+            unique_keys(text, m)?;
+            for (k, v) in entries {
+                if let (Some(name), Node::Map { .. }) = (k.str(), v) {
+                    unique_keys(text, v)?;
+                    out.push(entry_of(host, text, name, v));
+                }
+            }
+        }
+        Some(Node::Seq { items, .. }) => {
+            for (i, v) in items.iter().enumerate() {
+                if let Node::Map { .. } = v {
+                    unique_keys(text, v)?;
+                    let name = v
+                        .get_str("name")
+                        .map_or_else(|| format!("#{}", i + 1), str::to_string);
+                    out.push(entry_of(host, text, &name, v));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+/// A key named twice in a map the servers are read from is an error (see `json.rs`):
+/// YAML readers disagree on which one counts.
+fn unique_keys(text: &str, map: &Node) -> Result<(), String> {
+    let Node::Map { entries, .. } = map else {
+        return Ok(());
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (k, _) in entries {
+        if let Node::Scalar { value, range, .. } = k
+            && !seen.insert(value.as_str())
+        {
+            let line = text[..range.start.min(text.len())].matches('\n').count() + 1;
+            return Err(format!(
+                "key `{value}` appears twice in one mapping (line {line}): hosts read one of them; remove one"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A scalar the edit can move and replace: plain or quoted, not a block scalar.
+fn editable(n: &Node) -> Option<Spanned> {
+    match n {
+        Node::Scalar {
+            value,
+            style: ScalarStyle::Plain | ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted,
+            range,
+        } => Some(Spanned {
+            range: range.clone(),
+            value: Some(value.clone()),
+        }),
+        _ => None,
+    }
+}
+
+/// Where the line holding byte `at` starts.
+fn line_start(text: &str, at: usize) -> usize {
+    text[..at].rfind('\n').map_or(0, |i| i + 1)
+}
+
+/// The indentation of a line up to `at`, as spaces: the line's text before `at` must be
+/// spaces, or spaces and the `- ` of a sequence item.
+fn indent_before(text: &str, at: usize) -> Option<String> {
+    let before = &text[line_start(text, at)..at];
+    before
+        .chars()
+        .all(|c| c == ' ' || c == '-')
+        .then(|| " ".repeat(before.chars().count()))
+}
+
+/// The line break of the line holding `at`: where it starts, and what it is.
+fn line_end(text: &str, at: usize) -> (usize, &'static str) {
+    match text[at..].find('\n') {
+        Some(i) if i > 0 && text.as_bytes()[at + i - 1] == b'\r' => (at + i - 1, "\r\n"),
+        Some(i) => (at + i, "\n"),
+        None => (
+            text.len(),
+            if text.contains("\r\n") { "\r\n" } else { "\n" },
+        ),
+    }
+}
+
+fn args_of(text: &str, n: &Node) -> Option<ArgsArr> {
+    let Node::Seq {
+        flow, start, items, ..
+    } = n
+    else {
+        return None;
+    };
+    let elems: Option<Vec<Spanned>> = items.iter().map(editable).collect();
+    let elems = elems?;
+    if *flow {
+        return Some(ArgsArr {
+            open: start + 1,
+            elems,
+            sep: ", ".into(),
+        });
+    }
+    // A block sequence: the first item's line is `<spaces>- <item>` (where the sequence
+    // starts, by the parser's account, differs between indented and indentless ones).
+    let first = elems.first()?.range.start;
+    let before = &text[line_start(text, first)..first];
+    let dash = before.trim_end_matches(' ');
+    let ind = dash.strip_suffix('-')?;
+    if !ind.chars().all(|c| c == ' ') || dash.len() == before.len() {
+        return None;
+    }
+    let (_, nl) = line_end(text, first);
+    Some(ArgsArr {
+        open: first,
+        elems,
+        sep: format!("{nl}{ind}- "),
+    })
+}
+
+fn entry_of(host: Host, text: &str, name: &str, o: &Node) -> RawEntry {
+    let ty = o.get_str("type").unwrap_or_default().to_ascii_lowercase();
+    let url = ["url", "uri"]
+        .iter()
+        .find_map(|k| o.get_str(k))
+        .map(str::to_string);
+    let mut e = RawEntry {
+        name: name.to_string(),
+        scope: None,
+        transport: Transport::Unknown,
+        url: url.clone(),
+        shape: None,
+    };
+    let remote = matches!(
+        ty.as_str(),
+        "sse"
+            | "http"
+            | "streamable_http"
+            | "streamable-http"
+            | "streamablehttp"
+            | "websocket"
+            | "remote"
+    );
+    if remote || url.is_some() {
+        e.transport = Transport::Remote;
+        return e;
+    }
+    // Goose's built-in kinds run inside Goose: nothing to wrap.
+    if !ty.is_empty() && ty != "stdio" {
+        return e;
+    }
+    let cmd_key = if host == Host::Goose {
+        "cmd"
+    } else {
+        "command"
+    };
+    let Some((key, cmd_node)) = o.get(cmd_key) else {
+        return e;
+    };
+    e.transport = Transport::Stdio;
+    let Some(cmd) = editable(cmd_node) else {
+        return e;
+    };
+    let args_entry = o.get("args");
+    let args = match args_entry {
+        None => None,
+        Some((_, n)) => match args_of(text, n) {
+            Some(a) => Some(a),
+            // `args` that is not a list of plain or quoted scalars: left alone.
+            None => return e,
+        },
+    };
+    let Node::Map { flow, .. } = o else {
+        return e;
+    };
+    let Node::Scalar {
+        range: key_range, ..
+    } = key
+    else {
+        return e;
+    };
+    let (absent_insert, absent_removal) = if *flow {
+        let removal = args_entry.and_then(|(k, v)| {
+            let (Node::Scalar { range: kr, .. }, Node::Seq { end, .. }) = (k, v) else {
+                return None;
+            };
+            (text.get(cmd.range.end..kr.start) == Some(", ")).then_some(cmd.range.end..*end)
+        });
+        ((cmd.range.end, ", args: ".to_string()), removal)
+    } else {
+        let Some(ind) = indent_before(text, key_range.start) else {
+            return e;
+        };
+        let (at, nl) = line_end(text, cmd.range.end);
+        let lead = format!("{nl}{ind}args: ");
+        let removal = args_entry.and_then(|(k, v)| {
+            let (Node::Scalar { range: kr, .. }, Node::Seq { start, end, .. }) = (k, v) else {
+                return None;
+            };
+            let between = text.get(at..kr.start)? == &lead[..lead.len() - "args: ".len()];
+            let colon = text.get(kr.end..*start)? == ": ";
+            (between && colon).then_some(at..*end)
+        });
+        ((at, lead), removal)
+    };
+    e.shape = Some(Shape::Separate {
+        cmd,
+        args,
+        absent_insert,
+        absent_removal,
+    });
+    e
+}
+
+/// The command's source text as it can stand as an item of the `args` sequence: as
+/// written when it can (so unwrap gives it back byte for byte), else re-encoded (a plain
+/// scalar with characters that mean something in a flow sequence, or one that spans lines).
+pub(crate) fn movable(raw: &str, value: &str, flow: bool) -> String {
+    let quoted = raw.starts_with('"') || raw.starts_with('\'');
+    let plain_ok = raw
+        .chars()
+        .all(|c| c.is_alphanumeric() || "-_./@+=~%".contains(c));
+    if raw.contains('\n') || (flow && !quoted && !plain_ok) {
+        super::enc(value)
+    } else {
+        raw.to_string()
+    }
+}
+
+/// Whether a Continue block file is JSON (copied from another host) rather than YAML.
+pub(crate) fn is_json(text: &str) -> bool {
+    text.trim_start_matches('\u{feff}')
+        .trim_start()
+        .starts_with('{')
+}
