@@ -621,6 +621,30 @@ impl Session {
         plan: &mut Plan,
     ) {
         self.batch_keys.clear();
+        // The host's answers to the guard's own questions are taken out first: they are
+        // not the server's business, and must not refuse the rest of their batch.
+        let mut items = items;
+        let mut rebuild = false;
+        if dir == Direction::ToServer && !self.asks.is_empty() {
+            let (ours, rest): (Vec<_>, Vec<_>) = items
+                .into_iter()
+                .partition(|it| matches!(it, Ok(m) if self.asks.answers(m)));
+            rebuild = !ours.is_empty();
+            for m in ours.iter().flatten() {
+                if let Some(j) = self.answer(m) {
+                    let (to, error) = (j.reply_to, j.error.clone());
+                    self.settle(j, plan);
+                    if let Some(mut e) = error {
+                        e.push(b'\n');
+                        plan.acts.push(reply(to, e));
+                    }
+                }
+            }
+            items = rest;
+            if items.is_empty() {
+                return;
+            }
+        }
         let judged: Vec<Judged> = items
             .iter()
             .map(|item| match item {
@@ -633,7 +657,7 @@ impl Session {
             // Forwarded as received, unless an element was changed (redacted, filtered):
             // then the batch is rebuilt from the elements, changed ones in their new form.
             let mut parts: Vec<Vec<u8>> = Vec::new();
-            let changed = judged.iter().any(|j| j.replace.is_some());
+            let changed = rebuild || judged.iter().any(|j| j.replace.is_some());
             for (item, mut j) in items.iter().zip(judged) {
                 if changed {
                     let part = j
@@ -813,10 +837,14 @@ impl Session {
     ) -> Option<Judged> {
         let batch = self.batch_keys.len();
         let max = self.limits.max_in_flight;
-        let held = dir == Direction::ToServer && self.asks.holds(key);
+        // Calls held for approval are in flight too: not reusable ids, and counted.
+        let (held, holding) = match dir {
+            Direction::ToServer => (self.asks.holds(key), self.asks.len()),
+            Direction::ToClient => (false, 0),
+        };
         let (table, run) = self.in_flight(dir);
         let live = table.contains_key(key) || held;
-        let full = max > 0 && table.len() + batch >= max;
+        let full = max > 0 && table.len() + holding + batch >= max;
         let refuse = |s: &mut Session, code: i64, rule: &str, why: String, recorded: bool| {
             s.counters.denied += 1;
             let record = (recorded && s.charge()).then(|| {

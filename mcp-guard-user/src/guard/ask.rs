@@ -131,6 +131,17 @@ impl Asks {
     pub(super) fn is_empty(&self) -> bool {
         self.held.is_empty()
     }
+
+    pub(super) fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether `m` is the host's answer to one of the guard's questions.
+    pub(super) fn answers(&self, m: &Message<'_>) -> bool {
+        m.kind == crate::jsonrpc::Kind::Response
+            && m.id
+                .is_some_and(|id| self.held.contains_key(&IdKey::of(id)))
+    }
 }
 
 impl Session {

@@ -319,6 +319,51 @@ fn remembered_approvals_are_bound_to_the_tool_as_sent_not_as_recorded() {
 }
 
 #[test]
+fn held_calls_count_towards_the_in_flight_bound() {
+    let mut s = started(true);
+    s.set_limits(Limits {
+        max_in_flight: 2,
+        ..Limits::default()
+    });
+    held(&mut s, 1);
+    held(&mut s, 2);
+    let (plan, _) = judge(&mut s, Direction::ToServer, &write(3, "/data/c"));
+    let Act::ToClient(e) = &plan.acts[0] else {
+        panic!("{:?}", plan.acts)
+    };
+    assert_eq!(
+        v(e)["error"]["code"],
+        code::TOO_MANY_IN_FLIGHT,
+        "a host is not asked without end"
+    );
+}
+
+#[test]
+fn an_answer_in_a_batch_does_not_refuse_the_rest_of_it() {
+    let mut s = started(true);
+    let ask = held(&mut s, 40);
+    let answer = answer(&ask, "accept");
+    let batch = format!(
+        "[{},{}]\n",
+        answer.trim_end(),
+        r#"{"jsonrpc":"2.0","id":41,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"/data/a"}}}"#
+    );
+    let (plan, _) = judge(&mut s, Direction::ToServer, &batch);
+    assert_eq!(plan.acts.len(), 2, "{:?}", plan.acts);
+    assert_eq!(
+        plan.acts[0],
+        Act::ToServer(write(40, "/data/a").into_bytes())
+    );
+    // The rest of the batch goes on, without the answer.
+    let Act::ToServer(rest) = &plan.acts[1] else {
+        panic!("{:?}", plan.acts)
+    };
+    let rest = v(rest);
+    assert_eq!(rest.as_array().unwrap().len(), 1);
+    assert_eq!(rest[0]["id"], 41);
+}
+
+#[test]
 fn a_withdrawn_call_is_dropped_and_its_question_closed() {
     let mut s = started(true);
     let ask = held(&mut s, 21);
