@@ -327,17 +327,15 @@ impl<K: Kernel, P: Procs> Core<K, P> {
                 found.push(pid);
             }
         }
-        // A host's fork that has not exec'd is its child, captured below with the others.
-        let copies: Vec<u32> = found
+        // A host's descendant that goes by a host's name (its fork before it execs, or a
+        // server that is the host's own program, as `goose mcp developer` is) is captured
+        // below with the host's other descendants, not watched as a host of its own.
+        let below: Vec<u32> = found
             .iter()
             .copied()
-            .filter(|&pid| {
-                self.sys
-                    .forked_copy_of(pid)
-                    .is_some_and(|parent| found.contains(&parent))
-            })
+            .filter(|&pid| self.ancestors(pid).any(|a| found.contains(&a)))
             .collect();
-        found.retain(|pid| !copies.contains(pid));
+        found.retain(|pid| !below.contains(pid));
         for pid in found {
             self.watch_host(pid, flags);
         }
@@ -777,6 +775,15 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             let _ = self.kernel.set_flags(d.tgid, flags & !watch::CAPTURE);
         }
         self.release(&d, false);
+    }
+
+    /// The processes above `pid`, nearest first (at most 64).
+    fn ancestors(&self, pid: u32) -> impl Iterator<Item = u32> + '_ {
+        std::iter::successors(self.sys.parent(pid), |&p| {
+            (p > 1).then(|| self.sys.parent(p)).flatten()
+        })
+        .take_while(|&p| p > 1)
+        .take(64)
     }
 
     /// The nearest watched host above `pid`.
@@ -1244,12 +1251,14 @@ impl<K: Kernel, P: Procs> Core<K, P> {
             if self.hosts.contains_key(&pid) || !self.sys.exists(pid) {
                 continue;
             }
-            // A watched process's fork before it execs goes by its parent's names: making it
-            // a host would watch the server it is about to exec as a host, and not capture it.
+            // A host's descendant (the kernel captures it since its fork) stays captured
+            // whatever it is named: a fork before it execs goes by its host's names, and a
+            // server may be the host's own program (`goose mcp developer`). Watching it as a
+            // host would stop capturing what it reads and writes.
             if self
-                .sys
-                .forked_copy_of(pid)
-                .is_some_and(|parent| self.kernel.watched(parent).is_some())
+                .kernel
+                .watched(pid)
+                .is_some_and(|f| f & watch::CAPTURE != 0)
             {
                 continue;
             }

@@ -111,17 +111,6 @@ pub trait Procs {
         self.stat(pid).map(|(_, p)| p)
     }
 
-    /// `pid`'s parent, when `pid` is a copy of it: the same program with the same command
-    /// line, a fork that has not exec'd (yet). Between fork and exec a host's child goes by
-    /// the host's names; it is the host's child all the same.
-    fn forked_copy_of(&self, pid: u32) -> Option<u32> {
-        let parent = self.parent(pid)?;
-        let same = parent > 1
-            && self.exe(pid).is_some_and(|e| self.exe(parent) == Some(e))
-            && self.cmdline(pid) == self.cmdline(parent);
-        same.then_some(parent)
-    }
-
     /// Whether `pid` runs: it exists and is not a zombie (exited, not yet reaped) or dead.
     fn alive(&self, pid: u32) -> bool {
         self.state(pid)

@@ -1068,13 +1068,44 @@ fn a_hosts_fork_that_has_not_execd_stays_its_child_on_rescan() {
         "the fork is the host's child"
     );
     assert_eq!(t.core.kernel.watched[&300], watch::CAPTURE);
-    // Once it runs another program, the same name makes it a host (a nested host).
-    t.core.sys.procs.get_mut(&300).unwrap().cmdline = vec!["/usr/bin/claude".into(), "-p".into()];
+    // Once it has exec'd the server, still a captured child: the scan that saw the fork
+    // may be handled after the exec.
+    let p = t.core.sys.procs.get_mut(&300).unwrap();
+    p.cmdline = vec!["/usr/bin/node".into(), "srv.js".into()];
+    p.exe = Some("/usr/bin/node".into());
     t.core.scanned(Scan {
         hosts: vec![300],
         alerts: vec![],
     });
-    assert!(t.core.hosts.contains_key(&300));
+    assert!(!t.core.hosts.contains_key(&300));
+    assert_eq!(t.core.kernel.watched[&300], watch::CAPTURE);
+}
+
+#[test]
+fn a_server_that_is_the_hosts_own_program_stays_captured() {
+    // `goose mcp developer`: a stdio server started by the host, named like the host.
+    let mut m = machine();
+    m.add(300, HOST, &["/usr/bin/claude", "mcp", "serve"])
+        .fd(0, "pipe:[7101]")
+        .fd(1, "pipe:[7102]w");
+    let mut t = with("", Config::default(), m);
+    t.core.start();
+    assert!(
+        !t.core.hosts.contains_key(&300),
+        "found at start-up: a child"
+    );
+    assert_eq!(t.core.kernel.watched[&300] & watch::CAPTURE, watch::CAPTURE);
+    // Started after the daemon: the kernel captures it from its fork; a rescan leaves it so.
+    t.core
+        .sys
+        .add(301, HOST, &["/usr/bin/claude", "mcp", "serve"]);
+    t.core.kernel.watched.insert(301, watch::CAPTURE);
+    t.core.scanned(Scan {
+        hosts: vec![HOST, 300, 301],
+        alerts: vec![],
+    });
+    assert!(!t.core.hosts.contains_key(&301));
+    assert_eq!(t.core.kernel.watched[&301], watch::CAPTURE);
 }
 
 #[test]
