@@ -3,7 +3,7 @@
 //! `raw.rs` is the file schema (serde), `compiled/validate.rs` turns it into the rules of
 //! `compiled.rs`, indexed by `compiled/index.rs`; `eval.rs` decides requests, `path.rs`
 //! reads paths every way a server may, `load.rs` finds and reads files, `cmd.rs` is
-//! `mcp-guard policy check | explain`. The language is described in the project's README
+//! `mcp-guard policy check | explain`, `replay.rs` is `mcp-guard policy test`. The language is described in the project's README
 //! (*Policy*).
 //!
 //! Deny wins over allow whatever the order. The default applies, when no allow or deny rule
@@ -22,11 +22,33 @@ mod eval;
 mod load;
 pub mod path;
 mod raw;
+pub mod replay;
 
 pub use compiled::{Observer, Policy, Rate, Rule};
 pub use eval::{Ancestor, Decision, Explanation, Limiter, Principal, Query, Request, RuleReport};
 pub use load::{Chosen, SYSTEM_DIR, Source, chosen, dropins, standalone};
 pub use raw::Reaction;
+
+/// What the policy looks at in a request's `params`: the tool name (the URI for resources,
+/// the prompt name for prompts) and the arguments (for calls and prompts; the whole params
+/// otherwise, so a rule can look at a resource's `/uri` or a sampling request's messages).
+/// The guard, `policy explain --message` and `[[test]]` all read requests through this.
+pub fn call_parts<'a>(
+    method: &str,
+    params: Option<&'a serde_json::Value>,
+) -> (Option<&'a str>, Option<&'a serde_json::Value>) {
+    let field = |k: &str| params.and_then(|p| p.get(k));
+    let tool = match method {
+        "resources/read" | "resources/subscribe" => field("uri"),
+        _ => field("name"),
+    }
+    .and_then(serde_json::Value::as_str);
+    let arguments = match method {
+        "tools/call" | "prompts/get" => field("arguments"),
+        _ => params,
+    };
+    (tool, arguments)
+}
 
 /// The policy used when none is configured.
 pub const BUILTIN: &str = include_str!("../../../policies/default.toml");
