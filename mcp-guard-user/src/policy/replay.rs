@@ -367,15 +367,15 @@ fn replay_one(
 }
 
 /// The new decision of one request record, and the rules that matched it.
-struct Outcome {
-    decision: Result<Decision, String>,
-    matched: Vec<usize>,
-    maybe: Vec<usize>,
+pub(super) struct Outcome {
+    pub decision: Result<Decision, String>,
+    pub matched: Vec<usize>,
+    pub maybe: Vec<usize>,
 }
 
 /// Rebuilds the query the engine saw from the record, with the facts it lacks as gaps,
 /// and replays it.
-fn judge(policy: &Policy, rec: &Value) -> Outcome {
+pub(super) fn judge(policy: &Policy, rec: &Value) -> Outcome {
     let fail = |why: &str| Outcome {
         decision: Err(why.to_string()),
         matched: Vec::new(),

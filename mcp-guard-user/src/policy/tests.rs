@@ -1490,3 +1490,198 @@ fn check_and_explain_exit_codes() {
         .is_err()
     );
 }
+
+// ---- replaying audit records (`policy test`) ----
+
+/// A request record as the guard writes it: alice, through a shim, calling `tool` of the
+/// filesystem server; `extra` fields are added or replace those.
+fn record(tool: &str, extra: Value) -> Value {
+    let mut r = json!({
+        "v": 1, "seq": 7, "time": "2026-01-02T03:04:05.000000Z", "id": "s-7",
+        "kind": "request", "session": "s", "transport": "stdio-shim",
+        "policy_sha256": "00", "mode": "enforce",
+        "principal": {"uid": 1000, "euid": 1000, "user": "alice", "gid": 1000, "groups": [1000, 27]},
+        "agent_host": {"pid": 10, "comm": "claude", "exe": "/usr/bin/node"},
+        "chain": [{"pid": 10, "comm": "claude", "exe": "/usr/bin/node"}, {"pid": 9, "comm": "bash", "exe": "/usr/bin/bash"}],
+        "server": {"name": "filesystem", "pid": 11, "exe": "/usr/bin/node", "argv": ["mcp-server-filesystem", "/srv"]},
+        "direction": "client_to_server", "decision": "allow", "rule": "default",
+        "method": "tools/call", "tool": tool, "request_id": "7",
+        "args_sha256": "ab".repeat(32),
+    });
+    if let (Some(o), Value::Object(e)) = (r.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    r
+}
+
+/// The replayed decision as `decision (rule)`, or `? why`.
+fn replayed(p: &Policy, rec: &Value) -> String {
+    match replay::judge(p, rec).decision {
+        Ok(d) => format!("{} ({})", d.action, d.rule),
+        Err(why) => format!("? {why}"),
+    }
+}
+
+#[test]
+fn replay_decides_what_the_record_keeps() {
+    let p = parse(
+        "[[rule]]\nid = \"no-writes\"\nserver = \"filesystem\"\ntool = \"write_file\"\n\
+         user = \"alice\"\nhost_exe = \"/usr/bin/node\"\nserver_exe = \"node\"\naction = \"deny\"\n",
+    );
+    assert_eq!(
+        replayed(&p, &record("write_file", json!({}))),
+        "deny (no-writes)"
+    );
+    assert_eq!(
+        replayed(&p, &record("read_file", json!({}))),
+        "allow (default)"
+    );
+    let bob = json!({"principal": {"uid": 1001, "user": "bob"}});
+    assert_eq!(replayed(&p, &record("write_file", bob)), "allow (default)");
+    let other = json!({"server": {"name": "git", "exe": "/usr/bin/node"}});
+    assert_eq!(
+        replayed(&p, &record("write_file", other)),
+        "allow (default)"
+    );
+    // What the engine did not know live it does not know now: fail-closed, as then.
+    let unknown = json!({"principal": null, "agent_host": null});
+    assert_eq!(
+        replayed(&p, &record("write_file", unknown)),
+        "deny (no-writes)"
+    );
+}
+
+#[test]
+fn replay_cannot_tell_an_argument_constraint_without_the_arguments() {
+    let p = parse(
+        "[[rule]]\nid = \"no-etc\"\ntool = \"write_file\"\naction = \"deny\"\n\
+         [[rule.args]]\npointer = \"/path\"\nprefix = \"/etc\"\n",
+    );
+    let why = replayed(&p, &record("write_file", json!({})));
+    assert!(
+        why.starts_with("? rule `no-etc` may or may not match: the call's arguments"),
+        "{why}"
+    );
+    // A tool the rule does not name is decided all the same.
+    assert_eq!(
+        replayed(&p, &record("read_file", json!({}))),
+        "allow (default)"
+    );
+    // A call recorded without `args_sha256` had no arguments: the constraint cannot hold.
+    let mut none = record("write_file", json!({}));
+    none.as_object_mut().unwrap().remove("args_sha256");
+    assert_eq!(replayed(&p, &none), "allow (default)");
+}
+
+#[test]
+fn replay_uses_recorded_arguments_only_when_their_digest_proves_them() {
+    let p = parse(
+        "[[rule]]\nid = \"no-etc\"\ntool = \"write_file\"\naction = \"deny\"\n\
+         [[rule.args]]\npointer = \"/path\"\nprefix = \"/etc\"\n",
+    );
+    let args = json!({"path": "/etc/passwd", "content": "x"});
+    let digest = crate::audit::canonical_sha256(&args);
+    let exact = json!({"args": args, "args_sha256": digest});
+    assert_eq!(replayed(&p, &record("write_file", exact)), "deny (no-etc)");
+    let fine = json!({"path": "/srv/a", "content": "x"});
+    let exact = json!({"args": fine, "args_sha256": crate::audit::canonical_sha256(&fine)});
+    assert_eq!(
+        replayed(&p, &record("write_file", exact)),
+        "allow (default)"
+    );
+    // Recorded, but not what was sent (the digest differs): unknown.
+    let wrong = json!({"args": {"path": "/srv/a"}, "args_sha256": digest});
+    assert!(replayed(&p, &record("write_file", wrong)).starts_with("? "));
+    // Recorded with a credential redacted: the digest cannot match, and neither is guessed.
+    let red = json!({"path": "[REDACTED]"});
+    let redacted = json!({"args": red, "args_sha256": crate::audit::canonical_sha256(&red)});
+    assert!(replayed(&p, &record("write_file", redacted)).starts_with("? "));
+}
+
+#[test]
+fn replay_is_undecidable_only_when_the_unknown_rule_could_change_the_decision() {
+    let unknown_first = parse(
+        "[[rule]]\nid = \"etc\"\ntool = \"write_file\"\naction = \"deny\"\n\
+         [[rule.args]]\npointer = \"/path\"\nprefix = \"/etc\"\n\
+         [[rule]]\nid = \"no-writes\"\ntool = \"write_file\"\naction = \"deny\"\n",
+    );
+    // Denied either way, but by which rule is not known.
+    assert!(replayed(&unknown_first, &record("write_file", json!({}))).starts_with("? rule `etc`"));
+    let known_first = parse(
+        "[[rule]]\nid = \"no-writes\"\ntool = \"write_file\"\naction = \"deny\"\n\
+         [[rule]]\nid = \"etc\"\ntool = \"write_file\"\naction = \"deny\"\n\
+         [[rule.args]]\npointer = \"/path\"\nprefix = \"/etc\"\n",
+    );
+    assert_eq!(
+        replayed(&known_first, &record("write_file", json!({}))),
+        "deny (no-writes)"
+    );
+    // An allow rule that may match does not matter when a deny rule matches.
+    let deny_wins = parse(
+        "[[rule]]\nid = \"ok\"\ntool = \"write_file\"\naction = \"allow\"\n\
+         [[rule.args]]\npointer = \"/path\"\nprefix = \"/srv\"\n\
+         [[rule]]\nid = \"no-writes\"\ntool = \"write_file\"\naction = \"deny\"\n",
+    );
+    assert_eq!(
+        replayed(&deny_wins, &record("write_file", json!({}))),
+        "deny (no-writes)"
+    );
+    // Audit rules decide nothing.
+    let audit = parse(
+        "[[rule]]\nid = \"mark\"\ntool = \"write_file\"\naction = \"audit\"\n\
+         [[rule.args]]\npointer = \"/path\"\nprefix = \"/etc\"\n",
+    );
+    assert_eq!(
+        replayed(&audit, &record("write_file", json!({}))),
+        "allow (default)"
+    );
+}
+
+#[test]
+fn replay_does_not_guess_groups_home_paths_or_the_shims_process() {
+    let groups = parse("[[rule]]\nid = \"g\"\ngroup = \"sudo\"\naction = \"deny\"\n");
+    assert!(replayed(&groups, &record("x", json!({}))).contains("groups"));
+    let gids = parse("[[rule]]\nid = \"g\"\ngid = 27\naction = \"deny\"\n");
+    assert!(replayed(&gids, &record("x", json!({}))).contains("groups"));
+    let uid = parse("[[rule]]\nid = \"u\"\nuid = 1000\naction = \"deny\"\n");
+    assert_eq!(replayed(&uid, &record("x", json!({}))), "deny (u)");
+
+    let paths = parse(
+        "[[rule]]\nid = \"etc\"\naction = \"deny\"\n\
+         [[rule.args]]\npointer = \"**\"\npath_under = \"/etc\"\n",
+    );
+    let args = json!({"path": "/etc/passwd"});
+    let digest = crate::audit::canonical_sha256(&args);
+    let with_path = json!({"args": args, "args_sha256": digest});
+    assert!(replayed(&paths, &record("x", with_path)).contains("cwd and roots"));
+    // No path-like argument at all: decided by the arguments alone.
+    let args = json!({"n": 3});
+    let digest = crate::audit::canonical_sha256(&args);
+    let no_path = json!({"args": args, "args_sha256": digest});
+    assert_eq!(replayed(&paths, &record("x", no_path)), "allow (default)");
+
+    let cron = parse(
+        "default = \"deny\"\n[[rule]]\nid = \"c\"\nnot_ancestor = \"cron\"\naction = \"allow\"\n",
+    );
+    // Through a shim the nearest ancestor, the shim itself, is not in the record.
+    assert!(replayed(&cron, &record("x", json!({}))).contains("shim's own process"));
+    // Observed, the record's chain is the whole ancestry.
+    let observed = json!({"transport": "stdio-observed"});
+    assert_eq!(replayed(&cron, &record("x", observed)), "allow (c)");
+    // A chain that has cron decides `not_ancestor` whatever the shim was.
+    let under_cron = json!({"chain": [{"pid": 3, "comm": "cron", "exe": "/usr/sbin/cron"}]});
+    assert_eq!(replayed(&cron, &record("x", under_cron)), "deny (default)");
+}
+
+#[test]
+fn replay_reads_monitor_records_and_refuses_rates() {
+    let p = parse(
+        "mode = \"monitor\"\n[[rule]]\nid = \"w\"\ntool = \"write_file\"\naction = \"deny\"\n",
+    );
+    let d = replay::judge(&p, &record("write_file", json!({})))
+        .decision
+        .unwrap();
+    assert!(d.would_deny && d.action == Action::Allow && d.rule == "w");
+    let rated = json!({"rate_limited": true, "decision": "deny", "rule": "w"});
+    assert!(replayed(&p, &record("write_file", rated)).contains("rate"));
+}
