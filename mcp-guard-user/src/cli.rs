@@ -253,10 +253,15 @@ pub struct Wrap {
 #[derive(Debug, Subcommand)]
 #[expect(clippy::large_enum_variant, reason = "parsed once per process")]
 pub enum PolicyCommand {
-    /// Validate policy files; errors name file, line and column. Exit 1 on any error.
+    /// Validate policy files; errors name file, line and column. Runs their `[[test]]`
+    /// tables and warns (on stderr) about rules that can never decide a request. Exit 1 on
+    /// any error or failed test.
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Show how a policy decides one request, and why each rule did or did not match.
     Explain(crate::policy::cmd::ExplainArgs),

@@ -51,6 +51,29 @@ pub struct Ancestor {
     pub comm: String,
 }
 
+impl Ancestor {
+    /// An ancestor as a user names it: an executable path (its comm is the file name, cut
+    /// to the kernel's 15 bytes), or a comm.
+    pub fn named(a: &str) -> Ancestor {
+        if a.contains('/') {
+            let base = a.rsplit('/').next().unwrap_or(a);
+            let mut comm = base.to_string();
+            while comm.len() > 15 {
+                comm.pop();
+            }
+            Ancestor {
+                exe: Some(a.to_string()),
+                comm,
+            }
+        } else {
+            Ancestor {
+                exe: None,
+                comm: a.to_string(),
+            }
+        }
+    }
+}
+
 /// What the engine looks at. Borrowed, so the shim fills it per request without copying:
 /// the principal, ancestry and executables are read once per session.
 #[derive(Debug, Clone, Copy, Default)]

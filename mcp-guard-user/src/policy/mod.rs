@@ -3,7 +3,8 @@
 //! `raw.rs` is the file schema (serde), `compiled/validate.rs` turns it into the rules of
 //! `compiled.rs`, indexed by `compiled/index.rs`; `eval.rs` decides requests, `path.rs`
 //! reads paths every way a server may, `load.rs` finds and reads files, `cmd.rs` is
-//! `mcp-guard policy check | explain`, `replay.rs` is `mcp-guard policy test`. The language is described in the project's README
+//! `mcp-guard policy check | explain`, `replay.rs` is `mcp-guard policy test`, `selftest.rs` runs `[[test]]` tables and finds
+//! shadowed rules. The language is described in the project's README
 //! (*Policy*).
 //!
 //! Deny wins over allow whatever the order. The default applies, when no allow or deny rule
@@ -23,8 +24,9 @@ mod load;
 pub mod path;
 mod raw;
 pub mod replay;
+mod selftest;
 
-pub use compiled::{Observer, Policy, Rate, Rule};
+pub use compiled::{Observer, Policy, PolicyTest, Rate, Rule};
 pub use eval::{Ancestor, Decision, Explanation, Limiter, Principal, Query, Request, RuleReport};
 pub use load::{Chosen, SYSTEM_DIR, Source, chosen, dropins, standalone};
 pub use raw::Reaction;
@@ -48,6 +50,24 @@ pub fn call_parts<'a>(
         _ => params,
     };
     (tool, arguments)
+}
+
+/// A request as one JSON-RPC line (what a host sends): its method, tool and arguments,
+/// read as the guard reads them. `Err` says why the line is not one request.
+pub fn parse_request(
+    line: &str,
+) -> Result<(String, Option<String>, Option<serde_json::Value>), String> {
+    let parsed = crate::jsonrpc::parse(line.trim_end_matches('\n').as_bytes())
+        .map_err(|e| format!("not a JSON-RPC message: {e}"))?;
+    let crate::jsonrpc::Parsed::Single(m) = parsed else {
+        return Err("a batch: give one request".into());
+    };
+    if m.kind == crate::jsonrpc::Kind::Response {
+        return Err("a response, not a request".into());
+    }
+    let method = m.method.as_deref().unwrap_or_default().to_string();
+    let (tool, arguments) = call_parts(&method, m.params_value.as_ref());
+    Ok((method.clone(), tool.map(str::to_string), arguments.cloned()))
 }
 
 /// The policy used when none is configured.

@@ -1458,13 +1458,17 @@ fn check_loader(text: &str) -> Result<(), TestCaseError> {
 fn check_and_explain_exit_codes() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     assert_eq!(
-        cmd::check(&[dir.join("demo.toml"), dir.join("production-locked.toml")]).unwrap(),
+        cmd::check(
+            &[dir.join("demo.toml"), dir.join("production-locked.toml")],
+            false
+        )
+        .unwrap(),
         0
     );
     let bad = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bad.path(), "[[rule]]\nid='x'\n").unwrap();
     assert_eq!(
-        cmd::check(&[dir.join("demo.toml"), bad.path().to_path_buf()]).unwrap(),
+        cmd::check(&[dir.join("demo.toml"), bad.path().to_path_buf()], false).unwrap(),
         1
     );
     let args = |tool: &str| cmd::ExplainArgs {
@@ -1474,6 +1478,7 @@ fn check_and_explain_exit_codes() {
         method: "tools/call".into(),
         tool: Some(tool.into()),
         args: Some(r#"{"path": "/tmp/x"}"#.into()),
+        message: None,
         server_exe: None,
         cwd: None,
         roots: Vec::new(),
@@ -1489,6 +1494,25 @@ fn check_and_explain_exit_codes() {
         })
         .is_err()
     );
+    // One JSON-RPC line, read as the guard reads it.
+    let message = |line: &str| cmd::ExplainArgs {
+        tool: None,
+        args: None,
+        message: Some(line.into()),
+        ..args("x")
+    };
+    let write = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_file","arguments":{"path":"/tmp/x"}}}"#;
+    assert_eq!(cmd::explain(&message(write)).unwrap(), 1);
+    let read = write.replace("write_file", "read_file");
+    assert_eq!(cmd::explain(&message(&read)).unwrap(), 0);
+    for bad in [
+        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+        "[]",
+        "{",
+        "not json",
+    ] {
+        assert!(cmd::explain(&message(bad)).is_err(), "{bad}");
+    }
 }
 
 // ---- replaying audit records (`policy test`) ----
