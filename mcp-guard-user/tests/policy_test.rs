@@ -240,3 +240,78 @@ fn bad_input_is_an_error_naming_file_and_line() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("cannot read"), "{}", stderr(&o));
 }
+
+const WITH_TESTS: &str = "default = \"allow\"\n\
+[[rule]]\nid = \"no-writes\"\ntool = \"write_file\"\naction = \"deny\"\n\
+[[rule]]\nid = \"writes-ok\"\ntool = \"write_file\"\naction = \"allow\"\n\
+[[test]]\nname = \"writes are denied\"\nserver = \"fs\"\ntool = \"write_file\"\n\
+args = { path = \"/tmp/x\" }\nexpect = \"deny\"\nrule = \"no-writes\"\n\
+[[test]]\nname = \"reads too\"\nserver = \"fs\"\n\
+message = '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"read_file\"}}'\n\
+expect = \"deny\"\n";
+
+fn check(args: &[&str], file: &Path) -> Output {
+    Command::new(bin())
+        .args(["policy", "check"])
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn policy_check_runs_test_tables_and_warns_about_shadowed_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = policy(dir.path(), "p.toml", WITH_TESTS);
+    let name = f.display().to_string();
+    let o = check(&[], &f);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{name}:17: test \"reads too\": expected deny, got allow (default)"
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("writes are denied"),
+        "that test passes: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{name}:6:1: warning: rule `writes-ok` can never decide"
+        )),
+        "{err}"
+    );
+    assert!(stdout(&o).contains("1 of 2 tests failed"), "{}", stdout(&o));
+
+    // Passing tests; the warning alone fails only with --strict.
+    // The last table is the read's.
+    let read_allowed = WITH_TESTS
+        .strip_suffix("expect = \"deny\"\n")
+        .map(|t| format!("{t}expect = \"allow\"\n"))
+        .unwrap();
+    let fixed = policy(dir.path(), "fixed.toml", &read_allowed);
+    let o = check(&[], &fixed);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("2 tests passed"), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("warning: rule `writes-ok`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = check(&["--strict"], &fixed);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+}
+
+#[test]
+fn a_shim_enforces_a_policy_with_test_tables_as_if_they_were_not_there() {
+    let mut shim = Builder::new().policy(WITH_TESTS).spawn();
+    let v = shim.call("1", "tools/call", Some(r#"{"name":"write_file"}"#));
+    assert!(v.get("error").is_some(), "denied: {v}");
+    let v = shim.call("2", "tools/call", Some(r#"{"name":"read_file"}"#));
+    assert!(
+        v.get("result").is_some(),
+        "allowed, whatever the failing test expects: {v}"
+    );
+}

@@ -1709,3 +1709,186 @@ fn replay_reads_monitor_records_and_refuses_rates() {
     let rated = json!({"rate_limited": true, "decision": "deny", "rule": "w"});
     assert!(replayed(&p, &record("write_file", rated)).contains("rate"));
 }
+
+// ---- [[test]] tables and shadowed rules (`policy check`) ----
+
+const TESTED: &str = "default = \"allow\"\n\
+[[rule]]\nid = \"no-writes\"\nserver = \"filesystem\"\ntool = \"write_file\"\nuser = \"alice\"\naction = \"deny\"\n\
+[[test]]\nname = \"alice cannot write\"\nserver = \"filesystem\"\ntool = \"write_file\"\n\
+args = { path = \"/etc/passwd\" }\nuser = \"alice\"\nexpect = \"deny\"\nrule = \"no-writes\"\n\
+[[test]]\nname = \"bob can\"\nserver = \"filesystem\"\nuser = \"bob\"\n\
+message = '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"write_file\"}}'\n\
+expect = \"allow\"\nrule = \"default\"\n";
+
+#[test]
+fn test_tables_are_run_and_failures_name_file_line_and_both_decisions() {
+    let p = parse(TESTED);
+    assert_eq!(p.tests().len(), 2);
+    assert_eq!(p.run_tests(), Vec::<String>::new());
+    // Expectations the policy does not meet, on the lines of their tables.
+    let wrong = TESTED
+        .replace(
+            "expect = \"deny\"\nrule = \"no-writes\"",
+            "expect = \"allow\"",
+        )
+        .replace("rule = \"default\"", "rule = \"other\"");
+    let p = parse(&wrong);
+    assert_eq!(
+        p.run_tests(),
+        vec![
+            "t.toml:8: test \"alice cannot write\": expected allow, got deny (no-writes)"
+                .to_string(),
+            "t.toml:15: test \"bob can\": expected allow (rule other), got allow (default)"
+                .to_string(),
+        ]
+    );
+    // No user named: the principal is unknown, and a deny rule on it matches (fail-closed).
+    let anyone = TESTED.replace("user = \"bob\"\n", "");
+    assert_eq!(
+        parse(&anyone).run_tests(),
+        vec!["t.toml:16: test \"bob can\": expected allow (rule default), got deny (no-writes)"]
+    );
+    // In monitor mode what the policy would deny is expected as `deny`.
+    let monitor = format!("mode = \"monitor\"\n{TESTED}");
+    assert_eq!(parse(&monitor).run_tests(), Vec::<String>::new());
+}
+
+#[test]
+fn test_tables_do_not_change_what_the_policy_decides() {
+    let rules_only = &TESTED[..TESTED.find("[[test]]").unwrap()];
+    let (with, without) = (parse(TESTED), parse(rules_only));
+    let p = alice();
+    let args = json!({"path": "/etc/passwd"});
+    for tool in ["write_file", "read_file"] {
+        let q = call("filesystem", tool, &p, &args);
+        let (a, b) = (with.decide(q), without.decide(q));
+        assert_eq!((a.action, a.rule), (b.action, b.rule), "{tool}");
+    }
+    assert_eq!(with.len(), without.len());
+}
+
+#[test]
+fn bad_test_tables_are_errors_with_their_place() {
+    let base = "[[rule]]\nid = \"r\"\naction = \"deny\"\n[[test]]\nname = \"t\"\nserver = \"s\"\nexpect = \"deny\"\n";
+    for (extra, want) in [
+        (
+            "message = 'nope'\n",
+            "t.toml:8:11: `message`: not a JSON-RPC message",
+        ),
+        (
+            "message = '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}'\n",
+            "t.toml:8:11: `message`: a response, not a request",
+        ),
+        (
+            "tool = \"x\"\nmessage = '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}'\n",
+            "t.toml:9:11: a test gives `message` or `method`, `tool` and `args`, not both",
+        ),
+        ("args = [1]\n", "t.toml:8:8: `args` must be a table"),
+        ("expect = \"maybe\"\n", "t.toml:8:"),
+        ("color = \"red\"\n", "unknown field `color`"),
+    ] {
+        let text = format!("{base}{extra}");
+        let err = Policy::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains(want), "{extra}: {err}");
+    }
+}
+
+/// The warnings of a policy, as `rule id <- covering rule id` pairs.
+fn shadows(text: &str) -> Vec<String> {
+    parse(text)
+        .shadowed()
+        .iter()
+        .map(|w| {
+            let ids: Vec<&str> = w.split('`').skip(1).step_by(2).collect();
+            format!("{} <- {}", ids[0], ids[1])
+        })
+        .collect()
+}
+
+#[test]
+fn rules_that_can_never_decide_are_warned_about() {
+    let rule = |id: &str, body: &str| format!("[[rule]]\nid = \"{id}\"\n{body}\n");
+    let deny_writes = rule(
+        "d",
+        "server = \"fs\"\ntool = [\"write_file\", \"edit\"]\naction = \"deny\"",
+    );
+    // An allow rule inside a deny rule: deny wins, wherever it is written.
+    let allow = rule(
+        "a",
+        "server = \"fs\"\ntool = \"write_file\"\nuser = \"alice\"\naction = \"allow\"",
+    );
+    assert_eq!(shadows(&format!("{allow}{deny_writes}")), ["a <- d"]);
+    // A deny rule after one that covers it never names a decision; before it, it does.
+    let deny2 = rule(
+        "d2",
+        "server = \"fs\"\ntool = \"write_file\"\naction = \"deny\"",
+    );
+    assert_eq!(shadows(&format!("{deny_writes}{deny2}")), ["d2 <- d"]);
+    assert_eq!(
+        shadows(&format!("{deny2}{deny_writes}")),
+        Vec::<String>::new()
+    );
+    // `*` covers any name, but a tool pattern never covers a request without a tool.
+    let any_tool = rule("all", "tool = \"*\"\naction = \"deny\"");
+    let no_tool = rule("n", "server = \"fs\"\naction = \"deny\"");
+    assert_eq!(
+        shadows(&format!("{any_tool}{deny2}{no_tool}")),
+        ["d2 <- all"]
+    );
+    // Not provable, so not reported: a covering rule with another condition, a glob
+    // against a name, an allow rule with a rate (it still counts calls), an audit rule.
+    for (first, second) in [
+        (
+            rule(
+                "c",
+                "server = \"fs\"\ntool = \"write_file\"\nuser = \"bob\"\naction = \"deny\"",
+            ),
+            allow.clone(),
+        ),
+        (
+            rule("c", "tool = \"write_file\"\naction = \"deny\""),
+            rule("g", "tool = \"write_*\"\naction = \"allow\""),
+        ),
+        (
+            rule("c", "tool = \"write_file\"\naction = \"allow\""),
+            rule(
+                "r",
+                "tool = \"write_file\"\nrate = \"5/minute\"\naction = \"allow\"",
+            ),
+        ),
+        (
+            deny_writes.clone(),
+            rule("m", "tool = \"write_file\"\naction = \"audit\""),
+        ),
+        (
+            rule(
+                "c",
+                "tool = \"write_file\"\nmethod = \"prompts/get\"\naction = \"deny\"",
+            ),
+            rule("x", "tool = \"write_file\"\naction = \"allow\""),
+        ),
+        (
+            rule(
+                "c",
+                "tool = \"write_file\"\naction = \"deny\"\n[[rule.args]]\npointer = \"/p\"\npresent = true",
+            ),
+            rule("x", "tool = \"write_file\"\naction = \"allow\""),
+        ),
+    ] {
+        assert_eq!(
+            shadows(&format!("{first}{second}")),
+            Vec::<String>::new(),
+            "{first}{second}"
+        );
+    }
+    // The shipped policies have none.
+    for name in [
+        "default.toml",
+        "demo.toml",
+        "readonly-filesystem.toml",
+        "developer-workstation.toml",
+        "production-locked.toml",
+    ] {
+        assert_eq!(shipped(name).shadowed(), Vec::<String>::new(), "{name}");
+    }
+}
