@@ -9,8 +9,8 @@
 //! request is *undecidable*: reported with the reason, never guessed.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::io::{BufRead, BufReader, Read};
+use std::fmt::{self, Write as _};
+use std::io::{BufRead, BufReader, Read, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -155,10 +155,17 @@ pub struct Report {
 pub fn run(args: &TestArgs) -> anyhow::Result<i32> {
     let policy = Policy::load(&args.policy)?;
     let report = replay(&policy, &args.logs)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
     } else {
-        print_report(&report);
+        render(&report)
+    };
+    // A reader that stops early (`| head`) does not change the verdict.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(anyhow::Error::from(e).context("cannot write the report"));
+        }
+        _ => {}
     }
     Ok(if !report.changed.is_empty() {
         CHANGED
@@ -476,40 +483,80 @@ fn redacted(v: &Value) -> bool {
     }
 }
 
-fn print_report(r: &Report) {
-    let row = |f: &Finding, new: &str| {
-        println!(
-            "  {}  {}  {}  {}  {}  {}  {} -> {}",
-            f.at,
-            f.id,
-            f.time,
-            or_dash(&f.user),
-            or_dash(&f.server),
-            or_dash(if f.tool.is_empty() {
-                &f.method
-            } else {
-                &f.tool
-            }),
-            f.old,
-            new
-        );
+/// The report as the table `policy test` prints.
+fn render(r: &Report) -> String {
+    let mut o = String::new();
+    let cells = |f: &Finding, new: String| -> [String; 7] {
+        let what = if f.tool.is_empty() {
+            &f.method
+        } else {
+            &f.tool
+        };
+        [
+            f.at.clone(),
+            f.id.clone(),
+            f.time.clone(),
+            or_dash(&f.user).to_string(),
+            or_dash(&f.server).to_string(),
+            or_dash(what).to_string(),
+            format!("{} -> {new}", f.old),
+        ]
     };
-    if !r.changed.is_empty() {
-        println!("changed ({}):", r.changed.len());
-        println!("  record  id  time  user  server  tool  old -> new");
-        for f in &r.changed {
-            let new = f.new.as_ref().map(Verdict::to_string).unwrap_or_default();
-            row(f, &new);
+    let changed: Vec<[String; 7]> = r
+        .changed
+        .iter()
+        .map(|f| {
+            cells(
+                f,
+                f.new.as_ref().map(Verdict::to_string).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let unknown: Vec<[String; 7]> = r.undecidable.iter().map(|f| cells(f, "?".into())).collect();
+    let header = [
+        "RECORD",
+        "ID",
+        "TIME",
+        "USER",
+        "SERVER",
+        "TOOL",
+        "OLD -> NEW",
+    ]
+    .map(String::from);
+    let mut width = [0usize; 7];
+    for row in std::iter::once(&header).chain(&changed).chain(&unknown) {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
         }
     }
-    if !r.undecidable.is_empty() {
-        println!("undecidable ({}):", r.undecidable.len());
-        for f in &r.undecidable {
-            row(f, "?");
-            println!("      {}", f.why.as_deref().unwrap_or_default());
+    let line = |o: &mut String, row: &[String; 7]| {
+        let mut out = String::from(" ");
+        for (i, (c, w)) in row.iter().zip(width).enumerate() {
+            out.push(' ');
+            out.push_str(c);
+            if i + 1 < row.len() {
+                out.push_str(&" ".repeat(w.saturating_sub(c.chars().count()) + 1));
+            }
+        }
+        let _ = writeln!(o, "{out}");
+    };
+    if !changed.is_empty() {
+        let _ = writeln!(o, "changed ({}):", changed.len());
+        line(&mut o, &header);
+        for row in &changed {
+            line(&mut o, row);
         }
     }
-    println!(
+    if !unknown.is_empty() {
+        let _ = writeln!(o, "undecidable ({}):", unknown.len());
+        line(&mut o, &header);
+        for (row, f) in unknown.iter().zip(&r.undecidable) {
+            line(&mut o, row);
+            let _ = writeln!(o, "      why: {}", f.why.as_deref().unwrap_or_default());
+        }
+    }
+    let _ = writeln!(
+        o,
         "policy {} (sha256 {}): {} requests replayed from {}: {} changed, {} unchanged, {} \
          undecidable",
         r.policy,
@@ -521,18 +568,23 @@ fn print_report(r: &Report) {
         r.undecidable.len()
     );
     if !r.guard.is_empty() {
-        println!(
+        let _ = writeln!(
+            o,
             "decided by the guard itself, not replayed: {}",
             counts(&r.guard)
         );
     }
     if !r.other.is_empty() {
-        println!("other records, not requests: {}", counts(&r.other));
+        let _ = writeln!(o, "other records, not requests: {}", counts(&r.other));
     }
     if r.torn_sealed > 0 {
-        println!("torn lines sealed by a recovery record: {}", r.torn_sealed);
+        let _ = writeln!(
+            o,
+            "torn lines sealed by a recovery record: {}",
+            r.torn_sealed
+        );
     }
-    println!("by rule:");
+    let _ = writeln!(o, "by rule:");
     let width = r.rules.iter().map(|s| s.rule.len()).max().unwrap_or(0);
     for s in &r.rules {
         let mut line = format!(
@@ -542,11 +594,12 @@ fn print_report(r: &Report) {
         if s.may_match > 0 {
             line.push_str(&format!(", may have matched {} undecidable", s.may_match));
         }
-        println!("{line}");
+        let _ = writeln!(o, "{line}");
     }
     if !r.never_matched.is_empty() {
-        println!("never matched: {}", r.never_matched.join(", "));
+        let _ = writeln!(o, "never matched: {}", r.never_matched.join(", "));
     }
+    o
 }
 
 fn or_dash(s: &str) -> &str {
