@@ -816,11 +816,14 @@ impl Policy {
                 continue;
             };
             out.maybe.push(i);
-            let slot = match r.action {
-                RuleAction::Deny => &mut deny,
-                RuleAction::Allow => &mut allow,
-                // Audit rules decide nothing.
-                RuleAction::Audit => continue,
+            // Audit rules decide nothing. A rule of any other action that may match counts
+            // as a deny rule that may: the decision is open unless a known deny comes first.
+            let slot = if r.action == RuleAction::Audit {
+                continue;
+            } else if r.action == RuleAction::Allow {
+                &mut allow
+            } else {
+                &mut deny
             };
             if slot.is_none() {
                 *slot = Some((n, why));
