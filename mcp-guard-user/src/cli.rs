@@ -262,6 +262,10 @@ pub enum PolicyCommand {
         /// Exit 1 on warnings too.
         #[arg(long)]
         strict: bool,
+        /// Also warn about rules naming a server no host config names: the configs under
+        /// this home directory (e.g. `~`) and the current directory's project configs.
+        #[arg(long, value_name = "HOME")]
+        hosts: Option<PathBuf>,
     },
     /// Show how a policy decides one request, and why each rule did or did not match.
     Explain(crate::policy::cmd::ExplainArgs),

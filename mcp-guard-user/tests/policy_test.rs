@@ -315,3 +315,47 @@ fn a_shim_enforces_a_policy_with_test_tables_as_if_they_were_not_there() {
         "allowed, whatever the failing test expects: {v}"
     );
 }
+
+#[test]
+fn policy_check_with_hosts_warns_about_servers_no_config_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".cursor")).unwrap();
+    std::fs::copy(
+        common::fixture("hosts/cursor.json"),
+        home.join(".cursor/mcp.json"),
+    )
+    .unwrap();
+    let f = policy(
+        dir.path(),
+        "p.toml",
+        "[[rule]]\nid = \"search\"\nserver = \"brave-*\"\naction = \"allow\"\n\
+         [[rule]]\nid = \"fs\"\nserver = \"filesystem\"\naction = \"deny\"\n\
+         [[rule]]\nid = \"any\"\ntool = \"x\"\naction = \"deny\"\n",
+    );
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .args(["policy", "check"])
+            .args(args)
+            .arg(&f)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let home_arg = home.display().to_string();
+    let o = run(&["--hosts", &home_arg]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let warnings: Vec<String> = stderr(&o).lines().map(str::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].ends_with(
+            ":5:1: warning: rule `fs` names server `filesystem`, which no host config names"
+        ),
+        "{warnings:?}"
+    );
+    let o = run(&["--hosts", &home_arg, "--strict"]);
+    assert_eq!(o.status.code(), Some(1));
+    // Without --hosts, no configs are read.
+    let o = run(&[]);
+    assert_eq!((o.status.code(), stderr(&o)), (Some(0), String::new()));
+}

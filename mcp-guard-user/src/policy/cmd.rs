@@ -56,11 +56,37 @@ pub struct ExplainArgs {
 /// about rules that can never decide a request. 1 when a file fails to load or a test
 /// fails; warnings too with `strict`.
 pub fn check(files: &[PathBuf], strict: bool) -> anyhow::Result<i32> {
+    check_against(files, strict, None)
+}
+
+/// [`check`], also warning about rules naming a server that none of the host configs under
+/// `hosts` (a home directory, and the current directory's project configs) names.
+pub fn check_against(
+    files: &[PathBuf],
+    strict: bool,
+    hosts: Option<&std::path::Path>,
+) -> anyhow::Result<i32> {
+    let names: Option<Vec<String>> = hosts.map(|home| {
+        let projects: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
+        let found = crate::hosts::scan(home, &projects);
+        for f in &found {
+            if let Some(e) = &f.error {
+                eprintln!("warning: {e}");
+            }
+        }
+        found
+            .into_iter()
+            .flat_map(|f| f.servers.into_iter().map(|s| s.name))
+            .collect()
+    });
     let mut failed = false;
     for f in files {
         match Policy::load(f) {
             Ok(p) => {
-                let warnings = p.shadowed();
+                let mut warnings = p.shadowed();
+                if let Some(names) = &names {
+                    warnings.extend(p.unnamed_servers(names));
+                }
                 for w in &warnings {
                     eprintln!("{w}");
                 }

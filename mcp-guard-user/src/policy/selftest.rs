@@ -83,6 +83,26 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Rules whose `server` patterns match none of `names` (the servers host configs name):
+    /// they can never match a request from those hosts. One warning each.
+    pub fn unnamed_servers(&self, names: &[String]) -> Vec<String> {
+        self.rules
+            .iter()
+            .filter_map(|r| {
+                let s = r.server.as_ref()?;
+                if names.iter().any(|n| s.is_match(n)) {
+                    return None;
+                }
+                Some(format!(
+                    "{}: warning: rule `{}` names server {s}, which no host config names",
+                    r.origin, r.id
+                ))
+            })
+            .collect()
+    }
+}
+
 /// Whether `a`, matching whenever `b` does, takes the decision (or the audit mark) from it.
 /// A rated rule still counts its calls when another decides, unless a deny rule does.
 fn wins_over(a: &Rule, b: &Rule, a_first: bool) -> bool {
