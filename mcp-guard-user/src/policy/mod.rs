@@ -3,9 +3,9 @@
 //! `raw.rs` is the file schema (serde), `compiled/validate.rs` turns it into the rules of
 //! `compiled.rs`, indexed by `compiled/index.rs`; `eval.rs` decides requests, `path.rs`
 //! reads paths every way a server may, `load.rs` finds and reads files, `cmd.rs` is
-//! `mcp-guard policy check | explain`, `replay.rs` is `mcp-guard policy test`, `selftest.rs` runs `[[test]]` tables and finds
-//! shadowed rules. The language is described in the project's README
-//! (*Policy*).
+//! `mcp-guard policy check | explain`, `replay.rs` is `mcp-guard policy test`, and
+//! `selftest.rs` runs `[[test]]` tables and finds shadowed rules. The language is described
+//! in the project's README (*Policy*).
 //!
 //! Deny wins over allow whatever the order. The default applies, when no allow or deny rule
 //! matches, to the methods that act (calling a tool, reading a resource, getting a prompt,
@@ -67,7 +67,8 @@ pub fn parse_request(
     }
     let method = m.method.as_deref().unwrap_or_default().to_string();
     let (tool, arguments) = call_parts(&method, m.params_value.as_ref());
-    Ok((method.clone(), tool.map(str::to_string), arguments.cloned()))
+    let (tool, arguments) = (tool.map(str::to_string), arguments.cloned());
+    Ok((method, tool, arguments))
 }
 
 /// The policy used when none is configured.
