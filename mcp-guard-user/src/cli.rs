@@ -270,7 +270,7 @@ pub enum PolicyCommand {
     /// Show how a policy decides one request, and why each rule did or did not match.
     Explain(crate::policy::cmd::ExplainArgs),
     /// Replay the requests of audit logs against a policy and print every decision that
-    /// would change. Exit 1 when one would, 3 when some cannot be told (see --help).
+    /// would change. Exit 1 when one would, 3 when some cannot be told, 2 on bad input.
     Test(crate::policy::replay::TestArgs),
 }
 
