@@ -288,6 +288,8 @@ fn text<'a>(r: &'a Value, path: &[&str]) -> &'a str {
     v.as_str().unwrap_or("")
 }
 
+/// Replays one record: counts it by kind or guard rule, or decides it again and files it as
+/// unchanged, changed or undecidable, with the rules' tallies.
 fn replay_one(
     policy: &Policy,
     at: &str,
@@ -602,10 +604,12 @@ fn render(r: &Report) -> String {
     o
 }
 
+/// An empty cell as `-`.
 fn or_dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
 }
 
+/// `key n, key n, ...`.
 fn counts(m: &BTreeMap<String, u64>) -> String {
     m.iter()
         .map(|(k, n)| format!("{k} {n}"))

@@ -131,6 +131,7 @@ fn only_names(r: &Rule) -> bool {
         && r.rate.is_none()
 }
 
+/// Whether the patterns include `*` (every name).
 fn is_star(patterns: &[String]) -> bool {
     patterns.iter().any(|p| p == "*")
 }
