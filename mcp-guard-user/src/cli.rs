@@ -253,13 +253,25 @@ pub struct Wrap {
 #[derive(Debug, Subcommand)]
 #[expect(clippy::large_enum_variant, reason = "parsed once per process")]
 pub enum PolicyCommand {
-    /// Validate policy files; errors name file, line and column. Exit 1 on any error.
+    /// Validate policy files; errors name file, line and column. Runs their `[[test]]`
+    /// tables and warns (on stderr) about rules that can never decide a request. Exit 1 on
+    /// any error or failed test.
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        strict: bool,
+        /// Also warn about rules naming a server no host config names: the configs under
+        /// this home directory (e.g. `~`) and the current directory's project configs.
+        #[arg(long, value_name = "HOME")]
+        hosts: Option<PathBuf>,
     },
     /// Show how a policy decides one request, and why each rule did or did not match.
     Explain(crate::policy::cmd::ExplainArgs),
+    /// Replay the requests of audit logs against a policy and print every decision that
+    /// would change. Exit 1 when one would, 3 when some cannot be told, 2 on bad input.
+    Test(crate::policy::replay::TestArgs),
 }
 
 #[derive(Debug, Subcommand)]

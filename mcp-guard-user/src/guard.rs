@@ -951,11 +951,7 @@ impl Session {
         let method = m.method.as_deref().unwrap_or_default();
         let params = m.params_value.as_ref();
         let field = |k: &str| params.and_then(|p| p.get(k));
-        let tool = match method {
-            "resources/read" | "resources/subscribe" => field("uri"),
-            _ => field("name"),
-        }
-        .and_then(serde_json::Value::as_str);
+        let (tool, arguments) = crate::policy::call_parts(method, params);
         if method == "initialize" {
             self.learn_protocol(field("protocolVersion"));
             if dir == Direction::ToServer {
@@ -963,12 +959,6 @@ impl Session {
             }
         }
         self.learn_protocol(field("_meta").and_then(|m| m.get(META_CLAIMS[0])));
-        // Arguments for the calls that have them; the whole params otherwise (so a rule can
-        // look at a resource's `/uri` or a sampling request's messages).
-        let arguments = match method {
-            "tools/call" | "prompts/get" => field("arguments"),
-            _ => params,
-        };
         let s = &self.subject;
         let query = Query {
             server: &self.name,

@@ -23,8 +23,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Wrap(w) => wrap(w),
-        Command::Policy(PolicyCommand::Check { files }) => mcp_guard::policy::cmd::check(&files),
+        Command::Policy(PolicyCommand::Check {
+            files,
+            strict,
+            hosts,
+        }) => mcp_guard::policy::cmd::check_against(&files, strict, hosts.as_deref()),
         Command::Policy(PolicyCommand::Explain(a)) => mcp_guard::policy::cmd::explain(&a),
+        Command::Policy(PolicyCommand::Test(a)) => mcp_guard::policy::replay::run(&a),
         Command::Audit(AuditCommand::Verify(args)) => audit::verify::run(&args),
         Command::Audit(AuditCommand::Forward(args)) => audit::forward::run(&args),
         Command::Hosts(HostsCommand::Scan {

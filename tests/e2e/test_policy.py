@@ -310,3 +310,90 @@ def test_shipped_host_policies_refuse_sessions_from_the_wrong_principal(tmp_path
     records = read_audit(guard.audit, until_kind=AuditKind.SESSION_END)
     denied = select(records, kind=AuditKind.REQUEST, decision=DENY)
     assert denied and denied[0]["rule"] == rule and denied[0]["method"] == "initialize", denied
+
+
+ALLOW_WRITES = """\
+default = "allow"
+
+[[rule]]
+id = "fs-writes"
+server = "filesystem"
+tool = "write_file"
+action = "allow"
+"""
+
+DENY_WRITES = """\
+default = "allow"
+
+[[rule]]
+id = "fs-writes"
+server = "filesystem"
+tool = "write_file"
+action = "allow"
+
+[[rule]]
+id = "no-writes"
+server = "filesystem"
+tool = "write_file"
+action = "deny"
+message = "writes are not allowed"
+"""
+
+
+def test_policy_test_replays_a_recorded_session_and_names_the_changed_decision(tmp_path, make_guard, guard_bin):
+    """A session recorded under a policy allowing writes, replayed by `mcp-guard policy test`:
+    a policy denying `write_file` changes exactly that decision (exit 1, naming the record
+    and the new rule); the policy the session ran under changes nothing (exit 0)."""
+    import json
+    import subprocess
+
+    root = _fs_root(tmp_path)
+    guard = make_guard(ALLOW_WRITES)
+    server = harness.filesystem_server(root)
+
+    async def go():
+        async with open_session(server, guard) as peer:
+            s = peer.session
+            await s.call_tool("write_file", {"path": str(root / "new.txt"), "content": "written"})
+            await s.call_tool("read_text_file", {"path": str(root / "existing.txt")})
+
+    run(go)
+    assert (root / "new.txt").read_text() == "written"
+    records = read_audit(guard.audit, until_kind=AuditKind.SESSION_END)
+    writes = select(records, kind=AuditKind.REQUEST, tool="write_file")
+    assert len(writes) == 1 and writes[0]["decision"] == ALLOW and writes[0]["rule"] == "fs-writes", writes
+    write_id = writes[0]["id"]
+
+    deny = harness.write_policy(tmp_path / "deny-writes.toml", DENY_WRITES)
+    out = subprocess.run(
+        [str(guard_bin), "policy", "test", "--policy", str(deny), str(guard.audit)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    changed = [line for line in out.stdout.splitlines() if write_id in line]
+    assert len(changed) == 1, out.stdout
+    assert "allow (fs-writes) -> deny (no-writes)" in changed[0] and "write_file" in changed[0], out.stdout
+    assert "1 changed" in out.stdout, out.stdout
+
+    as_json = subprocess.run(
+        [str(guard_bin), "policy", "test", "--json", "--policy", str(deny), str(guard.audit)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert as_json.returncode == 1, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert [c["id"] for c in report["changed"]] == [write_id], report
+    assert report["changed"][0]["new"] == {"decision": DENY, "rule": "no-writes"}, report
+    assert report["undecidable"] == [], report
+
+    same = subprocess.run(
+        [str(guard_bin), "policy", "test", "--policy", str(guard.policy), str(guard.audit)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert same.returncode == 0, (same.stdout, same.stderr)
+    assert "0 changed" in same.stdout and "0 undecidable" in same.stdout, same.stdout

@@ -27,6 +27,10 @@ pub struct ExplainArgs {
     /// The call's arguments, as a JSON object.
     #[arg(long)]
     pub args: Option<String>,
+    /// The request as one JSON-RPC line, as the host sends it: method, tool and arguments
+    /// are read from it as the guard reads them (instead of --method, --tool, --args).
+    #[arg(long, value_name = "JSON-RPC", conflicts_with_all = ["method", "tool", "args"])]
+    pub message: Option<String>,
     /// The server's executable.
     #[arg(long)]
     pub server_exe: Option<String>,
@@ -47,19 +51,78 @@ pub struct ExplainArgs {
 }
 
 /// Validates files; each error on its own line as `file:line:column: message`. A
-/// directory is checked as a main file and its drop-ins together. 1 when any fails.
-pub fn check(files: &[PathBuf]) -> anyhow::Result<i32> {
+/// directory is checked as a main file and its drop-ins together. Then runs each policy's
+/// `[[test]]` tables (a failure: `file:line: test "name": expected ..., got ...`) and warns
+/// about rules that can never decide a request. 1 when a file fails to load or a test
+/// fails; warnings too with `strict`.
+pub fn check(files: &[PathBuf], strict: bool) -> anyhow::Result<i32> {
+    check_against(files, strict, None)
+}
+
+/// [`check`], also warning about rules naming a server that none of the host configs under
+/// `hosts` (a home directory, and the current directory's project configs) names.
+pub fn check_against(
+    files: &[PathBuf],
+    strict: bool,
+    hosts: Option<&std::path::Path>,
+) -> anyhow::Result<i32> {
+    let names: Option<Vec<String>> = hosts.map(|home| {
+        let projects: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
+        let found = crate::hosts::scan(home, &projects);
+        for f in &found {
+            if let Some(e) = &f.error {
+                eprintln!("warning: {e}");
+            }
+        }
+        found
+            .into_iter()
+            .flat_map(|f| f.servers.into_iter().map(|s| s.name))
+            .collect()
+    });
     let mut failed = false;
     for f in files {
         match Policy::load(f) {
-            Ok(p) => println!(
-                "{}: ok ({} rules, mode {}, default {}, sha256 {})",
-                f.display(),
-                p.len(),
-                p.mode(),
-                p.default_action(),
-                p.sha256()
-            ),
+            Ok(p) => {
+                let mut warnings = p.shadowed();
+                if let Some(names) = &names {
+                    warnings.extend(p.unnamed_servers(names));
+                }
+                for w in &warnings {
+                    eprintln!("{w}");
+                }
+                let failures = p.run_tests();
+                for t in &failures {
+                    eprintln!("{t}");
+                }
+                let tests = p.tests().len();
+                if !failures.is_empty() {
+                    failed = true;
+                    println!(
+                        "{}: {} of {tests} tests failed",
+                        f.display(),
+                        failures.len()
+                    );
+                    continue;
+                }
+                if strict && !warnings.is_empty() {
+                    failed = true;
+                    println!("{}: {} warnings (--strict)", f.display(), warnings.len());
+                    continue;
+                }
+                let passed = if tests > 0 {
+                    format!(", {tests} tests passed")
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{}: ok ({} rules, mode {}, default {}{passed}, sha256 {})",
+                    f.display(),
+                    p.len(),
+                    p.mode(),
+                    p.default_action(),
+                    p.sha256()
+                );
+            }
             Err(Error::Invalid(d)) => {
                 failed = true;
                 eprintln!("{d}");
@@ -86,18 +149,24 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<i32> {
             }
         },
     };
-    let arguments: Option<serde_json::Value> = args
-        .args
-        .as_deref()
-        .map(serde_json::from_str)
-        .transpose()
-        .context("--args is not valid JSON")?;
-    let ancestry: Vec<Ancestor> = args.ancestors.iter().map(|a| ancestor(a)).collect();
+    let (method, tool, arguments) = match &args.message {
+        Some(line) => super::parse_request(line).map_err(|e| anyhow::anyhow!("--message: {e}"))?,
+        None => (
+            args.method.clone(),
+            args.tool.clone(),
+            args.args
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .context("--args is not valid JSON")?,
+        ),
+    };
+    let ancestry: Vec<Ancestor> = args.ancestors.iter().map(|a| Ancestor::named(a)).collect();
     let q = Query {
         server: &args.server,
         server_exe: args.server_exe.as_deref(),
-        method: &args.method,
-        tool: args.tool.as_deref(),
+        method: &method,
+        tool: tool.as_deref(),
         principal: Some(&principal),
         host_exe: args.host_exe.as_deref(),
         ancestry: (!ancestry.is_empty()).then_some(ancestry.as_slice()),
@@ -167,24 +236,4 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<i32> {
         // Held for a person's approval: not forwarded on the policy's word alone.
         Action::Deny | Action::Ask => 1,
     })
-}
-
-fn ancestor(a: &str) -> Ancestor {
-    if a.contains('/') {
-        let base = a.rsplit('/').next().unwrap_or(a);
-        // The kernel keeps 15 bytes of comm.
-        let mut comm = base.to_string();
-        while comm.len() > 15 {
-            comm.pop();
-        }
-        Ancestor {
-            exe: Some(a.to_string()),
-            comm,
-        }
-    } else {
-        Ancestor {
-            exe: None,
-            comm: a.to_string(),
-        }
-    }
 }

@@ -43,6 +43,30 @@ pub struct Policy {
     pub(super) responses: crate::redact::Responses,
     /// What the daemon's observer does about what it sees.
     pub(super) observer: Observer,
+    /// The `[[test]]` tables, for `policy check`: enforcement never reads them.
+    pub(super) tests: Vec<PolicyTest>,
+}
+
+/// One `[[test]]`: a request and the decision expected of the policy.
+#[derive(Debug, Clone)]
+pub struct PolicyTest {
+    pub name: String,
+    /// `file:line` of the table.
+    pub origin: String,
+    pub server: String,
+    pub method: String,
+    pub tool: Option<String>,
+    pub arguments: Option<Value>,
+    /// `None` when the test names no user, uid, group or home: unknown, as to the engine.
+    pub principal: Option<super::Principal>,
+    pub server_exe: Option<String>,
+    pub host_exe: Option<String>,
+    pub cwd: Option<String>,
+    pub roots: Vec<String>,
+    /// `None` when the test names no ancestors: unknown.
+    pub ancestry: Option<Vec<super::Ancestor>>,
+    pub expect: Action,
+    pub rule: Option<String>,
 }
 
 /// `[observer]`, with defaults filled in.
@@ -271,6 +295,15 @@ impl Names {
         self.literals.iter().any(|l| l == s) || self.globs.as_ref().is_some_and(|g| g.is_match(s))
     }
 
+    /// Whether every name `other` matches is matched by this one too: this is `*`, or
+    /// `other` is exact names this matches. Conservative: `false` when not sure.
+    pub(super) fn covers(&self, other: &Names) -> bool {
+        self.source.iter().any(|p| p == "*")
+            || other
+                .literals_only()
+                .is_some_and(|names| names.iter().all(|n| self.is_match(n)))
+    }
+
     fn literals_only(&self) -> Option<&[String]> {
         self.globs.is_none().then_some(self.literals.as_slice())
     }
@@ -464,6 +497,7 @@ impl Policy {
         let mut observer = Observer::default();
         let mut rules: Vec<Rule> = Vec::new();
         let mut seen: HashMap<String, String> = HashMap::new();
+        let mut tests = Vec::new();
         for (i, raw) in raws {
             let src = &sources[i];
             let mut ctx = Ctx {
@@ -548,6 +582,11 @@ impl Policy {
                     rules.push(rule);
                 }
             }
+            for t in raw.tests {
+                if let Some(t) = ctx.test(t) {
+                    tests.push(t);
+                }
+            }
         }
         if !diags.is_empty() {
             return Err(Error::Invalid(Diagnostics(diags)));
@@ -587,7 +626,13 @@ impl Policy {
             dynamic: Mutex::new(HashMap::new()),
             responses,
             observer,
+            tests,
         })
+    }
+
+    /// The `[[test]]` tables of its files, in order.
+    pub fn tests(&self) -> &[PolicyTest] {
+        &self.tests
     }
 
     /// What the daemon's observer does about unwrapped servers and denied calls.

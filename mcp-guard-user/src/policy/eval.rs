@@ -14,6 +14,7 @@
 //! `min_len`/`max_len` look at the value as a whole.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,6 +49,29 @@ pub struct Principal {
 pub struct Ancestor {
     pub exe: Option<String>,
     pub comm: String,
+}
+
+impl Ancestor {
+    /// An ancestor as a user names it: an executable path (its comm is the file name, cut
+    /// to the kernel's 15 bytes), or a comm.
+    pub fn named(a: &str) -> Ancestor {
+        if a.contains('/') {
+            let base = a.rsplit('/').next().unwrap_or(a);
+            let mut comm = base.to_string();
+            while comm.len() > 15 {
+                comm.pop();
+            }
+            Ancestor {
+                exe: Some(a.to_string()),
+                comm,
+            }
+        } else {
+            Ancestor {
+                exe: None,
+                comm: a.to_string(),
+            }
+        }
+    }
 }
 
 /// What the engine looks at. Borrowed, so the shim fills it per request without copying:
@@ -180,6 +204,17 @@ pub struct Decision {
     pub policy_sha256: Arc<str>,
 }
 
+/// A request replayed from its audit record (`policy test`).
+#[derive(Debug)]
+pub(crate) struct Replay {
+    /// The decision, or why the record does not tell it.
+    pub decision: Result<Decision, String>,
+    /// The rules that match, by index.
+    pub matched: Vec<usize>,
+    /// The rules that may match, by index: a condition on a fact the record lacks.
+    pub maybe: Vec<usize>,
+}
+
 /// Why each rule did or did not match: for `policy explain`.
 #[derive(Debug)]
 pub struct Explanation {
@@ -271,15 +306,43 @@ fn known(v: Option<bool>) -> Tri {
     v.map_or(Tri::Unknown, Tri::of)
 }
 
+/// Facts a replayed request lacks (for `policy test`): the audit record does not keep
+/// them, though the live engine knew them. A condition on one of them is neither true nor
+/// false, so it is passed over and noted; the caller then knows the rule *may* match.
+#[derive(Debug, Default)]
+pub(crate) struct Gaps {
+    /// The call's arguments are not known as the engine saw them (not recorded, or recorded
+    /// redacted): every argument constraint is a gap.
+    pub arguments: bool,
+    /// Argument constraints that need the live machine (path tests: the server's cwd and
+    /// roots, the file system's links; `${home}`) are gaps even when the arguments are known.
+    pub machine: bool,
+    /// The principal's groups as the engine read them (from the group database).
+    pub groups: bool,
+    /// The ancestry is known but for the shim's own process, which was its nearest member.
+    pub shim_ancestor: bool,
+    /// The first gap a check passed over.
+    pub(super) hit: Cell<Option<&'static str>>,
+}
+
+impl Gaps {
+    fn note(&self, what: &'static str) {
+        if self.hit.get().is_none() {
+            self.hit.set(Some(what));
+        }
+    }
+}
+
 impl Rule {
     /// Whether the rule matches: `Err` names the first condition that failed. The one
     /// function both `decide` and `explain` use, so they cannot disagree.
     pub(super) fn check(&self, q: &Query<'_>, policy: &Policy) -> Result<(), Miss> {
-        self.check_with(q, policy, true)
+        self.check_with(q, policy, &Gaps::default())
     }
 
-    /// [`Rule::check`], leaving out the argument constraints when `with_args` is false.
-    fn check_with(&self, q: &Query<'_>, policy: &Policy, with_args: bool) -> Result<(), Miss> {
+    /// [`Rule::check`], passing over (and noting in `gaps`) the conditions on facts it says
+    /// are unknown. `Err` only when a known condition fails.
+    fn check_with(&self, q: &Query<'_>, policy: &Policy, gaps: &Gaps) -> Result<(), Miss> {
         let fc = self.action != RuleAction::Allow;
         if !self.methods.is_match(q.method) {
             return Err(Miss::Field(Field::Method, false));
@@ -313,14 +376,23 @@ impl Rule {
         if let Some(ids) = &self.uid {
             field(known(p.map(|p| ids.contains(&p.uid))), fc, Field::Uid)?;
         }
-        if let Some(g) = &self.group {
+        // The groups of a known principal were read from the group database: not recorded.
+        let groups_gap = gaps.groups && p.is_some();
+        if groups_gap && (self.group.is_some() || self.gid.is_some()) {
+            gaps.note("the principal's groups as the policy read them are not in the record");
+        }
+        if let Some(g) = &self.group
+            && !groups_gap
+        {
             field(
                 known(p.map(|p| p.groups.iter().any(|x| g.is_match(x)))),
                 fc,
                 Field::Group,
             )?;
         }
-        if let Some(ids) = &self.gid {
+        if let Some(ids) = &self.gid
+            && !groups_gap
+        {
             field(
                 known(p.map(|p| p.gids.iter().any(|x| ids.contains(x)))),
                 fc,
@@ -338,17 +410,39 @@ impl Rule {
             let any = q
                 .ancestry
                 .map(|a| a.iter().any(|x| e.matches(x.exe.as_deref(), Some(&x.comm))));
-            field(known(any), fc, Field::Ancestor)?;
+            if gaps.shim_ancestor && any == Some(false) {
+                // The shim itself may have been the match.
+                gaps.note("the shim's own process, the nearest ancestor, is not in the record");
+            } else {
+                field(known(any), fc, Field::Ancestor)?;
+            }
         }
         if let Some(e) = &self.not_ancestor {
             let none = q
                 .ancestry
                 .map(|a| !a.iter().any(|x| e.matches(x.exe.as_deref(), Some(&x.comm))));
-            field(known(none), fc, Field::NotAncestor)?;
+            if gaps.shim_ancestor && none == Some(true) {
+                gaps.note("the shim's own process, the nearest ancestor, is not in the record");
+            } else {
+                field(known(none), fc, Field::NotAncestor)?;
+            }
         }
-        if with_args {
-            for (i, a) in self.args.iter().enumerate() {
-                a.check(q, policy, fc).map_err(|m| Miss::Arg(i, m))?;
+        if !self.args.is_empty() && gaps.arguments {
+            gaps.note("the call's arguments are not in the record");
+            return Ok(());
+        }
+        for (i, a) in self.args.iter().enumerate() {
+            let res = a.check(q, policy, fc);
+            // An argument absent (or present against `present = false`) is decided by the
+            // arguments alone; any other outcome of a test that reads the machine is a gap.
+            let decided = matches!(res, Err(ArgMiss::Absent | ArgMiss::Present));
+            if gaps.machine && !decided && a.needs_machine() {
+                gaps.note(
+                    "its path or ${home} tests need the server's cwd and roots, the user's home \
+                     and the files as they were, which the record does not keep",
+                );
+            } else {
+                res.map_err(|m| Miss::Arg(i, m))?;
             }
         }
         Ok(())
@@ -356,6 +450,20 @@ impl Rule {
 }
 
 impl ArgRule {
+    /// Whether a test reads more than the arguments: a path test (cwd, roots, links, home)
+    /// or a `${home}` (conservatively: any spelling of it, `$${home}` too).
+    fn needs_machine(&self) -> bool {
+        let home = |t: &super::compiled::Template| t.source.contains("${home}");
+        self.tests.iter().any(|t| match t {
+            Test::PathUnder(..) => true,
+            Test::Eq(e) => matches!(e, Expect::Str(t) if home(t)),
+            Test::OneOf(es) => es.iter().any(|e| matches!(e, Expect::Str(t) if home(t))),
+            Test::Glob { source, .. } | Test::Prefix(source) => source.iter().any(home),
+            Test::Regex { source, .. } => home(source),
+            Test::Len { .. } | Test::Range { .. } => false,
+        })
+    }
+
     fn check(&self, q: &Query<'_>, policy: &Policy, fc: bool) -> Result<(), ArgMiss> {
         let every_path;
         let v = if self.pointer == ANY_PATH {
@@ -666,15 +774,23 @@ impl Policy {
             return false;
         }
         let (mut denied, mut could_allow) = (false, false);
+        let no_args = Gaps {
+            arguments: true,
+            ..Gaps::default()
+        };
         self.index.each_candidate(q.method, q.server, q.tool, |i| {
             let Some(r) = self.rules.get(i as usize) else {
                 return;
             };
             match r.action {
-                RuleAction::Deny if r.args.is_empty() && r.check_with(q, self, false).is_ok() => {
+                RuleAction::Deny
+                    if r.args.is_empty() && r.check_with(q, self, &no_args).is_ok() =>
+                {
                     denied = true
                 }
-                RuleAction::Allow | RuleAction::Ask if r.check_with(q, self, false).is_ok() => {
+                RuleAction::Allow | RuleAction::Ask
+                    if r.check_with(q, self, &no_args).is_ok() =>
+                {
                     could_allow = true
                 }
                 _ => {}
@@ -682,6 +798,66 @@ impl Policy {
         });
         denied
             || (!could_allow && self.default == Action::Deny && ACTING_METHODS.contains(&q.method))
+    }
+
+    /// Decides a request from what an audit record keeps. The decision is `Ok` when the
+    /// facts the record lacks (`gaps`) cannot change it (action and rule), else `Err`
+    /// saying which rule may or may not match, and why. Rates are not counted (as
+    /// [`Policy::decide`]).
+    pub(crate) fn replay(&self, q: &Query<'_>, gaps: &Gaps) -> Replay {
+        let mut m = Matched::default();
+        let mut out = Replay {
+            decision: Err(String::new()),
+            matched: Vec::new(),
+            maybe: Vec::new(),
+        };
+        // The first rule of each action that may match, and why it may.
+        let mut deny: Option<(u32, &str)> = None;
+        let mut allow: Option<(u32, &str)> = None;
+        for (i, r) in self.rules.iter().enumerate() {
+            let n = u32::try_from(i).unwrap_or(u32::MAX);
+            gaps.hit.set(None);
+            if r.check_with(q, self, gaps).is_err() {
+                continue;
+            }
+            let Some(why) = gaps.hit.take() else {
+                m.note(n, r);
+                out.matched.push(i);
+                continue;
+            };
+            out.maybe.push(i);
+            // Audit rules decide nothing. A rule of any other action that may match counts
+            // as a deny rule that may: the decision is open unless a known deny comes first.
+            let slot = if r.action == RuleAction::Audit {
+                continue;
+            } else if r.action == RuleAction::Allow {
+                &mut allow
+            } else {
+                &mut deny
+            };
+            if slot.is_none() {
+                *slot = Some((n, why));
+            }
+        }
+        let unknown = |(i, why): (u32, &str)| {
+            format!(
+                "rule `{}` may or may not match: {why}",
+                self.rules[i as usize].id
+            )
+        };
+        out.decision = if let Some(d) = deny
+            && m.deny.is_none_or(|j| d.0 < j)
+        {
+            Err(unknown(d))
+        } else if let Some(a) = allow
+            && m.deny.is_none()
+            && m.allow.is_none_or(|j| a.0 < j)
+        {
+            Err(unknown(a))
+        } else {
+            Ok(self.conclude(q, m, None))
+        };
+        out
     }
 
     fn matched(&self, q: &Query<'_>) -> Matched {

@@ -3,8 +3,9 @@
 //! `raw.rs` is the file schema (serde), `compiled/validate.rs` turns it into the rules of
 //! `compiled.rs`, indexed by `compiled/index.rs`; `eval.rs` decides requests, `path.rs`
 //! reads paths every way a server may, `load.rs` finds and reads files, `cmd.rs` is
-//! `mcp-guard policy check | explain`. The language is described in the project's README
-//! (*Policy*).
+//! `mcp-guard policy check | explain`, `replay.rs` is `mcp-guard policy test`, and
+//! `selftest.rs` runs `[[test]]` tables and finds shadowed rules. The language is described
+//! in the project's README (*Policy*).
 //!
 //! Deny wins over allow whatever the order. The default applies, when no allow or deny rule
 //! matches, to the methods that act (calling a tool, reading a resource, getting a prompt,
@@ -22,11 +23,53 @@ mod eval;
 mod load;
 pub mod path;
 mod raw;
+pub mod replay;
+mod selftest;
 
-pub use compiled::{Ask, Observer, Policy, Rate, Rule};
+pub use compiled::{Ask, Observer, Policy, PolicyTest, Rate, Rule};
 pub use eval::{Ancestor, Decision, Explanation, Limiter, Principal, Query, Request, RuleReport};
 pub use load::{Chosen, SYSTEM_DIR, Source, chosen, dropins, standalone};
 pub use raw::Reaction;
+
+/// What the policy looks at in a request's `params`: the tool name (the URI for resources,
+/// the prompt name for prompts) and the arguments (for calls and prompts; the whole params
+/// otherwise, so a rule can look at a resource's `/uri` or a sampling request's messages).
+/// The guard, `policy explain --message` and `[[test]]` all read requests through this.
+pub fn call_parts<'a>(
+    method: &str,
+    params: Option<&'a serde_json::Value>,
+) -> (Option<&'a str>, Option<&'a serde_json::Value>) {
+    let field = |k: &str| params.and_then(|p| p.get(k));
+    let tool = match method {
+        "resources/read" | "resources/subscribe" => field("uri"),
+        _ => field("name"),
+    }
+    .and_then(serde_json::Value::as_str);
+    let arguments = match method {
+        "tools/call" | "prompts/get" => field("arguments"),
+        _ => params,
+    };
+    (tool, arguments)
+}
+
+/// A request as one JSON-RPC line (what a host sends): its method, tool and arguments,
+/// read as the guard reads them. `Err` says why the line is not one request.
+pub fn parse_request(
+    line: &str,
+) -> Result<(String, Option<String>, Option<serde_json::Value>), String> {
+    let parsed = crate::jsonrpc::parse(line.trim_end_matches('\n').as_bytes())
+        .map_err(|e| format!("not a JSON-RPC message: {e}"))?;
+    let crate::jsonrpc::Parsed::Single(m) = parsed else {
+        return Err("a batch: give one request".into());
+    };
+    if m.kind == crate::jsonrpc::Kind::Response {
+        return Err("a response, not a request".into());
+    }
+    let method = m.method.as_deref().unwrap_or_default().to_string();
+    let (tool, arguments) = call_parts(&method, m.params_value.as_ref());
+    let (tool, arguments) = (tool.map(str::to_string), arguments.cloned());
+    Ok((method, tool, arguments))
+}
 
 /// The policy used when none is configured.
 pub const BUILTIN: &str = include_str!("../../../policies/default.toml");

@@ -18,6 +18,37 @@ pub struct RawPolicy {
     pub rules: Vec<Spanned<RawRule>>,
     pub responses: Option<Spanned<RawResponses>>,
     pub observer: Option<Spanned<RawObserver>>,
+    #[serde(default, rename = "test")]
+    pub tests: Vec<Spanned<RawTest>>,
+}
+
+/// One `[[test]]`: a request, as `policy explain` takes it, and the decision the policy
+/// must make. Run by `policy check`; enforcement only validates it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTest {
+    pub name: String,
+    pub server: String,
+    pub method: Option<String>,
+    pub tool: Option<String>,
+    pub args: Option<Spanned<serde_json::Value>>,
+    /// The request as one JSON-RPC line, instead of `method`, `tool` and `args`.
+    pub message: Option<Spanned<String>>,
+    pub user: Option<String>,
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub gids: Vec<u32>,
+    pub home: Option<String>,
+    pub server_exe: Option<String>,
+    pub host_exe: Option<String>,
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub roots: Vec<String>,
+    pub ancestors: Option<Vec<String>>,
+    pub expect: super::Action,
+    pub rule: Option<String>,
 }
 
 /// `[observer]`: what the daemon does about sessions it sees from the kernel.

@@ -1458,13 +1458,17 @@ fn check_loader(text: &str) -> Result<(), TestCaseError> {
 fn check_and_explain_exit_codes() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     assert_eq!(
-        cmd::check(&[dir.join("demo.toml"), dir.join("production-locked.toml")]).unwrap(),
+        cmd::check(
+            &[dir.join("demo.toml"), dir.join("production-locked.toml")],
+            false
+        )
+        .unwrap(),
         0
     );
     let bad = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bad.path(), "[[rule]]\nid='x'\n").unwrap();
     assert_eq!(
-        cmd::check(&[dir.join("demo.toml"), bad.path().to_path_buf()]).unwrap(),
+        cmd::check(&[dir.join("demo.toml"), bad.path().to_path_buf()], false).unwrap(),
         1
     );
     let args = |tool: &str| cmd::ExplainArgs {
@@ -1474,6 +1478,7 @@ fn check_and_explain_exit_codes() {
         method: "tools/call".into(),
         tool: Some(tool.into()),
         args: Some(r#"{"path": "/tmp/x"}"#.into()),
+        message: None,
         server_exe: None,
         cwd: None,
         roots: Vec::new(),
@@ -1489,4 +1494,401 @@ fn check_and_explain_exit_codes() {
         })
         .is_err()
     );
+    // One JSON-RPC line, read as the guard reads it.
+    let message = |line: &str| cmd::ExplainArgs {
+        tool: None,
+        args: None,
+        message: Some(line.into()),
+        ..args("x")
+    };
+    let write = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_file","arguments":{"path":"/tmp/x"}}}"#;
+    assert_eq!(cmd::explain(&message(write)).unwrap(), 1);
+    let read = write.replace("write_file", "read_file");
+    assert_eq!(cmd::explain(&message(&read)).unwrap(), 0);
+    for bad in [
+        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+        "[]",
+        "{",
+        "not json",
+    ] {
+        assert!(cmd::explain(&message(bad)).is_err(), "{bad}");
+    }
+}
+
+// ---- replaying audit records (`policy test`) ----
+
+/// A request record as the guard writes it: alice, through a shim, calling `tool` of the
+/// filesystem server; `extra` fields are added or replace those.
+fn record(tool: &str, extra: Value) -> Value {
+    let mut r = json!({
+        "v": 1, "seq": 7, "time": "2026-01-02T03:04:05.000000Z", "id": "s-7",
+        "kind": "request", "session": "s", "transport": "stdio-shim",
+        "policy_sha256": "00", "mode": "enforce",
+        "principal": {"uid": 1000, "euid": 1000, "user": "alice", "gid": 1000, "groups": [1000, 27]},
+        "agent_host": {"pid": 10, "comm": "claude", "exe": "/usr/bin/node"},
+        "chain": [{"pid": 10, "comm": "claude", "exe": "/usr/bin/node"}, {"pid": 9, "comm": "bash", "exe": "/usr/bin/bash"}],
+        "server": {"name": "filesystem", "pid": 11, "exe": "/usr/bin/node", "argv": ["mcp-server-filesystem", "/srv"]},
+        "direction": "client_to_server", "decision": "allow", "rule": "default",
+        "method": "tools/call", "tool": tool, "request_id": "7",
+        "args_sha256": "ab".repeat(32),
+    });
+    if let (Some(o), Value::Object(e)) = (r.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    r
+}
+
+/// The replayed decision as `decision (rule)`, or `? why`.
+fn replayed(p: &Policy, rec: &Value) -> String {
+    match replay::judge(p, rec).decision {
+        Ok(d) => format!("{} ({})", d.action, d.rule),
+        Err(why) => format!("? {why}"),
+    }
+}
+
+#[test]
+fn replay_decides_what_the_record_keeps() {
+    let p = parse(
+        "[[rule]]\nid = \"no-writes\"\nserver = \"filesystem\"\ntool = \"write_file\"\n\
+         user = \"alice\"\nhost_exe = \"/usr/bin/node\"\nserver_exe = \"node\"\naction = \"deny\"\n",
+    );
+    assert_eq!(
+        replayed(&p, &record("write_file", json!({}))),
+        "deny (no-writes)"
+    );
+    assert_eq!(
+        replayed(&p, &record("read_file", json!({}))),
+        "allow (default)"
+    );
+    let bob = json!({"principal": {"uid": 1001, "user": "bob"}});
+    assert_eq!(replayed(&p, &record("write_file", bob)), "allow (default)");
+    let other = json!({"server": {"name": "git", "exe": "/usr/bin/node"}});
+    assert_eq!(
+        replayed(&p, &record("write_file", other)),
+        "allow (default)"
+    );
+    // What the engine did not know live it does not know now: fail-closed, as then.
+    let unknown = json!({"principal": null, "agent_host": null});
+    assert_eq!(
+        replayed(&p, &record("write_file", unknown)),
+        "deny (no-writes)"
+    );
+}
+
+#[test]
+fn replay_cannot_tell_an_argument_constraint_without_the_arguments() {
+    let p = parse(
+        "[[rule]]\nid = \"no-etc\"\ntool = \"write_file\"\naction = \"deny\"\n\
+         [[rule.args]]\npointer = \"/path\"\nprefix = \"/etc\"\n",
+    );
+    let why = replayed(&p, &record("write_file", json!({})));
+    assert!(
+        why.starts_with("? rule `no-etc` may or may not match: the call's arguments"),
+        "{why}"
+    );
+    // A tool the rule does not name is decided all the same.
+    assert_eq!(
+        replayed(&p, &record("read_file", json!({}))),
+        "allow (default)"
+    );
+    // A call recorded without `args_sha256` had no arguments: the constraint cannot hold.
+    let mut none = record("write_file", json!({}));
+    none.as_object_mut().unwrap().remove("args_sha256");
+    assert_eq!(replayed(&p, &none), "allow (default)");
+}
+
+#[test]
+fn replay_uses_recorded_arguments_only_when_their_digest_proves_them() {
+    let p = parse(
+        "[[rule]]\nid = \"no-etc\"\ntool = \"write_file\"\naction = \"deny\"\n\
+         [[rule.args]]\npointer = \"/path\"\nprefix = \"/etc\"\n",
+    );
+    let args = json!({"path": "/etc/passwd", "content": "x"});
+    let digest = crate::audit::canonical_sha256(&args);
+    let exact = json!({"args": args, "args_sha256": digest});
+    assert_eq!(replayed(&p, &record("write_file", exact)), "deny (no-etc)");
+    let fine = json!({"path": "/srv/a", "content": "x"});
+    let exact = json!({"args": fine, "args_sha256": crate::audit::canonical_sha256(&fine)});
+    assert_eq!(
+        replayed(&p, &record("write_file", exact)),
+        "allow (default)"
+    );
+    // Recorded, but not what was sent (the digest differs): unknown.
+    let wrong = json!({"args": {"path": "/srv/a"}, "args_sha256": digest});
+    assert!(replayed(&p, &record("write_file", wrong)).starts_with("? "));
+    // Recorded with a credential redacted: the digest cannot match, and neither is guessed.
+    let red = json!({"path": "[REDACTED]"});
+    let redacted = json!({"args": red, "args_sha256": crate::audit::canonical_sha256(&red)});
+    assert!(replayed(&p, &record("write_file", redacted)).starts_with("? "));
+}
+
+#[test]
+fn replay_is_undecidable_only_when_the_unknown_rule_could_change_the_decision() {
+    let unknown_first = parse(
+        "[[rule]]\nid = \"etc\"\ntool = \"write_file\"\naction = \"deny\"\n\
+         [[rule.args]]\npointer = \"/path\"\nprefix = \"/etc\"\n\
+         [[rule]]\nid = \"no-writes\"\ntool = \"write_file\"\naction = \"deny\"\n",
+    );
+    // Denied either way, but by which rule is not known.
+    assert!(replayed(&unknown_first, &record("write_file", json!({}))).starts_with("? rule `etc`"));
+    let known_first = parse(
+        "[[rule]]\nid = \"no-writes\"\ntool = \"write_file\"\naction = \"deny\"\n\
+         [[rule]]\nid = \"etc\"\ntool = \"write_file\"\naction = \"deny\"\n\
+         [[rule.args]]\npointer = \"/path\"\nprefix = \"/etc\"\n",
+    );
+    assert_eq!(
+        replayed(&known_first, &record("write_file", json!({}))),
+        "deny (no-writes)"
+    );
+    // An allow rule that may match does not matter when a deny rule matches.
+    let deny_wins = parse(
+        "[[rule]]\nid = \"ok\"\ntool = \"write_file\"\naction = \"allow\"\n\
+         [[rule.args]]\npointer = \"/path\"\nprefix = \"/srv\"\n\
+         [[rule]]\nid = \"no-writes\"\ntool = \"write_file\"\naction = \"deny\"\n",
+    );
+    assert_eq!(
+        replayed(&deny_wins, &record("write_file", json!({}))),
+        "deny (no-writes)"
+    );
+    // Audit rules decide nothing.
+    let audit = parse(
+        "[[rule]]\nid = \"mark\"\ntool = \"write_file\"\naction = \"audit\"\n\
+         [[rule.args]]\npointer = \"/path\"\nprefix = \"/etc\"\n",
+    );
+    assert_eq!(
+        replayed(&audit, &record("write_file", json!({}))),
+        "allow (default)"
+    );
+}
+
+#[test]
+fn replay_does_not_guess_groups_home_paths_or_the_shims_process() {
+    let groups = parse("[[rule]]\nid = \"g\"\ngroup = \"sudo\"\naction = \"deny\"\n");
+    assert!(replayed(&groups, &record("x", json!({}))).contains("groups"));
+    let gids = parse("[[rule]]\nid = \"g\"\ngid = 27\naction = \"deny\"\n");
+    assert!(replayed(&gids, &record("x", json!({}))).contains("groups"));
+    let uid = parse("[[rule]]\nid = \"u\"\nuid = 1000\naction = \"deny\"\n");
+    assert_eq!(replayed(&uid, &record("x", json!({}))), "deny (u)");
+
+    let paths = parse(
+        "[[rule]]\nid = \"etc\"\naction = \"deny\"\n\
+         [[rule.args]]\npointer = \"**\"\npath_under = \"/etc\"\n",
+    );
+    let args = json!({"path": "/etc/passwd"});
+    let digest = crate::audit::canonical_sha256(&args);
+    let with_path = json!({"args": args, "args_sha256": digest});
+    assert!(replayed(&paths, &record("x", with_path)).contains("cwd and roots"));
+    // No path-like argument at all: decided by the arguments alone.
+    let args = json!({"n": 3});
+    let digest = crate::audit::canonical_sha256(&args);
+    let no_path = json!({"args": args, "args_sha256": digest});
+    assert_eq!(replayed(&paths, &record("x", no_path)), "allow (default)");
+
+    let cron = parse(
+        "default = \"deny\"\n[[rule]]\nid = \"c\"\nnot_ancestor = \"cron\"\naction = \"allow\"\n",
+    );
+    // Through a shim the nearest ancestor, the shim itself, is not in the record.
+    assert!(replayed(&cron, &record("x", json!({}))).contains("shim's own process"));
+    // Observed, the record's chain is the whole ancestry.
+    let observed = json!({"transport": "stdio-observed"});
+    assert_eq!(replayed(&cron, &record("x", observed)), "allow (c)");
+    // A chain that has cron decides `not_ancestor` whatever the shim was.
+    let under_cron = json!({"chain": [{"pid": 3, "comm": "cron", "exe": "/usr/sbin/cron"}]});
+    assert_eq!(replayed(&cron, &record("x", under_cron)), "deny (default)");
+}
+
+#[test]
+fn replay_reads_monitor_records_and_refuses_rates() {
+    let p = parse(
+        "mode = \"monitor\"\n[[rule]]\nid = \"w\"\ntool = \"write_file\"\naction = \"deny\"\n",
+    );
+    let d = replay::judge(&p, &record("write_file", json!({})))
+        .decision
+        .unwrap();
+    assert!(d.would_deny && d.action == Action::Allow && d.rule == "w");
+    let rated = json!({"rate_limited": true, "decision": "deny", "rule": "w"});
+    assert!(replayed(&p, &record("write_file", rated)).contains("rate"));
+}
+
+// ---- [[test]] tables and shadowed rules (`policy check`) ----
+
+const TESTED: &str = "default = \"allow\"\n\
+[[rule]]\nid = \"no-writes\"\nserver = \"filesystem\"\ntool = \"write_file\"\nuser = \"alice\"\naction = \"deny\"\n\
+[[test]]\nname = \"alice cannot write\"\nserver = \"filesystem\"\ntool = \"write_file\"\n\
+args = { path = \"/etc/passwd\" }\nuser = \"alice\"\nexpect = \"deny\"\nrule = \"no-writes\"\n\
+[[test]]\nname = \"bob can\"\nserver = \"filesystem\"\nuser = \"bob\"\n\
+message = '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"write_file\"}}'\n\
+expect = \"allow\"\nrule = \"default\"\n";
+
+#[test]
+fn test_tables_are_run_and_failures_name_file_line_and_both_decisions() {
+    let p = parse(TESTED);
+    assert_eq!(p.tests().len(), 2);
+    assert_eq!(p.run_tests(), Vec::<String>::new());
+    // Expectations the policy does not meet, on the lines of their tables.
+    let wrong = TESTED
+        .replace(
+            "expect = \"deny\"\nrule = \"no-writes\"",
+            "expect = \"allow\"",
+        )
+        .replace("rule = \"default\"", "rule = \"other\"");
+    let p = parse(&wrong);
+    assert_eq!(
+        p.run_tests(),
+        vec![
+            "t.toml:8: test \"alice cannot write\": expected allow, got deny (no-writes)"
+                .to_string(),
+            "t.toml:15: test \"bob can\": expected allow (rule other), got allow (default)"
+                .to_string(),
+        ]
+    );
+    // No user named: the principal is unknown, and a deny rule on it matches (fail-closed).
+    let anyone = TESTED.replace("user = \"bob\"\n", "");
+    assert_eq!(
+        parse(&anyone).run_tests(),
+        vec!["t.toml:16: test \"bob can\": expected allow (rule default), got deny (no-writes)"]
+    );
+    // In monitor mode what the policy would deny is expected as `deny`.
+    let monitor = format!("mode = \"monitor\"\n{TESTED}");
+    assert_eq!(parse(&monitor).run_tests(), Vec::<String>::new());
+}
+
+#[test]
+fn test_tables_do_not_change_what_the_policy_decides() {
+    let rules_only = &TESTED[..TESTED.find("[[test]]").unwrap()];
+    let (with, without) = (parse(TESTED), parse(rules_only));
+    let p = alice();
+    let args = json!({"path": "/etc/passwd"});
+    for tool in ["write_file", "read_file"] {
+        let q = call("filesystem", tool, &p, &args);
+        let (a, b) = (with.decide(q), without.decide(q));
+        assert_eq!((a.action, a.rule), (b.action, b.rule), "{tool}");
+    }
+    assert_eq!(with.len(), without.len());
+}
+
+#[test]
+fn bad_test_tables_are_errors_with_their_place() {
+    let base = "[[rule]]\nid = \"r\"\naction = \"deny\"\n[[test]]\nname = \"t\"\nserver = \"s\"\nexpect = \"deny\"\n";
+    for (extra, want) in [
+        (
+            "message = 'nope'\n",
+            "t.toml:8:11: `message`: not a JSON-RPC message",
+        ),
+        (
+            "message = '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}'\n",
+            "t.toml:8:11: `message`: a response, not a request",
+        ),
+        (
+            "tool = \"x\"\nmessage = '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}'\n",
+            "t.toml:9:11: a test gives `message` or `method`, `tool` and `args`, not both",
+        ),
+        ("args = [1]\n", "t.toml:8:8: `args` must be a table"),
+        ("expect = \"maybe\"\n", "t.toml:8:"),
+        ("color = \"red\"\n", "unknown field `color`"),
+    ] {
+        let text = format!("{base}{extra}");
+        let err = Policy::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains(want), "{extra}: {err}");
+    }
+}
+
+/// The warnings of a policy, as `rule id <- covering rule id` pairs.
+fn shadows(text: &str) -> Vec<String> {
+    parse(text)
+        .shadowed()
+        .iter()
+        .map(|w| {
+            let ids: Vec<&str> = w.split('`').skip(1).step_by(2).collect();
+            format!("{} <- {}", ids[0], ids[1])
+        })
+        .collect()
+}
+
+#[test]
+fn rules_that_can_never_decide_are_warned_about() {
+    let rule = |id: &str, body: &str| format!("[[rule]]\nid = \"{id}\"\n{body}\n");
+    let deny_writes = rule(
+        "d",
+        "server = \"fs\"\ntool = [\"write_file\", \"edit\"]\naction = \"deny\"",
+    );
+    // An allow rule inside a deny rule: deny wins, wherever it is written.
+    let allow = rule(
+        "a",
+        "server = \"fs\"\ntool = \"write_file\"\nuser = \"alice\"\naction = \"allow\"",
+    );
+    assert_eq!(shadows(&format!("{allow}{deny_writes}")), ["a <- d"]);
+    // A deny rule after one that covers it never names a decision; before it, it does.
+    let deny2 = rule(
+        "d2",
+        "server = \"fs\"\ntool = \"write_file\"\naction = \"deny\"",
+    );
+    assert_eq!(shadows(&format!("{deny_writes}{deny2}")), ["d2 <- d"]);
+    assert_eq!(
+        shadows(&format!("{deny2}{deny_writes}")),
+        Vec::<String>::new()
+    );
+    // `*` covers any name, but a tool pattern never covers a request without a tool.
+    let any_tool = rule("all", "tool = \"*\"\naction = \"deny\"");
+    let no_tool = rule("n", "server = \"fs\"\naction = \"deny\"");
+    assert_eq!(
+        shadows(&format!("{any_tool}{deny2}{no_tool}")),
+        ["d2 <- all"]
+    );
+    // Not provable, so not reported: a covering rule with another condition, a glob
+    // against a name, an allow rule with a rate (it still counts calls), an audit rule.
+    for (first, second) in [
+        (
+            rule(
+                "c",
+                "server = \"fs\"\ntool = \"write_file\"\nuser = \"bob\"\naction = \"deny\"",
+            ),
+            allow.clone(),
+        ),
+        (
+            rule("c", "tool = \"write_file\"\naction = \"deny\""),
+            rule("g", "tool = \"write_*\"\naction = \"allow\""),
+        ),
+        (
+            rule("c", "tool = \"write_file\"\naction = \"allow\""),
+            rule(
+                "r",
+                "tool = \"write_file\"\nrate = \"5/minute\"\naction = \"allow\"",
+            ),
+        ),
+        (
+            deny_writes.clone(),
+            rule("m", "tool = \"write_file\"\naction = \"audit\""),
+        ),
+        (
+            rule(
+                "c",
+                "tool = \"write_file\"\nmethod = \"prompts/get\"\naction = \"deny\"",
+            ),
+            rule("x", "tool = \"write_file\"\naction = \"allow\""),
+        ),
+        (
+            rule(
+                "c",
+                "tool = \"write_file\"\naction = \"deny\"\n[[rule.args]]\npointer = \"/p\"\npresent = true",
+            ),
+            rule("x", "tool = \"write_file\"\naction = \"allow\""),
+        ),
+    ] {
+        assert_eq!(
+            shadows(&format!("{first}{second}")),
+            Vec::<String>::new(),
+            "{first}{second}"
+        );
+    }
+    // The shipped policies have none.
+    for name in [
+        "default.toml",
+        "demo.toml",
+        "readonly-filesystem.toml",
+        "developer-workstation.toml",
+        "production-locked.toml",
+    ] {
+        assert_eq!(shipped(name).shadowed(), Vec::<String>::new(), "{name}");
+    }
 }

@@ -50,6 +50,80 @@ impl Lines {
 }
 
 impl Ctx<'_> {
+    /// A `[[test]]`: the request it describes, as `policy explain` would build it.
+    pub(super) fn test(&mut self, t: Spanned<crate::policy::raw::RawTest>) -> Option<PolicyTest> {
+        let at = t.span().start;
+        let t = t.into_inner();
+        let (line, _) = self.lines.locate(&self.src.text, at);
+        let (method, tool, arguments) = match &t.message {
+            Some(m) => {
+                if t.method.is_some() || t.tool.is_some() || t.args.is_some() {
+                    self.err(
+                        m.span().start,
+                        "a test gives `message` or `method`, `tool` and `args`, not both",
+                    );
+                    return None;
+                }
+                match crate::policy::parse_request(m.get_ref()) {
+                    Ok(parts) => parts,
+                    Err(e) => {
+                        self.err(m.span().start, &format!("`message`: {e}"));
+                        return None;
+                    }
+                }
+            }
+            None => {
+                if let Some(a) = &t.args
+                    && !a.get_ref().is_object()
+                {
+                    self.err(
+                        a.span().start,
+                        "`args` must be a table (the call's arguments)",
+                    );
+                    return None;
+                }
+                (
+                    t.method.unwrap_or_else(|| "tools/call".into()),
+                    t.tool,
+                    t.args.map(Spanned::into_inner),
+                )
+            }
+        };
+        let named = t.user.is_some()
+            || t.uid.is_some()
+            || !t.groups.is_empty()
+            || !t.gids.is_empty()
+            || t.home.is_some();
+        let principal = named.then(|| crate::policy::Principal {
+            uid: t.uid.unwrap_or(u32::MAX),
+            user: t.user,
+            home: t.home,
+            gids: t.gids,
+            groups: t.groups,
+        });
+        let ancestry = t.ancestors.map(|a| {
+            a.iter()
+                .map(|a| crate::policy::Ancestor::named(a))
+                .collect()
+        });
+        Some(PolicyTest {
+            name: t.name,
+            origin: format!("{}:{line}", self.src.name),
+            server: t.server,
+            method,
+            tool,
+            arguments,
+            principal,
+            server_exe: t.server_exe,
+            host_exe: t.host_exe,
+            cwd: t.cwd,
+            roots: t.roots,
+            ancestry,
+            expect: t.expect,
+            rule: t.rule,
+        })
+    }
+
     pub(super) fn err(&mut self, at: usize, message: &str) {
         let (line, column) = self.lines.locate(&self.src.text, at);
         self.diags.push(Diagnostic {
