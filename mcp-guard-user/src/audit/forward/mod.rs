@@ -232,7 +232,7 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         }
     };
     let hostname = args.hostname.clone().unwrap_or_else(syslog::hostname);
-    let otlp = match &args.to {
+    let mut otlp = match &args.to {
         Destination::Otlp(endpoint) => Some(Otlp {
             client: otlp::Client::new(
                 endpoint.clone(),
@@ -244,6 +244,15 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         }),
         Destination::Syslog(_) => None,
     };
+    if let Some(o) = &mut otlp
+        && saved.is_some()
+    {
+        o.spans.recover(&source.read_before(otlp::RECOVER_BYTES)?);
+        tracing::debug!(
+            pending = o.spans.pending(),
+            "tools/call requests sent by an earlier run and not answered yet"
+        );
+    }
     let mut fwd = Forwarder {
         otlp,
         header: Header {

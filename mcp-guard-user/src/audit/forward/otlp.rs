@@ -36,6 +36,8 @@ const MAX_RESPONSE: u64 = 64 * 1024;
 /// Requests remembered while their response is awaited; past this, the oldest are dropped
 /// (their spans then lack the request's attributes, see [`Spans`]).
 const MAX_PENDING: usize = 16_384;
+/// How much of the log before the cursor a run reads to recover unanswered requests.
+pub const RECOVER_BYTES: u64 = 64 << 20;
 /// The longest a `Retry-After` is honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -392,11 +394,13 @@ struct Pending {
 /// Builds one span per `tools/call`: when its response is read (start: the request's
 /// time, end: the response's), or at once for a denied request (which has no response).
 ///
-/// Allowed requests are remembered until their response. A response whose request was
-/// never read by this forwarder (it was committed by an earlier run, or dropped past
-/// [`MAX_PENDING`]) still makes its span, from the response alone: start = its time
-/// minus `outcome.latency_us`, and without the request's identity attributes (user,
-/// agent host, server, rule); `mcp_guard.request.seen` is false on such spans.
+/// Allowed requests are remembered until their response; a run that starts from a cursor
+/// first recovers the unanswered ones from the last [`RECOVER_BYTES`] of the log before
+/// it ([`Spans::recover`]). A response whose request is still unknown (further back, in a
+/// rotated file, or dropped past [`MAX_PENDING`]) still makes its span, from the response
+/// alone: start = its time minus `outcome.latency_us`, and without the request's identity
+/// attributes (user, agent host, server, rule); `mcp_guard.request.seen` is false on such
+/// spans.
 #[derive(Default)]
 pub struct Spans {
     pending: HashMap<String, Pending>,
@@ -436,6 +440,31 @@ impl Spans {
             }
             _ => None,
         }
+    }
+
+    /// Learns from records sent by an earlier run (the log before the cursor, oldest
+    /// first): the requests still waiting for their response, whose spans this run makes.
+    pub fn recover(&mut self, before: &[u8]) {
+        let mut answered = Vec::new();
+        for line in before.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(rec) = serde_json::from_slice::<Value>(line) else {
+                continue;
+            };
+            let _ = self.observe(&rec);
+            if rec.get("kind").and_then(Value::as_str) == Some("response")
+                && let Some(l) = rec.get("links").and_then(Value::as_str)
+            {
+                answered.push(l.to_string());
+            }
+        }
+        for l in answered {
+            self.pending.remove(&l);
+        }
+    }
+
+    /// Requests waiting for their response.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 
     /// Forgets the requests answered at or before `seq` (committed: never read again).
