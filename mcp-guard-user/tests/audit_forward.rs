@@ -952,6 +952,19 @@ fn otlp_refusals_skip_nothing_and_retry_after_is_honoured() {
     assert!(c.got("log").is_empty());
     assert!(!cursor.exists(), "a cursor after a refusal");
 
+    // OCSF is a syslog payload: asked of OTLP, it is an error, not ignored.
+    let out = forward(&["--to", &url, "--format", "ocsf"], &log);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--format ocsf is for syslog"));
+
+    // A redirect is not followed (a POST redirected could come back a GET): a refusal.
+    c.answer("307");
+    let out = forward(&["--to", &url], &log);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused the batch with 307"), "{stderr}");
+    assert!(!cursor.exists(), "a cursor after a redirect");
+
     // 503 with Retry-After: 2 s: with --follow, retried no sooner than asked.
     c.answer("503 2");
     let out = forward(&["--to", &url], &log);

@@ -4,12 +4,13 @@ official `opentelemetry-proto` package and appends what it got, one JSON object 
 record, span and request, to a file, fsynced before it answers 200 (so an answered
 record is on disk even if the receiver is killed right after).
 
-    otlp_receiver.py --port PORT --out FILE [--control FILE]
+    otlp_receiver.py --port PORT --out FILE [--control FILE] [--prefix /BASE]
 
 The control file, read on every request, changes the answer: `503 2` answers 503 with
-`Retry-After: 2` (any status and an optional Retry-After), `partial 3` accepts the batch
-but reports 3 records rejected (partial success). No control file, or an empty one: 200.
-Answered refusals are logged as {"signal": "refused", ...} lines.
+`Retry-After: 2` (any status and an optional Retry-After; a 3xx names the same path as its
+Location); `partial 3` accepts the batch but reports 3 records rejected (partial success).
+No control file, or an empty one: 200. Refusals are logged as {"signal": "refused", ...}
+lines.
 """
 
 import argparse
@@ -133,6 +134,8 @@ class Handler(BaseHTTPRequestHandler):
         if words and words[0] != "partial":
             status = int(words[0])
             headers = [("Retry-After", words[1])] if len(words) > 1 else []
+            if 300 <= status < 400:
+                headers.append(("Location", self.path))
             self.write([{"signal": "refused", "path": path, "status": status}])
             return self.answer(status, b"told to refuse: " + control.encode(), "text/plain", headers)
         try:

@@ -212,6 +212,11 @@ pub struct Args {
 /// --follow), 1 when the SIEM could not be reached, failed or refused records (the cursor
 /// keeps what was committed, a later run resumes there).
 pub fn run(args: &Args) -> anyhow::Result<i32> {
+    if matches!(args.to, Destination::Otlp(_)) && args.format == Format::Ocsf {
+        anyhow::bail!(
+            "--format ocsf is for syslog; OTLP log records carry the record as written, with attributes"
+        );
+    }
     let cursor_path = args
         .cursor
         .clone()

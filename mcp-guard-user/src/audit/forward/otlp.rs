@@ -102,6 +102,9 @@ impl std::str::FromStr for Header {
         {
             return Err(format!("`{k}` is not a header name"));
         }
+        if v.chars().any(char::is_control) {
+            return Err(format!("the value of `{k}` has a control character"));
+        }
         Ok(Header {
             name: k.to_string(),
             value: v.trim().to_string(),
@@ -641,6 +644,9 @@ impl Client {
     pub fn new(endpoint: Endpoint, headers: Vec<Header>, timeout: Duration) -> Client {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // A redirected POST may come back as a GET whose 2xx would pass for an
+            // acknowledgement: a 3xx is a refusal naming the status instead.
+            .max_redirects(0)
             .timeout_global(Some(timeout))
             .user_agent(concat!("mcp-guard/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -597,6 +597,7 @@ mod otlp_mapping {
         );
         assert!("no-equals".parse::<otlp::Header>().is_err());
         assert!("bad name=x".parse::<otlp::Header>().is_err());
+        assert!("x-a=b\r\nx-b: c".parse::<otlp::Header>().is_err());
     }
 
     #[test]
