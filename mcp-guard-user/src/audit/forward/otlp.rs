@@ -385,6 +385,59 @@ fn span_of(rec: &Value) -> Option<&str> {
     }
 }
 
+/// What a pending request keeps of its record: the fields its span uses (not the
+/// ancestry, arguments, claims or command lines, which can be large).
+fn slim(rec: &Value) -> Value {
+    const KEEP: &[&str] = &[
+        "seq",
+        "time",
+        "id",
+        "kind",
+        "session",
+        "method",
+        "tool",
+        "request_id",
+        "protocol",
+        "transport",
+        "decision",
+        "rule",
+        "reason",
+        "audit_rule",
+        "mode",
+        "policy_sha256",
+        "would_deny",
+        "rate_limited",
+    ];
+    const PROCESS: &[&str] = &["name", "pid", "comm", "exe", "exec_id"];
+    let mut out = serde_json::Map::new();
+    for k in KEEP {
+        if let Some(v) = rec.get(*k) {
+            out.insert((*k).into(), v.clone());
+        }
+    }
+    if let Some(p) = rec.get("principal") {
+        let mut m = serde_json::Map::new();
+        for k in ["uid", "user"] {
+            if let Some(v) = p.get(k) {
+                m.insert(k.into(), v.clone());
+            }
+        }
+        out.insert("principal".into(), Value::Object(m));
+    }
+    for field in ["agent_host", "server"] {
+        if let Some(p) = rec.get(field) {
+            let mut m = serde_json::Map::new();
+            for k in PROCESS {
+                if let Some(v) = p.get(*k) {
+                    m.insert((*k).into(), v.clone());
+                }
+            }
+            out.insert(field.into(), Value::Object(m));
+        }
+    }
+    Value::Object(out)
+}
+
 /// A `tools/call` request waiting for its response.
 struct Pending {
     seq: u64,
@@ -428,7 +481,7 @@ impl Spans {
                 }
                 self.pending.entry(id).or_insert_with(|| Pending {
                     seq,
-                    rec: rec.clone(),
+                    rec: slim(rec),
                     answered: None,
                 });
                 None
@@ -449,7 +502,10 @@ impl Spans {
     /// first): the requests still waiting for their response, whose spans this run makes.
     pub fn recover(&mut self, before: &[u8]) {
         let mut answered = Vec::new();
-        for line in before.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let lines = before.split(|&b| b == b'\n');
+        // Only tools/call records matter; most lines are not parsed.
+        let calls = lines.filter(|l| memchr::memmem::find(l, b"\"tools/call\"").is_some());
+        for line in calls {
             let Ok(rec) = serde_json::from_slice::<Value>(line) else {
                 continue;
             };
