@@ -465,11 +465,22 @@ pub struct Spans {
 impl Spans {
     /// The span a record completes, if any.
     pub fn observe(&mut self, rec: &Value) -> Option<Span> {
-        if rec.get("method").and_then(Value::as_str) != Some("tools/call") {
-            return None;
-        }
         let s = |k: &str| rec.get(k).and_then(Value::as_str);
         let seq = rec.get("seq").and_then(Value::as_u64).unwrap_or(0);
+        if s("kind") == Some("session_end") {
+            // No response comes after its session's end: its unanswered requests are done
+            // with once the cursor is past it.
+            let session = s("session");
+            for p in self.pending.values_mut() {
+                if p.answered.is_none() && p.rec.get("session").and_then(Value::as_str) == session {
+                    p.answered = Some(seq);
+                }
+            }
+            return None;
+        }
+        if s("method") != Some("tools/call") {
+            return None;
+        }
         match s("kind")? {
             "request" => {
                 if s("decision") == Some("deny") {
@@ -492,7 +503,7 @@ impl Spans {
                     p.answered = Some(seq);
                     &p.rec
                 });
-                Some(span(rec, req).with_request(req))
+                Some(span(rec, req))
             }
             _ => None,
         }
@@ -501,24 +512,20 @@ impl Spans {
     /// Learns from records sent by an earlier run (the log before the cursor, oldest
     /// first): the requests still waiting for their response, whose spans this run makes.
     pub fn recover(&mut self, before: &[u8]) {
-        let mut answered = Vec::new();
         let lines = before.split(|&b| b == b'\n');
-        // Only tools/call records matter; most lines are not parsed.
-        let calls = lines.filter(|l| memchr::memmem::find(l, b"\"tools/call\"").is_some());
-        for line in calls {
-            let Ok(rec) = serde_json::from_slice::<Value>(line) else {
-                continue;
-            };
-            let _ = self.observe(&rec);
-            if rec.get("kind").and_then(Value::as_str) == Some("response")
-                && let Some(l) = rec.get("links").and_then(Value::as_str)
-            {
-                answered.push(l.to_string());
+        // Only tools/call requests and responses, and session ends, matter: most lines
+        // are not parsed.
+        let wanted = lines.filter(|l| {
+            memchr::memmem::find(l, b"\"tools/call\"").is_some()
+                || memchr::memmem::find(l, b"\"session_end\"").is_some()
+        });
+        for line in wanted {
+            if let Ok(rec) = serde_json::from_slice::<Value>(line) {
+                let _ = self.observe(&rec);
             }
         }
-        for l in answered {
-            self.pending.remove(&l);
-        }
+        // Answered (or ended) before the cursor: sent, done with.
+        self.pending.retain(|_, p| p.answered.is_none());
     }
 
     /// Requests waiting for their response.
@@ -542,19 +549,6 @@ impl Spans {
             "many tools/call requests without a response; the oldest are forgotten (their spans will lack the request's attributes)"
         );
         self.pending.retain(|_, p| p.seq > cut);
-    }
-}
-
-trait WithRequest {
-    fn with_request(self, req: Option<&Value>) -> Self;
-}
-
-impl WithRequest for Span {
-    /// Marks whether the request's record was read (its attributes are on the span).
-    fn with_request(mut self, req: Option<&Value>) -> Span {
-        self.attributes
-            .push(kv_bool("mcp_guard.request.seen", req.is_some()));
-        self
     }
 }
 
@@ -591,6 +585,8 @@ fn span(rec: &Value, req: Option<&Value>) -> Span {
         }
         let seq = rec.get("seq").and_then(Value::as_i64).unwrap_or(0);
         attributes.push(kv_int("mcp_guard.response.seq", seq));
+        // Whether the request's record was read (its attributes are on the span).
+        attributes.push(kv_bool("mcp_guard.request.seen", req.is_some()));
         if rec.pointer("/outcome/error").and_then(Value::as_bool) == Some(true) {
             let code = rec.pointer("/outcome/error_code").and_then(Value::as_i64);
             let ty = code.map_or_else(|| "error".to_string(), |c| c.to_string());

@@ -538,19 +538,45 @@ mod otlp_mapping {
     }
 
     #[test]
+    fn a_sessions_end_closes_its_unanswered_requests() {
+        let (req, _) = allowed_call();
+        let mut spans = Spans::default();
+        spans.observe(&req);
+        let mut other = req.clone();
+        other["id"] = json!("other-1");
+        other["session"] = json!("other");
+        spans.observe(&other);
+        assert!(spans.observe(&sample(8).0).is_none());
+        spans.committed(8);
+        assert_eq!(
+            spans.pending(),
+            1,
+            "only the other session's request is left"
+        );
+    }
+
+    #[test]
     fn recover_finds_requests_sent_before_the_cursor() {
         let (req, resp) = allowed_call();
         let (mut answered, _) = allowed_call();
         answered["id"] = json!("other-1");
         let mut answer = resp.clone();
         answer["links"] = json!("other-1");
-        let before = [&answered, &req, &answer]
+        let (mut ended, _) = allowed_call();
+        ended["id"] = json!("ended-1");
+        ended["session"] = json!("ended");
+        let end = json!({"seq": 1, "kind": "session_end", "session": "ended"});
+        let before = [&answered, &ended, &req, &answer, &end]
             .iter()
             .map(|v| format!("{v}\n"))
             .collect::<String>();
         let mut spans = Spans::default();
         spans.recover(before.as_bytes());
-        assert_eq!(spans.pending(), 1, "only the unanswered request");
+        assert_eq!(
+            spans.pending(),
+            1,
+            "only the unanswered request of a live session"
+        );
         let span = spans.observe(&resp).unwrap();
         let a = attrs(&span.attributes);
         assert_eq!(a["mcp_guard.request.seen"], json!(true));
