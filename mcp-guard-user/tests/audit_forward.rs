@@ -708,16 +708,23 @@ struct Collector {
     dir: PathBuf,
     port: u16,
     prefix: String,
+    /// Serving https, with its CA in `dir/tls/ca.pem`.
+    tls: bool,
     proc: KillOnDrop,
 }
 
 impl Collector {
     fn start(python: &Path, dir: &Path, port: u16, prefix: &str) -> Collector {
+        Collector::start_with(python, dir, port, prefix, false)
+    }
+
+    fn start_with(python: &Path, dir: &Path, port: u16, prefix: &str, tls: bool) -> Collector {
         let mut c = Collector {
             python: python.to_path_buf(),
             dir: dir.to_path_buf(),
             port,
             prefix: prefix.to_string(),
+            tls,
             proc: KillOnDrop(None),
         };
         c.restart();
@@ -726,8 +733,13 @@ impl Collector {
 
     fn restart(&mut self) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/otlp_receiver.py");
-        let child = Command::new(&self.python)
-            .arg(script)
+        let mut cmd = Command::new(&self.python);
+        if self.tls {
+            cmd.arg(&script).arg("--tls").arg(self.dir.join("tls"));
+        } else {
+            cmd.arg(&script);
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string(), "--prefix", &self.prefix])
             .arg("--out")
             .arg(self.dir.join("otlp.jsonl"))
@@ -746,7 +758,8 @@ impl Collector {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, self.prefix)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{}", self.port, self.prefix)
     }
 
     /// How the receiver answers from now on: `503 2`, `400`, `partial 3`, or "" (200).
@@ -1064,4 +1077,38 @@ fn otlp_span_of_a_call_answered_after_the_cursor_keeps_its_request() {
     let t = humantime::parse_rfc3339(req["time"].as_str().unwrap()).unwrap();
     let start = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     assert_eq!(span["start_time_unix_nano"], start);
+}
+
+#[test]
+fn otlp_over_https_trusts_the_ca_file() {
+    let Some(python) = peers_python() else {
+        return skip("no .peers/venv with opentelemetry-proto (cargo xtask setup)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    wrap_session(&log, 10, None);
+    let c = Collector::start_with(&python, dir.path(), free_port(), "", true);
+    // Its private CA is not among the built-in roots: refused, nothing committed.
+    let out = forward(&["--to", &c.url()], &log);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    assert!(c.got("log").is_empty());
+    // A file without certificates is named.
+    let out = forward(
+        &["--to", &c.url(), "--ca-file", log.to_str().unwrap()],
+        &log,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca-file"));
+    // With its CA: every record.
+    let ca = dir.path().join("tls/ca.pem");
+    let out = forward(&["--to", &c.url(), "--ca-file", ca.to_str().unwrap()], &log);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_otlp_delivered(&c, &log, 1);
 }

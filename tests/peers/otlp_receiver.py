@@ -4,13 +4,14 @@ official `opentelemetry-proto` package and appends what it got, one JSON object 
 record, span and request, to a file, fsynced before it answers 200 (so an answered
 record is on disk even if the receiver is killed right after).
 
-    otlp_receiver.py --port PORT --out FILE [--control FILE] [--prefix /BASE]
+    otlp_receiver.py --port PORT --out FILE [--control FILE] [--prefix /BASE] [--tls DIR]
 
 The control file, read on every request, changes the answer: `503 2` answers 503 with
 `Retry-After: 2` (any status and an optional Retry-After; a 3xx names the same path as its
 Location); `partial 3` accepts the batch but reports 3 records rejected (partial success).
 No control file, or an empty one: 200. Refusals are logged as {"signal": "refused", ...}
-lines.
+lines. With --tls DIR it serves https, with a certificate for 127.0.0.1 issued by a CA of
+its own (DIR/ca.pem, made on first use with the `cryptography` package).
 """
 
 import argparse
@@ -167,14 +168,66 @@ class Handler(BaseHTTPRequestHandler):
             os.fsync(f.fileno())
 
 
+def make_tls(d):
+    """A CA (d/ca.pem) and a certificate for 127.0.0.1 it issued (d/server.pem, .key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    os.makedirs(d, exist_ok=True)
+    if os.path.exists(os.path.join(d, "server.pem")):
+        return
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("otlp-receiver test CA")).issuer_name(name("otlp-receiver test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - day).not_valid_after(now + day)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - day).not_valid_after(now + day)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    with open(os.path.join(d, "ca.pem"), "wb") as f:
+        f.write(ca.public_bytes(pem))
+    with open(os.path.join(d, "server.key"), "wb") as f:
+        f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with open(os.path.join(d, "server.pem"), "wb") as f:
+        f.write(cert.public_bytes(pem))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--control")
     p.add_argument("--prefix", default="", help="a base path the routes are under")
+    p.add_argument("--tls", help="serve https with a CA and certificate kept in this directory")
     a = p.parse_args()
     server = HTTPServer(("127.0.0.1", a.port), Handler)
+    if a.tls:
+        import ssl
+        make_tls(a.tls)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.path.join(a.tls, "server.pem"), os.path.join(a.tls, "server.key"))
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     server.out, server.control, server.prefix = a.out, a.control, a.prefix.rstrip("/")
     print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)
     try:

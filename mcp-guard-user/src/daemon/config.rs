@@ -84,6 +84,8 @@ pub struct Otlp {
     /// Request headers (collector authentication): `headers = { authorization = "..." }`.
     pub headers: Vec<crate::audit::forward::otlp::Header>,
     pub timeout_ms: u64,
+    /// The CA certificates (PEM) an https collector's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
     /// The forwarder's position in the log, in the daemon's state directory by default.
     pub cursor: PathBuf,
 }
@@ -94,6 +96,7 @@ struct RawOtlp {
     endpoint: String,
     headers: Option<std::collections::BTreeMap<String, String>>,
     timeout_ms: Option<u64>,
+    ca_file: Option<PathBuf>,
     cursor: Option<PathBuf>,
 }
 
@@ -258,6 +261,7 @@ impl Config {
                     endpoint,
                     headers,
                     timeout_ms,
+                    ca_file: o.ca_file,
                     cursor: o
                         .cursor
                         .unwrap_or_else(|| PathBuf::from(DEFAULT_OTLP_CURSOR)),
@@ -344,7 +348,7 @@ mod tests {
         assert_eq!(o.timeout_ms, 10_000);
         assert_eq!(o.cursor, PathBuf::from(DEFAULT_OTLP_CURSOR));
         let c = Config::parse(
-            "[otlp]\nendpoint = \"https://c/otlp\"\ntimeout_ms = 500\ncursor = \"/tmp/x.cursor\"\n",
+            "[otlp]\nendpoint = \"https://c/otlp\"\ntimeout_ms = 500\ncursor = \"/tmp/x.cursor\"\nca_file = \"/etc/ca.pem\"\n",
             Path::new("c.toml"),
         )
         .unwrap();
@@ -353,6 +357,7 @@ mod tests {
             (o.timeout_ms, o.cursor),
             (500, PathBuf::from("/tmp/x.cursor"))
         );
+        assert_eq!(o.ca_file, Some(PathBuf::from("/etc/ca.pem")));
     }
 
     #[test]

@@ -83,9 +83,16 @@ pub fn check(cfg: &Config) -> anyhow::Result<i32> {
         cfg.audit_key.display()
     );
     if let Some(o) = &cfg.otlp {
+        if let Some(ca) = &o.ca_file {
+            audit::forward::otlp::load_roots(ca)?;
+        }
         let names: Vec<&str> = o.headers.iter().map(|h| h.name.as_str()).collect();
+        let ca = o
+            .ca_file
+            .as_ref()
+            .map_or("built-in roots".to_string(), |p| p.display().to_string());
         println!(
-            "OTLP export: {} and {} (headers: {}; timeout {} ms; cursor {})",
+            "OTLP export: {} and {} (headers: {}; CA: {ca}; timeout {} ms; cursor {})",
             o.endpoint.logs(),
             o.endpoint.traces(),
             if names.is_empty() {
@@ -112,6 +119,7 @@ fn spawn_otlp(o: &config::Otlp, log: &std::path::Path) -> anyhow::Result<()> {
     let args = audit::forward::Args {
         to: audit::forward::Destination::Otlp(o.endpoint.clone()),
         headers: o.headers.clone(),
+        ca_file: o.ca_file.clone(),
         timeout_ms: o.timeout_ms,
         format: audit::forward::Format::Json,
         cursor: Some(o.cursor.clone()),

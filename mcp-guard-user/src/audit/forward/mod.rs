@@ -98,6 +98,8 @@ pub enum Error {
         body: String,
         retry_after: Option<Duration>,
     },
+    #[error("--ca-file {}: {reason}", path.display())]
+    CaFile { path: PathBuf, reason: String },
     #[error("{url} refused the batch with {status}: {body}")]
     Refused {
         url: String,
@@ -174,6 +176,10 @@ pub struct Args {
     /// OTLP: a header for every request, e.g. `authorization=Bearer TOKEN` (repeatable).
     #[arg(long = "header", value_name = "NAME=VALUE")]
     pub headers: Vec<otlp::Header>,
+    /// OTLP over https: the CA certificates (PEM) the collector's certificate must chain
+    /// to, instead of the built-in Mozilla roots (for a private CA).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// OTLP: how long one request may take before it counts as failed.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub timeout_ms: u64,
@@ -243,6 +249,7 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
                 endpoint.clone(),
                 args.headers.clone(),
                 Duration::from_millis(args.timeout_ms.max(1)),
+                args.ca_file.as_deref().map(otlp::load_roots).transpose()?,
             ),
             resource: otlp::resource(&hostname),
             spans: otlp::Spans::default(),

@@ -630,6 +630,26 @@ fn span(rec: &Value, req: Option<&Value>) -> Span {
     }
 }
 
+/// The CA certificates in the PEM file `path` (`--ca-file`), for [`Client::new`].
+pub fn load_roots(path: &std::path::Path) -> Result<ureq::tls::RootCerts, Error> {
+    let bad = |reason: String| Error::CaFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item.map_err(|e| bad(e.to_string()))? {
+            ureq::tls::PemItem::Certificate(c) => certs.push(c),
+            _ => return Err(bad("it holds something other than certificates".into())),
+        }
+    }
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
+}
+
 /// One batch, encoded: the logs request and, when the batch completes calls, the traces
 /// request.
 pub struct Payload {
@@ -692,9 +712,21 @@ pub struct Rejected {
 }
 
 impl Client {
-    /// A client for `endpoint`; each request may take `timeout` in all.
-    pub fn new(endpoint: Endpoint, headers: Vec<Header>, timeout: Duration) -> Client {
+    /// A client for `endpoint`; each request may take `timeout` in all. `roots`: the
+    /// certificates an https collector's must chain to (the built-in Mozilla roots when
+    /// `None`).
+    pub fn new(
+        endpoint: Endpoint,
+        headers: Vec<Header>,
+        timeout: Duration,
+        roots: Option<ureq::tls::RootCerts>,
+    ) -> Client {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(r) = roots {
+            tls = tls.root_certs(r);
+        }
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .http_status_as_error(false)
             // A redirected POST may come back as a GET whose 2xx would pass for an
             // acknowledgement: a 3xx is a refusal naming the status instead.
