@@ -1165,9 +1165,20 @@ class OtlpReceiver:
         self.proc = None
 
     def got(self, signal_name: str) -> list[dict[str, Any]]:
+        """What it received, of one signal: whole lines only (one may be being written, or
+        cut by a kill before the receiver answered, so that batch was sent again)."""
         if not self.out.exists():
             return []
-        return [x for x in (json.loads(l) for l in self.out.read_text().splitlines()) if x["signal"] == signal_name]
+        text = self.out.read_text()
+        out = []
+        for line in text[: text.rfind("\n") + 1].splitlines():
+            try:
+                x = json.loads(line)
+            except ValueError:
+                continue
+            if x["signal"] == signal_name:
+                out.append(x)
+        return out
 
 
 def test_otlp_export_sends_the_daemons_audit_log_across_a_receiver_kill(daemon_factory, tmp_path: Path) -> None:

@@ -229,6 +229,12 @@ def main():
         ctx.load_cert_chain(os.path.join(a.tls, "server.pem"), os.path.join(a.tls, "server.key"))
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
     server.out, server.control, server.prefix = a.out, a.control, a.prefix.rstrip("/")
+    # A receiver killed mid-write left a line unfinished: the next writes start on their own.
+    if os.path.exists(a.out) and os.path.getsize(a.out) > 0:
+        with open(a.out, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
     print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
