@@ -742,11 +742,6 @@ impl Client {
         }
     }
 
-    /// The collector's base URL.
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
     /// Sends a batch: its logs, then its spans; `Ok` once both were accepted.
     pub fn send(&self, payload: &Payload) -> Result<(), Error> {
         let url = self.endpoint.logs();
