@@ -279,6 +279,7 @@ pub enum AuditCommand {
     /// Check audit logs: hash chain, sequence, signatures. FILEs are one chain, oldest
     /// first (rotated files before the live one). Exit 1 at the first bad record.
     Verify(crate::audit::verify::Args),
-    /// Send audit records to a SIEM (syslog RFC 5424, JSON or OCSF), resuming from a cursor.
+    /// Send audit records to a SIEM (syslog RFC 5424, JSON or OCSF) or an OpenTelemetry
+    /// collector (OTLP/HTTP logs and tools/call spans), resuming from a cursor.
     Forward(crate::audit::forward::Args),
 }

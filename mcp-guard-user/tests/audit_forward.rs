@@ -675,3 +675,456 @@ fn split_torn(lines: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     }
     (whole, torn)
 }
+
+/// The Python of the test peers (`cargo xtask` installs `tests/peers/requirements.txt`
+/// into `.peers/venv`), if it has the `opentelemetry-proto` package.
+fn peers_python() -> Option<PathBuf> {
+    let python = std::env::var_os("MCP_GUARD_PEERS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.peers/venv/bin/python"));
+    let ok = Command::new(&python)
+        .args([
+            "-c",
+            "import opentelemetry.proto.collector.logs.v1.logs_service_pb2",
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(python)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// tests/peers/otlp_receiver.py on 127.0.0.1:`port`, appending what it decodes to
+/// `dir/otlp.jsonl`; `dir/control` changes its answers.
+struct Collector {
+    python: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    prefix: String,
+    /// Serving https, with its CA in `dir/tls/ca.pem`.
+    tls: bool,
+    proc: KillOnDrop,
+}
+
+impl Collector {
+    fn start(python: &Path, dir: &Path, port: u16, prefix: &str) -> Collector {
+        Collector::start_with(python, dir, port, prefix, false)
+    }
+
+    fn start_with(python: &Path, dir: &Path, port: u16, prefix: &str, tls: bool) -> Collector {
+        let mut c = Collector {
+            python: python.to_path_buf(),
+            dir: dir.to_path_buf(),
+            port,
+            prefix: prefix.to_string(),
+            tls,
+            proc: KillOnDrop(None),
+        };
+        c.restart();
+        c
+    }
+
+    fn restart(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/otlp_receiver.py");
+        let mut cmd = Command::new(&self.python);
+        if self.tls {
+            cmd.arg(&script).arg("--tls").arg(self.dir.join("tls"));
+        } else {
+            cmd.arg(&script);
+        }
+        let child = cmd
+            .args(["--port", &self.port.to_string(), "--prefix", &self.prefix])
+            .arg("--out")
+            .arg(self.dir.join("otlp.jsonl"))
+            .arg("--control")
+            .arg(self.dir.join("control"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.proc = KillOnDrop(Some(child));
+        let port = self.port;
+        wait_for(
+            Duration::from_secs(15),
+            "the OTLP receiver to listen",
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+    }
+
+    fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{}", self.port, self.prefix)
+    }
+
+    /// How the receiver answers from now on: `503 2`, `400`, `partial 3`, or "" (200).
+    fn answer(&self, how: &str) {
+        std::fs::write(self.dir.join("control"), how).unwrap();
+    }
+
+    /// The lines it wrote completely (one may be on its way), parsed or not.
+    fn lines(&self) -> Vec<Result<Value, String>> {
+        let text = std::fs::read_to_string(self.dir.join("otlp.jsonl")).unwrap_or_default();
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        whole
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).map_err(|_| l.to_string()))
+            .collect()
+    }
+
+    /// What it received, of one signal (`log`, `span`, `request`, `refused`).
+    fn got(&self, signal: &str) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|v| v["signal"] == signal)
+            .collect()
+    }
+
+    /// Lines a killed receiver left unfinished (it starts again on a line of its own): its
+    /// own write, cut before it answered, so the batch was sent again.
+    fn torn(&self) -> usize {
+        self.lines().iter().filter(|l| l.is_err()).count()
+    }
+
+    /// The seqs of the log records received, each once.
+    fn seqs(&self) -> std::collections::BTreeSet<u64> {
+        self.got("log")
+            .iter()
+            .map(|l| l["seq"].as_u64().unwrap())
+            .collect()
+    }
+}
+
+/// Asserts that every record of `log` arrived as a log record, its body the line as
+/// written, at most `max_copies` times; and a span for each `tools/call`, right.
+fn assert_otlp_delivered(c: &Collector, log: &Path, max_copies: usize) {
+    let lines = log_lines(log);
+    let mut copies: BTreeMap<u64, usize> = BTreeMap::new();
+    for l in c.got("log") {
+        let seq = l["seq"].as_u64().unwrap();
+        let line = lines
+            .get(&seq)
+            .unwrap_or_else(|| panic!("seq {seq} is not in the log"));
+        assert_eq!(
+            l["body"].as_str().unwrap().as_bytes(),
+            &line[..],
+            "body of seq {seq} differs from the log line"
+        );
+        let rec: Value = serde_json::from_slice(line).unwrap();
+        assert_eq!(l["attributes"]["mcp_guard.record.hash"], rec["hash"]);
+        assert_eq!(l["resource"]["service.name"], "mcp-guard");
+        *copies.entry(seq).or_default() += 1;
+    }
+    let missing: Vec<_> = lines.keys().filter(|s| !copies.contains_key(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} records never arrived: {missing:?}",
+        missing.len(),
+        lines.len()
+    );
+    let over: Vec<_> = copies.iter().filter(|&(_, &n)| n > max_copies).collect();
+    assert!(
+        over.is_empty(),
+        "records arrived more than {max_copies} times: {over:?}"
+    );
+
+    // A span per tools/call: by request record id.
+    let recs: Vec<Value> = lines
+        .values()
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let ns = |r: &Value| {
+        let t = humantime::parse_rfc3339(r["time"].as_str().unwrap()).unwrap();
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    };
+    let mut spans: BTreeMap<String, Value> = BTreeMap::new();
+    for s in c.got("span") {
+        let id = s["attributes"]["mcp_guard.request.record_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if let Some(prev) = spans.get(&id) {
+            assert_eq!(
+                prev["span_id"], s["span_id"],
+                "a re-sent span with other ids"
+            );
+        }
+        spans.insert(id, s);
+    }
+    let mut calls = 0;
+    for req in recs
+        .iter()
+        .filter(|r| r["kind"] == "request" && r["method"] == "tools/call")
+    {
+        calls += 1;
+        let id = req["id"].as_str().unwrap();
+        let span = spans
+            .get(id)
+            .unwrap_or_else(|| panic!("no span for the tools/call {id}"));
+        let a = &span["attributes"];
+        assert_eq!(a["mcp_guard.decision"], req["decision"], "{id}");
+        assert_eq!(a["mcp_guard.rule"], req["rule"], "{id}");
+        assert_eq!(a["gen_ai.tool.name"], req["tool"], "{id}");
+        assert_eq!(a["mcp.session.id"], req["session"], "{id}");
+        assert_eq!(a["user.id"], req["principal"]["uid"].to_string(), "{id}");
+        assert_eq!(a["mcp_guard.server.name"], "filesystem", "{id}");
+        assert_eq!(span["start_time_unix_nano"], ns(req), "{id}");
+        if req["decision"] == "deny" {
+            assert_eq!(span["status"]["code"], "STATUS_CODE_ERROR", "{id}");
+            assert_eq!(span["end_time_unix_nano"], ns(req), "{id}");
+        } else {
+            let resp = recs
+                .iter()
+                .find(|r| r["kind"] == "response" && r["links"] == id)
+                .unwrap_or_else(|| panic!("no response to {id} in the log"));
+            assert_eq!(a["mcp_guard.request.seen"], true, "{id}");
+            assert_eq!(span["end_time_unix_nano"], ns(resp), "{id}: end");
+            assert_eq!(
+                a["mcp_guard.latency_us"], resp["outcome"]["latency_us"],
+                "{id}"
+            );
+        }
+    }
+    assert!(calls > 0, "the log has no tools/call");
+    assert_eq!(spans.len(), calls, "spans that are no tools/call");
+}
+
+#[test]
+fn otlp_collector_gets_every_record_and_span_across_restarts() {
+    let Some(python) = peers_python() else {
+        return skip("no .peers/venv with opentelemetry-proto (cargo xtask setup)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    // About 400 records before the forwarder starts ...
+    wrap_session(&log, 200, None);
+    let mut c = Collector::start(&python, dir.path(), free_port(), "");
+    let args = ["--to", &c.url(), "--header", "authorization=Bearer t0k3n"];
+    let mut fwd = spawn_forward(&args, &log);
+    // ... and about 1000 more while it runs, over about 5 seconds.
+    let writer = {
+        let log = log.clone();
+        thread::spawn(move || wrap_session(&log, 500, Some((5, Duration::from_millis(50)))))
+    };
+    wait_for(Duration::from_secs(20), "records at the receiver", || {
+        c.seqs().len() >= 500
+    });
+    // The receiver is killed mid-stream, and comes back a second later ...
+    c.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    let at_kill = c.seqs().len();
+    thread::sleep(Duration::from_secs(1));
+    c.restart();
+    wait_for(Duration::from_secs(20), "records after the restart", || {
+        c.seqs().len() > at_kill + 50
+    });
+    // ... then the forwarder itself is killed and started again (from its cursor).
+    assert!(
+        !writer.is_finished(),
+        "the log stopped growing before the forwarder's kill; slow the writer down"
+    );
+    fwd.signal(nix::sys::signal::Signal::SIGKILL);
+    fwd = spawn_forward(&args, &log);
+    writer.join().unwrap();
+    let want = log_lines(&log).len();
+    wait_for(
+        Duration::from_secs(60),
+        "every record at the receiver",
+        || c.seqs().len() >= want,
+    );
+    thread::sleep(Duration::from_millis(500));
+    fwd.signal(nix::sys::signal::Signal::SIGTERM);
+    println!(
+        "{want} records, {} log records and {} spans received",
+        c.got("log").len(),
+        c.got("span").len()
+    );
+    assert!(want > 1200);
+    assert!(c.torn() <= 1, "more lines torn than receivers killed");
+    assert_otlp_delivered(&c, &log, 2);
+    let requests = c.got("request");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r["authorization"] == "Bearer t0k3n"),
+        "a request without the --header"
+    );
+}
+
+#[test]
+fn otlp_refusals_skip_nothing_and_retry_after_is_honoured() {
+    let Some(python) = peers_python() else {
+        return skip("no .peers/venv with opentelemetry-proto (cargo xtask setup)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let cursor = dir.path().join("audit.jsonl.cursor");
+    wrap_session(&log, 20, None);
+    // A base path, as OTEL_EXPORTER_OTLP_ENDPOINT has it.
+    let c = Collector::start(&python, dir.path(), free_port(), "/otlp");
+    let url = c.url() + "/";
+
+    // 400: the run fails naming the status and the body, and commits nothing.
+    c.answer("400");
+    let out = forward(&["--to", &url], &log);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("400") && stderr.contains("told to refuse"),
+        "{stderr}"
+    );
+    assert!(c.got("log").is_empty());
+    assert!(!cursor.exists(), "a cursor after a refusal");
+
+    // OCSF is a syslog payload: asked of OTLP, it is an error, not ignored.
+    let out = forward(&["--to", &url, "--format", "ocsf"], &log);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--format ocsf is for syslog"));
+
+    // A redirect is not followed (a POST redirected could come back a GET): a refusal.
+    c.answer("307");
+    let out = forward(&["--to", &url], &log);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused the batch with 307"), "{stderr}");
+    assert!(!cursor.exists(), "a cursor after a redirect");
+
+    // 503 with Retry-After: 2 s: with --follow, retried no sooner than asked.
+    c.answer("503 2");
+    let out = forward(&["--to", &url], &log);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("503"));
+    let refused = c.got("refused").len();
+    let mut fwd = spawn_forward(&["--to", &url], &log);
+    thread::sleep(Duration::from_millis(3000));
+    let attempts = c.got("refused").len() - refused;
+    // 0 s and 2 s; without Retry-After the back-off (0.1, 0.2, 0.4, 0.8 s ...) makes 5.
+    assert!(
+        (1..=2).contains(&attempts),
+        "{attempts} attempts in 3 s against Retry-After: 2"
+    );
+    assert!(c.got("log").is_empty());
+
+    // A 400 under --follow is retried too; once the receiver takes them, all arrive.
+    c.answer("400");
+    thread::sleep(Duration::from_millis(2500));
+    assert!(c.got("log").is_empty());
+    c.answer("");
+    let want = log_lines(&log).len();
+    wait_for(
+        Duration::from_secs(20),
+        "every record after the refusals",
+        || c.seqs().len() >= want,
+    );
+    thread::sleep(Duration::from_millis(300));
+    fwd.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_otlp_delivered(&c, &log, 1);
+
+    // Partial success: the batch is taken (the cursor moves), with a warning.
+    wrap_session(&log, 3, None);
+    c.answer("partial 2");
+    let out = forward(&["--to", &url], &log);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("rejected 2 log records"), "{stderr}");
+    assert_otlp_delivered(&c, &log, 1);
+    // Nothing is left to send.
+    let before = c.got("request").len();
+    let out = forward(&["--to", &url], &log);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(c.got("request").len(), before);
+}
+
+#[test]
+fn otlp_span_of_a_call_answered_after_the_cursor_keeps_its_request() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(python) = peers_python() else {
+        return skip("no .peers/venv with opentelemetry-proto (cargo xtask setup)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    wrap_session(&log, 10, None);
+    // An earlier run committed everything up to an allowed tools/call request, whose
+    // response is still to be sent.
+    let text = std::fs::read(&log).unwrap();
+    let mut offset = 0;
+    let mut req = Value::Null;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        offset += line.len();
+        let rec: Value = serde_json::from_slice(line).unwrap();
+        if rec["kind"] == "request" && rec["method"] == "tools/call" && rec["decision"] == "allow" {
+            req = rec;
+            break;
+        }
+    }
+    let meta = std::fs::metadata(&log).unwrap();
+    let cursor = serde_json::json!({
+        "v": 1, "dev": meta.dev(), "ino": meta.ino(), "offset": offset,
+        "seq": req["seq"], "hash": req["hash"],
+    });
+    std::fs::write(dir.path().join("audit.jsonl.cursor"), cursor.to_string()).unwrap();
+    let c = Collector::start(&python, dir.path(), free_port(), "");
+    let out = forward(&["--to", &c.url()], &log);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        c.seqs().iter().all(|&s| s > req["seq"].as_u64().unwrap()),
+        "records before the cursor sent again"
+    );
+    let id = req["id"].as_str().unwrap();
+    let span = c
+        .got("span")
+        .into_iter()
+        .find(|s| s["attributes"]["mcp_guard.request.record_id"] == id)
+        .unwrap_or_else(|| panic!("no span for {id}"));
+    let a = &span["attributes"];
+    assert_eq!(a["mcp_guard.request.seen"], true);
+    assert_eq!(a["mcp_guard.rule"], req["rule"]);
+    assert_eq!(a["user.name"], req["principal"]["user"]);
+    let t = humantime::parse_rfc3339(req["time"].as_str().unwrap()).unwrap();
+    let start = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    assert_eq!(span["start_time_unix_nano"], start);
+}
+
+#[test]
+fn otlp_over_https_trusts_the_ca_file() {
+    let Some(python) = peers_python() else {
+        return skip("no .peers/venv with opentelemetry-proto (cargo xtask setup)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    wrap_session(&log, 10, None);
+    let c = Collector::start_with(&python, dir.path(), free_port(), "", true);
+    // Its private CA is not among the built-in roots: refused, nothing committed.
+    let out = forward(&["--to", &c.url()], &log);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    assert!(c.got("log").is_empty());
+    // A file without certificates is named.
+    let out = forward(
+        &["--to", &c.url(), "--ca-file", log.to_str().unwrap()],
+        &log,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca-file"));
+    // With its CA: every record.
+    let ca = dir.path().join("tls/ca.pem");
+    let out = forward(&["--to", &c.url(), "--ca-file", ca.to_str().unwrap()], &log);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_otlp_delivered(&c, &log, 1);
+}

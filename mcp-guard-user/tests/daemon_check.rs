@@ -86,3 +86,52 @@ fn a_good_configuration_says_what_it_would_use() {
     assert!(t.contains(&format!("policy: {}", policy.display())), "{t}");
     assert!(t.contains("configuration: ok"), "{t}");
 }
+
+#[test]
+fn an_otlp_endpoint_that_is_no_url_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "[otlp]\nendpoint = \"collector:4318\"\n").unwrap();
+    let out = check(&path, "/nonexistent.o");
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(
+        t.contains(&path.display().to_string()) && t.contains("otlp.endpoint"),
+        "{t}"
+    );
+}
+
+#[test]
+fn the_otlp_export_is_named_without_header_values() {
+    // The object this checkout built, or the one named by the environment.
+    let object = std::env::var_os("MCP_GUARD_BPF_OBJECT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../mcp-guard-ebpf/target/bpfel-unknown-none/release/mcp-guard-ebpf")
+        });
+    if !object.is_file() {
+        if std::env::var_os("MCP_GUARD_REQUIRE_KERNEL").is_some_and(|v| v == "1") {
+            panic!("no eBPF object at {}", object.display());
+        }
+        eprintln!("skipped: no eBPF object built");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "default = \"allow\"\n").unwrap();
+    let cfg = config(dir.path(), &policy);
+    let mut text_cfg = std::fs::read_to_string(&cfg).unwrap();
+    text_cfg.push_str(
+        "[otlp]\nendpoint = \"https://collector.example/otlp\"\nheaders = { authorization = \"Bearer s3cr3t\" }\n",
+    );
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let out = check(&cfg, object.to_str().unwrap());
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("OTLP export: https://collector.example/otlp/v1/logs and https://collector.example/otlp/v1/traces (headers: authorization;"),
+        "{t}"
+    );
+    assert!(!t.contains("s3cr3t"), "a header value printed: {t}");
+}

@@ -1128,3 +1128,97 @@ def test_status_reports_and_exits_3_without_daemon(daemon_factory, tmp_path: Pat
     p = subprocess.run([str(harness.guard_bin()), "status", "--config", str(d.config)], capture_output=True, text=True)
     assert p.returncode == 3
     assert "not running" in p.stderr
+
+
+OTLP_RECEIVER = HERE.parent / "peers" / "otlp_receiver.py"
+
+
+class OtlpReceiver:
+    """tests/peers/otlp_receiver.py on a port of its own, writing to `out`."""
+
+    def __init__(self, tmp: Path) -> None:
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.out = tmp / "otlp.jsonl"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        import socket
+        self.proc = subprocess.Popen([sys.executable, str(OTLP_RECEIVER), "--port", str(self.port), "--out", str(self.out)],
+                                     stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "the OTLP receiver did not listen"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def got(self, signal_name: str) -> list[dict[str, Any]]:
+        """What it received, of one signal: whole lines only (one may be being written, or
+        cut by a kill before the receiver answered, so that batch was sent again)."""
+        if not self.out.exists():
+            return []
+        text = self.out.read_text()
+        out = []
+        for line in text[: text.rfind("\n") + 1].splitlines():
+            try:
+                x = json.loads(line)
+            except ValueError:
+                continue
+            if x["signal"] == signal_name:
+                out.append(x)
+        return out
+
+
+def test_otlp_export_sends_the_daemons_audit_log_across_a_receiver_kill(daemon_factory, tmp_path: Path) -> None:
+    """`[otlp]`: the daemon exports its own audit log to an OTLP/HTTP receiver (on the
+    official opentelemetry-proto package): every record as a log record, a span per
+    observed tools/call; killed and restarted, the receiver still gets every record."""
+    pytest.importorskip("opentelemetry.proto", reason="the peers venv lacks opentelemetry-proto (cargo xtask setup)")
+    rx = OtlpReceiver(tmp_path)
+    cursor = tmp_path / "state" / "otlp.cursor"
+    d = daemon_factory(extra_config=f'[otlp]\nendpoint = "http://127.0.0.1:{rx.port}"\ncursor = "{cursor}"\n')
+    try:
+        root = tmp_path / "root"
+        root.mkdir()
+        d.run_host({"server": "filesystem", "root": str(root), "calls": [["list_directory", {"path": str(root)}]]})
+        d.wait_for("the first call's response", lambda recs: [r for r in recs if r["kind"] == "response" and r.get("method") == "tools/call"])
+        rx.kill()
+        d.run_host({"server": "filesystem", "root": str(root), "calls": [["list_directory", {"path": str(root)}]]})
+        d.wait_for("two calls' responses", lambda recs: len([r for r in recs if r["kind"] == "response" and r.get("method") == "tools/call"]) >= 2)
+        time.sleep(1)
+        rx.start()
+        want = {r["seq"] for r in d.records()}
+        deadline = time.monotonic() + 30
+        while not want <= {x["seq"] for x in rx.got("log")}:
+            assert time.monotonic() < deadline, f"missing at the receiver: {sorted(want - {x['seq'] for x in rx.got('log')})}\n{d.log.read_text()}"
+            time.sleep(0.2)
+        lines = {json.loads(l)["seq"]: l for l in d.audit.read_text().splitlines()}
+        for x in rx.got("log"):
+            assert x["body"] == lines[x["seq"]], x["seq"]
+            assert x["resource"]["service.name"] == "mcp-guard"
+        requests = [r for r in d.records() if r["kind"] == "request" and r.get("method") == "tools/call"]
+        spans = {s["attributes"]["mcp_guard.request.record_id"]: s for s in rx.got("span")}
+        for r in requests:
+            s = spans[r["id"]]
+            assert s["name"] == "tools/call list_directory"
+            assert s["attributes"]["mcp_guard.transport"] == "stdio-observed"
+            assert s["attributes"]["mcp_guard.request.seen"] is True
+            assert s["end_time_unix_nano"] >= s["start_time_unix_nano"]
+        assert len(requests) == 2
+    finally:
+        if rx.proc is not None:
+            rx.kill()
+    assert d.stop() == 0, d.log.read_text()
+    assert cursor.exists()

@@ -162,6 +162,11 @@ pub fn ensure_peers(root: &Path) -> Result<()> {
             "-r",
         ])
         .arg(src.join("requirements.txt")))?;
+    // The OTLP receiver of the export tests (tests/peers/otlp_receiver.py) needs these.
+    run(Command::new(venv.join("bin/python")).args([
+        "-c",
+        "import opentelemetry.proto.collector.logs.v1.logs_service_pb2, opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+    ]))?;
 
     let missing: Vec<&str> = EXPECTED
         .iter()

@@ -69,6 +69,35 @@ pub struct Config {
     /// Sign every decision's record before the decision takes effect, rather than within
     /// `audit::SEAL_WITHIN` (see `audit::Options::sign_commits`).
     pub sign_commits: bool,
+    /// `[otlp]`: the daemon's own audit log is exported to an OpenTelemetry collector.
+    pub otlp: Option<Otlp>,
+}
+
+/// Where the daemon's cursor of the OTLP export is kept when `[otlp] cursor` is not set.
+pub const DEFAULT_OTLP_CURSOR: &str = "/var/lib/mcp-guard/otlp.cursor";
+
+/// `[otlp]`: what `mcp-guard audit forward --follow --to ENDPOINT` would do, on a thread
+/// of the daemon, over its audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Otlp {
+    pub endpoint: crate::audit::forward::otlp::Endpoint,
+    /// Request headers (collector authentication): `headers = { authorization = "..." }`.
+    pub headers: Vec<crate::audit::forward::otlp::Header>,
+    pub timeout_ms: u64,
+    /// The CA certificates (PEM) an https collector's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// The forwarder's position in the log, in the daemon's state directory by default.
+    pub cursor: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOtlp {
+    endpoint: String,
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    timeout_ms: Option<u64>,
+    ca_file: Option<PathBuf>,
+    cursor: Option<PathBuf>,
 }
 
 /// `detect`: how stdio MCP sessions are found.
@@ -114,6 +143,7 @@ impl Default for Config {
             keep_rotated: 10,
             keep_days: 0,
             sign_commits: false,
+            otlp: None,
         }
     }
 }
@@ -139,6 +169,7 @@ struct Raw {
     keep_rotated: Option<usize>,
     keep_days: Option<u64>,
     sign_commits: Option<bool>,
+    otlp: Option<RawOtlp>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +235,41 @@ impl Config {
                 ))
             })?),
         };
+        let otlp = match raw.otlp {
+            None => None,
+            Some(o) => {
+                let endpoint =
+                    crate::audit::forward::otlp::Endpoint::parse(&o.endpoint).ok_or_else(|| {
+                        invalid(format!(
+                            "otlp.endpoint: `{}` is not an http:// or https:// URL (e.g. http://collector:4318)",
+                            o.endpoint
+                        ))
+                    })?;
+                let mut headers = Vec::new();
+                for (k, v) in o.headers.unwrap_or_default() {
+                    headers.push(
+                        format!("{k}={v}")
+                            .parse()
+                            .map_err(|e| invalid(format!("otlp.headers: {e}")))?,
+                    );
+                }
+                let timeout_ms = o.timeout_ms.unwrap_or(10_000);
+                if timeout_ms == 0 {
+                    return Err(invalid("otlp.timeout_ms: must be more than 0".into()));
+                }
+                Some(Otlp {
+                    endpoint,
+                    headers,
+                    timeout_ms,
+                    ca_file: o.ca_file,
+                    cursor: o
+                        .cursor
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_OTLP_CURSOR)),
+                })
+            }
+        };
         Ok(Config {
+            otlp,
             policy: raw.policy.unwrap_or(d.policy),
             audit: raw.audit.unwrap_or(d.audit),
             audit_key: raw.audit_key.unwrap_or(d.audit_key),
@@ -266,6 +331,33 @@ mod tests {
             (c.max_bytes, c.keep_rotated, c.keep_days, c.metrics),
             (d.max_bytes, d.keep_rotated, d.keep_days, d.metrics)
         );
+        assert_eq!(c.otlp, d.otlp);
+    }
+
+    #[test]
+    fn otlp_table_is_read() {
+        let c = Config::parse(
+            "[otlp]\nendpoint = \"http://collector:4318/\"\nheaders = { authorization = \"Bearer x\" }\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let o = c.otlp.unwrap();
+        assert_eq!(o.endpoint.logs(), "http://collector:4318/v1/logs");
+        assert_eq!(o.headers[0].name, "authorization");
+        assert_eq!(o.headers[0].value, "Bearer x");
+        assert_eq!(o.timeout_ms, 10_000);
+        assert_eq!(o.cursor, PathBuf::from(DEFAULT_OTLP_CURSOR));
+        let c = Config::parse(
+            "[otlp]\nendpoint = \"https://c/otlp\"\ntimeout_ms = 500\ncursor = \"/tmp/x.cursor\"\nca_file = \"/etc/ca.pem\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let o = c.otlp.unwrap();
+        assert_eq!(
+            (o.timeout_ms, o.cursor),
+            (500, PathBuf::from("/tmp/x.cursor"))
+        );
+        assert_eq!(o.ca_file, Some(PathBuf::from("/etc/ca.pem")));
     }
 
     #[test]
@@ -278,6 +370,20 @@ mod tests {
             ("colour = 1", "unknown field"),
             ("metrics = \"localhost\"", "metrics"),
             ("keep_rotated = -1", "keep_rotated"),
+            ("[otlp]\nendpoint = \"tcp://c:4317\"", "otlp.endpoint"),
+            (
+                "[otlp]\nendpoint = \"http://c:4318\"\nheaders = { \"a b\" = \"x\" }",
+                "otlp.headers",
+            ),
+            (
+                "[otlp]\nendpoint = \"http://c:4318\"\ntimeout_ms = 0",
+                "otlp.timeout_ms",
+            ),
+            ("[otlp]\nheaders = {}", "endpoint"),
+            (
+                "[otlp]\nendpoint = \"http://c:4318\"\nport = 1",
+                "unknown field",
+            ),
         ] {
             let err = Config::parse(text, Path::new("c.toml"))
                 .expect_err(text)

@@ -82,8 +82,74 @@ pub fn check(cfg: &Config) -> anyhow::Result<i32> {
         cfg.audit.display(),
         cfg.audit_key.display()
     );
+    if let Some(o) = &cfg.otlp {
+        if let Some(ca) = &o.ca_file {
+            audit::forward::otlp::load_roots(ca)?;
+        }
+        let names: Vec<&str> = o.headers.iter().map(|h| h.name.as_str()).collect();
+        let ca = o
+            .ca_file
+            .as_ref()
+            .map_or("built-in roots".to_string(), |p| p.display().to_string());
+        println!(
+            "OTLP export: {} and {} (headers: {}; CA: {ca}; timeout {} ms; cursor {})",
+            o.endpoint.logs(),
+            o.endpoint.traces(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            },
+            o.timeout_ms,
+            o.cursor.display()
+        );
+    }
     println!("configuration: ok");
     Ok(0)
+}
+
+/// Exports the audit log to the `[otlp]` collector on a thread of its own, as
+/// `audit forward --follow` does: blocking, at least once, from the cursor on. The thread
+/// ends with the process; what it had not sent yet is sent by the next start.
+fn spawn_otlp(o: &config::Otlp, log: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(dir) = o.cursor.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {} (`[otlp] cursor`)", dir.display()))?;
+    }
+    let args = audit::forward::Args {
+        to: audit::forward::Destination::Otlp(o.endpoint.clone()),
+        headers: o.headers.clone(),
+        ca_file: o.ca_file.clone(),
+        timeout_ms: o.timeout_ms,
+        format: audit::forward::Format::Json,
+        cursor: Some(o.cursor.clone()),
+        follow: true,
+        facility: audit::forward::syslog::Facility::Authpriv,
+        app_name: "mcp-guard".into(),
+        hostname: None,
+        settle_ms: 0,
+        poll_ms: 250,
+        file: log.to_path_buf(),
+    };
+    tracing::info!(endpoint = %o.endpoint, cursor = %o.cursor.display(), "exporting the audit log over OTLP");
+    std::thread::Builder::new()
+        .name("otlp-export".into())
+        .spawn(move || {
+            loop {
+                // With --follow the forwarder returns only on an error of its own (the
+                // cursor unreadable, the log gone): said loudly, then tried again.
+                match audit::forward::run(&args) {
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(
+                        error = format!("{e:#}"),
+                        "OTLP export stopped; restarting it in 30 s"
+                    ),
+                }
+                std::thread::sleep(std::time::Duration::from_secs(30));
+            }
+        })
+        .context("cannot start the OTLP export thread")?;
+    Ok(())
 }
 
 /// The eBPF object: `bpf_object` in the configuration, else the usual places.
@@ -161,6 +227,9 @@ async fn serve(cfg: Config) -> anyhow::Result<i32> {
         None => None,
     };
     let committer = Committer::spawn(audit.clone())?;
+    if let Some(o) = &cfg.otlp {
+        spawn_otlp(o, &cfg.audit)?;
+    }
     let shared = Arc::new(shims::Shared {
         policy: std::sync::RwLock::new(Arc::new(load_enforced(&cfg)?)),
         audit: audit.clone(),

@@ -1,4 +1,5 @@
-//! `mcp-guard audit forward`: sends audit records to a SIEM over syslog, at least once.
+//! `mcp-guard audit forward`: sends audit records to a SIEM over syslog, or to an
+//! OpenTelemetry collector over OTLP/HTTP, at least once.
 //!
 //! The audit file is the source of truth. The forwarder reads it from a persisted cursor
 //! (file identity, byte offset, last seq and hash), sends each record as an RFC 5424
@@ -17,6 +18,13 @@
 //! once per outage, at most. Without application-level acknowledgements (syslog over TCP
 //! has none) a receiver that acknowledges, reads, and then loses records in its own
 //! memory more than `--settle-ms` later is beyond what the sender can see.
+//!
+//! OTLP (`--to http://...`, see [`otlp`]) has application-level acknowledgements: a batch
+//! is committed as soon as the collector has answered 2xx to its logs and its spans, with
+//! no settling. Retryable failures (no connection, timeouts, 429, 502, 503, 504, with
+//! `Retry-After` honoured) resend from the last committed record after a back-off; any
+//! other answer is a refusal, which ends a run without `--follow` and is retried, loudly,
+//! with it: records are never skipped.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -24,6 +32,7 @@ use std::time::{Duration, Instant};
 
 pub mod cursor;
 pub mod ocsf;
+pub mod otlp;
 pub mod source;
 pub mod syslog;
 
@@ -76,6 +85,75 @@ pub enum Error {
     NotAcked { bytes: u64, after: Duration },
     #[error("the SIEM closed the connection")]
     Closed,
+    #[error("cannot post to {url}")]
+    Http {
+        url: String,
+        #[source]
+        source: Box<ureq::Error>,
+    },
+    #[error("{url} answered {status} (retryable): {body}")]
+    Unavailable {
+        url: String,
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("--ca-file {}: {reason}", path.display())]
+    CaFile { path: PathBuf, reason: String },
+    #[error("{url} refused the batch with {status}: {body}")]
+    Refused {
+        url: String,
+        status: u16,
+        body: String,
+    },
+}
+
+impl Error {
+    /// How long the receiver asked to be left alone (`Retry-After`).
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The receiver refused the records themselves: sending them again as they are is
+    /// not expected to help, a person has to look.
+    fn is_refusal(&self) -> bool {
+        matches!(self, Error::Refused { .. })
+    }
+}
+
+/// Where records go: a syslog receiver, or an OTLP/HTTP collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Syslog(Target),
+    Otlp(otlp::Endpoint),
+}
+
+impl std::str::FromStr for Destination {
+    type Err = syslog::TargetError;
+
+    fn from_str(s: &str) -> Result<Destination, syslog::TargetError> {
+        if s.starts_with("http://") || s.starts_with("https://") {
+            return otlp::Endpoint::parse(s)
+                .map(Destination::Otlp)
+                .ok_or_else(|| syslog::TargetError::NoPort {
+                    target: s.to_string(),
+                    scheme: s.split("://").next().unwrap_or_default().to_string(),
+                });
+        }
+        s.parse().map(Destination::Syslog)
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Syslog(t) => t.fmt(f),
+            Destination::Otlp(e) => e.fmt(f),
+        }
+    }
 }
 
 /// The payload of each syslog message.
@@ -90,10 +168,22 @@ pub enum Format {
 /// Where and how to forward.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where to send: unix:PATH (e.g. unix:/dev/log), udp://HOST:PORT or tcp://HOST:PORT.
+    /// Where to send: unix:PATH (e.g. unix:/dev/log), udp://HOST:PORT or tcp://HOST:PORT
+    /// (syslog); http://HOST:PORT or https://HOST:PORT (OTLP/HTTP; a path is the base that
+    /// /v1/logs and /v1/traces are appended to, as with OTEL_EXPORTER_OTLP_ENDPOINT).
     #[arg(long, value_name = "URL")]
-    pub to: Target,
-    /// The message payload: the record as written, or mapped to OCSF.
+    pub to: Destination,
+    /// OTLP: a header for every request, e.g. `authorization=Bearer TOKEN` (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<otlp::Header>,
+    /// OTLP over https: the CA certificates (PEM) the collector's certificate must chain
+    /// to, instead of the built-in Mozilla roots (for a private CA).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// OTLP: how long one request may take before it counts as failed.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    pub timeout_ms: u64,
+    /// Syslog: the message payload, the record as written or mapped to OCSF.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
     /// Where the position reached is kept [default: FILE.cursor].
@@ -103,17 +193,18 @@ pub struct Args {
     /// outages. Without it: send what is there, then exit.
     #[arg(long)]
     pub follow: bool,
-    /// Syslog facility.
+    /// Syslog: facility.
     #[arg(long, value_enum, default_value_t = Facility::Authpriv)]
     pub facility: Facility,
-    /// APP-NAME of the syslog messages.
+    /// Syslog: APP-NAME of the messages.
     #[arg(long, default_value = "mcp-guard")]
     pub app_name: String,
-    /// HOSTNAME of the syslog messages [default: this host's name].
+    /// HOSTNAME of the syslog messages, `host.name` of OTLP's resource [default: this
+    /// host's name].
     #[arg(long)]
     pub hostname: Option<String>,
-    /// How long acknowledged records must stay acknowledged on a live connection before
-    /// the cursor moves past them.
+    /// Syslog: how long acknowledged records must stay acknowledged on a live connection
+    /// before the cursor moves past them (OTLP answers each batch: nothing to settle).
     #[arg(long, default_value_t = 2000, value_name = "MS")]
     pub settle_ms: u64,
     /// With --follow: how often the log is checked for new records.
@@ -124,9 +215,14 @@ pub struct Args {
 }
 
 /// Forwards records; returns the exit status: 0 when everything was sent (without
-/// --follow), 1 when the SIEM could not be reached or failed (the cursor keeps what was
-/// committed, a later run resumes there).
+/// --follow), 1 when the SIEM could not be reached, failed or refused records (the cursor
+/// keeps what was committed, a later run resumes there).
 pub fn run(args: &Args) -> anyhow::Result<i32> {
+    if matches!(args.to, Destination::Otlp(_)) && args.format == Format::Ocsf {
+        anyhow::bail!(
+            "--format ocsf is for syslog; OTLP log records carry the record as written, with attributes"
+        );
+    }
     let cursor_path = args
         .cursor
         .clone()
@@ -147,7 +243,30 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         }
     };
     let hostname = args.hostname.clone().unwrap_or_else(syslog::hostname);
+    let mut otlp = match &args.to {
+        Destination::Otlp(endpoint) => Some(Otlp {
+            client: otlp::Client::new(
+                endpoint.clone(),
+                args.headers.clone(),
+                Duration::from_millis(args.timeout_ms.max(1)),
+                args.ca_file.as_deref().map(otlp::load_roots).transpose()?,
+            ),
+            resource: otlp::resource(&hostname),
+            spans: otlp::Spans::default(),
+        }),
+        Destination::Syslog(_) => None,
+    };
+    if let Some(o) = &mut otlp
+        && saved.is_some()
+    {
+        o.spans.recover(&source.read_before(otlp::RECOVER_BYTES)?);
+        tracing::debug!(
+            pending = o.spans.pending(),
+            "tools/call requests sent by an earlier run and not answered yet"
+        );
+    }
     let mut fwd = Forwarder {
+        otlp,
         header: Header {
             facility: args.facility,
             hostname,
@@ -161,7 +280,11 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         cursor_path,
         sink: None,
         inflight: VecDeque::new(),
-        settle: Duration::from_millis(args.settle_ms),
+        // OTLP answers each batch: nothing to settle.
+        settle: match args.to {
+            Destination::Otlp(_) => Duration::ZERO,
+            Destination::Syslog(_) => Duration::from_millis(args.settle_ms),
+        },
         poll,
         target: args.to.clone(),
         format: args.format,
@@ -170,9 +293,18 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
     Ok(fwd.run()?)
 }
 
+/// The OTLP side of a forwarder.
+struct Otlp {
+    client: otlp::Client,
+    resource: opentelemetry_proto::tonic::resource::v1::Resource,
+    spans: otlp::Spans,
+}
+
 struct Forwarder {
     header: Header,
-    target: Target,
+    target: Destination,
+    /// Set when the target is an OTLP collector.
+    otlp: Option<Otlp>,
     format: Format,
     follow: bool,
     settle: Duration,
@@ -229,8 +361,16 @@ impl Forwarder {
                         );
                         return Ok(1);
                     }
-                    tracing::warn!(error = %chain(&e), target = %self.target, retry_in = ?backoff, "SIEM unreachable; will resend from the last committed record");
-                    std::thread::sleep(backoff);
+                    let mut wait = backoff.max(e.retry_after().unwrap_or_default());
+                    if e.is_refusal() {
+                        // Nothing is skipped: the same records are offered again until the
+                        // receiver takes them, once someone fixes what it objects to.
+                        wait = wait.max(BACKOFF_MAX);
+                        tracing::error!(error = %chain(&e), target = %self.target, after_seq = self.committed.seq, retry_in = ?wait, "the receiver refuses records; nothing is skipped: retrying until it takes them");
+                    } else {
+                        tracing::warn!(error = %chain(&e), target = %self.target, retry_in = ?wait, "SIEM unreachable; will resend from the last committed record");
+                    }
+                    std::thread::sleep(wait);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
@@ -246,13 +386,35 @@ impl Forwarder {
             self.inflight.push_back((last, Instant::now()));
             return Ok(());
         }
+        if let Some(otlp) = &mut self.otlp {
+            let mut logs = Vec::with_capacity(batch.len());
+            let mut spans = Vec::new();
+            for rec in batch.iter().filter_map(|e| e.record.as_ref()) {
+                logs.push(otlp::log_record(&rec.value, &rec.bytes));
+                spans.extend(otlp.spans.observe(&rec.value));
+            }
+            let payload = otlp::encode(&otlp.resource, logs, spans);
+            otlp.client.send(&payload)?;
+            tracing::debug!(
+                records = payload.records,
+                spans = payload.spans,
+                through_seq = last.seq,
+                "batch accepted by the collector"
+            );
+            // The 2xx answer is the acknowledgement: nothing to settle.
+            self.inflight.push_back((last, Instant::now()));
+            return Ok(());
+        }
+        let Destination::Syslog(target) = &self.target else {
+            return Ok(());
+        };
         let mut sink = match self.sink.take() {
             Some(mut s) => {
                 s.check_alive()?;
                 s
             }
             None => {
-                let s = Transport::connect(&self.target)?;
+                let s = Transport::connect(target)?;
                 tracing::info!(target = %self.target, after_seq = self.committed.seq, "connected to the SIEM");
                 s
             }
@@ -291,6 +453,9 @@ impl Forwarder {
         if let Some((pos, _)) = self.inflight.drain(..due).next_back() {
             self.committed = pos;
             self.source.forget_before(&self.committed);
+            if let Some(otlp) = &mut self.otlp {
+                otlp.spans.committed(self.committed.seq);
+            }
         }
         Ok(())
     }

@@ -173,6 +173,31 @@ impl Source {
         &self.pos
     }
 
+    /// Up to the last `max_bytes` of the current file before the reading position, whole
+    /// lines only: what was sent before this run started (OTLP recovers the requests whose
+    /// responses are still to come from it).
+    pub fn read_before(&self, max_bytes: u64) -> Result<Vec<u8>, Error> {
+        let f = &self.files[self.cur];
+        let start = self.pos.offset.saturating_sub(max_bytes);
+        let len = usize::try_from(self.pos.offset - start).unwrap_or(usize::MAX);
+        let mut buf = vec![0u8; len];
+        f.file
+            .read_exact_at(&mut buf, start)
+            .map_err(|source| Error::Read {
+                path: f.name.clone(),
+                source,
+            })?;
+        if start > 0 {
+            // Begun mid-line: from the first whole one.
+            let first = buf
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(buf.len(), |i| i + 1);
+            buf.drain(..first);
+        }
+        Ok(buf)
+    }
+
     /// Goes back to `to`, a position read before and not yet [`Source::forget_before`].
     pub fn rewind(&mut self, to: &Cursor) -> Result<(), Error> {
         let idx = self

@@ -357,3 +357,299 @@ fn source_without_the_cursors_file_skips_what_was_sent() {
         [1, 2]
     );
 }
+
+mod otlp_mapping {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::logs::v1::LogRecord;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message;
+    use serde_json::{Map, Value, json};
+
+    use super::super::otlp::{self, Endpoint, Spans};
+    use super::super::{Destination, syslog::Target};
+    use super::sample;
+
+    fn any_json(v: &Option<AnyValue>) -> Value {
+        match v.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => json!(s),
+            Some(any_value::Value::IntValue(i)) => json!(i),
+            Some(any_value::Value::BoolValue(b)) => json!(b),
+            other => json!(format!("{other:?}")),
+        }
+    }
+
+    fn attrs(kvs: &[KeyValue]) -> Value {
+        let mut m = Map::new();
+        for kv in kvs {
+            assert!(
+                m.insert(kv.key.clone(), any_json(&kv.value)).is_none(),
+                "attribute {} twice",
+                kv.key
+            );
+        }
+        Value::Object(m)
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A log record as JSON, without the observed time (the time it was mapped).
+    fn log_json(r: &LogRecord) -> Value {
+        json!({
+            "time_unix_nano": r.time_unix_nano,
+            "severity_number": r.severity_number,
+            "severity_text": r.severity_text,
+            "event_name": r.event_name,
+            "trace_id": hex(&r.trace_id),
+            "span_id": hex(&r.span_id),
+            "flags": r.flags,
+            "attributes": attrs(&r.attributes),
+        })
+    }
+
+    fn span_json(s: &Span) -> Value {
+        let status = s.status.clone().unwrap_or_default();
+        json!({
+            "name": s.name,
+            "kind": s.kind,
+            "trace_id": hex(&s.trace_id),
+            "span_id": hex(&s.span_id),
+            "start_time_unix_nano": s.start_time_unix_nano,
+            "end_time_unix_nano": s.end_time_unix_nano,
+            "status": { "code": status.code, "message": status.message },
+            "attributes": attrs(&s.attributes),
+        })
+    }
+
+    /// An allowed `tools/call` and its response, made from the sample's resources/read.
+    fn allowed_call() -> (Value, Value) {
+        let (mut req, _) = sample(5);
+        req["method"] = json!("tools/call");
+        req["tool"] = json!("read_text_file");
+        let (mut resp, _) = sample(7);
+        resp["method"] = json!("tools/call");
+        resp["tool"] = json!("read_text_file");
+        (req, resp)
+    }
+
+    #[test]
+    fn log_record_carries_seq_hash_and_the_line_as_written() {
+        let (rec, line) = sample(4);
+        let r = otlp::log_record(&rec, line.as_bytes());
+        assert_eq!(
+            r.body.as_ref().and_then(|b| b.value.clone()),
+            Some(any_value::Value::StringValue(line.to_string()))
+        );
+        assert!(r.observed_time_unix_nano > 0);
+        insta::assert_json_snapshot!("otlp_log_denied_tool_call", log_json(&r));
+    }
+
+    #[test]
+    fn log_records_of_other_kinds() {
+        let (rec, line) = sample(8);
+        insta::assert_json_snapshot!(
+            "otlp_log_session_end",
+            log_json(&otlp::log_record(&rec, line.as_bytes()))
+        );
+        let (rec, line) = sample(7);
+        insta::assert_json_snapshot!(
+            "otlp_log_response",
+            log_json(&otlp::log_record(&rec, line.as_bytes()))
+        );
+        let alert = json!({"seq": 9, "kind": "gap", "time": "2026-11-22T16:37:12Z"});
+        let r = otlp::log_record(&alert, b"{}");
+        assert_eq!((r.severity_number, r.severity_text.as_str()), (19, "ALERT"));
+    }
+
+    #[test]
+    fn denied_call_is_an_error_span_at_once() {
+        let mut spans = Spans::default();
+        let span = spans
+            .observe(&sample(4).0)
+            .expect("a denied call has its span");
+        assert_eq!(span.start_time_unix_nano, span.end_time_unix_nano);
+        assert_eq!(spans.pending(), 0, "no response is awaited for a denial");
+        insta::assert_json_snapshot!("otlp_span_denied", span_json(&span));
+    }
+
+    #[test]
+    fn allowed_call_span_runs_from_request_to_response() {
+        let (req, resp) = allowed_call();
+        let mut spans = Spans::default();
+        assert!(spans.observe(&req).is_none());
+        assert!(spans.observe(&sample(6).0).is_none(), "not a tools/call");
+        let span = spans.observe(&resp).expect("the response ends the span");
+        // 16:37:10.962889 to 16:37:11.051175
+        assert_eq!(
+            span.end_time_unix_nano - span.start_time_unix_nano,
+            88_286_000
+        );
+        insta::assert_json_snapshot!("otlp_span_allowed", span_json(&span));
+        // The log records of the call share the span's ids.
+        for rec in [&req, &resp] {
+            let log = otlp::log_record(rec, b"{}");
+            assert_eq!(
+                (log.trace_id.clone(), log.span_id.clone()),
+                (span.trace_id.clone(), span.span_id.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn response_without_its_request_still_makes_a_span() {
+        let (_, resp) = allowed_call();
+        let span = Spans::default().observe(&resp).unwrap();
+        let a = attrs(&span.attributes);
+        assert_eq!(a["mcp_guard.request.seen"], json!(false));
+        assert_eq!(a["mcp_guard.decision"], json!("allow"));
+        assert!(a.get("mcp_guard.rule").is_none());
+        // Its start is the response's time less the measured latency: 88287 µs.
+        assert_eq!(
+            span.end_time_unix_nano - span.start_time_unix_nano,
+            88_287_000
+        );
+        // The same ids as when the request was seen.
+        let (req, resp) = allowed_call();
+        let mut spans = Spans::default();
+        spans.observe(&req);
+        let full = spans.observe(&resp).unwrap();
+        assert_eq!((span.trace_id, span.span_id), (full.trace_id, full.span_id));
+    }
+
+    #[test]
+    fn a_reread_response_finds_its_request_until_committed() {
+        let (req, resp) = allowed_call();
+        let mut spans = Spans::default();
+        spans.observe(&req);
+        spans.observe(&resp);
+        // A failed batch is read again: the request is still known.
+        let again = spans.observe(&resp).unwrap();
+        assert_eq!(
+            attrs(&again.attributes)["mcp_guard.request.seen"],
+            json!(true)
+        );
+        spans.committed(6);
+        assert_eq!(spans.pending(), 1, "answered after the committed seq");
+        spans.committed(7);
+        assert_eq!(spans.pending(), 0);
+    }
+
+    #[test]
+    fn a_sessions_end_closes_its_unanswered_requests() {
+        let (req, _) = allowed_call();
+        let mut spans = Spans::default();
+        spans.observe(&req);
+        let mut other = req.clone();
+        other["id"] = json!("other-1");
+        other["session"] = json!("other");
+        spans.observe(&other);
+        assert!(spans.observe(&sample(8).0).is_none());
+        spans.committed(8);
+        assert_eq!(
+            spans.pending(),
+            1,
+            "only the other session's request is left"
+        );
+    }
+
+    #[test]
+    fn recover_finds_requests_sent_before_the_cursor() {
+        let (req, resp) = allowed_call();
+        let (mut answered, _) = allowed_call();
+        answered["id"] = json!("other-1");
+        let mut answer = resp.clone();
+        answer["links"] = json!("other-1");
+        let (mut ended, _) = allowed_call();
+        ended["id"] = json!("ended-1");
+        ended["session"] = json!("ended");
+        let end = json!({"seq": 1, "kind": "session_end", "session": "ended"});
+        let before = [&answered, &ended, &req, &answer, &end]
+            .iter()
+            .map(|v| format!("{v}\n"))
+            .collect::<String>();
+        let mut spans = Spans::default();
+        spans.recover(before.as_bytes());
+        assert_eq!(
+            spans.pending(),
+            1,
+            "only the unanswered request of a live session"
+        );
+        let span = spans.observe(&resp).unwrap();
+        let a = attrs(&span.attributes);
+        assert_eq!(a["mcp_guard.request.seen"], json!(true));
+        assert_eq!(a["mcp_guard.rule"], json!("default"));
+        assert_eq!(a["user.name"], json!("root"));
+    }
+
+    #[test]
+    fn ids_depend_on_the_record_only() {
+        assert_eq!(otlp::trace_id("s1"), otlp::trace_id("s1"));
+        assert_ne!(otlp::trace_id("s1"), otlp::trace_id("s2"));
+        assert_eq!(otlp::trace_id("s1").len(), 16);
+        assert_eq!(otlp::span_id("s1-3").len(), 8);
+        assert_ne!(otlp::span_id("s1-3"), otlp::span_id("s1-4"));
+    }
+
+    #[test]
+    fn endpoints_are_bases_for_the_signal_paths() {
+        let e = Endpoint::parse("http://collector:4318").unwrap();
+        assert_eq!(e.logs(), "http://collector:4318/v1/logs");
+        assert_eq!(e.traces(), "http://collector:4318/v1/traces");
+        let e = Endpoint::parse("https://gw.example/otlp/").unwrap();
+        assert_eq!(e.logs(), "https://gw.example/otlp/v1/logs");
+        for bad in ["http://", "https:///x", "http://h:4318/?q=1", "ftp://h"] {
+            assert!(Endpoint::parse(bad).is_none(), "{bad}");
+        }
+        assert!(matches!(
+            "http://127.0.0.1:4318".parse::<Destination>(),
+            Ok(Destination::Otlp(_))
+        ));
+        assert_eq!(
+            "tcp://127.0.0.1:514".parse::<Destination>(),
+            Ok(Destination::Syslog(Target::Tcp("127.0.0.1:514".into())))
+        );
+        assert!("http://".parse::<Destination>().is_err());
+    }
+
+    #[test]
+    fn headers_are_name_equals_value() {
+        let h: otlp::Header = "authorization=Bearer a=b".parse().unwrap();
+        assert_eq!(
+            (h.name.as_str(), h.value.as_str()),
+            ("authorization", "Bearer a=b")
+        );
+        assert!("no-equals".parse::<otlp::Header>().is_err());
+        assert!("bad name=x".parse::<otlp::Header>().is_err());
+        assert!("x-a=b\r\nx-b: c".parse::<otlp::Header>().is_err());
+    }
+
+    #[test]
+    fn payload_decodes_as_export_requests_with_the_resource() {
+        let (rec, line) = sample(4);
+        let mut spans = Spans::default();
+        let span: Vec<Span> = spans.observe(&rec).into_iter().collect();
+        let p = otlp::encode(
+            &otlp::resource("host1"),
+            vec![otlp::log_record(&rec, line.as_bytes())],
+            span,
+        );
+        let logs = ExportLogsServiceRequest::decode(p.logs.as_slice()).unwrap();
+        let rl = &logs.resource_logs[0];
+        let res = attrs(&rl.resource.as_ref().unwrap().attributes);
+        assert_eq!(res["service.name"], json!("mcp-guard"));
+        assert_eq!(res["host.name"], json!("host1"));
+        assert_eq!(res["os.type"], json!("linux"));
+        assert_eq!(rl.scope_logs[0].log_records.len(), 1);
+        let traces = ExportTraceServiceRequest::decode(p.traces.unwrap().as_slice()).unwrap();
+        assert_eq!(
+            traces.resource_spans[0].scope_spans[0].spans[0].name,
+            "tools/call write_file"
+        );
+        // A batch that completes no call sends no traces request.
+        let p = otlp::encode(&otlp::resource("host1"), Vec::new(), Vec::new());
+        assert!(p.traces.is_none());
+    }
+}
