@@ -215,19 +215,61 @@ fn project_files_are_edited_only_with_project() {
     );
 }
 
+/// A config that does not parse is reported as a warning and left as it was; the other
+/// files are still wrapped and the command succeeds, since everything it could do is done.
 #[test]
-fn an_unparsable_config_is_left_alone_with_a_clear_error() {
+fn an_unparsable_config_is_a_warning_and_the_rest_is_wrapped() {
     let home = tempfile::tempdir().unwrap();
     let dest = home.path().join(".cursor/mcp.json");
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
     std::fs::write(&dest, "{ \"mcpServers\": { \"x\": { \"command\": ").unwrap();
-    let out = run(home.path(), &["wrap"]);
+    let good = home.path().join(".kiro/settings/mcp.json");
+    std::fs::create_dir_all(good.parent().unwrap()).unwrap();
+    std::fs::write(
+        &good,
+        r#"{"mcpServers": {"fs": {"command": "npx", "args": ["srv"]}}}"#,
+    )
+    .unwrap();
+    for args in [&["wrap", "--bin", bin()][..], &["unwrap"]] {
+        let out = run(home.path(), args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            err.contains("warning") && err.contains(".cursor/mcp.json") && err.contains("parse"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&dest).unwrap(),
+            "{ \"mcpServers\": { \"x\": { \"command\": "
+        );
+        if args[0] == "wrap" {
+            assert!(std::fs::read_to_string(&good).unwrap().contains(bin()));
+        }
+    }
+    assert!(!std::fs::read_to_string(&good).unwrap().contains(bin()));
+    // `scan --check` still fails on it: a config nobody can read is not clean.
+    let check = run(home.path(), &["scan", "--check"]);
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+}
+
+/// A write that fails is a failure: exit 1, the file as it was.
+#[test]
+fn a_failed_write_fails_the_command() {
+    let home = tempfile::tempdir().unwrap();
+    let dest = home.path().join(".cursor/mcp.json");
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    let config = r#"{"mcpServers": {"fs": {"command": "npx", "args": ["srv"]}}}"#;
+    std::fs::write(&dest, config).unwrap();
+    // The backup cannot be created: its name is taken by a dangling symlink.
+    std::os::unix::fs::symlink(
+        home.path().join("nowhere/x"),
+        home.path().join(".cursor/mcp.json.mcp-guard.bak"),
+    )
+    .unwrap();
+    let out = run(home.path(), &["wrap", "--bin", bin()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains(".cursor/mcp.json"), "{}", text(&out));
-    assert_eq!(
-        std::fs::read_to_string(&dest).unwrap(),
-        "{ \"mcpServers\": { \"x\": { \"command\": "
-    );
+    assert!(text(&out).contains("backup"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), config);
 }
 
 /// Real local users for `--all-users` (created once; the end-to-end suite uses them too).
