@@ -314,10 +314,10 @@ fn hosts_scan(
     check: bool,
 ) -> anyhow::Result<i32> {
     use mcp_guard::hosts::Transport;
-    let found: Vec<(Owner, mcp_guard::hosts::Found)> =
+    let found: Vec<(Owner, mcp_guard::hosts::Found, bool)> =
         found_files(homes(all_users, users)?, &projects(project))
             .into_iter()
-            .map(|(user, _, f, _)| (user, f))
+            .map(|(user, _, f, system)| (user, f, system))
             .collect();
     let transport = |t: &Transport| match t {
         Transport::Stdio => "stdio",
@@ -325,7 +325,7 @@ fn hosts_scan(
         Transport::Unknown => "unknown",
     };
     // Not clean: a stdio server that is not wrapped, or a config that could not be read.
-    let unclean = found.iter().any(|(_, f)| {
+    let unclean = found.iter().any(|(_, f, _)| {
         f.error.is_some()
             || f.servers
                 .iter()
@@ -335,9 +335,10 @@ fn hosts_scan(
     if json {
         let out: Vec<serde_json::Value> = found
             .iter()
-            .map(|(user, f)| {
+            .map(|(user, f, system)| {
                 serde_json::json!({
                     "user": user.as_ref().map(|(name, _)| name),
+                    "system": system,
                     "path": f.path,
                     "host": f.host.slug(),
                     "error": f.error.as_ref().map(|e| e.to_string()),
@@ -358,9 +359,12 @@ fn hosts_scan(
     if found.is_empty() {
         println!("no agent host config found");
     }
-    for (user, f) in &found {
+    for (user, f, system) in &found {
         if let Some((name, _)) = user {
             print!("[{name}] ");
+        }
+        if *system {
+            print!("[system] ");
         }
         println!("{} ({})", f.path.display(), f.host.slug());
         if let Some(e) = &f.error {

@@ -69,7 +69,7 @@ pub fn candidates(home: &Path, project_dirs: &[PathBuf]) -> Vec<(Host, PathBuf)>
         v.push((Host::RooCode, user.join(ROO)));
     }
     v.extend([
-        // Cline CLI: https://docs.cline.bot/cline-cli/configuration
+        // Cline CLI (and the shared ~/.cline root): https://docs.cline.bot/getting-started/config
         (
             Host::Cline,
             h(".cline/data/settings/cline_mcp_settings.json"),
@@ -78,7 +78,7 @@ pub fn candidates(home: &Path, project_dirs: &[PathBuf]) -> Vec<(Host, PathBuf)>
         // https://geminicli.com/docs/reference/configuration
         (Host::GeminiCli, h(".gemini/settings.json")),
         (Host::Zed, h(".config/zed/settings.json")),
-        // https://developers.openai.com/codex/mcp
+        // https://developers.openai.com/codex/config-basic
         (Host::Codex, h(".codex/config.toml")),
         (Host::Continue, h(".continue/config.yaml")),
         (Host::Goose, h(".config/goose/config.yaml")),
@@ -90,6 +90,8 @@ pub fn candidates(home: &Path, project_dirs: &[PathBuf]) -> Vec<(Host, PathBuf)>
         (Host::OpenCode, h(".config/opencode/config.json")),
         // https://kiro.dev/docs/mcp/configuration
         (Host::Kiro, h(".kiro/settings/mcp.json")),
+        // `~/.copilot/mcp-config.json` (`$COPILOT_HOME` moves it), entries `type` local / stdio
+        // / http / sse with `tools`:
         // https://docs.github.com/en/copilot/how-tos/use-copilot-agents/use-copilot-cli
         (Host::CopilotCli, h(".copilot/mcp-config.json")),
         // Amazon Q Developer CLI's legacy global file (still read with `useLegacyMcpJson`):
@@ -97,11 +99,15 @@ pub fn candidates(home: &Path, project_dirs: &[PathBuf]) -> Vec<(Host, PathBuf)>
         (Host::AmazonQ, h(".aws/amazonq/mcp.json")),
         // https://qwenlm.github.io/qwen-code-docs/en/users/features/mcp/
         (Host::QwenCode, h(".qwen/settings.json")),
-        // https://github.com/charmbracelet/crush#configuration (the JSON format)
+        // Crush's JSON format (`.crush.json`, `crush.json`, then this one):
+        // https://github.com/charmbracelet/crush/blob/main/README.md#configuration
+        // Newer releases also read a Bash `crushrc`, which is not edited here:
+        // https://github.com/charmbracelet/crush/blob/main/docs/config/README.md
         (Host::Crush, h(".config/crush/crush.json")),
     ]);
-    // Gemini CLI extensions bring their own `mcpServers`:
-    // https://geminicli.com/docs/extensions/
+    // Gemini CLI extensions bring their own `mcpServers`, from `~/.gemini/extensions` and a
+    // workspace's `.gemini/extensions`:
+    // https://github.com/google-gemini/gemini-cli/blob/main/docs/extension.md
     for ext in subdirs(&h(".gemini/extensions")) {
         v.push((Host::GeminiCli, ext.join("gemini-extension.json")));
     }
@@ -127,10 +133,13 @@ pub fn candidates(home: &Path, project_dirs: &[PathBuf]) -> Vec<(Host, PathBuf)>
         ] {
             v.push((Host::OpenCode, p.join(f)));
         }
+        for ext in subdirs(&p.join(".gemini/extensions")) {
+            v.push((Host::GeminiCli, ext.join("gemini-extension.json")));
+        }
         v.push((Host::RooCode, p.join(".roo/mcp.json")));
         v.push((Host::Kiro, p.join(".kiro/settings/mcp.json")));
         // Read by Codex only in a project the user trusted:
-        // https://developers.openai.com/codex/config-basic#configuration-precedence
+        // https://developers.openai.com/codex/config-basic
         v.push((Host::Codex, p.join(".codex/config.toml")));
         v.push((Host::AmazonQ, p.join(".amazonq/mcp.json")));
         v.extend(json_files(&p.join(".amazonq/cli-agents")).map(|f| (Host::AmazonQ, f)));
@@ -148,7 +157,7 @@ pub fn candidates(home: &Path, project_dirs: &[PathBuf]) -> Vec<(Host, PathBuf)>
 pub fn env_candidates(env: impl Fn(&str) -> Option<OsString>) -> Vec<(Host, PathBuf)> {
     let dir = |var: &str| env(var).filter(|v| !v.is_empty()).map(PathBuf::from);
     let mut v = Vec::new();
-    // https://developers.openai.com/codex/config-advanced (`CODEX_HOME`, default ~/.codex)
+    // https://developers.openai.com/codex/environment-variables (`CODEX_HOME`, default ~/.codex)
     if let Some(d) = dir("CODEX_HOME") {
         v.push((Host::Codex, d.join("config.toml")));
     }
@@ -156,11 +165,11 @@ pub fn env_candidates(env: impl Fn(&str) -> Option<OsString>) -> Vec<(Host, Path
     if let Some(d) = dir("COPILOT_HOME") {
         v.push((Host::CopilotCli, d.join("mcp-config.json")));
     }
-    // https://code.claude.com/docs/en/settings#environment-variables
+    // https://code.claude.com/docs/en/settings (`CLAUDE_CONFIG_DIR`)
     if let Some(d) = dir("CLAUDE_CONFIG_DIR") {
         v.push((Host::ClaudeCode, d.join(".claude.json")));
     }
-    // https://docs.cline.bot/cline-cli/configuration
+    // https://www.developersdigest.tech/mcp-servers/clients/cline (from Cline's CLI docs)
     if let Some(f) = dir("CLINE_MCP_SETTINGS_PATH") {
         v.push((Host::Cline, f));
     }
