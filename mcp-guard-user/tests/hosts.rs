@@ -739,3 +739,24 @@ fn environment_overrides_name_the_files_hosts_read() {
     }
     assert!(hosts::env_candidates(|_| Some("".into())).is_empty());
 }
+
+/// VS Code's `settings.json` is listed only when it holds MCP servers: it is every editor
+/// setting, not an MCP config, for most users.
+#[test]
+fn a_vscode_settings_file_without_servers_is_not_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = dir.path().join(".config/Code/User");
+    fs::create_dir_all(&user).unwrap();
+    fs::write(
+        user.join("settings.json"),
+        "{\n  // editor\n  \"editor.fontSize\": 14,\n}\n",
+    )
+    .unwrap();
+    assert!(hosts::scan(dir.path(), &[]).is_empty());
+    fs::copy(
+        fixtures().join("vscode_settings.jsonc"),
+        user.join("settings.json"),
+    )
+    .unwrap();
+    assert_eq!(hosts::scan(dir.path(), &[]).len(), 1);
+}

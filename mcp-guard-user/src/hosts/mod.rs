@@ -314,14 +314,15 @@ fn parse_entries(host: Host, text: &str) -> std::result::Result<Vec<RawEntry>, S
 /// Every host config file present under `home` (and the project-level files in
 /// `project_dirs`), with its servers.
 pub fn scan(home: &Path, project_dirs: &[PathBuf]) -> Vec<Found> {
-    let mut out = Vec::new();
-    for (host, path) in candidates(home, project_dirs) {
-        if !path.is_file() {
-            continue;
-        }
-        out.push(scan_file(&path, host));
-    }
-    out
+    scan_paths(candidates(home, project_dirs))
+}
+
+/// VS Code's `settings.json` holds every editor setting: it is an MCP config only when it
+/// has servers (or cannot be read), otherwise listing it would be noise.
+fn worth_listing(f: &Found) -> bool {
+    let general =
+        f.host == Host::VsCode && f.path.file_name().is_some_and(|n| n == "settings.json");
+    !general || !f.servers.is_empty() || f.error.is_some()
 }
 
 /// The files among `paths` that exist, each with its servers (for the paths that
@@ -331,6 +332,7 @@ pub fn scan_paths(paths: Vec<(Host, PathBuf)>) -> Vec<Found> {
         .into_iter()
         .filter(|(_, p)| p.is_file())
         .map(|(host, p)| scan_file(&p, host))
+        .filter(worth_listing)
         .collect()
 }
 
