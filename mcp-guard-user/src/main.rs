@@ -454,13 +454,13 @@ fn hosts_edit(e: &HostsEdit, wrap: bool) -> anyhow::Result<i32> {
     let root = nix::unistd::geteuid().is_root();
     // Files mcp-guard found but cannot edit are reported, not counted as failures: the
     // file is as it was, and everything that could be done was done.
-    let warn = |msg: &dyn std::fmt::Display| eprintln!("mcp-guard: warning: {msg}; skipped");
+    let warn = |msg: &dyn std::fmt::Display| eprintln!("mcp-guard: warning: {msg}");
     for (user, home, f, system) in found {
         if only.is_some_and(|h| h != f.host) {
             continue;
         }
         if let Some(err) = &f.error {
-            warn(err);
+            warn(&format_args!("{err}; left as it is"));
             continue;
         }
         if system && !root {
@@ -469,7 +469,7 @@ fn hosts_edit(e: &HostsEdit, wrap: bool) -> anyhow::Result<i32> {
                 .any(|s| s.transport == hosts::Transport::Stdio)
             {
                 warn(&format_args!(
-                    "{}: a system-wide file, edited only by root",
+                    "{}: a system-wide file, edited only by root; left as it is",
                     f.path.display()
                 ));
             }
