@@ -272,7 +272,7 @@ fn found_files(
     for (user, home) in homes {
         let mut found = hosts::scan(&home, if just_me { projects } else { &[] });
         if just_me {
-            found.extend(hosts::scan_paths(hosts::env_candidates(|v| {
+            found.extend(hosts::scan_paths(hosts::env_candidates(&home, |v| {
                 std::env::var_os(v)
             })));
         }

@@ -728,7 +728,7 @@ fn environment_overrides_name_the_files_hosts_read() {
             _ => return None,
         })
     };
-    let c = hosts::env_candidates(env);
+    let c = hosts::env_candidates(Path::new("/home/alice"), env);
     for want in [
         (Host::Codex, "/srv/codex/config.toml"),
         (Host::CopilotCli, "/srv/copilot/mcp-config.json"),
@@ -741,7 +741,47 @@ fn environment_overrides_name_the_files_hosts_read() {
             "{want:?} in {c:?}"
         );
     }
-    assert!(hosts::env_candidates(|_| Some("".into())).is_empty());
+    assert!(hosts::env_candidates(Path::new("/home/alice"), |_| Some("".into())).is_empty());
+}
+
+/// `XDG_CONFIG_HOME` moves every `~/.config` file of the hosts that follow it, VS Code
+/// profiles included.
+#[test]
+fn xdg_config_home_moves_the_dot_config_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home, xdg) = (dir.path().join("home"), dir.path().join("xdg"));
+    let profile = xdg.join("Code/User/profiles/abc");
+    fs::create_dir_all(&profile).unwrap();
+    fs::copy(fixtures().join("vscode.jsonc"), profile.join("mcp.json")).unwrap();
+    fs::create_dir_all(xdg.join("opencode")).unwrap();
+    fs::copy(
+        fixtures().join("opencode_v2.jsonc"),
+        xdg.join("opencode/opencode.jsonc"),
+    )
+    .unwrap();
+    let env = |v: &str| (v == "XDG_CONFIG_HOME").then(|| xdg.clone().into());
+    let c = hosts::env_candidates(&home, env);
+    for want in [
+        (Host::VsCode, xdg.join("Code/User/mcp.json")),
+        (Host::Crush, xdg.join("crush/crush.json")),
+        (Host::Zed, xdg.join("zed/settings.json")),
+        (
+            Host::ClaudeDesktop,
+            xdg.join("Claude/claude_desktop_config.json"),
+        ),
+    ] {
+        assert!(c.contains(&want), "{want:?} in {c:?}");
+    }
+    assert!(!c.iter().any(|(_, p)| p.starts_with(&home)), "{c:?}");
+    let found = hosts::scan_paths(c);
+    let mut paths: Vec<_> = found.iter().map(|f| f.path.clone()).collect();
+    paths.sort();
+    let mut want = vec![
+        profile.join("mcp.json"),
+        xdg.join("opencode/opencode.jsonc"),
+    ];
+    want.sort();
+    assert_eq!(paths, want);
 }
 
 /// VS Code's `settings.json` is listed only when it holds MCP servers: it is every editor

@@ -7,8 +7,32 @@ use std::process::{Command, Output};
 
 use common::*;
 
+/// The variables that move host config files: unset, so a test sees only its own files
+/// and never edits the real ones of whoever runs it.
+const MOVING_VARS: &[&str] = &[
+    "XDG_CONFIG_HOME",
+    "CODEX_HOME",
+    "COPILOT_HOME",
+    "CLAUDE_CONFIG_DIR",
+    "CLINE_MCP_SETTINGS_PATH",
+    "OPENCODE_CONFIG",
+    "GEMINI_CLI_SYSTEM_SETTINGS_PATH",
+    "GEMINI_CLI_SYSTEM_DEFAULTS_PATH",
+    "QWEN_CODE_SYSTEM_SETTINGS_PATH",
+    "QWEN_CODE_SYSTEM_DEFAULTS_PATH",
+];
+
+/// `program` with none of [`MOVING_VARS`] set.
+fn command(program: &str) -> Command {
+    let mut c = Command::new(program);
+    for v in MOVING_VARS {
+        c.env_remove(v);
+    }
+    c
+}
+
 fn run(home: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
+    command(bin())
         .args(["hosts"])
         .args(args)
         .env("HOME", home)
@@ -166,7 +190,7 @@ fn bin_is_resolved_and_must_be_an_executable() {
     // A bare name found on PATH is written as its absolute path.
     let dir = Path::new(bin()).parent().unwrap();
     let name = Path::new(bin()).file_name().unwrap().to_str().unwrap();
-    let out = Command::new(bin())
+    let out = command(bin())
         .args(["hosts", "wrap", "--bin", name])
         .env("HOME", home.path())
         .env("PATH", dir)
@@ -190,7 +214,7 @@ fn project_files_are_edited_only_with_project() {
     std::fs::copy(fixtures.join("project_mcp.json"), &team).unwrap();
     let before = std::fs::read(&team).unwrap();
     let in_repo = |args: &[&str]| {
-        Command::new(bin())
+        command(bin())
             .arg("hosts")
             .args(args)
             .env("HOME", home.path())
@@ -385,11 +409,11 @@ fn all_users_edits_each_home_as_its_owner_would() {
 fn all_users_needs_root() {
     // As root, ask as `nobody`.
     let mut cmd = if nix::unistd::geteuid().is_root() {
-        let mut c = Command::new("runuser");
+        let mut c = command("runuser");
         c.args(["-u", "nobody", "--"]).arg(bin());
         c
     } else {
-        Command::new(bin())
+        command(bin())
     };
     let out = cmd.args(["hosts", "scan", "--all-users"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -575,7 +599,7 @@ fn codex_home_is_followed() {
         "[mcp_servers.docs]\ncommand = \"docs-server\"\nargs = [\"--port\", \"4000\"]\n",
     )
     .unwrap();
-    let out = Command::new(bin())
+    let out = command(bin())
         .args(["hosts", "wrap", "--bin", bin()])
         .env("HOME", home.path())
         .env("CODEX_HOME", &codex_home)
@@ -604,11 +628,11 @@ fn system_files_are_edited_by_root_only() {
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
     let hosts = |as_nobody: bool, args: &[&str]| {
         let mut c = if as_nobody {
-            let mut c = Command::new("runuser");
+            let mut c = command("runuser");
             c.args(["-u", "nobody", "--"]).arg(bin());
             c
         } else {
-            Command::new(bin())
+            command(bin())
         };
         c.arg("hosts")
             .args(args)

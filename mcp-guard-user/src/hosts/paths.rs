@@ -151,12 +151,35 @@ pub fn candidates(home: &Path, project_dirs: &[PathBuf]) -> Vec<(Host, PathBuf)>
     dedup(v)
 }
 
-/// The files the caller's environment points at (`CODEX_HOME`, `COPILOT_HOME`, ...): the
-/// hosts read these instead of, or beside, the defaults. Only for the user running
+/// The files the caller's environment points at (`XDG_CONFIG_HOME`, `CODEX_HOME`,
+/// `COPILOT_HOME`, ...): the hosts read these instead of, or beside, the defaults. Only for the user running
 /// mcp-guard: other users' environments are not known.
-pub fn env_candidates(env: impl Fn(&str) -> Option<OsString>) -> Vec<(Host, PathBuf)> {
+pub fn env_candidates(home: &Path, env: impl Fn(&str) -> Option<OsString>) -> Vec<(Host, PathBuf)> {
     let dir = |var: &str| env(var).filter(|v| !v.is_empty()).map(PathBuf::from);
     let mut v = Vec::new();
+    // `$XDG_CONFIG_HOME` replaces `~/.config` for the hosts that follow the XDG base
+    // directory spec (VS Code, Cursor, OpenCode, Crush, Zed, Goose, Claude Desktop, ...):
+    // https://specifications.freedesktop.org/basedir-spec/latest/
+    if let Some(xdg) = dir("XDG_CONFIG_HOME").filter(|d| d.is_absolute()) {
+        let dot_config = home.join(".config");
+        let moved = |p: &Path| p.strip_prefix(&dot_config).ok().map(|rest| xdg.join(rest));
+        for (host, p) in candidates(home, &[]) {
+            if let Some(m) = moved(&p) {
+                v.push((host, m));
+            }
+        }
+        // VS Code profiles are listed by looking, so look under the moved directory too.
+        for data in VSCODE_DATA
+            .iter()
+            .filter_map(|d| d.strip_prefix(".config/"))
+        {
+            let user = xdg.join(data).join("User");
+            for profile in subdirs(&user.join("profiles")) {
+                v.push((Host::VsCode, profile.join("mcp.json")));
+                v.push((Host::VsCode, profile.join("settings.json")));
+            }
+        }
+    }
     // https://developers.openai.com/codex/environment-variables (`CODEX_HOME`, default ~/.codex)
     if let Some(d) = dir("CODEX_HOME") {
         v.push((Host::Codex, d.join("config.toml")));
