@@ -82,9 +82,9 @@ fn containers<'a>(
     };
     let mut out = Vec::new();
     match host {
-        // `mcp.json` keeps them under `servers`; the older `settings.json` layout (still
-        // read by VS Code, which offers to move it) under `mcp.servers`.
-        // https://code.visualstudio.com/docs/copilot/customization/mcp-servers
+        // `mcp.json` keeps them under `servers`; before `mcp.json` they lived in
+        // `settings.json` under `mcp.servers`, where files not yet moved still hold them.
+        // https://code.visualstudio.com/docs/copilot/reference/mcp-configuration
         Host::VsCode => {
             if let Some(o) = root.get_object("servers") {
                 out.push(at(o));
@@ -96,7 +96,7 @@ fn containers<'a>(
                 }
             }
         }
-        // OpenCode V2 keeps them under `mcp.servers`; V1 (still read) put each server
+        // OpenCode V2 keeps them under `mcp.servers`; V1 (OpenCode 1.x) put each server
         // straight under `mcp`, where a V1 server could itself be named `servers`: that one
         // has a `type` string (V1 requires it), a V2 container does not.
         // https://opencode.ai/docs/mcp-servers/ and https://opencode.ai/v1/docs/mcp-servers/
