@@ -83,8 +83,8 @@ pub fn candidates(home: &Path, project_dirs: &[PathBuf]) -> Vec<(Host, PathBuf)>
         (Host::Continue, h(".continue/config.yaml")),
         (Host::Goose, h(".config/goose/config.yaml")),
         (Host::LmStudio, h(".lmstudio/mcp.json")),
-        // https://opencode.ai/docs/config/ (`opencode.json` or `opencode.jsonc`; early
-        // versions read `config.json`, which is still looked at)
+        // https://opencode.ai/docs/config/ (`opencode.json` or `opencode.jsonc`); OpenCode
+        // also opens `config.json` there: https://github.com/anomalyco/opencode/issues/3407
         (Host::OpenCode, h(".config/opencode/opencode.json")),
         (Host::OpenCode, h(".config/opencode/opencode.jsonc")),
         (Host::OpenCode, h(".config/opencode/config.json")),
