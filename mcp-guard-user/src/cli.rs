@@ -115,12 +115,18 @@ pub enum ServiceCommand {
 pub enum HostsCommand {
     /// A table of host config files and their servers: transport, wrapped or not.
     Scan {
-        /// Project directories to look in too (`.mcp.json`, `.cursor/`, `.vscode/`, `.gemini/`).
+        /// Project directories to look in [default: the current directory] (`.mcp.json`,
+        /// `.cursor/`, `.vscode/`, `.gemini/`, `opencode.json`, `.codex/`, `.kiro/`, ...).
         #[arg(long)]
         project: Vec<PathBuf>,
-        /// Every user's home directory (root and uids from 1000, from /etc/passwd); needs root.
+        /// Every user's home directory (root and uids from 1000, as the system's name
+        /// service lists them); needs root.
         #[arg(long)]
         all_users: bool,
+        /// This user's home directory (repeatable); looked up by name, so it works for
+        /// LDAP / SSSD users that `--all-users` cannot list. Needs root.
+        #[arg(long, value_name = "NAME")]
+        user: Vec<String>,
         /// Print what was found as JSON (one array of config files, each with its servers).
         #[arg(long)]
         json: bool,
@@ -140,8 +146,8 @@ pub struct HostsEdit {
     /// Only this host (claude-desktop, claude-code, cursor, vscode, zed, codex, ...).
     #[arg(long)]
     pub host: Option<String>,
-    /// Project directories whose files (`.mcp.json`, `.cursor/`, `.vscode/`, `.gemini/`) are
-    /// edited too. Never by default: they are usually checked in and shared with a team.
+    /// Project directories whose files (`.mcp.json`, `.cursor/`, `.vscode/`, `.gemini/`,
+    /// `opencode.json`, `.codex/`, `.kiro/`, ...) are edited too. Never by default: they are usually checked in and shared with a team.
     #[arg(long)]
     pub project: Vec<PathBuf>,
     /// Print what would change, as a diff, and change nothing.
@@ -150,11 +156,15 @@ pub struct HostsEdit {
     /// The mcp-guard the hosts should launch [default: this program, absolute].
     #[arg(long)]
     pub bin: Option<PathBuf>,
-    /// Every user's home directory (root and uids from 1000, from /etc/passwd); needs root.
-    /// Files are kept with their owner and mode; a config that resolves outside its user's
-    /// home or belongs to someone else is left alone.
+    /// Every user's home directory (root and uids from 1000, as the system's name service
+    /// lists them); needs root. Files are kept with their owner and mode; a config that
+    /// resolves outside its user's home or belongs to someone else is left alone.
     #[arg(long)]
     pub all_users: bool,
+    /// This user's home directory (repeatable), as with `--all-users`; looked up by name, so
+    /// it works for LDAP / SSSD users that enumeration does not list. Needs root.
+    #[arg(long, value_name = "NAME")]
+    pub user: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -35,9 +35,10 @@ fn main() -> ExitCode {
         Command::Hosts(HostsCommand::Scan {
             project,
             all_users,
+            user,
             json,
             check,
-        }) => hosts_scan(&project, all_users, json, check),
+        }) => hosts_scan(&project, all_users, &user, json, check),
         Command::Hosts(HostsCommand::Wrap(e)) => hosts_edit(&e, true),
         Command::Hosts(HostsCommand::Unwrap(e)) => hosts_edit(&e, false),
         Command::Pins(PinsCommand::List { pins }) => pins_list(pins),
@@ -236,18 +237,65 @@ fn home() -> anyhow::Result<PathBuf> {
 /// A user (name, uid) when editing on behalf of every user; `None`: the caller.
 type Owner = Option<(String, u32)>;
 
-/// The homes to look in: this user's, or with `all_users` every user's (root only).
-fn homes(all_users: bool) -> anyhow::Result<Vec<(Owner, PathBuf)>> {
-    if !all_users {
+/// The homes to look in: this user's, or with `all_users` every user's, or the users
+/// named (root only for either).
+fn homes(all_users: bool, users: &[String]) -> anyhow::Result<Vec<(Owner, PathBuf)>> {
+    if !all_users && users.is_empty() {
         return Ok(vec![(None, home()?)]);
     }
     if !nix::unistd::geteuid().is_root() {
-        anyhow::bail!("--all-users reads and rewrites every user's files: run it as root");
+        anyhow::bail!("--all-users / --user read and rewrite other users' files: run it as root");
     }
-    Ok(mcp_guard::hosts::user_homes()?
+    let mut accounts = if all_users {
+        mcp_guard::hosts::user_homes()?
+    } else {
+        Vec::new()
+    };
+    for name in users {
+        let account = mcp_guard::hosts::user_home(name)?;
+        if !accounts.iter().any(|(_, uid, _)| *uid == account.1) {
+            accounts.push(account);
+        }
+    }
+    Ok(accounts
         .into_iter()
         .map(|(n, u, h)| (Some((n, u)), h))
         .collect())
+}
+
+/// Every config file to look at: each home's (and, for the caller alone, the projects'
+/// and the ones its environment points at), then the system-wide ones. Each file once;
+/// `true` marks a system-wide file.
+fn found_files(
+    homes: Vec<(Owner, PathBuf)>,
+    projects: &[PathBuf],
+) -> Vec<(Owner, PathBuf, mcp_guard::hosts::Found, bool)> {
+    use mcp_guard::hosts;
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let just_me = homes.len() == 1 && homes[0].0.is_none();
+    for (user, home) in homes {
+        let mut found = hosts::scan(&home, if just_me { projects } else { &[] });
+        if just_me {
+            found.extend(hosts::scan_paths(hosts::env_candidates(&home, |v| {
+                std::env::var_os(v)
+            })));
+        }
+        for f in found {
+            if seen.insert(f.path.clone()) {
+                out.push((user.clone(), home.clone(), f, false));
+            }
+        }
+    }
+    let system = hosts::scan_paths(hosts::system_candidates(std::path::Path::new("/"), |v| {
+        std::env::var_os(v)
+    }));
+    for f in system {
+        if seen.insert(f.path.clone()) {
+            out.push((None, PathBuf::from("/"), f, true));
+        }
+    }
+    out
 }
 
 fn owned_by(path: &std::path::Path, user: &Owner, home: &std::path::Path) -> bool {
@@ -266,30 +314,23 @@ fn projects(given: &[PathBuf]) -> Vec<PathBuf> {
 fn hosts_scan(
     project: &[PathBuf],
     all_users: bool,
+    users: &[String],
     json: bool,
     check: bool,
 ) -> anyhow::Result<i32> {
     use mcp_guard::hosts::Transport;
-    let mut found = Vec::new();
-    for (user, home) in homes(all_users)? {
-        let projects = if all_users {
-            Vec::new()
-        } else {
-            projects(project)
-        };
-        found.extend(
-            mcp_guard::hosts::scan(&home, &projects)
-                .into_iter()
-                .map(|f| (user.clone(), f)),
-        );
-    }
+    let found: Vec<(Owner, mcp_guard::hosts::Found, bool)> =
+        found_files(homes(all_users, users)?, &projects(project))
+            .into_iter()
+            .map(|(user, _, f, system)| (user, f, system))
+            .collect();
     let transport = |t: &Transport| match t {
         Transport::Stdio => "stdio",
         Transport::Remote => "remote",
         Transport::Unknown => "unknown",
     };
     // Not clean: a stdio server that is not wrapped, or a config that could not be read.
-    let unclean = found.iter().any(|(_, f)| {
+    let unclean = found.iter().any(|(_, f, _)| {
         f.error.is_some()
             || f.servers
                 .iter()
@@ -299,9 +340,10 @@ fn hosts_scan(
     if json {
         let out: Vec<serde_json::Value> = found
             .iter()
-            .map(|(user, f)| {
+            .map(|(user, f, system)| {
                 serde_json::json!({
                     "user": user.as_ref().map(|(name, _)| name),
+                    "system": system,
                     "path": f.path,
                     "host": f.host.slug(),
                     "error": f.error.as_ref().map(|e| e.to_string()),
@@ -322,9 +364,12 @@ fn hosts_scan(
     if found.is_empty() {
         println!("no agent host config found");
     }
-    for (user, f) in &found {
+    for (user, f, system) in &found {
         if let Some((name, _)) = user {
             print!("[{name}] ");
+        }
+        if *system {
+            print!("[system] ");
         }
         println!("{} ({})", f.path.display(), f.host.slug());
         if let Some(e) = &f.error {
@@ -408,26 +453,34 @@ fn hosts_edit(e: &HostsEdit, wrap: bool) -> anyhow::Result<i32> {
     let bin = bin.display().to_string();
     let mut failed = false;
     let mut changed = 0;
-    let mut found = Vec::new();
-    for (user, home) in homes(e.all_users)? {
-        // Project files only when named: run inside a repository, its checked-in files are
-        // the team's, not this user's to rewrite unasked.
-        let projects = if e.all_users {
-            Vec::new()
-        } else {
-            e.project.clone()
-        };
-        found.extend(
-            hosts::scan(&home, &projects)
-                .into_iter()
-                .map(|f| (user.clone(), home.clone(), f)),
-        );
-    }
-    for (user, home, f) in found {
+    // Project files only when named: run inside a repository, its checked-in files are
+    // the team's, not this user's to rewrite unasked.
+    let found = found_files(homes(e.all_users, &e.user)?, &e.project);
+    let root = nix::unistd::geteuid().is_root();
+    // Files mcp-guard found but cannot edit are reported, not counted as failures: the
+    // file is as it was, and everything that could be done was done.
+    let warn = |msg: &dyn std::fmt::Display| eprintln!("mcp-guard: warning: {msg}");
+    for (user, home, f, system) in found {
         if only.is_some_and(|h| h != f.host) {
             continue;
         }
-        if !owned_by(&f.path, &user, &home) {
+        if let Some(err) = &f.error {
+            warn(&format_args!("{err}; left as it is"));
+            continue;
+        }
+        if system && !root {
+            if f.servers
+                .iter()
+                .any(|s| s.transport == hosts::Transport::Stdio)
+            {
+                warn(&format_args!(
+                    "{}: a system-wide file, edited only by root; left as it is",
+                    f.path.display()
+                ));
+            }
+            continue;
+        }
+        if !system && !owned_by(&f.path, &user, &home) {
             failed = true;
             eprintln!(
                 "mcp-guard: {}: not inside its user's home or not owned by them; left alone",
@@ -442,6 +495,10 @@ fn hosts_edit(e: &HostsEdit, wrap: bool) -> anyhow::Result<i32> {
         };
         let edit = match edit {
             Ok(edit) => edit,
+            Err(err) if err.is::<hosts::Unsupported>() => {
+                warn(&err);
+                continue;
+            }
             Err(err) => {
                 failed = true;
                 eprintln!("mcp-guard: {err}");

@@ -54,19 +54,146 @@ const LAYOUT: &[(Host, &str, &str)] = &[
         ".config/opencode/opencode.json",
     ),
     (Host::Kiro, "kiro.json", ".kiro/settings/mcp.json"),
+    // The layouts and hosts added for the coverage issue: each fixture follows the
+    // host's documented format.
+    (
+        Host::VsCode,
+        "vscode_settings.jsonc",
+        ".config/Code/User/settings.json",
+    ),
+    (
+        Host::VsCode,
+        "vscode.jsonc",
+        ".config/Code/User/profiles/-5a1b2c3d/mcp.json",
+    ),
+    (
+        Host::VsCode,
+        "vscode.jsonc",
+        ".config/Code - Insiders/User/mcp.json",
+    ),
+    (
+        Host::VsCode,
+        "vscode.jsonc",
+        ".config/VSCodium/User/mcp.json",
+    ),
+    (
+        Host::VsCode,
+        "vscode.jsonc",
+        ".vscode-server/data/User/mcp.json",
+    ),
+    (
+        Host::VsCode,
+        "vscode.jsonc",
+        ".var/app/com.visualstudio.code/config/Code/User/mcp.json",
+    ),
+    (
+        Host::OpenCode,
+        "opencode_v2.jsonc",
+        ".config/opencode/opencode.jsonc",
+    ),
+    (
+        Host::Cline,
+        "cline.json",
+        ".cline/data/settings/cline_mcp_settings.json",
+    ),
+    (
+        Host::CopilotCli,
+        "copilot_cli.json",
+        ".copilot/mcp-config.json",
+    ),
+    (
+        Host::RooCode,
+        "roo.json",
+        ".config/Code/User/globalStorage/rooveterinaryinc.roo-cline/settings/mcp_settings.json",
+    ),
+    (
+        Host::RooCode,
+        "roo.json",
+        ".vscode-server/data/User/globalStorage/rooveterinaryinc.roo-cline/settings/mcp_settings.json",
+    ),
+    (Host::AmazonQ, "amazonq.json", ".aws/amazonq/mcp.json"),
+    (
+        Host::AmazonQ,
+        "amazonq_agent.json",
+        ".aws/amazonq/cli-agents/rust.json",
+    ),
+    (Host::Kiro, "amazonq_agent.json", ".kiro/agents/rust.json"),
+    (Host::QwenCode, "qwen.jsonc", ".qwen/settings.json"),
+    (Host::Crush, "crush.json", ".config/crush/crush.json"),
+    (
+        Host::GeminiCli,
+        "gemini_extension.json",
+        ".gemini/extensions/my-extension/gemini-extension.json",
+    ),
 ];
 
-fn fake_home() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    for (_, fx, rel) in LAYOUT {
-        let p = home.join(rel);
+/// (host, fixture, relative path in the project directory)
+const PROJECT: &[(Host, &str, &str)] = &[
+    (Host::ClaudeCode, "project_mcp.json", ".mcp.json"),
+    (Host::OpenCode, "opencode_v2.jsonc", "opencode.jsonc"),
+    (Host::OpenCode, "opencode.json", ".opencode/opencode.json"),
+    (Host::RooCode, "roo.json", ".roo/mcp.json"),
+    (Host::Kiro, "kiro.json", ".kiro/settings/mcp.json"),
+    (Host::Codex, "codex.toml", ".codex/config.toml"),
+    (Host::AmazonQ, "amazonq.json", ".amazonq/mcp.json"),
+    (
+        Host::AmazonQ,
+        "amazonq_agent.json",
+        ".amazonq/cli-agents/dev.json",
+    ),
+    (Host::QwenCode, "qwen.jsonc", ".qwen/settings.json"),
+    (Host::Crush, "crush.json", ".crush.json"),
+];
+
+/// (host, fixture, path under the system root)
+const SYSTEM: &[(Host, &str, &str)] = &[
+    (
+        Host::ClaudeCode,
+        "claude_managed.json",
+        "etc/claude-code/managed-mcp.json",
+    ),
+    (
+        Host::GeminiCli,
+        "gemini_system.json",
+        "etc/gemini-cli/settings.json",
+    ),
+    (
+        Host::GeminiCli,
+        "gemini_system.json",
+        "etc/gemini-cli/system-defaults.json",
+    ),
+    (Host::QwenCode, "qwen.jsonc", "etc/qwen-code/settings.json"),
+    (
+        Host::OpenCode,
+        "opencode_v2.jsonc",
+        "etc/opencode/opencode.jsonc",
+    ),
+];
+
+/// Every (host, fixture) pair the layouts use, once.
+fn every_fixture() -> Vec<(Host, &'static str)> {
+    let mut v: Vec<(Host, &str)> = Vec::new();
+    for (h, fx, _) in LAYOUT.iter().chain(PROJECT).chain(SYSTEM) {
+        if !v.contains(&(*h, *fx)) {
+            v.push((*h, fx));
+        }
+    }
+    v
+}
+
+fn lay_out(root: &Path, layout: &[(Host, &str, &str)]) {
+    for (_, fx, rel) in layout {
+        let p = root.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::copy(fixtures().join(fx), &p).unwrap();
     }
+}
+
+fn fake_home() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    lay_out(&dir.path().join("home"), LAYOUT);
     let proj = dir.path().join("proj");
-    fs::create_dir_all(&proj).unwrap();
-    fs::copy(fixtures().join("project_mcp.json"), proj.join(".mcp.json")).unwrap();
+    lay_out(&proj, PROJECT);
     (dir, proj)
 }
 
@@ -74,11 +201,24 @@ fn fake_home() -> (tempfile::TempDir, PathBuf) {
 fn scan_finds_every_host_and_server() {
     let (dir, proj) = fake_home();
     let found = hosts::scan(&dir.path().join("home"), std::slice::from_ref(&proj));
-    assert_eq!(found.len(), LAYOUT.len() + 1, "{found:#?}");
+    assert_eq!(found.len(), LAYOUT.len() + PROJECT.len(), "{found:#?}");
+    // Every file laid out is found, as the host it belongs to.
+    for (root, layout) in [(dir.path().join("home"), LAYOUT), (proj.clone(), PROJECT)] {
+        for (h, _, rel) in layout {
+            let f = found
+                .iter()
+                .find(|f| f.path == root.join(rel))
+                .unwrap_or_else(|| panic!("{rel} not found"));
+            assert_eq!(f.host, *h, "{rel}");
+            assert!(f.error.is_none(), "{rel}: {f:?}");
+        }
+    }
+    // The first file of a host in LAYOUT order.
     let get = |h: Host| {
+        let rel = LAYOUT.iter().find(|(lh, ..)| *lh == h).unwrap().2;
         found
             .iter()
-            .find(|f| f.host == h && !f.path.starts_with(&proj))
+            .find(|f| f.path == dir.path().join("home").join(rel))
             .unwrap()
     };
     let srv = |h: Host, n: &str| {
@@ -115,7 +255,10 @@ fn scan_finds_every_host_and_server() {
     assert_eq!(pg.transport, Transport::Stdio);
     assert_eq!(srv(Host::ClaudeCode, "bare").args, Vec::<String>::new());
 
-    let pm = found.iter().find(|f| f.path.starts_with(&proj)).unwrap();
+    let pm = found
+        .iter()
+        .find(|f| f.path == proj.join(".mcp.json"))
+        .unwrap();
     assert_eq!(pm.host, Host::ClaudeCode);
     assert_eq!(pm.servers[0].name, "playwright");
 
@@ -210,7 +353,7 @@ fn scan_finds_every_host_and_server() {
 
 #[test]
 fn wrap_unwrap_round_trip_every_fixture() {
-    for (host, fx, _) in LAYOUT {
+    for (host, fx) in every_fixture().iter() {
         let text = fs::read_to_string(fixtures().join(fx)).unwrap();
         let (wrapped, changes) =
             hosts::wrap_text(*host, &text, BIN).unwrap_or_else(|e| panic!("{fx}: {e:#}"));
@@ -304,9 +447,10 @@ fn unparsable_file_is_an_error_naming_the_file_and_untouched() {
     let p = dir.path().join("mcp.json");
     fs::copy(fixtures().join("broken.json"), &p).unwrap();
     let before = fs::read(&p).unwrap();
-    let err = hosts::wrap_file(&p, Host::Cursor, BIN)
-        .unwrap_err()
-        .to_string();
+    let err = hosts::wrap_file(&p, Host::Cursor, BIN).unwrap_err();
+    // Not ours to fix: the CLI reports it as a warning, not a failure.
+    assert!(err.is::<hosts::Unsupported>(), "{err:?}");
+    let err = err.to_string();
     assert!(
         err.contains(&p.display().to_string()) && err.contains("parse"),
         "{err}"
@@ -316,14 +460,17 @@ fn unparsable_file_is_an_error_naming_the_file_and_untouched() {
         .to_string();
     assert!(err.contains(&p.display().to_string()), "{err}");
     assert_eq!(fs::read(&p).unwrap(), before);
+    // A file that cannot be read at all is a real failure, not a warning.
+    let gone = hosts::wrap_file(&dir.path().join("missing.json"), Host::Cursor, BIN).unwrap_err();
+    assert!(!gone.is::<hosts::Unsupported>(), "{gone:?}");
     let f = hosts::scan_file(&p, Host::Cursor);
     assert!(f.error.unwrap().contains("mcp.json"));
     // Broken YAML: the same, with the parser's line and column.
     let y = dir.path().join("config.yaml");
     fs::write(&y, "mcpServers:\n  - name: a\n    command: [npx\n").unwrap();
-    let err = hosts::wrap_file(&y, Host::Continue, BIN)
-        .unwrap_err()
-        .to_string();
+    let err = hosts::wrap_file(&y, Host::Continue, BIN).unwrap_err();
+    assert!(err.is::<hosts::Unsupported>(), "{err:?}");
+    let err = err.to_string();
     assert!(
         err.contains("cannot parse as YAML") && err.contains("config.yaml") && err.contains("line"),
         "{err}"
@@ -401,6 +548,19 @@ fn round_trip_exact_for_fixtures_without_prewrapped_entries() {
         (Host::OpenCode, "opencode.json"),
         (Host::ClaudeCode, "claude_code.json"),
         (Host::GeminiCli, "gemini.json"),
+        (Host::VsCode, "vscode_settings.jsonc"),
+        (Host::OpenCode, "opencode_v2.jsonc"),
+        (Host::Cline, "cline.json"),
+        (Host::CopilotCli, "copilot_cli.json"),
+        (Host::RooCode, "roo.json"),
+        (Host::AmazonQ, "amazonq.json"),
+        (Host::AmazonQ, "amazonq_agent.json"),
+        (Host::Kiro, "amazonq_agent.json"),
+        (Host::QwenCode, "qwen.jsonc"),
+        (Host::Crush, "crush.json"),
+        (Host::GeminiCli, "gemini_extension.json"),
+        (Host::GeminiCli, "gemini_system.json"),
+        (Host::ClaudeCode, "claude_managed.json"),
     ] {
         let text = fs::read_to_string(fixtures().join(fx)).unwrap();
         let (w, _) = hosts::wrap_text(host, &text, BIN).unwrap();
@@ -412,4 +572,297 @@ fn round_trip_exact_for_fixtures_without_prewrapped_entries() {
     let (w, _) = hosts::wrap_text(Host::Codex, &toml, BIN).unwrap();
     // Even an empty `args = []` right after `command` comes back as it was.
     assert_eq!(hosts::unwrap_text(Host::Codex, &w).unwrap().0, toml, "{w}");
+}
+
+/// (name, transport, command) of one server.
+type Listed = (String, Transport, Option<String>);
+
+/// Each server in a fixture read as `host`.
+fn servers_of(host: Host, fx: &str) -> Vec<Listed> {
+    let f = hosts::scan_file(&fixtures().join(fx), host);
+    assert!(f.error.is_none(), "{fx}: {:?}", f.error);
+    f.servers
+        .into_iter()
+        .map(|s| (s.name, s.transport, s.command))
+        .collect()
+}
+
+fn stdio(name: &str, cmd: &str) -> Listed {
+    (name.into(), Transport::Stdio, Some(cmd.into()))
+}
+
+fn remote(name: &str) -> Listed {
+    (name.into(), Transport::Remote, None)
+}
+
+/// Each host's documented entry shape is read as the host reads it: stdio entries with
+/// their command, remote ones (`url`, `httpUrl`, `type` http / sse / remote /
+/// streamable-http) as remote, and nothing that is not a server.
+#[test]
+fn each_documented_shape_lists_its_servers() {
+    let cases: &[(Host, &str, Vec<Listed>)] = &[
+        (
+            // V2 nests servers under `mcp.servers`: no server called `servers`.
+            Host::OpenCode,
+            "opencode_v2.jsonc",
+            vec![
+                stdio("everything", "npx"),
+                stdio("git", "uvx"),
+                remote("context7"),
+                remote("sentry"),
+            ],
+        ),
+        (
+            Host::OpenCode,
+            "opencode.json",
+            vec![stdio("everything", "npx"), remote("remote-docs")],
+        ),
+        (
+            Host::VsCode,
+            "vscode_settings.jsonc",
+            vec![
+                stdio("fetch", "uvx"),
+                stdio("memory", "npx"),
+                remote("github"),
+                remote("legacy-sse"),
+            ],
+        ),
+        (
+            Host::CopilotCli,
+            "copilot_cli.json",
+            vec![
+                stdio("playwright", "npx"),
+                stdio("github-local", "docker"),
+                remote("context7"),
+                remote("events"),
+            ],
+        ),
+        (
+            Host::RooCode,
+            "roo.json",
+            vec![
+                stdio("filesystem", "npx"),
+                stdio("local-python", "python"),
+                remote("remote-http"),
+                remote("remote-sse"),
+            ],
+        ),
+        (
+            Host::AmazonQ,
+            "amazonq.json",
+            vec![
+                stdio("awslabs.core-mcp-server", "uvx"),
+                stdio("git", "git-mcp"),
+                remote("knowledge"),
+            ],
+        ),
+        (
+            Host::AmazonQ,
+            "amazonq_agent.json",
+            vec![
+                stdio("fetch", "fetch-server"),
+                stdio("cargo", "uvx"),
+                remote("docs"),
+            ],
+        ),
+        (
+            Host::QwenCode,
+            "qwen.jsonc",
+            vec![
+                stdio("pythonTools", "python"),
+                stdio("nodeServer", "node"),
+                remote("httpServer"),
+                remote("sseServer"),
+            ],
+        ),
+        (
+            Host::Crush,
+            "crush.json",
+            vec![
+                stdio("filesystem", "node"),
+                stdio("memory", "npx"),
+                remote("github"),
+                remote("streaming-service"),
+            ],
+        ),
+        (
+            Host::GeminiCli,
+            "gemini_extension.json",
+            vec![
+                stdio("my-server", "node"),
+                stdio("py-tools", "uv"),
+                remote("hosted"),
+            ],
+        ),
+        (
+            Host::GeminiCli,
+            "gemini_system.json",
+            vec![
+                stdio("corp-tools", "/opt/corp/bin/mcp-tools"),
+                remote("corp-search"),
+            ],
+        ),
+        (
+            Host::ClaudeCode,
+            "claude_managed.json",
+            vec![
+                remote("github"),
+                remote("sentry"),
+                stdio("company-internal", "/usr/local/bin/company-mcp-server"),
+                stdio("docs", "npx"),
+            ],
+        ),
+    ];
+    for (host, fx, want) in cases {
+        let got: Vec<_> = servers_of(*host, fx)
+            .into_iter()
+            .map(|(n, t, c)| match t {
+                Transport::Remote => (n, t, None),
+                _ => (n, t, c),
+            })
+            .collect();
+        assert_eq!(&got, want, "{fx}");
+    }
+}
+
+/// A server of OpenCode's V1 layout that happens to be named `servers` is still a server.
+#[test]
+fn an_opencode_v1_server_named_servers_is_a_server() {
+    let t = r#"{"mcp": {"servers": {"type": "local", "command": ["srv"]}, "b": {"type": "remote", "url": "https://x"}}}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("opencode.json");
+    fs::write(&p, t).unwrap();
+    let f = hosts::scan_file(&p, Host::OpenCode);
+    let names: Vec<_> = f.servers.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["servers", "b"]);
+    let (w, _) = hosts::wrap_text(Host::OpenCode, t, BIN).unwrap();
+    assert!(
+        w.contains(
+            r#""command": ["/usr/local/bin/mcp-guard", "wrap", "--name", "servers", "--", "srv"]"#
+        ),
+        "{w}"
+    );
+    // V1 entries beside a V2 `servers` block are read too (a half-migrated file).
+    let mixed = r#"{"mcp": {"servers": {"a": {"type": "local", "command": ["x"]}}, "b": {"type": "local", "command": ["y"]}}}"#;
+    let (w, ch) = hosts::wrap_text(Host::OpenCode, mixed, BIN).unwrap();
+    assert_eq!(ch, ["wrapped a", "wrapped b"]);
+    assert_eq!(hosts::unwrap_text(Host::OpenCode, &w).unwrap().0, mixed);
+}
+
+/// System-wide files are found under the system root, and the hosts' own environment
+/// overrides (Gemini CLI, Qwen Code) are honoured.
+#[test]
+fn system_files_are_found_where_the_hosts_document_them() {
+    let dir = tempfile::tempdir().unwrap();
+    lay_out(dir.path(), SYSTEM);
+    let found = hosts::scan_paths(hosts::system_candidates(dir.path(), |_| None));
+    assert_eq!(found.len(), SYSTEM.len(), "{found:#?}");
+    for (h, _, rel) in SYSTEM {
+        let f = found
+            .iter()
+            .find(|f| f.path == dir.path().join(rel))
+            .unwrap();
+        assert_eq!(f.host, *h);
+        assert!(f.error.is_none(), "{f:?}");
+    }
+    let moved = dir.path().join("elsewhere.json");
+    fs::copy(fixtures().join("gemini_system.json"), &moved).unwrap();
+    let env = |v: &str| (v == "GEMINI_CLI_SYSTEM_SETTINGS_PATH").then(|| moved.clone().into());
+    let c = hosts::system_candidates(dir.path(), env);
+    assert!(c.contains(&(Host::GeminiCli, moved.clone())), "{c:?}");
+    assert!(
+        !c.iter()
+            .any(|(_, p)| p.ends_with("etc/gemini-cli/settings.json"))
+    );
+}
+
+/// `CODEX_HOME`, `COPILOT_HOME`, `CLAUDE_CONFIG_DIR`, `CLINE_MCP_SETTINGS_PATH` and
+/// `OPENCODE_CONFIG` point at the files those hosts read instead.
+#[test]
+fn environment_overrides_name_the_files_hosts_read() {
+    let env = |v: &str| {
+        Some(match v {
+            "CODEX_HOME" => "/srv/codex".into(),
+            "COPILOT_HOME" => "/srv/copilot".into(),
+            "CLAUDE_CONFIG_DIR" => "/srv/claude".into(),
+            "CLINE_MCP_SETTINGS_PATH" => "/srv/cline.json".into(),
+            "OPENCODE_CONFIG" => "/srv/opencode.jsonc".into(),
+            _ => return None,
+        })
+    };
+    let c = hosts::env_candidates(Path::new("/home/alice"), env);
+    for want in [
+        (Host::Codex, "/srv/codex/config.toml"),
+        (Host::CopilotCli, "/srv/copilot/mcp-config.json"),
+        (Host::ClaudeCode, "/srv/claude/.claude.json"),
+        (Host::Cline, "/srv/cline.json"),
+        (Host::OpenCode, "/srv/opencode.jsonc"),
+    ] {
+        assert!(
+            c.contains(&(want.0, PathBuf::from(want.1))),
+            "{want:?} in {c:?}"
+        );
+    }
+    assert!(hosts::env_candidates(Path::new("/home/alice"), |_| Some("".into())).is_empty());
+}
+
+/// `XDG_CONFIG_HOME` moves every `~/.config` file of the hosts that follow it, VS Code
+/// profiles included.
+#[test]
+fn xdg_config_home_moves_the_dot_config_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home, xdg) = (dir.path().join("home"), dir.path().join("xdg"));
+    let profile = xdg.join("Code/User/profiles/abc");
+    fs::create_dir_all(&profile).unwrap();
+    fs::copy(fixtures().join("vscode.jsonc"), profile.join("mcp.json")).unwrap();
+    fs::create_dir_all(xdg.join("opencode")).unwrap();
+    fs::copy(
+        fixtures().join("opencode_v2.jsonc"),
+        xdg.join("opencode/opencode.jsonc"),
+    )
+    .unwrap();
+    let env = |v: &str| (v == "XDG_CONFIG_HOME").then(|| xdg.clone().into());
+    let c = hosts::env_candidates(&home, env);
+    for want in [
+        (Host::VsCode, xdg.join("Code/User/mcp.json")),
+        (Host::Crush, xdg.join("crush/crush.json")),
+        (Host::Zed, xdg.join("zed/settings.json")),
+        (
+            Host::ClaudeDesktop,
+            xdg.join("Claude/claude_desktop_config.json"),
+        ),
+    ] {
+        assert!(c.contains(&want), "{want:?} in {c:?}");
+    }
+    assert!(!c.iter().any(|(_, p)| p.starts_with(&home)), "{c:?}");
+    let found = hosts::scan_paths(c);
+    let mut paths: Vec<_> = found.iter().map(|f| f.path.clone()).collect();
+    paths.sort();
+    let mut want = vec![
+        profile.join("mcp.json"),
+        xdg.join("opencode/opencode.jsonc"),
+    ];
+    want.sort();
+    assert_eq!(paths, want);
+}
+
+/// VS Code's `settings.json` is listed only when it holds MCP servers: it is every editor
+/// setting, not an MCP config, for most users.
+#[test]
+fn a_vscode_settings_file_without_servers_is_not_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = dir.path().join(".config/Code/User");
+    fs::create_dir_all(&user).unwrap();
+    fs::write(
+        user.join("settings.json"),
+        "{\n  // editor\n  \"editor.fontSize\": 14,\n}\n",
+    )
+    .unwrap();
+    assert!(hosts::scan(dir.path(), &[]).is_empty());
+    fs::copy(
+        fixtures().join("vscode_settings.jsonc"),
+        user.join("settings.json"),
+    )
+    .unwrap();
+    assert_eq!(hosts::scan(dir.path(), &[]).len(), 1);
 }

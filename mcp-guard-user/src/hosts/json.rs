@@ -22,10 +22,7 @@ pub(crate) fn entries(host: Host, text: &str) -> Result<Vec<RawEntry>, String> {
         Some(_) => return Err("cannot parse: top level is not a JSON object".into()),
     };
     unique_keys(text, &root)?;
-    let mut containers: Vec<(Option<String>, &Object)> = Vec::new();
-    if let Some(o) = root.get_object(host.servers_key()) {
-        containers.push((None, o));
-    }
+    let mut containers = containers(host, text, &root)?;
     if host == Host::ClaudeCode
         && let Some(projects) = root.get_object("projects")
     {
@@ -35,20 +32,96 @@ pub(crate) fn entries(host: Host, text: &str) -> Result<Vec<RawEntry>, String> {
                 && let Some(m) = po.get_object("mcpServers")
             {
                 unique_keys(text, po)?;
-                containers.push((Some(p.name.as_str().to_string()), m));
+                containers.push(Container {
+                    scope: Some(p.name.as_str().to_string()),
+                    obj: m,
+                    skip: None,
+                });
             }
         }
     }
     let mut out = Vec::new();
-    for (scope, obj) in containers {
+    for Container { scope, obj, skip } in containers.drain(..) {
         unique_keys(text, obj)?;
-        for prop in &obj.properties {
+        for prop in obj
+            .properties
+            .iter()
+            .filter(|p| Some(p.name.as_str()) != skip)
+        {
             if let Value::Object(entry) = &prop.value {
                 unique_keys(text, entry)?;
                 if let Some(Value::Object(inner)) = entry.get("command").map(|p| &p.value) {
                     unique_keys(text, inner)?;
                 }
                 out.push(entry_of(host, text, prop, entry, scope.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One object whose members are server entries.
+struct Container<'a> {
+    /// Claude Code's project path for `.projects[path].mcpServers`.
+    scope: Option<String>,
+    obj: &'a Object<'a>,
+    /// A member that is not a server (OpenCode's `servers` beside legacy entries).
+    skip: Option<&'static str>,
+}
+
+/// Where the servers live in the file, per host and layout.
+fn containers<'a>(
+    host: Host,
+    text: &str,
+    root: &'a Object<'a>,
+) -> Result<Vec<Container<'a>>, String> {
+    let at = |obj| Container {
+        scope: None,
+        obj,
+        skip: None,
+    };
+    let mut out = Vec::new();
+    match host {
+        // `mcp.json` keeps them under `servers`; before `mcp.json` they lived in
+        // `settings.json` under `mcp.servers`, where files not yet moved still hold them.
+        // https://code.visualstudio.com/docs/copilot/reference/mcp-configuration
+        Host::VsCode => {
+            if let Some(o) = root.get_object("servers") {
+                out.push(at(o));
+            }
+            if let Some(mcp) = root.get_object("mcp") {
+                unique_keys(text, mcp)?;
+                if let Some(o) = mcp.get_object("servers") {
+                    out.push(at(o));
+                }
+            }
+        }
+        // OpenCode V2 keeps them under `mcp.servers`; V1 (OpenCode 1.x) put each server
+        // straight under `mcp`, where a V1 server could itself be named `servers`: that one
+        // has a `type` string (V1 requires it), a V2 container does not.
+        // https://opencode.ai/docs/mcp-servers/ and https://opencode.ai/v1/docs/mcp-servers/
+        Host::OpenCode => {
+            if let Some(mcp) = root.get_object("mcp") {
+                unique_keys(text, mcp)?;
+                let v2 = mcp.get_object("servers").filter(|o| {
+                    !matches!(o.get("type").map(|p| &p.value), Some(Value::StringLit(_)))
+                });
+                match v2 {
+                    Some(servers) => {
+                        out.push(at(servers));
+                        out.push(Container {
+                            scope: None,
+                            obj: mcp,
+                            skip: Some("servers"),
+                        });
+                    }
+                    None => out.push(at(mcp)),
+                }
+            }
+        }
+        _ => {
+            if let Some(o) = root.get_object(host.servers_key()) {
+                out.push(at(o));
             }
         }
     }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-pub use paths::candidates;
+pub use paths::{candidates, env_candidates, system_candidates};
 pub use write::{apply, backup_path};
 
 /// An agent host that keeps a list of MCP servers.
@@ -40,10 +40,20 @@ pub enum Host {
     LmStudio,
     OpenCode,
     Kiro,
+    /// GitHub Copilot CLI (`~/.copilot/mcp-config.json`).
+    CopilotCli,
+    /// Roo Code, the VS Code extension (globalStorage and `.roo/mcp.json`).
+    RooCode,
+    /// Amazon Q Developer CLI (`~/.aws/amazonq/`), legacy `mcp.json` and agent files.
+    AmazonQ,
+    /// Qwen Code (`~/.qwen/settings.json`, a Gemini CLI fork).
+    QwenCode,
+    /// Crush by Charm (`crush.json`, servers under `mcp`).
+    Crush,
 }
 
 impl Host {
-    pub const ALL: [Host; 14] = [
+    pub const ALL: [Host; 19] = [
         Host::ClaudeDesktop,
         Host::ClaudeCode,
         Host::Cursor,
@@ -58,6 +68,11 @@ impl Host {
         Host::LmStudio,
         Host::OpenCode,
         Host::Kiro,
+        Host::CopilotCli,
+        Host::RooCode,
+        Host::AmazonQ,
+        Host::QwenCode,
+        Host::Crush,
     ];
 
     /// The slug used on the command line (`--host`).
@@ -77,6 +92,11 @@ impl Host {
             Host::LmStudio => "lmstudio",
             Host::OpenCode => "opencode",
             Host::Kiro => "kiro",
+            Host::CopilotCli => "copilot",
+            Host::RooCode => "roo",
+            Host::AmazonQ => "amazonq",
+            Host::QwenCode => "qwen",
+            Host::Crush => "crush",
         }
     }
 
@@ -87,7 +107,8 @@ impl Host {
     /// The file format this host's config uses.
     pub fn format(self) -> Format {
         match self {
-            Host::VsCode | Host::Zed => Format::Jsonc,
+            // OpenCode and Qwen Code document comments in their files too.
+            Host::VsCode | Host::Zed | Host::OpenCode | Host::QwenCode => Format::Jsonc,
             Host::Codex => Format::Toml,
             Host::Continue | Host::Goose => Format::Yaml,
             _ => Format::Json,
@@ -99,7 +120,7 @@ impl Host {
         match self {
             Host::VsCode => "servers",
             Host::Zed => "context_servers",
-            Host::OpenCode => "mcp",
+            Host::OpenCode | Host::Crush => "mcp",
             Host::Codex => "mcp_servers",
             Host::Goose => "extensions",
             _ => "mcpServers",
@@ -295,14 +316,26 @@ fn parse_entries(host: Host, text: &str) -> std::result::Result<Vec<RawEntry>, S
 /// Every host config file present under `home` (and the project-level files in
 /// `project_dirs`), with its servers.
 pub fn scan(home: &Path, project_dirs: &[PathBuf]) -> Vec<Found> {
-    let mut out = Vec::new();
-    for (host, path) in candidates(home, project_dirs) {
-        if !path.is_file() {
-            continue;
-        }
-        out.push(scan_file(&path, host));
-    }
-    out
+    scan_paths(candidates(home, project_dirs))
+}
+
+/// VS Code's `settings.json` holds every editor setting: it is an MCP config only when it
+/// has servers (or cannot be read), otherwise listing it would be noise.
+fn worth_listing(f: &Found) -> bool {
+    let general =
+        f.host == Host::VsCode && f.path.file_name().is_some_and(|n| n == "settings.json");
+    !general || !f.servers.is_empty() || f.error.is_some()
+}
+
+/// The files among `paths` that exist, each with its servers (for the paths that
+/// [`env_candidates`] and [`system_candidates`] give).
+pub fn scan_paths(paths: Vec<(Host, PathBuf)>) -> Vec<Found> {
+    paths
+        .into_iter()
+        .filter(|(_, p)| p.is_file())
+        .map(|(host, p)| scan_file(&p, host))
+        .filter(worth_listing)
+        .collect()
 }
 
 /// Reads and lists one config file.
@@ -353,9 +386,32 @@ pub fn unwrap_file(path: &Path, host: Host) -> Result<Edit> {
     edit_file(path, host, Op::Unwrap, "")
 }
 
+/// Why a file found could not be edited when nothing went wrong on our side: it does not
+/// parse, or its format is not one mcp-guard edits (YAML).
+/// The CLI reports these as warnings, not failures: the user's file is as it was and
+/// everything else was done. Carried inside the `anyhow::Error` of
+/// [`wrap_file`] / [`unwrap_file`]; test with `err.is::<Unsupported>()`.
+#[derive(Debug)]
+pub struct Unsupported(pub String);
+
+impl fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
 fn edit_file(path: &Path, host: Host, op: Op, bin: &str) -> Result<Edit> {
     let old = std::fs::read_to_string(path)
         .map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+    // A text that does not parse (or is YAML) is the file's state, not our failure.
+    if let Err(e) = parse_entries(host, &old) {
+        return Err(anyhow::Error::new(Unsupported(format!(
+            "{}: {e}; file left untouched",
+            path.display()
+        ))));
+    }
     let (new, changes) = match op {
         Op::Wrap => wrap_text(host, &old, bin),
         Op::Unwrap => unwrap_text(host, &old),
@@ -584,25 +640,70 @@ fn line_diff(old: &str, new: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests;
 
-/// Every account in /etc/passwd that is root or a regular user (uid 1000 to 59999) and has
-/// a home directory: (name, uid, home).
+/// Every account the system's name service lists (NSS: /etc/passwd, and LDAP / SSSD /
+/// NIS where `/etc/nsswitch.conf` names them) that is root or a regular user (uid 1000 to
+/// 59999) and has a home directory: (name, uid, home), each account once.
+///
+/// Directory services often do not enumerate (SSSD's default `enumerate = false`, LDAP
+/// sites with large directories): then only local accounts and those already cached are
+/// listed. Name such users explicitly (`hosts ... --user NAME`), which looks each one up
+/// directly and works whatever the enumeration setting.
 pub fn user_homes() -> Result<Vec<(String, u32, PathBuf)>> {
-    let passwd = std::fs::read_to_string("/etc/passwd").context("cannot read /etc/passwd")?;
-    let mut out = Vec::new();
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        let (Some(name), Some(uid), Some(dir)) = (
-            f.first(),
-            f.get(2).and_then(|u| u.parse::<u32>().ok()),
-            f.get(5),
-        ) else {
-            continue;
-        };
-        if (uid == 0 || (1000..60000).contains(&uid)) && Path::new(dir).is_dir() {
-            out.push((name.to_string(), uid, PathBuf::from(dir)));
+    let mut out: Vec<(String, u32, PathBuf)> = Vec::new();
+    for (name, uid, dir) in nss_accounts() {
+        if (uid == 0 || (1000..60000).contains(&uid))
+            && dir.is_dir()
+            && !out.iter().any(|(n, u, _)| *n == name || *u == uid)
+        {
+            out.push((name, uid, dir));
         }
     }
+    if out.is_empty() {
+        bail!("the name service lists no accounts (getpwent)");
+    }
     Ok(out)
+}
+
+/// One account looked up by name through NSS (works where enumeration is off).
+pub fn user_home(name: &str) -> Result<(String, u32, PathBuf)> {
+    let u = nix::unistd::User::from_name(name)
+        .with_context(|| format!("cannot look up user {name}"))?
+        .with_context(|| format!("no user named {name}"))?;
+    Ok((u.name, u.uid.as_raw(), u.dir))
+}
+
+/// Every entry `getpwent(3)` gives: (name, uid, home).
+fn nss_accounts() -> Vec<(String, u32, PathBuf)> {
+    use std::ffi::CStr;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::sync::Mutex;
+    // getpwent walks process-wide state: one walk at a time.
+    static WALK: Mutex<()> = Mutex::new(());
+    let _guard = WALK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::new();
+    // SAFETY: setpwent/getpwent/endpwent are called under WALK, so no other walk in this
+    // process interleaves; each returned record is copied out before the next call, which
+    // may overwrite it; the pointers are checked for null before they are read.
+    unsafe {
+        nix::libc::setpwent();
+        loop {
+            let pw = nix::libc::getpwent();
+            if pw.is_null() {
+                break;
+            }
+            let pw = &*pw;
+            if pw.pw_name.is_null() || pw.pw_dir.is_null() {
+                continue;
+            }
+            let name = CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned();
+            let dir = PathBuf::from(std::ffi::OsStr::from_bytes(
+                CStr::from_ptr(pw.pw_dir).to_bytes(),
+            ));
+            out.push((name, pw.pw_uid, dir));
+        }
+        nix::libc::endpwent();
+    }
+    out
 }
 
 /// Whether `path` resolves inside `home` and belongs to `uid`: what root checks before it

@@ -788,9 +788,7 @@ impl Policy {
                 {
                     denied = true
                 }
-                RuleAction::Allow | RuleAction::Ask
-                    if r.check_with(q, self, &no_args).is_ok() =>
-                {
+                RuleAction::Allow | RuleAction::Ask if r.check_with(q, self, &no_args).is_ok() => {
                     could_allow = true
                 }
                 _ => {}
