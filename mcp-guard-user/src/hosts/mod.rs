@@ -446,7 +446,10 @@ pub fn wrap_text(host: Host, text: &str, bin: &str) -> Result<(String, Vec<Strin
             } else {
                 raw_cmd.to_string()
             };
-            [enc("wrap"), enc("--name"), enc(&e.name), enc("--"), moved].join(sep)
+            let mut items = vec![enc("wrap")];
+            items.extend(name_args(&e.name));
+            items.extend([enc("--"), moved]);
+            items.join(sep)
         };
         match shape {
             Shape::Separate {
@@ -484,15 +487,10 @@ pub fn wrap_text(host: Host, text: &str, bin: &str) -> Result<(String, Vec<Strin
                     continue;
                 };
                 let at = first.range.start;
-                let p = format!(
-                    "{}, {}, {}, {}, {}, ",
-                    enc(bin),
-                    enc("wrap"),
-                    enc("--name"),
-                    enc(&e.name),
-                    enc("--")
-                );
-                splices.push((at..at, p));
+                let mut items = vec![enc(bin), enc("wrap")];
+                items.extend(name_args(&e.name));
+                items.push(enc("--"));
+                splices.push((at..at, format!("{}, ", items.join(", "))));
             }
         }
         changes.push(format!("wrapped {}", e.label()));
@@ -539,11 +537,7 @@ pub fn unwrap_text(host: Host, text: &str) -> Result<(String, Vec<String>)> {
                     bail!("server {}: wrapped but has no args", e.label());
                 };
                 // args = ["wrap", opts..., "--", CMD, ARGS...]
-                let Some(dd) = a
-                    .elems
-                    .iter()
-                    .position(|s| s.value.as_deref() == Some("--"))
-                else {
+                let Some(dd) = separator(&a.elems, 1) else {
                     bail!("server {}: wrapped but no `--` in args", e.label());
                 };
                 let Some(orig) = a.elems.get(dd + 1) else {
@@ -562,11 +556,7 @@ pub fn unwrap_text(host: Host, text: &str) -> Result<(String, Vec<String>)> {
                 }
             }
             Shape::Combined { arr } => {
-                let Some(dd) = arr
-                    .elems
-                    .iter()
-                    .position(|s| s.value.as_deref() == Some("--"))
-                else {
+                let Some(dd) = separator(&arr.elems, 2) else {
                     bail!("server {}: wrapped but no `--` in command", e.label());
                 };
                 let Some(orig) = arr.elems.get(dd + 1) else {
@@ -580,6 +570,30 @@ pub fn unwrap_text(host: Host, text: &str) -> Result<(String, Vec<String>)> {
     let new = splice(text, splices)?;
     verify(host, &new, Op::Unwrap)?;
     Ok((new, changes))
+}
+
+/// `--name NAME` as wrap writes it: `--name=NAME` for a name that starts with `-`, which
+/// would otherwise read as an option (or, as `--`, as the end of them).
+fn name_args(name: &str) -> Vec<String> {
+    if name.starts_with('-') {
+        vec![enc(&format!("--name={name}"))]
+    } else {
+        vec![enc("--name"), enc(name)]
+    }
+}
+
+/// Where the `--` that ends `wrap`'s options is, reading them from `from`: `--name` takes
+/// the next item as its value, whatever it is.
+fn separator(elems: &[Spanned], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(e) = elems.get(i) {
+        match e.value.as_deref() {
+            Some("--") => return Some(i),
+            Some("--name") => i += 2,
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// Re-parses the result: it must parse, and no stdio entry may be left in the

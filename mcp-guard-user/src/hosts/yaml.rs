@@ -32,16 +32,30 @@ enum Node {
         /// Just after the `]` (flow).
         end: usize,
         items: Vec<Node>,
+        /// Something in it mcp-guard does not follow (see [`Node::Other`]).
+        suspect: Option<&'static str>,
     },
     Map {
         flow: bool,
         entries: Vec<(Node, Node)>,
+        suspect: Option<&'static str>,
     },
-    /// An alias, or a tagged node: not read.
-    Other,
+    /// What mcp-guard does not follow, and so cannot say how a host reads: an alias, an
+    /// anchor (editing it would change every alias of it), a tag other than `!!str`,
+    /// `!!map`, `!!seq`, a merge key `<<`.
+    Other(&'static str),
 }
 
 impl Node {
+    /// Why this node, or one inside it, cannot be followed.
+    fn suspect(&self) -> Option<&'static str> {
+        match self {
+            Node::Other(why) => Some(why),
+            Node::Seq { suspect, .. } | Node::Map { suspect, .. } => *suspect,
+            Node::Scalar { .. } => None,
+        }
+    }
+
     fn str(&self) -> Option<&str> {
         match self {
             Node::Scalar { value, .. } => Some(value),
@@ -85,59 +99,96 @@ impl Offsets {
 struct Open {
     node: Node,
     key: Option<Node>,
+    suspect: Option<&'static str>,
 }
 
-/// Builds the tree of the first document.
+/// Whether a tag is one every YAML reader reads as the plain node: `!!str`, `!!map`, `!!seq`.
+fn plain_tag(tag: Option<&saphyr_parser::Tag>) -> bool {
+    tag.is_none_or(|t| {
+        t.is_yaml_core_schema() && matches!(t.suffix.as_str(), "str" | "map" | "seq")
+    })
+}
+
+/// Builds the tree of the first document. A byte order mark is skipped, as hosts' readers
+/// skip it (ranges stay those of `text`).
 fn tree(text: &str) -> Result<Option<Node>, String> {
-    let offsets = Offsets::new(text);
-    let mut parser = Parser::new_from_str(text);
+    let bom = if text.starts_with('\u{feff}') { 3 } else { 0 };
+    let body = &text[bom..];
+    let offsets = Offsets::new(body);
+    let mut parser = Parser::new_from_str(body);
     let mut stack: Vec<Open> = Vec::new();
     while let Some(ev) = parser.next_event() {
         let (ev, span) = ev.map_err(|e| format!("cannot parse as YAML: {e}"))?;
         let r = offsets.range(&span);
+        let r = r.start + bom..r.end + bom;
         let node = match ev {
-            Event::SequenceStart(_, Some(_)) | Event::MappingStart(_, Some(_)) => {
-                // A tagged collection: skipped whole, read as nothing.
+            Event::SequenceStart(_, tag) | Event::MappingStart(_, tag)
+                if !plain_tag(tag.as_deref()) =>
+            {
                 skip(&mut parser)?;
-                Node::Other
+                Node::Other("a tag")
             }
-            Event::SequenceStart(..) => {
+            Event::SequenceStart(anchor, _) => {
                 let node = Node::Seq {
                     flow: r.end > r.start,
                     start: r.start,
                     end: r.end,
                     items: Vec::new(),
+                    suspect: None,
                 };
-                stack.push(Open { node, key: None });
+                let suspect = (anchor != 0).then_some("an anchor");
+                stack.push(Open {
+                    node,
+                    key: None,
+                    suspect,
+                });
                 continue;
             }
-            Event::MappingStart(..) => {
+            Event::MappingStart(anchor, _) => {
                 let node = Node::Map {
                     flow: r.end > r.start,
                     entries: Vec::new(),
+                    suspect: None,
                 };
-                stack.push(Open { node, key: None });
+                let suspect = (anchor != 0).then_some("an anchor");
+                stack.push(Open {
+                    node,
+                    key: None,
+                    suspect,
+                });
                 continue;
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let mut done = stack.pop().ok_or("unbalanced YAML events")?.node;
-                if let Node::Seq { end, .. } = &mut done {
-                    *end = r.end;
+                let open = stack.pop().ok_or("unbalanced YAML events")?;
+                let mut done = open.node;
+                match &mut done {
+                    Node::Seq { end, suspect, .. } => {
+                        *end = r.end;
+                        *suspect = open.suspect;
+                    }
+                    Node::Map { suspect, .. } => *suspect = open.suspect,
+                    _ => {}
                 }
                 done
             }
-            Event::Scalar(value, style, _, None) => Node::Scalar {
+            Event::Scalar(_, _, anchor, _) if anchor != 0 => Node::Other("an anchor"),
+            Event::Scalar(_, _, _, tag) if !plain_tag(tag.as_deref()) => Node::Other("a tag"),
+            Event::Scalar(value, ScalarStyle::Plain, _, _) if value == "<<" => {
+                Node::Other("a merge key (<<)")
+            }
+            Event::Scalar(value, style, _, _) => Node::Scalar {
                 value: value.into_owned(),
                 style,
                 range: r.start..scalar_end(text, &r, style),
             },
-            Event::Scalar(..) | Event::Alias(_) => Node::Other,
+            Event::Alias(_) => Node::Other("an alias"),
             _ => continue,
         };
         let Some(open) = stack.last_mut() else {
             // The first document's root: what follows it is not read.
             return Ok(Some(node));
         };
+        open.suspect = open.suspect.or(node.suspect());
         match &mut open.node {
             Node::Seq { items, .. } => items.push(node),
             Node::Map { entries, .. } => match open.key.take() {
@@ -211,8 +262,17 @@ pub(crate) fn entries(host: Host, text: &str) -> Result<Vec<RawEntry>, String> {
         Host::Goose => "extensions",
         _ => "mcpServers",
     };
+    // A key mcp-guard cannot read (an alias, a tag) could be the servers' key to the host.
+    if let Node::Map { entries, .. } = &root
+        && let Some(why) = entries.iter().find_map(|(k, _)| k.suspect())
+    {
+        return Err(unfollowed(why, "a top-level key"));
+    }
     let mut out = Vec::new();
     let container = root.get(key).map(|(_, v)| v);
+    if let Some(why) = container.and_then(Node::suspect) {
+        return Err(unfollowed(why, key));
+    }
     match container {
         Some(m @ Node::Map { entries, .. }) => {
             unique_keys(text, m)?;
@@ -236,7 +296,23 @@ pub(crate) fn entries(host: Host, text: &str) -> Result<Vec<RawEntry>, String> {
         }
         _ => {}
     }
+    // A server the host runs from a command that cannot be edited safely makes the file
+    // one to wrap by hand: reported, never silently left running unwrapped.
+    for e in &out {
+        if e.transport == Transport::Stdio && e.shape.is_none() {
+            return Err(format!(
+                "server {}: its command or args are written in a way mcp-guard does not edit (a block scalar, an explicit `?` key, args that are not a list); wrap it by hand",
+                e.name
+            ));
+        }
+    }
     Ok(out)
+}
+
+fn unfollowed(why: &str, place: &str) -> String {
+    format!(
+        "{place} uses {why}, which mcp-guard does not follow, so it cannot tell what the host runs; write it out plainly or wrap its servers by hand"
+    )
 }
 
 /// A key named twice in a map the servers are read from is an error (see `json.rs`):
@@ -357,7 +433,14 @@ fn entry_of(host: Host, text: &str, name: &str, o: &Node) -> RawEntry {
             | "websocket"
             | "remote"
     );
-    if remote || url.is_some() {
+    let cmd_key = if host == Host::Goose {
+        "cmd"
+    } else {
+        "command"
+    };
+    // The type decides (Goose picks the kind by it); without one, a command means a process
+    // the host runs, whatever url stands beside it.
+    if remote || (ty.is_empty() && url.is_some() && o.get(cmd_key).is_none()) {
         e.transport = Transport::Remote;
         return e;
     }
@@ -365,11 +448,6 @@ fn entry_of(host: Host, text: &str, name: &str, o: &Node) -> RawEntry {
     if !ty.is_empty() && ty != "stdio" {
         return e;
     }
-    let cmd_key = if host == Host::Goose {
-        "cmd"
-    } else {
-        "command"
-    };
     let Some((key, cmd_node)) = o.get(cmd_key) else {
         return e;
     };
@@ -443,9 +521,10 @@ pub(crate) fn movable(raw: &str, value: &str, flow: bool) -> String {
     }
 }
 
-/// Whether a Continue block file is JSON (copied from another host) rather than YAML.
+/// Whether a Continue block file is JSON (copied from another host) rather than YAML:
+/// strict JSON only (no comments, no trailing commas), which YAML reads the same way, so
+/// the two readings cannot differ. Anything else is read as the YAML the host reads.
 pub(crate) fn is_json(text: &str) -> bool {
-    text.trim_start_matches('\u{feff}')
-        .trim_start()
-        .starts_with('{')
+    let t = text.trim_start_matches('\u{feff}');
+    t.trim_start().starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()
 }

@@ -184,25 +184,93 @@ fn commands_that_need_quoting_in_a_flow_sequence_are_reencoded() {
 }
 
 #[test]
-fn entries_yaml_cannot_edit_safely_are_left_alone() {
-    // An alias for args, a block scalar command, a tagged value: reported, not edited.
-    let t = "\
-common: &c [-y, srv]
-mcpServers:
-  - name: aliased
-    command: npx
-    args: *c
-  - name: literal
-    command: |
-      npx
-  - name: tagged
-    command: !!str npx
-";
-    let (w, ch) = wrap_text(Host::Continue, t, BIN).unwrap();
-    assert!(ch.is_empty(), "{ch:?}");
-    assert_eq!(w, t);
-    let servers = scan_text(Host::Continue, t);
-    assert!(servers.iter().all(|s| !s.wrapped));
+fn what_cannot_be_followed_or_edited_makes_the_file_an_error() {
+    // Each would let the host run something mcp-guard does not see, or an edit change
+    // another entry: the file is reported (scan, and scan --check, fail on it), not edited.
+    for (t, says) in [
+        (
+            "common: &c [-y, srv]\nmcpServers:\n  - name: a\n    command: npx\n    args: *c\n",
+            "an alias",
+        ),
+        (
+            "mcpServers:\n  - name: a\n    command: &n npx\n  - name: b\n    command: *n\n",
+            "an anchor",
+        ),
+        (
+            "mcpServers:\n  - name: a\n    <<: {command: npx}\n",
+            "merge key",
+        ),
+        (
+            "mcpServers:\n  - name: a\n    command: !custom npx\n",
+            "a tag",
+        ),
+        (
+            "mcpServers: !custom\n  - name: a\n    command: npx\n",
+            "a tag",
+        ),
+        (
+            "mcpServers:\n  - name: literal\n    command: |\n      npx\n",
+            "does not edit",
+        ),
+        (
+            "mcpServers:\n  - name: a\n    command: npx\n    args: -y\n",
+            "does not edit",
+        ),
+        (
+            "mcpServers:\n  - name: a\n    ? command\n    : npx\n",
+            "does not edit",
+        ),
+    ] {
+        let e = parse_entries(Host::Continue, t).unwrap_err();
+        assert!(e.contains(says), "{t}: {e}");
+        assert!(wrap_text(Host::Continue, t, BIN).is_err());
+    }
+    // The core tags every reader reads as plain nodes are fine, and so are anchors outside
+    // the servers.
+    let t = "defaults: &d {a: 1}\nmcpServers: !!seq\n  - !!map\n    name: !!str a\n    command: npx\n    args: !!seq [x]\n";
+    assert_eq!(
+        scan_text(Host::Continue, t)[0].command.as_deref(),
+        Some("npx")
+    );
+    round_trip(Host::Continue, t);
+}
+
+#[test]
+fn a_byte_order_mark_is_read_past() {
+    let t = "\u{feff}extensions:\n  a:\n    cmd: npx\n    type: stdio\n";
+    let w = round_trip(Host::Goose, t);
+    assert!(w.starts_with("\u{feff}extensions:"));
+}
+
+#[test]
+fn a_server_named_like_an_option_is_wrapped_and_unwrapped() {
+    for name in ["--", "-x", "--name"] {
+        let t =
+            format!("extensions:\n  \"{name}\":\n    cmd: npx\n    args: [srv]\n    type: stdio\n");
+        let (w, _) = wrap_text(Host::Goose, &t, BIN).unwrap();
+        let s = &scan_text(Host::Goose, &w)[0];
+        assert_eq!(
+            s.args,
+            [
+                format!("wrap"),
+                format!("--name={name}"),
+                "--".into(),
+                "npx".into(),
+                "srv".into()
+            ]
+        );
+        assert_eq!(unwrap_text(Host::Goose, &w).unwrap().0, t);
+    }
+}
+
+#[test]
+fn goose_decides_by_type_and_a_command_beside_a_url_is_a_process() {
+    let t = "extensions:\n  a:\n    type: stdio\n    cmd: npx\n    uri: https://x\n";
+    assert_eq!(scan_text(Host::Goose, t)[0].transport, Transport::Stdio);
+    let t = "mcpServers:\n  - name: a\n    command: npx\n    url: https://x\n";
+    assert_eq!(scan_text(Host::Continue, t)[0].transport, Transport::Stdio);
+    let t = "mcpServers:\n  - name: a\n    type: sse\n    command: npx\n    url: https://x\n";
+    assert_eq!(scan_text(Host::Continue, t)[0].transport, Transport::Remote);
 }
 
 #[test]
