@@ -252,7 +252,7 @@ fn a_server_named_like_an_option_is_wrapped_and_unwrapped() {
         assert_eq!(
             s.args,
             [
-                format!("wrap"),
+                "wrap".to_string(),
                 format!("--name={name}"),
                 "--".into(),
                 "npx".into(),
