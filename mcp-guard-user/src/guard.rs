@@ -341,6 +341,8 @@ pub struct Session {
     batch_keys: Vec<IdKey>,
     /// Calls held for the person's approval.
     asks: ask::Asks,
+    /// The message being judged is an element of a batch.
+    in_batch: bool,
     pub counters: Counters,
 }
 
@@ -418,6 +420,7 @@ impl Session {
             overflow: [0; 2],
             batch_keys: Vec::new(),
             asks: ask::Asks::new(),
+            in_batch: false,
             counters: Counters::default(),
         }
     }
@@ -645,6 +648,7 @@ impl Session {
                 return;
             }
         }
+        self.in_batch = true;
         let judged: Vec<Judged> = items
             .iter()
             .map(|item| match item {
@@ -652,6 +656,7 @@ impl Session {
                 Err((id, m)) => self.refusal(dir, *id, m, bytes),
             })
             .collect();
+        self.in_batch = false;
         self.batch_keys.clear();
         if judged.iter().all(|j| j.pass) {
             // Forwarded as received, unless an element was changed (redacted, filtered):
@@ -762,8 +767,13 @@ impl Session {
                 if dir == Direction::ToServer
                     && !self.asks.is_empty()
                     && m.method.as_deref() == Some("notifications/cancelled")
+                    && self.withdraw(m).is_some()
                 {
-                    self.withdraw(m);
+                    // The server never saw the withdrawn request: nothing to tell it.
+                    return Judged {
+                        pass: false,
+                        ..Judged::pass(dir)
+                    };
                 }
                 Judged::pass(dir)
             }
@@ -869,6 +879,15 @@ impl Session {
                 replace: None,
             }
         };
+        // The guard's own questions: a server's request with an id of theirs could take
+        // the person's answer meant for one.
+        let ours = dir == Direction::ToClient
+            && matches!(key, IdKey::Str(s) if s.starts_with(ask::ASK_ID_PREFIX));
+        if ours {
+            let why = "a server's request may not use the id prefix of mcp-guard's own questions"
+                .to_string();
+            return Some(refuse(self, code::INVALID_REQUEST, "guard-id", why, true));
+        }
         if live || self.batch_keys.contains(key) {
             tracing::warn!(
                 direction = dir.name(),
@@ -980,6 +999,16 @@ impl Session {
             // The shim's own policy may deny what the system policy allows, never the reverse.
             let mine = extra.decide_limited(&query, &self.limiter, Instant::now());
             let denies = mine.action == Action::Deny || mine.would_deny;
+            if mine.action == Action::Ask
+                && decision.action == Action::Allow
+                && !decision.would_deny
+            {
+                // Asking is stricter than allowing: the shim's own ask rule holds the call.
+                decision.rule = format!("user:{}", mine.rule);
+                decision.message = mine.message.clone();
+                decision.action = Action::Ask;
+                decision.ask = mine.ask;
+            }
             if denies && decision.action != Action::Deny && !decision.would_deny {
                 decision.rule = format!("user:{}", mine.rule);
                 decision.message = mine.message;

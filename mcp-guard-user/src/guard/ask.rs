@@ -8,6 +8,7 @@
 //! record linked to the request's, committed before it takes effect.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
@@ -17,12 +18,19 @@ use crate::audit::{Decision, Kind as RecordKind, Record};
 use crate::jsonrpc::{IdKey, Message, code};
 use crate::policy::Decision as Verdict;
 
+/// What every question's id starts with; a server's request may not use it.
+pub(super) const ASK_ID_PREFIX: &str = "mcp-guard-ask-";
+
 /// A call waiting for the person's answer.
 pub(super) struct Held {
     /// The request as received: what is forwarded if approved.
     line: Vec<u8>,
     /// The request's id, as sent.
     id: Box<RawValue>,
+    method: String,
+    /// The policies in force when it was held: a reload before the answer refuses it.
+    policy: Arc<crate::policy::Policy>,
+    restrictions: Option<Arc<crate::policy::Policy>>,
     key: IdKey,
     /// The request record's id.
     record: String,
@@ -44,9 +52,6 @@ pub(super) struct Held {
 pub(super) struct Asks {
     /// By the elicitation request's id.
     held: HashMap<IdKey, Held>,
-    /// Makes the elicitation ids of this session unguessable by the server.
-    nonce: String,
-    next: u64,
     /// The host declared it can show a form (`capabilities.elicitation`).
     pub(super) supported: bool,
     /// (tool, arguments digest) approved with `remember = "session"`.
@@ -68,6 +73,10 @@ enum Outcome {
     Failed,
     /// The host withdrew the call (`notifications/cancelled`) while it was held.
     Withdrawn,
+    /// The call came inside a JSON-RPC batch, which is forwarded whole or not at all.
+    InBatch,
+    /// The policy was reloaded while the call was held: it is not approved under the new one.
+    PolicyChanged,
 }
 
 impl Outcome {
@@ -80,6 +89,8 @@ impl Outcome {
             Outcome::Unsupported => "unsupported",
             Outcome::Failed => "failed",
             Outcome::Withdrawn => "withdrawn",
+            Outcome::InBatch => "in_batch",
+            Outcome::PolicyChanged => "policy_changed",
         }
     }
 
@@ -94,6 +105,12 @@ impl Outcome {
             }
             Outcome::Failed => "the host could not ask the person (its answer was an error)",
             Outcome::Withdrawn => "the host withdrew the call",
+            Outcome::InBatch => {
+                "it needs a person's approval, which cannot be asked for a call inside a batch; send it on its own"
+            }
+            Outcome::PolicyChanged => {
+                "the policy changed while it waited for approval; send it again to be judged by the new one"
+            }
         }
     }
 }
@@ -109,13 +126,7 @@ pub(super) fn can_ask(capabilities: Option<&serde_json::Value>) -> bool {
 
 impl Asks {
     pub(super) fn new() -> Asks {
-        let mut nonce = [0u8; 8];
-        // Without the system's randomness the ids are still unique, only guessable.
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
-        Asks {
-            nonce: nonce.iter().map(|b| format!("{b:02x}")).collect(),
-            ..Asks::default()
-        }
+        Asks::default()
     }
 
     /// A held call's request id is in flight: no other request may reuse it.
@@ -196,11 +207,37 @@ impl Session {
             };
         }
         let now = Instant::now();
-        self.asks.next += 1;
-        let ask_id = format!("mcp-guard-ask-{}-{}", self.asks.nonce, self.asks.next);
+        // 128 random bits per question: no id can be guessed from another (records name
+        // them), and the server's requests may not use the prefix at all (`admit`).
+        let mut random = [0u8; 16];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).is_err() {
+            self.counters.denied += 1;
+            rec.decision = Some(Decision::Deny);
+            rec.reason = Some("no randomness for the approval question's id".into());
+            let error = error_line(
+                id,
+                code::DENIED,
+                "refused by mcp-guard: cannot ask (no randomness)",
+                None,
+            );
+            return Judged {
+                pass: false,
+                record: Some(rec),
+                durable: true,
+                track: None,
+                error: Some(error),
+                reply_to: Direction::ToClient,
+                replace: None,
+            };
+        }
+        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let ask_id = format!("{ASK_ID_PREFIX}{hex}");
         let held = Held {
             line: m.raw.as_bytes().to_vec(),
             id: id.to_owned(),
+            method: m.method.as_deref().unwrap_or_default().to_string(),
+            policy: self.policy.clone(),
+            restrictions: self.restrictions.clone(),
             key,
             record: rec.id.clone(),
             rule: decision.rule.clone(),
@@ -212,11 +249,18 @@ impl Session {
             deadline: now + ask.timeout,
             ask_id: ask_id.clone(),
         };
-        if !self.asks.supported {
+        let cannot = if !self.asks.supported {
+            Some(Outcome::Unsupported)
+        } else if self.in_batch {
+            Some(Outcome::InBatch)
+        } else {
+            None
+        };
+        if let Some(why) = cannot {
             self.counters.denied += 1;
-            let outcome = self.outcome(&held, Outcome::Unsupported);
-            let error = self.refusal_of(&held, Outcome::Unsupported);
-            rec.reason = Some(Outcome::Unsupported.why().to_string());
+            let outcome = self.outcome(&held, why);
+            let error = self.refusal_of(&held, why);
+            rec.reason = Some(why.why().to_string());
             // After the request's own record, in the same commit.
             self.alerts.push(outcome);
             return Judged {
@@ -264,39 +308,49 @@ impl Session {
         arguments: Option<&serde_json::Value>,
         timeout: Duration,
     ) -> String {
-        let mut q = format!(
-            "mcp-guard: allow the call of `{}` on the MCP server `{}`?\nRule `{}`",
-            held.tool.as_deref().unwrap_or("?"),
-            self.name,
-            held.rule
-        );
+        let mut lines = Vec::new();
+        let mut hidden = 0usize;
+        if let Some(serde_json::Value::Object(args)) = arguments {
+            // Secrets are redacted by what they are (the response scanner's patterns), not
+            // by the name of the key they sit under: a key proves nothing about its value.
+            let mut args = serde_json::Value::Object(args.clone());
+            self.policy.responses().redact(&mut args);
+            if let serde_json::Value::Object(args) = args {
+                for (k, v) in &args {
+                    // As JSON: a value cannot start a line of its own in the question (no raw
+                    // newlines or control characters to fake a header or another rule).
+                    let (shown, cut) = shown(&v.to_string(), QUESTION_VALUE);
+                    hidden += cut;
+                    lines.push(format!(
+                        "  {}: {shown}",
+                        serde_json::Value::from(k.as_str())
+                    ));
+                }
+            }
+        }
+        let mut q = String::new();
+        if hidden > 0 {
+            q.push_str(&format!(
+                "WARNING: this call is too long to show in full: {hidden} characters of its arguments are NOT shown below.\n"
+            ));
+        }
+        q.push_str(&format!(
+            "mcp-guard: allow the call of {} on the MCP server {}?\nRule {}",
+            serde_json::Value::from(held.tool.as_deref().unwrap_or("?")),
+            serde_json::Value::from(self.name.as_str()),
+            serde_json::Value::from(held.rule.as_str()),
+        ));
         if let Some(msg) = message {
             q.push_str(": ");
             q.push_str(&crate::identity::redact_text(msg));
         }
         q.push('\n');
-        if let Some(serde_json::Value::Object(args)) = arguments.map(crate::identity::redact_json) {
-            let mut args = serde_json::Value::Object(args);
-            self.policy.responses().redact(&mut args);
-            if let serde_json::Value::Object(args) = args {
-                // As JSON: a value cannot start a line of its own in the question (no raw
-                // newlines or control characters to fake a header or another rule).
-                for (k, v) in args.iter().take(12) {
-                    let v = v.to_string();
-                    let cut: String = v.chars().take(200).collect();
-                    let more = if cut.len() < v.len() { "…" } else { "" };
-                    q.push_str(&format!(
-                        "  {}: {cut}{more}\n",
-                        serde_json::Value::from(k.as_str())
-                    ));
-                }
-                if args.len() > 12 {
-                    q.push_str(&format!("  … and {} more arguments\n", args.len() - 12));
-                }
-            }
+        for l in lines {
+            q.push_str(&l);
+            q.push('\n');
         }
         q.push_str(&format!(
-            "Accept runs this call once, as shown. Decline, cancel or no answer within {}s refuses it.",
+            "Accept runs this call once. Decline, cancel or no answer within {}s refuses it.",
             timeout.as_secs()
         ));
         q
@@ -311,7 +365,14 @@ impl Session {
         struct Answer {
             action: String,
         }
+        let same_policy = Arc::ptr_eq(&held.policy, &self.policy)
+            && match (&held.restrictions, &self.restrictions) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
         let outcome = match m.result.map(|r| serde_json::from_str::<Answer>(r.get())) {
+            Some(Ok(a)) if a.action == "accept" && !same_policy => Outcome::PolicyChanged,
             Some(Ok(a)) if a.action == "accept" => Outcome::Approved,
             Some(Ok(a)) if a.action == "decline" => Outcome::Declined,
             Some(Ok(a)) if a.action == "cancel" => Outcome::Cancelled,
@@ -340,7 +401,7 @@ impl Session {
             held.key.clone(),
             Pending {
                 record: held.record.clone(),
-                method: "tools/call".into(),
+                method: held.method.clone(),
                 tool: held.tool.clone(),
                 since: Instant::now(),
                 id: held.id.clone(),
@@ -428,7 +489,7 @@ impl Session {
         });
         rec.rule = Some(held.rule.clone());
         rec.reason = Some(outcome.why().to_string());
-        rec.method = Some("tools/call".into());
+        rec.method = Some(held.method.clone());
         rec.tool = held.tool.clone();
         rec.request_id = Some(recorded_id(&held.id));
         rec.args_sha256 = held.args_sha256.clone();
@@ -456,6 +517,44 @@ impl Session {
         }});
         error_line(&held.id, code::DENIED, &message, Some(data))
     }
+}
+
+/// Characters of one argument value a question shows (head and tail of a longer one).
+const QUESTION_VALUE: usize = 4000;
+
+/// `text` as the question shows it: runs of blanks longer than 8 written as their count
+/// (so padding cannot push the rest out of sight), and at most `max` characters, the head
+/// and the tail of a longer text with the count of those left out. Returns the text and
+/// how many characters it leaves out.
+fn shown(text: &str, max: usize) -> (String, usize) {
+    let mut out = String::with_capacity(text.len().min(max + 64));
+    let mut run = 0usize;
+    let flush = |out: &mut String, run: usize| {
+        if run > 8 {
+            out.push_str(&format!("⟨{run} blanks⟩"));
+        } else {
+            out.extend(std::iter::repeat_n(' ', run));
+        }
+    };
+    for c in text.chars() {
+        if c == ' ' {
+            run += 1;
+            continue;
+        }
+        flush(&mut out, run);
+        run = 0;
+        out.push(c);
+    }
+    flush(&mut out, run);
+    let n = out.chars().count();
+    if n <= max {
+        return (out, 0);
+    }
+    let half = max / 2;
+    let head: String = out.chars().take(half).collect();
+    let tail: String = out.chars().skip(n - half).collect();
+    let cut = n - 2 * half;
+    (format!("{head}⟨… {cut} characters NOT shown …⟩{tail}"), cut)
 }
 
 /// `notifications/cancelled` for the guard's own elicitation, so the host closes it.
