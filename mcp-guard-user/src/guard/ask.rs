@@ -220,15 +220,7 @@ impl Session {
                 "refused by mcp-guard: cannot ask (no randomness)",
                 None,
             );
-            return Judged {
-                pass: false,
-                record: Some(rec),
-                durable: true,
-                track: None,
-                error: Some(error),
-                reply_to: Direction::ToClient,
-                replace: None,
-            };
+            return to_client(rec, error);
         }
         let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
         let ask_id = format!("{ASK_ID_PREFIX}{hex}");
@@ -263,15 +255,7 @@ impl Session {
             rec.reason = Some(why.why().to_string());
             // After the request's own record, in the same commit.
             self.alerts.push(outcome);
-            return Judged {
-                pass: false,
-                record: Some(rec),
-                durable: true,
-                track: None,
-                error: Some(error),
-                reply_to: Direction::ToClient,
-                replace: None,
-            };
+            return to_client(rec, error);
         }
         let request = serde_json::json!({
             "jsonrpc": "2.0",
@@ -382,15 +366,7 @@ impl Session {
         if outcome != Outcome::Approved {
             self.counters.denied += 1;
             let error = self.refusal_of(&held, outcome);
-            return Some(Judged {
-                pass: false,
-                record: Some(record),
-                durable: true,
-                track: None,
-                error: Some(error),
-                reply_to: Direction::ToClient,
-                replace: None,
-            });
+            return Some(to_client(record, error));
         }
         if held.remember
             && let (Some(t), Some(d)) = (&held.tool_name, &held.args_sha256)
@@ -555,6 +531,19 @@ fn shown(text: &str, max: usize) -> (String, usize) {
     let tail: String = out.chars().skip(n - half).collect();
     let cut = n - 2 * half;
     (format!("{head}⟨… {cut} characters NOT shown …⟩{tail}"), cut)
+}
+
+/// Not forwarded: `record` committed, then `line` sent to the host.
+fn to_client(record: Record, line: Vec<u8>) -> Judged {
+    Judged {
+        pass: false,
+        record: Some(record),
+        durable: true,
+        track: None,
+        error: Some(line),
+        reply_to: Direction::ToClient,
+        replace: None,
+    }
 }
 
 /// `notifications/cancelled` for the guard's own elicitation, so the host closes it.

@@ -128,27 +128,22 @@ fn tree(text: &str) -> Result<Option<Node>, String> {
                 skip(&mut parser)?;
                 Node::Other("a tag")
             }
-            Event::SequenceStart(anchor, _) => {
-                let node = Node::Seq {
-                    flow: r.end > r.start,
-                    start: r.start,
-                    end: r.end,
-                    items: Vec::new(),
-                    suspect: None,
-                };
-                let suspect = (anchor != 0).then_some("an anchor");
-                stack.push(Open {
-                    node,
-                    key: None,
-                    suspect,
-                });
-                continue;
-            }
-            Event::MappingStart(anchor, _) => {
-                let node = Node::Map {
-                    flow: r.end > r.start,
-                    entries: Vec::new(),
-                    suspect: None,
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                let flow = r.end > r.start;
+                let node = if matches!(ev, Event::SequenceStart(..)) {
+                    Node::Seq {
+                        flow,
+                        start: r.start,
+                        end: r.end,
+                        items: Vec::new(),
+                        suspect: None,
+                    }
+                } else {
+                    Node::Map {
+                        flow,
+                        entries: Vec::new(),
+                        suspect: None,
+                    }
                 };
                 let suspect = (anchor != 0).then_some("an anchor");
                 stack.push(Open {
