@@ -138,7 +138,8 @@ def test_no_answer_in_time_is_refused(tmp_path: Path, make_guard) -> None:
     assert not (root / "new.txt").exists(), "a late accept must not run the call"
     _, appr = outcome(records(guard))
     assert appr["detail"]["outcome"] == "timeout"
-    assert 900 <= appr["detail"]["waited_ms"] < 3000, appr
+    # Refused by the clock, not early (an upper bound would only measure the machine).
+    assert appr["detail"]["waited_ms"] >= 900, appr
 
 
 @pytest.mark.parametrize("action", ["accept", "decline"])

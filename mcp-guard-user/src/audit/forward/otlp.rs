@@ -380,7 +380,7 @@ fn span_of(rec: &Value) -> Option<&str> {
     }
     match rec.get("kind").and_then(Value::as_str) {
         Some("request") => rec.get("id").and_then(Value::as_str),
-        Some("response") => rec.get("links").and_then(Value::as_str),
+        Some("response" | "approval") => rec.get("links").and_then(Value::as_str),
         _ => None,
     }
 }
@@ -497,6 +497,22 @@ impl Spans {
                 });
                 None
             }
+            // A call held for approval (`decision: ask`): refused, its span ends with the
+            // approval record; approved, the response ends it, marked approved.
+            "approval" => {
+                let pending = s("links").and_then(|l| self.pending.get_mut(l));
+                if s("decision") != Some("deny") {
+                    if let Some(Value::Object(r)) = pending.map(|p| &mut p.rec) {
+                        r.insert("approval".into(), Value::from("approved"));
+                    }
+                    return None;
+                }
+                let req = pending.map(|p| {
+                    p.answered = Some(seq);
+                    &p.rec
+                });
+                Some(span(rec, req))
+            }
             "response" => {
                 let req = s("links").and_then(|l| self.pending.get_mut(l));
                 let req = req.map(|p| {
@@ -557,7 +573,13 @@ impl Spans {
 fn span(rec: &Value, req: Option<&Value>) -> Span {
     let s = |k: &str| rec.get(k).and_then(Value::as_str);
     let is_response = s("kind") == Some("response");
-    let request_record = if is_response { s("links") } else { s("id") }.unwrap_or_default();
+    let is_approval = s("kind") == Some("approval");
+    let request_record = if is_response || is_approval {
+        s("links")
+    } else {
+        s("id")
+    }
+    .unwrap_or_default();
     let end = s("time").map(epoch_ns).unwrap_or(0);
     let latency_us = rec.pointer("/outcome/latency_us").and_then(Value::as_u64);
     let start = match (req, latency_us) {
@@ -601,13 +623,23 @@ fn span(rec: &Value, req: Option<&Value>) -> Span {
         }
     } else {
         let rule = s("rule").unwrap_or("?");
+        let outcome = rec.pointer("/detail/outcome").and_then(Value::as_str);
+        if let Some(o) = outcome.filter(|_| is_approval) {
+            attributes.push(kv("mcp_guard.approval", o));
+        }
         attributes.push(kv("error.type", "denied"));
         status = Status {
             code: status::StatusCode::Error as i32,
-            message: format!("denied by rule {rule}"),
+            message: match outcome.filter(|_| is_approval) {
+                Some(o) => format!("not approved ({o}) under rule {rule}"),
+                None => format!("denied by rule {rule}"),
+            },
         };
     }
-    if let Some(r) = req.or((!is_response).then_some(rec)) {
+    if let Some(a) = req.and_then(|r| r.get("approval")).and_then(Value::as_str) {
+        attributes.push(kv("mcp_guard.approval", a));
+    }
+    if let Some(r) = req.or((!is_response && !is_approval).then_some(rec)) {
         let seq = r.get("seq").and_then(Value::as_i64).unwrap_or(0);
         attributes.push(kv_int("mcp_guard.request.seq", seq));
     }

@@ -476,6 +476,55 @@ mod otlp_mapping {
     }
 
     #[test]
+    fn a_call_held_for_approval_has_one_span_whatever_the_answer() {
+        let (req, resp) = allowed_call();
+        let mut held = req.clone();
+        held["decision"] = json!("ask");
+        let approval = |decision: &str, outcome: &str| {
+            json!({"seq": 50, "kind": "approval", "time": "2026-11-22T16:37:11.000000Z",
+                "session": req["session"], "method": "tools/call", "tool": req["tool"],
+                "links": req["id"], "decision": decision, "rule": "ask-writes",
+                "detail": {"outcome": outcome}})
+        };
+        // Declined: the approval record ends it, an error span.
+        let mut spans = Spans::default();
+        assert!(spans.observe(&held).is_none());
+        let span = spans
+            .observe(&approval("deny", "declined"))
+            .expect("a refusal ends the span");
+        assert_eq!(span.span_id, otlp::span_id(req["id"].as_str().unwrap()));
+        assert_eq!(
+            span.status.as_ref().unwrap().message,
+            "not approved (declined) under rule ask-writes"
+        );
+        assert!(
+            span.attributes
+                .iter()
+                .any(|a| a.key == "mcp_guard.approval")
+        );
+        assert_eq!(
+            spans.pending(),
+            1,
+            "kept until the cursor passes it, as answered"
+        );
+        // Approved: no span yet; the response ends it, marked approved.
+        let mut spans = Spans::default();
+        spans.observe(&held);
+        assert!(spans.observe(&approval("allow", "approved")).is_none());
+        let span = spans.observe(&resp).expect("the response ends the span");
+        let approved = span
+            .attributes
+            .iter()
+            .find(|a| a.key == "mcp_guard.approval")
+            .unwrap();
+        assert_eq!(
+            approved.value.as_ref().unwrap().value,
+            Some(any_value::Value::StringValue("approved".into()))
+        );
+        assert_eq!(span.status.as_ref().map_or(0, |s| s.code), 0);
+    }
+
+    #[test]
     fn allowed_call_span_runs_from_request_to_response() {
         let (req, resp) = allowed_call();
         let mut spans = Spans::default();
