@@ -1769,6 +1769,7 @@ fn claims(params: &serde_json::Value) -> Option<serde_json::Value> {
 }
 
 mod ask;
+pub use ask::{ASK_ID_PREFIX, HELD_META};
 mod start;
 pub use start::{Parties, ServerInfo, Start, Started, raw as raw_field, start};
 

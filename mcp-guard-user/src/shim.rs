@@ -590,6 +590,85 @@ struct AskClock {
     /// The host was asked at least once in this session.
     asked: std::cell::Cell<bool>,
     wake: Notify,
+    /// Managed: the questions the daemon asked and the requests they hold (question id ->
+    /// held request id), so that the host is answered if the daemon goes away.
+    open: RefCell<std::collections::HashMap<String, serde_json::Value>>,
+}
+
+impl AskClock {
+    /// Notes a question the daemon sent the host, or its closing.
+    fn carried(&self, line: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+            return;
+        };
+        let mut open = self.open.borrow_mut();
+        match v.get("method").and_then(serde_json::Value::as_str) {
+            Some("elicitation/create") => {
+                if let (Some(id), Some(held)) = (
+                    v.get("id").and_then(serde_json::Value::as_str),
+                    v.pointer("/params/_meta")
+                        .and_then(|m| m.get(guard::HELD_META)),
+                ) {
+                    open.insert(id.to_string(), held.clone());
+                }
+            }
+            Some("notifications/cancelled") => {
+                if let Some(id) = v
+                    .pointer("/params/requestId")
+                    .and_then(serde_json::Value::as_str)
+                {
+                    open.remove(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Forgets the questions the host answers in `data`'s lines.
+    fn answered(&self, data: &[u8], frames: &[Frame]) {
+        if self.open.borrow().is_empty() {
+            return;
+        }
+        for f in frames {
+            let Some(r) = f.raw() else { continue };
+            let line = &data[r.clone()];
+            if memchr::memmem::find(line, guard::ASK_ID_PREFIX.as_bytes()).is_none() {
+                continue;
+            }
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            for m in v.as_array().map_or(std::slice::from_ref(&v), Vec::as_slice) {
+                if m.get("method").is_none()
+                    && let Some(id) = m.get("id").and_then(serde_json::Value::as_str)
+                {
+                    self.open.borrow_mut().remove(id);
+                }
+            }
+        }
+    }
+
+    /// The daemon that held the open questions' calls is gone: the host gets a refusal for
+    /// each held request and the question closed, rather than no answer ever.
+    fn lost(&self) -> Vec<Act> {
+        let open = std::mem::take(&mut *self.open.borrow_mut());
+        let mut acts = Vec::new();
+        for (ask, held) in open {
+            tracing::warn!(question = %ask, "the mcp-guard daemon holding a call for approval went away; refusing it");
+            let cancel = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": ask, "reason": "the guard daemon went away"}});
+            let refusal = serde_json::json!({"jsonrpc": "2.0", "id": held, "error": {
+                "code": code::DENIED,
+                "message": "refused by mcp-guard: the guard daemon holding this call for approval went away; send it again",
+                "data": {"mcp_guard": {"approval": "daemon_gone"}}}});
+            for v in [cancel, refusal] {
+                let mut line = v.to_string().into_bytes();
+                line.push(b'\n');
+                acts.push(Act::ToClient(line));
+            }
+        }
+        acts
+    }
 }
 
 /// How often a managed shim has the daemon look at its held calls' deadlines, once the
@@ -666,6 +745,9 @@ impl Shared<'_> {
         if let Some(r) = self.remote {
             frames = crate::managed::cap_frames(frames, &data, r.max_message());
         }
+        if self.remote.is_some() && dir == Direction::ToServer {
+            self.asks.answered(&data, &frames);
+        }
         if let Some(rx) = self.remote.and_then(|r| r.judge(dir, &data, &frames)) {
             return Batch {
                 data,
@@ -688,8 +770,14 @@ impl Shared<'_> {
             .borrow_mut()
             .judge(dir, data, frames.iter().cloned());
         let ticket = self.audit.submit(plan.commit);
+        // Judged here while managed: the daemon is unreachable, and so are the calls it held.
+        let mut acts = match self.remote {
+            Some(_) => self.asks.lost(),
+            None => Vec::new(),
+        };
+        acts.extend(plan.acts);
         Decision::Local {
-            acts: plan.acts,
+            acts,
             append: plan.append,
             ticket,
         }
@@ -776,6 +864,9 @@ impl Shared<'_> {
                     if memchr::memmem::find(&line, b"\"mcp-guard-ask-").is_some() {
                         self.asks.asked.set(true);
                         self.asks.wake.notify_one();
+                        if self.remote.is_some() {
+                            self.asks.carried(&line);
+                        }
                     }
                     self.send(self.client_out, &line).await;
                 }

@@ -150,6 +150,39 @@ def test_managed_ask_is_the_daemons_and_the_shim_carries_it(daemon, world: Path,
     assert appr[0]["links"] == req[0]["id"]
 
 
+def test_a_call_held_by_a_daemon_that_goes_away_is_refused_not_left_hanging(daemon, world: Path) -> None:
+    """The daemon holds the call and stops before anyone answers: the shim, which carried
+    the question, refuses the held request to the host and closes the question."""
+    d = daemon(ASK_WRITES.replace('timeout = "1s"', 'timeout = "5m"'))
+    root = world / "root"
+    root.mkdir()
+    target = root / "x.txt"
+    spec = {"server": "filesystem", "root": str(root), "wrap": wrap_argv(d),
+            "elicit": "accept", "elicit_delay": 60,
+            "calls": [["write_file", {"path": str(target), "content": "x"}]]}
+    spec_file = world / "spec-held.json"
+    spec_file.write_text(json.dumps(spec))
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": sysconfig.get_paths()["purelib"], "HOME": "/tmp"}
+    client = subprocess.Popen([os.path.realpath(sys.executable), str(HOST_SCRIPT), f"@{spec_file}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not [r for r in managed_records(d) if r.get("decision") == "ask"]:
+            assert client.poll() is None, client.communicate()
+            assert time.monotonic() < deadline, "the call was never held"
+            time.sleep(0.1)
+        started = time.monotonic()
+        d.stop()
+        out, err = client.communicate(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert results and "went away" in results[0]["errors"][0], (results, err[-2000:])
+    assert time.monotonic() - started < 20, "answered by the shim, not by the person's delay"
+    assert not target.exists()
+
+
 def test_own_policy_only_adds_denials(daemon, world: Path) -> None:
     d = daemon()
     root = world / "root"

@@ -19,7 +19,10 @@ use crate::jsonrpc::{IdKey, Message, code};
 use crate::policy::Decision as Verdict;
 
 /// What every question's id starts with; a server's request may not use it.
-pub(super) const ASK_ID_PREFIX: &str = "mcp-guard-ask-";
+pub const ASK_ID_PREFIX: &str = "mcp-guard-ask-";
+
+/// The `_meta` key of a question that names the held request's id.
+pub const HELD_META: &str = "mcp-guard/held-request";
 
 /// A call waiting for the person's answer.
 pub(super) struct Held {
@@ -257,11 +260,15 @@ impl Session {
             self.alerts.push(outcome);
             return to_client(rec, error);
         }
+        let held_id = serde_json::from_str::<serde_json::Value>(id.get()).unwrap_or_default();
         let request = serde_json::json!({
             "jsonrpc": "2.0",
             "id": ask_id,
             "method": "elicitation/create",
             "params": {
+                // Which request the question holds: a managed shim answers it if the daemon
+                // holding it goes away.
+                "_meta": { HELD_META: held_id },
                 "message": self.question(&held, decision.message.as_deref(), arguments, ask.timeout),
                 "requestedSchema": {"type": "object", "properties": {}},
             },
