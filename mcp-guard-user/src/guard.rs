@@ -419,7 +419,7 @@ impl Session {
             budget: Budget::new(&Limits::default()),
             overflow: [0; 2],
             batch_keys: Vec::new(),
-            asks: ask::Asks::new(),
+            asks: ask::Asks::default(),
             in_batch: false,
             counters: Counters::default(),
         }

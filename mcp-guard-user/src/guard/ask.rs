@@ -128,10 +128,6 @@ pub(super) fn can_ask(capabilities: Option<&serde_json::Value>) -> bool {
 }
 
 impl Asks {
-    pub(super) fn new() -> Asks {
-        Asks::default()
-    }
-
     /// A held call's request id is in flight: no other request may reuse it.
     pub(super) fn holds(&self, key: &IdKey) -> bool {
         self.held.values().any(|h| h.key == *key)

@@ -295,6 +295,11 @@ impl RawEntry {
     }
 }
 
+/// Where the line holding byte `at` of `text` starts.
+pub(crate) fn line_start(text: &str, at: usize) -> usize {
+    text[..at].rfind('\n').map_or(0, |i| i + 1)
+}
+
 /// Encodes a string as a JSON string literal; also a valid TOML basic string.
 pub(crate) fn enc(s: &str) -> String {
     serde_json::to_string(s).expect("string serializes")

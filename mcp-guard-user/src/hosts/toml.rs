@@ -39,7 +39,7 @@ fn line_end(text: &str, pos: usize) -> usize {
 }
 
 fn line_indent(text: &str, pos: usize) -> &str {
-    let start = text[..pos].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let start = super::line_start(text, pos);
     let line = &text[start..pos];
     &line[..line.len() - line.trim_start_matches([' ', '\t']).len()]
 }

@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
-use super::{ArgsArr, Host, RawEntry, Shape, Spanned, Transport};
+use super::{ArgsArr, Host, RawEntry, Shape, Spanned, Transport, line_start};
 
 /// A node of the document, with byte ranges into the text.
 #[derive(Debug)]
@@ -343,11 +343,6 @@ fn editable(n: &Node) -> Option<Spanned> {
         }),
         _ => None,
     }
-}
-
-/// Where the line holding byte `at` starts.
-fn line_start(text: &str, at: usize) -> usize {
-    text[..at].rfind('\n').map_or(0, |i| i + 1)
 }
 
 /// The indentation of a line up to `at`, as spaces: the line's text before `at` must be
