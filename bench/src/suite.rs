@@ -498,6 +498,11 @@ fn host_line() -> String {
 pub fn run(a: &SuiteArgs) -> Result<()> {
     let work = abs(&a.work_dir)?;
     std::fs::create_dir_all(&work)?;
+    // The wrapped rows pin the echo server's tools beside their audit files; a rebuilt echo
+    // server is a changed program, whose tools a pin left by an earlier build would withhold.
+    for f in ["pins.json", "pins.json.lock"] {
+        let _ = std::fs::remove_file(work.join(f));
+    }
     let (configs, notes) = configs(a, &work)?;
     let w = Workload {
         small_bytes: a.small_bytes,

@@ -9,7 +9,8 @@
 //!
 //! Signing is off that path: a sealer thread appends a signed `seal` record over the chain
 //! head once the log has been quiet for [`SEAL_IDLE`], and at the latest [`SEAL_WITHIN`]
-//! after the first record it covers (in durable mode the next commit's `fdatasync` makes
+//! after the first record it covers (a log still busy when first looked at is sealed at
+//! the bound, so that the sealer does not wake at every lull; in durable mode the next commit's `fdatasync` makes
 //! it durable, or the sealer's own within another [`SEAL_WITHIN`]; the head file then
 //! names it). An Ed25519 signature costs tens of microseconds;
 //! under load one covers hundreds of records.
@@ -514,6 +515,10 @@ struct SealState {
     last_write: Option<Instant>,
     /// After a failed seal: not again before this.
     retry_at: Option<Instant>,
+    /// Records came while the sealer waited for a lull: sealed at [`SEAL_WITHIN`].
+    busy: bool,
+    /// When the sealer last went to sleep waiting for the unsealed records' seal.
+    slept_at: Option<Instant>,
     stop: bool,
 }
 
@@ -570,12 +575,23 @@ impl Sealer {
                 }
                 continue;
             };
+            // Records written while the sealer slept: the log is busy, and is sealed at
+            // the bound rather than at a lull (waiting for each lull would cost a thread
+            // switch per millisecond on a busy machine).
+            if let (Some(slept), Some(last)) = (st.slept_at, st.last_write)
+                && last > slept
+            {
+                st.busy = true;
+            }
             let quiet = st.last_write.unwrap_or(since) + SEAL_IDLE;
-            let due = quiet
-                .min(since + SEAL_WITHIN)
-                .max(st.retry_at.unwrap_or(since));
+            let due = match st.busy {
+                true => since + SEAL_WITHIN,
+                false => quiet.min(since + SEAL_WITHIN),
+            }
+            .max(st.retry_at.unwrap_or(since));
             let now = Instant::now();
             if now < due {
+                st.slept_at = Some(now);
                 st = self
                     .wake
                     .wait_timeout(st, due - now)
@@ -584,6 +600,8 @@ impl Sealer {
                 continue;
             }
             st.unsealed_since = None;
+            st.busy = false;
+            st.slept_at = None;
             drop(st);
             let sealed = self.seal(false);
             st = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -670,3 +670,56 @@ mod flipped {
         }
     }
 }
+
+/// Lines of `kind` in `path`.
+fn count_kind(path: &Path, kind: &str) -> usize {
+    let needle = format!("\"kind\":\"{kind}\"");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+#[test]
+fn a_log_removed_under_a_writer_is_started_again_at_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let (a, t) = Audit::open(&path, Durability::PageCache).unwrap();
+    let c = ctx();
+    rt().block_on(async {
+        a.commit(records(1, &c)).await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // At once, not after the path is next looked at: a removed file has no links.
+        a.commit(records(2, &c)).await.unwrap();
+    });
+    assert_eq!(count_kind(&path, "request"), 2);
+    a.close(t);
+    ok(std::slice::from_ref(&path));
+}
+
+#[test]
+fn a_log_renamed_away_under_a_writer_is_followed_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let moved = dir.path().join("audit.jsonl.1");
+    let (a, t) = Audit::open(&path, Durability::PageCache).unwrap();
+    let c = ctx();
+    rt().block_on(async {
+        a.commit(records(1, &c)).await.unwrap();
+        std::fs::rename(&path, &moved).unwrap();
+        // Written where the writer's file now is, or at the path: either way, somewhere.
+        a.commit(records(1, &c)).await.unwrap();
+        std::thread::sleep(writer::PATH_CHECK_EVERY + std::time::Duration::from_millis(20));
+        a.commit(records(3, &c)).await.unwrap();
+    });
+    a.close(t);
+    // Past the check interval the writer is back at the path.
+    assert!(count_kind(&path, "request") >= 3, "records at the path");
+    assert_eq!(
+        count_kind(&path, "request") + count_kind(&moved, "request"),
+        5,
+        "every record is in one of the two files"
+    );
+    ok(std::slice::from_ref(&moved));
+}

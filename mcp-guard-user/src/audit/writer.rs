@@ -16,6 +16,10 @@ use super::chain::{Head, HeadFile, Signer, chain_hash, sibling, sync_dir};
 use super::{Kind, Record, SCHEMA_VERSION};
 use crate::digest::sha256_hex;
 
+/// Longest time a writer goes on appending to a file that something other than a writer
+/// renamed away (external log rotation) before it follows the path to the new file.
+pub(super) const PATH_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How far back from the end of the file the previous record is first looked for.
 const TAIL_WINDOW: u64 = 1 << 20;
 
@@ -76,6 +80,8 @@ pub(crate) struct Writer {
     /// each), and which `file` it belongs to.
     lock_handle: Option<File>,
     file_generation: u64,
+    /// When the path was last seen to name `file`.
+    path_checked: Option<std::time::Instant>,
 }
 
 /// The log's `flock`, held; given back with [`Writer::unlock`].
@@ -111,6 +117,7 @@ impl Writer {
             on_reopen,
             lock_handle: None,
             file_generation: 0,
+            path_checked: None,
         }
     }
 
@@ -297,8 +304,26 @@ impl Writer {
             let lock = Flock::lock(handle, FlockArg::LockExclusive)
                 .map_err(|(_, e)| io::Error::from(e))?;
             let ours = self.file.metadata()?;
+            // Nobody wrote to the file since our last write, so nobody rotated it (a rotation
+            // follows its writer's own write), and it is not removed: the path still names it
+            // unless something outside the writers renamed it, which is looked for at least
+            // every PATH_CHECK_EVERY.
+            let now = std::time::Instant::now();
+            if self.known_end == Some(ours.len())
+                && ours.nlink() > 0
+                && self
+                    .path_checked
+                    .is_some_and(|at| now.duration_since(at) < PATH_CHECK_EVERY)
+            {
+                let locked = Locked {
+                    lock,
+                    file_generation: self.file_generation,
+                };
+                return Ok((locked, ours.len()));
+            }
             match std::fs::metadata(&self.path) {
                 Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => {
+                    self.path_checked = Some(now);
                     let locked = Locked {
                         lock,
                         file_generation: self.file_generation,
@@ -345,6 +370,7 @@ impl Writer {
     /// Makes `file` the log (the lock's kept descriptor belongs to the old one).
     fn replace_file(&mut self, file: File) {
         self.file = file;
+        self.path_checked = None;
         self.lock_handle = None;
         self.file_generation += 1;
     }
