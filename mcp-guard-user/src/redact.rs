@@ -8,6 +8,7 @@
 //! resource `blob`, an image's `data`, an encoded line in a text) are decoded and scanned
 //! too: one that hides a secret is replaced whole.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use base64::Engine as _;
@@ -264,8 +265,18 @@ const BASE64_MIN: usize = 24;
 /// The runs `BASE64_RUN` matches, found by a plain scan: the longest runs of the base64
 /// and base64url alphabets at least [`BASE64_MIN`] long, with up to two `=` after them.
 fn base64_runs(text: &str) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    static ALPHABET: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            t[c] = b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'_' | b'-');
+            c += 1;
+        }
+        t
+    };
     let b = text.as_bytes();
-    let alphabet = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'_' | b'-');
+    let alphabet = |c: u8| ALPHABET[c as usize];
     let mut i = 0;
     std::iter::from_fn(move || {
         while i < b.len() {
@@ -323,7 +334,7 @@ fn entropy(s: &str) -> f64 {
 /// what records keep of error messages, reasons and command lines.
 pub fn text(text: &str) -> String {
     static STANDARD: LazyLock<Responses> = LazyLock::new(Responses::standard);
-    STANDARD.redact_text(text, true).0
+    STANDARD.redact_text(text, true).0.into_owned()
 }
 
 /// The `[responses]` section of a policy.
@@ -373,7 +384,7 @@ impl Responses {
             Value::String(s) => {
                 let (out, n) = self.redact_text(s, true);
                 if n > 0 {
-                    *s = out;
+                    *s = out.into_owned();
                 }
                 n
             }
@@ -385,8 +396,8 @@ impl Responses {
 
     /// `text` with its secrets replaced, and how many; base64 runs in it are decoded and
     /// scanned when `decode` (one level: what a decoded run holds is not decoded again).
-    fn redact_text(&self, text: &str, decode: bool) -> (String, u32) {
-        let mut out = text.to_string();
+    fn redact_text<'a>(&self, text: &'a str, decode: bool) -> (Cow<'a, str>, u32) {
+        let mut out = Cow::Borrowed(text);
         let mut n = 0;
         // Whether any rule matches is one forward pass that can stop early; which ones is a
         // slower, overlapping pass, made only when some do.
@@ -394,7 +405,7 @@ impl Responses {
             for i in BUILTIN_SET.matches(text).iter() {
                 let (next, k) = apply(&BUILTIN[i], &out);
                 if k > 0 {
-                    out = next;
+                    out = Cow::Owned(next);
                     n += k;
                 }
             }
@@ -402,14 +413,14 @@ impl Responses {
         for re in &self.extra {
             let k = re.find_iter(&out).count() as u32;
             if k > 0 {
-                out = re.replace_all(&out, REDACTED).into_owned();
+                out = Cow::Owned(re.replace_all(&out, REDACTED).into_owned());
                 n += k;
             }
         }
         if decode && self.builtin {
             let (next, k) = self.redact_base64(&out);
             if k > 0 {
-                out = next;
+                out = Cow::Owned(next);
                 n += k;
             }
         }
@@ -423,10 +434,7 @@ impl Responses {
     /// one pass over the bytes. (A policy pattern that matches fewer than [`SECRET_MIN`]
     /// characters is not looked for inside binary.)
     fn secrets_in_binary(&self, bytes: &[u8]) -> u32 {
-        let printable = |b: &u8| matches!(b, b' '..=b'~' | b'\t' | b'\n' | b'\r');
-        bytes
-            .split(|b| !printable(b))
-            .filter(|s| s.len() >= SECRET_MIN)
+        printable_stretches(bytes, SECRET_MIN)
             .filter_map(|s| std::str::from_utf8(s).ok())
             .map(|s| self.redact_text(s, false).1)
             .sum()
@@ -447,11 +455,16 @@ impl Responses {
             {
                 continue;
             }
-            let (mut k, mut clean) = match decode_base64(run) {
+            let bits = Bits::of(run);
+            let plain = match &bits {
+                Some(b) => b.reading(0),
+                None => decode_base64(run),
+            };
+            let (mut k, mut clean) = match plain {
                 Some(bytes) => match std::str::from_utf8(&bytes) {
                     Ok(decoded) => {
                         let (clean, k) = self.redact_text(decoded, false);
-                        (k, Some(clean))
+                        (k, Some(clean.into_owned()))
                     }
                     Err(_) => (self.secrets_in_binary(&bytes), None),
                 },
@@ -459,11 +472,15 @@ impl Responses {
             };
             if k == 0 {
                 // Read otherwise: a secret found that way replaces the run whole.
-                k = other_readings(run)
-                    .filter_map(decode_base64)
-                    .map(|bytes| self.secrets_in_binary(&bytes))
-                    .find(|&k| k > 0)
-                    .unwrap_or(0);
+                let found =
+                    |bytes: Vec<u8>| Some(self.secrets_in_binary(&bytes)).filter(|&k| k > 0);
+                k = match &bits {
+                    Some(b) => (1..4).filter_map(|shift| b.reading(shift)).find_map(found),
+                    None => other_readings(run)
+                        .filter_map(decode_base64)
+                        .find_map(found),
+                }
+                .unwrap_or(0);
                 clean = None;
             }
             if k == 0 {
@@ -507,6 +524,125 @@ fn other_readings(run: &str) -> impl Iterator<Item = &str> {
             .filter(move |&shift| s.len() >= BASE64_MIN + shift)
             .map(move |shift| &s[shift..])
     })
+}
+
+/// The maximal stretches of printable ASCII (tabs and line breaks included) in `bytes` at
+/// least `min` long: what `bytes.split(not printable)` keeps of that length, found without
+/// looking at every byte (a stretch of `min` has its last byte printable, so a position
+/// whose byte is not rules out the `min` starts before it).
+fn printable_stretches(bytes: &[u8], min: usize) -> impl Iterator<Item = &[u8]> {
+    static PRINTABLE: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = b' ';
+        while b <= b'~' {
+            t[b as usize] = true;
+            b += 1;
+        }
+        t[b'\t' as usize] = true;
+        t[b'\n' as usize] = true;
+        t[b'\r' as usize] = true;
+        t
+    };
+    let p = |b: u8| PRINTABLE[b as usize];
+    let min = min.max(1);
+    // `i` always follows a byte that is not printable (or is 0).
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i + min <= bytes.len() {
+            let last = i + min - 1;
+            if !p(bytes[last]) {
+                i = last + 1;
+                continue;
+            }
+            match (i..last).rev().find(|&j| !p(bytes[j])) {
+                Some(j) => i = j + 1,
+                None => {
+                    let start = i;
+                    let end = (last + 1..bytes.len())
+                        .find(|&j| !p(bytes[j]))
+                        .unwrap_or(bytes.len());
+                    i = end + 1;
+                    return Some(&bytes[start..end]);
+                }
+            }
+        }
+        None
+    })
+}
+
+/// The bits a base64 run in one alphabet spells, decoded once: each way of reading it from
+/// its first characters on is a stretch of them (a character is 6 bits), so the readings
+/// from the second, third and fourth character cost a shift rather than a decode each.
+struct Bits {
+    /// The run's bits, zeros after them up to a whole byte.
+    bytes: Vec<u8>,
+    /// Characters in the run, padding not counted.
+    chars: usize,
+}
+
+impl Bits {
+    /// `None` for a run mixing both alphabets' extra characters (read stretch by stretch).
+    fn of(run: &str) -> Option<Bits> {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+        let run = run.trim_end_matches('=');
+        let url = run.contains(['-', '_']);
+        if url && run.contains(['+', '/']) {
+            return None;
+        }
+        let mut padded = String::with_capacity(run.len() + 3);
+        padded.push_str(run);
+        // `A` is six zero bits: whole groups of four, which decode strictly.
+        padded.extend(std::iter::repeat_n('A', (4 - run.len() % 4) % 4));
+        let bytes = match url {
+            true => URL_SAFE_NO_PAD.decode(&padded),
+            false => STANDARD_NO_PAD.decode(&padded),
+        }
+        .ok()?;
+        Some(Bits {
+            bytes,
+            chars: run.len(),
+        })
+    }
+
+    /// What [`decode_base64`] makes of the run without its first `shift` characters, when
+    /// what is left is at least [`BASE64_MIN`] long.
+    fn reading(&self, shift: usize) -> Option<Vec<u8>> {
+        let mut chars = self.chars.checked_sub(shift)?;
+        if shift > 0 && chars < BASE64_MIN {
+            return None;
+        }
+        if chars % 4 == 1 {
+            chars -= 1;
+        }
+        let len = chars * 6 / 8;
+        let (skip, bit) = (shift * 6 / 8, (shift * 6 % 8) as u32);
+        let src = self.bytes.get(skip..)?;
+        if bit == 0 {
+            return src.get(..len).map(<[u8]>::to_vec);
+        }
+        let src = src.get(..len)?;
+        // The byte after the last one taken, if the run has one.
+        let after = self.bytes.get(skip + len).copied().unwrap_or(0);
+        let mut out = Vec::with_capacity(len);
+        // Seven bytes at a time: the eight they are made of, as one big-endian number,
+        // shifted.
+        let mut k = 0;
+        while k + 8 <= len {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&src[k..k + 8]);
+            out.extend_from_slice(&(u64::from_be_bytes(w) << bit).to_be_bytes()[..7]);
+            k += 7;
+        }
+        let next = src[k..].iter().skip(1).chain(std::iter::once(&after));
+        out.extend(
+            src[k..]
+                .iter()
+                .zip(next)
+                .map(|(&a, &b)| (a << bit) | (b >> (8 - bit))),
+        );
+        Some(out)
+    }
 }
 
 /// Standard or URL-safe base64, padded or not: decoded once, with the alphabet the run
@@ -640,6 +776,61 @@ mod tests {
                 let want: Vec<_> = re.find_iter(&text).map(|m| m.range()).collect();
                 let got: Vec<_> = base64_runs(&text).collect();
                 proptest::prop_assert_eq!(got, want, "{}", text);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// The stretches found by skipping are exactly those a split at every byte finds.
+    #[test]
+    fn printable_stretches_agree_with_a_split() {
+        use proptest::prelude::*;
+        let bytes = proptest::collection::vec(
+            prop_oneof![3 => 0x20u8..0x7f, 1 => any::<u8>(), 1 => Just(b'\n')],
+            0..300,
+        );
+        proptest::test_runner::TestRunner::default()
+            .run(&(bytes, 1usize..16), |(b, min)| {
+                let want: Vec<&[u8]> = b
+                    .split(|&c| !matches!(c, b' '..=b'~' | b'\t' | b'\n' | b'\r'))
+                    .filter(|s| s.len() >= min)
+                    .collect();
+                let got: Vec<&[u8]> = printable_stretches(&b, min).collect();
+                prop_assert_eq!(got, want);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// Each reading taken from the run's bits is what decoding the shortened run gives.
+    #[test]
+    fn shifted_readings_agree_with_decoding() {
+        use proptest::prelude::*;
+        let chars = |extra: &'static str| {
+            proptest::collection::vec(
+                prop_oneof![
+                    8 => proptest::char::range('A', 'Z'),
+                    8 => proptest::char::range('a', 'z'),
+                    4 => proptest::char::range('0', '9'),
+                    1 => proptest::sample::select(extra.chars().collect::<Vec<_>>()),
+                ],
+                BASE64_MIN..120,
+            )
+            .prop_map(|v| v.into_iter().collect::<String>())
+        };
+        let run = (prop_oneof![chars("+/"), chars("-_")], 0usize..3)
+            .prop_map(|(r, pad)| format!("{r}{}", "=".repeat(pad)));
+        proptest::test_runner::TestRunner::default()
+            .run(&run, |run| {
+                let bits = Bits::of(&run).expect("one alphabet");
+                let trimmed = run.trim_end_matches('=');
+                prop_assert_eq!(bits.reading(0), decode_base64(&run), "{}", run);
+                for shift in 1..4 {
+                    let want = (trimmed.len() >= BASE64_MIN + shift)
+                        .then(|| decode_base64(&trimmed[shift..]))
+                        .flatten();
+                    prop_assert_eq!(bits.reading(shift), want, "{} from {}", run, shift);
+                }
                 Ok(())
             })
             .unwrap();
