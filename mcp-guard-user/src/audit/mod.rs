@@ -3,7 +3,9 @@
 //!
 //! Records are appended under an exclusive `flock` (several shims may share one file), each
 //! chained to the one before it in the file ([`chain`]). The write, and in durable mode the
-//! `fdatasync`, happen on the caller's thread. Concurrent committers in one process share
+//! `fdatasync`, happen on the caller's thread, except for commits of many records, which a
+//! committer thread writes while the caller goes on (in the order of the calls, a caller's
+//! later small commits queued behind them). Concurrent committers in one process share
 //! writes and all committers share syncs: one that finds its records already covered by
 //! another's `fdatasync` (in progress or done) does not sync again (group commit).
 //!
@@ -152,8 +154,10 @@ pub trait Tap: Send + Sync {
 
 /// A handle to the audit log. Records are written, and in durable mode synced, on the
 /// caller's thread: a commit is one read's worth of decisions, so one `fdatasync` covers
-/// them all (group commit), and no other thread has to be woken and waited for. The
-/// sealer thread signs what was written (see the module's documentation).
+/// them all (group commit), and no other thread has to be woken and waited for. A commit
+/// of many records (pipelined messages) goes to the committer thread instead, so that the
+/// caller judges the next read meanwhile. The sealer thread signs what was written (see
+/// the module's documentation).
 #[derive(Clone)]
 pub struct Audit {
     writer: Arc<Mutex<writer::Writer>>,
@@ -164,8 +168,11 @@ pub struct Audit {
     sealer: Arc<Sealer>,
     /// Sign every commit on its own ([`Options::sign_commits`]).
     sign_commits: bool,
-    /// Dropped with the last handle: stops the sealer.
-    _alive: Arc<Alive>,
+    /// Writes commits of many records off the caller's thread.
+    committer: Arc<Committer>,
+    /// Dropped with the last handle: stops the sealer and the committer. (The committer's
+    /// own handle has none.)
+    _alive: Option<Arc<Alive>>,
     /// Generation of the last successful write (0: none yet). A commit waits until a sync
     /// has covered its own write's generation, not until nothing is unsynced: otherwise one
     /// thread's new record would cost the next waiter an `fdatasync` of its own.
@@ -230,8 +237,11 @@ impl Ticket {
     }
 }
 
-/// The sealer thread; joined by [`Audit::close`].
-pub struct WriterThread(Option<std::thread::JoinHandle<()>>);
+/// The sealer and committer threads; joined by [`Audit::close`].
+pub struct WriterThread {
+    sealer: Option<std::thread::JoinHandle<()>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Audit {
     /// Opens (creating with mode 0600, and its directory with 0700) the log at `path`, with
@@ -315,18 +325,45 @@ impl Audit {
                 .spawn(move || sealer.run())
                 .map_err(err)?
         };
+        let committer = Arc::new(Committer::default());
         let audit = Audit {
             writer,
             queue: Arc::new((Mutex::new(Queue::default()), Condvar::new())),
             sync,
-            _alive: Arc::new(Alive(sealer.clone())),
+            _alive: Some(Arc::new(Alive {
+                sealer: sealer.clone(),
+                committer: committer.clone(),
+            })),
+            committer,
             sealer,
             sign_commits: opts.sign_commits,
             written,
             path: Arc::new(path.to_path_buf()),
             tap: Arc::default(),
         };
-        let thread = WriterThread(Some(thread));
+        let committer = {
+            let own = Audit {
+                _alive: None,
+                ..audit.clone()
+            };
+            std::thread::Builder::new()
+                .name("audit-commit".into())
+                .spawn(move || own.run_committer())
+        };
+        let committer = match committer {
+            Ok(t) => t,
+            Err(e) => {
+                audit.close(WriterThread {
+                    sealer: Some(thread),
+                    committer: None,
+                });
+                return Err(err(e));
+            }
+        };
+        let thread = WriterThread {
+            sealer: Some(thread),
+            committer: Some(committer),
+        };
         // A log a crash left torn, or unsigned, is sealed now, not at the first decision.
         if let Err(reason) = audit
             .write(Vec::new(), false)
@@ -383,6 +420,8 @@ impl Audit {
         if records.is_empty() {
             return Ok(());
         }
+        // After what was handed over, in the log as in time.
+        self.committer.drain();
         self.commit_now(records, sign)
             .map_err(|reason| Error::Write {
                 path: self.path.to_path_buf(),
@@ -390,6 +429,10 @@ impl Audit {
             })
     }
 
+    /// Commits `records`: at once on this thread when they are few and nothing handed over
+    /// is still on its way, else by the committer thread while the caller goes on (one read
+    /// of many pipelined requests is judged while the one before it is written and synced).
+    /// Either way the log keeps the order of the calls.
     pub fn submit(&self, records: Vec<Record>) -> Ticket {
         if records.is_empty() {
             return Ticket {
@@ -397,14 +440,59 @@ impl Audit {
                 path: self.path.clone(),
             };
         }
+        if self.hand_over(&records) {
+            let (ack, done) = oneshot::channel();
+            self.committer.hand(Job {
+                records,
+                ack: Some(ack),
+            });
+            return Ticket {
+                done: Some(done),
+                path: self.path.clone(),
+            };
+        }
         let res = self.commit_now(records, false);
         Ticket::ready(res, &self.path)
+    }
+
+    /// Whether `records` go to the committer thread.
+    fn hand_over(&self, records: &[Record]) -> bool {
+        records.len() >= HAND_OVER_AT || self.committer.busy()
+    }
+
+    /// The committer thread: writes what is handed over, in order, each round's jobs in one
+    /// write and (when any is a commit) one `fdatasync`.
+    fn run_committer(&self) {
+        while let Some(jobs) = self.committer.take() {
+            let n = jobs.len();
+            let mut records = Vec::with_capacity(jobs.iter().map(|j| j.records.len()).sum());
+            let mut acks = Vec::new();
+            for j in jobs {
+                records.extend(j.records);
+                acks.extend(j.ack);
+            }
+            if acks.is_empty() {
+                if let Err(e) = self.write(records, false) {
+                    tracing::error!(error = %e, path = %self.path.display(), "audit records lost");
+                }
+            } else {
+                let res = self.commit_now(records, false);
+                for ack in acks {
+                    let _ = ack.send(res.clone());
+                }
+            }
+            self.committer.done(n);
+        }
     }
 
     /// Writes `records` without waiting for `fdatasync`: the next commit, or the seal
     /// within [`SEAL_WITHIN`], makes them durable.
     pub fn append(&self, records: Vec<Record>) {
         if records.is_empty() {
+            return;
+        }
+        if self.hand_over(&records) {
+            self.committer.hand(Job { records, ack: None });
             return;
         }
         if let Err(e) = self.write(records, false) {
@@ -490,20 +578,120 @@ impl Audit {
     /// Seals and syncs what was written, and stops the sealer (other handles still alive
     /// write unsealed from now on: close the log when the session is over).
     pub fn close(self, thread: WriterThread) {
+        // What was handed over is written before the last seal.
+        self.committer.stop();
+        if let Some(t) = thread.committer {
+            let _ = t.join();
+        }
         self.sealer.stop();
         drop(self);
-        if let Some(t) = thread.0 {
+        if let Some(t) = thread.sealer {
             let _ = t.join();
         }
     }
 }
 
-/// Stops the sealer when the last [`Audit`] handle goes.
-struct Alive(Arc<Sealer>);
+/// Commits of at least this many records go to the committer thread; fewer (a request at a
+/// time) are written on the caller's thread, which handing over would only slow down.
+const HAND_OVER_AT: usize = 8;
+
+/// Records handed to the committer thread; `ack` is the commit's ticket (none: an append).
+struct Job {
+    records: Vec<Record>,
+    ack: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+#[derive(Default)]
+struct Handed {
+    jobs: Vec<Job>,
+    /// Handed over and not yet written.
+    pending: usize,
+    stop: bool,
+}
+
+/// The committer thread's queue.
+#[derive(Default)]
+struct Committer {
+    state: Mutex<Handed>,
+    /// Jobs came, or the thread is to stop.
+    wake: Condvar,
+    /// Everything handed over is written.
+    drained: Condvar,
+    /// Whether anything handed over is not yet written (read without the lock on every
+    /// submit).
+    busy: std::sync::atomic::AtomicBool,
+}
+
+impl Committer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Handed> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    fn hand(&self, job: Job) {
+        let mut st = self.lock();
+        st.jobs.push(job);
+        st.pending += 1;
+        self.busy.store(true, Ordering::Release);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// The jobs waiting, once there are any; `None` once stopped with none left.
+    fn take(&self) -> Option<Vec<Job>> {
+        let mut st = self.lock();
+        loop {
+            if !st.jobs.is_empty() {
+                return Some(std::mem::take(&mut st.jobs));
+            }
+            if st.stop {
+                return None;
+            }
+            st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// `n` jobs are written.
+    fn done(&self, n: usize) {
+        let mut st = self.lock();
+        st.pending -= n;
+        if st.pending == 0 {
+            self.busy.store(false, Ordering::Release);
+            drop(st);
+            self.drained.notify_all();
+        }
+    }
+
+    /// Waits until everything handed over is written.
+    fn drain(&self) {
+        if !self.busy() {
+            return;
+        }
+        let mut st = self.lock();
+        while st.pending > 0 {
+            st = self.drained.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.wake.notify_all();
+    }
+}
+
+/// Stops the sealer and the committer when the last [`Audit`] handle goes.
+struct Alive {
+    sealer: Arc<Sealer>,
+    committer: Arc<Committer>,
+}
 
 impl Drop for Alive {
     fn drop(&mut self) {
-        self.0.stop();
+        self.committer.stop();
+        self.sealer.stop();
     }
 }
 

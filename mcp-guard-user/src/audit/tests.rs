@@ -180,6 +180,39 @@ fn child() {
             rt.block_on(audit.commit(records(1, &c))).unwrap();
             audit.close(thread);
         }
+        // The same through the committer thread: commits and appends of many records.
+        "gap-handed" => {
+            use nix::libc;
+            let (audit, thread) = Audit::open(&path, Durability::Durable).unwrap();
+            let rt = rt();
+            rt.block_on(audit.commit(records(1, &c))).unwrap();
+            // SAFETY: signal dispositions are process-wide; nothing else here handles signals.
+            unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: a plain system call on a local struct.
+            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) }, 0);
+            let len = std::fs::metadata(&path).unwrap().len();
+            let small = libc::rlimit {
+                rlim_cur: len + 100,
+                rlim_max: lim.rlim_max,
+            };
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &small) }, 0);
+            let err = rt
+                .block_on(audit.commit(records(super::HAND_OVER_AT, &c)))
+                .unwrap_err();
+            assert!(err.to_string().contains("too large"), "{err}");
+            audit.append(records(super::HAND_OVER_AT + 1, &c));
+            audit.committer.drain();
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) }, 0);
+            rt.block_on(audit.commit(records(1, &c))).unwrap();
+            audit.close(thread);
+        }
         other => panic!("unknown child role {other}"),
     }
 }
@@ -726,4 +759,87 @@ fn a_log_renamed_away_under_a_writer_is_followed_and_nothing_is_lost() {
     ok(std::slice::from_ref(&moved));
     ok(std::slice::from_ref(&path));
     bad(&[moved.clone(), path.clone()]);
+}
+
+#[test]
+fn a_failed_write_of_the_committer_thread_fails_its_commit_and_leaves_a_gap_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let out = child_cmd("gap-handed", &path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = ok(&[path]);
+    let lost = 2 * super::HAND_OVER_AT as u64 + 1;
+    assert_eq!((s.gaps, s.records_lost), (1, lost), "{s}");
+}
+
+/// `request_id`s of the request records in `path`, in the log's order.
+fn request_ids(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "request")
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn named(n: usize, name: &str, ctx: &Arc<Context>) -> Vec<Record> {
+    let mut recs = records(n, ctx);
+    for (i, r) in recs.iter_mut().enumerate() {
+        r.request_id = Some(format!("{name}-{i}"));
+    }
+    recs
+}
+
+#[test]
+fn records_handed_to_the_committer_keep_their_place_among_those_written_here() {
+    for durability in [Durability::PageCache, Durability::Durable] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (a, t) = Audit::open(&path, durability).unwrap();
+        let c = ctx();
+        let mut want = Vec::new();
+        rt().block_on(async {
+            let mut tickets = Vec::new();
+            for round in 0..20 {
+                // Many records (handed over), then a few (written here unless the committer
+                // is still busy), then an append.
+                let big = named(super::HAND_OVER_AT + round % 3, &format!("big{round}"), &c);
+                let small = named(1 + round % 2, &format!("small{round}"), &c);
+                let after = named(1, &format!("append{round}"), &c);
+                for r in big.iter().chain(&small).chain(&after) {
+                    want.push(r.request_id.clone().unwrap());
+                }
+                tickets.push(a.submit(big));
+                tickets.push(a.submit(small));
+                a.append(after);
+            }
+            for t in tickets {
+                t.wait().await.unwrap();
+            }
+        });
+        a.close(t);
+        assert_eq!(request_ids(&path), want, "{durability:?}");
+        ok(std::slice::from_ref(&path));
+    }
+}
+
+#[test]
+fn closing_writes_what_was_handed_over_before_the_last_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let (a, t) = Audit::open(&path, Durability::Durable).unwrap();
+    let c = ctx();
+    a.append(named(50, "appended", &c));
+    a.close(t);
+    assert_eq!(request_ids(&path).len(), 50);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["kind"], "seal", "{last}");
+    ok(&[path]);
 }
