@@ -183,6 +183,9 @@ pub struct Audit {
 
 type Done = Arc<OnceLock<Result<u64, String>>>;
 
+/// Where a commit handed to the committer thread is answered.
+type Acked = oneshot::Receiver<Result<(), String>>;
+
 struct Queued {
     records: Vec<Record>,
     /// The write that carries these records ends with a signature.
@@ -201,7 +204,7 @@ struct Queue {
 
 /// A commit on its way to disk.
 pub struct Ticket {
-    done: Option<oneshot::Receiver<Result<(), String>>>,
+    done: Option<Acked>,
     path: Arc<PathBuf>,
 }
 
@@ -440,24 +443,37 @@ impl Audit {
                 path: self.path.clone(),
             };
         }
-        if self.hand_over(&records) {
-            let (ack, done) = oneshot::channel();
-            self.committer.hand(Job {
-                records,
-                ack: Some(ack),
-            });
-            return Ticket {
-                done: Some(done),
-                path: self.path.clone(),
-            };
-        }
+        let records = match self.hand_over(records, true) {
+            Ok(done) => {
+                return Ticket {
+                    done,
+                    path: self.path.clone(),
+                };
+            }
+            Err(records) => records,
+        };
         let res = self.commit_now(records, false);
         Ticket::ready(res, &self.path)
     }
 
-    /// Whether `records` go to the committer thread.
-    fn hand_over(&self, records: &[Record]) -> bool {
-        records.len() >= HAND_OVER_AT || self.committer.busy()
+    /// Hands `records` to the committer thread when they are many or it is busy (with a
+    /// ticket when they are a `commit`), else gives them back to be written here (as they
+    /// are once the thread has stopped).
+    fn hand_over(&self, records: Vec<Record>, commit: bool) -> Result<Option<Acked>, Vec<Record>> {
+        if records.len() < HAND_OVER_AT && !self.committer.busy() {
+            return Err(records);
+        }
+        let (ack, done) = match commit {
+            true => {
+                let (ack, done) = oneshot::channel();
+                (Some(ack), Some(done))
+            }
+            false => (None, None),
+        };
+        self.committer
+            .hand(Job { records, ack })
+            .map(|()| done)
+            .map_err(|job| job.records)
     }
 
     /// The committer thread: writes what is handed over, in order, each round's jobs in one
@@ -491,10 +507,10 @@ impl Audit {
         if records.is_empty() {
             return;
         }
-        if self.hand_over(&records) {
-            self.committer.hand(Job { records, ack: None });
-            return;
-        }
+        let records = match self.hand_over(records, false) {
+            Ok(_) => return,
+            Err(records) => records,
+        };
         if let Err(e) = self.write(records, false) {
             tracing::error!(error = %e, path = %self.path.display(), "audit records lost");
         }
@@ -631,13 +647,19 @@ impl Committer {
         self.busy.load(Ordering::Acquire)
     }
 
-    fn hand(&self, job: Job) {
+    /// Queues `job`; gives it back once the thread is stopping (another handle closed
+    /// the log).
+    fn hand(&self, job: Job) -> Result<(), Job> {
         let mut st = self.lock();
+        if st.stop {
+            return Err(job);
+        }
         st.jobs.push(job);
         st.pending += 1;
         self.busy.store(true, Ordering::Release);
         drop(st);
         self.wake.notify_one();
+        Ok(())
     }
 
     /// The jobs waiting, once there are any; `None` once stopped with none left.

@@ -843,3 +843,26 @@ fn closing_writes_what_was_handed_over_before_the_last_seal() {
     assert_eq!(last["kind"], "seal", "{last}");
     ok(&[path]);
 }
+
+#[test]
+fn a_handle_left_after_the_log_is_closed_writes_on_its_own_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let (a, t) = Audit::open(&path, Durability::Durable).unwrap();
+    let b = a.clone();
+    a.close(t);
+    let c = ctx();
+    b.append(named(super::HAND_OVER_AT, "appended", &c));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let commit = b.commit(named(super::HAND_OVER_AT, "committed", &c));
+        tokio::time::timeout(std::time::Duration::from_secs(10), commit)
+            .await
+            .expect("not left waiting for a stopped thread")
+            .unwrap();
+    });
+    assert_eq!(request_ids(&path).len(), 2 * super::HAND_OVER_AT);
+}
