@@ -137,9 +137,15 @@ fn child() {
             }
             audit.close(thread);
         }
-        // Writes until the file size limit makes a write fail, lifts the limit, writes again.
-        "gap" => {
+        // Writes until the file size limit makes a write fail, lifts the limit, writes again;
+        // `gap-handed` with commits and appends of many records, which the committer thread
+        // writes.
+        "gap" | "gap-handed" => {
             use nix::libc;
+            let (failed_commit, failed_append) = match role.as_str() {
+                "gap" => (2, 3),
+                _ => (super::HAND_OVER_AT, super::HAND_OVER_AT + 1),
+            };
             let set = |cur: libc::rlim_t, max: libc::rlim_t| {
                 // SAFETY: a plain system call on a local struct.
                 assert_eq!(
@@ -168,48 +174,18 @@ fn child() {
             assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) }, 0);
             let len = std::fs::metadata(&path).unwrap().len();
             set(len + 100, lim.rlim_max);
-            let err = rt.block_on(audit.commit(records(2, &c))).unwrap_err();
+            let err = rt
+                .block_on(audit.commit(records(failed_commit, &c)))
+                .unwrap_err();
             assert!(err.to_string().contains("too large"), "{err}");
-            audit.append(records(3, &c));
+            audit.append(records(failed_append, &c));
+            audit.committer.drain();
             assert_eq!(
                 std::fs::metadata(&path).unwrap().len(),
                 len,
                 "a failed write leaves nothing behind"
             );
             set(lim.rlim_cur, lim.rlim_max);
-            rt.block_on(audit.commit(records(1, &c))).unwrap();
-            audit.close(thread);
-        }
-        // The same through the committer thread: commits and appends of many records.
-        "gap-handed" => {
-            use nix::libc;
-            let (audit, thread) = Audit::open(&path, Durability::Durable).unwrap();
-            let rt = rt();
-            rt.block_on(audit.commit(records(1, &c))).unwrap();
-            // SAFETY: signal dispositions are process-wide; nothing else here handles signals.
-            unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-            let mut lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: a plain system call on a local struct.
-            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) }, 0);
-            let len = std::fs::metadata(&path).unwrap().len();
-            let small = libc::rlimit {
-                rlim_cur: len + 100,
-                rlim_max: lim.rlim_max,
-            };
-            // SAFETY: as above.
-            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &small) }, 0);
-            let err = rt
-                .block_on(audit.commit(records(super::HAND_OVER_AT, &c)))
-                .unwrap_err();
-            assert!(err.to_string().contains("too large"), "{err}");
-            audit.append(records(super::HAND_OVER_AT + 1, &c));
-            audit.committer.drain();
-            assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
-            // SAFETY: as above.
-            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) }, 0);
             rt.block_on(audit.commit(records(1, &c))).unwrap();
             audit.close(thread);
         }
