@@ -1245,10 +1245,14 @@ impl<K: Kernel, P: Procs> Core<K, P> {
     /// What the scanner found: agent hosts running now (a host the exec events did not
     /// name: renamed, started through a symlink) and alerts about host configs.
     pub fn scanned(&mut self, scan: Scan) {
-        self.hosts.retain(|&h, _| self.sys.exists(h));
+        // A process that exited is gone, even while its parent has not reaped it: a scan
+        // that saw it alive may be handled after its exit event, and watching the dead
+        // pid would make a host of whatever reuses it.
+        let running = |sys: &P, pid| !matches!(sys.state(pid), None | Some('Z' | 'X'));
+        self.hosts.retain(|&h, _| running(&self.sys, h));
         let flags = watch::HOST | gate_flag(&self.policy);
         for pid in scan.hosts {
-            if self.hosts.contains_key(&pid) || !self.sys.exists(pid) {
+            if self.hosts.contains_key(&pid) || !running(&self.sys, pid) {
                 continue;
             }
             // A host's descendant (the kernel captures it since its fork) stays captured

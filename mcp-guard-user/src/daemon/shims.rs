@@ -92,13 +92,16 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     }
 }
 
-async fn send(stream: &mut UnixStream, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+/// A shim's connection, read through a buffer.
+type Conn = tokio::io::BufReader<UnixStream>;
+
+async fn send(stream: &mut Conn, kind: u8, payload: &[u8]) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(payload.len() + 5);
     managed::frame(&mut out, kind, payload);
     stream.write_all(&out).await
 }
 
-async fn refuse(stream: &mut UnixStream, why: String) -> anyhow::Result<()> {
+async fn refuse(stream: &mut Conn, why: String) -> anyhow::Result<()> {
     tracing::warn!(why, "refused a managed shim");
     let w = Welcome {
         ok: false,
@@ -129,8 +132,10 @@ async fn commit(shared: &Shared, records: Vec<Record>) -> Result<(), CommitError
     Ok(tokio::task::spawn_blocking(move || audit.commit_blocking(records)).await??)
 }
 
-async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
+async fn connection(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     let cred = stream.peer_cred()?;
+    // A frame's length, kind and body in one read rather than four.
+    let mut stream = Conn::new(stream);
     let open = shared.per_user.lock().map(|mut m| {
         let n = m.entry(cred.uid()).or_insert(0);
         *n += 1;
@@ -301,7 +306,7 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Resu
 
 /// Judges a welcomed shim's frames until it ends or goes away.
 async fn serve_session(
-    stream: &mut UnixStream,
+    stream: &mut Conn,
     shared: &Shared,
     session: &mut Session,
     policy: Arc<Policy>,

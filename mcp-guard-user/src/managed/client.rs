@@ -107,7 +107,9 @@ impl Client {
         s.set_nonblocking(true)
             .map_err(|e| unreachable(e.to_string()))?;
         let s = tokio::net::UnixStream::from_std(s).map_err(|e| unreachable(e.to_string()))?;
-        let (mut rd, mut wr) = s.into_split();
+        let (rd, mut wr) = s.into_split();
+        // A frame's length, kind and body in one read rather than four.
+        let mut rd = tokio::io::BufReader::new(rd);
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let waiting: Waiting = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));

@@ -1046,6 +1046,27 @@ fn a_rescan_watches_hosts_the_exec_events_missed_and_forgets_gone_ones() {
     assert!(t.core.hosts.is_empty());
 }
 
+#[test]
+fn a_rescan_that_saw_a_host_before_it_exited_does_not_watch_it_again() {
+    let mut t = t("");
+    t.core.start();
+    assert!(t.core.hosts.contains_key(&HOST));
+    // The host exits; its parent has not reaped it yet. The exit event comes first, then a
+    // scan made while it still ran.
+    t.core.sys.procs.get_mut(&HOST).unwrap().state = 'Z';
+    t.core.kernel.watched.remove(&HOST);
+    t.core.handle(Event::Exit { tgid: HOST });
+    t.core.scanned(Scan {
+        hosts: vec![HOST],
+        alerts: vec![],
+    });
+    assert!(!t.core.hosts.contains_key(&HOST));
+    assert!(
+        !t.core.kernel.watched.contains_key(&HOST),
+        "a dead pid is not watched: whatever reuses it would be a host"
+    );
+}
+
 /// A host's fork, seen by /proc before it execs, carries the host's names.
 fn fork_of_host(m: &mut FakeProcs, pid: u32) {
     let host = m.procs[&HOST].clone();
