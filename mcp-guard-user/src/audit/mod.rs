@@ -473,7 +473,11 @@ impl Audit {
         self.committer
             .hand(Job { records, ack })
             .map(|()| done)
-            .map_err(|job| job.records)
+            .map_err(|job| {
+                // After what the stopping thread still writes.
+                self.committer.drain();
+                job.records
+            })
     }
 
     /// The committer thread: writes what is handed over, in order, each round's jobs in one
@@ -487,15 +491,21 @@ impl Audit {
                 records.extend(j.records);
                 acks.extend(j.ack);
             }
-            if acks.is_empty() {
-                if let Err(e) = self.write(records, false) {
-                    tracing::error!(error = %e, path = %self.path.display(), "audit records lost");
-                }
-            } else {
-                let res = self.commit_now(records, false);
-                for ack in acks {
-                    let _ = ack.send(res.clone());
-                }
+            let commit = !acks.is_empty();
+            // A panic (in a tap, say) fails this round's commits rather than leaving their
+            // callers, and every later one, waiting for a thread that is gone.
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match commit {
+                true => self.commit_now(records, false),
+                false => self.write(records, false).map(|_| ()),
+            }))
+            .unwrap_or_else(|_| Err("the audit committer thread failed".into()));
+            if let Err(e) = &res
+                && !commit
+            {
+                tracing::error!(error = %e, path = %self.path.display(), "audit records lost");
+            }
+            for ack in acks {
+                let _ = ack.send(res.clone());
             }
             self.committer.done(n);
         }
@@ -620,8 +630,9 @@ struct Job {
 #[derive(Default)]
 struct Handed {
     jobs: Vec<Job>,
-    /// Handed over and not yet written.
-    pending: usize,
+    /// Jobs handed over, and written, since the log was opened.
+    handed: u64,
+    written: u64,
     stop: bool,
 }
 
@@ -655,7 +666,7 @@ impl Committer {
             return Err(job);
         }
         st.jobs.push(job);
-        st.pending += 1;
+        st.handed += 1;
         self.busy.store(true, Ordering::Release);
         drop(st);
         self.wake.notify_one();
@@ -679,21 +690,23 @@ impl Committer {
     /// `n` jobs are written.
     fn done(&self, n: usize) {
         let mut st = self.lock();
-        st.pending -= n;
-        if st.pending == 0 {
+        st.written += n as u64;
+        if st.written == st.handed {
             self.busy.store(false, Ordering::Release);
-            drop(st);
-            self.drained.notify_all();
         }
+        drop(st);
+        self.drained.notify_all();
     }
 
-    /// Waits until everything handed over is written.
+    /// Waits until everything handed over so far is written (not for what others hand
+    /// over meanwhile).
     fn drain(&self) {
         if !self.busy() {
             return;
         }
         let mut st = self.lock();
-        while st.pending > 0 {
+        let upto = st.handed;
+        while st.written < upto {
             st = self.drained.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
@@ -712,7 +725,9 @@ struct Alive {
 
 impl Drop for Alive {
     fn drop(&mut self) {
+        // What was handed over is written before the sealer's last seal.
         self.committer.stop();
+        self.committer.drain();
         self.sealer.stop();
     }
 }

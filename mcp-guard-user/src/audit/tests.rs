@@ -842,3 +842,52 @@ fn a_handle_left_after_the_log_is_closed_writes_on_its_own_thread() {
     });
     assert_eq!(request_ids(&path).len(), 2 * super::HAND_OVER_AT);
 }
+
+#[test]
+fn a_panic_on_the_committer_thread_fails_that_commit_and_the_next_ones_go_on() {
+    struct PanicsOnce(std::sync::atomic::AtomicBool);
+    impl super::Tap for PanicsOnce {
+        fn written(&self, _: &[Record]) {}
+        fn committed(&self, _: std::time::Duration) {
+            if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                panic!("a tap that fails");
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let (a, t) = Audit::open(&path, Durability::PageCache).unwrap();
+    a.set_tap(Arc::new(PanicsOnce(Default::default())));
+    let c = ctx();
+    rt().block_on(async {
+        let err = a
+            .commit(named(super::HAND_OVER_AT, "first", &c))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("committer"), "{err}");
+        a.commit(named(super::HAND_OVER_AT, "second", &c))
+            .await
+            .unwrap();
+    });
+    // Not left waiting for a thread that is gone.
+    a.commit_blocking(named(1, "third", &c)).unwrap();
+    a.close(t);
+    assert_eq!(request_ids(&path).len(), 2 * super::HAND_OVER_AT + 1);
+}
+
+#[test]
+fn dropping_the_last_handle_writes_what_was_handed_over_before_the_last_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let (a, mut t) = Audit::open(&path, Durability::PageCache).unwrap();
+    a.append(named(50, "appended", &ctx()));
+    drop(a);
+    for h in [t.committer.take(), t.sealer.take()].into_iter().flatten() {
+        h.join().unwrap();
+    }
+    assert_eq!(request_ids(&path).len(), 50);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["kind"], "seal", "{last}");
+    ok(&[path]);
+}

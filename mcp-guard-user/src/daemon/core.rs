@@ -1248,11 +1248,10 @@ impl<K: Kernel, P: Procs> Core<K, P> {
         // A process that exited is gone, even while its parent has not reaped it: a scan
         // that saw it alive may be handled after its exit event, and watching the dead
         // pid would make a host of whatever reuses it.
-        let running = |sys: &P, pid| !matches!(sys.state(pid), None | Some('Z' | 'X'));
-        self.hosts.retain(|&h, _| running(&self.sys, h));
+        self.hosts.retain(|&h, _| self.sys.alive(h));
         let flags = watch::HOST | gate_flag(&self.policy);
         for pid in scan.hosts {
-            if self.hosts.contains_key(&pid) || !running(&self.sys, pid) {
+            if self.hosts.contains_key(&pid) || !self.sys.alive(pid) {
                 continue;
             }
             // A host's descendant (the kernel captures it since its fork) stays captured
