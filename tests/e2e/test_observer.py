@@ -269,8 +269,10 @@ def test_a_hosts_child_seen_before_it_execs_stays_the_hosts_server(daemon_factor
     assert got[0]["args_sha256"] == args_sha256(args)
     assert got[0]["server"]["name"] == "mcp-server-filesystem"
     assert got[0]["agent_host"]["comm"] == d.host_name
+    # Only the host itself is ever watched as a host: never its fork, nor the server it execs.
     hosts = [line for line in d.log.read_text().splitlines() if "watching agent host" in line]
-    assert len(hosts) == 1, hosts
+    pids = {line.split("pid=")[1].split()[0] for line in hosts}
+    assert hosts and len(pids) == 1, hosts
 
 
 DETECT_ANY = 'detect = "any"\n'
